@@ -1,0 +1,12 @@
+using System.CommandLine;
+using RebootlessUpdate;
+
+var root = new RootCommand("rebootless: update the kernel without a visible reboot.");
+var version = new Command("version", "Print the tool's version and the CRIU version it requires.");
+version.SetAction(_ =>
+{
+    Console.WriteLine($"rebootless {typeof(RebootlessInfo).Assembly.GetName().Version}; requires criu >= {RebootlessInfo.MinimumCriuVersion}");
+    return 0;
+});
+root.Subcommands.Add(version);
+return await root.Parse(args).InvokeAsync().ConfigureAwait(false);

@@ -1,0 +1,154 @@
+using System.Diagnostics;
+using System.Globalization;
+using Mono.Unix.Native;
+
+namespace RebootlessUpdate.TestSupport;
+
+/// <summary>
+/// A small real workload for checkpoint tests: a shell loop (with a child
+/// subshell) in its own PID namespace and session, writing an increasing
+/// counter to a file. Started with <c>unshare --pid --fork setsid</c>, the way
+/// containers isolate PIDs, so it can be restored with its PIDs intact.
+/// Disposing kills only what this workload started, by pid.
+/// </summary>
+public sealed class Workload : IDisposable
+{
+    private readonly Process _unshare;
+
+    private Workload(Process unshare, int rootPid, string directory)
+    {
+        _unshare = unshare;
+        RootPid = rootPid;
+        Directory = directory;
+    }
+
+    /// <summary>Host pid of the tree's root (PID 1 of its namespace). Changes after a restore.</summary>
+    public int RootPid { get; set; }
+
+    /// <summary>Folder holding the counter file.</summary>
+    public string Directory { get; }
+
+    /// <summary>The counter file the loop rewrites every 50 ms.</summary>
+    public string CounterFile => Path.Combine(Directory, "counter");
+
+    /// <summary>Starts the workload and waits until it has counted at least once.</summary>
+    public static Workload Start(string directory)
+    {
+        System.IO.Directory.CreateDirectory(directory);
+        var counter = Path.Combine(directory, "counter");
+        var script = $"exec </dev/null >/dev/null 2>&1; (while :; do sleep 1; done) & i=0; while :; do i=$((i+1)); echo $i > '{counter}.tmp'; mv '{counter}.tmp' '{counter}'; sleep 0.05; done";
+        var psi = new ProcessStartInfo("unshare") { UseShellExecute = false };
+        foreach (var a in new[] { "--pid", "--fork", "setsid", "sh", "-c", script })
+        {
+            psi.ArgumentList.Add(a);
+        }
+
+        var unshare = Process.Start(psi) ?? throw new InvalidOperationException("could not start unshare");
+        var root = WaitFor(() => ChildrenOf(unshare.Id) is [var first, ..] ? first : 0, "the namespace's init");
+        var workload = new Workload(unshare, root, directory);
+        WaitFor(() => workload.ReadCounter() > 0 ? 1 : 0, "the first count");
+        return workload;
+    }
+
+    /// <summary>The current count, or 0 before the first.</summary>
+    public long ReadCounter()
+    {
+        try
+        {
+            return long.TryParse(File.ReadAllText(CounterFile).Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : 0;
+        }
+        catch (FileNotFoundException)
+        {
+            return 0;
+        }
+    }
+
+    /// <summary>True while the root pid exists and is not a zombie.</summary>
+    public bool IsAlive => IsRunning(RootPid);
+
+    /// <summary>True while <paramref name="pid"/> exists and is not a zombie.</summary>
+    public static bool IsRunning(int pid)
+    {
+        try
+        {
+            var stat = File.ReadAllText($"/proc/{pid}/stat");
+            var state = stat[(stat.LastIndexOf(')') + 2)..][0];
+            return state is not ('Z' or 'X');
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>The pids of <paramref name="pid"/>'s children.</summary>
+    public static IReadOnlyList<int> ChildrenOf(int pid)
+    {
+        var list = new List<int>();
+        foreach (var task in System.IO.Directory.EnumerateDirectories($"/proc/{pid}/task"))
+        {
+            var text = File.Exists(Path.Combine(task, "children")) ? File.ReadAllText(Path.Combine(task, "children")) : string.Empty;
+            list.AddRange(text.Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(s => int.Parse(s, CultureInfo.InvariantCulture)));
+        }
+
+        return list;
+    }
+
+    /// <summary>Namespace pids of the long-lived subshells under the root (comm "sh").</summary>
+    public IReadOnlyList<int> SubshellNamespacePids() =>
+        [.. ChildrenOf(RootPid).Where(p => ReadComm(p) == "sh").Select(NamespacePid).Order()];
+
+    private static string? ReadComm(int pid)
+    {
+        try
+        {
+            return File.ReadAllText($"/proc/{pid}/comm").Trim();
+        }
+        catch (IOException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>The pid of <paramref name="pid"/> inside its own namespace (last NSpid entry).</summary>
+    public static int NamespacePid(int pid)
+    {
+        var line = File.ReadLines($"/proc/{pid}/status").First(l => l.StartsWith("NSpid:", StringComparison.Ordinal));
+        return int.Parse(line.Split('\t', ' ', StringSplitOptions.RemoveEmptyEntries).Last(), CultureInfo.InvariantCulture);
+    }
+
+    /// <summary>Polls until <paramref name="probe"/> returns non-zero (10 s at most).</summary>
+    public static int WaitFor(Func<int> probe, string what, double seconds = 10)
+    {
+        var sw = Stopwatch.StartNew();
+        while (sw.Elapsed < TimeSpan.FromSeconds(seconds))
+        {
+            var v = probe();
+            if (v != 0)
+            {
+                return v;
+            }
+
+            Thread.Sleep(20);
+        }
+
+        throw new TimeoutException($"timed out waiting for {what}");
+    }
+
+    /// <summary>Kills the tree's root (and so its whole PID namespace) and the unshare helper.</summary>
+    public void Dispose()
+    {
+        if (IsRunning(RootPid))
+        {
+            Syscall.kill(RootPid, Signum.SIGKILL);
+        }
+
+        if (!_unshare.HasExited)
+        {
+            _unshare.Kill();
+        }
+
+        _unshare.WaitForExit(5000);
+        _unshare.Dispose();
+    }
+}
