@@ -1,0 +1,113 @@
+using Google.Protobuf;
+using System.Buffers.Binary;
+using RebootlessUpdate.Criu.Protocol;
+
+namespace RebootlessUpdate.Criu;
+
+/// <summary>Optional features and whether they work on this host (FEATURE_CHECK).</summary>
+/// <param name="MemoryTracking">Soft-dirty memory tracking, needed for iterative pre-dump.</param>
+/// <param name="LazyPages">userfaultfd-based lazy restore.</param>
+/// <param name="PidfdStore">pidfd store, for pid reuse detection across pre-dumps.</param>
+public sealed record CriuFeatures(bool MemoryTracking, bool LazyPages, bool PidfdStore);
+
+/// <summary>
+/// What CRIU measured during a dump (the <c>stats-dump</c> image). Times as
+/// CRIU reports them: <see cref="MemoryDump"/> is CRIU's memdump_time, which
+/// (in CRIU 4.x) covers draining pages from the tasks; <see cref="MemoryWrite"/>
+/// is writing them to the images.
+/// </summary>
+public sealed record CriuDumpStatistics(
+    TimeSpan Freezing, TimeSpan Frozen, TimeSpan MemoryDump, TimeSpan MemoryWrite,
+    ulong PagesScanned, ulong PagesSkippedParent, ulong PagesWritten, ulong PagesLazy)
+{
+    internal static CriuDumpStatistics From(dump_stats_entry d) => new(
+        Micro(d.FreezingTime), Micro(d.FrozenTime), Micro(d.MemdumpTime), Micro(d.MemwriteTime),
+        d.PagesScanned, d.PagesSkippedParent, d.PagesWritten, d.PagesLazy);
+
+    internal static TimeSpan Micro(uint us) => TimeSpan.FromMicroseconds(us);
+}
+
+/// <summary>What CRIU measured during a restore (the <c>stats-restore</c> image).</summary>
+public sealed record CriuRestoreStatistics(TimeSpan Forking, TimeSpan Restore, ulong PagesCompared, ulong PagesSkippedCow, ulong PagesRestored)
+{
+    internal static CriuRestoreStatistics From(restore_stats_entry r) => new(
+        CriuDumpStatistics.Micro(r.ForkingTime), CriuDumpStatistics.Micro(r.RestoreTime), r.PagesCompared, r.PagesSkippedCow, r.PagesRestored);
+}
+
+/// <summary>The outcome of a successful dump.</summary>
+/// <param name="Statistics">CRIU's statistics, when it wrote them.</param>
+/// <param name="LogFile">The request's CRIU log.</param>
+public sealed record CriuDumpResult(CriuDumpStatistics? Statistics, string LogFile);
+
+/// <summary>The outcome of a successful restore.</summary>
+/// <param name="Pid">The restored tree's root pid, as the caller sees it.</param>
+/// <param name="Statistics">CRIU's statistics, when it wrote them.</param>
+/// <param name="LogFile">The request's CRIU log.</param>
+public sealed record CriuRestoreResult(int Pid, CriuRestoreStatistics? Statistics, string LogFile);
+
+/// <summary>Reads CRIU's statistics images.</summary>
+public static class CriuStatsImage
+{
+    /// <summary>The image-set magic every CRIU image starts with.</summary>
+    public const uint ImageSetMagic = 0x55105940;
+
+    /// <summary>The magic of a stats image.</summary>
+    public const uint StatsMagic = 0x57093306;
+
+    /// <summary>Reads a <c>stats-dump</c> file; null when it does not exist.</summary>
+    /// <exception cref="InvalidDataException">The file is not a stats image.</exception>
+    public static CriuDumpStatistics? ReadDump(string path) =>
+        Read(path)?.Dump is { } d ? CriuDumpStatistics.From(d) : null;
+
+    /// <summary>Reads a <c>stats-restore</c> file; null when it does not exist.</summary>
+    /// <exception cref="InvalidDataException">The file is not a stats image.</exception>
+    public static CriuRestoreStatistics? ReadRestore(string path) =>
+        Read(path)?.Restore is { } r ? CriuRestoreStatistics.From(r) : null;
+
+    internal static stats_entry? Read(string path)
+    {
+        if (!File.Exists(path))
+        {
+            return null;
+        }
+
+        var bytes = File.ReadAllBytes(path);
+        return Parse(bytes, path);
+    }
+
+    internal static stats_entry Parse(ReadOnlySpan<byte> bytes, string what)
+    {
+        if (bytes.Length < 12)
+        {
+            throw new InvalidDataException($"{what}: {bytes.Length} bytes is too short for a CRIU stats image");
+        }
+
+        var magic0 = BinaryPrimitives.ReadUInt32LittleEndian(bytes);
+        var magic1 = BinaryPrimitives.ReadUInt32LittleEndian(bytes[4..]);
+        if (magic0 != ImageSetMagic || magic1 != StatsMagic)
+        {
+            throw new InvalidDataException($"{what}: not a CRIU stats image (magic {magic0:x8} {magic1:x8})");
+        }
+
+        var size = BinaryPrimitives.ReadUInt32LittleEndian(bytes[8..]);
+        if (size > bytes.Length - 12)
+        {
+            throw new InvalidDataException($"{what}: truncated stats image ({size} bytes announced, {bytes.Length - 12} present)");
+        }
+
+        try
+        {
+            var entry = stats_entry.Parser.ParseFrom(bytes.Slice(12, (int)size));
+            if (!entry.IsInitialized())
+            {
+                throw new InvalidDataException($"{what}: stats image lacks required fields");
+            }
+
+            return entry;
+        }
+        catch (Google.Protobuf.InvalidProtocolBufferException e)
+        {
+            throw new InvalidDataException($"{what}: corrupt stats image: {e.Message}", e);
+        }
+    }
+}

@@ -1,0 +1,132 @@
+using System.Runtime.InteropServices;
+using Mono.Unix.Native;
+
+namespace RebootlessUpdate.Criu.Transport;
+
+/// <summary>
+/// One end of a SOCK_SEQPACKET unix socket (one message per datagram, as CRIU
+/// speaks). Receives are sized by peeking the datagram (MSG_PEEK|MSG_TRUNC
+/// returns its real length), so replies of any size arrive whole.
+/// </summary>
+internal sealed class SeqpacketSocket : IDisposable
+{
+    private static readonly TimeSpan PollSlice = TimeSpan.FromMilliseconds(100);
+    private int _fd;
+
+    public SeqpacketSocket(int fd) => _fd = fd;
+
+    /// <summary>The descriptor, for diagnostics.</summary>
+    public int Fd => _fd;
+
+    /// <summary>Creates a close-on-exec socketpair: no other child can inherit either end by accident.</summary>
+    public static (SeqpacketSocket Ours, int Theirs) CreatePair()
+    {
+        if (Syscall.socketpair(UnixAddressFamily.AF_UNIX, UnixSocketType.SOCK_SEQPACKET, UnixSocketFlags.SOCK_CLOEXEC,
+                (UnixSocketProtocol)0, out var a, out var b) != 0)
+        {
+            throw Error("socketpair(AF_UNIX, SOCK_SEQPACKET)");
+        }
+
+        return (new SeqpacketSocket(a), b);
+    }
+
+    /// <summary>Sends one datagram.</summary>
+    public unsafe void Send(ReadOnlySpan<byte> message)
+    {
+        ObjectDisposedException.ThrowIf(_fd < 0, this);
+        fixed (byte* p = message)
+        {
+            long n;
+            do
+            {
+                n = Syscall.send(_fd, p, (ulong)message.Length, MessageFlags.MSG_NOSIGNAL);
+            }
+            while (n < 0 && Stdlib.GetLastError() == Errno.EINTR);
+
+            if (n < 0)
+            {
+                throw Error($"send of a {message.Length}-byte message");
+            }
+        }
+    }
+
+    /// <summary>
+    /// Waits for and receives one datagram; null when the peer closed the
+    /// connection. The wait is cancellable.
+    /// </summary>
+    public Task<byte[]?> ReceiveAsync(CancellationToken cancellationToken) =>
+        Task.Factory.StartNew(() => Receive(cancellationToken), cancellationToken, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+
+    private unsafe byte[]? Receive(CancellationToken cancellationToken)
+    {
+        var pfd = new[] { new Pollfd { fd = _fd, events = PollEvents.POLLIN } };
+        while (true)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            ObjectDisposedException.ThrowIf(_fd < 0, this);
+            var ready = Syscall.poll(pfd, 1, (int)PollSlice.TotalMilliseconds);
+            if (ready < 0 && Stdlib.GetLastError() != Errno.EINTR)
+            {
+                throw Error("poll");
+            }
+
+            if (ready <= 0)
+            {
+                continue;
+            }
+
+            // Real size of the next datagram without consuming it.
+            byte dummy;
+            var size = Syscall.recv(_fd, &dummy, 0, MessageFlags.MSG_PEEK | MessageFlags.MSG_TRUNC | MessageFlags.MSG_DONTWAIT);
+            if (size < 0)
+            {
+                var errno = Stdlib.GetLastError();
+                if (errno is Errno.EINTR or Errno.EAGAIN)
+                {
+                    continue;
+                }
+
+                throw Error("recv (peek)", errno);
+            }
+
+            if (size == 0)
+            {
+                // EOF (a zero-length datagram is not something CRIU sends).
+                return null;
+            }
+
+            var buffer = new byte[size];
+            fixed (byte* p = buffer)
+            {
+                var n = Syscall.recv(_fd, p, (ulong)buffer.Length, MessageFlags.MSG_DONTWAIT);
+                if (n < 0)
+                {
+                    throw Error("recv");
+                }
+
+                if (n != size)
+                {
+                    throw new CriuTransportException($"short datagram from criu: {n} of {size} bytes");
+                }
+            }
+
+            return buffer;
+        }
+    }
+
+    public void Dispose()
+    {
+        var fd = Interlocked.Exchange(ref _fd, -1);
+        if (fd >= 0)
+        {
+            _ = Syscall.close(fd);
+        }
+    }
+
+    internal static CriuTransportException Error(string what, Errno? errno = null)
+    {
+        var e = errno ?? Stdlib.GetLastError();
+        var code = NativeConvert.FromErrno(e);
+        return new CriuTransportException($"{what} failed: {Marshal.GetPInvokeErrorMessage(code)} ({e})", code);
+    }
+}

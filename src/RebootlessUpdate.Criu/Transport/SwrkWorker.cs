@@ -1,0 +1,163 @@
+using System.Text;
+using Microsoft.Win32.SafeHandles;
+using Mono.Unix.Native;
+using RebootlessUpdate.Criu.Interop;
+
+namespace RebootlessUpdate.Criu.Transport;
+
+/// <summary>
+/// A <c>criu swrk FD</c> worker: one child process serving one connection.
+/// The child inherits exactly one end of a close-on-exec socketpair (placed by
+/// posix_spawn's dup2, which clears close-on-exec on the copy only), /dev/null
+/// as stdin, and a pipe as stdout/stderr that we read for error reports.
+/// </summary>
+internal sealed class SwrkWorker : IAsyncDisposable
+{
+    private const int MaxStderr = 64 * 1024;
+    private static readonly int[] TargetFds = [3, 4, 5];
+    private readonly StringBuilder _stderr = new();
+    private readonly Task _stderrPump;
+    private int? _exitStatus;
+
+    private SwrkWorker(int pid, SeqpacketSocket socket, FileStream stderr)
+    {
+        Pid = pid;
+        Socket = socket;
+        _stderrPump = PumpAsync(stderr);
+    }
+
+    public int Pid { get; }
+
+    public SeqpacketSocket Socket { get; }
+
+    /// <summary>What criu printed so far (bounded).</summary>
+    public string Stderr
+    {
+        get
+        {
+            lock (_stderr)
+            {
+                return _stderr.ToString();
+            }
+        }
+    }
+
+    public static SwrkWorker Start(string criuPath)
+    {
+        var (ours, theirs) = SeqpacketSocket.CreatePair();
+        int errRead = -1, errWrite = -1;
+        try
+        {
+            if (!Pipes.TryCreate(out errRead, out errWrite))
+            {
+                throw SeqpacketSocket.Error("pipe2 for criu's stderr");
+            }
+
+            // The fd number criu sees: any low number that is neither source (dup2
+            // onto itself would keep close-on-exec set).
+            var target = TargetFds.First(fd => fd != theirs && fd != errWrite);
+            var pid = Spawn.Start(criuPath, [criuPath, "swrk", target.ToString(System.Globalization.CultureInfo.InvariantCulture)],
+            [
+                Spawn.FdAction.Dup2(theirs, target),
+                Spawn.FdAction.Open(0, "/dev/null", (int)NativeConvert.FromOpenFlags(OpenFlags.O_RDONLY)),
+                Spawn.FdAction.Dup2(errWrite, 1),
+                Spawn.FdAction.Dup2(errWrite, 2),
+            ]);
+            var stderr = new FileStream(new SafeFileHandle(errRead, ownsHandle: true), FileAccess.Read, 1, isAsync: false);
+            errRead = -1;
+            return new SwrkWorker(pid, ours, stderr);
+        }
+        catch (IOException e)
+        {
+            ours.Dispose();
+            throw new CriuTransportException($"cannot start '{criuPath} swrk': {e.Message}. Is criu installed (4.0 or newer), and is the path right?", e.HResult, null, e);
+        }
+        catch
+        {
+            ours.Dispose();
+            throw;
+        }
+        finally
+        {
+            _ = Syscall.close(theirs);
+            if (errWrite >= 0)
+            {
+                _ = Syscall.close(errWrite);
+            }
+
+            if (errRead >= 0)
+            {
+                _ = Syscall.close(errRead);
+            }
+        }
+    }
+
+    private async Task PumpAsync(FileStream stderr)
+    {
+        await using (stderr.ConfigureAwait(false))
+        {
+            var buffer = new byte[4096];
+            int n;
+            try
+            {
+                while ((n = await Task.Run(() => stderr.Read(buffer, 0, buffer.Length)).ConfigureAwait(false)) > 0)
+                {
+                    lock (_stderr)
+                    {
+                        if (_stderr.Length < MaxStderr)
+                        {
+                            _stderr.Append(Encoding.UTF8.GetString(buffer, 0, n));
+                        }
+                    }
+                }
+            }
+            catch (IOException)
+            {
+                // the pipe broke: nothing more to read
+            }
+        }
+    }
+
+    /// <summary>Kills the worker (used when a request is cancelled mid-way).</summary>
+    public void Kill() => _ = Syscall.kill(Pid, Signum.SIGKILL);
+
+    /// <summary>Reaps the worker, waiting at most <paramref name="timeout"/>; kills it if it is still running then.</summary>
+    public async Task<int?> WaitForExitAsync(TimeSpan timeout)
+    {
+        if (_exitStatus is { } known)
+        {
+            return known;
+        }
+
+        var deadline = DateTime.UtcNow + timeout;
+        while (true)
+        {
+            var r = Syscall.waitpid(Pid, out var status, WaitOptions.WNOHANG);
+            if (r == Pid)
+            {
+                _exitStatus = Syscall.WIFEXITED(status) ? Syscall.WEXITSTATUS(status) : 128 + (int)Syscall.WTERMSIG(status);
+                return _exitStatus;
+            }
+
+            if (r < 0)
+            {
+                return null; // ECHILD: reaped elsewhere (e.g. by the runtime); status unknown
+            }
+
+            if (DateTime.UtcNow > deadline)
+            {
+                Kill();
+                deadline = DateTime.UtcNow + TimeSpan.FromSeconds(5);
+            }
+
+            await Task.Delay(10).ConfigureAwait(false);
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        Socket.Dispose();
+        await WaitForExitAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+        await _stderrPump.ConfigureAwait(false);
+    }
+}
