@@ -1,41 +1,67 @@
-using Google.Protobuf;
 using Microsoft.Extensions.Logging;
-using Mono.Unix.Native;
 using RebootlessUpdate.Criu.Protocol;
 using RebootlessUpdate.Criu.Transport;
 
 namespace RebootlessUpdate.Criu;
 
 /// <summary>
-/// A client of CRIU's RPC protocol. Each request runs in its own
-/// <c>criu swrk</c> worker, started with exactly one inherited socket; the
-/// worker is reaped and its output kept for error reports. Thread-safe: any
-/// number of requests may run at once.
+/// A client of CRIU's RPC protocol. By default each request runs in its own
+/// <c>criu swrk</c> worker, started with exactly one inherited socket (and the
+/// descriptors a restore must inherit), reaped afterwards, its output kept for
+/// error reports; with <see cref="CriuClientOptions.ServiceAddress"/> it talks
+/// to a running <c>criu service</c> instead. Thread-safe: requests may run
+/// concurrently.
 /// </summary>
-public sealed partial class CriuClient
+public sealed class CriuClient
 {
-    private static readonly TimeSpan WorkerExitGrace = TimeSpan.FromSeconds(10);
     private readonly CriuClientOptions _options;
     private readonly ILogger _logger;
+    private readonly Func<IReadOnlyCollection<int>, CriuConnection> _connect;
+    private readonly Lazy<Task<CriuVersion>> _version;
 
     /// <summary>Creates a client; nothing is started until a request is made.</summary>
     public CriuClient(CriuClientOptions? options = null)
+        : this(options ?? new CriuClientOptions(), null)
     {
-        _options = options ?? new CriuClientOptions();
-        _logger = _options.LoggerFactory.CreateLogger<CriuClient>();
     }
 
-    /// <summary>Asks CRIU's version (VERSION).</summary>
-    public async Task<CriuVersion> GetVersionAsync(CancellationToken cancellationToken = default)
+    /// <summary>For tests: a client over connections made by <paramref name="connect"/>.</summary>
+    internal CriuClient(CriuClientOptions options, Func<IReadOnlyCollection<int>, CriuConnection>? connect)
     {
-        var resp = await ExecuteAsync(new criu_req { Type = criu_req_type.Version }, null, null, cancellationToken).ConfigureAwait(false);
+        _options = options;
+        _logger = options.LoggerFactory.CreateLogger<CriuClient>();
+        _connect = connect ?? Connect;
+        _version = new Lazy<Task<CriuVersion>>(() => QueryVersionAsync(CancellationToken.None));
+    }
+
+    private CriuConnection Connect(IReadOnlyCollection<int> inheritFds)
+    {
+        if (_options.ServiceAddress is { } address)
+        {
+            return ServiceConnector.Connect(address);
+        }
+
+        var worker = SwrkWorker.Start(_options.ResolveCriuPath(), inheritFds);
+        return new CriuConnection(worker.Socket, worker, $"criu swrk worker {worker.Pid}");
+    }
+
+    /// <summary>True when requests go to a <c>criu service</c> rather than swrk workers.</summary>
+    public bool UsesService => _options.ServiceAddress is not null;
+
+    /// <summary>CRIU's version (VERSION). Asked once per client, then remembered.</summary>
+    public Task<CriuVersion> GetVersionAsync(CancellationToken cancellationToken = default) =>
+        _version.Value.IsFaulted ? QueryVersionAsync(cancellationToken) : _version.Value.WaitAsync(cancellationToken);
+
+    private async Task<CriuVersion> QueryVersionAsync(CancellationToken cancellationToken)
+    {
+        var resp = await ExecuteAsync(new criu_req { Type = criu_req_type.Version }, null, cancellationToken).ConfigureAwait(false);
         var v = resp.Version ?? throw new CriuTransportException("criu answered VERSION without a version");
         return new CriuVersion(v.MajorNumber, v.MinorNumber, v.HasSublevel ? v.Sublevel : 0, v.HasGitid ? v.Gitid : null);
     }
 
-    /// <summary>Runs CRIU's kernel check (CHECK); throws <see cref="CriuException"/> when the kernel lacks something.</summary>
+    /// <summary>Runs CRIU's kernel check (CHECK); throws <see cref="CriuRequestFailedException"/> when the kernel lacks something.</summary>
     public async Task CheckAsync(CancellationToken cancellationToken = default) =>
-        await ExecuteAsync(new criu_req { Type = criu_req_type.Check }, null, null, cancellationToken).ConfigureAwait(false);
+        await ExecuteAsync(new criu_req { Type = criu_req_type.Check }, null, cancellationToken).ConfigureAwait(false);
 
     /// <summary>Asks which optional features work here (FEATURE_CHECK).</summary>
     public async Task<CriuFeatures> CheckFeaturesAsync(CancellationToken cancellationToken = default)
@@ -46,43 +72,165 @@ public sealed partial class CriuClient
             Type = criu_req_type.FeatureCheck,
             Features = new criu_features { MemTrack = true, LazyPages = true, PidfdStore = true },
         };
-        var resp = await ExecuteAsync(req, null, null, cancellationToken).ConfigureAwait(false);
+        var resp = await ExecuteAsync(req, null, cancellationToken).ConfigureAwait(false);
         var f = resp.Features ?? new criu_features();
         return new CriuFeatures(f.MemTrack, f.LazyPages, f.PidfdStore);
     }
 
     /// <summary>Checkpoints a process tree (DUMP).</summary>
     /// <exception cref="ArgumentException">The options are invalid.</exception>
-    /// <exception cref="CriuException">CRIU failed; the message says why.</exception>
-    /// <exception cref="CriuTransportException">CRIU could not be reached.</exception>
+    /// <exception cref="CriuRequestFailedException">CRIU failed; the message says why.</exception>
+    /// <exception cref="CriuVersionException">An option needs a newer criu.</exception>
     public async Task<CriuDumpResult> DumpAsync(CriuDumpOptions options, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(options);
-        options.Validate();
-        await ExecuteAsync(new criu_req { Type = criu_req_type.Dump }, options, options.OnNotification, cancellationToken).ConfigureAwait(false);
-        var stats = CriuStatsImage.ReadDump(Path.Combine(options.WorkDirectory ?? options.ImagesDirectory, "stats-dump"));
-        return new CriuDumpResult(stats, options.LogPath);
+        await ExecuteAsync(new criu_req { Type = criu_req_type.Dump }, options, cancellationToken).ConfigureAwait(false);
+        return CriuDumpResult.Read(options);
+    }
+
+    /// <summary>
+    /// One pre-dump on its own connection (SINGLE_PRE_DUMP, CRIU 3.17+): memory
+    /// is copied while the tree keeps running. Needs memory tracking (soft-dirty) in the kernel.
+    /// </summary>
+    public async Task<CriuDumpResult> SinglePreDumpAsync(CriuDumpOptions options, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        await RequireAsync("SINGLE_PRE_DUMP", new CriuVersion(3, 17), cancellationToken).ConfigureAwait(false);
+        await ExecuteAsync(new criu_req { Type = criu_req_type.SinglePreDump }, options, cancellationToken).ConfigureAwait(false);
+        return CriuDumpResult.Read(options);
+    }
+
+    /// <summary>
+    /// Opens a connection for an iterative dump: any number of
+    /// <see cref="CriuPreDumpSession.PreDumpAsync"/> then one
+    /// <see cref="CriuPreDumpSession.DumpAsync"/>, all served by one CRIU worker.
+    /// </summary>
+    public Task<CriuPreDumpSession> StartPreDumpSessionAsync(CancellationToken cancellationToken = default)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        return Task.FromResult(new CriuPreDumpSession(this, new CriuSession(_connect([]), _logger)));
+    }
+
+    /// <summary>
+    /// Iterative dump with the documented convergence rule (<see cref="CriuIterativeDumpOptions"/>):
+    /// pre-dumps into <c>pre-1</c>, <c>pre-2</c>, ... under <paramref name="root"/> while the tree runs,
+    /// then the final dump into <c>final</c> with the last pre-dump as parent.
+    /// </summary>
+    public async Task<CriuIterativeDumpResult> IterativeDumpAsync(string root, CriuDumpOptions dump, CriuIterativeDumpOptions? iterations = null,
+        CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(dump);
+        iterations ??= new CriuIterativeDumpOptions();
+        iterations.Validate();
+        var pre = new List<CriuDumpResult>();
+        await using var session = await StartPreDumpSessionAsync(cancellationToken).ConfigureAwait(false);
+        string? parent = null;
+        string? stopReason = null;
+        for (var i = 1; stopReason is null; i++)
+        {
+            var dir = Directory.CreateDirectory(Path.Combine(root, $"pre-{i}")).FullName;
+            var result = await session.PreDumpAsync(dump with { ImagesDirectory = dir, ParentImages = parent, TrackMemory = true, WorkDirectory = null }, cancellationToken).ConfigureAwait(false);
+            pre.Add(result);
+            parent = $"../pre-{i}";
+            stopReason = iterations.StopReason(pre);
+        }
+
+        var final = Directory.CreateDirectory(Path.Combine(root, "final")).FullName;
+        var last = await session.DumpAsync(dump with { ImagesDirectory = final, ParentImages = parent, TrackMemory = true, WorkDirectory = null }, cancellationToken).ConfigureAwait(false);
+        return new CriuIterativeDumpResult(pre, last, final, stopReason);
     }
 
     /// <summary>Restores a process tree (RESTORE); returns its root pid.</summary>
-    /// <exception cref="ArgumentException">The options are invalid.</exception>
-    /// <exception cref="CriuException">CRIU failed; the message says why.</exception>
-    /// <exception cref="CriuTransportException">CRIU could not be reached.</exception>
+    /// <exception cref="ArgumentException">The options are invalid (or need swrk while a service is used).</exception>
+    /// <exception cref="CriuRequestFailedException">CRIU failed; the message says why.</exception>
     public async Task<CriuRestoreResult> RestoreAsync(CriuRestoreOptions options, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(options);
-        options.Validate();
-        var resp = await ExecuteAsync(new criu_req { Type = criu_req_type.Restore }, options, options.OnNotification, cancellationToken).ConfigureAwait(false);
+        if (UsesService && (options.AsSibling || options.InheritFds.Count > 0))
+        {
+            throw new ArgumentException("criu service rejects AsSibling and InheritFds (they need a swrk worker); use a client without ServiceAddress.", nameof(options));
+        }
+
+        var resp = await ExecuteAsync(new criu_req { Type = criu_req_type.Restore }, options, cancellationToken).ConfigureAwait(false);
         var pid = resp.Restore?.Pid ?? throw new CriuTransportException("criu answered RESTORE without the restored pid");
-        var stats = CriuStatsImage.ReadRestore(Path.Combine(options.WorkDirectory ?? options.ImagesDirectory, "stats-restore"));
+        var stats = CriuStatsImage.ReadRestore(Path.Combine(options.StatsDirectory, "stats-restore"));
         return new CriuRestoreResult(pid, stats, options.LogPath);
     }
 
-    private async Task<criu_resp> ExecuteAsync(criu_req req, CriuProcessOptions? options,
-        Func<CriuNotification, CancellationToken, ValueTask>? onNotification, CancellationToken cancellationToken)
+    /// <summary>
+    /// Starts a page server (PAGE_SERVER) that outlives the request: it receives
+    /// one dump's pages into the options' images folder (or serves them for a lazy
+    /// restore) and then exits. Returns its pid and port.
+    /// </summary>
+    public async Task<CriuPageServer> StartPageServerAsync(CriuPageServerOptions options, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        var resp = await ExecuteAsync(new criu_req { Type = criu_req_type.PageServer }, options, cancellationToken).ConfigureAwait(false);
+        return new CriuPageServer(resp.Ps?.Pid ?? 0, resp.Ps?.Port ?? 0, options.Address);
+    }
+
+    /// <summary>
+    /// Starts a page server as a child of a worker that stays connected
+    /// (PAGE_SERVER_CHLD with keep_open); <see cref="CriuPageServerChild.WaitAsync"/>
+    /// waits for it through WAIT_PID on the same connection.
+    /// </summary>
+    public async Task<CriuPageServerChild> StartPageServerChildAsync(CriuPageServerOptions options, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        var session = await OpenAsync(options, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            var req = new criu_req { Type = criu_req_type.PageServerChld, KeepOpen = true };
+            var resp = await SendAsync(session, req, options, cancellationToken).ConfigureAwait(false);
+            return new CriuPageServerChild(session, resp.Ps?.Pid ?? 0, resp.Ps?.Port ?? 0, options.Address);
+        }
+        catch
+        {
+            await session.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    /// <summary>Saves this host's CPU description into <paramref name="imagesDirectory"/> (CPUINFO_DUMP).</summary>
+    public async Task CpuInfoDumpAsync(string imagesDirectory, CancellationToken cancellationToken = default) =>
+        await ExecuteAsync(new criu_req { Type = criu_req_type.CpuinfoDump }, new CriuCpuInfoOptions { ImagesDirectory = imagesDirectory }, cancellationToken).ConfigureAwait(false);
+
+    /// <summary>
+    /// Checks this host's CPU against the description in <paramref name="imagesDirectory"/>
+    /// (CPUINFO_CHECK); throws <see cref="CriuRequestFailedException"/> when images from there would not run here.
+    /// </summary>
+    public async Task CpuInfoCheckAsync(string imagesDirectory, CancellationToken cancellationToken = default) =>
+        await ExecuteAsync(new criu_req { Type = criu_req_type.CpuinfoCheck }, new CriuCpuInfoOptions { ImagesDirectory = imagesDirectory }, cancellationToken).ConfigureAwait(false);
+
+    private async Task RequireAsync(string feature, CriuVersion minimum, CancellationToken cancellationToken)
+    {
+        var actual = await GetVersionAsync(cancellationToken).ConfigureAwait(false);
+        if (actual < minimum)
+        {
+            throw new CriuVersionException(feature, minimum, actual);
+        }
+    }
+
+    /// <summary>Validates options, checks their version needs, and opens a connection.</summary>
+    internal async Task<CriuSession> OpenAsync(CriuProcessOptions? options, CancellationToken cancellationToken)
     {
         cancellationToken.ThrowIfCancellationRequested();
-        var kind = (CriuRequestType)(int)req.Type;
+        options?.Validate();
+        if (options is not null)
+        {
+            foreach (var (option, minimum) in options.Requirements())
+            {
+                await RequireAsync(option, minimum, cancellationToken).ConfigureAwait(false);
+            }
+        }
+
+        var inherit = options is CriuRestoreOptions r ? r.InheritFds.Values.ToArray() : [];
+        return new CriuSession(_connect(inherit), _logger);
+    }
+
+    /// <summary>Sends one request on an open session (folders become descriptors for its duration).</summary>
+    internal static async Task<criu_resp> SendAsync(CriuSession session, criu_req req, CriuProcessOptions? options, CancellationToken cancellationToken)
+    {
         using var fds = new DescriptorSet();
         if (options is not null)
         {
@@ -100,107 +248,12 @@ public sealed partial class CriuClient
             req.Opts = new criu_opts { ImagesDirFd = fds.OpenDirectory(Path.GetTempPath(), "temporary folder") };
         }
 
-        await using var worker = SwrkWorker.Start(_options.ResolveCriuPath());
-        Log.RequestSent(_logger, kind, worker.Pid);
-        using var killOnCancel = cancellationToken.Register(static w => ((SwrkWorker)w!).Kill(), worker);
-        worker.Socket.Send(req.ToByteArray());
-        Exception? handlerFailure = null;
-        while (true)
-        {
-            var bytes = await worker.Socket.ReceiveAsync(cancellationToken).ConfigureAwait(false);
-            if (bytes is null)
-            {
-                var exit = await worker.WaitForExitAsync(WorkerExitGrace).ConfigureAwait(false);
-                throw new CriuTransportException(
-                    $"criu exited without answering the {kind.ToString().ToUpperInvariant()} request (exit status {exit?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "unknown"}). criu printed: {Trim(worker.Stderr)}",
-                    0, worker.Stderr);
-            }
-
-            var resp = Parse(bytes, kind);
-            if (resp.Type == criu_req_type.Notify)
-            {
-                handlerFailure ??= await NotifyAsync(worker, resp, onNotification, cancellationToken).ConfigureAwait(false);
-                continue;
-            }
-
-            if (resp.Type != req.Type)
-            {
-                throw new CriuTransportException($"criu answered a {kind.ToString().ToUpperInvariant()} request with a {resp.Type} response");
-            }
-
-            if (!resp.Success)
-            {
-                var error = new CriuException(kind, resp.CrErrno, resp.HasCrErrmsg ? resp.CrErrmsg : null,
-                    options?.LogPath, CriuException.ExcerptLog(options?.LogPath), handlerFailure, worker.Stderr);
-                Log.RequestFailed(_logger, kind, error.Message);
-                throw error;
-            }
-
-            Log.RequestSucceeded(_logger, kind);
-            return resp;
-        }
+        return await session.RequestAsync(req, options?.OnNotification, options?.LogPath, cancellationToken).ConfigureAwait(false);
     }
 
-    private async Task<Exception?> NotifyAsync(SwrkWorker worker, criu_resp resp,
-        Func<CriuNotification, CancellationToken, ValueTask>? onNotification, CancellationToken cancellationToken)
+    private async Task<criu_resp> ExecuteAsync(criu_req req, CriuProcessOptions? options, CancellationToken cancellationToken)
     {
-        var n = new CriuNotification(resp.Notify?.Script ?? string.Empty, resp.Notify is { HasPid: true } x ? x.Pid : null);
-        Log.Notification(_logger, n.Script, n.Pid ?? 0);
-        Exception? failure = null;
-        if (onNotification is not null)
-        {
-            try
-            {
-                await onNotification(n, cancellationToken).ConfigureAwait(false);
-            }
-            catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
-            {
-                failure = e;
-                Log.NotificationFailed(_logger, n.Script, e);
-            }
-        }
-
-        // Anything but notify_success=true makes CRIU abort the operation.
-        worker.Socket.Send(new criu_req { Type = criu_req_type.Notify, NotifySuccess = failure is null }.ToByteArray());
-        return failure;
-    }
-
-    private static criu_resp Parse(byte[] bytes, CriuRequestType kind)
-    {
-        criu_resp resp;
-        try
-        {
-            resp = criu_resp.Parser.ParseFrom(bytes);
-        }
-        catch (InvalidProtocolBufferException e)
-        {
-            throw new CriuTransportException($"criu sent an unreadable response to {kind.ToString().ToUpperInvariant()}: {e.Message}", e);
-        }
-
-        // Google.Protobuf does not enforce proto2 `required`: check here.
-        return resp.IsInitialized()
-            ? resp
-            : throw new CriuTransportException($"criu sent a response to {kind.ToString().ToUpperInvariant()} without its required fields");
-    }
-
-    private static string Trim(string text) =>
-        string.IsNullOrWhiteSpace(text) ? "(nothing)" : text.Length > 2000 ? text[^2000..].Trim() : text.Trim();
-
-    private static partial class Log
-    {
-        [LoggerMessage(1, LogLevel.Debug, "criu {Request} request sent to swrk worker {WorkerPid}")]
-        public static partial void RequestSent(ILogger logger, CriuRequestType request, int workerPid);
-
-        [LoggerMessage(2, LogLevel.Debug, "criu {Request} succeeded")]
-        public static partial void RequestSucceeded(ILogger logger, CriuRequestType request);
-
-        [LoggerMessage(3, LogLevel.Warning, "criu {Request} failed: {Reason}")]
-        public static partial void RequestFailed(ILogger logger, CriuRequestType request, string reason);
-
-        [LoggerMessage(4, LogLevel.Debug, "criu notification {Script} (pid {Pid})")]
-        public static partial void Notification(ILogger logger, string script, int pid);
-
-        [LoggerMessage(5, LogLevel.Warning, "notification handler for {Script} failed; criu will abort the request")]
-        public static partial void NotificationFailed(ILogger logger, string script, Exception exception);
+        await using var session = await OpenAsync(options, cancellationToken).ConfigureAwait(false);
+        return await SendAsync(session, req, options, cancellationToken).ConfigureAwait(false);
     }
 }

@@ -12,6 +12,13 @@ public sealed record CriuClientOptions
     /// </summary>
     public string CriuPath { get; init; } = "criu";
 
+    /// <summary>
+    /// Address of a running <c>criu service --address PATH</c> to use instead of
+    /// starting a <c>criu swrk</c> worker per request. In service mode CRIU
+    /// rejects restore-as-sibling and inherited descriptors. Default: none (swrk).
+    /// </summary>
+    public string? ServiceAddress { get; init; }
+
     /// <summary>Logging for requests, notifications and failures. Default: none.</summary>
     public ILoggerFactory LoggerFactory { get; init; } = NullLoggerFactory.Instance;
 
@@ -21,7 +28,7 @@ public sealed record CriuClientOptions
         {
             return File.Exists(CriuPath)
                 ? CriuPath
-                : throw new CriuTransportException($"criu not found at '{CriuPath}'. Install CRIU 4.0 or newer, or set CriuClientOptions.CriuPath.");
+                : throw new CriuUnavailableException($"criu not found at '{CriuPath}'. Install CRIU 4.0 or newer, or set CriuClientOptions.CriuPath.");
         }
 
         foreach (var dir in (Environment.GetEnvironmentVariable("PATH") ?? string.Empty).Split(':', StringSplitOptions.RemoveEmptyEntries))
@@ -33,6 +40,6 @@ public sealed record CriuClientOptions
             }
         }
 
-        throw new CriuTransportException($"'{CriuPath}' is not on PATH. Install CRIU 4.0 or newer, or set CriuClientOptions.CriuPath.");
+        throw new CriuUnavailableException($"'{CriuPath}' is not on PATH. Install CRIU 4.0 or newer, or set CriuClientOptions.CriuPath.");
     }
 }

@@ -1,139 +1,95 @@
-using System.Runtime.InteropServices;
-using System.Text;
-
 namespace RebootlessUpdate.Criu;
 
 /// <summary>
-/// CRIU answered a request with failure. The message always names the request,
-/// the errno with its meaning, CRIU's own message when it sent one, and the
-/// error lines of CRIU's log with some context, so the reader can act on it.
+/// Base of every error this client raises about CRIU. Catch the subclass that
+/// says who failed: <see cref="CriuUnavailableException"/> (criu cannot be
+/// found or run), <see cref="CriuTransportException"/> (the connection broke),
+/// <see cref="CriuRequestFailedException"/> (CRIU refused or failed the
+/// request), <see cref="CriuVersionException"/> (this criu is too old for what
+/// was asked). Misuse of the API stays <see cref="ArgumentException"/>.
 /// </summary>
-public sealed class CriuException : Exception
+public abstract class CriuException : Exception
 {
     /// <summary>Creates the exception.</summary>
-    public CriuException(CriuRequestType request, int errno, string? criuMessage, string? logFile,
-        IReadOnlyList<string> logExcerpt, Exception? inner = null, string? criuOutput = null)
-        : base(Compose(request, errno, criuMessage, logFile, logExcerpt, inner, criuOutput), inner)
+    protected CriuException()
     {
-        CriuOutput = criuOutput;
-        Request = request;
-        Errno = errno;
-        CriuMessage = criuMessage;
-        LogFile = logFile;
-        LogExcerpt = logExcerpt;
     }
 
     /// <summary>Creates the exception.</summary>
-    public CriuException()
-    {
-        LogExcerpt = [];
-    }
-
-    /// <summary>Creates the exception.</summary>
-    public CriuException(string message)
+    protected CriuException(string message)
         : base(message)
     {
-        LogExcerpt = [];
     }
 
     /// <summary>Creates the exception.</summary>
-    public CriuException(string message, Exception innerException)
+    protected CriuException(string message, Exception? innerException)
         : base(message, innerException)
     {
-        LogExcerpt = [];
     }
+}
 
-    /// <summary>The request that failed.</summary>
-    public CriuRequestType Request { get; }
-
-    /// <summary>CRIU's <c>cr_errno</c> (0 when it sent none).</summary>
-    public int Errno { get; }
-
-    /// <summary>CRIU's <c>cr_errmsg</c>, when it sent one (often empty before CRIU 4.2).</summary>
-    public string? CriuMessage { get; }
-
-    /// <summary>The CRIU log of the request, when one was written.</summary>
-    public string? LogFile { get; }
-
-    /// <summary>What the criu process printed (stdout/stderr), when anything.</summary>
-    public string? CriuOutput { get; }
-
-    /// <summary>The log's error lines, each with a little context before it.</summary>
-    public IReadOnlyList<string> LogExcerpt { get; }
-
-    private static string Compose(CriuRequestType request, int errno, string? criuMessage, string? logFile,
-        IReadOnlyList<string> logExcerpt, Exception? inner, string? criuOutput)
+/// <summary>criu cannot be found or started (wrong path, not executable, not installed).</summary>
+public sealed class CriuUnavailableException : CriuException
+{
+    /// <summary>Creates the exception.</summary>
+    public CriuUnavailableException()
     {
-        var sb = new StringBuilder();
-        sb.Append("criu ").Append(request.ToString().ToUpperInvariant()).Append(" failed");
-        sb.Append(errno != 0 ? $": errno {errno} ({Marshal.GetPInvokeErrorMessage(errno)})" : ": no errno reported");
-        if (!string.IsNullOrWhiteSpace(criuMessage))
-        {
-            sb.Append("; criu says: ").Append(criuMessage.Trim());
-        }
-
-        if (inner is not null)
-        {
-            sb.Append("; a notification handler failed: ").Append(inner.Message);
-        }
-
-        if (logExcerpt.Count > 0)
-        {
-            sb.Append("\nfrom ").Append(logFile).Append(":\n  ").AppendJoin("\n  ", logExcerpt);
-        }
-        else if (logFile is not null)
-        {
-            sb.Append(" (no error lines in ").Append(logFile).Append(')');
-        }
-
-        if (!string.IsNullOrWhiteSpace(criuOutput))
-        {
-            var text = criuOutput.Trim();
-            sb.Append("\ncriu printed:\n  ").Append(text.Length > 2000 ? text[^2000..] : text);
-        }
-
-        return sb.ToString();
     }
 
-    /// <summary>
-    /// The error lines of a CRIU log, each preceded by up to <paramref name="context"/>
-    /// lines, at most <paramref name="maxLines"/> lines in all.
-    /// </summary>
-    internal static IReadOnlyList<string> ExcerptLog(string? path, int context = 2, int maxLines = 40)
+    /// <summary>Creates the exception.</summary>
+    public CriuUnavailableException(string message)
+        : base(message)
     {
-        if (path is null || !File.Exists(path))
-        {
-            return [];
-        }
-
-        string[] lines;
-        try
-        {
-            lines = File.ReadAllLines(path);
-        }
-        catch (IOException)
-        {
-            return [];
-        }
-        catch (UnauthorizedAccessException)
-        {
-            return [];
-        }
-
-        var keep = new SortedSet<int>();
-        for (var i = 0; i < lines.Length; i++)
-        {
-            // CRIU 4.1 logs a harmless "Error ... rlimit: Can't setup RLIMIT_NOFILE" on every
-            // run where it may not raise its own limit; it is not the failure.
-            if (lines[i].Contains("Error", StringComparison.Ordinal) && !lines[i].Contains("rlimit: Can't setup RLIMIT_NOFILE", StringComparison.Ordinal))
-            {
-                for (var j = Math.Max(0, i - context); j <= i; j++)
-                {
-                    keep.Add(j);
-                }
-            }
-        }
-
-        return [.. keep.Take(maxLines).Select(i => lines[i])];
     }
+
+    /// <summary>Creates the exception.</summary>
+    public CriuUnavailableException(string message, Exception? innerException)
+        : base(message, innerException)
+    {
+    }
+}
+
+/// <summary>The installed criu is older than an option or request needs.</summary>
+public sealed class CriuVersionException : CriuException
+{
+    /// <summary>Creates the exception.</summary>
+    public CriuVersionException(string feature, CriuVersion minimum, CriuVersion actual)
+        : base($"{feature} needs criu {minimum} or newer, but the installed criu is {actual}. Install a newer CRIU (4.0 or later is recommended) or do without {feature}.")
+    {
+        Feature = feature;
+        Minimum = minimum;
+        Actual = actual;
+    }
+
+    /// <summary>Creates the exception.</summary>
+    public CriuVersionException()
+    {
+        Feature = string.Empty;
+        Minimum = Actual = new CriuVersion(0, 0);
+    }
+
+    /// <summary>Creates the exception.</summary>
+    public CriuVersionException(string message)
+        : base(message)
+    {
+        Feature = string.Empty;
+        Minimum = Actual = new CriuVersion(0, 0);
+    }
+
+    /// <summary>Creates the exception.</summary>
+    public CriuVersionException(string message, Exception? innerException)
+        : base(message, innerException)
+    {
+        Feature = string.Empty;
+        Minimum = Actual = new CriuVersion(0, 0);
+    }
+
+    /// <summary>The option or request that needs the newer version.</summary>
+    public string Feature { get; }
+
+    /// <summary>The oldest criu that has it.</summary>
+    public CriuVersion Minimum { get; }
+
+    /// <summary>The installed criu.</summary>
+    public CriuVersion Actual { get; }
 }

@@ -37,7 +37,11 @@ public sealed record CriuRestoreStatistics(TimeSpan Forking, TimeSpan Restore, u
 /// <summary>The outcome of a successful dump.</summary>
 /// <param name="Statistics">CRIU's statistics, when it wrote them.</param>
 /// <param name="LogFile">The request's CRIU log.</param>
-public sealed record CriuDumpResult(CriuDumpStatistics? Statistics, string LogFile);
+public sealed record CriuDumpResult(CriuDumpStatistics? Statistics, string LogFile)
+{
+    internal static CriuDumpResult Read(CriuProcessOptions options) =>
+        new(CriuStatsImage.ReadDump(Path.Combine(options.StatsDirectory, "stats-dump")), options.LogPath);
+}
 
 /// <summary>The outcome of a successful restore.</summary>
 /// <param name="Pid">The restored tree's root pid, as the caller sees it.</param>

@@ -5,7 +5,7 @@ namespace RebootlessUpdate.Criu;
 /// socket broke, or criu exited without answering. <see cref="CriuStderr"/>
 /// holds what criu printed, when anything.
 /// </summary>
-public sealed class CriuTransportException : Exception
+public class CriuTransportException : CriuException
 {
     /// <summary>Creates the exception.</summary>
     public CriuTransportException(string message, int errno = 0, string? criuStderr = null, Exception? inner = null)

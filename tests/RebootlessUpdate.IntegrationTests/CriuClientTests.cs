@@ -100,7 +100,7 @@ public class CriuClientTests
         var images = NewImagesDir();
         var unused = FindUnusedPid();
 
-        var e = Assert.ThrowsAsync<CriuException>(() => _client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = unused }));
+        var e = Assert.ThrowsAsync<CriuRequestFailedException>(() => _client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = unused }));
 
         Assert.Multiple(() =>
         {
@@ -117,7 +117,7 @@ public class CriuClientTests
         using var workload = Workload.Start(Path.Combine(_dir, "work"));
         var images = NewImagesDir();
 
-        var e = Assert.ThrowsAsync<CriuException>(() => _client.DumpAsync(new CriuDumpOptions
+        var e = Assert.ThrowsAsync<CriuRequestFailedException>(() => _client.DumpAsync(new CriuDumpOptions
         {
             ImagesDirectory = images,
             Pid = workload.RootPid,
@@ -190,7 +190,7 @@ public class CriuClientTests
     {
         var client = new CriuClient(new CriuClientOptions { CriuPath = Path.Combine(_dir, "no-such-criu") });
 
-        Assert.That(() => client.GetVersionAsync(), Throws.TypeOf<CriuTransportException>().With.Message.Contains("criu not found at"));
+        Assert.That(() => client.GetVersionAsync(), Throws.TypeOf<CriuUnavailableException>().With.Message.Contains("criu not found at"));
     }
 
     [Test]

@@ -12,11 +12,20 @@ internal static unsafe partial class Spawn
 {
     // glibc's posix_spawn_file_actions_t is 80 bytes on x86-64; leave room.
     private const int FileActionsSize = 256;
+    private const string InheritMarker = "\0inherit";
+    private const int SpareFd = 1000;
 
     /// <summary>One action applied in the child before exec.</summary>
     internal readonly record struct FdAction(int Fd, int From, string? OpenPath, int OpenFlags)
     {
         public static FdAction Dup2(int from, int to) => new(to, from, null, 0);
+
+        /// <summary>
+        /// Keeps our <paramref name="fd"/> open in the child at the same number.
+        /// dup2 onto itself would leave close-on-exec set, so go through a spare
+        /// high descriptor: dup2(fd, spare); dup2(spare, fd); close(spare).
+        /// </summary>
+        public static FdAction Inherit(int fd) => new(fd, fd, InheritMarker, 0);
 
         public static FdAction Open(int fd, string path, int flags) => new(fd, -1, path, flags);
     }
@@ -32,7 +41,13 @@ internal static unsafe partial class Spawn
             Check(posix_spawn_file_actions_init(fileActions), "posix_spawn_file_actions_init");
             foreach (var a in actions)
             {
-                if (a.OpenPath is not null)
+                if (ReferenceEquals(a.OpenPath, InheritMarker))
+                {
+                    Check(posix_spawn_file_actions_adddup2(fileActions, a.Fd, SpareFd), "adddup2");
+                    Check(posix_spawn_file_actions_adddup2(fileActions, SpareFd, a.Fd), "adddup2");
+                    Check(posix_spawn_file_actions_addclose(fileActions, SpareFd), "addclose");
+                }
+                else if (a.OpenPath is not null)
                 {
                     Check(posix_spawn_file_actions_addopen(fileActions, a.Fd, a.OpenPath, a.OpenFlags, 0), "addopen");
                 }
@@ -103,6 +118,9 @@ internal static unsafe partial class Spawn
 
     [LibraryImport("libc", EntryPoint = "posix_spawn_file_actions_adddup2")]
     private static partial int posix_spawn_file_actions_adddup2(void* fileActions, int fd, int newFd);
+
+    [LibraryImport("libc", EntryPoint = "posix_spawn_file_actions_addclose")]
+    private static partial int posix_spawn_file_actions_addclose(void* fileActions, int fd);
 
     [LibraryImport("libc", EntryPoint = "posix_spawn_file_actions_addopen", StringMarshalling = StringMarshalling.Utf8)]
     private static partial int posix_spawn_file_actions_addopen(void* fileActions, int fd, string path, int oflag, uint mode);

@@ -14,7 +14,7 @@ namespace RebootlessUpdate.Criu.Transport;
 internal sealed class SwrkWorker : IAsyncDisposable
 {
     private const int MaxStderr = 64 * 1024;
-    private static readonly int[] TargetFds = [3, 4, 5];
+    private static readonly int[] TargetFds = [3, 4, 5, 6, 7, 8, 9, 10];
     private readonly StringBuilder _stderr = new();
     private readonly Task _stderrPump;
     private int? _exitStatus;
@@ -42,7 +42,11 @@ internal sealed class SwrkWorker : IAsyncDisposable
         }
     }
 
-    public static SwrkWorker Start(string criuPath)
+    /// <summary>
+    /// Starts <c>criu swrk</c>. <paramref name="inheritFds"/> are extra descriptors
+    /// of ours the worker must have at the same numbers (RESTORE's inherit_fd).
+    /// </summary>
+    public static SwrkWorker Start(string criuPath, IReadOnlyCollection<int>? inheritFds = null)
     {
         var (ours, theirs) = SeqpacketSocket.CreatePair();
         int errRead = -1, errWrite = -1;
@@ -55,13 +59,14 @@ internal sealed class SwrkWorker : IAsyncDisposable
 
             // The fd number criu sees: any low number that is neither source (dup2
             // onto itself would keep close-on-exec set).
-            var target = TargetFds.First(fd => fd != theirs && fd != errWrite);
+            var target = TargetFds.First(fd => fd != theirs && fd != errWrite && inheritFds?.Contains(fd) != true);
             var pid = Spawn.Start(criuPath, [criuPath, "swrk", target.ToString(System.Globalization.CultureInfo.InvariantCulture)],
             [
                 Spawn.FdAction.Dup2(theirs, target),
                 Spawn.FdAction.Open(0, "/dev/null", (int)NativeConvert.FromOpenFlags(OpenFlags.O_RDONLY)),
                 Spawn.FdAction.Dup2(errWrite, 1),
                 Spawn.FdAction.Dup2(errWrite, 2),
+                .. (inheritFds ?? []).Select(fd => Spawn.FdAction.Inherit(fd)),
             ]);
             var stderr = new FileStream(new SafeFileHandle(errRead, ownsHandle: true), FileAccess.Read, 1, isAsync: false);
             errRead = -1;
@@ -70,7 +75,7 @@ internal sealed class SwrkWorker : IAsyncDisposable
         catch (IOException e)
         {
             ours.Dispose();
-            throw new CriuTransportException($"cannot start '{criuPath} swrk': {e.Message}. Is criu installed (4.0 or newer), and is the path right?", e.HResult, null, e);
+            throw new CriuUnavailableException($"cannot start '{criuPath} swrk': {e.Message}. Is criu installed (4.0 or newer), and is the path right?", e);
         }
         catch
         {

@@ -1,0 +1,139 @@
+using System.Runtime.InteropServices;
+using System.Text;
+
+namespace RebootlessUpdate.Criu;
+
+/// <summary>
+/// CRIU answered a request with failure (the request reached CRIU; CRIU says no). The message always names the request,
+/// the errno with its meaning, CRIU's own message when it sent one, and the
+/// error lines of CRIU's log with some context, so the reader can act on it.
+/// </summary>
+public sealed class CriuRequestFailedException : CriuException
+{
+    /// <summary>Creates the exception.</summary>
+    public CriuRequestFailedException(CriuRequestType request, int errno, string? criuMessage, string? logFile,
+        IReadOnlyList<string> logExcerpt, Exception? inner = null, string? criuOutput = null)
+        : base(Compose(request, errno, criuMessage, logFile, logExcerpt, inner, criuOutput), inner)
+    {
+        CriuOutput = criuOutput;
+        Request = request;
+        Errno = errno;
+        CriuMessage = criuMessage;
+        LogFile = logFile;
+        LogExcerpt = logExcerpt;
+    }
+
+    /// <summary>Creates the exception.</summary>
+    public CriuRequestFailedException()
+    {
+        LogExcerpt = [];
+    }
+
+    /// <summary>Creates the exception.</summary>
+    public CriuRequestFailedException(string message)
+        : base(message)
+    {
+        LogExcerpt = [];
+    }
+
+    /// <summary>Creates the exception.</summary>
+    public CriuRequestFailedException(string message, Exception innerException)
+        : base(message, innerException)
+    {
+        LogExcerpt = [];
+    }
+
+    /// <summary>The request that failed.</summary>
+    public CriuRequestType Request { get; }
+
+    /// <summary>CRIU's <c>cr_errno</c> (0 when it sent none).</summary>
+    public int Errno { get; }
+
+    /// <summary>CRIU's <c>cr_errmsg</c>, when it sent one (often empty before CRIU 4.2).</summary>
+    public string? CriuMessage { get; }
+
+    /// <summary>The CRIU log of the request, when one was written.</summary>
+    public string? LogFile { get; }
+
+    /// <summary>What the criu process printed (stdout/stderr), when anything.</summary>
+    public string? CriuOutput { get; }
+
+    /// <summary>The log's error lines, each with a little context before it.</summary>
+    public IReadOnlyList<string> LogExcerpt { get; }
+
+    private static string Compose(CriuRequestType request, int errno, string? criuMessage, string? logFile,
+        IReadOnlyList<string> logExcerpt, Exception? inner, string? criuOutput)
+    {
+        var sb = new StringBuilder();
+        sb.Append("criu ").Append(request.ToString().ToUpperInvariant()).Append(" failed");
+        sb.Append(errno != 0 ? $": errno {errno} ({Marshal.GetPInvokeErrorMessage(errno)})" : ": no errno reported");
+        if (!string.IsNullOrWhiteSpace(criuMessage))
+        {
+            sb.Append("; criu says: ").Append(criuMessage.Trim());
+        }
+
+        if (inner is not null)
+        {
+            sb.Append("; a notification handler failed: ").Append(inner.Message);
+        }
+
+        if (logExcerpt.Count > 0)
+        {
+            sb.Append("\nfrom ").Append(logFile).Append(":\n  ").AppendJoin("\n  ", logExcerpt);
+        }
+        else if (logFile is not null)
+        {
+            sb.Append(" (no error lines in ").Append(logFile).Append(')');
+        }
+
+        if (!string.IsNullOrWhiteSpace(criuOutput))
+        {
+            var text = criuOutput.Trim();
+            sb.Append("\ncriu printed:\n  ").Append(text.Length > 2000 ? text[^2000..] : text);
+        }
+
+        return sb.ToString();
+    }
+
+    /// <summary>
+    /// The error lines of a CRIU log, each preceded by up to <paramref name="context"/>
+    /// lines, at most <paramref name="maxLines"/> lines in all.
+    /// </summary>
+    internal static IReadOnlyList<string> ExcerptLog(string? path, int context = 2, int maxLines = 40)
+    {
+        if (path is null || !File.Exists(path))
+        {
+            return [];
+        }
+
+        string[] lines;
+        try
+        {
+            lines = File.ReadAllLines(path);
+        }
+        catch (IOException)
+        {
+            return [];
+        }
+        catch (UnauthorizedAccessException)
+        {
+            return [];
+        }
+
+        var keep = new SortedSet<int>();
+        for (var i = 0; i < lines.Length; i++)
+        {
+            // CRIU 4.1 logs a harmless "Error ... rlimit: Can't setup RLIMIT_NOFILE" on every
+            // run where it may not raise its own limit; it is not the failure.
+            if (lines[i].Contains("Error", StringComparison.Ordinal) && !lines[i].Contains("rlimit: Can't setup RLIMIT_NOFILE", StringComparison.Ordinal))
+            {
+                for (var j = Math.Max(0, i - context); j <= i; j++)
+                {
+                    keep.Add(j);
+                }
+            }
+        }
+
+        return [.. keep.Take(maxLines).Select(i => lines[i])];
+    }
+}
