@@ -31,7 +31,8 @@ internal sealed partial class CriuSession : IAsyncDisposable
         var name = Name(kind);
         using var abortOnCancel = cancellationToken.Register(static c => ((CriuConnection)c!).Abort(), _connection);
         Log.RequestSent(_logger, kind, _connection.Description);
-        _connection.Socket.Send(req.ToByteArray());
+        // A failed send (peer gone) shows up as end of connection on the receive below.
+        _ = _connection.Socket.Send(req.ToByteArray());
         Exception? handlerFailure = null;
         while (true)
         {
@@ -94,7 +95,7 @@ internal sealed partial class CriuSession : IAsyncDisposable
 
         // Anything but notify_success=true makes CRIU abort the operation
         // ("RPC client reported script error").
-        _connection.Socket.Send(new criu_req { Type = criu_req_type.Notify, NotifySuccess = failure is null }.ToByteArray());
+        _ = _connection.Socket.Send(new criu_req { Type = criu_req_type.Notify, NotifySuccess = failure is null }.ToByteArray());
         return failure;
     }
 

@@ -30,8 +30,12 @@ internal sealed class SeqpacketSocket : IDisposable
         return (new SeqpacketSocket(a), b);
     }
 
-    /// <summary>Sends one datagram.</summary>
-    public unsafe void Send(ReadOnlySpan<byte> message)
+    /// <summary>
+    /// Sends one datagram. Returns false when the peer has gone (EPIPE,
+    /// ECONNRESET): the next receive then reports the end of the connection,
+    /// with whatever the peer said before.
+    /// </summary>
+    public unsafe bool Send(ReadOnlySpan<byte> message)
     {
         ObjectDisposedException.ThrowIf(_fd < 0, this);
         fixed (byte* p = message)
@@ -45,9 +49,17 @@ internal sealed class SeqpacketSocket : IDisposable
 
             if (n < 0)
             {
-                throw Error($"send of a {message.Length}-byte message");
+                var errno = Stdlib.GetLastError();
+                if (errno is Errno.EPIPE or Errno.ECONNRESET)
+                {
+                    return false;
+                }
+
+                throw Error($"send of a {message.Length}-byte message", errno);
             }
         }
+
+        return true;
     }
 
     /// <summary>
@@ -84,6 +96,11 @@ internal sealed class SeqpacketSocket : IDisposable
                 if (errno is Errno.EINTR or Errno.EAGAIN)
                 {
                     continue;
+                }
+
+                if (errno == Errno.ECONNRESET)
+                {
+                    return null; // the peer closed with our last message unread
                 }
 
                 throw Error("recv (peek)", errno);
