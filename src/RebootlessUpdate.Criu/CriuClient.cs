@@ -18,6 +18,7 @@ public sealed class CriuClient
     private readonly ILogger _logger;
     private readonly Func<IReadOnlyCollection<int>, CriuConnection> _connect;
     private readonly Lazy<Task<CriuVersion>> _version;
+    private readonly Lazy<Task<CriuFeatures>> _features;
 
     /// <summary>Creates a client; nothing is started until a request is made.</summary>
     public CriuClient(CriuClientOptions? options = null)
@@ -32,6 +33,7 @@ public sealed class CriuClient
         _logger = options.LoggerFactory.CreateLogger<CriuClient>();
         _connect = connect ?? Connect;
         _version = new Lazy<Task<CriuVersion>>(() => QueryVersionAsync(CancellationToken.None));
+        _features = new Lazy<Task<CriuFeatures>>(() => CheckFeaturesAsync(CancellationToken.None));
     }
 
     private CriuConnection Connect(IReadOnlyCollection<int> inheritFds)
@@ -96,6 +98,7 @@ public sealed class CriuClient
     {
         ArgumentNullException.ThrowIfNull(options);
         await RequireAsync("SINGLE_PRE_DUMP", new CriuVersion(3, 17), cancellationToken).ConfigureAwait(false);
+        await RequireMemoryTrackingAsync("SINGLE_PRE_DUMP", cancellationToken).ConfigureAwait(false);
         await ExecuteAsync(new criu_req { Type = criu_req_type.SinglePreDump }, options, cancellationToken).ConfigureAwait(false);
         return CriuDumpResult.Read(options);
     }
@@ -105,10 +108,25 @@ public sealed class CriuClient
     /// <see cref="CriuPreDumpSession.PreDumpAsync"/> then one
     /// <see cref="CriuPreDumpSession.DumpAsync"/>, all served by one CRIU worker.
     /// </summary>
-    public Task<CriuPreDumpSession> StartPreDumpSessionAsync(CancellationToken cancellationToken = default)
+    /// <exception cref="CriuFeatureUnavailableException">The kernel has no memory tracking (soft-dirty).</exception>
+    public async Task<CriuPreDumpSession> StartPreDumpSessionAsync(CancellationToken cancellationToken = default)
     {
-        cancellationToken.ThrowIfCancellationRequested();
-        return Task.FromResult(new CriuPreDumpSession(this, new CriuSession(_connect([]), _logger)));
+        await RequireMemoryTrackingAsync("PRE_DUMP", cancellationToken).ConfigureAwait(false);
+        return new CriuPreDumpSession(this, new CriuSession(_connect([]), _logger));
+    }
+
+    /// <summary>
+    /// Pre-dumps need soft-dirty memory tracking; without it criu 4.1 aborts
+    /// mid-request ("BUG at criu/mem.c"). Refuse before anything is frozen.
+    /// </summary>
+    private async Task RequireMemoryTrackingAsync(string request, CancellationToken cancellationToken)
+    {
+        var features = await (_features.Value.IsFaulted ? CheckFeaturesAsync(cancellationToken) : _features.Value.WaitAsync(cancellationToken)).ConfigureAwait(false);
+        if (!features.MemoryTracking)
+        {
+            throw new CriuFeatureUnavailableException(
+                $"{request} needs memory change tracking (soft-dirty, CONFIG_MEM_SOFT_DIRTY), which this kernel does not offer. Dump without pre-dumps, or use a kernel with soft-dirty.");
+        }
     }
 
     /// <summary>
@@ -166,7 +184,7 @@ public sealed class CriuClient
     {
         ArgumentNullException.ThrowIfNull(options);
         var resp = await ExecuteAsync(new criu_req { Type = criu_req_type.PageServer }, options, cancellationToken).ConfigureAwait(false);
-        return new CriuPageServer(resp.Ps?.Pid ?? 0, resp.Ps?.Port ?? 0, options.Address);
+        return new CriuPageServer(resp.Ps is { Pid: > 0 } ps ? ps.Pid : null, resp.Ps?.Port is > 0 and var port ? port : options.Port, options.Address);
     }
 
     /// <summary>

@@ -93,3 +93,28 @@ public sealed class CriuVersionException : CriuException
     /// <summary>The installed criu.</summary>
     public CriuVersion Actual { get; }
 }
+
+/// <summary>
+/// This kernel (or criu build) lacks a feature the request needs, found out
+/// before anything was frozen (e.g. pre-dump without soft-dirty memory tracking,
+/// on which criu 4.1 aborts with a BUG).
+/// </summary>
+public sealed class CriuFeatureUnavailableException : CriuException
+{
+    /// <summary>Creates the exception.</summary>
+    public CriuFeatureUnavailableException()
+    {
+    }
+
+    /// <summary>Creates the exception.</summary>
+    public CriuFeatureUnavailableException(string message)
+        : base(message)
+    {
+    }
+
+    /// <summary>Creates the exception.</summary>
+    public CriuFeatureUnavailableException(string message, Exception? innerException)
+        : base(message, innerException)
+    {
+    }
+}

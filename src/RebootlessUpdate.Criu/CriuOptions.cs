@@ -473,8 +473,8 @@ public sealed record CriuPageServerOptions : CriuProcessOptions
     /// <summary>Address to listen on. Default 127.0.0.1.</summary>
     public string Address { get; init; } = "127.0.0.1";
 
-    /// <summary>Port to listen on; 0 lets the kernel choose (the result reports it). Default 0.</summary>
-    public int Port { get; init; }
+    /// <summary>Port to listen on (1-65535; criu 4.1 rejects 0). Required.</summary>
+    public required int Port { get; init; }
 
     /// <summary>Serve pages for a lazy restore instead of receiving a dump. Default false.</summary>
     public bool LazyPages { get; init; }
@@ -484,9 +484,9 @@ public sealed record CriuPageServerOptions : CriuProcessOptions
     internal override void Validate()
     {
         base.Validate();
-        if (Port is < 0 or > 65535)
+        if (Port is <= 0 or > 65535)
         {
-            throw new ArgumentOutOfRangeException(nameof(Port), Port, "must be 0-65535.");
+            throw new ArgumentOutOfRangeException(nameof(Port), Port, "must be 1-65535 (criu does not pick a port itself).");
         }
     }
 

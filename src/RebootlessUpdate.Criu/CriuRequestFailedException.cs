@@ -65,7 +65,7 @@ public sealed class CriuRequestFailedException : CriuException
         IReadOnlyList<string> logExcerpt, Exception? inner, string? criuOutput)
     {
         var sb = new StringBuilder();
-        sb.Append("criu ").Append(request.ToString().ToUpperInvariant()).Append(" failed");
+        sb.Append("criu ").Append(Transport.CriuSession.Name(request)).Append(" failed");
         sb.Append(errno != 0 ? $": errno {errno} ({Marshal.GetPInvokeErrorMessage(errno)})" : ": no errno reported");
         if (!string.IsNullOrWhiteSpace(criuMessage))
         {

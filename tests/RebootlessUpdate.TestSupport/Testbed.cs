@@ -26,6 +26,9 @@ public sealed class Testbed
     /// <summary>Path of the criu 4.x wrapper.</summary>
     public string Criu => this["REBOOTLESS_CRIU"];
 
+    /// <summary>Path of the crit wrapper (CRIU's image decoder), an independent oracle for image contents.</summary>
+    public string Crit => this["REBOOTLESS_CRIT"];
+
     /// <summary>The trixie root filesystem (also the VM's root).</summary>
     public string RootFs => this["REBOOTLESS_ROOTFS"];
 

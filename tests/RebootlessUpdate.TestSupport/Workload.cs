@@ -31,14 +31,54 @@ public sealed class Workload : IDisposable
     /// <summary>The counter file the loop rewrites every 50 ms.</summary>
     public string CounterFile => Path.Combine(Directory, "counter");
 
-    /// <summary>Starts the workload and waits until it has counted at least once.</summary>
+    /// <summary>Starts the shell workload and waits until it has counted at least once.</summary>
     public static Workload Start(string directory)
     {
         System.IO.Directory.CreateDirectory(directory);
         var counter = Path.Combine(directory, "counter");
         var script = $"exec </dev/null >/dev/null 2>&1; (while :; do sleep 1; done) & i=0; while :; do i=$((i+1)); echo $i > '{counter}.tmp'; mv '{counter}.tmp' '{counter}'; sleep 0.05; done";
+        return StartInNamespace(directory, ["sh", "-c", script]);
+    }
+
+    /// <summary>
+    /// Starts the C workload (tests/workloads/rebootless-workload.c): patterned
+    /// memory, a file at an offset, a unix socket pair, a pipe to a child, a
+    /// second thread, and a counter. Compiled on first use.
+    /// </summary>
+    public static Workload StartProgram(string directory, int memoryMiB)
+    {
+        System.IO.Directory.CreateDirectory(directory);
+        var binary = WorkloadProgram.Path;
+        var script = $"exec </dev/null >/dev/null 2>&1; exec '{binary}' '{directory}' {memoryMiB.ToString(CultureInfo.InvariantCulture)}";
+        var workload = StartInNamespace(directory, ["sh", "-c", script]);
+        WaitFor(() => File.Exists(Path.Combine(directory, "ready")) ? 1 : 0, "the workload's memory to be filled", 60);
+        return workload;
+    }
+
+    /// <summary>The memory checksum the C workload computed at start.</summary>
+    public string InitialChecksum => File.ReadAllText(Path.Combine(Directory, "ready")).Trim();
+
+    /// <summary>Asks the C workload to verify its state; returns its verdict line ("ok ..." or "bad ...").</summary>
+    public string Check(double seconds = 30)
+    {
+        var result = Path.Combine(Directory, "check-result");
+        File.Delete(result);
+        File.WriteAllText(Path.Combine(Directory, "check-request"), string.Empty);
+        WaitFor(() => File.Exists(result) ? 1 : 0, "the workload's self-check", seconds);
+        return File.ReadAllText(result).Trim();
+    }
+
+    /// <summary>Starts any command as a workload in its own PID namespace and session; it must write DIR/counter.</summary>
+    public static Workload StartCommand(string directory, string[] command)
+    {
+        var workload = StartInNamespace(directory, command);
+        return workload;
+    }
+
+    private static Workload StartInNamespace(string directory, string[] command)
+    {
         var psi = new ProcessStartInfo("unshare") { UseShellExecute = false };
-        foreach (var a in new[] { "--pid", "--fork", "setsid", "sh", "-c", script })
+        foreach (var a in new[] { "--pid", "--fork", "setsid" }.Concat(command))
         {
             psi.ArgumentList.Add(a);
         }

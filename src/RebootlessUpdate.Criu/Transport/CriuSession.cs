@@ -56,7 +56,7 @@ internal sealed partial class CriuSession : IAsyncDisposable
                 continue;
             }
 
-            if (resp.Type != req.Type)
+            if (resp.Type != ExpectedResponse(req.Type))
             {
                 throw new CriuTransportException($"{_connection.Description} answered a {name} request with a {Name((CriuRequestType)(int)resp.Type)} response");
             }
@@ -116,6 +116,10 @@ internal sealed partial class CriuSession : IAsyncDisposable
             ? resp
             : throw new CriuTransportException($"{_connection.Description} sent a response to {name} without its required fields (type, success)");
     }
+
+    /// <summary>CRIU answers PAGE_SERVER_CHLD with a PAGE_SERVER response (criu 4.1); every other request with its own type.</summary>
+    private static criu_req_type ExpectedResponse(criu_req_type request) =>
+        request == criu_req_type.PageServerChld ? criu_req_type.PageServer : request;
 
     internal static string Name(CriuRequestType kind) => kind switch
     {

@@ -17,6 +17,7 @@ internal sealed class SwrkWorker : IAsyncDisposable
     private static readonly int[] TargetFds = [3, 4, 5, 6, 7, 8, 9, 10];
     private readonly StringBuilder _stderr = new();
     private readonly Task _stderrPump;
+    private readonly CancellationTokenSource _stopPump = new();
     private int? _exitStatus;
 
     private SwrkWorker(int pid, SeqpacketSocket socket, FileStream stderr)
@@ -97,31 +98,50 @@ internal sealed class SwrkWorker : IAsyncDisposable
         }
     }
 
-    private async Task PumpAsync(FileStream stderr)
+    /// <summary>
+    /// Copies the worker's output until EOF or until told to stop: a daemon the
+    /// worker left behind (a PAGE_SERVER) inherits the pipe and may keep it open
+    /// long after the worker is gone, so EOF alone cannot end the pump.
+    /// </summary>
+    private Task PumpAsync(FileStream stderr) => Task.Factory.StartNew(() =>
     {
-        await using (stderr.ConfigureAwait(false))
+        using (stderr)
         {
+            var fd = (int)stderr.SafeFileHandle.DangerousGetHandle();
+            var pfd = new[] { new Pollfd { fd = fd, events = PollEvents.POLLIN } };
             var buffer = new byte[4096];
-            int n;
-            try
+            while (!_stopPump.IsCancellationRequested)
             {
-                while ((n = await Task.Run(() => stderr.Read(buffer, 0, buffer.Length)).ConfigureAwait(false)) > 0)
+                if (Syscall.poll(pfd, 1, 100) <= 0)
                 {
-                    lock (_stderr)
+                    continue;
+                }
+
+                int n;
+                try
+                {
+                    n = stderr.Read(buffer, 0, buffer.Length);
+                }
+                catch (IOException)
+                {
+                    return;
+                }
+
+                if (n <= 0)
+                {
+                    return;
+                }
+
+                lock (_stderr)
+                {
+                    if (_stderr.Length < MaxStderr)
                     {
-                        if (_stderr.Length < MaxStderr)
-                        {
-                            _stderr.Append(Encoding.UTF8.GetString(buffer, 0, n));
-                        }
+                        _stderr.Append(Encoding.UTF8.GetString(buffer, 0, n));
                     }
                 }
             }
-            catch (IOException)
-            {
-                // the pipe broke: nothing more to read
-            }
         }
-    }
+    }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
 
     /// <summary>Kills the worker (used when a request is cancelled mid-way).</summary>
     public void Kill() => _ = Syscall.kill(Pid, Signum.SIGKILL);
@@ -163,6 +183,11 @@ internal sealed class SwrkWorker : IAsyncDisposable
     {
         Socket.Dispose();
         await WaitForExitAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+
+        // Whatever the worker wrote is in the pipe by now; give the pump a moment
+        // to drain it, then stop it even if a daemon child still holds the pipe.
+        _stopPump.CancelAfter(TimeSpan.FromMilliseconds(200));
         await _stderrPump.ConfigureAwait(false);
+        _stopPump.Dispose();
     }
 }

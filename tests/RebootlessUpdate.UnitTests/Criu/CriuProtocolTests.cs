@@ -249,9 +249,17 @@ public class CriuProtocolTests
         var parents = new List<string?>();
         var client = FakeCriuPeer.Client(async peer =>
         {
+            var first = await peer.NextAsync();
+            if (first.Type == criu_req_type.FeatureCheck)
+            {
+                peer.Write(new criu_resp { Type = criu_req_type.FeatureCheck, Success = true, Features = new criu_features { MemTrack = true } });
+                return;
+            }
+
             foreach (var pages in written)
             {
-                var req = await peer.ExpectAsync(criu_req_type.PreDump);
+                var req = first.Type == criu_req_type.PreDump ? first : await peer.ExpectAsync(criu_req_type.PreDump);
+                first = new criu_req();
                 parents.Add(req.Opts.HasParentImg ? req.Opts.ParentImg : null);
                 Assert.That(req.Opts.TrackMem, Is.True);
                 WriteStats(req, pages);
@@ -273,6 +281,22 @@ public class CriuProtocolTests
             Assert.That(parents, Is.EqualTo(new string?[] { null, "../pre-1", "../pre-2", "../pre-3" }));
             Assert.That(result.FinalImagesDirectory, Does.EndWith("final"));
         });
+    }
+
+    [Test]
+    public void Pre_dump_without_memory_tracking_is_refused_before_anything_is_sent()
+    {
+        var sent = new List<criu_req_type>();
+        var client = FakeCriuPeer.Client(async peer =>
+        {
+            var req = await peer.NextAsync();
+            sent.Add(req.Type);
+            peer.Write(new criu_resp { Type = criu_req_type.FeatureCheck, Success = true, Features = new criu_features { MemTrack = false, LazyPages = true } });
+        });
+
+        Assert.That(() => client.IterativeDumpAsync(_images, new CriuDumpOptions { ImagesDirectory = _images, Pid = 42 }),
+            Throws.TypeOf<CriuFeatureUnavailableException>().With.Message.Contains("soft-dirty"));
+        Assert.That(sent, Is.EqualTo(new[] { criu_req_type.FeatureCheck }));
     }
 
     [TestCase(new ulong[] { 9000, 30 }, "wrote 30 pages")]

@@ -39,9 +39,14 @@ internal sealed class FakeCriuPeer : IDisposable
 
     public async Task<criu_req> ExpectAsync(criu_req_type type)
     {
-        var bytes = await _peer.ReceiveAsync(CancellationToken.None) ?? throw new InvalidOperationException("client closed the connection");
-        var req = criu_req.Parser.ParseFrom(bytes);
+        var req = await NextAsync();
         return req.Type == type ? req : throw new InvalidOperationException($"expected {type}, got {req.Type}");
+    }
+
+    public async Task<criu_req> NextAsync()
+    {
+        var bytes = await _peer.ReceiveAsync(CancellationToken.None) ?? throw new InvalidOperationException("client closed the connection");
+        return criu_req.Parser.ParseFrom(bytes);
     }
 
     public void Write(criu_resp resp) => _peer.Send(resp.ToByteArray());
