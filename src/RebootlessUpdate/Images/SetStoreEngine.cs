@@ -267,82 +267,24 @@ internal sealed partial class SetStoreEngine
             }
         }
 
+        // Files are checked in parallel (hashing is CPU-bound once the data is in
+        // memory, as it is on tmpfs or pmem); results are merged in manifest order.
+        var checks = new (VerificationIssue? Issue, bool Missing, long Hashed)[manifest.Files.Count];
+        Parallel.For(0, manifest.Files.Count, new ParallelOptions { CancellationToken = cancellationToken, MaxDegreeOfParallelism = Environment.ProcessorCount },
+            i => checks[i] = CheckEntry(images, manifest.Files[i], options.Mode, cancellationToken));
         long hashed = 0;
         var missing = new List<ManifestEntry>();
-        var listed = new HashSet<string>(StringComparer.Ordinal);
-        foreach (var entry in manifest.Files)
+        var listed = new HashSet<string>(manifest.Files.Select(f => f.Path), StringComparer.Ordinal);
+        for (var i = 0; i < checks.Length; i++)
         {
-            cancellationToken.ThrowIfCancellationRequested();
-            listed.Add(entry.Path);
-            var full = SetPaths.Resolve(images, entry.Path, out var problem);
-            if (full is null)
+            hashed += checks[i].Hashed;
+            if (checks[i].Missing)
             {
-                issues.Add(new(VerificationIssueKind.PathEscape, entry.Path, problem!));
-                continue;
+                missing.Add(manifest.Files[i]);
             }
-
-            if (Syscall.lstat(full, out var st) != 0)
+            else if (checks[i].Issue is { } issue)
             {
-                missing.Add(entry);
-                continue;
-            }
-
-            var type = st.st_mode & FilePermissions.S_IFMT;
-            if (entry.SymlinkTarget is { } recordedTarget)
-            {
-                if (type != FilePermissions.S_IFLNK)
-                {
-                    issues.Add(new(VerificationIssueKind.TypeChanged, entry.Path, $"recorded as a symbolic link, found a {Describe(type)}"));
-                }
-                else if (ReadLink(full) is var target && target != recordedTarget)
-                {
-                    issues.Add(SetPaths.CheckSymlinkTarget(entry.Path, target) is { } why
-                        ? new(VerificationIssueKind.PathEscape, entry.Path, why)
-                        : new(VerificationIssueKind.TypeChanged, entry.Path, $"the link points to '{target}', recorded '{recordedTarget}'"));
-                }
-
-                continue;
-            }
-
-            if (type != FilePermissions.S_IFREG)
-            {
-                issues.Add(type == FilePermissions.S_IFLNK && SetPaths.CheckSymlinkTarget(entry.Path, ReadLink(full)) is { } escape
-                    ? new(VerificationIssueKind.PathEscape, entry.Path, $"was a file, now {escape}")
-                    : new(VerificationIssueKind.TypeChanged, entry.Path, $"recorded as a file, found a {Describe(type)}"));
-                continue;
-            }
-
-            if (st.st_size < entry.Size)
-            {
-                issues.Add(new(VerificationIssueKind.Truncated, entry.Path, $"{st.st_size} bytes, recorded {entry.Size}"));
-                continue;
-            }
-
-            if (st.st_size > entry.Size)
-            {
-                issues.Add(new(VerificationIssueKind.Grown, entry.Path, $"{st.st_size} bytes, recorded {entry.Size}"));
-                continue;
-            }
-
-            if (options.Mode == VerificationMode.Full)
-            {
-                try
-                {
-                    var (hash, length) = FileHasher.Hash(full, cancellationToken);
-                    hashed += length;
-                    if (length != entry.Size)
-                    {
-                        issues.Add(new(VerificationIssueKind.Truncated, entry.Path, $"read {length} bytes, recorded {entry.Size} (changed while verifying)"));
-                    }
-                    else if (hash != entry.Xxh128)
-                    {
-                        issues.Add(new(VerificationIssueKind.ContentChanged, entry.Path, $"content hash {hash}, recorded {entry.Xxh128} (same size {entry.Size}): the bytes were altered"));
-                    }
-                }
-                catch (IOException e)
-                {
-                    issues.Add(new(VerificationIssueKind.Unreadable, entry.Path, e.Message));
-                }
+                issues.Add(issue);
             }
         }
 
@@ -386,6 +328,73 @@ internal sealed partial class SetStoreEngine
         }
 
         return Done(manifest, hashed);
+    }
+
+    /// <summary>Checks one manifest entry against the disk; "missing" is decided later (it may be half of a rename).</summary>
+    private static (VerificationIssue? Issue, bool Missing, long Hashed) CheckEntry(string images, ManifestEntry entry, VerificationMode mode, CancellationToken cancellationToken)
+    {
+        var full = SetPaths.Resolve(images, entry.Path, out var problem);
+        if (full is null)
+        {
+            return (new(VerificationIssueKind.PathEscape, entry.Path, problem!), false, 0);
+        }
+
+        if (Syscall.lstat(full, out var st) != 0)
+        {
+            return (null, true, 0);
+        }
+
+        var type = st.st_mode & FilePermissions.S_IFMT;
+        if (entry.SymlinkTarget is { } recordedTarget)
+        {
+            if (type != FilePermissions.S_IFLNK)
+            {
+                return (new(VerificationIssueKind.TypeChanged, entry.Path, $"recorded as a symbolic link, found a {Describe(type)}"), false, 0);
+            }
+
+            var target = ReadLink(full);
+            return target == recordedTarget
+                ? (null, false, 0)
+                : (SetPaths.CheckSymlinkTarget(entry.Path, target) is { } why
+                    ? new(VerificationIssueKind.PathEscape, entry.Path, why)
+                    : new(VerificationIssueKind.TypeChanged, entry.Path, $"the link points to '{target}', recorded '{recordedTarget}'"), false, 0);
+        }
+
+        if (type != FilePermissions.S_IFREG)
+        {
+            return (type == FilePermissions.S_IFLNK && SetPaths.CheckSymlinkTarget(entry.Path, ReadLink(full)) is { } escape
+                ? new(VerificationIssueKind.PathEscape, entry.Path, $"was a file, now {escape}")
+                : new(VerificationIssueKind.TypeChanged, entry.Path, $"recorded as a file, found a {Describe(type)}"), false, 0);
+        }
+
+        if (st.st_size < entry.Size)
+        {
+            return (new(VerificationIssueKind.Truncated, entry.Path, $"{st.st_size} bytes, recorded {entry.Size}"), false, 0);
+        }
+
+        if (st.st_size > entry.Size)
+        {
+            return (new(VerificationIssueKind.Grown, entry.Path, $"{st.st_size} bytes, recorded {entry.Size}"), false, 0);
+        }
+
+        if (mode != VerificationMode.Full)
+        {
+            return (null, false, 0);
+        }
+
+        try
+        {
+            var (hash, length) = FileHasher.Hash(full, cancellationToken);
+            return length != entry.Size
+                ? (new(VerificationIssueKind.Truncated, entry.Path, $"read {length} bytes, recorded {entry.Size} (changed while verifying)"), false, length)
+                : hash != entry.Xxh128
+                    ? (new(VerificationIssueKind.ContentChanged, entry.Path, $"content hash {hash}, recorded {entry.Xxh128} (same size {entry.Size}): the bytes were altered"), false, length)
+                    : (null, false, length);
+        }
+        catch (IOException e)
+        {
+            return (new(VerificationIssueKind.Unreadable, entry.Path, e.Message), false, 0);
+        }
     }
 
     internal async Task<RestorableSet> OpenForRestoreAsync(string setId, VerifyOptions? options, CancellationToken cancellationToken)
