@@ -1,0 +1,77 @@
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace RebootlessUpdate.Images;
+
+/// <summary>Options of a <see cref="DirectoryImageStore"/>. Immutable; validated when the store is opened.</summary>
+public sealed record DirectoryImageStoreOptions
+{
+    /// <summary>The store's folder: created (0700) when missing; an existing one must be empty or already a store. Required.</summary>
+    public required string RootDirectory { get; init; }
+
+    /// <summary>Clock for creation and seal times (default <see cref="TimeProvider.System"/>).</summary>
+    public TimeProvider TimeProvider { get; init; } = TimeProvider.System;
+
+    /// <summary>File holding this host's id (default <c>/etc/machine-id</c>).</summary>
+    public string MachineIdPath { get; init; } = "/etc/machine-id";
+
+    /// <summary>Logger (default: none).</summary>
+    public ILogger? Logger { get; init; }
+}
+
+/// <summary>
+/// An image store in any folder (disk, tmpfs): rehearsals, tests, and the
+/// building block of the persistent stores. Does not survive kexec by itself
+/// unless the folder lives on memory that does.
+/// </summary>
+public sealed class DirectoryImageStore : IImageStore
+{
+    private readonly SetStoreEngine _engine;
+
+    /// <summary>Opens (creating when missing) the store in <see cref="DirectoryImageStoreOptions.RootDirectory"/>.</summary>
+    /// <exception cref="ImageStoreException">The folder is not empty and not a store, or belongs to another user.</exception>
+    public DirectoryImageStore(DirectoryImageStoreOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentException.ThrowIfNullOrWhiteSpace(options.RootDirectory);
+        ArgumentNullException.ThrowIfNull(options.TimeProvider);
+        ArgumentException.ThrowIfNullOrWhiteSpace(options.MachineIdPath);
+        _engine = new SetStoreEngine(this, options.RootDirectory, options.TimeProvider, options.MachineIdPath, options.Logger ?? NullLogger.Instance);
+    }
+
+    /// <inheritdoc />
+    public string RootDirectory => _engine.Root;
+
+    /// <inheritdoc />
+    public ImageStoreLock AcquireLock() => _engine.AcquireLock();
+
+    /// <inheritdoc />
+    public CheckpointSet CreateSet(IReadOnlyList<string> targets) => _engine.CreateSet(targets);
+
+    /// <inheritdoc />
+    public Task<CheckpointManifest> SealAsync(CheckpointSet checkpointSet, SealOptions options, CancellationToken cancellationToken = default) =>
+        _engine.SealAsync(checkpointSet, options, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<VerificationResult> VerifyAsync(string setId, VerifyOptions? options = null, CancellationToken cancellationToken = default) =>
+        _engine.VerifyAsync(setId, options, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<RestorableSet> OpenForRestoreAsync(string setId, VerifyOptions? options = null, CancellationToken cancellationToken = default) =>
+        _engine.OpenForRestoreAsync(setId, options, cancellationToken);
+
+    /// <inheritdoc />
+    public IReadOnlyList<CheckpointSetInfo> ListSets() => _engine.ListSets();
+
+    /// <inheritdoc />
+    public void DeleteSet(string setId) => _engine.DeleteSet(setId);
+
+    /// <inheritdoc />
+    public IReadOnlyList<string> ApplyRetention(int keepSealed) => _engine.ApplyRetention(keepSealed);
+
+    /// <inheritdoc />
+    public StoreCapacity GetCapacity() => _engine.GetCapacity();
+
+    /// <inheritdoc />
+    public CapacityEstimate EnsureCapacityFor(IReadOnlyCollection<int> rootPids) => _engine.EnsureCapacityFor(rootPids);
+}
