@@ -15,7 +15,7 @@ public static class CriuImageStoreExtensions
     /// workload keeps running.
     /// </summary>
     /// <exception cref="StoreFullException">The store filled up during the dump.</exception>
-    /// <exception cref="CriuException">The dump failed for another reason.</exception>
+    /// <exception cref="CriuException">The dump failed for another reason (see its subclasses).</exception>
     public static async Task<CriuDumpResult> DumpIntoAsync(this CriuClient client, CheckpointSet set, CriuDumpOptions options, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(client);
@@ -25,7 +25,7 @@ public static class CriuImageStoreExtensions
         {
             return await client.DumpAsync(options with { ImagesDirectory = set.ImagesDirectory }, cancellationToken).ConfigureAwait(false);
         }
-        catch (CriuException e) when (IsOutOfSpace(e, set, out var capacity))
+        catch (CriuRequestFailedException e) when (IsOutOfSpace(e, set, out var capacity))
         {
             throw new StoreFullException(
                 $"the image store at {set.Store.RootDirectory} is full: checkpoint set {set.Id} could not be written "
@@ -38,7 +38,7 @@ public static class CriuImageStoreExtensions
 
     // CRIU 4.1 rarely forwards ENOSPC as its cr_errno; its log (when it could still
     // write one) and the store's own free space tell the story.
-    private static bool IsOutOfSpace(CriuException e, CheckpointSet set, out StoreCapacity capacity)
+    private static bool IsOutOfSpace(CriuRequestFailedException e, CheckpointSet set, out StoreCapacity capacity)
     {
         capacity = set.Store.GetCapacity();
         return e.Errno == Interop.Libc.ENoSpc

@@ -112,7 +112,7 @@ public class DirectoryImageStoreCriuTests
             Assert.That(refused!.Message, Does.Contain("needs about").And.Contain("free"));
             Assert.That(refused.RequiredBytes, Is.GreaterThan(refused.FreeBytes));
             Assert.That(e.Message, Does.Contain("is full").And.Contain(set.Id).And.Contain("CRIU resumed the workload"));
-            Assert.That(e.InnerException, Is.TypeOf<CriuException>());
+            Assert.That(e.InnerException, Is.TypeOf<CriuRequestFailedException>());
             Assert.That(workload.IsAlive, Is.True, "a failed dump resumes the tree");
             Assert.That(workload.ReadCounter(), Is.GreaterThan(before), "still counting");
         });
