@@ -51,6 +51,55 @@ public class CriuClientRequestTests
     }
 
     [Test]
+    public async Task Lazy_restore_from_a_lazy_pages_daemon_keeps_the_memory_intact()
+    {
+        var features = await _client.CheckFeaturesAsync();
+        if (!features.LazyPages)
+        {
+            Testbed.Missing("userfaultfd lazy pages on this kernel");
+        }
+
+        using var workload = Workload.StartProgram(NewDir("work"), 64);
+        var checksum = workload.InitialChecksum;
+        var images = NewDir("images");
+        await _client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid });
+        Workload.WaitFor(() => workload.IsAlive ? 0 : 1, "the dumped tree to be gone");
+
+        await using var daemon = await CriuLazyPagesDaemon.StartAsync(new CriuClientOptions { CriuPath = _testbed.Criu }, images);
+        var restore = await _client.RestoreAsync(new CriuRestoreOptions { ImagesDirectory = images, LazyPages = true });
+        workload.RootPid = restore.Pid;
+
+        var verdict = workload.Check();
+        await daemon.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(60));
+        Assert.Multiple(() =>
+        {
+            Assert.That(verdict, Does.StartWith("ok").And.Contain($"mem={checksum}"), verdict);
+            Assert.That(File.ReadAllText(daemon.LogFile), Does.Contain("uffd"), "pages went through userfaultfd");
+        });
+    }
+
+    [Test]
+    public async Task Notifications_arrive_in_criu_order_for_dump_and_restore()
+    {
+        using var workload = Workload.Start(NewDir("work"));
+        var images = NewDir("images");
+        var dumpSeen = new List<string>();
+        var restoreSeen = new List<string>();
+
+        await _client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid, OnNotification = (n, _) => { dumpSeen.Add(n.Script); return ValueTask.CompletedTask; } });
+        Workload.WaitFor(() => workload.IsAlive ? 0 : 1, "the dumped tree to be gone");
+        var restore = await _client.RestoreAsync(new CriuRestoreOptions { ImagesDirectory = images, OnNotification = (n, _) => { restoreSeen.Add(n.Script); return ValueTask.CompletedTask; } });
+        workload.RootPid = restore.Pid;
+
+        TestContext.Out.WriteLine($"dump: {string.Join(", ", dumpSeen)}; restore: {string.Join(", ", restoreSeen)}");
+        Assert.Multiple(() =>
+        {
+            Assert.That(dumpSeen, Is.EqualTo(new[] { "pre-dump", "query-ext-files", "post-dump" }));
+            Assert.That(restoreSeen, Is.EqualTo(new[] { "pre-restore", "setup-namespaces", "post-setup-namespaces", "post-restore", "pre-resume", "post-resume" }));
+        });
+    }
+
+    [Test]
     public async Task Leave_running_dump_keeps_the_workload_running_and_intact()
     {
         using var workload = Workload.StartProgram(NewDir("work"), 16);
