@@ -38,6 +38,9 @@ internal sealed class CriuConnection : IAsyncDisposable
         }
     }
 
+    /// <summary>Waits briefly for the worker's remaining output (swrk only), before an error is built from it.</summary>
+    public Task DrainOutputAsync(TimeSpan timeout) => _worker?.DrainOutputAsync(timeout) ?? Task.CompletedTask;
+
     /// <summary>Exit status of a swrk worker after the peer closed (null when unknown or not swrk).</summary>
     public Task<int?> WaitForWorkerExitAsync(TimeSpan timeout) =>
         _worker?.WaitForExitAsync(timeout) ?? Task.FromResult<int?>(null);

@@ -63,6 +63,7 @@ internal sealed partial class CriuSession : IAsyncDisposable
 
             if (!resp.Success)
             {
+                await _connection.DrainOutputAsync(TimeSpan.FromSeconds(2)).ConfigureAwait(false);
                 var error = new CriuRequestFailedException(kind, resp.CrErrno, resp.HasCrErrmsg ? resp.CrErrmsg : null,
                     logPath, CriuRequestFailedException.ExcerptLog(logPath), handlerFailure, _connection.Output);
                 Log.RequestFailed(_logger, kind, error.Message);

@@ -143,6 +143,35 @@ internal sealed class SwrkWorker : IAsyncDisposable
         }
     }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
 
+    /// <summary>
+    /// Lets everything the worker printed arrive before an error is reported:
+    /// waits (without killing) up to <paramref name="timeout"/> for it to exit,
+    /// then briefly for the pump to read the pipe dry. A reply on the socket can
+    /// overtake the worker's last lines on its stderr pipe.
+    /// </summary>
+    public async Task DrainOutputAsync(TimeSpan timeout)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (_exitStatus is null && DateTime.UtcNow < deadline)
+        {
+            var r = Syscall.waitpid(Pid, out var status, WaitOptions.WNOHANG);
+            if (r == Pid)
+            {
+                _exitStatus = Syscall.WIFEXITED(status) ? Syscall.WEXITSTATUS(status) : 128 + (int)Syscall.WTERMSIG(status);
+                break;
+            }
+
+            if (r < 0)
+            {
+                break;
+            }
+
+            await Task.Delay(10).ConfigureAwait(false);
+        }
+
+        await Task.WhenAny(_stderrPump, Task.Delay(200)).ConfigureAwait(false);
+    }
+
     /// <summary>Kills the worker (used when a request is cancelled mid-way).</summary>
     public void Kill() => _ = Syscall.kill(Pid, Signum.SIGKILL);
 
