@@ -24,9 +24,8 @@ public sealed record DirectoryImageStoreOptions
 /// building block of the persistent stores. Does not survive kexec by itself
 /// unless the folder lives on memory that does.
 /// </summary>
-public sealed class DirectoryImageStore : IImageStore
+public sealed class DirectoryImageStore : EngineBackedImageStore
 {
-    private readonly SetStoreEngine _engine;
 
     /// <summary>Opens (creating when missing) the store in <see cref="DirectoryImageStoreOptions.RootDirectory"/>.</summary>
     /// <exception cref="ImageStoreException">The folder is not empty and not a store, or belongs to another user.</exception>
@@ -36,42 +35,6 @@ public sealed class DirectoryImageStore : IImageStore
         ArgumentException.ThrowIfNullOrWhiteSpace(options.RootDirectory);
         ArgumentNullException.ThrowIfNull(options.TimeProvider);
         ArgumentException.ThrowIfNullOrWhiteSpace(options.MachineIdPath);
-        _engine = new SetStoreEngine(this, options.RootDirectory, options.TimeProvider, options.MachineIdPath, options.Logger ?? NullLogger.Instance);
+        Engine = new SetStoreEngine(this, options.RootDirectory, options.TimeProvider, options.MachineIdPath, options.Logger ?? NullLogger.Instance);
     }
-
-    /// <inheritdoc />
-    public string RootDirectory => _engine.Root;
-
-    /// <inheritdoc />
-    public ImageStoreLock AcquireLock() => _engine.AcquireLock();
-
-    /// <inheritdoc />
-    public CheckpointSet CreateSet(IReadOnlyList<string> targets) => _engine.CreateSet(targets);
-
-    /// <inheritdoc />
-    public Task<CheckpointManifest> SealAsync(CheckpointSet checkpointSet, SealOptions options, CancellationToken cancellationToken = default) =>
-        _engine.SealAsync(checkpointSet, options, cancellationToken);
-
-    /// <inheritdoc />
-    public Task<VerificationResult> VerifyAsync(string setId, VerifyOptions? options = null, CancellationToken cancellationToken = default) =>
-        _engine.VerifyAsync(setId, options, cancellationToken);
-
-    /// <inheritdoc />
-    public Task<RestorableSet> OpenForRestoreAsync(string setId, VerifyOptions? options = null, CancellationToken cancellationToken = default) =>
-        _engine.OpenForRestoreAsync(setId, options, cancellationToken);
-
-    /// <inheritdoc />
-    public IReadOnlyList<CheckpointSetInfo> ListSets() => _engine.ListSets();
-
-    /// <inheritdoc />
-    public void DeleteSet(string setId) => _engine.DeleteSet(setId);
-
-    /// <inheritdoc />
-    public IReadOnlyList<string> ApplyRetention(int keepSealed) => _engine.ApplyRetention(keepSealed);
-
-    /// <inheritdoc />
-    public StoreCapacity GetCapacity() => _engine.GetCapacity();
-
-    /// <inheritdoc />
-    public CapacityEstimate EnsureCapacityFor(IReadOnlyCollection<int> rootPids) => _engine.EnsureCapacityFor(rootPids);
 }

@@ -37,13 +37,12 @@ public sealed record PmemImageStoreOptions
 /// our label only when it holds no signature at all; a device holding anything
 /// else is refused. Mounted with DAX when the kernel allows it.
 /// </summary>
-public sealed class PmemImageStore : IImageStore, IDisposable
+public sealed class PmemImageStore : EngineBackedImageStore, IDisposable
 {
     private const ulong MsNoSuid = 2;
     private const ulong MsNoDev = 4;
     private const ulong MsNoExec = 8;
 
-    private readonly SetStoreEngine _engine;
     private readonly ILogger _logger;
 
     private PmemImageStore(PmemRegion region, string mountPoint, bool dax, bool formatted, PmemImageStoreOptions options, ILogger logger)
@@ -54,7 +53,7 @@ public sealed class PmemImageStore : IImageStore, IDisposable
         Formatted = formatted;
         _logger = logger;
         IsMounted = true;
-        _engine = new SetStoreEngine(this, mountPoint, options.TimeProvider, options.MachineIdPath, logger);
+        Engine = new SetStoreEngine(this, mountPoint, options.TimeProvider, options.MachineIdPath, logger);
     }
 
     /// <summary>The region and device holding the store.</summary>
@@ -71,9 +70,6 @@ public sealed class PmemImageStore : IImageStore, IDisposable
 
     /// <summary>True until <see cref="Unmount"/>.</summary>
     public bool IsMounted { get; private set; }
-
-    /// <inheritdoc />
-    public string RootDirectory => _engine.Root;
 
     /// <summary>
     /// Finds the region, formats it when it holds nothing, mounts it (DAX first)
@@ -191,39 +187,6 @@ public sealed class PmemImageStore : IImageStore, IDisposable
 
     /// <summary>Unmounts (see <see cref="Unmount"/>).</summary>
     public void Dispose() => Unmount();
-
-    /// <inheritdoc />
-    public ImageStoreLock AcquireLock() => _engine.AcquireLock();
-
-    /// <inheritdoc />
-    public CheckpointSet CreateSet(IReadOnlyList<string> targets) => _engine.CreateSet(targets);
-
-    /// <inheritdoc />
-    public Task<CheckpointManifest> SealAsync(CheckpointSet checkpointSet, SealOptions options, CancellationToken cancellationToken = default) =>
-        _engine.SealAsync(checkpointSet, options, cancellationToken);
-
-    /// <inheritdoc />
-    public Task<VerificationResult> VerifyAsync(string setId, VerifyOptions? options = null, CancellationToken cancellationToken = default) =>
-        _engine.VerifyAsync(setId, options, cancellationToken);
-
-    /// <inheritdoc />
-    public Task<RestorableSet> OpenForRestoreAsync(string setId, VerifyOptions? options = null, CancellationToken cancellationToken = default) =>
-        _engine.OpenForRestoreAsync(setId, options, cancellationToken);
-
-    /// <inheritdoc />
-    public IReadOnlyList<CheckpointSetInfo> ListSets() => _engine.ListSets();
-
-    /// <inheritdoc />
-    public void DeleteSet(string setId) => _engine.DeleteSet(setId);
-
-    /// <inheritdoc />
-    public IReadOnlyList<string> ApplyRetention(int keepSealed) => _engine.ApplyRetention(keepSealed);
-
-    /// <inheritdoc />
-    public StoreCapacity GetCapacity() => _engine.GetCapacity();
-
-    /// <inheritdoc />
-    public CapacityEstimate EnsureCapacityFor(IReadOnlyCollection<int> rootPids) => _engine.EnsureCapacityFor(rootPids);
 }
 
 /// <summary>Entries of <c>/proc/self/mountinfo</c>.</summary>
