@@ -18,14 +18,37 @@ internal sealed class SwrkWorker : IAsyncDisposable
     private readonly StringBuilder _stderr = new();
     private readonly Task _stderrPump;
     private readonly CancellationTokenSource _stopPump = new();
-    private int? _exitStatus;
+    private readonly Task<int?> _exit;
 
     private SwrkWorker(int pid, SeqpacketSocket socket, FileStream stderr)
     {
         Pid = pid;
         Socket = socket;
         _stderrPump = PumpAsync(stderr);
+        _exit = ReapAsync(pid);
     }
+
+    /// <summary>
+    /// Reaps the worker the moment it exits: a thread blocked in waitpid, so no
+    /// polling delay is added to any request. Returns its exit status (128+signal
+    /// when killed), or null when someone else reaped it.
+    /// </summary>
+    private static Task<int?> ReapAsync(int pid) => Task.Factory.StartNew<int?>(() =>
+    {
+        while (true)
+        {
+            var r = Syscall.waitpid(pid, out var status, 0);
+            if (r == pid)
+            {
+                return Syscall.WIFEXITED(status) ? Syscall.WEXITSTATUS(status) : 128 + (int)Syscall.WTERMSIG(status);
+            }
+
+            if (r < 0 && Stdlib.GetLastError() != Errno.EINTR)
+            {
+                return null;
+            }
+        }
+    }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
 
     public int Pid { get; }
 
@@ -151,61 +174,22 @@ internal sealed class SwrkWorker : IAsyncDisposable
     /// </summary>
     public async Task DrainOutputAsync(TimeSpan timeout)
     {
-        var deadline = DateTime.UtcNow + timeout;
-        while (_exitStatus is null && DateTime.UtcNow < deadline)
-        {
-            var r = Syscall.waitpid(Pid, out var status, WaitOptions.WNOHANG);
-            if (r == Pid)
-            {
-                _exitStatus = Syscall.WIFEXITED(status) ? Syscall.WEXITSTATUS(status) : 128 + (int)Syscall.WTERMSIG(status);
-                break;
-            }
-
-            if (r < 0)
-            {
-                break;
-            }
-
-            await Task.Delay(10).ConfigureAwait(false);
-        }
-
+        await Task.WhenAny(_exit, Task.Delay(timeout)).ConfigureAwait(false);
         await Task.WhenAny(_stderrPump, Task.Delay(200)).ConfigureAwait(false);
     }
 
     /// <summary>Kills the worker (used when a request is cancelled mid-way).</summary>
     public void Kill() => _ = Syscall.kill(Pid, Signum.SIGKILL);
 
-    /// <summary>Reaps the worker, waiting at most <paramref name="timeout"/>; kills it if it is still running then.</summary>
+    /// <summary>Waits at most <paramref name="timeout"/> for the worker to exit; kills it if it is still running then.</summary>
     public async Task<int?> WaitForExitAsync(TimeSpan timeout)
     {
-        if (_exitStatus is { } known)
+        if (await Task.WhenAny(_exit, Task.Delay(timeout)).ConfigureAwait(false) != _exit)
         {
-            return known;
+            Kill();
         }
 
-        var deadline = DateTime.UtcNow + timeout;
-        while (true)
-        {
-            var r = Syscall.waitpid(Pid, out var status, WaitOptions.WNOHANG);
-            if (r == Pid)
-            {
-                _exitStatus = Syscall.WIFEXITED(status) ? Syscall.WEXITSTATUS(status) : 128 + (int)Syscall.WTERMSIG(status);
-                return _exitStatus;
-            }
-
-            if (r < 0)
-            {
-                return null; // ECHILD: reaped elsewhere (e.g. by the runtime); status unknown
-            }
-
-            if (DateTime.UtcNow > deadline)
-            {
-                Kill();
-                deadline = DateTime.UtcNow + TimeSpan.FromSeconds(5);
-            }
-
-            await Task.Delay(10).ConfigureAwait(false);
-        }
+        return await _exit.ConfigureAwait(false);
     }
 
     public async ValueTask DisposeAsync()

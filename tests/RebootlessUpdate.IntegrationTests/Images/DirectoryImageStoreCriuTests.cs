@@ -89,12 +89,13 @@ public class DirectoryImageStoreCriuTests
     }
 
     [Test]
-    // The counter workload dumps to ~650 KiB with criu 4.1.1 on this host; its
+    // The counter workload dumps to ~450-650 KiB with criu 4.1.1 on this host (512k
+    // was sometimes enough); its
     // log goes outside the store so the error can quote it.
     public async Task A_dump_into_a_store_too_small_fails_with_store_full_and_the_workload_keeps_running()
     {
         _tmpfs = Directory.CreateDirectory(Path.Combine(_dir, "small")).FullName;
-        var mount = ProcessRunner.Run("mount", ["-t", "tmpfs", "-o", "size=512k,mode=0700", "rebootless-test", _tmpfs], TimeSpan.FromSeconds(30));
+        var mount = ProcessRunner.Run("mount", ["-t", "tmpfs", "-o", "size=256k,mode=0700", "rebootless-test", _tmpfs], TimeSpan.FromSeconds(30));
         Assert.That(mount.ExitCode, Is.Zero, mount.ToString());
         var store = new DirectoryImageStore(new DirectoryImageStoreOptions { RootDirectory = _tmpfs });
         using var workload = Workload.Start(Path.Combine(_dir, "work"));
@@ -118,6 +119,6 @@ public class DirectoryImageStoreCriuTests
         });
 
         store.DeleteSet(set.Id);
-        Assert.That(store.GetCapacity().FreeBytes, Is.GreaterThan(384 * 1024), "deleting the unsealed set frees the store");
+        Assert.That(store.GetCapacity().FreeBytes, Is.GreaterThan(192 * 1024), "deleting the unsealed set frees the store");
     }
 }
