@@ -23,7 +23,7 @@ internal sealed class PreflightStage : IUpdateStage
 }
 
 /// <summary>Resolves the targets, checks the estimate fits the store, locks the store, creates the set and the journal.</summary>
-internal sealed class PlanStage : IUpdateStage
+internal sealed class PlanStage(bool checkCapacity = true) : IUpdateStage
 {
     public string Name => "Plan";
 
@@ -41,7 +41,12 @@ internal sealed class PlanStage : IUpdateStage
             t.Settings = t.Resolved.Settings;
         }
 
-        context.Estimate = store.EnsureCapacityFor([.. context.Targets.Select(t => t.Resolved!.RootPid)]);
+        var roots = context.Targets.Select(t => t.Resolved!.RootPid).ToList();
+        if (checkCapacity)
+        {
+            context.Estimate = store.EnsureCapacityFor(roots);
+        }
+
         context.StoreLock = store.AcquireLock();
         context.CriuVersion ??= (await context.RequireCriu().GetVersionAsync(cancellationToken).ConfigureAwait(false)).ToString();
         var set = store.CreateSet([.. context.Targets.Select(t => t.Target.Id)]);
@@ -56,7 +61,8 @@ internal sealed class PlanStage : IUpdateStage
             [.. context.Targets.Select(t => new JournalTarget { Id = t.Target.Id, Folder = t.Folder!, Settings = t.Settings!, RootPid = t.Resolved!.RootPid })],
             context.TimeProvider);
         PipelineLog.JournalTransition(context.Logger, set.Id, JournalState.Planned);
-        context.ReportProgress(Name, $"set {set.Id}: {context.Targets.Count} target(s), {context.Estimate.Value.Processes} processes, about {context.Estimate.Value.RequiredBytes} bytes needed, {context.Estimate.Value.FreeBytes} free");
+        context.ReportProgress(Name, $"set {set.Id}: {context.Targets.Count} target(s)" + (context.Estimate is { } e
+            ? $", {e.Processes} processes, about {e.RequiredBytes} bytes needed, {e.FreeBytes} free" : ""));
     }
 
     public ValueTask CompensateAsync(UpdateContext context, CancellationToken cancellationToken)
@@ -149,7 +155,7 @@ internal sealed class PreDumpStage(PreDumpStageOptions options) : IUpdateStage
 }
 
 /// <summary>
-/// Freezes and dumps every target at once. CRIU then holds each one frozen in
+/// Freezes and dumps every target, one after the other. CRIU then holds each one frozen in
 /// its post-dump notification: a later failure vetoes (the targets resume in
 /// place, nothing to restore); Commit or Jump lets CRIU end them.
 /// </summary>
@@ -163,12 +169,19 @@ internal sealed class DumpStage(DumpStageOptions options) : IUpdateStage
         var set = context.RequireSet();
         var journal = context.RequireJournal();
         journal.Transition(JournalState.Dumping);
+        // One target after the other: concurrent criu dumps on one host collide (criu 4.1.1's
+        // parasite fails with EEXIST creating its /proc folder). Each target stays frozen
+        // after its dump until all are held, so the set is consistent.
         foreach (var t in context.Targets)
         {
             TargetOperations.StartDump(context, t, criu, set, options.OnCriuNotification, cancellationToken);
+            await TargetOperations.WaitHeldAsync(context, t, set).ConfigureAwait(false);
+            if (t.Phase == TargetPhase.Failed)
+            {
+                break;
+            }
         }
 
-        await Task.WhenAll(context.Targets.Select(t => TargetOperations.WaitHeldAsync(context, t, set))).ConfigureAwait(false);
         journal.UpdateTargets(context);
         var failed = context.Targets.Where(t => t.Phase == TargetPhase.Failed).ToList();
         if (failed.Count == 1 && failed[0].DumpException is { } only)

@@ -166,7 +166,20 @@ internal static class TargetOperations
             await RecoverAsync(context, t, sameBoot: true).ConfigureAwait(false);
         }
 
-        context.Journal?.UpdateTargets(context);
+        TryUpdateJournal(context);
+    }
+
+    /// <summary>Best effort during a rollback: a full store must not stop the workloads from coming back.</summary>
+    internal static void TryUpdateJournal(UpdateContext context)
+    {
+        try
+        {
+            context.Journal?.UpdateTargets(context);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            PipelineLog.TargetWarning(context.Logger, context.SetId ?? "?", "could not update the journal during the rollback: " + e.Message);
+        }
     }
 
     /// <summary>Brings one target back after a failure or crash before the jump.</summary>
