@@ -333,3 +333,9 @@ internal static class SystemInfo
 [JsonSerializable(typeof(UpdateResult))]
 [JsonSerializable(typeof(IReadOnlyList<JournalRecord>))]
 internal sealed partial class PipelineJson : JsonSerializerContext;
+
+/// <summary>JSON metadata of the report for the tool.</summary>
+internal static class PipelineJsonPublic
+{
+    internal static System.Text.Json.Serialization.Metadata.JsonTypeInfo<UpdateResult> UpdateResultInfo => PipelineJson.Default.UpdateResult;
+}
