@@ -1,5 +1,6 @@
 using System.CommandLine;
 using RebootlessUpdate;
+using RebootlessUpdate.Cli;
 
 var root = new RootCommand("rebootless: update the kernel without a visible reboot.");
 var version = new Command("version", "Print the tool's version and the CRIU version it requires.");
@@ -9,4 +10,5 @@ version.SetAction(_ =>
     return 0;
 });
 root.Subcommands.Add(version);
+Commands.AddAll(root);
 return await root.Parse(args).InvokeAsync().ConfigureAwait(false);

@@ -1,0 +1,516 @@
+using System.CommandLine;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using RebootlessUpdate.Criu;
+using RebootlessUpdate.Images;
+using RebootlessUpdate.Kexec;
+using RebootlessUpdate.Pipeline;
+using RebootlessUpdate.Stages;
+using RebootlessUpdate.Targets;
+
+namespace RebootlessUpdate.Cli;
+
+/// <summary>The tool's commands. Bad input is checked before anything is changed.</summary>
+internal static class Commands
+{
+    private const string DefaultStore = "/var/lib/rebootless/store";
+
+    private static readonly Option<bool> Json = new("--json") { Description = "Write the result as JSON on stdout.", Recursive = true };
+    private static readonly Option<string> CriuPath = new("--criu") { Description = "The criu binary (default: criu on PATH).", DefaultValueFactory = _ => "criu", Recursive = true };
+    private static readonly Option<string?> Store = new("--store") { Description = $"The image store folder (default {DefaultStore}).", Recursive = true };
+
+    public static void AddAll(RootCommand root)
+    {
+        root.Options.Add(Json);
+        root.Options.Add(CriuPath);
+        root.Options.Add(Store);
+        root.Subcommands.Add(Check());
+        root.Subcommands.Add(Plan());
+        root.Subcommands.Add(Rehearse());
+        root.Subcommands.Add(Update());
+        root.Subcommands.Add(Resume());
+        root.Subcommands.Add(Status());
+        root.Subcommands.Add(Images());
+    }
+
+    private static Option<int[]> PidOption() => new("--pid") { Description = "Root pid of a process tree to checkpoint (repeatable).", AllowMultipleArgumentsPerToken = true };
+
+    private static Option<string[]> CgroupOption() => new("--cgroup") { Description = "A cgroup whose processes to checkpoint (repeatable).", AllowMultipleArgumentsPerToken = true };
+
+    private static Option<string[]> ContainerOption() => new("--container") { Description = "A runc/crun container id (not supported yet).", AllowMultipleArgumentsPerToken = true };
+
+    private static Command Check()
+    {
+        var cmd = new Command("check", "criu, kexec and store readiness; exit 0 only when an update is possible.");
+        cmd.SetAction(async (p, ct) =>
+        {
+            var store = OpenStore(p, mustExist: false, out var error);
+            var report = await Readiness.CheckAsync(Criu(p), store, needKexec: true, runCriuCheck: true, ct).ConfigureAwait(false);
+            var checks = report.Checks.ToList();
+            if (error is not null)
+            {
+                checks.Add(new ReadinessCheck("store", false, error.Value.Message, ReadinessProblem.StoreUnusable));
+            }
+
+            if (p.GetValue(Json))
+            {
+                WriteJson(new CheckOutput(checks.All(c => c.Ok), report.CriuVersion, [.. checks.Select(c => new CheckLine(c.Name, c.Ok, c.Detail))]), CliJson.Default.CheckOutput);
+            }
+            else
+            {
+                foreach (var c in checks)
+                {
+                    Console.WriteLine($"{(c.Ok ? "ok  " : "FAIL")} {c.Name}: {c.Detail}");
+                }
+            }
+
+            return checks.FirstOrDefault(c => !c.Ok) is { Problem: { } problem } ? Code(problem) : ExitCodes.Ok;
+        });
+        return cmd;
+    }
+
+    private static Command Plan()
+    {
+        var cmd = new Command("plan", "What would be checkpointed, the estimated size, and whether it fits the store.");
+        var pid = PidOption();
+        var cgroup = CgroupOption();
+        var container = ContainerOption();
+        cmd.Options.Add(pid);
+        cmd.Options.Add(cgroup);
+        cmd.Options.Add(container);
+        cmd.SetAction(p =>
+        {
+            if (!Targets(p, pid, cgroup, container, out var targets, out var code))
+            {
+                return code;
+            }
+
+            var store = OpenStore(p, mustExist: false, out var storeError);
+            if (store is null)
+            {
+                return Fail(storeError!.Value);
+            }
+
+            var resolved = targets.Select(t => (t.Id, r: t.Resolve())).ToList();
+            var (processes, memory, required) = CapacityEstimator.Estimate(resolved.Select(r => r.r.RootPid));
+            var free = store.GetCapacity().FreeBytes;
+            var output = new PlanOutput(resolved.Select(r => new PlanTarget(r.Id, r.r.RootPid, r.r.Processes, r.r.Settings.ShellJob, r.r.Settings.FreezeCgroup)).ToList(),
+                processes, memory, required, free, required <= free, store.RootDirectory);
+            if (p.GetValue(Json))
+            {
+                WriteJson(output, CliJson.Default.PlanOutput);
+            }
+            else
+            {
+                foreach (var t in output.Targets)
+                {
+                    Console.WriteLine($"{t.Target}: root {t.RootPid}, {t.Processes} processes{(t.ShellJob ? ", shell job" : "")}");
+                }
+
+                Console.WriteLine($"estimate: {required} bytes needed ({memory} bytes of memory), {free} free in {store.RootDirectory}: {(output.Fits ? "fits" : "does NOT fit")}");
+            }
+
+            return output.Fits ? ExitCodes.Ok : ExitCodes.StoreFull;
+        });
+        return cmd;
+    }
+
+    private static Command Rehearse()
+    {
+        var cmd = new Command("rehearse", "Checkpoint, seal, verify and restore on this kernel; exit 0 only when every target was checkpointed and restored.");
+        var pid = PidOption();
+        var cgroup = CgroupOption();
+        var container = ContainerOption();
+        var keep = new Option<bool>("--keep-images") { Description = "Keep the rehearsal's checkpoint set." };
+        cmd.Options.Add(pid);
+        cmd.Options.Add(cgroup);
+        cmd.Options.Add(container);
+        cmd.Options.Add(keep);
+        cmd.SetAction(async (p, ct) =>
+        {
+            if (!Targets(p, pid, cgroup, container, out var targets, out var code) || !Ready(p, needKexec: false, out code, out var store, ct))
+            {
+                return code;
+            }
+
+            var pipeline = RebootlessPipelines.Rehearsal(cleanup: new CleanupStageOptions { DeleteRehearsalSet = !p.GetValue(keep) }).Build();
+            return await RunAsync(p, pipeline, new UpdateContext(UpdateMode.Rehearse, targets) { Store = store, Criu = Criu(p), Progress = Progress(p) }, ct).ConfigureAwait(false);
+        });
+        return cmd;
+    }
+
+    private static Command Update()
+    {
+        var cmd = new Command("update", "Checkpoint the targets, load the kernel, jump; run `rebootless resume` after boot.");
+        var pid = PidOption();
+        var cgroup = CgroupOption();
+        var container = ContainerOption();
+        var kernel = new Option<string>("--kernel") { Description = "The kernel to switch to.", Required = true };
+        var initrd = new Option<string?>("--initrd") { Description = "Its initrd (default: found next to the kernel)." };
+        var append = new Option<string[]>("--append") { Description = "Parameters to set on the next command line (name=value or flag).", AllowMultipleArgumentsPerToken = true };
+        var pmem = new Option<string[]>("--memmap") { Description = "Persistent-memory regions (SIZE!START) the next kernel must keep.", AllowMultipleArgumentsPerToken = true };
+        foreach (var o in new Option[] { pid, cgroup, container, kernel, initrd, append, pmem })
+        {
+            cmd.Options.Add(o);
+        }
+
+        cmd.SetAction(async (p, ct) =>
+        {
+            if (!Targets(p, pid, cgroup, container, out var targets, out var code))
+            {
+                return code;
+            }
+
+            var kernelPath = p.GetValue(kernel)!;
+            try
+            {
+                _ = KernelImage.Probe(kernelPath);
+                if (p.GetValue(initrd) is { } i && !File.Exists(i))
+                {
+                    return Fail((ExitCodes.BadKernel, $"the initrd {i} does not exist; give an existing --initrd or leave it out to use the one next to the kernel."));
+                }
+            }
+            catch (KexecException e)
+            {
+                return Fail((ExitCodes.BadKernel, $"--kernel {kernelPath}: {e.Message}"));
+            }
+
+            if (!Ready(p, needKexec: true, out code, out var store, ct))
+            {
+                return code;
+            }
+
+            var set = (p.GetValue(append) ?? []).Select(a => a.Split('=', 2) is [var n, var v] ? new KeyValuePair<string, string?>(n, v) : new KeyValuePair<string, string?>(a, null)).ToList();
+            var pipeline = RebootlessPipelines.Update(new LoadKernelStageOptions
+            {
+                KernelPath = kernelPath,
+                InitrdPath = p.GetValue(initrd),
+                SetParameters = set,
+                PersistentMemoryRegions = p.GetValue(pmem) ?? [],
+            }).Build();
+            return await RunAsync(p, pipeline, new UpdateContext(UpdateMode.Update, targets) { Store = store, Criu = Criu(p), Progress = Progress(p) }, ct).ConfigureAwait(false);
+        });
+        return cmd;
+    }
+
+    private static Command Resume()
+    {
+        var cmd = new Command("resume", "After boot: verify the checkpoint named by the command line and restore every target. Idempotent.");
+        var setId = new Option<string?>("--set") { Description = "The set to resume (default: rebootless.resume= on the command line, else the newest unfinished one)." };
+        cmd.Options.Add(setId);
+        cmd.SetAction(async (p, ct) =>
+        {
+            if (!Ready(p, needKexec: false, out var code, out var store, ct, mustExist: true))
+            {
+                return code;
+            }
+
+            var pipeline = RebootlessPipelines.Resume(new LocateStageOptions { SetId = p.GetValue(setId) }).Build();
+            return await RunAsync(p, pipeline, new UpdateContext(UpdateMode.Resume, []) { Store = store, Criu = Criu(p), Progress = Progress(p) }, ct).ConfigureAwait(false);
+        });
+        return cmd;
+    }
+
+    private static Command Status()
+    {
+        var cmd = new Command("status", "The journals in the store: every update and rehearsal and where it stands.");
+        cmd.SetAction(_ => WithStore(_, store =>
+        {
+            var journals = UpdateJournal.List(store.RootDirectory);
+            if (_.GetValue(Json))
+            {
+                WriteJson(journals, CliJson.Default.IReadOnlyListJournalRecord);
+            }
+            else
+            {
+                foreach (var j in journals)
+                {
+                    Console.WriteLine($"{j.SetId} {j.Mode,-8} {j.State,-11} {string.Join(" ", j.Targets.Select(t => $"{t.Id}={t.Phase}"))}{(j.Error is null ? "" : "  error: " + j.Error)}");
+                }
+            }
+
+            return ExitCodes.Ok;
+        }));
+        return cmd;
+    }
+
+    private static Command Images()
+    {
+        var images = new Command("images", "List, verify or delete checkpoint sets.");
+        var ls = new Command("ls", "List the sets.");
+        ls.SetAction(p => WithStore(p, store =>
+        {
+            var sets = store.ListSets();
+            if (p.GetValue(Json))
+            {
+                WriteJson([.. sets.Select(s => new SetLine(s.SetId, s.IsSealed, s.CreatedAt, s.TotalBytes))], CliJson.Default.ListSetLine);
+            }
+            else
+            {
+                foreach (var s in sets)
+                {
+                    Console.WriteLine($"{s.SetId} {(s.IsSealed ? "sealed  " : "unsealed")} {s.TotalBytes?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "-"} bytes");
+                }
+            }
+
+            return ExitCodes.Ok;
+        }));
+        var idArg = new Argument<string>("set") { Description = "The set id." };
+        var verify = new Command("verify", "Re-hash a set and list every mismatch; exit 0 only when intact.");
+        verify.Arguments.Add(idArg);
+        verify.SetAction(p => WithStore(p, store =>
+        {
+            var id = p.GetValue(idArg)!;
+            if (!store.ListSets().Any(s => s.SetId == id))
+            {
+                return Fail((ExitCodes.Usage, $"there is no set {id} in {store.RootDirectory}; `rebootless images ls` lists them."));
+            }
+
+            var r = store.VerifyAsync(id).GetAwaiter().GetResult();
+            if (p.GetValue(Json))
+            {
+                WriteJson(new VerifyOutput(r.SetId, r.IsValid, r.BytesHashed, [.. r.Issues.Select(i => i.ToString())]), CliJson.Default.VerifyOutput);
+            }
+            else
+            {
+                Console.WriteLine(r.IsValid ? $"{id}: intact ({r.BytesHashed} bytes hashed)" : $"{id}: {r.Issues.Count} problem(s)\n  " + string.Join("\n  ", r.Issues));
+            }
+
+            return r.IsValid ? ExitCodes.Ok : ExitCodes.Failed;
+        }));
+        var rm = new Command("rm", "Delete a set.");
+        rm.Arguments.Add(idArg);
+        rm.SetAction(p => WithStore(p, store =>
+        {
+            var id = p.GetValue(idArg)!;
+            if (!store.ListSets().Any(s => s.SetId == id))
+            {
+                return Fail((ExitCodes.Usage, $"there is no set {id} in {store.RootDirectory}; `rebootless images ls` lists them."));
+            }
+
+            using var l = store.AcquireLock();
+            store.DeleteSet(id);
+            if (p.GetValue(Json))
+            {
+                WriteJson(new SetLine(id, false, default, null), CliJson.Default.SetLine);
+            }
+
+            return ExitCodes.Ok;
+        }));
+        images.Subcommands.Add(ls);
+        images.Subcommands.Add(verify);
+        images.Subcommands.Add(rm);
+        return images;
+    }
+
+    private static int WithStore(ParseResult p, Func<IImageStore, int> action)
+    {
+        var store = OpenStore(p, mustExist: true, out var error);
+        if (store is null)
+        {
+            return Fail(error!.Value);
+        }
+
+        try
+        {
+            return action(store);
+        }
+        catch (ImageStoreLockedException e)
+        {
+            return Fail((ExitCodes.StoreLocked, e.Message));
+        }
+    }
+
+    private static bool Targets(ParseResult p, Option<int[]> pid, Option<string[]> cgroup, Option<string[]> container, out List<UpdateTarget> targets, out int code)
+    {
+        targets = [];
+        code = ExitCodes.Ok;
+        if ((p.GetValue(container) ?? []).Length > 0)
+        {
+            code = Fail((ExitCodes.Usage, "--container is not supported by this build yet; checkpoint the container's init with --pid or its cgroup with --cgroup."));
+            return false;
+        }
+
+        targets.AddRange((p.GetValue(pid) ?? []).Select(x => UpdateTarget.ProcessTree(x > 0 ? x : int.MaxValue)));
+        targets.AddRange((p.GetValue(cgroup) ?? []).Select(c => UpdateTarget.Cgroup(c)));
+        if (targets.Count == 0)
+        {
+            code = Fail((ExitCodes.Usage, "name at least one target: --pid PID, --cgroup PATH."));
+            return false;
+        }
+
+        if (targets.GroupBy(t => t.Id).FirstOrDefault(g => g.Count() > 1) is { } dup)
+        {
+            code = Fail((ExitCodes.Usage, $"target {dup.Key} is named twice."));
+            return false;
+        }
+
+        foreach (var t in targets)
+        {
+            try
+            {
+                _ = t.Resolve();
+            }
+            catch (TargetNotFoundException e)
+            {
+                code = Fail((ExitCodes.UnknownTarget, e.Message));
+                return false;
+            }
+        }
+
+        return true;
+    }
+
+    private static bool Ready(ParseResult p, bool needKexec, out int code, out DirectoryImageStore? store, CancellationToken ct, bool mustExist = false)
+    {
+        store = null;
+        if (Mono.Unix.Native.Syscall.geteuid() != 0)
+        {
+            // Before touching the store: a non-root run must change nothing.
+            code = Fail((ExitCodes.NotRoot, $"running as uid {Mono.Unix.Native.Syscall.geteuid()}: checkpointing processes and loading a kernel need root; run with sudo."));
+            return false;
+        }
+
+        var given = p.GetValue(Store);
+        var path = given ?? DefaultStore;
+        if ((given is not null || mustExist) && !Directory.Exists(path))
+        {
+            code = Fail((ExitCodes.BadStore, $"the store folder {path} does not exist; create it (mkdir -p {path}) or pass --store DIR."));
+            return false;
+        }
+
+        // criu and kexec first: opening a new store initialises it, and bad input must change nothing.
+        var report = Readiness.CheckAsync(Criu(p), null, needKexec, false, ct).GetAwaiter().GetResult();
+        if (report.FirstFailure is { } f)
+        {
+            code = Fail((Code(f.Problem!.Value), f.Detail));
+            return false;
+        }
+
+        store = OpenStore(p, mustExist, out var error);
+        if (store is null)
+        {
+            code = Fail(error!.Value);
+            return false;
+        }
+
+        code = ExitCodes.Ok;
+        return true;
+    }
+
+    private static DirectoryImageStore? OpenStore(ParseResult p, bool mustExist, out (int Code, string Message)? error)
+    {
+        error = null;
+        var given = p.GetValue(Store);
+        var path = given ?? DefaultStore;
+        if ((given is not null || mustExist) && !Directory.Exists(path))
+        {
+            error = (ExitCodes.BadStore, $"the store folder {path} does not exist; create it (mkdir -p {path}) or pass --store DIR.");
+            return null;
+        }
+
+        try
+        {
+            return new DirectoryImageStore(new DirectoryImageStoreOptions { RootDirectory = path });
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ImageStoreException)
+        {
+            error = (ExitCodes.BadStore, $"{path} cannot be used as a store: {e.Message}");
+            return null;
+        }
+    }
+
+    private static async Task<int> RunAsync(ParseResult p, UpdatePipeline pipeline, UpdateContext context, CancellationToken ct)
+    {
+        var result = await pipeline.ExecuteAsync(context, ct).ConfigureAwait(false);
+        if (p.GetValue(Json))
+        {
+            WriteJson(result, PipelineJsonPublic.UpdateResultInfo);
+        }
+        else
+        {
+            foreach (var s in result.Stages)
+            {
+                Console.WriteLine($"{s.Name,-10} {s.Status,-18} {s.Duration.TotalMilliseconds,8:0.0} ms {s.Message}");
+            }
+
+            foreach (var t in result.Targets)
+            {
+                Console.WriteLine($"{t.Target}: {t.Phase}{(t.Restorable ? " (restorable)" : "")} downtime {t.Downtime?.TotalMilliseconds:0} ms {t.Error}");
+            }
+
+            Console.WriteLine($"{context.Mode}: {result.Outcome}{(result.SetId is null ? "" : " set " + result.SetId)}");
+        }
+
+        if (!result.IsSuccess)
+        {
+            Console.Error.WriteLine($"rebootless: {context.Mode.ToString().ToLowerInvariant()} {result.Outcome.ToString().ToLowerInvariant()} at {result.FailedStage}: {result.Error}");
+        }
+
+        return result.Outcome switch
+        {
+            UpdateOutcome.Succeeded or UpdateOutcome.NothingToDo => ExitCodes.Ok,
+            UpdateOutcome.RolledBack when result.Exception is StoreFullException => ExitCodes.StoreFull,
+            UpdateOutcome.RolledBack when result.Exception is ImageStoreLockedException => ExitCodes.StoreLocked,
+            UpdateOutcome.RolledBack => ExitCodes.Failed,
+            _ => ExitCodes.NeedsAttention,
+        };
+    }
+
+    private static SyncProgress? Progress(ParseResult p) =>
+        p.GetValue(Json) ? null : new SyncProgress(e =>
+        {
+            if (e.Kind is UpdateProgressKind.StageStarted or UpdateProgressKind.Info or UpdateProgressKind.Compensating)
+            {
+                Console.Error.WriteLine($"[{e.Stage}] {e.Kind switch { UpdateProgressKind.StageStarted => "...", UpdateProgressKind.Compensating => "rolling back", _ => "" }} {e.Target} {e.Message}".TrimEnd());
+            }
+        });
+
+    private static CriuClient Criu(ParseResult p) => new(new CriuClientOptions { CriuPath = p.GetValue(CriuPath) ?? "criu" });
+
+    private static int Code(ReadinessProblem problem) => problem switch
+    {
+        ReadinessProblem.NotRoot => ExitCodes.NotRoot,
+        ReadinessProblem.CriuMissing => ExitCodes.CriuMissing,
+        ReadinessProblem.CriuTooOld => ExitCodes.CriuTooOld,
+        ReadinessProblem.CriuUnusable => ExitCodes.CriuUnusable,
+        ReadinessProblem.KexecUnavailable => ExitCodes.KexecUnavailable,
+        _ => ExitCodes.BadStore,
+    };
+
+    private static int Fail((int Code, string Message) error)
+    {
+        Console.Error.WriteLine("rebootless: " + error.Message);
+        return error.Code;
+    }
+
+    private static void WriteJson<T>(T value, System.Text.Json.Serialization.Metadata.JsonTypeInfo<T> info) =>
+        Console.WriteLine(JsonSerializer.Serialize(value, info));
+
+    private sealed class SyncProgress(Action<UpdateProgress> report) : IProgress<UpdateProgress>
+    {
+        public void Report(UpdateProgress value) => report(value);
+    }
+}
+
+internal sealed record CheckLine(string Name, bool Ok, string Detail);
+
+internal sealed record CheckOutput(bool Ready, string? CriuVersion, IReadOnlyList<CheckLine> Checks);
+
+internal sealed record PlanTarget(string Target, int RootPid, int Processes, bool ShellJob, string? FreezeCgroup);
+
+internal sealed record PlanOutput(IReadOnlyList<PlanTarget> Targets, int Processes, long MemoryBytes, long RequiredBytes, long FreeBytes, bool Fits, string Store);
+
+internal sealed record SetLine(string SetId, bool Sealed, DateTimeOffset CreatedAt, long? TotalBytes);
+
+internal sealed record VerifyOutput(string SetId, bool Intact, long BytesHashed, IReadOnlyList<string> Issues);
+
+[JsonSourceGenerationOptions(WriteIndented = true, PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, UseStringEnumConverter = true,
+    DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
+[JsonSerializable(typeof(CheckOutput))]
+[JsonSerializable(typeof(PlanOutput))]
+[JsonSerializable(typeof(List<SetLine>))]
+[JsonSerializable(typeof(SetLine))]
+[JsonSerializable(typeof(VerifyOutput))]
+[JsonSerializable(typeof(IReadOnlyList<JournalRecord>))]
+internal sealed partial class CliJson : JsonSerializerContext;

@@ -1,0 +1,109 @@
+using RebootlessUpdate.Criu;
+using RebootlessUpdate.Targets;
+
+namespace RebootlessUpdate.Pipeline;
+
+/// <summary>Where a target is in a run.</summary>
+public enum TargetPhase
+{
+    /// <summary>Resolved, nothing done yet.</summary>
+    Planned,
+
+    /// <summary>CRIU holds it frozen after writing its images (it can still be resumed in place).</summary>
+    Frozen,
+
+    /// <summary>Its images are complete and CRIU ended the original processes.</summary>
+    Dumped,
+
+    /// <summary>Restored from the images.</summary>
+    Restored,
+
+    /// <summary>Running in place again after a rollback that needed no restore.</summary>
+    Resumed,
+
+    /// <summary>Something failed; see the error.</summary>
+    Failed,
+}
+
+/// <summary>One target in a run: its state, timings and CRIU statistics.</summary>
+public sealed class TargetRun
+{
+    internal TargetRun(UpdateTarget target) => Target = target;
+
+    /// <summary>The target.</summary>
+    public UpdateTarget Target { get; }
+
+    /// <summary>Where it is now.</summary>
+    public TargetPhase Phase { get; internal set; }
+
+    /// <summary>The target's images folder (inside the set's images folder), once dumping started.</summary>
+    public string? ImagesDirectory { get; internal set; }
+
+    /// <summary>Root pid of the restored tree, once restored.</summary>
+    public int? RestoredPid { get; internal set; }
+
+    /// <summary>Time from the dump request to CRIU holding the images (freezing, dumping, writing).</summary>
+    public TimeSpan? DumpTime { get; internal set; }
+
+    /// <summary>Time the restore request took.</summary>
+    public TimeSpan? RestoreTime { get; internal set; }
+
+    /// <summary>From the dump request (freeze) to the restored tree running again, when both happened in this process.</summary>
+    public TimeSpan? Downtime { get; internal set; }
+
+    /// <summary>Bytes of the target's images.</summary>
+    public long? Bytes { get; internal set; }
+
+    /// <summary>CRIU's dump statistics (frozen time, pages), when it wrote them.</summary>
+    public CriuDumpStatistics? DumpStatistics { get; internal set; }
+
+    /// <summary>CRIU's restore statistics, when it wrote them.</summary>
+    public CriuRestoreStatistics? RestoreStatistics { get; internal set; }
+
+    /// <summary>What went wrong for this target, if anything.</summary>
+    public string? Error { get; internal set; }
+
+    /// <summary>When the dump request was sent (from the context's clock).</summary>
+    internal long? DumpStartedTimestamp { get; set; }
+
+    /// <summary>The wall-clock time of the dump request (survives the jump in the journal).</summary>
+    internal DateTimeOffset? DumpStartedAt { get; set; }
+
+    /// <summary>The process identity recorded before dumping (to tell "still running" from "pid reused").</summary>
+    internal ProcessIdentity? Original { get; set; }
+
+    internal Pending? PendingDump { get; set; }
+
+    internal Exception? DumpException { get; set; }
+
+    /// <summary>When the restore finished (wall clock).</summary>
+    internal DateTimeOffset? RestoredAt { get; set; }
+
+    /// <summary>When the restore finished (context clock).</summary>
+    internal long? RestoredTimestamp { get; set; }
+
+    /// <summary>What Plan found: root pid and CRIU settings.</summary>
+    internal ResolvedTarget? Resolved { get; set; }
+
+    /// <summary>CRIU settings (from Plan, or from the journal after the jump).</summary>
+    internal TargetCriuSettings? Settings { get; set; }
+
+    /// <summary>The target's folder name inside the set's images folder.</summary>
+    internal string? Folder { get; set; }
+
+    /// <summary>The pre-dump folder (relative to the set's images folder) the final dump builds on.</summary>
+    internal string? PreDumpFolder { get; set; }
+
+    /// <summary>Every process of the tree when dumped (to wait for their pids to be released before a restore).</summary>
+    internal IReadOnlyList<ProcessIdentity> TreeProcesses { get; set; } = [];
+
+    /// <summary>A dump CRIU holds at its post-dump notification until the pipeline commits or vetoes it.</summary>
+    internal sealed class Pending
+    {
+        public TaskCompletionSource<bool> Decision { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public TaskCompletionSource HeldAtPostDump { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public Task<CriuDumpResult> Request { get; set; } = Task.FromResult<CriuDumpResult>(null!);
+    }
+}

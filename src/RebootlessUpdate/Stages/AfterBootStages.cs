@@ -1,0 +1,269 @@
+using RebootlessUpdate.Images;
+using RebootlessUpdate.Kexec;
+using RebootlessUpdate.Pipeline;
+using RebootlessUpdate.Targets;
+
+namespace RebootlessUpdate.Stages;
+
+/// <summary>
+/// After boot: finds the set (the command line's resume marker, else the newest
+/// unfinished journal), reads its journal, and decides per target what to do.
+/// A journal written in this very boot means a crash before the jump: the run rolls back.
+/// </summary>
+internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
+{
+    public string Name => "Locate";
+
+    public ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
+    {
+        var store = context.RequireStore();
+        var setId = options.SetId ?? Marker(options.CommandLinePath);
+        if (setId is null)
+        {
+            var unfinished = UpdateJournal.List(store.RootDirectory)
+                .LastOrDefault(r => r.Mode != UpdateMode.Rehearse && r.State is not (JournalState.Resumed or JournalState.RolledBack));
+            if (unfinished is null)
+            {
+                context.NothingToDo = true;
+                context.SkipStage($"no resume marker ({RebootlessInfo.ResumeParameter}=) on the command line and no unfinished journal in {store.RootDirectory}");
+                return ValueTask.CompletedTask;
+            }
+
+            setId = unfinished.SetId;
+        }
+
+        var journal = UpdateJournal.Open(store.RootDirectory, setId, context.TimeProvider)
+            ?? throw new CheckpointSetNotFoundException(setId, store.RootDirectory);
+        context.Journal = journal;
+        context.SetId = setId;
+        if (journal.State is JournalState.Resumed or JournalState.RolledBack)
+        {
+            context.NothingToDo = true;
+            context.SkipStage($"set {setId} is already {journal.State.ToString().ToLowerInvariant()}; nothing to do");
+            return ValueTask.CompletedTask;
+        }
+
+        context.StoreLock = store.AcquireLock();
+        context.SameBoot = journal.Record.BootId == SystemInfo.BootId();
+        var images = Path.Combine(store.RootDirectory, "sets", setId, "images");
+        var runs = new List<TargetRun>();
+        foreach (var jt in journal.Record.Targets)
+        {
+            var run = new TargetRun(new JournaledTarget(jt.Id, jt.Settings))
+            {
+                Settings = jt.Settings,
+                Folder = jt.Folder,
+                ImagesDirectory = Path.Combine(images, jt.Folder),
+                DumpStartedAt = jt.DumpStartedAt,
+                RestoredPid = jt.RestoredPid,
+                Original = jt.RootStartTime == 0 ? null : new ProcessIdentity(jt.RootPid, jt.RootStartTime),
+                Phase = jt.Phase,
+            };
+            if (context.SameBoot)
+            {
+                // The original may still hold its pid: wait for it before restoring.
+                run.TreeProcesses = run.Original is { } o ? [o] : [];
+            }
+
+            if (jt.Phase == TargetPhase.Restored && jt.RestoredPid is { } pid && ProcessIdentity.Of(pid) is not null)
+            {
+                run.Phase = TargetPhase.Restored; // restored by an earlier, interrupted resume
+            }
+            else if (context.SameBoot && run.Original is { IsAlive: true })
+            {
+                run.Phase = TargetPhase.Resumed; // never ended: a crash before the jump let it run on
+            }
+            else
+            {
+                run.Phase = jt.Phase is TargetPhase.Frozen or TargetPhase.Dumped or TargetPhase.Restored or TargetPhase.Failed
+                    ? TargetPhase.Dumped
+                    : TargetPhase.Failed;
+                if (run.Phase == TargetPhase.Failed)
+                {
+                    run.Error = $"its processes are gone and the journal shows no completed dump (phase {jt.Phase})";
+                }
+            }
+
+            runs.Add(run);
+        }
+
+        context.Targets = runs;
+        context.ReportProgress(Name, $"set {setId}: journal state {journal.State}, {(context.SameBoot ? "same boot (rolling back)" : "new boot")}");
+        return ValueTask.CompletedTask;
+    }
+
+    private static string? Marker(string path)
+    {
+        try
+        {
+            return KexecCommandLine.ReadCurrent(path).GetValue(RebootlessInfo.ResumeParameter);
+        }
+        catch (IOException)
+        {
+            return null;
+        }
+    }
+}
+
+/// <summary>Verifies every hash of the set before anything is restored from it.</summary>
+internal sealed class VerifyStage : IUpdateStage
+{
+    public string Name => "Verify";
+
+    public async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
+    {
+        if (context.NothingToDo)
+        {
+            context.SkipStage("nothing to resume");
+            return;
+        }
+
+        var store = context.RequireStore();
+        if (context.Mode == UpdateMode.Resume && !context.Targets.Any(t => t.Phase == TargetPhase.Dumped))
+        {
+            context.SkipStage("no target needs restoring");
+            return;
+        }
+
+        if (context.Mode == UpdateMode.Resume && context.SameBoot && !store.ListSets().Any(s => s.SetId == context.SetId && s.IsSealed))
+        {
+            // A crash before sealing, on this very boot: the images are this boot's own; CRIU checks them as it reads.
+            context.SkipStage("the set was never sealed (a crash before sealing); restoring this boot's own images");
+            return;
+        }
+
+        context.Restorable = await store.OpenForRestoreAsync(context.SetId!, null, cancellationToken).ConfigureAwait(false);
+        context.ReportProgress(Name, $"{context.Restorable.Verification.BytesHashed} bytes verified");
+    }
+}
+
+/// <summary>Restores every target that needs it, in parallel; skips those already running. Safe to repeat.</summary>
+internal sealed class RestoreStage(RestoreStageOptions options) : IUpdateStage
+{
+    public string Name => "Restore";
+
+    public async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
+    {
+        if (context.NothingToDo)
+        {
+            context.SkipStage("nothing to resume");
+            return;
+        }
+
+        var journal = context.RequireJournal();
+        var todo = context.Targets.Where(t => t.Phase == TargetPhase.Dumped).ToList();
+        if (journal.State != JournalState.Resuming)
+        {
+            journal.Transition(JournalState.Resuming, $"{todo.Count} target(s) to restore");
+        }
+
+        var root = context.Restorable?.ImagesDirectory;
+        using var gate = new SemaphoreSlim(options.MaxParallelism);
+        var errors = new List<Exception>();
+        await Task.WhenAll(todo.Select(async t =>
+        {
+            await gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+            try
+            {
+                var dir = root is null ? t.ImagesDirectory! : Path.Combine(root, t.Folder!);
+                await TargetOperations.RestoreAsync(context, t, dir, waitForRelease: context.Mode == UpdateMode.Rehearse || context.SameBoot, cancellationToken).ConfigureAwait(false);
+                t.Error = null;
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                t.Error = "restore failed: " + e.Message;
+                lock (errors)
+                {
+                    errors.Add(e);
+                }
+            }
+            finally
+            {
+                gate.Release();
+            }
+        })).ConfigureAwait(false);
+        journal.UpdateTargets(context);
+        if (errors.Count == 1)
+        {
+            throw errors[0];
+        }
+
+        if (errors.Count > 1)
+        {
+            throw new AggregateException($"{errors.Count} targets could not be restored", errors);
+        }
+    }
+
+    public async ValueTask CompensateAsync(UpdateContext context, CancellationToken cancellationToken)
+    {
+        // A rehearsal that cannot restore must not leave the workload down: the
+        // retry budget is spent, so try once more per target, then report.
+        if (context.Mode == UpdateMode.Rehearse)
+        {
+            foreach (var t in context.Targets.Where(t => t.Phase == TargetPhase.Dumped))
+            {
+                await TargetOperations.RecoverAsync(context, t, sameBoot: true).ConfigureAwait(false);
+            }
+        }
+    }
+}
+
+/// <summary>Records the end state in the journal (resumed, or rolled back after a crash on this boot) and the downtime.</summary>
+internal sealed class ReportStage : IUpdateStage
+{
+    public string Name => "Report";
+
+    public async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
+    {
+        if (context.NothingToDo)
+        {
+            context.SkipStage("nothing to resume");
+            return;
+        }
+
+        var journal = context.RequireJournal();
+        journal.UpdateTargets(context);
+        if (context.Mode == UpdateMode.Resume && context.SameBoot)
+        {
+            var loader = new KexecLoader();
+            if (loader.IsLoaded)
+            {
+                await loader.UnloadAsync(cancellationToken: cancellationToken).ConfigureAwait(false);
+            }
+
+            journal.Transition(JournalState.RolledBack, "a crash before the jump was recovered on the same kernel");
+            return;
+        }
+
+        var downtimes = context.Targets.Where(t => t.Downtime is not null).Select(t => t.Downtime!.Value).ToList();
+        journal.Transition(JournalState.Resumed, downtimes.Count == 0 ? null : $"longest downtime {downtimes.Max().TotalMilliseconds:0} ms");
+    }
+}
+
+/// <summary>Releases the store's lock; deletes a rehearsal's set, or applies retention after a resume.</summary>
+internal sealed class CleanupStage(CleanupStageOptions options) : IUpdateStage
+{
+    public string Name => "Cleanup";
+
+    public ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
+    {
+        var store = context.RequireStore();
+        if (context.Mode == UpdateMode.Rehearse && options.DeleteRehearsalSet && context.SetId is { } id)
+        {
+            store.DeleteSet(id);
+        }
+        else if (context.Mode == UpdateMode.Resume && !context.NothingToDo && options.KeepSealedSets is { } keep)
+        {
+            store.ApplyRetention(keep);
+        }
+
+        context.ReleaseLock();
+        return ValueTask.CompletedTask;
+    }
+
+    public ValueTask CompensateAsync(UpdateContext context, CancellationToken cancellationToken)
+    {
+        context.ReleaseLock();
+        return ValueTask.CompletedTask;
+    }
+}

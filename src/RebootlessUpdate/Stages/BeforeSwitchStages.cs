@@ -1,0 +1,276 @@
+using RebootlessUpdate.Criu;
+using RebootlessUpdate.Images;
+using RebootlessUpdate.Kexec;
+using RebootlessUpdate.Pipeline;
+using RebootlessUpdate.Targets;
+
+namespace RebootlessUpdate.Stages;
+
+/// <summary>Root, criu, kexec (for an update) and store readiness; changes nothing.</summary>
+internal sealed class PreflightStage : IUpdateStage
+{
+    public string Name => "Preflight";
+
+    public async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
+    {
+        var report = await Readiness.CheckAsync(context.RequireCriu(), context.Store, context.Mode == UpdateMode.Update, false, cancellationToken).ConfigureAwait(false);
+        context.CriuVersion = report.CriuVersion;
+        if (!report.IsReady)
+        {
+            throw new PreflightException(report);
+        }
+    }
+}
+
+/// <summary>Resolves the targets, checks the estimate fits the store, locks the store, creates the set and the journal.</summary>
+internal sealed class PlanStage(bool checkCapacity = true) : IUpdateStage
+{
+    public string Name => "Plan";
+
+    public async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
+    {
+        var store = context.RequireStore();
+        if (context.Targets.Count == 0)
+        {
+            throw new ArgumentException("nothing to checkpoint: name at least one target.");
+        }
+
+        foreach (var t in context.Targets)
+        {
+            t.Resolved = t.Target.Resolve();
+            t.Settings = t.Resolved.Settings;
+        }
+
+        var roots = context.Targets.Select(t => t.Resolved!.RootPid).ToList();
+        if (checkCapacity)
+        {
+            context.Estimate = store.EnsureCapacityFor(roots);
+        }
+
+        context.StoreLock = store.AcquireLock();
+        context.CriuVersion ??= (await context.RequireCriu().GetVersionAsync(cancellationToken).ConfigureAwait(false)).ToString();
+        var set = store.CreateSet([.. context.Targets.Select(t => t.Target.Id)]);
+        context.CheckpointSet = set;
+        context.SetId = set.Id;
+        for (var i = 0; i < context.Targets.Count; i++)
+        {
+            context.Targets[i].Folder = TargetOperations.FolderName(i, context.Targets[i].Target);
+        }
+
+        context.Journal = UpdateJournal.Create(store.RootDirectory, set.Id, context.Mode,
+            [.. context.Targets.Select(t => new JournalTarget { Id = t.Target.Id, Folder = t.Folder!, Settings = t.Settings!, RootPid = t.Resolved!.RootPid })],
+            context.TimeProvider);
+        PipelineLog.JournalTransition(context.Logger, set.Id, JournalState.Planned);
+        context.ReportProgress(Name, $"set {set.Id}: {context.Targets.Count} target(s)" + (context.Estimate is { } e
+            ? $", {e.Processes} processes, about {e.RequiredBytes} bytes needed, {e.FreeBytes} free" : ""));
+    }
+
+    public ValueTask CompensateAsync(UpdateContext context, CancellationToken cancellationToken)
+    {
+        // The images are only worth keeping when a target could not be put back running.
+        if (context.CheckpointSet is { } set && context.Targets.All(t => t.Phase is TargetPhase.Resumed or TargetPhase.Restored or TargetPhase.Planned))
+        {
+            context.RequireStore().DeleteSet(set.Id);
+        }
+
+        context.ReleaseLock();
+        return ValueTask.CompletedTask;
+    }
+}
+
+/// <summary>Loads the next kernel while the workloads still run (loading takes seconds; none of it may fall inside the freeze).</summary>
+internal sealed class LoadKernelStage(LoadKernelStageOptions options) : IUpdateStage
+{
+    private readonly KexecLoader _loader = options.Loader ?? new KexecLoader();
+
+    public string Name => "LoadKernel";
+
+    public async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
+    {
+        var journal = context.RequireJournal();
+        var current = KexecCommandLine.ReadCurrent(options.CurrentCommandLinePath);
+        var next = KexecCommandLine.ComposeNext(current, new NextCommandLineOptions
+        {
+            ResumeSetId = context.SetId,
+            PersistentMemoryRegions = options.PersistentMemoryRegions,
+            SetParameters = options.SetParameters,
+            RemoveParameters = options.RemoveParameters,
+        });
+        var result = await _loader.LoadAsync(new KexecLoadRequest
+        {
+            KernelPath = options.KernelPath,
+            InitrdPath = options.InitrdPath,
+            NoInitrd = options.NoInitrd,
+            CommandLine = next.ToString(),
+            Method = options.Method,
+        }, cancellationToken).ConfigureAwait(false);
+        context.KernelLoaded = true;
+        journal.Transition(JournalState.KernelLoaded, $"{result.KernelPath} ({result.Method})",
+            r => r with { NextKernel = result.KernelPath, NextCommandLine = result.CommandLine });
+    }
+
+    public async ValueTask CompensateAsync(UpdateContext context, CancellationToken cancellationToken)
+    {
+        if (context.KernelLoaded)
+        {
+            await _loader.UnloadAsync(options.Method, cancellationToken).ConfigureAwait(false);
+            context.KernelLoaded = false;
+        }
+    }
+}
+
+/// <summary>Copies memory while the targets run (needs soft-dirty tracking), so the final dump has less to copy.</summary>
+internal sealed class PreDumpStage(PreDumpStageOptions options) : IUpdateStage
+{
+    public string Name => "PreDump";
+
+    public async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
+    {
+        var criu = context.RequireCriu();
+        var features = await criu.CheckFeaturesAsync(cancellationToken).ConfigureAwait(false);
+        if (!features.MemoryTracking)
+        {
+            const string reason = "memory tracking (soft-dirty, CONFIG_MEM_SOFT_DIRTY) is not available in this kernel: the final dump copies all memory while frozen";
+            if (options.Required)
+            {
+                throw new CriuFeatureUnavailableException("a pre-dump was required but " + reason);
+            }
+
+            context.SkipStage(reason);
+            return;
+        }
+
+        var set = context.RequireSet();
+        foreach (var t in context.Targets)
+        {
+            var folder = t.Folder + "-pre";
+            var dir = Path.Combine(set.ImagesDirectory, folder);
+            Directory.CreateDirectory(dir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            var dump = t.Settings!.ToDump(t.Resolved!.RootPid, dir, TargetOperations.WorkDirectory(context, t)) with { TrackMemory = true, LogFile = "pre-dump.log" };
+            await criu.SinglePreDumpAsync(dump, cancellationToken).ConfigureAwait(false);
+            t.PreDumpFolder = folder;
+            context.ReportProgress(Name, $"pre-dumped {TargetOperations.FolderBytes(dir)} bytes while running", t.Target.Id);
+        }
+    }
+}
+
+/// <summary>
+/// Freezes and dumps every target, one after the other. CRIU then holds each one frozen in
+/// its post-dump notification: a later failure vetoes (the targets resume in
+/// place, nothing to restore); Commit or Jump lets CRIU end them.
+/// </summary>
+internal sealed class DumpStage(DumpStageOptions options) : IUpdateStage
+{
+    public string Name => "Dump";
+
+    public async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
+    {
+        var criu = context.RequireCriu();
+        var set = context.RequireSet();
+        var journal = context.RequireJournal();
+        journal.Transition(JournalState.Dumping);
+        // One target after the other: concurrent criu dumps on one host collide (criu 4.1.1's
+        // parasite fails with EEXIST creating its /proc folder). Each target stays frozen
+        // after its dump until all are held, so the set is consistent.
+        foreach (var t in context.Targets)
+        {
+            TargetOperations.StartDump(context, t, criu, set, options.OnCriuNotification, cancellationToken);
+            await TargetOperations.WaitHeldAsync(context, t, set).ConfigureAwait(false);
+            if (t.Phase == TargetPhase.Failed)
+            {
+                break;
+            }
+        }
+
+        journal.UpdateTargets(context);
+        var failed = context.Targets.Where(t => t.Phase == TargetPhase.Failed).ToList();
+        if (failed.Count == 1 && failed[0].DumpException is { } only)
+        {
+            throw only;
+        }
+
+        if (failed.Count > 0)
+        {
+            throw new AggregateException("dumping failed for " + string.Join("; ", failed.Select(t => $"{t.Target.Id}: {t.Error}")),
+                failed.Select(t => t.DumpException!));
+        }
+    }
+
+    public async ValueTask CompensateAsync(UpdateContext context, CancellationToken cancellationToken) =>
+        await TargetOperations.RollBackAsync(context).ConfigureAwait(false);
+}
+
+/// <summary>Seals the set: fsyncs and hashes every image, writes the manifest (while CRIU still holds the targets).</summary>
+internal sealed class SealStage : IUpdateStage
+{
+    public string Name => "Seal";
+
+    public async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
+    {
+        var manifest = await context.RequireStore().SealAsync(context.RequireSet(), new SealOptions { CriuVersion = context.CriuVersion ?? "unknown" }, cancellationToken).ConfigureAwait(false);
+        context.RequireJournal().Transition(JournalState.Sealed, $"{manifest.Files.Count} files, {manifest.TotalBytes} bytes");
+    }
+}
+
+/// <summary>Rehearsal: lets CRIU finish the held dumps (the original processes end) so that Restore can prove the images work.</summary>
+internal sealed class CommitStage : IUpdateStage
+{
+    public string Name => "Commit";
+
+    public async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken) =>
+        await TargetOperations.CommitAsync(context).ConfigureAwait(false);
+}
+
+/// <summary>
+/// Arms the jump (refused unless the journal says the set is sealed), lets CRIU end
+/// the held targets, syncs and jumps. Returns only by throwing; a refused or failed
+/// jump is rolled back (the targets are restored from the sealed images).
+/// </summary>
+internal sealed class JumpStage(JumpStageOptions options) : IUpdateStage
+{
+    public string Name => "Jump";
+
+    public async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
+    {
+        var journal = context.RequireJournal();
+        journal.Transition(JournalState.Jumping);
+        var jump = options.Jump ?? new KexecJump();
+        using var armed = jump.Arm(new JournalJumpGuard(journal));
+        await TargetOperations.CommitAsync(context).ConfigureAwait(false);
+        context.PointOfNoReturnPassed = true;
+        try
+        {
+            await armed.JumpAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (KexecException e) when (e.Reason is KexecFailureReason.JumpRefused or KexecFailureReason.JumpFailed)
+        {
+            // Still on this kernel: the rollback restores the targets from the images.
+            context.PointOfNoReturnPassed = false;
+            throw;
+        }
+    }
+}
+
+/// <summary>Arms the jump only when the journal shows a sealed set whose every target is held or dumped.</summary>
+internal sealed class JournalJumpGuard(UpdateJournal journal) : IJumpGuard
+{
+    public bool IsCheckpointSealed(out string reason)
+    {
+        var record = journal.Record;
+        if (!record.History.Any(h => h.State == JournalState.Sealed))
+        {
+            reason = $"journal {record.SetId} never reached 'sealed' (state {record.State})";
+            return false;
+        }
+
+        var notReady = record.Targets.Where(t => t.Phase is not (TargetPhase.Frozen or TargetPhase.Dumped)).ToList();
+        if (notReady.Count > 0)
+        {
+            reason = "targets not checkpointed: " + string.Join(", ", notReady.Select(t => $"{t.Id} ({t.Phase})"));
+            return false;
+        }
+
+        reason = string.Empty;
+        return true;
+    }
+}

@@ -1,0 +1,122 @@
+using RebootlessUpdate.Kexec;
+
+namespace RebootlessUpdate.Stages;
+
+/// <summary>Options of the Dump stage. Immutable.</summary>
+public sealed record DumpStageOptions
+{
+    /// <summary>
+    /// Called for each CRIU notification while a target is dumped (pre-dump,
+    /// network-lock, post-dump, ...), e.g. to tell a load balancer. Throwing vetoes
+    /// the dump: CRIU resumes the target and the run rolls back. Time spent here is
+    /// frozen time. Default: none.
+    /// </summary>
+    public Func<TargetNotification, CancellationToken, ValueTask>? OnCriuNotification { get; init; }
+}
+
+/// <summary>Options of the PreDump stage. Immutable.</summary>
+public sealed record PreDumpStageOptions
+{
+    /// <summary>
+    /// Fail when memory tracking (soft-dirty) is unavailable instead of skipping the
+    /// stage with a logged reason. Default: false (skip).
+    /// </summary>
+    public bool Required { get; init; }
+}
+
+/// <summary>Options of the LoadKernel stage. Immutable; validated when added.</summary>
+public sealed record LoadKernelStageOptions
+{
+    /// <summary>The kernel to load (bzImage). Required.</summary>
+    public required string KernelPath { get; init; }
+
+    /// <summary>The initrd; default: found next to the kernel (<c>initrd.img-RELEASE</c>).</summary>
+    public string? InitrdPath { get; init; }
+
+    /// <summary>Load without an initrd. Default false.</summary>
+    public bool NoInitrd { get; init; }
+
+    /// <summary>Parameters to set on the next kernel's command line (name, value or null for a flag). Default none.</summary>
+    public IReadOnlyList<KeyValuePair<string, string?>> SetParameters { get; init; } = [];
+
+    /// <summary>Parameters to drop from the next command line. Default none.</summary>
+    public IReadOnlyList<string> RemoveParameters { get; init; } = [];
+
+    /// <summary>Persistent-memory regions (<c>SIZE!START</c>) the next kernel must keep, e.g. the pmem store's. Default none.</summary>
+    public IReadOnlyList<string> PersistentMemoryRegions { get; init; } = [];
+
+    /// <summary>How to load. Default: the kexec_file_load system call.</summary>
+    public KexecLoadMethod Method { get; init; } = KexecLoadMethod.SystemCall;
+
+    /// <summary>The loader. Default: a new <see cref="KexecLoader"/>.</summary>
+    public KexecLoader? Loader { get; init; }
+
+    /// <summary>Where the current command line is read. Default <c>/proc/cmdline</c>.</summary>
+    public string CurrentCommandLinePath { get; init; } = "/proc/cmdline";
+
+    internal void Validate()
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(KernelPath);
+        if (NoInitrd && InitrdPath is not null)
+        {
+            throw new ArgumentException("give either InitrdPath or NoInitrd, not both.", nameof(NoInitrd));
+        }
+
+        if (!File.Exists(KernelPath))
+        {
+            throw new ArgumentException($"the kernel {KernelPath} does not exist.", nameof(KernelPath));
+        }
+
+        if (InitrdPath is not null && !File.Exists(InitrdPath))
+        {
+            throw new ArgumentException($"the initrd {InitrdPath} does not exist.", nameof(InitrdPath));
+        }
+    }
+}
+
+/// <summary>Options of the Jump stage. Immutable.</summary>
+public sealed record JumpStageOptions
+{
+    /// <summary>The jump driver. Default: a new <see cref="KexecJump"/> (refuses under a test runner or CI without the allowance variable).</summary>
+    public KexecJump? Jump { get; init; }
+}
+
+/// <summary>Options of the Locate stage. Immutable.</summary>
+public sealed record LocateStageOptions
+{
+    /// <summary>The set to resume; default: the one the kernel command line names (<c>rebootless.resume=</c>), else the newest unfinished journal.</summary>
+    public string? SetId { get; init; }
+
+    /// <summary>Where the command line is read. Default <c>/proc/cmdline</c>.</summary>
+    public string CommandLinePath { get; init; } = "/proc/cmdline";
+}
+
+/// <summary>Options of the Restore stage. Immutable.</summary>
+public sealed record RestoreStageOptions
+{
+    /// <summary>Targets restored at the same time (1-64). Default 4.</summary>
+    public int MaxParallelism { get; init; } = StageDefaultsValues.MaxParallelism;
+
+    internal void Validate()
+    {
+        if (MaxParallelism is < 1 or > 64)
+        {
+            throw new ArgumentException($"MaxParallelism must be 1-64, not {MaxParallelism}.");
+        }
+    }
+}
+
+/// <summary>Options of the Cleanup stage. Immutable.</summary>
+public sealed record CleanupStageOptions
+{
+    /// <summary>Delete a successful rehearsal's set (its images have no further use). Default true.</summary>
+    public bool DeleteRehearsalSet { get; init; } = true;
+
+    /// <summary>Sealed sets to keep after a resume (older ones are deleted). Default 2; null keeps all.</summary>
+    public int? KeepSealedSets { get; init; } = 2;
+}
+
+internal static class StageDefaultsValues
+{
+    internal const int MaxParallelism = Pipeline.StageDefaults.MaxParallelism;
+}

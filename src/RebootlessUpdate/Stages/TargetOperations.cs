@@ -1,0 +1,327 @@
+using System.Globalization;
+using RebootlessUpdate.Criu;
+using RebootlessUpdate.Images;
+using RebootlessUpdate.Pipeline;
+using RebootlessUpdate.Targets;
+
+namespace RebootlessUpdate.Stages;
+
+/// <summary>Dump, commit, veto, restore and roll back of targets; shared by the standard stages.</summary>
+internal static class TargetOperations
+{
+    private const long NearlyFullBytes = 256 * 1024;
+
+    internal static string FolderName(int index, UpdateTarget target)
+    {
+        var chars = target.Id.Select(c => char.IsAsciiLetterOrDigit(c) ? c : '-').ToArray();
+        var name = new string(chars).Trim('-');
+        return index.ToString("00", CultureInfo.InvariantCulture) + "-" + (name.Length > 60 ? name[..60] : name);
+    }
+
+    internal static string WorkDirectory(UpdateContext context, TargetRun t)
+    {
+        var dir = Path.Combine(UpdateJournal.LogDirectoryOf(context.RequireStore().RootDirectory, context.SetId!), t.Folder!);
+        Directory.CreateDirectory(dir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        return dir;
+    }
+
+    /// <summary>
+    /// Starts the dump of <paramref name="t"/>. CRIU freezes it, writes its images and
+    /// then waits in its post-dump notification until the pipeline commits (CRIU ends
+    /// the processes) or vetoes (CRIU lets them run on, nothing to restore).
+    /// </summary>
+    internal static void StartDump(UpdateContext context, TargetRun t, CriuClient criu, CheckpointSet set,
+        Func<TargetNotification, CancellationToken, ValueTask>? hook, CancellationToken cancellationToken)
+    {
+        var resolved = t.Resolved ?? throw new InvalidOperationException("the Plan stage must resolve the targets first.");
+        t.ImagesDirectory = Path.Combine(set.ImagesDirectory, t.Folder!);
+        Directory.CreateDirectory(t.ImagesDirectory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        var work = WorkDirectory(context, t);
+        t.Original = ProcessIdentity.Of(resolved.RootPid)
+            ?? throw new TargetNotFoundException(t.Target.Id, $"process {resolved.RootPid} exited after the plan; nothing was frozen.");
+        t.TreeProcesses = [.. ProcStat.Tree(resolved.RootPid).Select(ProcessIdentity.Of).OfType<ProcessIdentity>()];
+        var pending = new TargetRun.Pending();
+        var options = t.Settings!.ToDump(resolved.RootPid, t.ImagesDirectory, work) with
+        {
+            LogFile = "dump.log",
+            ParentImages = t.PreDumpFolder is null ? null : "../" + t.PreDumpFolder,
+            OnNotification = async (n, ct) =>
+            {
+                if (hook is not null)
+                {
+                    await hook(new TargetNotification(t.Target.Id, n.Script, n.Pid), ct).ConfigureAwait(false);
+                }
+
+                if (n.Script == "post-dump")
+                {
+                    pending.HeldAtPostDump.TrySetResult();
+                    var commit = await pending.Decision.Task.WaitAsync(ct).ConfigureAwait(false);
+                    if (!commit)
+                    {
+                        // Failing post-dump makes CRIU resume the frozen tasks instead of killing them.
+                        throw new OperationCanceledException("the update was rolled back before the jump; the workload resumes in place");
+                    }
+                }
+            },
+        };
+        t.DumpStartedTimestamp = context.TimeProvider.GetTimestamp();
+        t.DumpStartedAt = context.TimeProvider.GetUtcNow();
+        pending.Request = Task.Run(() => criu.DumpAsync(options, cancellationToken), CancellationToken.None);
+        t.PendingDump = pending;
+        PipelineLog.TargetEvent(context.Logger, t.Target.Id, $"dumping root {resolved.RootPid} ({t.TreeProcesses.Count} processes) into {t.ImagesDirectory}");
+    }
+
+    /// <summary>Waits until CRIU holds the target at post-dump, or its dump failed.</summary>
+    internal static async Task WaitHeldAsync(UpdateContext context, TargetRun t, CheckpointSet set)
+    {
+        var pending = t.PendingDump!;
+        var first = await Task.WhenAny(pending.HeldAtPostDump.Task, pending.Request).ConfigureAwait(false);
+        t.DumpTime = context.TimeProvider.GetElapsedTime(t.DumpStartedTimestamp!.Value);
+        if (first == pending.HeldAtPostDump.Task)
+        {
+            t.Phase = TargetPhase.Frozen;
+            t.Bytes = FolderBytes(t.ImagesDirectory!);
+            context.ReportProgress("Dump", $"frozen, {t.Bytes} bytes of images in {t.DumpTime.Value.TotalMilliseconds:0} ms", t.Target.Id);
+            return;
+        }
+
+        try
+        {
+            var result = await pending.Request.ConfigureAwait(false);
+            // No post-dump notification arrived (should not happen): CRIU ended the tree.
+            t.Phase = TargetPhase.Dumped;
+            t.DumpStatistics = result.Statistics;
+            t.Bytes = FolderBytes(t.ImagesDirectory!);
+        }
+        catch (Exception e)
+        {
+            t.Phase = TargetPhase.Failed;
+            var error = Classify(e, set);
+            t.Error = error.Message;
+            t.DumpException = error;
+            PipelineLog.TargetWarning(context.Logger, t.Target.Id, "dump failed: " + error.Message);
+        }
+    }
+
+    /// <summary>Lets CRIU finish every held dump: the frozen processes end; from here a rollback restores from the images.</summary>
+    internal static async Task CommitAsync(UpdateContext context)
+    {
+        var held = context.Targets.Where(t => t.PendingDump is not null && t.Phase == TargetPhase.Frozen).ToList();
+        foreach (var t in held)
+        {
+            t.PendingDump!.Decision.TrySetResult(true);
+        }
+
+        List<string> errors = [];
+        foreach (var t in held)
+        {
+            try
+            {
+                var result = await t.PendingDump!.Request.ConfigureAwait(false);
+                t.Phase = TargetPhase.Dumped;
+                t.DumpStatistics = result.Statistics;
+            }
+            catch (Exception e)
+            {
+                t.Phase = TargetPhase.Failed;
+                t.Error = "finishing the dump failed: " + e.Message;
+                errors.Add($"{t.Target.Id}: {t.Error}");
+            }
+        }
+
+        context.Journal?.UpdateTargets(context);
+        if (errors.Count > 0)
+        {
+            throw new InvalidOperationException("CRIU could not finish every dump: " + string.Join("; ", errors));
+        }
+    }
+
+    /// <summary>
+    /// Puts every target back running on this kernel: vetoes held dumps (CRIU resumes
+    /// them in place), thaws frozen cgroups, and restores from the images whatever CRIU
+    /// already ended. Never throws for a target; each target's phase and error say what happened.
+    /// </summary>
+    internal static async Task RollBackAsync(UpdateContext context)
+    {
+        foreach (var t in context.Targets.Where(t => t.PendingDump is not null))
+        {
+            t.PendingDump!.Decision.TrySetResult(false);
+        }
+
+        foreach (var t in context.Targets.Where(t => t.PendingDump is not null))
+        {
+            try
+            {
+                await t.PendingDump!.Request.WaitAsync(TimeSpan.FromMinutes(2)).ConfigureAwait(false);
+            }
+            catch (Exception e)
+            {
+                // Expected: the veto fails the request. Anything else is judged by what runs below.
+                _ = e;
+            }
+        }
+
+        foreach (var t in context.Targets)
+        {
+            await RecoverAsync(context, t, sameBoot: true).ConfigureAwait(false);
+        }
+
+        TryUpdateJournal(context);
+    }
+
+    /// <summary>Best effort during a rollback: a full store must not stop the workloads from coming back.</summary>
+    internal static void TryUpdateJournal(UpdateContext context)
+    {
+        try
+        {
+            context.Journal?.UpdateTargets(context);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            PipelineLog.TargetWarning(context.Logger, context.SetId ?? "?", "could not update the journal during the rollback: " + e.Message);
+        }
+    }
+
+    /// <summary>Brings one target back after a failure or crash before the jump.</summary>
+    internal static async Task RecoverAsync(UpdateContext context, TargetRun t, bool sameBoot)
+    {
+        if (t.Phase is TargetPhase.Restored or TargetPhase.Resumed)
+        {
+            return;
+        }
+
+        if (t.Settings?.FreezeCgroup is { } cgroup)
+        {
+            // A CRIU that died while freezing through the cgroup leaves it frozen.
+            try
+            {
+                CgroupTarget.Thaw(cgroup);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                PipelineLog.TargetWarning(context.Logger, t.Target.Id, $"could not thaw {cgroup}: {e.Message}");
+            }
+        }
+
+        if (t.Original is { } original && original.IsAlive)
+        {
+            t.Phase = TargetPhase.Resumed;
+            PipelineLog.TargetEvent(context.Logger, t.Target.Id, "running in place (never ended): nothing to restore");
+            return;
+        }
+
+        if (t.Original is null)
+        {
+            // Never reached the dump.
+            t.Phase = TargetPhase.Resumed;
+            return;
+        }
+
+        if (!HasImages(t))
+        {
+            t.Phase = TargetPhase.Failed;
+            t.Error = $"{t.Error}{(t.Error is null ? "" : "; ")}its processes are gone and there are no complete images to restore from";
+            return;
+        }
+
+        Exception? last = null;
+        for (var attempt = 1; attempt <= 3; attempt++)
+        {
+            try
+            {
+                await RestoreAsync(context, t, t.ImagesDirectory!, sameBoot, CancellationToken.None).ConfigureAwait(false);
+                PipelineLog.TargetEvent(context.Logger, t.Target.Id, $"rolled back: restored from the images as pid {t.RestoredPid}");
+                return;
+            }
+            catch (CriuException e)
+            {
+                last = e;
+                await Task.Delay(300).ConfigureAwait(false);
+            }
+        }
+
+        t.Phase = TargetPhase.Failed;
+        t.Error = $"rollback restore failed: {last!.Message}; the images are kept in {t.ImagesDirectory}";
+    }
+
+    private static bool HasImages(TargetRun t) =>
+        t.ImagesDirectory is { } dir && t.Phase is TargetPhase.Frozen or TargetPhase.Dumped or TargetPhase.Failed
+        && File.Exists(Path.Combine(dir, "pstree.img")) && File.Exists(Path.Combine(dir, "inventory.img"));
+
+    /// <summary>Restores one target from <paramref name="imagesDirectory"/>.</summary>
+    internal static async Task RestoreAsync(UpdateContext context, TargetRun t, string imagesDirectory, bool waitForRelease, CancellationToken cancellationToken)
+    {
+        if (waitForRelease)
+        {
+            await WaitForReleaseAsync(context, t, cancellationToken).ConfigureAwait(false);
+        }
+
+        var criu = context.RequireCriu();
+        var options = t.Settings!.ToRestore(imagesDirectory, WorkDirectory(context, t)) with { LogFile = "restore.log" };
+        var start = context.TimeProvider.GetTimestamp();
+        var result = await criu.RestoreAsync(options, cancellationToken).ConfigureAwait(false);
+        var end = context.TimeProvider.GetTimestamp();
+        t.RestoreTime = context.TimeProvider.GetElapsedTime(start, end);
+        t.RestoredPid = result.Pid;
+        t.RestoreStatistics = result.Statistics;
+        t.RestoredTimestamp = end;
+        t.RestoredAt = context.TimeProvider.GetUtcNow();
+        t.Phase = TargetPhase.Restored;
+        t.Downtime = t.DumpStartedTimestamp is { } d
+            ? context.TimeProvider.GetElapsedTime(d, end)
+            : t.DumpStartedAt is { } at ? t.RestoredAt - at : null;
+        if (t.Downtime is { } down)
+        {
+            RebootlessTelemetry.Downtime.Record(down.TotalSeconds, new KeyValuePair<string, object?>("mode", context.Mode.ToString()));
+        }
+
+        context.ReportProgress("Restore", $"restored as pid {result.Pid} in {t.RestoreTime.Value.TotalMilliseconds:0} ms", t.Target.Id);
+    }
+
+    /// <summary>
+    /// Waits (bounded) until no process of the dumped tree holds its pid: an orphan
+    /// killed by CRIU can stay a zombie for a moment, and restoring the same pid then fails.
+    /// </summary>
+    private static async Task WaitForReleaseAsync(UpdateContext context, TargetRun t, CancellationToken cancellationToken)
+    {
+        var start = context.TimeProvider.GetTimestamp();
+        while (t.TreeProcesses.Any(p => p.HoldsPid) && context.TimeProvider.GetElapsedTime(start) < StageDefaults.PidReleaseWait)
+        {
+            await Task.Delay(10, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    internal static long FolderBytes(string dir)
+    {
+        try
+        {
+            return new DirectoryInfo(dir).EnumerateFiles("*", SearchOption.AllDirectories).Sum(f => f.Length);
+        }
+        catch (IOException)
+        {
+            return 0;
+        }
+    }
+
+    private static Exception Classify(Exception e, CheckpointSet set)
+    {
+        if (e is CriuRequestFailedException failed)
+        {
+            var capacity = set.Store.GetCapacity();
+            if (failed.Message.Contains("No space left on device", StringComparison.Ordinal) || capacity.FreeBytes < NearlyFullBytes)
+            {
+                return new StoreFullException(
+                    $"the image store at {set.Store.RootDirectory} is full ({capacity.FreeBytes} of {capacity.TotalBytes} bytes free after the failed dump); "
+                    + $"CRIU resumed the workload. Free space or use a larger store. CRIU said: {failed.Message}", capacity.FreeBytes, null, failed);
+            }
+        }
+
+        return e;
+    }
+}
+
+/// <summary>A CRIU notification during a target's dump, as passed to a dump hook.</summary>
+/// <param name="Target">The target.</param>
+/// <param name="Script">CRIU's hook name (pre-dump, network-lock, post-dump, ...).</param>
+/// <param name="Pid">The pid CRIU names, if any.</param>
+public readonly record struct TargetNotification(string Target, string Script, int? Pid);

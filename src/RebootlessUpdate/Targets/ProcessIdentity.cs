@@ -1,0 +1,101 @@
+using System.Globalization;
+
+namespace RebootlessUpdate.Targets;
+
+/// <summary>A process by pid and start time, so a reused pid is not mistaken for the original.</summary>
+/// <param name="Pid">The pid.</param>
+/// <param name="StartTime">Field 22 of <c>/proc/PID/stat</c> (clock ticks after boot).</param>
+internal readonly record struct ProcessIdentity(int Pid, ulong StartTime)
+{
+    /// <summary>The identity of a running process, or null when there is none (or it is a zombie).</summary>
+    public static ProcessIdentity? Of(int pid) => ProcStat.Read(pid) is { } s && s.State is not ('Z' or 'X') ? new ProcessIdentity(pid, s.StartTime) : null;
+
+    /// <summary>True while this very process runs (not a zombie, not a reused pid).</summary>
+    public bool IsAlive => ProcStat.Read(Pid) is { } s && s.StartTime == StartTime && s.State is not ('Z' or 'X');
+
+    /// <summary>True while the pid exists at all (a zombie still holds it).</summary>
+    public bool HoldsPid => ProcStat.Read(Pid) is { } s && s.StartTime == StartTime;
+}
+
+/// <summary>The fields of <c>/proc/PID/stat</c> the targets need.</summary>
+internal sealed record ProcStat(int Pid, char State, int ParentPid, int ProcessGroup, int Session, int TtyNumber, ulong StartTime)
+{
+    public static ProcStat? Read(int pid)
+    {
+        string text;
+        try
+        {
+            text = File.ReadAllText($"/proc/{pid.ToString(CultureInfo.InvariantCulture)}/stat");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+
+        // comm (field 2) may hold spaces and parentheses: the fields after it start after the last ')'.
+        var close = text.LastIndexOf(')');
+        if (close < 0)
+        {
+            return null;
+        }
+
+        var f = text[(close + 2)..].Split(' ');
+        if (f.Length < 20)
+        {
+            return null;
+        }
+
+        return new ProcStat(pid, f[0][0], Int(f[1]), Int(f[2]), Int(f[3]), Int(f[4]), ulong.Parse(f[19], CultureInfo.InvariantCulture));
+
+        static int Int(string s) => int.Parse(s, CultureInfo.InvariantCulture);
+    }
+
+    /// <summary>The pids of a tree (its root first), from <c>/proc/PID/task/*/children</c>.</summary>
+    public static IReadOnlyList<int> Tree(int root)
+    {
+        var result = new List<int>();
+        var queue = new Queue<int>([root]);
+        while (queue.Count > 0 && result.Count < 100_000)
+        {
+            var pid = queue.Dequeue();
+            result.Add(pid);
+            foreach (var child in Children(pid))
+            {
+                queue.Enqueue(child);
+            }
+        }
+
+        return result;
+    }
+
+    public static IEnumerable<int> Children(int pid)
+    {
+        string[] tasks;
+        try
+        {
+            tasks = Directory.GetDirectories($"/proc/{pid.ToString(CultureInfo.InvariantCulture)}/task");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            yield break;
+        }
+
+        foreach (var task in tasks)
+        {
+            string text;
+            try
+            {
+                text = File.ReadAllText(Path.Combine(task, "children"));
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                continue;
+            }
+
+            foreach (var c in text.Split(' ', StringSplitOptions.RemoveEmptyEntries))
+            {
+                yield return int.Parse(c, CultureInfo.InvariantCulture);
+            }
+        }
+    }
+}

@@ -1,0 +1,57 @@
+using RebootlessUpdate.Criu;
+
+namespace RebootlessUpdate.Targets;
+
+/// <summary>
+/// The CRIU settings a target is dumped and restored with. Recorded in the
+/// journal, so the restore after the jump uses exactly what the dump used.
+/// </summary>
+public sealed record TargetCriuSettings
+{
+    /// <summary>The tree's session or terminal belongs to a process outside it (<c>--shell-job</c>).</summary>
+    public bool ShellJob { get; init; }
+
+    /// <summary>Checkpoint established TCP connections.</summary>
+    public bool TcpEstablished { get; init; }
+
+    /// <summary>Checkpoint file locks.</summary>
+    public bool FileLocks { get; init; }
+
+    /// <summary>Allow unix sockets connected outside the tree.</summary>
+    public bool ExternalUnixSockets { get; init; }
+
+    /// <summary>Relink deleted-but-open files.</summary>
+    public bool LinkRemap { get; init; }
+
+    /// <summary>External resources (<c>--external</c>).</summary>
+    public IReadOnlyList<string> External { get; init; } = [];
+
+    /// <summary>Freeze through this cgroup (a cgroup target's own).</summary>
+    public string? FreezeCgroup { get; init; }
+
+    internal CriuDumpOptions ToDump(int pid, string imagesDirectory, string workDirectory) => new()
+    {
+        ImagesDirectory = imagesDirectory,
+        WorkDirectory = workDirectory,
+        Pid = pid,
+        ShellJob = ShellJob,
+        TcpEstablished = TcpEstablished,
+        FileLocks = FileLocks,
+        ExternalUnixSockets = ExternalUnixSockets,
+        LinkRemap = LinkRemap,
+        External = External,
+        FreezeCgroup = FreezeCgroup,
+    };
+
+    internal CriuRestoreOptions ToRestore(string imagesDirectory, string workDirectory) => new()
+    {
+        ImagesDirectory = imagesDirectory,
+        WorkDirectory = workDirectory,
+        ShellJob = ShellJob,
+        TcpEstablished = TcpEstablished,
+        FileLocks = FileLocks,
+        ExternalUnixSockets = ExternalUnixSockets,
+        LinkRemap = LinkRemap,
+        External = External,
+    };
+}

@@ -1,0 +1,246 @@
+using System.Globalization;
+
+namespace RebootlessUpdate.Targets;
+
+/// <summary>
+/// Something to checkpoint and restore: a process tree, a cgroup's processes.
+/// Each target knows how to find its processes and which CRIU settings it needs.
+/// Create targets with <see cref="ProcessTree"/>, <see cref="Cgroup"/> or <see cref="Parse"/>.
+/// </summary>
+public abstract class UpdateTarget
+{
+    private protected UpdateTarget()
+    {
+    }
+
+    /// <summary>The target's id, e.g. <c>pid:1234</c> or <c>cgroup:/sys/fs/cgroup/freezer/app</c>.</summary>
+    public abstract string Id { get; }
+
+    /// <summary>The process tree rooted at <paramref name="pid"/>.</summary>
+    /// <param name="pid">The tree's root.</param>
+    /// <param name="options">CRIU settings; default: detected (shell job when the session or terminal comes from outside).</param>
+    public static UpdateTarget ProcessTree(int pid, ProcessTreeOptions? options = null)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(pid);
+        return new ProcessTreeTarget(pid, options ?? new ProcessTreeOptions());
+    }
+
+    /// <summary>
+    /// Every process of a cgroup (a v1 freezer cgroup folder, e.g. <c>/sys/fs/cgroup/freezer/app</c>,
+    /// or a v2 cgroup folder). CRIU freezes through the cgroup; its processes must form one tree.
+    /// </summary>
+    public static UpdateTarget Cgroup(string path, ProcessTreeOptions? options = null)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(path);
+        return new CgroupTarget(Path.GetFullPath(path), options ?? new ProcessTreeOptions());
+    }
+
+    /// <summary>Parses <c>pid:N</c>, a bare pid, or <c>cgroup:PATH</c>.</summary>
+    /// <exception cref="FormatException">Not a target specification.</exception>
+    public static UpdateTarget Parse(string specification)
+    {
+        ArgumentNullException.ThrowIfNull(specification);
+        var s = specification.Trim();
+        var pidText = s.StartsWith("pid:", StringComparison.Ordinal) ? s[4..] : s;
+        if (int.TryParse(pidText, NumberStyles.None, CultureInfo.InvariantCulture, out var pid) && pid > 0)
+        {
+            return ProcessTree(pid);
+        }
+
+        if (s.StartsWith("cgroup:", StringComparison.Ordinal) && s.Length > 7)
+        {
+            return Cgroup(s[7..]);
+        }
+
+        throw new FormatException($"'{specification}' is not a target: use pid:N (or N) or cgroup:PATH.");
+    }
+
+    /// <summary>Finds the target's root pid now and the CRIU settings for it.</summary>
+    /// <exception cref="TargetNotFoundException">The target does not exist or cannot be checkpointed as asked.</exception>
+    internal abstract ResolvedTarget Resolve();
+
+    /// <inheritdoc />
+    public override string ToString() => Id;
+}
+
+/// <summary>A target as found on the running system.</summary>
+/// <param name="RootPid">The root of the tree CRIU dumps.</param>
+/// <param name="Processes">Processes in the tree.</param>
+/// <param name="Settings">CRIU settings.</param>
+internal sealed record ResolvedTarget(int RootPid, int Processes, TargetCriuSettings Settings);
+
+/// <summary>CRIU settings of a process-tree or cgroup target. Immutable.</summary>
+public sealed record ProcessTreeOptions
+{
+    /// <summary>Shell job: null (default) detects it (the root's session or controlling terminal is outside the tree).</summary>
+    public bool? ShellJob { get; init; }
+
+    /// <summary>Checkpoint established TCP connections. Default false.</summary>
+    public bool TcpEstablished { get; init; }
+
+    /// <summary>Checkpoint file locks. Default false.</summary>
+    public bool FileLocks { get; init; }
+
+    /// <summary>Allow unix sockets connected outside the tree. Default false.</summary>
+    public bool ExternalUnixSockets { get; init; }
+
+    /// <summary>Relink deleted-but-open files. Default false.</summary>
+    public bool LinkRemap { get; init; }
+
+    /// <summary>External resources (<c>--external</c>). Default none.</summary>
+    public IReadOnlyList<string> External { get; init; } = [];
+
+    internal TargetCriuSettings ToSettings(bool detectedShellJob, string? freezeCgroup) => new()
+    {
+        ShellJob = ShellJob ?? detectedShellJob,
+        TcpEstablished = TcpEstablished,
+        FileLocks = FileLocks,
+        ExternalUnixSockets = ExternalUnixSockets,
+        LinkRemap = LinkRemap,
+        External = External,
+        FreezeCgroup = freezeCgroup,
+    };
+}
+
+/// <summary>The process tree rooted at a pid.</summary>
+internal sealed class ProcessTreeTarget(int pid, ProcessTreeOptions options) : UpdateTarget
+{
+    public int Pid => pid;
+
+    public override string Id => "pid:" + pid.ToString(CultureInfo.InvariantCulture);
+
+    internal override ResolvedTarget Resolve()
+    {
+        var stat = ProcStat.Read(pid);
+        if (stat is null || stat.State is 'Z' or 'X')
+        {
+            throw new TargetNotFoundException(Id, $"there is no running process {pid} (ps -p {pid} shows nothing); name a running process tree's root.");
+        }
+
+        if (pid == Environment.ProcessId)
+        {
+            throw new TargetNotFoundException(Id, "that is this process: it cannot checkpoint itself.");
+        }
+
+        if (pid == 1)
+        {
+            throw new TargetNotFoundException(Id, "pid 1 (init) cannot be checkpointed; name the root of a workload's tree.");
+        }
+
+        var tree = ProcStat.Tree(pid);
+        if (tree.Contains(Environment.ProcessId))
+        {
+            throw new TargetNotFoundException(Id, $"this process runs inside the tree of {pid}: it cannot checkpoint its own ancestors.");
+        }
+
+        return new ResolvedTarget(pid, tree.Count, options.ToSettings(DetectShellJob(stat), null));
+    }
+
+    /// <summary>CRIU needs --shell-job when the tree's session or controlling terminal belongs to a process outside it.</summary>
+    internal static bool DetectShellJob(ProcStat root) => root.Session != root.Pid || root.TtyNumber != 0;
+}
+
+/// <summary>Every process of a cgroup, dumped as one tree and frozen through the cgroup.</summary>
+internal sealed class CgroupTarget(string path, ProcessTreeOptions options) : UpdateTarget
+{
+    public override string Id => "cgroup:" + path;
+
+    internal override ResolvedTarget Resolve()
+    {
+        var procsFile = Path.Combine(path, "cgroup.procs");
+        if (!File.Exists(procsFile))
+        {
+            throw new TargetNotFoundException(Id, $"{path} is not a cgroup (no cgroup.procs); give the cgroup's folder, e.g. /sys/fs/cgroup/freezer/NAME.");
+        }
+
+        var v1 = File.Exists(Path.Combine(path, "freezer.state"));
+        var v2 = File.Exists(Path.Combine(path, "cgroup.freeze"));
+        if (!v1 && !v2)
+        {
+            throw new TargetNotFoundException(Id, $"{path} has no freezer (neither freezer.state nor cgroup.freeze); CRIU freezes a cgroup target through it: use the freezer hierarchy (v1) or a cgroup2 folder.");
+        }
+
+        var pids = File.ReadAllLines(procsFile).Where(l => l.Length > 0).Select(l => int.Parse(l, CultureInfo.InvariantCulture)).ToHashSet();
+        if (pids.Count == 0)
+        {
+            throw new TargetNotFoundException(Id, $"cgroup {path} has no processes; nothing to checkpoint.");
+        }
+
+        if (pids.Contains(Environment.ProcessId))
+        {
+            throw new TargetNotFoundException(Id, $"this process is in cgroup {path}: it cannot checkpoint itself.");
+        }
+
+        var roots = pids.Where(p => ProcStat.Read(p) is { } s && !pids.Contains(s.ParentPid)).Order().ToList();
+        if (roots.Count != 1)
+        {
+            throw new TargetNotFoundException(Id,
+                $"cgroup {path} holds {roots.Count} process trees (roots {string.Join(", ", roots)}); CRIU dumps one tree per request: "
+                + "start the cgroup's processes under one parent, or name each tree as its own pid target.");
+        }
+
+        var root = roots[0];
+        var stat = ProcStat.Read(root) ?? throw new TargetNotFoundException(Id, $"process {root} of cgroup {path} exited while it was inspected; try again.");
+        var tree = ProcStat.Tree(root);
+        var outside = tree.Where(p => !pids.Contains(p)).ToList();
+        if (outside.Count > 0)
+        {
+            throw new TargetNotFoundException(Id, $"the tree of {root} in cgroup {path} has processes outside the cgroup ({string.Join(", ", outside.Take(5))}); move them in or checkpoint the tree as a pid target.");
+        }
+
+        return new ResolvedTarget(root, tree.Count, options.ToSettings(ProcessTreeTarget.DetectShellJob(stat), path));
+    }
+
+    /// <summary>Thaws the cgroup when a killed CRIU left it frozen.</summary>
+    internal static void Thaw(string cgroup)
+    {
+        var v1 = Path.Combine(cgroup, "freezer.state");
+        var v2 = Path.Combine(cgroup, "cgroup.freeze");
+        if (File.Exists(v1) && File.ReadAllText(v1).Trim() != "THAWED")
+        {
+            File.WriteAllText(v1, "THAWED");
+        }
+        else if (File.Exists(v2) && File.ReadAllText(v2).Trim() == "1")
+        {
+            File.WriteAllText(v2, "0");
+        }
+    }
+}
+
+/// <summary>A target read back from a journal (after the jump): it only knows how to be restored.</summary>
+internal sealed class JournaledTarget(string id, TargetCriuSettings settings) : UpdateTarget
+{
+    public override string Id => id;
+
+    public TargetCriuSettings Settings => settings;
+
+    internal override ResolvedTarget Resolve() =>
+        throw new InvalidOperationException($"target {id} comes from a journal: it is restored, not dumped.");
+}
+
+/// <summary>A target does not exist or cannot be checkpointed as asked.</summary>
+public sealed class TargetNotFoundException : Exception
+{
+    /// <summary>Creates the exception for <paramref name="target"/>.</summary>
+    public TargetNotFoundException(string target, string reason)
+        : base($"target {target}: {reason}")
+    {
+        Target = target;
+    }
+
+    /// <summary>Creates the exception.</summary>
+    public TargetNotFoundException()
+        : this("?", "not found")
+    {
+    }
+
+    /// <summary>Creates the exception.</summary>
+    public TargetNotFoundException(string message, Exception innerException)
+        : base(message, innerException)
+    {
+        Target = "?";
+    }
+
+    /// <summary>The target.</summary>
+    public string Target { get; }
+}

@@ -1,0 +1,98 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Mono.Unix.Native;
+using RebootlessUpdate.TestSupport;
+
+namespace RebootlessUpdate.IntegrationTests.Pipeline;
+
+/// <summary>The real `rebootless` tool (dotnet rebootless.dll) on real workloads and bad input.</summary>
+[NonParallelizable]
+public class ToolTests
+{
+    private Testbed _testbed = null!;
+    private string _dir = null!;
+    private string _tool = null!;
+
+    [SetUp]
+    public void SetUp()
+    {
+        _testbed = Testbed.Require();
+        Testbed.RequireRoot();
+        _dir = Directory.CreateTempSubdirectory("rebootless-tool-it-").FullName;
+        var config = Path.GetFileName(Path.GetDirectoryName(Path.GetDirectoryName(typeof(ToolTests).Assembly.Location))!);
+        _tool = Path.Combine(Testbed.RepositoryRoot, "src", "RebootlessUpdate.Cli", "bin", config, "net10.0", "rebootless.dll");
+        if (!File.Exists(_tool))
+        {
+            Testbed.Missing($"the tool is not built at {_tool}: run dotnet build RebootlessUpdate.sln");
+        }
+    }
+
+    [TearDown]
+    public void TearDown() => Directory.Delete(_dir, recursive: true);
+
+    private ProcessResult Run(params string[] args) => ProcessRunner.Run("dotnet", [_tool, .. args], TimeSpan.FromMinutes(2));
+
+    [Test]
+    public void Rehearse_json_on_a_real_workload_exits_0_and_the_workload_continues_with_its_state()
+    {
+        var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
+        using var w = Workload.StartProgram(Path.Combine(_dir, "w"), 16);
+        var sw = Stopwatch.StartNew();
+        var r = Run("rehearse", "--pid", w.RootPid.ToString(), "--store", store, "--criu", _testbed.Criu, "--json");
+        TestContext.Out.WriteLine($"{sw.ElapsedMilliseconds} ms\n{r.Output}\n{r.Error}");
+
+        Assert.That(r.ExitCode, Is.Zero, r.ToString());
+        using var json = JsonDocument.Parse(r.Output);
+        var target = json.RootElement.GetProperty("targets")[0];
+        Assert.That(json.RootElement.GetProperty("outcome").GetString(), Is.EqualTo("Succeeded"));
+        Assert.That(target.GetProperty("restorable").GetBoolean(), Is.True);
+        w.RootPid = target.GetProperty("restoredPid").GetInt32();
+        try
+        {
+            Assert.That(w.Check(), Does.StartWith("ok"));
+        }
+        finally
+        {
+            Syscall.kill(w.RootPid, Signum.SIGKILL);
+        }
+    }
+
+    [Test]
+    public void Bad_input_gets_one_line_on_stderr_a_distinct_exit_code_and_changes_nothing()
+    {
+        var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
+        using var sleeper = Process.Start("sleep", "120");
+        var pid = sleeper.Id.ToString();
+        try
+        {
+            (string[] Args, int Code)[] cases =
+            [
+                (["rehearse", "--pid", "999999", "--store", store, "--criu", _testbed.Criu], 6),
+                (["rehearse", "--store", store, "--criu", _testbed.Criu], 2),
+                (["rehearse", "--pid", pid, "--store", Path.Combine(_dir, "missing"), "--criu", _testbed.Criu], 8),
+                (["rehearse", "--pid", pid, "--store", store, "--criu", "/nonexistent/criu"], 4),
+                (["update", "--kernel", "/nonexistent/vmlinuz", "--pid", pid, "--store", store, "--criu", _testbed.Criu], 7),
+                (["update", "--kernel", "/etc/hostname", "--pid", pid, "--store", store, "--criu", _testbed.Criu], 7),
+                (["update", "--kernel", Path.Combine(_testbed.RootFs, "boot", "vmlinuz-" + _testbed.OldKernel), "--pid", pid, "--store", store, "--criu", _testbed.Criu], 9),
+                (["resume", "--store", Path.Combine(_dir, "missing"), "--criu", _testbed.Criu], 8),
+            ];
+            foreach (var (args, code) in cases)
+            {
+                var r = Run(args);
+                TestContext.Out.WriteLine($"{code} <- {string.Join(' ', args)}: {r.Error.Trim()}");
+                Assert.That(r.ExitCode, Is.EqualTo(code), r.ToString());
+                Assert.That(r.Error.Trim().Split('\n'), Has.Length.EqualTo(1).And.All.StartsWith("rebootless: "));
+            }
+
+            var nonRoot = ProcessRunner.Run("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "dotnet", _tool, "rehearse", "--pid", pid, "--store", store, "--criu", _testbed.Criu],
+                TimeSpan.FromMinutes(1));
+            Assert.That(nonRoot.ExitCode, Is.EqualTo(3), nonRoot.ToString());
+            Assert.That(Directory.GetFileSystemEntries(store), Is.Empty, "nothing was written to the store");
+            Assert.That(Workload.IsRunning(sleeper.Id), Is.True);
+        }
+        finally
+        {
+            sleeper.Kill();
+        }
+    }
+}
