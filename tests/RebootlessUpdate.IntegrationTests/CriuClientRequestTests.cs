@@ -100,6 +100,85 @@ public class CriuClientRequestTests
     }
 
     [Test]
+    public async Task Restore_with_an_inherited_pipe_writes_into_the_callers_new_pipe()
+    {
+        // The workload's stdout is a pipe to this process; after the dump, a new
+        // pipe of ours takes its place through inherit_fd, and the count goes on in it.
+        var psi = new ProcessStartInfo("unshare") { UseShellExecute = false, RedirectStandardOutput = true };
+        foreach (var a in new[] { "--pid", "--fork", "setsid", "sh", "-c", "exec </dev/null 2>/dev/null; i=0; while :; do i=$((i+1)); echo $i; sleep 0.05; done" })
+        {
+            psi.ArgumentList.Add(a);
+        }
+
+        using var unshare = Process.Start(psi)!;
+        var root = Workload.WaitFor(() => Workload.ChildrenOf(unshare.Id) is [var first, ..] ? first : 0, "the namespace's init");
+        var firstLine = await unshare.StandardOutput.ReadLineAsync();
+        var pipeKey = Path.GetFileName(new FileInfo($"/proc/{root}/fd/1").LinkTarget!);
+        Assert.That(pipeKey, Does.StartWith("pipe:["));
+        var images = NewDir("images");
+        await _client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = root });
+        var lastBefore = 0L;
+        while (await unshare.StandardOutput.ReadLineAsync() is { } line)
+        {
+            lastBefore = long.Parse(line, CultureInfo.InvariantCulture); // drain to EOF: the old writers are gone
+        }
+
+        Assert.That(Syscall.pipe(out var readFd, out var writeFd), Is.Zero);
+        int restored;
+        try
+        {
+            var restore = await _client.RestoreAsync(new CriuRestoreOptions
+            {
+                ImagesDirectory = images,
+                InheritFds = new Dictionary<string, int> { [pipeKey] = writeFd },
+            });
+            restored = restore.Pid;
+        }
+        finally
+        {
+            _ = Syscall.close(writeFd);
+        }
+
+        try
+        {
+            using var reader = new StreamReader(new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(readFd, ownsHandle: true), FileAccess.Read));
+            var next = long.Parse((await reader.ReadLineAsync().WaitAsync(TimeSpan.FromSeconds(30)))!, CultureInfo.InvariantCulture);
+            var after = long.Parse((await reader.ReadLineAsync().WaitAsync(TimeSpan.FromSeconds(30)))!, CultureInfo.InvariantCulture);
+
+            Assert.Multiple(() =>
+            {
+                Assert.That(firstLine, Is.EqualTo("1"));
+                Assert.That(next, Is.EqualTo(lastBefore + 1), "the count continues in the new pipe exactly where it stopped");
+                Assert.That(after, Is.EqualTo(next + 1));
+            });
+        }
+        finally
+        {
+            _ = Syscall.kill(restored, Signum.SIGKILL);
+        }
+    }
+
+    [Test]
+    public async Task With_a_work_folder_the_log_and_statistics_go_there_and_images_stay_clean()
+    {
+        using var workload = Workload.Start(NewDir("work"));
+        var images = NewDir("images");
+        var workDir = NewDir("criu-work");
+
+        var dump = await _client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, WorkDirectory = workDir, Pid = workload.RootPid, LeaveRunning = true });
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(dump.LogFile, Is.EqualTo(Path.Combine(workDir, "dump.log")));
+            Assert.That(File.Exists(dump.LogFile), Is.True);
+            Assert.That(dump.Statistics, Is.Not.Null, "stats-dump read from the work folder");
+            Assert.That(File.Exists(Path.Combine(workDir, "stats-dump")), Is.True);
+            Assert.That(Directory.GetFiles(images, "*.log"), Is.Empty);
+            Assert.That(Directory.GetFiles(images, "pages-*.img"), Is.Not.Empty);
+        });
+    }
+
+    [Test]
     public async Task Leave_running_dump_keeps_the_workload_running_and_intact()
     {
         using var workload = Workload.StartProgram(NewDir("work"), 16);
