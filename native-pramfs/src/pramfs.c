@@ -421,17 +421,21 @@ static void ext_remove(struct pf_inode *ino, size_t at)
     ino->next--;
 }
 
+/* Never commits: a commit in the middle of a write would record extents past
+ * the file's size. Writers commit beforehand (make_room) instead. */
 static int alloc_or_commit(struct pf_fs *fs, uint64_t want, uint64_t *start, uint64_t *n)
 {
     *n = alloc_run(fs, want, UINT64_MAX, start);
-    if (*n == 0 && fs->npending > 0) {
-        /* Space freed since the last commit becomes usable once a commit no longer references it. */
-        int rc = pf_commit(fs);
-        if (rc)
-            return rc;
-        *n = alloc_run(fs, want, UINT64_MAX, start);
-    }
     return *n ? 0 : -ENOSPC;
+}
+
+/* Space freed since the last commit becomes usable once a commit no longer
+ * references it: commit first when a write of LEN bytes might need it. */
+static int make_room(struct pf_fs *fs, uint64_t len)
+{
+    if (fs->npending == 0 || fs->free_blocks > len / BS + 2)
+        return 0;
+    return pf_commit(fs);
 }
 
 /* Replaces file blocks [fb, fb+nb) of committed extent I by fresh blocks: the
@@ -452,7 +456,6 @@ static int cow(struct pf_fs *fs, struct pf_inode *ino, size_t i, uint64_t fb, ui
         rc = alloc_or_commit(fs, nb - done, &s, &n);
         if (rc)
             break;
-        /* a commit inside alloc_or_commit may have changed nothing here: extents keep their flags */
         pieces[np++] = (struct pf_extent){fb + done, s, (uint32_t)n, 0, false, false};
         done += n;
     }
@@ -486,10 +489,13 @@ static int cow(struct pf_fs *fs, struct pf_inode *ino, size_t i, uint64_t fb, ui
     return ext_insert(ino, i, repl, nr);
 }
 
-/* Writes LEN bytes (zeros when SRC is NULL) at OFF; does not change the size. */
-static int write_range(struct pf_fs *fs, struct pf_inode *ino, const uint8_t *src, uint64_t len, uint64_t off)
+/* Writes LEN bytes (zeros when SRC is NULL) at OFF; does not change the size.
+ * On an error, *reached tells how far it got: blocks are allocated only up to there. */
+static int write_range(struct pf_fs *fs, struct pf_inode *ino, const uint8_t *src, uint64_t len, uint64_t off,
+                       uint64_t *reached)
 {
     uint64_t pos = off, end = off + len;
+    *reached = off;
     uint64_t endblk = (end + BS - 1) / BS;
     while (pos < end) {
         uint64_t fb = pos / BS;
@@ -511,6 +517,7 @@ static int write_range(struct pf_fs *fs, struct pf_inode *ino, const uint8_t *sr
             else
                 memset(dst, 0, stop - pos);
             pos = stop;
+            *reached = pos;
             continue;
         }
         uint64_t holeend = ins < ino->next ? ino->ext[ins].fblock : UINT64_MAX;
@@ -529,8 +536,6 @@ static int write_range(struct pf_fs *fs, struct pf_inode *ino, const uint8_t *sr
             int rc = alloc_or_commit(fs, want, &s, &n);
             if (rc)
                 return rc;
-            /* a commit may have marked prev committed; a new extent is right either way */
-            find_extent(ino, fb, &ins);
             struct pf_extent ne = {fb, s, (uint32_t)n, 0, false, false};
             rc = ext_insert(ino, ins, &ne, 1);
             if (rc) {
@@ -562,7 +567,8 @@ static int zero_tail(struct pf_fs *fs, struct pf_inode *ino, uint64_t newsize)
     uint64_t stop = (s / BS + 1) * BS;
     if (stop > newsize)
         stop = newsize;
-    return write_range(fs, ino, NULL, stop - s, s);
+    uint64_t reached;
+    return write_range(fs, ino, NULL, stop - s, s, &reached);
 }
 
 ssize_t pf_write(struct pf_fs *fs, struct pf_inode *ino, const void *buf, size_t len, uint64_t off)
@@ -573,19 +579,24 @@ ssize_t pf_write(struct pf_fs *fs, struct pf_inode *ino, const void *buf, size_t
         return 0;
     if (off + len < off || (off + len) / BS >= (1ull << 50))
         return -EFBIG;
+    int rc = make_room(fs, len);
+    if (rc)
+        return rc;
     if (off > ino->size) {
-        int rc = zero_tail(fs, ino, off);
+        rc = zero_tail(fs, ino, off);
         if (rc)
             return rc;
     }
-    int rc = write_range(fs, ino, buf, len, off);
-    if (rc)
+    uint64_t reached;
+    rc = write_range(fs, ino, buf, len, off, &reached);
+    if (rc && reached == off)
         return rc;
-    if (off + len > ino->size)
-        ino->size = off + len;
+    /* a short write (ENOSPC part way) keeps what was written, like other file systems */
+    if (reached > ino->size)
+        ino->size = reached;
     pf_touch(ino, true, true);
     fs->dirty = true;
-    return (ssize_t)len;
+    return (ssize_t)(reached - off);
 }
 
 int pf_truncate(struct pf_fs *fs, struct pf_inode *ino, uint64_t size)
@@ -595,7 +606,9 @@ int pf_truncate(struct pf_fs *fs, struct pf_inode *ino, uint64_t size)
     if ((size + BS - 1) / BS >= (1ull << 50))
         return -EFBIG;
     if (size > ino->size) {
-        int rc = zero_tail(fs, ino, size);
+        int rc = make_room(fs, BS);
+        if (!rc)
+            rc = zero_tail(fs, ino, size);
         if (rc)
             return rc;
     } else {
@@ -1468,6 +1481,7 @@ static const char *path_hint(struct pf_fs *fs, uint64_t ino, char *buf, size_t n
 struct open_result {
     int active;          /* slot used, -1 if none */
     bool other_ok;       /* the other slot holds an intact older state */
+    bool fell_back;      /* the newest state was damaged; the previous one is loaded */
     struct pf_sb sb[2];
 };
 
@@ -1522,6 +1536,7 @@ static int open_fs(const char *spec, int flags, bool check_data, bool fallback, 
             pf_report_note(rep, "falling back to the previous state (generation %llu)",
                            (unsigned long long)res->sb[older].generation);
             res->active = older;
+            res->fell_back = true;
         } else {
             pf_close(fs);
             return -EUCLEAN;
@@ -1543,7 +1558,7 @@ static int open_fs(const char *spec, int flags, bool check_data, bool fallback, 
 
 int pf_open(const char *regions, int flags, struct pf_fs **out, struct pf_report *rep)
 {
-    struct open_result res;
+    struct open_result res = {0};
     struct pf_fs *fs = NULL;
     int errors_before = rep->errors;
     int rc = open_fs(regions, flags, false, false, &fs, &res, rep);
@@ -1642,7 +1657,7 @@ out:
 int pf_fsck(const char *regions, bool repair, FILE *out)
 {
     struct pf_report rep = {.out = out};
-    struct open_result res;
+    struct open_result res = {0};
     struct pf_fs *fs = NULL;
     int rc = open_fs(regions, repair ? 0 : PF_OPEN_RDONLY, true, repair, &fs, &res, &rep);
     if (rc == -EUCLEAN) {
@@ -1661,7 +1676,7 @@ int pf_fsck(const char *regions, bool repair, FILE *out)
                 bytes += fs->inodes[n]->size;
         }
     int code = PF_FSCK_CLEAN;
-    if (rep.errors > 0 || (res.active != (res.sb[0].generation > res.sb[1].generation ? 0 : 1))) {
+    if (rep.errors > 0 || res.fell_back) {
         if (repair) {
             /* Commit what survived the checks as a new generation: it replaces the
              * damaged copy (fallback) or the older one. */
@@ -1705,7 +1720,7 @@ int pf_info(const char *regions, FILE *out)
 {
     struct pf_report rep = {.out = stderr};
     struct pf_fs *fs = NULL;
-    struct open_result res;
+    struct open_result res = {0};
     int rc = open_fs(regions, PF_OPEN_RDONLY, false, false, &fs, &res, &rep);
     if (rc)
         return rc;
@@ -1754,7 +1769,7 @@ int pf_ls(const char *regions, FILE *out)
 {
     struct pf_report rep = {.out = stderr};
     struct pf_fs *fs = NULL;
-    struct open_result res;
+    struct open_result res = {0};
     int rc = open_fs(regions, PF_OPEN_RDONLY, false, false, &fs, &res, &rep);
     if (rc)
         return rc;
