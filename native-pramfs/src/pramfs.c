@@ -280,6 +280,14 @@ static int ensure_ino_cap(struct pf_fs *fs, uint64_t need)
     return 0;
 }
 
+/* Inode numbers stay below the metadata area size / 16 (FORMAT.md): the
+ * in-memory table is indexed by them, so a damaged record cannot make it huge. */
+static uint64_t max_ino(const struct pf_fs *fs)
+{
+    uint64_t m = fs->meta_area_blocks * BS / 16;
+    return m < PF_MAX_INO ? m : PF_MAX_INO;
+}
+
 uint64_t pf_used_inodes(struct pf_fs *fs)
 {
     uint64_t n = 0;
@@ -744,9 +752,9 @@ static int alloc_ino(struct pf_fs *fs, uint64_t *out)
             fs->ino_hint = i + 1;
             return 0;
         }
-    if (fs->ino_cap > PF_MAX_INO)
-        return -ENOSPC;
     uint64_t n = fs->ino_cap < PF_ROOT_INO + 1 ? PF_ROOT_INO + 1 : fs->ino_cap;
+    if (n > max_ino(fs))
+        return -ENOSPC;
     int rc = ensure_ino_cap(fs, n + 1);
     if (rc)
         return rc;
@@ -1195,7 +1203,7 @@ static struct pf_inode *parse_record(struct pf_fs *fs, const uint8_t *r, size_t 
     memcpy(&h, r, sizeof h);
     size_t room = rl - sizeof h - 4;
     const uint8_t *p = r + sizeof h;
-    if (h.ino < PF_ROOT_INO || h.ino > PF_MAX_INO)
+    if (h.ino < PF_ROOT_INO || h.ino > max_ino(fs))
         return *why = "inode number out of range", NULL;
     struct pf_inode *ino = calloc(1, sizeof *ino);
     ino->ino = h.ino;

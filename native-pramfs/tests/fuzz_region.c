@@ -75,6 +75,23 @@ int main(int argc, char **argv)
     if (read(fd, img, len) != (ssize_t)len) return 2;
     close(fd);
     FILE *null = fopen("/dev/null", "w");
+    /* Regressions found by this fuzzer, replayed first:
+     * 1. a checksummed record with inode number 0xFFFFFFF0 made the inode table 32 GiB (ASan OOM). */
+    {
+        memcpy(mut, img, len);
+        struct pf_sb *sb = (struct pf_sb *)(mut + (((struct pf_sb *)mut)->generation > ((struct pf_sb *)(mut + PF_BLOCK_SIZE))->generation ? 0 : PF_BLOCK_SIZE));
+        uint64_t huge = 0xFFFFFFF0u;
+        memcpy(mut + sb->meta_block * PF_BLOCK_SIZE + 64 + 8, &huge, 8);
+        reseal(mut, len);
+        fd = open(work, O_CREAT | O_TRUNC | O_RDWR, 0600);
+        if (fd < 0 || write(fd, mut, len) != (ssize_t)len) return 2;
+        close(fd);
+        int c = pf_fsck(work, false, null);
+        if (c != PF_FSCK_CORRUPT) {
+            fprintf(stderr, "fuzz_region: regression 1 (huge inode number): fsck exit %d, want 2\n", c);
+            return 1;
+        }
+    }
     time_t end = time(NULL) + seconds;
     long runs = 0, codes[5] = {0}; /* [1]: repaired by -r; [3]: -r runs that did not repair */
     while (time(NULL) < end) {
