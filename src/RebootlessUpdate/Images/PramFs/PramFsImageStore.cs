@@ -1,0 +1,190 @@
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using RebootlessUpdate.Images.PramFs;
+
+namespace RebootlessUpdate.Images;
+
+/// <summary>
+/// An image store on PramFS (native-pramfs): a crash-consistent, checksummed
+/// file system in a memory region that survives kexec (a legacy-pmem
+/// <c>/dev/pmemN</c>) or in a file. <see cref="Open"/> formats a region only
+/// when it is all zero, checks an existing one with <c>pramfs fsck</c> before
+/// anything is mounted or restored, starts the FUSE daemon and waits until the
+/// mount is live; the sets inside follow MANIFEST.md like every folder store.
+/// </summary>
+public sealed class PramFsImageStore : IImageStore, IDisposable
+{
+    private readonly SetStoreEngine _engine;
+    private readonly PramFsDaemon _daemon;
+    private readonly ILogger _logger;
+    private readonly TimeSpan _timeout;
+
+    private PramFsImageStore(PramFsDaemon daemon, PramFsImageStoreOptions options, string region, bool formatted, PramFsCheckResult? check, ILogger logger)
+    {
+        _daemon = daemon;
+        _logger = logger;
+        _timeout = options.DaemonTimeout;
+        Region = region;
+        Formatted = formatted;
+        Check = check;
+        _engine = new SetStoreEngine(this, daemon.MountPoint, options.TimeProvider, options.MachineIdPath, logger);
+    }
+
+    /// <summary>The region (or comma-separated regions) holding the file system.</summary>
+    public string Region { get; }
+
+    /// <summary>Where the store is mounted.</summary>
+    public string MountPoint => _daemon.MountPoint;
+
+    /// <summary>True when <see cref="Open"/> formatted the region (it was all zero).</summary>
+    public bool Formatted { get; }
+
+    /// <summary>The check run before mounting an existing file system (null when it was just formatted).</summary>
+    public PramFsCheckResult? Check { get; }
+
+    /// <summary>Process id of the FUSE daemon.</summary>
+    public int DaemonPid => _daemon.Pid;
+
+    /// <summary>True until <see cref="Unmount"/>.</summary>
+    public bool IsMounted { get; private set; } = true;
+
+    /// <inheritdoc />
+    public string RootDirectory => _engine.Root;
+
+    /// <summary>
+    /// Formats the region when it is all zero (or checks it when it already holds
+    /// PramFS), mounts it with the <c>pramfs</c> daemon and opens the store in it.
+    /// </summary>
+    /// <exception cref="ImageStoreException">The region holds something else, the tool is missing, the mount point is taken, or the daemon failed (its stderr is in the message).</exception>
+    /// <exception cref="PramFsCheckFailedException">The existing file system is damaged and <see cref="PramFsImageStoreOptions.RepairOnOpen"/> is off.</exception>
+    public static PramFsImageStore Open(PramFsImageStoreOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentException.ThrowIfNullOrWhiteSpace(options.Region);
+        ArgumentException.ThrowIfNullOrWhiteSpace(options.MountPoint);
+        ArgumentException.ThrowIfNullOrWhiteSpace(options.MachineIdPath);
+        ArgumentNullException.ThrowIfNull(options.TimeProvider);
+        ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(options.DaemonTimeout, TimeSpan.Zero);
+        var logger = options.Logger ?? NullLogger.Instance;
+        var tool = PramFsTool.Locate(options.PramFsPath);
+        var regions = string.Join(',', options.Region.Split(',').Select(Path.GetFullPath));
+        var mountPoint = Path.GetFullPath(options.MountPoint);
+
+        if (PramFs.PramFsInterop.FileSystemType(mountPoint) == PramFsInterop.FuseSuperMagic)
+        {
+            throw new ImageStoreException($"{mountPoint} is already a FUSE mount; unmount it (fusermount3 -u {mountPoint}) before opening the PramFS store there");
+        }
+
+        var formatted = false;
+        PramFsCheckResult? check = null;
+        var timeout = TimeSpan.FromMinutes(10);
+        switch (PramFsTool.Probe(regions))
+        {
+            case RegionContent.Foreign:
+                throw new ImageStoreException(
+                    $"refusing to format {regions}: its first 64 KiB hold data that is not a PramFS. "
+                    + "If its content is really disposable, zero it yourself (e.g. wipefs -a, or dd from /dev/zero) and try again");
+            case RegionContent.Empty:
+                PramFsLog.Formatting(logger, regions);
+                var (mkfsCode, mkfsOutput) = PramFsTool.Run(tool, ["mkfs", regions], timeout);
+                if (mkfsCode != 0)
+                {
+                    throw new ImageStoreException($"pramfs mkfs {regions} failed (exit {mkfsCode}): {mkfsOutput.Trim()}");
+                }
+
+                formatted = true;
+                break;
+            default:
+                check = RunCheck(tool, regions, repair: false, timeout);
+                PramFsLog.Checked(logger, regions, check.ExitCode, check.Output.Trim());
+                if (check.ExitCode == PramFsTool.FsckCorrupt && options.RepairOnOpen)
+                {
+                    check = RunCheck(tool, regions, repair: true, timeout);
+                    PramFsLog.Repaired(logger, regions, check.Output.Trim());
+                }
+
+                if (check.ExitCode is PramFsTool.FsckCorrupt)
+                {
+                    throw new PramFsCheckFailedException(regions, check);
+                }
+
+                if (check.ExitCode is not (PramFsTool.FsckClean or PramFsTool.FsckRepaired))
+                {
+                    throw new ImageStoreException($"cannot check the PramFS region {regions} (fsck exit {check.ExitCode}): {check.Output.Trim()}");
+                }
+
+                break;
+        }
+
+        Directory.CreateDirectory(mountPoint, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        var daemon = PramFsDaemon.Start(tool, regions, mountPoint, options.DaemonTimeout, options.TimeProvider);
+        PramFsLog.Mounted(logger, daemon.Pid, regions, mountPoint);
+        try
+        {
+            return new PramFsImageStore(daemon, options, regions, formatted, check, logger);
+        }
+        catch
+        {
+            daemon.Stop(options.DaemonTimeout);
+            throw;
+        }
+    }
+
+    private static PramFsCheckResult RunCheck(string tool, string regions, bool repair, TimeSpan timeout)
+    {
+        var (code, output) = PramFsTool.Run(tool, repair ? ["fsck", "-r", regions] : ["fsck", regions], timeout);
+        return new PramFsCheckResult(code, output);
+    }
+
+    /// <summary>
+    /// Unmounts: the daemon commits the last state and exits. The store cannot be used afterwards.
+    /// </summary>
+    /// <exception cref="ImageStoreException">The mount is busy, or the daemon failed (its stderr is in the message).</exception>
+    public void Unmount()
+    {
+        if (!IsMounted)
+        {
+            return;
+        }
+
+        _daemon.Stop(_timeout);
+        IsMounted = false;
+        PramFsLog.Unmounted(_logger, MountPoint);
+    }
+
+    /// <summary>Unmounts (see <see cref="Unmount"/>).</summary>
+    public void Dispose() => Unmount();
+
+    /// <inheritdoc />
+    public ImageStoreLock AcquireLock() => _engine.AcquireLock();
+
+    /// <inheritdoc />
+    public CheckpointSet CreateSet(IReadOnlyList<string> targets) => _engine.CreateSet(targets);
+
+    /// <inheritdoc />
+    public Task<CheckpointManifest> SealAsync(CheckpointSet checkpointSet, SealOptions options, CancellationToken cancellationToken = default) =>
+        _engine.SealAsync(checkpointSet, options, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<VerificationResult> VerifyAsync(string setId, VerifyOptions? options = null, CancellationToken cancellationToken = default) =>
+        _engine.VerifyAsync(setId, options, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<RestorableSet> OpenForRestoreAsync(string setId, VerifyOptions? options = null, CancellationToken cancellationToken = default) =>
+        _engine.OpenForRestoreAsync(setId, options, cancellationToken);
+
+    /// <inheritdoc />
+    public IReadOnlyList<CheckpointSetInfo> ListSets() => _engine.ListSets();
+
+    /// <inheritdoc />
+    public void DeleteSet(string setId) => _engine.DeleteSet(setId);
+
+    /// <inheritdoc />
+    public IReadOnlyList<string> ApplyRetention(int keepSealed) => _engine.ApplyRetention(keepSealed);
+
+    /// <inheritdoc />
+    public StoreCapacity GetCapacity() => _engine.GetCapacity();
+
+    /// <inheritdoc />
+    public CapacityEstimate EnsureCapacityFor(IReadOnlyCollection<int> rootPids) => _engine.EnsureCapacityFor(rootPids);
+}
