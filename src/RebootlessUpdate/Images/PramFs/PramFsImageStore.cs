@@ -12,9 +12,8 @@ namespace RebootlessUpdate.Images;
 /// anything is mounted or restored, starts the FUSE daemon and waits until the
 /// mount is live; the sets inside follow MANIFEST.md like every folder store.
 /// </summary>
-public sealed class PramFsImageStore : IImageStore, IDisposable
+public sealed class PramFsImageStore : EngineBackedImageStore, IDisposable
 {
-    private readonly SetStoreEngine _engine;
     private readonly PramFsDaemon _daemon;
     private readonly ILogger _logger;
     private readonly TimeSpan _timeout;
@@ -27,7 +26,7 @@ public sealed class PramFsImageStore : IImageStore, IDisposable
         Region = region;
         Formatted = formatted;
         Check = check;
-        _engine = new SetStoreEngine(this, daemon.MountPoint, options.TimeProvider, options.MachineIdPath, logger);
+        Engine = new SetStoreEngine(this, daemon.MountPoint, options.TimeProvider, options.MachineIdPath, logger);
     }
 
     /// <summary>The region (or comma-separated regions) holding the file system.</summary>
@@ -47,9 +46,6 @@ public sealed class PramFsImageStore : IImageStore, IDisposable
 
     /// <summary>True until <see cref="Unmount"/>.</summary>
     public bool IsMounted { get; private set; } = true;
-
-    /// <inheritdoc />
-    public string RootDirectory => _engine.Root;
 
     /// <summary>
     /// Formats the region when it is all zero (or checks it when it already holds
@@ -154,37 +150,4 @@ public sealed class PramFsImageStore : IImageStore, IDisposable
 
     /// <summary>Unmounts (see <see cref="Unmount"/>).</summary>
     public void Dispose() => Unmount();
-
-    /// <inheritdoc />
-    public ImageStoreLock AcquireLock() => _engine.AcquireLock();
-
-    /// <inheritdoc />
-    public CheckpointSet CreateSet(IReadOnlyList<string> targets) => _engine.CreateSet(targets);
-
-    /// <inheritdoc />
-    public Task<CheckpointManifest> SealAsync(CheckpointSet checkpointSet, SealOptions options, CancellationToken cancellationToken = default) =>
-        _engine.SealAsync(checkpointSet, options, cancellationToken);
-
-    /// <inheritdoc />
-    public Task<VerificationResult> VerifyAsync(string setId, VerifyOptions? options = null, CancellationToken cancellationToken = default) =>
-        _engine.VerifyAsync(setId, options, cancellationToken);
-
-    /// <inheritdoc />
-    public Task<RestorableSet> OpenForRestoreAsync(string setId, VerifyOptions? options = null, CancellationToken cancellationToken = default) =>
-        _engine.OpenForRestoreAsync(setId, options, cancellationToken);
-
-    /// <inheritdoc />
-    public IReadOnlyList<CheckpointSetInfo> ListSets() => _engine.ListSets();
-
-    /// <inheritdoc />
-    public void DeleteSet(string setId) => _engine.DeleteSet(setId);
-
-    /// <inheritdoc />
-    public IReadOnlyList<string> ApplyRetention(int keepSealed) => _engine.ApplyRetention(keepSealed);
-
-    /// <inheritdoc />
-    public StoreCapacity GetCapacity() => _engine.GetCapacity();
-
-    /// <inheritdoc />
-    public CapacityEstimate EnsureCapacityFor(IReadOnlyCollection<int> rootPids) => _engine.EnsureCapacityFor(rootPids);
 }
