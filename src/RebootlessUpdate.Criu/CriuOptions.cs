@@ -53,7 +53,13 @@ public enum CriuPreDumpMode
 /// <summary>A notification CRIU sent during a request (see <c>criu --action-script</c>).</summary>
 /// <param name="Script">The hook's name: <c>pre-dump</c>, <c>post-dump</c>, <c>post-restore</c>, ...</param>
 /// <param name="Pid">The pid CRIU attached (set for <c>setup-namespaces</c> and <c>post-restore</c>).</param>
-public readonly record struct CriuNotification(string Script, int? Pid);
+/// <param name="Descriptor">
+/// A descriptor CRIU passed with the notification: for <c>orphan-pts-master</c>,
+/// the master side of the new pty of a restored tree whose terminal was
+/// external. The handler owns it and must dispose it (or keep it: it is the
+/// restored tree's terminal); without a handler the client closes it.
+/// </param>
+public readonly record struct CriuNotification(string Script, int? Pid, Microsoft.Win32.SafeHandles.SafeFileHandle? Descriptor = null);
 
 /// <summary>A namespace for the restored tree to join (<c>--join-ns</c>).</summary>
 /// <param name="Namespace">net, uts, ipc, pid, mnt, time, user or cgroup.</param>
@@ -318,9 +324,6 @@ public sealed record CriuDumpOptions : CriuProcessOptions
     /// <summary>Leave pages for a lazy restore (served later by a page server / lazy-pages daemon). Default false.</summary>
     public bool LazyPages { get; init; }
 
-    /// <summary>Orphaned pty masters: ask for their fds through the orphan-pts-master notification. Default false.</summary>
-    public bool OrphanPtsMaster { get; init; }
-
     private protected override string RequestName => "dump";
 
     internal override void Validate()
@@ -384,7 +387,6 @@ public sealed record CriuDumpOptions : CriuProcessOptions
         if (TimeoutSeconds is { } t) { o.Timeout = (uint)t; }
         if (PageServer is { } ps) { o.Ps = new criu_page_server_info { Address = ps.Address, Port = ps.Port }; }
         if (LazyPages) { o.LazyPages = true; }
-        if (OrphanPtsMaster) { o.OrphanPtsMaster = true; }
         return o;
     }
 }
@@ -411,6 +413,15 @@ public sealed record CriuRestoreOptions : CriuProcessOptions
     /// <summary>Restore memory lazily from a lazy-pages daemon (userfaultfd). Default false.</summary>
     public bool LazyPages { get; init; }
 
+    /// <summary>
+    /// The tree's terminal was external (dumped with <c>tty[rdev:dev]</c> in
+    /// <see cref="CriuProcessOptions.External"/>): give it a new pty and send its
+    /// master to the <c>orphan-pts-master</c> notification handler
+    /// (<see cref="CriuNotification.Descriptor"/>). Needs an
+    /// <see cref="CriuProcessOptions.OnNotification"/> handler. Default false.
+    /// </summary>
+    public bool OrphanPtsMaster { get; init; }
+
     private protected override string RequestName => "restore";
 
     internal override void Validate()
@@ -430,6 +441,11 @@ public sealed record CriuRestoreOptions : CriuProcessOptions
             {
                 throw new ArgumentException("a namespace to join needs its kind and a path.", nameof(JoinNamespaces));
             }
+        }
+
+        if (OrphanPtsMaster && OnNotification is null)
+        {
+            throw new ArgumentException("OrphanPtsMaster sends the new pty's master to a notification handler: set OnNotification.", nameof(OrphanPtsMaster));
         }
     }
 
@@ -463,6 +479,7 @@ public sealed record CriuRestoreOptions : CriuProcessOptions
         }
 
         if (LazyPages) { o.LazyPages = true; }
+        if (OrphanPtsMaster) { o.OrphanPtsMaster = true; }
         return o;
     }
 }

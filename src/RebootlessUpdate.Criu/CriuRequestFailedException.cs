@@ -67,7 +67,9 @@ public sealed class CriuRequestFailedException : CriuException
         var sb = new StringBuilder();
         sb.Append("criu ").Append(Transport.CriuSession.Name(request)).Append(" failed");
         sb.Append(errno != 0 ? $": errno {errno} ({Marshal.GetPInvokeErrorMessage(errno)})" : ": no errno reported");
-        if (!string.IsNullOrWhiteSpace(criuMessage))
+        // criu 4.1 reports its first logged error as the message; on hosts where it
+        // may not raise RLIMIT_NOFILE that is a harmless line, not the failure.
+        if (!string.IsNullOrWhiteSpace(criuMessage) && !IsHarmless(criuMessage))
         {
             sb.Append("; criu says: ").Append(criuMessage.Trim());
         }
@@ -94,6 +96,8 @@ public sealed class CriuRequestFailedException : CriuException
 
         return sb.ToString();
     }
+
+    private static bool IsHarmless(string line) => line.Contains("rlimit: Can't setup RLIMIT_NOFILE", StringComparison.Ordinal);
 
     /// <summary>
     /// The error lines of a CRIU log, each preceded by up to <paramref name="context"/>
@@ -125,7 +129,7 @@ public sealed class CriuRequestFailedException : CriuException
         {
             // CRIU 4.1 logs a harmless "Error ... rlimit: Can't setup RLIMIT_NOFILE" on every
             // run where it may not raise its own limit; it is not the failure.
-            if (lines[i].Contains("Error", StringComparison.Ordinal) && !lines[i].Contains("rlimit: Can't setup RLIMIT_NOFILE", StringComparison.Ordinal))
+            if (lines[i].Contains("Error", StringComparison.Ordinal) && !IsHarmless(lines[i]))
             {
                 for (var j = Math.Max(0, i - context); j <= i; j++)
                 {

@@ -36,7 +36,7 @@ internal sealed partial class CriuSession : IAsyncDisposable
         Exception? handlerFailure = null;
         while (true)
         {
-            var bytes = await _connection.Socket.ReceiveAsync(cancellationToken).ConfigureAwait(false);
+            var (bytes, descriptors) = await _connection.Socket.ReceiveWithDescriptorsAsync(cancellationToken).ConfigureAwait(false);
             if (bytes is null)
             {
                 var exit = await _connection.WaitForWorkerExitAsync(WorkerExitGrace).ConfigureAwait(false);
@@ -48,13 +48,15 @@ internal sealed partial class CriuSession : IAsyncDisposable
                     0, _connection.Output, handlerFailure);
             }
 
-            var resp = Parse(bytes, name);
+            var resp = ParseOrClose(bytes, name, descriptors);
             if (resp.Type == criu_req_type.Notify)
             {
-                var failure = await NotifyAsync(resp, onNotification, cancellationToken).ConfigureAwait(false);
+                var failure = await NotifyAsync(resp, descriptors, onNotification, cancellationToken).ConfigureAwait(false);
                 handlerFailure ??= failure;
                 continue;
             }
+
+            Close(descriptors); // only notifications carry descriptors
 
             if (resp.Type != ExpectedResponse(req.Type))
             {
@@ -75,10 +77,22 @@ internal sealed partial class CriuSession : IAsyncDisposable
         }
     }
 
-    private async Task<Exception?> NotifyAsync(criu_resp resp, Func<CriuNotification, CancellationToken, ValueTask>? onNotification,
-        CancellationToken cancellationToken)
+    private async Task<Exception?> NotifyAsync(criu_resp resp, IReadOnlyList<int> descriptors,
+        Func<CriuNotification, CancellationToken, ValueTask>? onNotification, CancellationToken cancellationToken)
     {
-        var n = new CriuNotification(resp.Notify?.Script ?? string.Empty, resp.Notify is { HasPid: true } x ? x.Pid : null);
+        // The first descriptor goes to the handler as an owned handle; any others are closed.
+        Microsoft.Win32.SafeHandles.SafeFileHandle? handle = null;
+        if (descriptors.Count > 0 && onNotification is not null)
+        {
+            handle = new Microsoft.Win32.SafeHandles.SafeFileHandle(descriptors[0], ownsHandle: true);
+            Close(descriptors.Skip(1));
+        }
+        else
+        {
+            Close(descriptors);
+        }
+
+        var n = new CriuNotification(resp.Notify?.Script ?? string.Empty, resp.Notify is { HasPid: true } x ? x.Pid : null, handle);
         Log.Notification(_logger, n.Script, n.Pid ?? 0);
         Exception? failure = null;
         if (onNotification is not null)
@@ -98,6 +112,27 @@ internal sealed partial class CriuSession : IAsyncDisposable
         // ("RPC client reported script error").
         _ = _connection.Socket.Send(new criu_req { Type = criu_req_type.Notify, NotifySuccess = failure is null }.ToByteArray());
         return failure;
+    }
+
+    private static void Close(IEnumerable<int> descriptors)
+    {
+        foreach (var fd in descriptors)
+        {
+            _ = Mono.Unix.Native.Syscall.close(fd);
+        }
+    }
+
+    private criu_resp ParseOrClose(byte[] bytes, string name, IReadOnlyList<int> descriptors)
+    {
+        try
+        {
+            return Parse(bytes, name);
+        }
+        catch
+        {
+            Close(descriptors);
+            throw;
+        }
     }
 
     private criu_resp Parse(byte[] bytes, string name)

@@ -64,12 +64,25 @@ internal sealed class SeqpacketSocket : IDisposable
 
     /// <summary>
     /// Waits for and receives one datagram; null when the peer closed the
-    /// connection. The wait is cancellable.
+    /// connection. The wait is cancellable. Descriptors attached to the datagram
+    /// are closed (see <see cref="ReceiveWithDescriptorsAsync"/> to keep them).
     /// </summary>
-    public Task<byte[]?> ReceiveAsync(CancellationToken cancellationToken) =>
+    public async Task<byte[]?> ReceiveAsync(CancellationToken cancellationToken)
+    {
+        var (data, fds) = await ReceiveWithDescriptorsAsync(cancellationToken).ConfigureAwait(false);
+        foreach (var fd in fds)
+        {
+            _ = Syscall.close(fd);
+        }
+
+        return data;
+    }
+
+    /// <summary>Like <see cref="ReceiveAsync"/>, and returns the descriptors sent with SCM_RIGHTS (the caller owns them).</summary>
+    public Task<(byte[]? Data, IReadOnlyList<int> Descriptors)> ReceiveWithDescriptorsAsync(CancellationToken cancellationToken) =>
         Task.Factory.StartNew(() => Receive(cancellationToken), cancellationToken, TaskCreationOptions.LongRunning, TaskScheduler.Default);
 
-    private unsafe byte[]? Receive(CancellationToken cancellationToken)
+    private unsafe (byte[]? Data, IReadOnlyList<int> Descriptors) Receive(CancellationToken cancellationToken)
     {
         var pfd = new[] { new Pollfd { fd = _fd, events = PollEvents.POLLIN } };
         while (true)
@@ -100,7 +113,7 @@ internal sealed class SeqpacketSocket : IDisposable
 
                 if (errno == Errno.ECONNRESET)
                 {
-                    return null; // the peer closed with our last message unread
+                    return (null, []); // the peer closed with our last message unread
                 }
 
                 throw Error("recv (peek)", errno);
@@ -109,25 +122,30 @@ internal sealed class SeqpacketSocket : IDisposable
             if (size == 0)
             {
                 // EOF (a zero-length datagram is not something CRIU sends).
-                return null;
+                return (null, []);
             }
 
             var buffer = new byte[size];
-            fixed (byte* p = buffer)
+            var fds = new List<int>();
+            var n = Interop.SocketMessages.Receive(_fd, buffer, fds, out var controlTruncated);
+            if (n < 0)
             {
-                var n = Syscall.recv(_fd, p, (ulong)buffer.Length, MessageFlags.MSG_DONTWAIT);
-                if (n < 0)
-                {
-                    throw Error("recv");
-                }
-
-                if (n != size)
-                {
-                    throw new CriuTransportException($"short datagram from criu: {n} of {size} bytes");
-                }
+                throw Error("recvmsg");
             }
 
-            return buffer;
+            if (n != size || controlTruncated)
+            {
+                foreach (var fd in fds)
+                {
+                    _ = Syscall.close(fd);
+                }
+
+                throw new CriuTransportException(controlTruncated
+                    ? "criu sent more descriptors with a message than the client can take (MSG_CTRUNC)"
+                    : $"short datagram from criu: {n} of {size} bytes");
+            }
+
+            return (buffer, fds);
         }
     }
 

@@ -78,6 +78,10 @@ public static class CapacityEstimator
         {
             return 0; // exited while we walked the tree
         }
+        catch (IOException) when (Gone(proc, pid))
+        {
+            return 0; // exited (or is a zombie, which holds no memory): ESRCH
+        }
         catch (Exception e) when (e is UnauthorizedAccessException or IOException)
         {
             throw new ImageStoreException($"cannot read the memory of pid {pid} (tree of {root}): {e.Message}; run as root", e);
@@ -113,21 +117,42 @@ public static class CapacityEstimator
             return result;
         }
 
-        foreach (var task in Directory.EnumerateDirectories(tasks))
+        try
         {
-            try
+            foreach (var task in Directory.EnumerateDirectories(tasks))
             {
-                foreach (var s in File.ReadAllText(Path.Combine(task, "children")).Split(' ', StringSplitOptions.RemoveEmptyEntries))
+                try
                 {
-                    result.Add(int.Parse(s, NumberStyles.None, CultureInfo.InvariantCulture));
+                    foreach (var s in File.ReadAllText(Path.Combine(task, "children")).Split(' ', StringSplitOptions.RemoveEmptyEntries))
+                    {
+                        result.Add(int.Parse(s, NumberStyles.None, CultureInfo.InvariantCulture));
+                    }
+                }
+                catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException || (e is IOException && Gone(proc, pid)))
+                {
+                    // the thread ended meanwhile
                 }
             }
-            catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
-            {
-                // the thread ended meanwhile
-            }
+        }
+        catch (Exception e) when (e is DirectoryNotFoundException || (e is IOException && Gone(proc, pid)))
+        {
+            // the process ended while we listed its threads
         }
 
         return result;
+    }
+
+    /// <summary>True when <paramref name="pid"/> has exited or is a zombie (short-lived children do this mid-walk).</summary>
+    private static bool Gone(string proc, int pid)
+    {
+        try
+        {
+            var stat = File.ReadAllText(Path.Combine(proc, pid.ToString(CultureInfo.InvariantCulture), "stat"));
+            return stat[(stat.LastIndexOf(')') + 2)..][0] is 'Z' or 'X';
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return true;
+        }
     }
 }

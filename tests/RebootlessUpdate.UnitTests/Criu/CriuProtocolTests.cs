@@ -151,6 +151,46 @@ public class CriuProtocolTests
     }
 
     [Test]
+    public async Task A_descriptor_sent_with_a_notification_reaches_the_handler_as_an_owned_handle()
+    {
+        Assert.That(Mono.Unix.Native.Syscall.pipe(out var readEnd, out var writeEnd), Is.Zero);
+        var client = FakeCriuPeer.Client(async peer =>
+        {
+            await peer.ExpectAsync(criu_req_type.Restore);
+            peer.WriteWithDescriptor(new criu_resp { Type = criu_req_type.Notify, Success = true, Notify = new criu_notify { Script = "orphan-pts-master" } }, writeEnd);
+            _ = Mono.Unix.Native.Syscall.close(writeEnd); // the client now holds its own copy
+            Assert.That((await peer.ExpectAsync(criu_req_type.Notify)).NotifySuccess, Is.True);
+            peer.Write(new criu_resp { Type = criu_req_type.Restore, Success = true, Restore = new criu_restore_resp { Pid = 5 } });
+        });
+        Microsoft.Win32.SafeHandles.SafeFileHandle? received = null;
+
+        await client.RestoreAsync(new CriuRestoreOptions
+        {
+            ImagesDirectory = _images,
+            OrphanPtsMaster = true,
+            OnNotification = (n, _) => { received = n.Descriptor; return ValueTask.CompletedTask; },
+        });
+
+        Assert.That(received, Is.Not.Null);
+        using (var stream = new FileStream(received!, FileAccess.Write, 1))
+        {
+            stream.Write("through SCM_RIGHTS\n"u8);
+        }
+
+        using var reader = new StreamReader(new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(readEnd, ownsHandle: true), FileAccess.Read, 1));
+        Assert.That(await reader.ReadLineAsync(), Is.EqualTo("through SCM_RIGHTS"));
+    }
+
+    [Test]
+    public void Orphan_pts_master_without_a_handler_is_a_usage_error()
+    {
+        var client = FakeCriuPeer.Client(_ => Task.CompletedTask);
+
+        Assert.That(() => client.RestoreAsync(new CriuRestoreOptions { ImagesDirectory = _images, OrphanPtsMaster = true }),
+            Throws.ArgumentException.With.Message.Contains("set OnNotification"));
+    }
+
+    [Test]
     public void A_throwing_handler_is_answered_with_failure_and_becomes_the_inner_exception()
     {
         bool? answer = null;
