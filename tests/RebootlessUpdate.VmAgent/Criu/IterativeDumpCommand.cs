@@ -36,6 +36,11 @@ internal sealed class IterativeDumpCommand : IVmCommand
         var pid = GuestWorkload.WaitFor(() => ChildOf(unshare.Id), "the workload's init", 60);
         GuestWorkload.WaitFor(() => File.Exists(Path.Combine(work, "ready")) ? 1 : 0, "the workload's memory", 120);
 
+        // One SINGLE_PRE_DUMP first (its own connection; the tree keeps running).
+        var single = Directory.CreateDirectory("/tmp/single-pre-dump").FullName;
+        var singleResult = await client.SinglePreDumpAsync(new CriuDumpOptions { ImagesDirectory = single, Pid = pid, TrackMemory = true });
+        var aliveAfterSingle = GuestWorkload.IsRunning(pid);
+
         var sw = Stopwatch.StartNew();
         var result = await client.IterativeDumpAsync(root, new CriuDumpOptions { ImagesDirectory = root, Pid = pid },
             new CriuIterativeDumpOptions { MinPreDumps = 3, MaxPreDumps = 5 });
@@ -51,6 +56,8 @@ internal sealed class IterativeDumpCommand : IVmCommand
         var report = new Dictionary<string, object?>
         {
             ["memTrack"] = features.MemoryTracking,
+            ["singlePreDumpPagesWritten"] = singleResult.Statistics?.PagesWritten,
+            ["aliveAfterSinglePreDump"] = aliveAfterSingle,
             ["preDumpPagesWritten"] = result.PreDumps.Select(p => p.Statistics?.PagesWritten).ToArray(),
             ["preDumpFrozenMicroseconds"] = result.PreDumps.Select(p => p.Statistics?.Frozen.TotalMicroseconds).ToArray(),
             ["finalPagesWritten"] = result.Final.Statistics?.PagesWritten,

@@ -12,7 +12,7 @@ namespace RebootlessUpdate.VmTests.Criu;
 public class IterativePreDumpVmTests
 {
     [Test]
-    public void Three_pre_dumps_then_the_dump_write_fewer_pages_each_time_and_the_workload_is_restored_intact()
+    public void Single_pre_dump_then_three_pre_dumps_and_the_dump_write_fewer_pages_each_time_and_the_workload_is_restored_intact()
     {
         var testbed = Testbed.Require();
         Testbed.RequireRoot();
@@ -27,6 +27,8 @@ public class IterativePreDumpVmTests
         Assert.Multiple(() =>
         {
             Assert.That(r.GetProperty("memTrack").GetBoolean(), Is.True);
+            Assert.That(r.GetProperty("singlePreDumpPagesWritten").GetUInt64(), Is.GreaterThanOrEqualTo(64UL * 256), "SINGLE_PRE_DUMP copied the memory");
+            Assert.That(r.GetProperty("aliveAfterSinglePreDump").GetBoolean(), Is.True, "the tree keeps running through a pre-dump");
             Assert.That(pages, Has.Length.GreaterThanOrEqualTo(3));
             Assert.That(pages[0], Is.GreaterThanOrEqualTo(64UL * 256), "the first pre-dump copies all 64 MiB");
             Assert.That(pages[^1], Is.LessThan(pages[0] / 10), "later pre-dumps copy only what changed");
