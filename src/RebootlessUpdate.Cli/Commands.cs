@@ -156,7 +156,8 @@ internal static class Commands
         var initrd = new Option<string?>("--initrd") { Description = "Its initrd (default: found next to the kernel)." };
         var append = new Option<string[]>("--append") { Description = "Parameters to set on the next command line (name=value or flag).", AllowMultipleArgumentsPerToken = true };
         var pmem = new Option<string[]>("--memmap") { Description = "Persistent-memory regions (SIZE!START) the next kernel must keep.", AllowMultipleArgumentsPerToken = true };
-        foreach (var o in new Option[] { pid, cgroup, container, kernel, initrd, append, pmem })
+        var noPreDump = new Option<bool>("--no-pre-dump") { Description = "Skip the pre-dump while running (the frozen dump then copies all memory)." };
+        foreach (var o in new Option[] { pid, cgroup, container, kernel, initrd, append, pmem, noPreDump })
         {
             cmd.Options.Add(o);
         }
@@ -188,13 +189,16 @@ internal static class Commands
             }
 
             var set = (p.GetValue(append) ?? []).Select(a => a.Split('=', 2) is [var n, var v] ? new KeyValuePair<string, string?>(n, v) : new KeyValuePair<string, string?>(a, null)).ToList();
-            var pipeline = RebootlessPipelines.Update(new LoadKernelStageOptions
+            var kernelOptions = new LoadKernelStageOptions
             {
                 KernelPath = kernelPath,
                 InitrdPath = p.GetValue(initrd),
                 SetParameters = set,
                 PersistentMemoryRegions = (p.GetValue(pmem) ?? []).Concat(store is PmemImageStore ps ? [ps.Region.MemmapFragment] : Array.Empty<string>()).Distinct().ToList(),
-            }).Build();
+            };
+            var pipeline = (p.GetValue(noPreDump)
+                ? new UpdatePipelineBuilder().AddPreflight().AddPlan().AddLoadKernel(kernelOptions).AddDump().AddSeal().AddJump()
+                : RebootlessPipelines.Update(kernelOptions)).Build();
             return await RunAsync(p, pipeline, new UpdateContext(UpdateMode.Update, targets) { Store = store, Criu = Criu(p), Progress = Progress(p) }, ct).ConfigureAwait(false);
         });
         return cmd;

@@ -268,6 +268,8 @@ def update_args(ws, kernel=None):
         args += ["--pid", str(w["root"])]
     new = CFG["newKernel"]
     args += ["--kernel", kernel or f"/boot/vmlinuz-{new}", "--append", "rebootless.boot=2"]
+    if not CFG.get("preDump", True):
+        args += ["--no-pre-dump"]
     if kernel is None:
         args += ["--initrd", f"/boot/rebootless-initrd-{new}.img"]
     return args
@@ -461,10 +463,46 @@ def scenario_negative():
     return 0 if ok else 1
 
 
+def scenario_bare_jump():
+    """The floor: the same kernels, the same command line and region, no workloads, kexec-tools' jump."""
+    new = CFG["newKernel"]
+    if BOOT == "1":
+        cmd = " ".join(a for a in CMDLINE if not a.startswith("rebootless.boot=")) + " rebootless.boot=2"
+        t = time.time()
+        subprocess.run(["kexec", "-s", "-l", f"/boot/vmlinuz-{new}", f"--initrd=/boot/rebootless-initrd-{new}.img",
+                        f"--append={cmd}"], check=True)
+        save("bare.json", {"load": time.time() - t, "jumpAt": time.time()})
+        os.sync()
+        subprocess.run(["kexec", "-e"])
+        return 1
+    b = load("bare.json")
+    b.update({"verdict": "PASS", "scenario": "bare", "kexecAndBoot": T0 - b["jumpAt"], "newKernelBootToInit": UPTIME0,
+              "kernel": os.uname().release})
+    save("result.json", b)
+    print(json.dumps(b), flush=True)
+    return 0
+
+
+def scenario_cold():
+    """A cold boot of the new kernel: the workloads start from scratch (their state is lost)."""
+    t_init = T0
+    ws = start_workloads(CFG.get("workloads", ["pipes", "memory", "tcp"]))
+    r = {"verdict": "PASS", "scenario": "cold", "kernel": os.uname().release, "initAt": t_init,
+         "uptimeAtInit": UPTIME0, "workloadsReadyAt": time.time(), "workloadsStart": time.time() - t_init,
+         "processes": sum(len(w["tree"]) for w in ws)}
+    save("result.json", r)
+    print(json.dumps(r), flush=True)
+    return 0
+
+
 def main():
     scenario = CFG.get("scenario", "update")
     if scenario == "negative":
         return scenario_negative()
+    if scenario == "bare":
+        return scenario_bare_jump()
+    if scenario == "cold":
+        return scenario_cold()
     return scenario_update_boot1() if BOOT == "1" else scenario_update_boot2()
 
 
