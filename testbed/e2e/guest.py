@@ -423,7 +423,7 @@ def scenario_negative():
     checks.append([code == 1, f"undumpable: update exited {code} (1 = rolled back, no jump)"])
     named = perf["target"] in out and ("perf" in out.lower() or "unsupported" in out.lower())
     checks.append([named, "undumpable: the report names " + perf["target"] + ": "
-                   + next((l.strip() for l in out.splitlines() if "rolled" in l.lower() and "back" in l.lower()), "?")[:400]])
+                   + next((l.strip() for l in out.splitlines() if l.startswith("rebootless:")), "?")[:400]])
     checks.append([os.path.exists(f"/proc/{perf['root']}"), f"undumpable: {perf['name']} still runs as pid {perf['root']}"])
     all_running("undumpable")
     loaded = open("/sys/kernel/kexec_loaded").read().strip()
