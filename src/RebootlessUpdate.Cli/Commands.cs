@@ -18,12 +18,17 @@ internal static class Commands
     private static readonly Option<bool> Json = new("--json") { Description = "Write the result as JSON on stdout.", Recursive = true };
     private static readonly Option<string> CriuPath = new("--criu") { Description = "The criu binary (default: criu on PATH).", DefaultValueFactory = _ => "criu", Recursive = true };
     private static readonly Option<string?> Store = new("--store") { Description = $"The image store folder (default {DefaultStore}).", Recursive = true };
+    private static readonly Option<string?> Pmem = new("--pmem") { Description = "Keep the store on this legacy persistent-memory device (e.g. /dev/pmem0), which survives kexec; formatted only when empty.", Recursive = true };
+    private static readonly Option<string?> StoreMount = new("--store-mount") { Description = "Where --pmem's store is mounted (default /run/rebootless/store).", Recursive = true };
 
     public static void AddAll(RootCommand root)
     {
         root.Options.Add(Json);
         root.Options.Add(CriuPath);
         root.Options.Add(Store);
+        root.Options.Add(Pmem);
+        root.Options.Add(StoreMount);
+        root.Options.Add(TcpEstablished);
         root.Subcommands.Add(Check());
         root.Subcommands.Add(Plan());
         root.Subcommands.Add(Rehearse());
@@ -36,6 +41,8 @@ internal static class Commands
     private static Option<int[]> PidOption() => new("--pid") { Description = "Root pid of a process tree to checkpoint (repeatable).", AllowMultipleArgumentsPerToken = true };
 
     private static Option<string[]> CgroupOption() => new("--cgroup") { Description = "A cgroup whose processes to checkpoint (repeatable).", AllowMultipleArgumentsPerToken = true };
+
+    private static readonly Option<bool> TcpEstablished = new("--tcp-established") { Description = "Checkpoint established TCP connections of the --pid/--cgroup targets (the connections survive the switch).", Recursive = true };
 
     private static Option<string[]> ContainerOption() => new("--container") { Description = "A runc/crun container id (not supported yet).", AllowMultipleArgumentsPerToken = true };
 
@@ -149,7 +156,8 @@ internal static class Commands
         var initrd = new Option<string?>("--initrd") { Description = "Its initrd (default: found next to the kernel)." };
         var append = new Option<string[]>("--append") { Description = "Parameters to set on the next command line (name=value or flag).", AllowMultipleArgumentsPerToken = true };
         var pmem = new Option<string[]>("--memmap") { Description = "Persistent-memory regions (SIZE!START) the next kernel must keep.", AllowMultipleArgumentsPerToken = true };
-        foreach (var o in new Option[] { pid, cgroup, container, kernel, initrd, append, pmem })
+        var noPreDump = new Option<bool>("--no-pre-dump") { Description = "Skip the pre-dump while running (the frozen dump then copies all memory)." };
+        foreach (var o in new Option[] { pid, cgroup, container, kernel, initrd, append, pmem, noPreDump })
         {
             cmd.Options.Add(o);
         }
@@ -181,13 +189,16 @@ internal static class Commands
             }
 
             var set = (p.GetValue(append) ?? []).Select(a => a.Split('=', 2) is [var n, var v] ? new KeyValuePair<string, string?>(n, v) : new KeyValuePair<string, string?>(a, null)).ToList();
-            var pipeline = RebootlessPipelines.Update(new LoadKernelStageOptions
+            var kernelOptions = new LoadKernelStageOptions
             {
                 KernelPath = kernelPath,
                 InitrdPath = p.GetValue(initrd),
                 SetParameters = set,
-                PersistentMemoryRegions = p.GetValue(pmem) ?? [],
-            }).Build();
+                PersistentMemoryRegions = (p.GetValue(pmem) ?? []).Concat(store is PmemImageStore ps ? [ps.Region.MemmapFragment] : Array.Empty<string>()).Distinct().ToList(),
+            };
+            var pipeline = (p.GetValue(noPreDump)
+                ? new UpdatePipelineBuilder().AddPreflight().AddPlan().AddLoadKernel(kernelOptions).AddDump().AddSeal().AddJump()
+                : RebootlessPipelines.Update(kernelOptions)).Build();
             return await RunAsync(p, pipeline, new UpdateContext(UpdateMode.Update, targets) { Store = store, Criu = Criu(p), Progress = Progress(p) }, ct).ConfigureAwait(false);
         });
         return cmd;
@@ -331,8 +342,9 @@ internal static class Commands
             return false;
         }
 
-        targets.AddRange((p.GetValue(pid) ?? []).Select(x => UpdateTarget.ProcessTree(x > 0 ? x : int.MaxValue)));
-        targets.AddRange((p.GetValue(cgroup) ?? []).Select(c => UpdateTarget.Cgroup(c)));
+        var treeOptions = TreeOptions(p);
+        targets.AddRange((p.GetValue(pid) ?? []).Select(x => UpdateTarget.ProcessTree(x > 0 ? x : int.MaxValue, treeOptions)));
+        targets.AddRange((p.GetValue(cgroup) ?? []).Select(c => UpdateTarget.Cgroup(c, treeOptions)));
         if (targets.Count == 0)
         {
             code = Fail((ExitCodes.Usage, "name at least one target: --pid PID, --cgroup PATH."));
@@ -361,7 +373,23 @@ internal static class Commands
         return true;
     }
 
-    private static bool Ready(ParseResult p, bool needKexec, out int code, out DirectoryImageStore? store, CancellationToken ct, bool mustExist = false)
+    private static ProcessTreeOptions TreeOptions(ParseResult p)
+    {
+        if (!p.GetValue(TcpEstablished))
+        {
+            return new ProcessTreeOptions();
+        }
+
+        // CRIU locks the network while it dumps TCP; its default is iptables. A host that
+        // only has nftables (Debian 13's minimal install) needs the nftables method.
+        return new ProcessTreeOptions { TcpEstablished = true, NetworkLock = OnPath("iptables") || !OnPath("nft") ? null : CriuNetworkLock.Nftables };
+    }
+
+    private static bool OnPath(string name) =>
+        (Environment.GetEnvironmentVariable("PATH") ?? "/usr/sbin:/usr/bin:/sbin:/bin").Split(':', StringSplitOptions.RemoveEmptyEntries)
+            .Any(d => File.Exists(Path.Combine(d, name)));
+
+    private static bool Ready(ParseResult p, bool needKexec, out int code, out IImageStore? store, CancellationToken ct, bool mustExist = false)
     {
         store = null;
         if (Mono.Unix.Native.Syscall.geteuid() != 0)
@@ -373,7 +401,7 @@ internal static class Commands
 
         var given = p.GetValue(Store);
         var path = given ?? DefaultStore;
-        if ((given is not null || mustExist) && !Directory.Exists(path))
+        if (p.GetValue(Pmem) is null && (given is not null || mustExist) && !Directory.Exists(path))
         {
             code = Fail((ExitCodes.BadStore, $"the store folder {path} does not exist; create it (mkdir -p {path}) or pass --store DIR."));
             return false;
@@ -398,9 +426,20 @@ internal static class Commands
         return true;
     }
 
-    private static DirectoryImageStore? OpenStore(ParseResult p, bool mustExist, out (int Code, string Message)? error)
+    private static IImageStore? OpenStore(ParseResult p, bool mustExist, out (int Code, string Message)? error)
     {
         error = null;
+        if (p.GetValue(Pmem) is { } device)
+        {
+            return OpenPmemStore(p, device, out error);
+        }
+
+        if (p.GetValue(StoreMount) is not null)
+        {
+            error = (ExitCodes.Usage, "--store-mount goes with --pmem DEVICE; for a folder store use --store DIR.");
+            return null;
+        }
+
         var given = p.GetValue(Store);
         var path = given ?? DefaultStore;
         if ((given is not null || mustExist) && !Directory.Exists(path))
@@ -416,6 +455,28 @@ internal static class Commands
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ImageStoreException)
         {
             error = (ExitCodes.BadStore, $"{path} cannot be used as a store: {e.Message}");
+            return null;
+        }
+    }
+
+    private static PmemImageStore? OpenPmemStore(ParseResult p, string device, out (int Code, string Message)? error)
+    {
+        error = null;
+        if (p.GetValue(Store) is not null)
+        {
+            error = (ExitCodes.Usage, "give either --store DIR or --pmem DEVICE, not both.");
+            return null;
+        }
+
+        try
+        {
+            // Formats the device only when it holds nothing; a device holding anything but our store is refused.
+            // The mount is left in place: the store must stay reachable until the jump and for `resume`.
+            return PmemImageStore.Open(new PmemImageStoreOptions { Device = device, MountPoint = p.GetValue(StoreMount) ?? new PmemImageStoreOptions().MountPoint });
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ImageStoreException)
+        {
+            error = (ExitCodes.BadStore, $"{device} cannot be used as a store: {e.Message}");
             return null;
         }
     }

@@ -72,6 +72,15 @@ public sealed record JournalTarget
     /// <summary>When it was restored.</summary>
     public DateTimeOffset? RestoredAt { get; init; }
 
+    /// <summary>From its freeze until CRIU held it with every image written.</summary>
+    public TimeSpan? DumpTime { get; init; }
+
+    /// <summary>Bytes of its images.</summary>
+    public long? ImageBytes { get; init; }
+
+    /// <summary>How long CRIU took to restore it.</summary>
+    public TimeSpan? RestoreTime { get; init; }
+
     /// <summary>What went wrong, if anything.</summary>
     public string? Error { get; init; }
 }
@@ -262,6 +271,9 @@ public sealed class UpdateJournal
             RestoredPid = run.RestoredPid,
             DumpStartedAt = run.DumpStartedAt ?? t.DumpStartedAt,
             RestoredAt = run.RestoredAt ?? t.RestoredAt,
+            DumpTime = run.DumpTime ?? t.DumpTime,
+            ImageBytes = run.Bytes ?? t.ImageBytes,
+            RestoreTime = run.RestoreTime ?? t.RestoreTime,
             Error = run.Error,
             RootPid = run.Original?.Pid ?? t.RootPid,
             RootStartTime = run.Original?.StartTime ?? t.RootStartTime,

@@ -132,9 +132,49 @@ internal sealed class VerifyStage : IUpdateStage
             return;
         }
 
-        context.Restorable = await store.OpenForRestoreAsync(context.SetId!, null, cancellationToken).ConfigureAwait(false);
-        context.ReportProgress(Name, $"{context.Restorable.Verification.BytesHashed} bytes verified");
+        if (context.Mode != UpdateMode.Resume)
+        {
+            context.Restorable = await store.OpenForRestoreAsync(context.SetId!, null, cancellationToken).ConfigureAwait(false);
+            context.ReportProgress(Name, $"{context.Restorable.Verification.BytesHashed} bytes verified");
+            return;
+        }
+
+        var verification = await store.VerifyAsync(context.SetId!, null, cancellationToken).ConfigureAwait(false);
+        if (verification.IsValid)
+        {
+            context.Restorable = new RestorableSet(verification);
+            context.ReportProgress(Name, $"{verification.BytesHashed} bytes verified");
+            return;
+        }
+
+        // Damage inside one target's folder condemns that target only: the others are
+        // restored from their intact images. Damage anywhere else (manifest, another host,
+        // unknown files) condemns the whole set.
+        var owners = verification.Issues.Select(i => (Issue: i, Owner: OwnerOf(context, i))).ToList();
+        if (verification.Manifest is null || owners.Any(o => o.Owner is null))
+        {
+            throw new CheckpointSetVerificationException(verification);
+        }
+
+        foreach (var group in owners.GroupBy(o => o.Owner!))
+        {
+            var t = group.Key;
+            t.Phase = TargetPhase.Failed;
+            t.Error = "not restored: its images failed verification (" + string.Join("; ", group.Select(o => o.Issue.ToString())) + "); nothing of it was restored, the images are kept for inspection";
+            PipelineLog.TargetWarning(context.Logger, t.Target.Id, t.Error);
+            context.ReportProgress(Name, t.Error, t.Target.Id);
+        }
+
+        context.RequireJournal().UpdateTargets(context);
+        context.ReportProgress(Name, $"{verification.BytesHashed} bytes verified; {owners.Select(o => o.Owner).Distinct().Count()} target(s) refused");
     }
+
+    /// <summary>The target whose images folder (or pre-dump folder) holds the file an issue names.</summary>
+    private static TargetRun? OwnerOf(UpdateContext context, VerificationIssue issue) =>
+        issue.Kind is VerificationIssueKind.NotSealed or VerificationIssueKind.ManifestCorrupt or VerificationIssueKind.ForeignHost
+            ? null
+            : context.Targets.FirstOrDefault(t => t.Folder is { } f
+                && (issue.Path.StartsWith(f + "/", StringComparison.Ordinal) || issue.Path.StartsWith(f + "-pre/", StringComparison.Ordinal)));
 }
 
 /// <summary>Restores every target that needs it, in parallel; skips those already running. Safe to repeat.</summary>
@@ -233,6 +273,14 @@ internal sealed class ReportStage : IUpdateStage
 
             journal.Transition(JournalState.RolledBack, "a crash before the jump was recovered on the same kernel");
             return;
+        }
+
+        var refused = context.Targets.Where(t => t.Phase == TargetPhase.Failed).ToList();
+        if (refused.Count > 0)
+        {
+            // The others run again; these need an operator (the journal stays unfinished so a later resume retries them).
+            throw new InvalidOperationException($"{refused.Count} of {context.Targets.Count} target(s) not restored: "
+                + string.Join("; ", refused.Select(t => $"{t.Target.Id}: {t.Error}")));
         }
 
         var downtimes = context.Targets.Where(t => t.Downtime is not null).Select(t => t.Downtime!.Value).ToList();

@@ -45,6 +45,8 @@ internal static class TargetOperations
         {
             LogFile = "dump.log",
             ParentImages = t.PreDumpFolder is null ? null : "../" + t.PreDumpFolder,
+            // Without memory tracking CRIU ignores the parent and copies every page again while frozen.
+            TrackMemory = t.PreDumpFolder is not null,
             OnNotification = async (n, ct) =>
             {
                 if (hook is not null)

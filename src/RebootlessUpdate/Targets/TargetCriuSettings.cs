@@ -26,6 +26,9 @@ public sealed record TargetCriuSettings
     /// <summary>External resources (<c>--external</c>).</summary>
     public IReadOnlyList<string> External { get; init; } = [];
 
+    /// <summary>How CRIU locks the network around TCP connections (default: CRIU's, iptables).</summary>
+    public CriuNetworkLock? NetworkLock { get; init; }
+
     /// <summary>Freeze through this cgroup (a cgroup target's own).</summary>
     public string? FreezeCgroup { get; init; }
 
@@ -40,6 +43,7 @@ public sealed record TargetCriuSettings
         ExternalUnixSockets = ExternalUnixSockets,
         LinkRemap = LinkRemap,
         External = External,
+        NetworkLock = NetworkLock,
         FreezeCgroup = FreezeCgroup,
     };
 
@@ -53,5 +57,6 @@ public sealed record TargetCriuSettings
         ExternalUnixSockets = ExternalUnixSockets,
         LinkRemap = LinkRemap,
         External = External,
+        NetworkLock = NetworkLock,
     };
 }

@@ -90,6 +90,9 @@ public sealed record ProcessTreeOptions
     /// <summary>External resources (<c>--external</c>). Default none.</summary>
     public IReadOnlyList<string> External { get; init; } = [];
 
+    /// <summary>How CRIU locks the network while it dumps TCP connections. Default: CRIU's own default (iptables).</summary>
+    public RebootlessUpdate.Criu.CriuNetworkLock? NetworkLock { get; init; }
+
     internal TargetCriuSettings ToSettings(bool detectedShellJob, string? freezeCgroup) => new()
     {
         ShellJob = ShellJob ?? detectedShellJob,
@@ -98,6 +101,7 @@ public sealed record ProcessTreeOptions
         ExternalUnixSockets = ExternalUnixSockets,
         LinkRemap = LinkRemap,
         External = External,
+        NetworkLock = NetworkLock,
         FreezeCgroup = freezeCgroup,
     };
 }

@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Turns the run-downtime job folders into the markdown results page."""
+import json
+import os
+import platform
+import subprocess
+import sys
+
+work, runs = sys.argv[1], sys.argv[2:]
+
+
+def load(r):
+    try:
+        return json.load(open(f"{work}/{r}/result.json"))
+    except (OSError, ValueError):
+        return None
+
+
+def f(x):
+    return "-" if x is None else f"{x:.1f}"
+
+
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+mem = int(open("/proc/meminfo").readline().split()[1]) // 1048576
+qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+print("# Downtime of a rebootless kernel update (testbed VM, qemu TCG)\n")
+print(f"Machine: {os.cpu_count()} cores ({cpu}), {mem} GiB RAM, host kernel {platform.release()}, {qemu}; "
+      "guest: 2 vCPUs under TCG (no KVM), Debian 6.12.117 -> 7.2.13, criu 4.1.1, store on legacy pmem (memmap=).\n")
+print("Reproduce: `sudo benchmarks/downtime/run-downtime` (each row is one `testbed/run-update` VM run).\n")
+bare = load("bare")
+floor = bare["kexecAndBoot"] if bare else None
+if bare:
+    print(f"Bare jump (kexec -e to the new kernel's first userspace line, no workloads): **{bare['kexecAndBoot']:.1f} s** "
+          f"(new kernel to init {bare['newKernelBootToInit']:.1f} s; kexec -l took {bare['load']:.1f} s, before any freeze).\n")
+print("| run | memory | pre-dump | downtime s | freeze+dump | seal | commit | kexec+boot | resume start | restore | x bare jump | images MiB (pre / frozen) | verdict |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+for r in runs:
+    x = load(r)
+    if r in ("bare", "cold") or x is None:
+        if x is None:
+            print(f"| {r} | | | | | | | | | | | | no result |")
+        continue
+    b, s = x["breakdown"], x["sizes"]
+    ratio = b["downtime"] / floor if floor and b.get("downtime") else None
+    print(f"| {r} | {x['memMiB']} MiB | {'no' if r.endswith('-np') else 'yes'} | **{f(b['downtime'])}** | {f(b['freezeAndDump'])} | {f(b['seal'])} | "
+          f"{f(b['sealToJump'])} | {f(b['kexecAndBoot'])} | {f(b['resumeStart'])} | {f(b['restore'])} | {f(ratio)} | "
+          f"{s['preDumpBytes'] / 1048576:.0f} / {s['finalDumpBytes'] / 1048576:.0f} | {x['verdict']} |")
+cold = load("cold")
+if cold:
+    host = float(open(f"{work}/cold/host-start").read())
+    total = cold["workloadsReadyAt"] - host
+    print(f"\nCold boot of the new kernel in the VM (qemu start -> workloads started from scratch, their state lost): "
+          f"**{total:.1f} s** (kernel to init {cold['uptimeAtInit']:.1f} s, workloads {cold['workloadsStart']:.1f} s).")
+print("\nTimes across the jump come from the guest's wall clock, which the new kernel reads from the RTC (1 s resolution): +-1 s.")

@@ -1,0 +1,519 @@
+#!/usr/bin/env python3
+"""Guest side of testbed/run-update and of the end-to-end VM tests.
+
+Runs on every boot of the testbed VM (the job's `run` starts it). Reads
+/job/config.json, tells the boots apart by rebootless.boot= on the kernel
+command line, and writes /job/result.json and /job/report.txt.
+
+Scenarios:
+  update    boot 1: start the workloads, `rebootless update` (jumps);
+            boot 2: `rebootless resume`, check every workload, report.
+            With "flip": true one byte of the memory workload's pages image
+            is flipped before resume: that target must be refused, the
+            others restored.
+  negative  one boot, no jump may happen: an undumpable target (rolled
+            back), a bad kernel image (refused), the orchestrator killed
+            after the jump was armed (the next resume rolls back).
+"""
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+JOB = "/job"
+CFG = json.load(open(f"{JOB}/config.json"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOOL = ["dotnet", CFG["tool"], "--criu", "/usr/sbin/criu"]
+STORE_ARGS = ["--pmem", "/dev/pmem0", "--store-mount", "/run/rebootless/store"]
+STORE = "/run/rebootless/store"
+WL = f"{JOB}/wl"
+CMDLINE = open("/proc/cmdline").read().split()
+BOOT = next((a.split("=", 1)[1] for a in CMDLINE if a.startswith("rebootless.boot=")), "1")
+T0 = float(os.environ.get("JOB_T0", time.time()))
+UPTIME0 = float(os.environ.get("JOB_UPTIME0", open("/proc/uptime").read().split()[0]))
+
+
+def log(text):
+    print(f"guest[{BOOT}]: {text}", flush=True)
+
+
+def save(name, value):
+    tmp = f"{JOB}/.{name}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(tmp, f"{JOB}/{name}")
+
+
+def load(name, default=None):
+    try:
+        return json.load(open(f"{JOB}/{name}"))
+    except FileNotFoundError:
+        return default
+
+
+def run(argv, timeout=600, env=None, logname=None):
+    log("$ " + " ".join(argv))
+    start = time.time()
+    p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       timeout=timeout, env=env, text=True)
+    if logname:
+        with open(f"{JOB}/{logname}", "a") as f:
+            f.write(p.stdout)
+    print(p.stdout, end="", flush=True)
+    return p.returncode, p.stdout, time.time() - start
+
+
+def modprobe_pmem():
+    subprocess.run(["modprobe", "-a", "nd_e820", "nd_pmem"], check=True)
+    for _ in range(100):
+        if os.path.exists("/dev/pmem0"):
+            return
+        time.sleep(0.1)
+    raise SystemExit("no /dev/pmem0 after loading nd_e820 nd_pmem")
+
+
+# ---- workloads -------------------------------------------------------------
+
+def start_workload(name, argv):
+    d = f"{WL}/{name}"
+    os.makedirs(d, exist_ok=True)
+    out = open(f"{d}/out.log", "w")
+    # Own PID namespace (restored pids never collide), own session, no terminal.
+    p = subprocess.Popen(["unshare", "--pid", "--fork", "setsid"] + argv, cwd=d, stdin=subprocess.DEVNULL,
+                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    out.close()
+    for _ in range(200):
+        kids = open(f"/proc/{p.pid}/task/{p.pid}/children").read().split()
+        if kids:
+            return {"name": name, "dir": d, "unshare": p.pid, "root": int(kids[0])}
+        time.sleep(0.05)
+    raise SystemExit(f"workload {name}: unshare started no child")
+
+
+def wait_ready(w, timeout=180):
+    end = time.time() + timeout
+    while time.time() < end:
+        if os.path.exists(f"{w['dir']}/ready") and os.path.exists(f"{w['dir']}/counter"):
+            return
+        if not os.path.exists(f"/proc/{w['root']}"):
+            raise SystemExit(f"workload {w['name']} died: {open(w['dir'] + '/out.log').read()}")
+        time.sleep(0.2)
+    raise SystemExit(f"workload {w['name']} not ready after {timeout}s")
+
+
+def start_workloads(names):
+    py = ["python3", f"{HERE}/workloads.py"]
+    ws = []
+    for n in names:
+        if n == "memory":
+            ws.append(start_workload(n, [CFG["workload"], f"{WL}/memory", str(CFG.get("memMiB", 256))]))
+        else:
+            ws.append(start_workload(n, py + [n, f"{WL}/{n}"]))
+    for w in ws:
+        wait_ready(w)
+    for w in ws:
+        w["tree"] = tree(w["root"])
+        w["target"] = f"pid:{w['root']}"
+    return ws
+
+
+def status_field(pid, key):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(key + ":"):
+            return line.split()[1:]
+    return []
+
+
+def tree(root):
+    """[(pid inside its namespace, command)] of the tree under root, threads excluded."""
+    children = {}
+    for s in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            text = open(s).read()
+        except OSError:
+            continue
+        pid = int(s.split("/")[2])
+        ppid = int(text[text.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(pid)
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        try:
+            out.append([int(status_field(p, "NSpid")[-1]), open(f"/proc/{p}/comm").read().strip()])
+        except (OSError, IndexError):
+            continue
+        todo.extend(children.get(p, []))
+    return sorted(out)
+
+
+def counter(w):
+    for _ in range(20):
+        try:
+            return int(open(f"{w['dir']}/counter").read())
+        except (OSError, ValueError):
+            time.sleep(0.05)
+    return None
+
+
+def errors(w):
+    try:
+        return open(f"{w['dir']}/errors").read().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def memory_check(w, timeout=120):
+    try:
+        os.unlink(f"{w['dir']}/check-result")
+    except FileNotFoundError:
+        pass
+    open(f"{w['dir']}/check-request", "w").close()
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            return open(f"{w['dir']}/check-result").read().strip()
+        except FileNotFoundError:
+            time.sleep(0.2)
+    return "bad: no check-result within %ds" % timeout
+
+
+def check_running(w, pid, before, checks, restored):
+    """Alive with the same pids in its namespace, counter continued, no errors."""
+    name = f"{w['name']} ({w['target']})"
+    alive = pid is not None and os.path.exists(f"/proc/{pid}")
+    now = tree(pid) if alive else []
+    checks.append([alive and now == w["tree"], f"{name}: {'restored as' if restored else 'running as'} pid {pid}, "
+                   f"namespace pids {[p for p, _ in now]} (before {[p for p, _ in w['tree']]})"])
+    return alive
+
+
+def check_counter(w, c0, t0, checks):
+    c1 = counter(w)
+    elapsed = time.time() - t0
+    ok = c0 is not None and c1 is not None and c0 < c1 <= c0 + elapsed / 0.05 + 20
+    checks.append([ok, f"{w['name']}: counter {c0} at freeze -> {c1} {elapsed:.1f}s after resume (continued, no reset, no jump)"])
+    e = errors(w)
+    if w["name"] in ("tcp", "pipes"):
+        checks.append([e == "", f"{w['name']}: " + ("no reset, no lost or reordered message" if e == "" else "errors: " + e.replace("\n", " | "))])
+
+
+# ---- reading the journal ---------------------------------------------------
+
+def ts(text):
+    """ISO 8601 with offset -> epoch seconds."""
+    from datetime import datetime
+    m = re.match(r"(.*?)(\.\d+)?([+-]\d\d:\d\d|Z)$", text)
+    base, frac, tz = m.group(1), m.group(2) or "", m.group(3)
+    frac = (frac + "000000")[:7]
+    return datetime.fromisoformat(base + frac + ("+00:00" if tz == "Z" else tz)).timestamp()
+
+
+def span(text):
+    """TimeSpan "[d.]hh:mm:ss[.fffffff]" -> seconds."""
+    if text is None:
+        return None
+    m = re.match(r"(?:(\d+)\.)?(\d+):(\d+):(\d+(?:\.\d+)?)$", text)
+    d, h, mi, s = m.groups()
+    return int(d or 0) * 86400 + int(h) * 3600 + int(mi) * 60 + float(s)
+
+
+def journal(set_id):
+    return json.load(open(f"{STORE}/journal/{set_id}.json"))
+
+
+def folder_bytes(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def breakdown(j, boot2_t0, boot2_uptime0):
+    hist = {}
+    for h in j["history"]:
+        hist.setdefault(h["state"], ts(h["at"]))
+    targets = j["targets"]
+    freeze = min(ts(t["dumpStartedAt"]) for t in targets)
+    dumped = max(ts(t["dumpStartedAt"]) + (span(t.get("dumpTime")) or 0) for t in targets)
+    restored = [ts(t["restoredAt"]) for t in targets if t.get("restoredAt")]
+    b = {
+        "freezeAndDump": dumped - freeze,
+        "seal": hist["Sealed"] - dumped,
+        "commitAndSync": None,
+        "kexecAndBoot": boot2_t0 - hist["Jumping"],
+        "newKernelBootToInit": boot2_uptime0,
+        "resumeStart": hist.get("Resuming", boot2_t0) - boot2_t0,
+        "restore": (max(restored) - hist["Resuming"]) if restored and "Resuming" in hist else None,
+        "downtime": (max(restored) - freeze) if restored else None,
+        "kernelLoad": hist["KernelLoaded"] - hist["Planned"] if "KernelLoaded" in hist else None,
+        "preDump": hist["Dumping"] - hist.get("KernelLoaded", hist["Planned"]),
+        "sealToJump": hist["Jumping"] - hist["Sealed"],
+    }
+    return b
+
+
+# ---- scenarios -------------------------------------------------------------
+
+def update_args(ws, kernel=None):
+    args = TOOL + ["update"] + STORE_ARGS + ["--tcp-established"]
+    for w in ws:
+        args += ["--pid", str(w["root"])]
+    new = CFG["newKernel"]
+    args += ["--kernel", kernel or f"/boot/vmlinuz-{new}", "--append", "rebootless.boot=2"]
+    if not CFG.get("preDump", True):
+        args += ["--no-pre-dump"]
+    if kernel is None:
+        args += ["--initrd", f"/boot/rebootless-initrd-{new}.img"]
+    return args
+
+
+def scenario_update_boot1():
+    modprobe_pmem()
+    names = CFG.get("workloads", ["pipes", "memory", "tcp"])
+    ws = start_workloads(names)
+    save("workloads.json", ws)
+    log("workloads: " + ", ".join(f"{w['name']}=pid {w['root']} {len(w['tree'])} processes" for w in ws))
+    env = dict(os.environ, REBOOTLESS_ALLOW_KEXEC_JUMP="1")
+    code, out, secs = run(update_args(ws), env=env, logname="update.log")
+    # Only a failed update comes back here.
+    save("result.json", {"verdict": "FAIL", "stage": "update", "exitCode": code, "output": out[-4000:]})
+    with open(f"{JOB}/report.txt", "w") as f:
+        f.write(f"rebootless update did not jump: exit {code} after {secs:.1f}s\n{out[-4000:]}\n")
+    return 1
+
+
+def flip_byte(set_id, w):
+    images = glob.glob(f"{STORE}/sets/{set_id}/images/*-{w['target'].replace(':', '-')}/pages-*.img")
+    victim = max(images, key=os.path.getsize)
+    with open(victim, "r+b") as f:
+        f.seek(os.path.getsize(victim) // 2)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0xFF]))
+    os.sync()
+    return victim
+
+
+def scenario_update_boot2():
+    modprobe_pmem()
+    ws = load("workloads.json")
+    set_id = next(a.split("=", 1)[1] for a in CMDLINE if a.startswith("rebootless.resume="))
+    c0 = {w["name"]: counter(w) for w in ws}
+    flipped = None
+    if CFG.get("flip"):
+        # Damage one image between the kernels (mounted by hand: resume mounts it itself otherwise).
+        os.makedirs(STORE, exist_ok=True)
+        subprocess.run(["mount", "-o", "dax", "/dev/pmem0", STORE], check=True)
+        flipped = flip_byte(set_id, next(w for w in ws if w["name"] == "memory"))
+    t_resume = time.time()
+    code, out, secs = run(TOOL + ["resume", "--json"] + STORE_ARGS, logname="resume.log")
+    t_after = time.time()
+    j = journal(set_id)
+    checks = []
+    kernel = os.uname().release
+    checks.append([kernel == CFG["newKernel"], f"uname -r is {kernel} (expected {CFG['newKernel']})"])
+    expected_code = 12 if flipped else 0
+    checks.append([code == expected_code, f"rebootless resume exited {code} (expected {expected_code})"])
+    by_id = {t["id"]: t for t in j["targets"]}
+    time.sleep(3)
+    for w in ws:
+        t = by_id[w["target"]]
+        if flipped and w["name"] == "memory":
+            gone = not any(os.path.exists(f"/proc/{p}") and CFG["workload"] in open(f"/proc/{p}/cmdline").read().replace("\0", " ")
+                           for p in [int(x.split("/")[2]) for x in glob.glob("/proc/[0-9]*/cmdline")] if safe_exists(p))
+            named = os.path.relpath(flipped, f"{STORE}/sets/{set_id}/images") in (t.get("error") or "")
+            checks.append([t["phase"] == "Failed" and named, f"{w['name']}: refused ({t['phase']}): {t.get('error')}"])
+            checks.append([gone, f"{w['name']}: nothing of it was restored (no process runs its program)"])
+            checks.append([os.path.exists(flipped), f"{w['name']}: its images are kept ({flipped})"])
+            continue
+        alive = check_running(w, t.get("restoredPid"), w["tree"], checks, restored=True)
+        if alive:
+            check_counter(w, c0[w["name"]], ts(t["restoredAt"]) if t.get("restoredAt") else t_resume, checks)
+            if w["name"] == "memory":
+                r = memory_check(w)
+                checks.append([r.startswith("ok"), f"memory: {CFG.get('memMiB', 256)} MiB pattern, file offset, socket, thread: {r}"])
+    b = breakdown(j, T0, UPTIME0)
+    sets = f"{STORE}/sets/{set_id}/images"
+    pre = sum(folder_bytes(p) for p in glob.glob(f"{sets}/*-pre"))
+    total = folder_bytes(sets)
+    sizes = {"imagesBytes": total, "preDumpBytes": pre, "finalDumpBytes": total - pre,
+             "perTarget": {t["id"]: t.get("imageBytes") for t in j["targets"]}}
+    ok = all(c[0] for c in checks)
+    result = {"verdict": "PASS" if ok else "FAIL", "scenario": "flip" if flipped else "update", "setId": set_id,
+              "oldKernel": j["kernelRelease"], "newKernel": kernel, "breakdown": b, "sizes": sizes,
+              "checks": checks, "resumeExitCode": code, "resumeSeconds": secs, "memMiB": CFG.get("memMiB", 256),
+              "journal": j}
+    save("result.json", result)
+    write_report(result)
+    return 0 if ok else 1
+
+
+def safe_exists(pid):
+    try:
+        open(f"/proc/{pid}/cmdline").read()
+        return True
+    except OSError:
+        return False
+
+
+def fmt(x):
+    return "    -" if x is None else f"{x:6.2f} s"
+
+
+def write_report(r):
+    b, s = r["breakdown"], r["sizes"]
+    mb = lambda n: f"{n / 1048576:.1f} MiB"
+    lines = [
+        f"rebootless update {r['oldKernel']} -> {r['newKernel']} (set {r['setId']})",
+        f"downtime, first freeze -> last restore: {fmt(b['downtime'])}",
+        f"  freeze + dump     {fmt(b['freezeAndDump'])}   ({len(r['journal']['targets'])} targets, one after the other)",
+        f"  seal              {fmt(b['seal'])}   (fsync + hash every image, manifest)",
+        f"  commit + sync     {fmt(b['sealToJump'])}   (CRIU ends the frozen tasks; the jump is armed)",
+        f"  kexec + boot      {fmt(b['kexecAndBoot'])}   (of which the new kernel to init: {b['newKernelBootToInit']:.2f} s)",
+        f"  resume start      {fmt(b['resumeStart'])}   (dotnet start, criu check, verify every hash)",
+        f"  restore           {fmt(b['restore'])}",
+        f"before the freeze, while the workloads ran: kernel load {fmt(b['kernelLoad'])}, pre-dump {fmt(b['preDump'])}",
+        f"sizes: images {mb(s['imagesBytes'])} (pre-dump while running {mb(s['preDumpBytes'])}, frozen dump {mb(s['finalDumpBytes'])}); "
+        + ", ".join(f"{k} {mb(v) if v else '-'}" for k, v in s["perTarget"].items()),
+        "checks:",
+    ] + [f"  {'ok  ' if ok else 'FAIL'} {text}" for ok, text in r["checks"]] + [
+        "(times across the jump use the guest's wall clock, which the new kernel reads from the 1-second RTC: +-1 s)",
+        f"verdict: {r['verdict']}",
+    ]
+    text = "\n".join(lines) + "\n"
+    with open(f"{JOB}/report.txt", "w") as f:
+        f.write(text)
+    print(text, flush=True)
+
+
+def scenario_negative():
+    """One boot, no jump: every failure must leave the workloads running on this kernel."""
+    modprobe_pmem()
+    ws = start_workloads(["pipes", "tcp", "memory"])
+    perf = start_workloads(["perf"])[0]
+    save("workloads.json", ws + [perf])
+    checks = []
+    env = dict(os.environ, REBOOTLESS_ALLOW_KEXEC_JUMP="1")
+
+    def all_running(label, expect_same_host_pid=True, pids=None):
+        time.sleep(1)
+        for w in ws:
+            pid = (pids or {}).get(w["target"], w["root"])
+            if check_running(w, pid, w["tree"], checks, restored=not expect_same_host_pid):
+                c0 = counter(w)
+                time.sleep(0.5)
+                c1 = counter(w)
+                checks.append([c0 is not None and c1 is not None and c1 > c0, f"{label}: {w['name']} counter advancing {c0} -> {c1}"])
+                if w["name"] == "tcp":
+                    checks.append([errors(w) == "", f"{label}: tcp no reset or lost message {errors(w)}"])
+                if w["name"] == "memory":
+                    r = memory_check(w)
+                    checks.append([r.startswith("ok"), f"{label}: memory state intact: {r}"])
+
+    # 1. An undumpable workload: no jump, everything back, the report names it.
+    code, out, _ = run(update_args(ws + [perf]), env=env, logname="undumpable.log")
+    checks.append([code == 1, f"undumpable: update exited {code} (1 = rolled back, no jump)"])
+    named = perf["target"] in out and ("perf" in out.lower() or "unsupported" in out.lower())
+    checks.append([named, "undumpable: the report names " + perf["target"] + ": "
+                   + next((l.strip() for l in out.splitlines() if l.startswith("rebootless:")), "?")[:400]])
+    checks.append([os.path.exists(f"/proc/{perf['root']}"), f"undumpable: {perf['name']} still runs as pid {perf['root']}"])
+    all_running("undumpable")
+    loaded = open("/sys/kernel/kexec_loaded").read().strip()
+    checks.append([loaded == "0", f"undumpable: the loaded kernel was unloaded (kexec_loaded={loaded})"])
+
+    # 2. A bad kernel image: refused before anything is frozen.
+    with open("/tmp/bad-vmlinuz", "wb") as f:
+        f.write(os.urandom(4 << 20))
+    code, out, _ = run(update_args(ws, kernel="/tmp/bad-vmlinuz"), env=env, logname="badkernel.log")
+    checks.append([code == 7, f"bad kernel: update exited {code} (7 = bad kernel): {out.strip()[-300:]}"])
+    all_running("bad kernel")
+
+    # 3. The orchestrator killed right after the jump was armed (CRIU has ended the workloads).
+    args = ["dotnet", os.environ["AGENT"], "e2e-update-killed-after-arm", "--kernel", f"/boot/vmlinuz-{CFG['newKernel']}",
+            "--initrd", f"/boot/rebootless-initrd-{CFG['newKernel']}.img"] + [str(w["root"]) for w in ws]
+    code, out, _ = run(args, env=env, logname="killed.log")
+    checks.append([code in (137, -9), f"killed after arm: the orchestrator died by SIGKILL (exit {code})"])
+    gone = [w["name"] for w in ws if os.path.exists(f"/proc/{w['root']}")]
+    checks.append([gone == [], f"killed after arm: CRIU had ended the workloads before the jump (still running: {gone})"])
+    code, out, _ = run(TOOL + ["resume", "--json"] + STORE_ARGS, logname="killed-resume.log")
+    res = json.loads(out[out.index("{"):]) if "{" in out else {}
+    checks.append([code == 0, f"killed after arm: the next `rebootless resume` exited {code}"])
+    sid = res.get("setId")
+    state = journal(sid)["state"] if sid else None
+    checks.append([state == "RolledBack", f"killed after arm: journal {sid} is {state}"])
+    pids = {t["target"]: t.get("restoredPid") for t in res.get("targets", [])}
+    all_running("killed after arm", expect_same_host_pid=False, pids=pids)
+    loaded = open("/sys/kernel/kexec_loaded").read().strip()
+    checks.append([loaded == "0", f"killed after arm: the loaded kernel was unloaded (kexec_loaded={loaded})"])
+    checks.append([os.uname().release != CFG["newKernel"], f"no jump happened: still on {os.uname().release}"])
+
+    ok = all(c[0] for c in checks)
+    save("result.json", {"verdict": "PASS" if ok else "FAIL", "scenario": "negative", "checks": checks})
+    text = "\n".join(f"{'ok  ' if c[0] else 'FAIL'} {c[1]}" for c in checks) + f"\nverdict: {'PASS' if ok else 'FAIL'}\n"
+    open(f"{JOB}/report.txt", "w").write(text)
+    print(text, flush=True)
+    return 0 if ok else 1
+
+
+def scenario_bare_jump():
+    """The floor: the same kernels, the same command line and region, no workloads, kexec-tools' jump."""
+    new = CFG["newKernel"]
+    if BOOT == "1":
+        cmd = " ".join(a for a in CMDLINE if not a.startswith("rebootless.boot=")) + " rebootless.boot=2"
+        t = time.time()
+        subprocess.run(["kexec", "-s", "-l", f"/boot/vmlinuz-{new}", f"--initrd=/boot/rebootless-initrd-{new}.img",
+                        f"--append={cmd}"], check=True)
+        save("bare.json", {"load": time.time() - t, "jumpAt": time.time()})
+        os.sync()
+        subprocess.run(["kexec", "-e"])
+        return 1
+    b = load("bare.json")
+    b.update({"verdict": "PASS", "scenario": "bare", "kexecAndBoot": T0 - b["jumpAt"], "newKernelBootToInit": UPTIME0,
+              "kernel": os.uname().release})
+    save("result.json", b)
+    print(json.dumps(b), flush=True)
+    return 0
+
+
+def scenario_cold():
+    """A cold boot of the new kernel: the workloads start from scratch (their state is lost)."""
+    t_init = T0
+    ws = start_workloads(CFG.get("workloads", ["pipes", "memory", "tcp"]))
+    r = {"verdict": "PASS", "scenario": "cold", "kernel": os.uname().release, "initAt": t_init,
+         "uptimeAtInit": UPTIME0, "workloadsReadyAt": time.time(), "workloadsStart": time.time() - t_init,
+         "processes": sum(len(w["tree"]) for w in ws)}
+    save("result.json", r)
+    print(json.dumps(r), flush=True)
+    return 0
+
+
+def main():
+    scenario = CFG.get("scenario", "update")
+    if scenario == "negative":
+        return scenario_negative()
+    if scenario == "bare":
+        return scenario_bare_jump()
+    if scenario == "cold":
+        return scenario_cold()
+    return scenario_update_boot1() if BOOT == "1" else scenario_update_boot2()
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except SystemExit:
+        raise
+    except BaseException as e:  # the host must get a result, not a hung VM
+        import traceback
+        traceback.print_exc()
+        save("result.json", {"verdict": "FAIL", "error": repr(e)})
+        open(f"{JOB}/report.txt", "a").write(f"guest error: {e!r}\n")
+        sys.exit(1)

@@ -1,0 +1,84 @@
+using System.Text.Json;
+using RebootlessUpdate.TestSupport;
+
+namespace RebootlessUpdate.VmTests.EndToEnd;
+
+/// <summary>
+/// The product's proof, in the VM: testbed/run-update (the README's main command)
+/// updates 6.12 to 7.2 with real workloads, and its negative scenarios. Each test is
+/// one VM run of a few minutes; the guest side is testbed/e2e/guest.py, which writes
+/// result.json (every check with its verdict) and report.txt.
+/// </summary>
+[NonParallelizable]
+public class EndToEndUpdateVmTests
+{
+    [Test]
+    public void Main_command_updates_the_kernel_and_every_workload_continues()
+    {
+        var (result, report, json) = RunUpdate();
+
+        Assert.That(result.ExitCode, Is.Zero, report + result);
+        var r = json.RootElement;
+        Assert.Multiple(() =>
+        {
+            Assert.That(r.GetProperty("verdict").GetString(), Is.EqualTo("PASS"), report);
+            Assert.That(r.GetProperty("newKernel").GetString(), Is.EqualTo(Testbed.Require().NewKernel));
+            Assert.That(r.GetProperty("oldKernel").GetString(), Is.EqualTo(Testbed.Require().OldKernel));
+            Assert.That(r.GetProperty("breakdown").GetProperty("downtime").GetDouble(), Is.GreaterThan(0));
+            Assert.That(report, Does.Contain("memory: 256 MiB pattern").And.Contain("tcp: no reset, no lost or reordered message"));
+        });
+    }
+
+    [Test]
+    public void A_byte_flipped_between_the_kernels_refuses_that_target_only_and_restores_the_others()
+    {
+        var (result, report, json) = RunUpdate("--flip");
+
+        Assert.That(result.ExitCode, Is.Zero, report + result);
+        var checks = Checks(json);
+        Assert.Multiple(() =>
+        {
+            Assert.That(json.RootElement.GetProperty("verdict").GetString(), Is.EqualTo("PASS"), report);
+            Assert.That(checks, Has.Some.Matches<string>(c => c.StartsWith("ok memory: refused (Failed)", StringComparison.Ordinal) && c.Contains("ContentChanged") && c.Contains("pages-")));
+            Assert.That(checks, Has.Some.StartsWith("ok memory: nothing of it was restored"));
+            Assert.That(checks, Has.Some.StartsWith("ok pipes (pid:").And.Some.StartsWith("ok tcp (pid:"));
+            Assert.That(checks, Has.Some.StartsWith("ok rebootless resume exited 12"));
+        });
+    }
+
+    [Test]
+    public void Failures_before_the_jump_leave_every_workload_running_and_a_killed_orchestrator_is_rolled_back()
+    {
+        var (result, report, json) = RunUpdate("--scenario", "negative");
+
+        Assert.That(result.ExitCode, Is.Zero, report + result);
+        var checks = Checks(json);
+        Assert.Multiple(() =>
+        {
+            Assert.That(json.RootElement.GetProperty("verdict").GetString(), Is.EqualTo("PASS"), report);
+            Assert.That(checks, Has.Some.StartsWith("ok undumpable: update exited 1"));
+            Assert.That(checks, Has.Some.StartsWith("ok undumpable: the report names pid:"));
+            Assert.That(checks, Has.Some.StartsWith("ok bad kernel: update exited 7"));
+            Assert.That(checks, Has.Some.StartsWith("ok killed after arm: journal").And.Some.Contains("RolledBack"));
+            Assert.That(checks, Has.Some.StartsWith("ok no jump happened"));
+        });
+    }
+
+    private static List<string> Checks(JsonDocument json) =>
+        [.. json.RootElement.GetProperty("checks").EnumerateArray().Select(c => (c[0].GetBoolean() ? "ok " : "FAIL ") + c[1].GetString())];
+
+    private static (ProcessResult Result, string Report, JsonDocument Json) RunUpdate(params string[] extra)
+    {
+        _ = Testbed.Require();
+        Testbed.RequireRoot();
+        var job = Directory.CreateTempSubdirectory("rebootless-e2e-").FullName;
+        var script = Path.Combine(Testbed.RepositoryRoot, "testbed", "run-update");
+        var result = ProcessRunner.Run(script, ["--no-provision", "--no-build", "--keep", job, .. extra], TimeSpan.FromMinutes(12));
+        var reportFile = Path.Combine(job, "report.txt");
+        var report = File.Exists(reportFile) ? File.ReadAllText(reportFile) : "(no report.txt)";
+        TestContext.Out.WriteLine(report);
+        var resultFile = Path.Combine(job, "result.json");
+        Assert.That(File.Exists(resultFile), Is.True, $"the guest wrote no result.json (job {job})\n{result}");
+        return (result, report, JsonDocument.Parse(File.ReadAllText(resultFile)));
+    }
+}
