@@ -13,6 +13,28 @@ internal readonly record struct ProcessIdentity(int Pid, ulong StartTime)
     /// <summary>True while this very process runs (not a zombie, not a reused pid).</summary>
     public bool IsAlive => ProcStat.Read(Pid) is { } s && s.StartTime == StartTime && s.State is not ('Z' or 'X');
 
+    /// <summary>True while this process is ptrace-stopped or traced by another (CRIU holds a tree it dumps this way).</summary>
+    public bool IsTraced
+    {
+        get
+        {
+            if (!IsAlive)
+            {
+                return false;
+            }
+
+            try
+            {
+                var line = File.ReadLines($"/proc/{Pid.ToString(CultureInfo.InvariantCulture)}/status").FirstOrDefault(l => l.StartsWith("TracerPid:", StringComparison.Ordinal));
+                return line is not null && line["TracerPid:".Length..].Trim() != "0";
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                return false;
+            }
+        }
+    }
+
     /// <summary>True while the pid exists at all (a zombie still holds it).</summary>
     public bool HoldsPid => ProcStat.Read(Pid) is { } s && s.StartTime == StartTime;
 }
