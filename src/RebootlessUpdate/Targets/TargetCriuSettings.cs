@@ -29,6 +29,15 @@ public sealed record TargetCriuSettings
     /// <summary>Freeze through this cgroup (a cgroup target's own).</summary>
     public string? FreezeCgroup { get; init; }
 
+    /// <summary>External resources given at restore only (e.g. <c>mnt[KEY]:HOST_PATH</c> for a container's bind mounts). Default none.</summary>
+    public IReadOnlyList<string> RestoreExternal { get; init; } = [];
+
+    /// <summary>The root folder of the tree's mount namespace at restore (a container's rootfs, <c>--root</c>). Default none.</summary>
+    public string? Root { get; init; }
+
+    /// <summary>How CRIU locks the tree's network while frozen (a container's own network namespace: nftables, as this host has no iptables). Default CRIU's.</summary>
+    public CriuNetworkLock? NetworkLock { get; init; }
+
     internal CriuDumpOptions ToDump(int pid, string imagesDirectory, string workDirectory) => new()
     {
         ImagesDirectory = imagesDirectory,
@@ -41,6 +50,7 @@ public sealed record TargetCriuSettings
         LinkRemap = LinkRemap,
         External = External,
         FreezeCgroup = FreezeCgroup,
+        NetworkLock = NetworkLock,
     };
 
     internal CriuRestoreOptions ToRestore(string imagesDirectory, string workDirectory) => new()
@@ -52,6 +62,8 @@ public sealed record TargetCriuSettings
         FileLocks = FileLocks,
         ExternalUnixSockets = ExternalUnixSockets,
         LinkRemap = LinkRemap,
-        External = External,
+        External = RestoreExternal.Count > 0 ? RestoreExternal : External,
+        Root = Root,
+        NetworkLock = NetworkLock,
     };
 }

@@ -3,9 +3,9 @@ using System.Globalization;
 namespace RebootlessUpdate.Targets;
 
 /// <summary>
-/// Something to checkpoint and restore: a process tree, a cgroup's processes.
+/// Something to checkpoint and restore: a process tree, a cgroup's processes, a container.
 /// Each target knows how to find its processes and which CRIU settings it needs.
-/// Create targets with <see cref="ProcessTree"/>, <see cref="Cgroup"/> or <see cref="Parse"/>.
+/// Create targets with <see cref="ProcessTree"/>, <see cref="Cgroup"/>, <see cref="Container"/> or <see cref="Parse"/>.
 /// </summary>
 public abstract class UpdateTarget
 {
@@ -35,7 +35,19 @@ public abstract class UpdateTarget
         return new CgroupTarget(Path.GetFullPath(path), options ?? new ProcessTreeOptions());
     }
 
-    /// <summary>Parses <c>pid:N</c>, a bare pid, or <c>cgroup:PATH</c>.</summary>
+    /// <summary>
+    /// A running runc (or crun) container by id: its init's tree, with the container's host
+    /// mounts as CRIU externals and its rootfs as the restore root.
+    /// </summary>
+    /// <param name="id">The container id (<c>runc list</c>).</param>
+    /// <param name="options">Runtime binary and state folder; default <c>runc</c>.</param>
+    public static UpdateTarget Container(string id, ContainerOptions? options = null)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(id);
+        return new ContainerTarget(id, options ?? new ContainerOptions());
+    }
+
+    /// <summary>Parses <c>pid:N</c>, a bare pid, <c>cgroup:PATH</c> or <c>container:ID</c>.</summary>
     /// <exception cref="FormatException">Not a target specification.</exception>
     public static UpdateTarget Parse(string specification)
     {
@@ -52,7 +64,12 @@ public abstract class UpdateTarget
             return Cgroup(s[7..]);
         }
 
-        throw new FormatException($"'{specification}' is not a target: use pid:N (or N) or cgroup:PATH.");
+        if (s.StartsWith("container:", StringComparison.Ordinal) && s.Length > 10)
+        {
+            return Container(s[10..]);
+        }
+
+        throw new FormatException($"'{specification}' is not a target: use pid:N (or N), cgroup:PATH or container:ID.");
     }
 
     /// <summary>Finds the target's root pid now and the CRIU settings for it.</summary>
