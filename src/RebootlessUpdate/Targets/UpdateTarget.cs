@@ -177,7 +177,7 @@ internal sealed class CgroupTarget(string path, ProcessTreeOptions options) : Up
             throw new TargetNotFoundException(Id, $"{path} has no freezer (neither freezer.state nor cgroup.freeze); CRIU freezes a cgroup target through it: use the freezer hierarchy (v1) or a cgroup2 folder.");
         }
 
-        var pids = File.ReadAllLines(procsFile).Where(l => l.Length > 0).Select(l => int.Parse(l, CultureInfo.InvariantCulture)).ToHashSet();
+        var pids = ReadProcs(procsFile);
         if (pids.Count == 0)
         {
             throw new TargetNotFoundException(Id, $"cgroup {path} has no processes; nothing to checkpoint.");
@@ -199,7 +199,11 @@ internal sealed class CgroupTarget(string path, ProcessTreeOptions options) : Up
         var root = roots[0];
         var stat = ProcStat.Read(root) ?? throw new TargetNotFoundException(Id, $"process {root} of cgroup {path} exited while it was inspected; try again.");
         var tree = ProcStat.Tree(root);
-        var outside = tree.Where(p => !pids.Contains(p)).ToList();
+        // A live workload forks all the time: a child born after cgroup.procs was read is in the
+        // tree but not in that list. Read the list again after the tree, and count only processes
+        // that still exist, so only a real outsider is refused.
+        pids.UnionWith(ReadProcs(procsFile));
+        var outside = tree.Where(p => !pids.Contains(p) && ProcessIdentity.Of(p) is not null).ToList();
         if (outside.Count > 0)
         {
             throw new TargetNotFoundException(Id, $"the tree of {root} in cgroup {path} has processes outside the cgroup ({string.Join(", ", outside.Take(5))}); move them in or checkpoint the tree as a pid target.");
@@ -207,6 +211,9 @@ internal sealed class CgroupTarget(string path, ProcessTreeOptions options) : Up
 
         return new ResolvedTarget(root, tree.Count, options.ToSettings(ProcessTreeTarget.DetectShellJob(stat), path));
     }
+
+    private static HashSet<int> ReadProcs(string procsFile) =>
+        File.ReadAllLines(procsFile).Where(l => l.Length > 0).Select(l => int.Parse(l, CultureInfo.InvariantCulture)).ToHashSet();
 
     /// <summary>Thaws the cgroup when a killed CRIU left it frozen.</summary>
     internal static void Thaw(string cgroup)
