@@ -72,6 +72,21 @@ internal sealed record ProcStat(int Pid, char State, int ParentPid, int ProcessG
         static int Int(string s) => int.Parse(s, CultureInfo.InvariantCulture);
     }
 
+    /// <summary>True when <paramref name="pid"/> is pid 1 of a PID namespace below the caller's (its NSpid line ends in 1).</summary>
+    public static bool IsNamespaceInit(int pid)
+    {
+        try
+        {
+            var line = File.ReadLines($"/proc/{pid.ToString(CultureInfo.InvariantCulture)}/status").FirstOrDefault(l => l.StartsWith("NSpid:", StringComparison.Ordinal));
+            var ids = line?["NSpid:".Length..].Split(['\t', ' '], StringSplitOptions.RemoveEmptyEntries) ?? [];
+            return ids.Length > 1 && ids[^1] == "1";
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return false;
+        }
+    }
+
     /// <summary>The pids of a tree (its root first), from <c>/proc/PID/task/*/children</c>.</summary>
     public static IReadOnlyList<int> Tree(int root)
     {
