@@ -114,6 +114,32 @@ public class ContainerTests
     }
 
     [Test]
+    public void The_tool_rehearses_a_container_by_id_and_refuses_an_unknown_one_with_exit_6()
+    {
+        var config = Path.GetFileName(Path.GetDirectoryName(Path.GetDirectoryName(typeof(ContainerTests).Assembly.Location))!);
+        var tool = Path.Combine(Testbed.RepositoryRoot, "src", "RebootlessUpdate.Cli", "bin", config, "net10.0", "rebootless.dll");
+        var data = StartContainer();
+        var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
+
+        var r = ProcessRunner.Run("dotnet", [tool, "rehearse", "--container", _id, "--store", store, "--criu", _testbed.Criu, "--json"], TimeSpan.FromMinutes(2));
+        TestContext.Out.WriteLine(r.ToString());
+        Assert.That(r.ExitCode, Is.Zero, r.ToString());
+        using (var json = System.Text.Json.JsonDocument.Parse(r.Output))
+        {
+            var target = json.RootElement.GetProperty("targets")[0];
+            Assert.That(target.GetProperty("target").GetString(), Is.EqualTo("container:" + _id));
+            _restored = target.GetProperty("restoredPid").GetInt32();
+        }
+
+        var before = Counter(data);
+        Workload.WaitFor(() => Counter(data) > before + 2 ? 1 : 0, "the restored container to count on");
+
+        var unknown = ProcessRunner.Run("dotnet", [tool, "rehearse", "--container", "rebootless-no-such-container", "--store", store, "--criu", _testbed.Criu], TimeSpan.FromMinutes(1));
+        Assert.That(unknown.ExitCode, Is.EqualTo(6), unknown.ToString());
+        Assert.That(unknown.Error.Trim().Split('\n'), Has.Length.EqualTo(1).And.All.StartsWith("rebootless: target container:rebootless-no-such-container: runc does not know it"));
+    }
+
+    [Test]
     public void An_unknown_container_is_refused_with_the_runtimes_reason()
     {
         var e = Assert.Throws<TargetNotFoundException>(() => UpdateTarget.Container("rebootless-no-such-container").Resolve());
