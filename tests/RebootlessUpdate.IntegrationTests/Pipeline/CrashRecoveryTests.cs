@@ -118,6 +118,33 @@ public class CrashRecoveryTests
         Assert.That(Instances(appDir), Is.EqualTo(1));
     }
 
+    // Two targets: dumped one after the other, each held until both are; restored in parallel.
+    [TestCase("dumping/frozen", TargetPhase.Resumed)]
+    [TestCase("sealed/dumped", TargetPhase.Restored)]
+    public void Two_targets_killed_orchestrator_then_resume_brings_both_back(string crashAt, TargetPhase expectedPhase)
+    {
+        var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
+        _workload = Workload.StartProgram(Path.Combine(_dir, "rich"), 16);
+        using var shell = Workload.Start(Path.Combine(_dir, "shell"));
+        var (richPid, shellPid) = (_workload.RootPid, shell.RootPid);
+
+        var crashed = Tool(crashAt, "rehearse", "--pid", Pid(richPid), "--pid", Pid(shellPid), "--store", store, "--criu", _testbed.Criu);
+        TestContext.Out.WriteLine($"--- rehearse, killed at {crashAt}\n{crashed}");
+        Assert.That(crashed.ExitCode, Is.EqualTo(137), crashed.ToString());
+
+        var resumed = Tool(null, "resume", "--store", store, "--criu", _testbed.Criu);
+        TestContext.Out.WriteLine($"--- resume\n{resumed}");
+        Assert.That(resumed.ExitCode, Is.Zero, resumed.ToString());
+        var after = UpdateJournal.List(store).Single();
+        Assert.That(after.State, Is.EqualTo(JournalState.RolledBack));
+        Assert.That(after.Targets.Select(t => t.Phase), Is.All.EqualTo(expectedPhase));
+        _workload.RootPid = after.Targets[0].RestoredPid ?? richPid;
+        shell.RootPid = after.Targets[1].RestoredPid ?? shellPid;
+        Assert.That(_workload.Check(), Does.StartWith("ok"));
+        var before = shell.ReadCounter();
+        Workload.WaitFor(() => shell.ReadCounter() > before + 2 ? 1 : 0, "the shell workload to count on");
+    }
+
     private static string Pid(int pid) => pid.ToString(CultureInfo.InvariantCulture);
 
     /// <summary>Running copies of the workload: roots of a PID namespace (pid 1 inside) whose command line names its folder.</summary>
