@@ -44,7 +44,7 @@ internal static class Commands
 
     private static readonly Option<bool> TcpEstablished = new("--tcp-established") { Description = "Checkpoint established TCP connections of the --pid/--cgroup targets (the connections survive the switch).", Recursive = true };
 
-    private static Option<string[]> ContainerOption() => new("--container") { Description = "A runc/crun container id (not supported yet).", AllowMultipleArgumentsPerToken = true };
+    private static Option<string[]> ContainerOption() => new("--container") { Description = "A running runc container id (repeatable).", AllowMultipleArgumentsPerToken = true };
 
     private static Command Check()
     {
@@ -336,18 +336,13 @@ internal static class Commands
     {
         targets = [];
         code = ExitCodes.Ok;
-        if ((p.GetValue(container) ?? []).Length > 0)
-        {
-            code = Fail((ExitCodes.Usage, "--container is not supported by this build yet; checkpoint the container's init with --pid or its cgroup with --cgroup."));
-            return false;
-        }
-
         var treeOptions = TreeOptions(p);
         targets.AddRange((p.GetValue(pid) ?? []).Select(x => UpdateTarget.ProcessTree(x > 0 ? x : int.MaxValue, treeOptions)));
         targets.AddRange((p.GetValue(cgroup) ?? []).Select(c => UpdateTarget.Cgroup(c, treeOptions)));
+        targets.AddRange((p.GetValue(container) ?? []).Select(c => UpdateTarget.Container(c)));
         if (targets.Count == 0)
         {
-            code = Fail((ExitCodes.Usage, "name at least one target: --pid PID, --cgroup PATH."));
+            code = Fail((ExitCodes.Usage, "name at least one target: --pid PID, --cgroup PATH, --container ID."));
             return false;
         }
 

@@ -2,6 +2,7 @@ using System.CommandLine;
 using RebootlessUpdate;
 using RebootlessUpdate.Cli;
 
+CrashInjection.InstallFromEnvironment();
 var root = new RootCommand("rebootless: update the kernel without a visible reboot.");
 var version = new Command("version", "Print the tool's version and the CRIU version it requires.");
 version.SetAction(_ =>

@@ -97,6 +97,9 @@ public sealed class TargetRun
     /// <summary>Every process of the tree when dumped (to wait for their pids to be released before a restore).</summary>
     internal IReadOnlyList<ProcessIdentity> TreeProcesses { get; set; } = [];
 
+    /// <summary>The root is the init of its own PID namespace: CRIU restores it into a new one, so its old pids cannot collide.</summary>
+    internal bool OwnsPidNamespace { get; set; }
+
     /// <summary>A dump CRIU holds at its post-dump notification until the pipeline commits or vetoes it.</summary>
     internal sealed class Pending
     {

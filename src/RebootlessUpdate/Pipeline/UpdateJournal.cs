@@ -223,6 +223,24 @@ public sealed class UpdateJournal
     /// <summary>Raised after every transition is durable (tests use it to crash at each step).</summary>
     internal static Action<JournalState>? TransitionWritten { get; set; }
 
+    /// <summary>
+    /// Raised after every durable write (a transition, or targets' phases), with what is now on
+    /// disk. The tool's crash injection (<c>REBOOTLESS_CRASH_AT</c>) kills itself here.
+    /// </summary>
+    internal static Action<JournalRecord>? Written { get; set; }
+
+    /// <summary>
+    /// The unfinished journals that must be resumed or rolled back (<c>rebootless resume</c>)
+    /// before another run may use the store: an update in any state short of its end, or a
+    /// rehearsal interrupted in this very boot (one from an earlier boot has nothing left to put back).
+    /// </summary>
+    internal static IReadOnlyList<JournalRecord> Unfinished(string storeRoot)
+    {
+        var boot = SystemInfo.BootId();
+        return [.. List(storeRoot).Where(r => r.State is not (JournalState.Resumed or JournalState.RolledBack or JournalState.Failed)
+            && (r.Mode != UpdateMode.Rehearse || r.BootId == boot))];
+    }
+
     internal void Transition(JournalState state, string? detail = null, Func<JournalRecord, JournalRecord>? change = null)
     {
         lock (_lock)
@@ -299,6 +317,7 @@ public sealed class UpdateJournal
         // The rename is durable only once the folder is synced (kexec does not flush page cache).
         Libc.FsyncDirectory(Path.GetDirectoryName(FilePath)!);
         Record = record;
+        Written?.Invoke(record);
     }
 
     private static JournalRecord Read(string path)

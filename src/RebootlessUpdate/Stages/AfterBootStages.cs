@@ -14,19 +14,20 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
 {
     public string Name => "Locate";
 
-    public ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
+    public async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
     {
         var store = context.RequireStore();
         var setId = options.SetId ?? Marker(options.CommandLinePath);
         if (setId is null)
         {
-            var unfinished = UpdateJournal.List(store.RootDirectory)
-                .LastOrDefault(r => r.Mode != UpdateMode.Rehearse && r.State is not (JournalState.Resumed or JournalState.RolledBack));
+            // An update not yet resumed, or a rehearsal this boot's crash interrupted (its workloads may need restoring).
+            var all = UpdateJournal.Unfinished(store.RootDirectory);
+            var unfinished = all.Count == 0 ? null : all[^1];
             if (unfinished is null)
             {
                 context.NothingToDo = true;
                 context.SkipStage($"no resume marker ({RebootlessInfo.ResumeParameter}=) on the command line and no unfinished journal in {store.RootDirectory}");
-                return ValueTask.CompletedTask;
+                return;
             }
 
             setId = unfinished.SetId;
@@ -40,13 +41,21 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
         {
             context.NothingToDo = true;
             context.SkipStage($"set {setId} is already {journal.State.ToString().ToLowerInvariant()}; nothing to do");
-            return ValueTask.CompletedTask;
+            return;
         }
 
         context.StoreLock = store.AcquireLock();
         context.SameBoot = journal.Record.BootId == SystemInfo.BootId();
         var images = Path.Combine(store.RootDirectory, "sets", setId, "images");
         var runs = new List<TargetRun>();
+        if (context.SameBoot)
+        {
+            // A crash before the jump: a CRIU worker of the dead run may still hold a tree
+            // (frozen at post-dump until it notices its client is gone, then it resumes it).
+            // Judge each target only once CRIU let go of it.
+            await ReleasedByCriuAsync(context, journal.Record.Targets, cancellationToken).ConfigureAwait(false);
+        }
+
         foreach (var jt in journal.Record.Targets)
         {
             var run = new TargetRun(new JournaledTarget(jt.Id, jt.Settings))
@@ -89,7 +98,32 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
 
         context.Targets = runs;
         context.ReportProgress(Name, $"set {setId}: journal state {journal.State}, {(context.SameBoot ? "same boot (rolling back)" : "new boot")}");
-        return ValueTask.CompletedTask;
+    }
+
+    private async Task ReleasedByCriuAsync(UpdateContext context, IReadOnlyList<JournalTarget> targets, CancellationToken cancellationToken)
+    {
+        var start = context.TimeProvider.GetTimestamp();
+        foreach (var jt in targets)
+        {
+            while (jt.RootStartTime != 0 && new ProcessIdentity(jt.RootPid, jt.RootStartTime).IsTraced
+                && context.TimeProvider.GetElapsedTime(start) < options.CriuReleaseWait)
+            {
+                await Task.Delay(20, cancellationToken).ConfigureAwait(false);
+            }
+
+            if (jt.Settings.FreezeCgroup is { } cgroup)
+            {
+                // A CRIU that died while freezing through the cgroup leaves it frozen; nobody else will thaw it.
+                try
+                {
+                    CgroupTarget.Thaw(cgroup);
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    PipelineLog.TargetWarning(context.Logger, jt.Id, $"could not thaw {cgroup}: {e.Message}");
+                }
+            }
+        }
     }
 
     private static string? Marker(string path)
@@ -208,6 +242,8 @@ internal sealed class RestoreStage(RestoreStageOptions options) : IUpdateStage
                 var dir = root is null ? t.ImagesDirectory! : Path.Combine(root, t.Folder!);
                 await TargetOperations.RestoreAsync(context, t, dir, waitForRelease: context.Mode == UpdateMode.Rehearse || context.SameBoot, cancellationToken).ConfigureAwait(false);
                 t.Error = null;
+                // Durable at once: a run that crashes after this restore must not restore the target a second time.
+                journal.UpdateTargets(context);
             }
             catch (Exception e) when (e is not OperationCanceledException)
             {
@@ -299,6 +335,12 @@ internal sealed class CleanupStage(CleanupStageOptions options) : IUpdateStage
         if (context.Mode == UpdateMode.Rehearse && options.DeleteRehearsalSet && context.SetId is { } id)
         {
             store.DeleteSet(id);
+        }
+        else if (context.Mode == UpdateMode.Resume && context.SameBoot && !context.NothingToDo && context.SetId is { } rolledBack
+            && context.Targets.All(t => t.Phase is TargetPhase.Resumed or TargetPhase.Restored))
+        {
+            // A crash before the jump, recovered: every workload runs again, the images have no further use.
+            store.DeleteSet(rolledBack);
         }
         else if (context.Mode == UpdateMode.Resume && !context.NothingToDo && options.KeepSealedSets is { } keep)
         {

@@ -48,6 +48,13 @@ internal sealed class PlanStage(bool checkCapacity = true) : IUpdateStage
         }
 
         context.StoreLock = store.AcquireLock();
+        if (UpdateJournal.Unfinished(store.RootDirectory) is [var interrupted, ..])
+        {
+            throw new InvalidOperationException(
+                $"{interrupted.Mode.ToString().ToLowerInvariant()} {interrupted.SetId} in {store.RootDirectory} was interrupted at '{interrupted.State.ToString().ToLowerInvariant()}' "
+                + "and its workloads may be waiting on it: run `rebootless resume` first (it finishes the update or puts every workload back running), then try again.");
+        }
+
         context.CriuVersion ??= (await context.RequireCriu().GetVersionAsync(cancellationToken).ConfigureAwait(false)).ToString();
         var set = store.CreateSet([.. context.Targets.Select(t => t.Target.Id)]);
         context.CheckpointSet = set;
@@ -58,7 +65,15 @@ internal sealed class PlanStage(bool checkCapacity = true) : IUpdateStage
         }
 
         context.Journal = UpdateJournal.Create(store.RootDirectory, set.Id, context.Mode,
-            [.. context.Targets.Select(t => new JournalTarget { Id = t.Target.Id, Folder = t.Folder!, Settings = t.Settings!, RootPid = t.Resolved!.RootPid })],
+            // The root's start time from the start: after a crash, the next run tells "still running" from "gone" (or a reused pid).
+            [.. context.Targets.Select(t => new JournalTarget
+            {
+                Id = t.Target.Id,
+                Folder = t.Folder!,
+                Settings = t.Settings!,
+                RootPid = t.Resolved!.RootPid,
+                RootStartTime = ProcessIdentity.Of(t.Resolved.RootPid)?.StartTime ?? 0,
+            })],
             context.TimeProvider);
         PipelineLog.JournalTransition(context.Logger, set.Id, JournalState.Planned);
         context.ReportProgress(Name, $"set {set.Id}: {context.Targets.Count} target(s)" + (context.Estimate is { } e

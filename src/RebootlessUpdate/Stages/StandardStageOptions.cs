@@ -89,6 +89,12 @@ public sealed record LocateStageOptions
 
     /// <summary>Where the command line is read. Default <c>/proc/cmdline</c>.</summary>
     public string CommandLinePath { get; init; } = "/proc/cmdline";
+
+    /// <summary>
+    /// After a crash on this boot: how long to wait for a CRIU worker of the dead run to let go
+    /// of a tree it still holds before judging whether the tree runs. Default 30 s.
+    /// </summary>
+    public TimeSpan CriuReleaseWait { get; init; } = TimeSpan.FromSeconds(30);
 }
 
 /// <summary>Options of the Restore stage. Immutable.</summary>

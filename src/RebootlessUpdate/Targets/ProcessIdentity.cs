@@ -13,6 +13,28 @@ internal readonly record struct ProcessIdentity(int Pid, ulong StartTime)
     /// <summary>True while this very process runs (not a zombie, not a reused pid).</summary>
     public bool IsAlive => ProcStat.Read(Pid) is { } s && s.StartTime == StartTime && s.State is not ('Z' or 'X');
 
+    /// <summary>True while this process is ptrace-stopped or traced by another (CRIU holds a tree it dumps this way).</summary>
+    public bool IsTraced
+    {
+        get
+        {
+            if (!IsAlive)
+            {
+                return false;
+            }
+
+            try
+            {
+                var line = File.ReadLines($"/proc/{Pid.ToString(CultureInfo.InvariantCulture)}/status").FirstOrDefault(l => l.StartsWith("TracerPid:", StringComparison.Ordinal));
+                return line is not null && line["TracerPid:".Length..].Trim() != "0";
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                return false;
+            }
+        }
+    }
+
     /// <summary>True while the pid exists at all (a zombie still holds it).</summary>
     public bool HoldsPid => ProcStat.Read(Pid) is { } s && s.StartTime == StartTime;
 }
@@ -48,6 +70,21 @@ internal sealed record ProcStat(int Pid, char State, int ParentPid, int ProcessG
         return new ProcStat(pid, f[0][0], Int(f[1]), Int(f[2]), Int(f[3]), Int(f[4]), ulong.Parse(f[19], CultureInfo.InvariantCulture));
 
         static int Int(string s) => int.Parse(s, CultureInfo.InvariantCulture);
+    }
+
+    /// <summary>True when <paramref name="pid"/> is pid 1 of a PID namespace below the caller's (its NSpid line ends in 1).</summary>
+    public static bool IsNamespaceInit(int pid)
+    {
+        try
+        {
+            var line = File.ReadLines($"/proc/{pid.ToString(CultureInfo.InvariantCulture)}/status").FirstOrDefault(l => l.StartsWith("NSpid:", StringComparison.Ordinal));
+            var ids = line?["NSpid:".Length..].Split(['\t', ' '], StringSplitOptions.RemoveEmptyEntries) ?? [];
+            return ids.Length > 1 && ids[^1] == "1";
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return false;
+        }
     }
 
     /// <summary>The pids of a tree (its root first), from <c>/proc/PID/task/*/children</c>.</summary>

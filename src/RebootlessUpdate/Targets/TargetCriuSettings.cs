@@ -32,6 +32,12 @@ public sealed record TargetCriuSettings
     /// <summary>Freeze through this cgroup (a cgroup target's own).</summary>
     public string? FreezeCgroup { get; init; }
 
+    /// <summary>External resources given at restore only (e.g. <c>mnt[KEY]:HOST_PATH</c> for a container's bind mounts). Default none.</summary>
+    public IReadOnlyList<string> RestoreExternal { get; init; } = [];
+
+    /// <summary>The root folder of the tree's mount namespace at restore (a container's rootfs, <c>--root</c>). Default none.</summary>
+    public string? Root { get; init; }
+
     internal CriuDumpOptions ToDump(int pid, string imagesDirectory, string workDirectory) => new()
     {
         ImagesDirectory = imagesDirectory,
@@ -56,7 +62,8 @@ public sealed record TargetCriuSettings
         FileLocks = FileLocks,
         ExternalUnixSockets = ExternalUnixSockets,
         LinkRemap = LinkRemap,
-        External = External,
+        External = RestoreExternal.Count > 0 ? RestoreExternal : External,
+        Root = Root,
         NetworkLock = NetworkLock,
     };
 }

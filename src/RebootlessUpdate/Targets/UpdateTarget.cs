@@ -3,9 +3,9 @@ using System.Globalization;
 namespace RebootlessUpdate.Targets;
 
 /// <summary>
-/// Something to checkpoint and restore: a process tree, a cgroup's processes.
+/// Something to checkpoint and restore: a process tree, a cgroup's processes, a container.
 /// Each target knows how to find its processes and which CRIU settings it needs.
-/// Create targets with <see cref="ProcessTree"/>, <see cref="Cgroup"/> or <see cref="Parse"/>.
+/// Create targets with <see cref="ProcessTree"/>, <see cref="Cgroup"/>, <see cref="Container"/> or <see cref="Parse"/>.
 /// </summary>
 public abstract class UpdateTarget
 {
@@ -35,7 +35,19 @@ public abstract class UpdateTarget
         return new CgroupTarget(Path.GetFullPath(path), options ?? new ProcessTreeOptions());
     }
 
-    /// <summary>Parses <c>pid:N</c>, a bare pid, or <c>cgroup:PATH</c>.</summary>
+    /// <summary>
+    /// A running runc (or crun) container by id: its init's tree, with the container's host
+    /// mounts as CRIU externals and its rootfs as the restore root.
+    /// </summary>
+    /// <param name="id">The container id (<c>runc list</c>).</param>
+    /// <param name="options">Runtime binary and state folder; default <c>runc</c>.</param>
+    public static UpdateTarget Container(string id, ContainerOptions? options = null)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(id);
+        return new ContainerTarget(id, options ?? new ContainerOptions());
+    }
+
+    /// <summary>Parses <c>pid:N</c>, a bare pid, <c>cgroup:PATH</c> or <c>container:ID</c>.</summary>
     /// <exception cref="FormatException">Not a target specification.</exception>
     public static UpdateTarget Parse(string specification)
     {
@@ -52,7 +64,12 @@ public abstract class UpdateTarget
             return Cgroup(s[7..]);
         }
 
-        throw new FormatException($"'{specification}' is not a target: use pid:N (or N) or cgroup:PATH.");
+        if (s.StartsWith("container:", StringComparison.Ordinal) && s.Length > 10)
+        {
+            return Container(s[10..]);
+        }
+
+        throw new FormatException($"'{specification}' is not a target: use pid:N (or N), cgroup:PATH or container:ID.");
     }
 
     /// <summary>Finds the target's root pid now and the CRIU settings for it.</summary>
@@ -164,7 +181,7 @@ internal sealed class CgroupTarget(string path, ProcessTreeOptions options) : Up
             throw new TargetNotFoundException(Id, $"{path} has no freezer (neither freezer.state nor cgroup.freeze); CRIU freezes a cgroup target through it: use the freezer hierarchy (v1) or a cgroup2 folder.");
         }
 
-        var pids = File.ReadAllLines(procsFile).Where(l => l.Length > 0).Select(l => int.Parse(l, CultureInfo.InvariantCulture)).ToHashSet();
+        var pids = ReadProcs(procsFile);
         if (pids.Count == 0)
         {
             throw new TargetNotFoundException(Id, $"cgroup {path} has no processes; nothing to checkpoint.");
@@ -186,7 +203,11 @@ internal sealed class CgroupTarget(string path, ProcessTreeOptions options) : Up
         var root = roots[0];
         var stat = ProcStat.Read(root) ?? throw new TargetNotFoundException(Id, $"process {root} of cgroup {path} exited while it was inspected; try again.");
         var tree = ProcStat.Tree(root);
-        var outside = tree.Where(p => !pids.Contains(p)).ToList();
+        // A live workload forks all the time: a child born after cgroup.procs was read is in the
+        // tree but not in that list. Read the list again after the tree, and count only processes
+        // that still exist, so only a real outsider is refused.
+        pids.UnionWith(ReadProcs(procsFile));
+        var outside = tree.Where(p => !pids.Contains(p) && ProcessIdentity.Of(p) is not null).ToList();
         if (outside.Count > 0)
         {
             throw new TargetNotFoundException(Id, $"the tree of {root} in cgroup {path} has processes outside the cgroup ({string.Join(", ", outside.Take(5))}); move them in or checkpoint the tree as a pid target.");
@@ -194,6 +215,9 @@ internal sealed class CgroupTarget(string path, ProcessTreeOptions options) : Up
 
         return new ResolvedTarget(root, tree.Count, options.ToSettings(ProcessTreeTarget.DetectShellJob(stat), path));
     }
+
+    private static HashSet<int> ReadProcs(string procsFile) =>
+        File.ReadAllLines(procsFile).Where(l => l.Length > 0).Select(l => int.Parse(l, CultureInfo.InvariantCulture)).ToHashSet();
 
     /// <summary>Thaws the cgroup when a killed CRIU left it frozen.</summary>
     internal static void Thaw(string cgroup)

@@ -259,7 +259,9 @@ public class UpdatePipelineTests
         Assert.That(Targets.UpdateTarget.Parse("pid:42").Id, Is.EqualTo("pid:42"));
         Assert.That(Targets.UpdateTarget.Parse("42").Id, Is.EqualTo("pid:42"));
         Assert.That(Targets.UpdateTarget.Parse("cgroup:/sys/fs/cgroup/freezer/app").Id, Is.EqualTo("cgroup:/sys/fs/cgroup/freezer/app"));
+        Assert.That(Targets.UpdateTarget.Parse("container:web-1").Id, Is.EqualTo("container:web-1"));
         Assert.That(() => Targets.UpdateTarget.Parse("container"), Throws.TypeOf<FormatException>());
+        Assert.That(() => Targets.UpdateTarget.Parse("container:"), Throws.TypeOf<FormatException>());
         Assert.That(() => new UpdateContext(UpdateMode.Rehearse, [Targets.UpdateTarget.Parse("7"), Targets.UpdateTarget.Parse("pid:7")]),
             Throws.ArgumentException.With.Message.Contains("twice"));
     }

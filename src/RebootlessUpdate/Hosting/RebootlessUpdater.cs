@@ -1,0 +1,99 @@
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Options;
+using RebootlessUpdate.Criu;
+using RebootlessUpdate.Images;
+using RebootlessUpdate.Pipeline;
+using RebootlessUpdate.Stages;
+using RebootlessUpdate.Targets;
+
+namespace RebootlessUpdate.Hosting;
+
+/// <summary>
+/// The library wired from dependency injection: the configured store, CRIU client, clock and
+/// logging, and the standard pipelines. Build your own pipeline (e.g. with a platform stage)
+/// and run it on <see cref="CreateContext"/>.
+/// </summary>
+public sealed class RebootlessUpdater
+{
+    private readonly RebootlessUpdateOptions _options;
+    private readonly ILogger _logger;
+
+    /// <summary>Created by the container (see <see cref="RebootlessUpdateServiceCollectionExtensions.AddRebootlessUpdate"/>).</summary>
+    public RebootlessUpdater(IOptions<RebootlessUpdateOptions> options, IImageStore store, CriuClient criu, TimeProvider timeProvider, ILoggerFactory? loggerFactory = null)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        _options = options.Value;
+        Store = store;
+        Criu = criu;
+        TimeProvider = timeProvider;
+        _logger = (loggerFactory ?? NullLoggerFactory.Instance).CreateLogger("RebootlessUpdate");
+    }
+
+    /// <summary>The configured image store.</summary>
+    public IImageStore Store { get; }
+
+    /// <summary>The configured CRIU client.</summary>
+    public CriuClient Criu { get; }
+
+    /// <summary>The clock.</summary>
+    public TimeProvider TimeProvider { get; }
+
+    /// <summary>A context for one run over <paramref name="targets"/>, with the configured services.</summary>
+    public UpdateContext CreateContext(UpdateMode mode, IEnumerable<UpdateTarget> targets, IProgress<UpdateProgress>? progress = null) =>
+        new(mode, targets) { Store = Store, Criu = Criu, TimeProvider = TimeProvider, Logger = _logger, Progress = progress };
+
+    /// <summary>Runs the standard rehearsal of <paramref name="targets"/> on this kernel.</summary>
+    public Task<UpdateResult> RehearseAsync(IEnumerable<UpdateTarget> targets, IProgress<UpdateProgress>? progress = null, CancellationToken cancellationToken = default) =>
+        RebootlessPipelines.Rehearsal().Build().ExecuteAsync(CreateContext(UpdateMode.Rehearse, targets, progress), cancellationToken);
+
+    /// <summary>Runs the standard resume (after boot, or after a crash before the jump).</summary>
+    public Task<UpdateResult> ResumeAsync(IProgress<UpdateProgress>? progress = null, CancellationToken cancellationToken = default) =>
+        new UpdatePipelineBuilder { TimeProvider = TimeProvider }.AddPreflight().AddLocate().AddVerify()
+            .AddRestore(new RestoreStageOptions { MaxParallelism = _options.RestoreParallelism })
+            .AddReport().AddCleanup(new CleanupStageOptions { KeepSealedSets = _options.KeepSealedSets }).Build()
+            .ExecuteAsync(CreateContext(UpdateMode.Resume, [], progress), cancellationToken);
+}
+
+/// <summary>Registers RebootlessUpdate with Microsoft.Extensions.DependencyInjection.</summary>
+public static class RebootlessUpdateServiceCollectionExtensions
+{
+    /// <summary>
+    /// Registers <see cref="RebootlessUpdateOptions"/> (validated: an invalid setting fails the
+    /// first resolve, or host start, with an <see cref="OptionsValidationException"/> naming it),
+    /// the <see cref="IImageStore"/> (a <see cref="DirectoryImageStore"/> at the store folder),
+    /// the <see cref="CriuClient"/>, <see cref="System.TimeProvider"/> (unless one is registered)
+    /// and <see cref="RebootlessUpdater"/>, all singletons.
+    /// </summary>
+    /// <param name="services">The service collection.</param>
+    /// <param name="configure">Sets the options.</param>
+    /// <returns>The options builder, for more configuration or validation.</returns>
+    public static OptionsBuilder<RebootlessUpdateOptions> AddRebootlessUpdate(this IServiceCollection services, Action<RebootlessUpdateOptions>? configure = null)
+    {
+        ArgumentNullException.ThrowIfNull(services);
+        var builder = services.AddOptions<RebootlessUpdateOptions>();
+        if (configure is not null)
+        {
+            builder.Configure(configure);
+        }
+
+        builder.ValidateOnStart();
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<RebootlessUpdateOptions>, RebootlessUpdateOptionsValidator>());
+        services.TryAddSingleton(TimeProvider.System);
+        services.TryAddSingleton<IImageStore>(sp => new DirectoryImageStore(new DirectoryImageStoreOptions
+        {
+            RootDirectory = sp.GetRequiredService<IOptions<RebootlessUpdateOptions>>().Value.StoreDirectory,
+            TimeProvider = sp.GetRequiredService<TimeProvider>(),
+            Logger = sp.GetService<ILoggerFactory>()?.CreateLogger("RebootlessUpdate.Images"),
+        }));
+        services.TryAddSingleton(sp => new CriuClient(new CriuClientOptions
+        {
+            CriuPath = sp.GetRequiredService<IOptions<RebootlessUpdateOptions>>().Value.CriuPath,
+            LoggerFactory = sp.GetService<ILoggerFactory>() ?? NullLoggerFactory.Instance,
+        }));
+        services.TryAddSingleton<RebootlessUpdater>();
+        return builder;
+    }
+}

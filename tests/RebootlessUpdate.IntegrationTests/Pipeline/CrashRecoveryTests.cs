@@ -1,0 +1,178 @@
+using System.Globalization;
+using System.Text.Json;
+using Mono.Unix.Native;
+using RebootlessUpdate.Pipeline;
+using RebootlessUpdate.TestSupport;
+
+namespace RebootlessUpdate.IntegrationTests.Pipeline;
+
+/// <summary>
+/// The real tool, killed with SIGKILL at every journal point a host can reach
+/// (REBOOTLESS_CRASH_AT; no kexec here, so nothing from kernel-loaded on), then the
+/// next run: `rebootless resume` either finishes or rolls back, and no workload is lost.
+/// </summary>
+[NonParallelizable]
+public class CrashRecoveryTests
+{
+    private Testbed _testbed = null!;
+    private string _dir = null!;
+    private string _tool = null!;
+    private Workload? _workload;
+
+    [SetUp]
+    public void SetUp()
+    {
+        _testbed = Testbed.Require();
+        Testbed.RequireRoot();
+        _dir = Directory.CreateTempSubdirectory("rebootless-crash-it-").FullName;
+        var config = Path.GetFileName(Path.GetDirectoryName(Path.GetDirectoryName(typeof(CrashRecoveryTests).Assembly.Location))!);
+        _tool = Path.Combine(Testbed.RepositoryRoot, "src", "RebootlessUpdate.Cli", "bin", config, "net10.0", "rebootless.dll");
+        if (!File.Exists(_tool))
+        {
+            Testbed.Missing($"the tool is not built at {_tool}: run dotnet build RebootlessUpdate.sln");
+        }
+    }
+
+    [TearDown]
+    public void TearDown()
+    {
+        _workload?.Dispose();
+        _workload = null;
+        Directory.Delete(_dir, recursive: true);
+    }
+
+    private ProcessResult Tool(string? crashAt, params string[] args) => crashAt is null
+        ? ProcessRunner.Run("dotnet", [_tool, .. args], TimeSpan.FromMinutes(2))
+        : ProcessRunner.Run("env", [$"REBOOTLESS_CRASH_AT={crashAt}", "dotnet", _tool, .. args], TimeSpan.FromMinutes(2));
+
+    // crash point, journal state on disk at the crash, what the next run finds, the journal's end state
+    [TestCase("planned", JournalState.Planned, TargetPhase.Resumed, JournalState.RolledBack, TestName = "Crash after planned: never frozen, resume rolls back")]
+    [TestCase("dumping", JournalState.Dumping, TargetPhase.Resumed, JournalState.RolledBack, TestName = "Crash after dumping began: resume rolls back")]
+    [TestCase("dumping/frozen", JournalState.Dumping, TargetPhase.Resumed, JournalState.RolledBack, TestName = "Crash while criu holds the tree at post-dump: criu resumes it in place")]
+    [TestCase("sealed", JournalState.Sealed, TargetPhase.Resumed, JournalState.RolledBack, TestName = "Crash after sealed, tree still held: criu resumes it in place")]
+    [TestCase("sealed/dumped", JournalState.Sealed, TargetPhase.Restored, JournalState.RolledBack, TestName = "Crash after criu ended the tree: resume restores it from the sealed images")]
+    [TestCase("resuming", JournalState.Resuming, TargetPhase.Restored, JournalState.RolledBack, TestName = "Crash before the restore: resume restores it")]
+    [TestCase("resuming/restored", JournalState.Resuming, TargetPhase.Restored, JournalState.RolledBack, TestName = "Crash after the restore: resume restores nothing twice")]
+    [TestCase("resumed", JournalState.Resumed, TargetPhase.Restored, JournalState.Resumed, TestName = "Crash after resumed: nothing to do")]
+    public void Killed_orchestrator_then_resume_loses_no_workload(string crashAt, JournalState atCrash, TargetPhase expectedPhase, JournalState end)
+    {
+        var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
+        var appDir = Path.Combine(_dir, "app");
+        _workload = Workload.StartProgram(appDir, 16);
+        var originalPid = _workload.RootPid;
+
+        var crashed = Tool(crashAt, "rehearse", "--pid", Pid(originalPid), "--store", store, "--criu", _testbed.Criu, "--json");
+        TestContext.Out.WriteLine($"--- rehearse, killed at {crashAt}\n{crashed}");
+        Assert.That(crashed.ExitCode, Is.EqualTo(128 + 9), "the tool died by SIGKILL");
+        Assert.That(crashed.Error, Does.Contain($"killing this process (pid").And.Contain($"at {crashAt}"));
+        var journal = UpdateJournal.List(store).Single();
+        Assert.That(journal.State, Is.EqualTo(atCrash), "the crash happened where it was asked");
+
+        if (atCrash != JournalState.Resumed)
+        {
+            // Another run refuses to use the store until the interrupted one is dealt with (any live target will do).
+            using var other = System.Diagnostics.Process.Start("sleep", "60");
+            try
+            {
+                var refused = Tool(null, "rehearse", "--pid", Pid(other.Id), "--store", store, "--criu", _testbed.Criu);
+                Assert.That(refused.ExitCode, Is.EqualTo(1), refused.ToString());
+                Assert.That(refused.Error, Does.Contain("was interrupted at").And.Contain("run `rebootless resume` first"));
+                Assert.That(Workload.IsRunning(other.Id), Is.True, "the refused run touched nothing");
+            }
+            finally
+            {
+                other.Kill();
+            }
+        }
+
+        var resumed = Tool(null, "resume", "--store", store, "--criu", _testbed.Criu, "--json");
+        TestContext.Out.WriteLine($"--- resume\n{resumed}");
+        Assert.That(resumed.ExitCode, Is.Zero, resumed.ToString());
+        using (var json = JsonDocument.Parse(resumed.Output))
+        {
+            Assert.That(json.RootElement.GetProperty("outcome").GetString(), Is.AnyOf("Succeeded", "NothingToDo"));
+        }
+
+        var after = UpdateJournal.List(store).Single();
+        TestContext.Out.WriteLine("history: " + string.Join(" -> ", after.History.Select(h => h.State)));
+        Assert.That(after.State, Is.EqualTo(end));
+        var target = after.Targets.Single();
+        Assert.That(target.Phase, Is.EqualTo(expectedPhase), target.Error);
+        _workload.RootPid = expectedPhase == TargetPhase.Restored ? target.RestoredPid!.Value : originalPid;
+        if (expectedPhase == TargetPhase.Resumed)
+        {
+            Assert.That(_workload.RootPid, Is.EqualTo(originalPid), "never ended: runs in place");
+        }
+        else
+        {
+            Assert.That(Workload.IsRunning(originalPid) && Workload.NamespacePid(originalPid) == 1 && IsInstanceOf(originalPid, appDir), Is.False, "the original ended");
+        }
+
+        Assert.That(_workload.Check(), Does.StartWith("ok"), "the workload's memory, files, pipe and socket are intact");
+        var before = _workload.ReadCounter();
+        Workload.WaitFor(() => _workload.ReadCounter() > before + 2 ? 1 : 0, "the workload to count on");
+        Assert.That(Instances(appDir), Is.EqualTo(1), "exactly one copy of the workload runs (nothing restored twice)");
+
+        var again = Tool(null, "resume", "--store", store, "--criu", _testbed.Criu, "--json");
+        Assert.That(again.ExitCode, Is.Zero, "resume is idempotent: " + again);
+        Assert.That(Instances(appDir), Is.EqualTo(1));
+    }
+
+    // Two targets: dumped one after the other, each held until both are; restored in parallel.
+    [TestCase("dumping/frozen", TargetPhase.Resumed)]
+    [TestCase("sealed/dumped", TargetPhase.Restored)]
+    public void Two_targets_killed_orchestrator_then_resume_brings_both_back(string crashAt, TargetPhase expectedPhase)
+    {
+        var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
+        _workload = Workload.StartProgram(Path.Combine(_dir, "rich"), 16);
+        using var shell = Workload.Start(Path.Combine(_dir, "shell"));
+        var (richPid, shellPid) = (_workload.RootPid, shell.RootPid);
+
+        var crashed = Tool(crashAt, "rehearse", "--pid", Pid(richPid), "--pid", Pid(shellPid), "--store", store, "--criu", _testbed.Criu);
+        TestContext.Out.WriteLine($"--- rehearse, killed at {crashAt}\n{crashed}");
+        Assert.That(crashed.ExitCode, Is.EqualTo(137), crashed.ToString());
+
+        var resumed = Tool(null, "resume", "--store", store, "--criu", _testbed.Criu);
+        TestContext.Out.WriteLine($"--- resume\n{resumed}");
+        Assert.That(resumed.ExitCode, Is.Zero, resumed.ToString());
+        var after = UpdateJournal.List(store).Single();
+        Assert.That(after.State, Is.EqualTo(JournalState.RolledBack));
+        Assert.That(after.Targets.Select(t => t.Phase), Is.All.EqualTo(expectedPhase));
+        _workload.RootPid = after.Targets[0].RestoredPid ?? richPid;
+        shell.RootPid = after.Targets[1].RestoredPid ?? shellPid;
+        Assert.That(_workload.Check(), Does.StartWith("ok"));
+        var before = shell.ReadCounter();
+        Workload.WaitFor(() => shell.ReadCounter() > before + 2 ? 1 : 0, "the shell workload to count on");
+    }
+
+    private static string Pid(int pid) => pid.ToString(CultureInfo.InvariantCulture);
+
+    /// <summary>Running copies of the workload: roots of a PID namespace (pid 1 inside) whose command line names its folder.</summary>
+    private static int Instances(string appDir) =>
+        Directory.GetDirectories("/proc").Select(d => int.TryParse(Path.GetFileName(d), out var p) ? p : 0)
+            .Count(p => p > 0 && Workload.IsRunning(p) && IsInstanceOf(p, appDir) && NamespacePidOrZero(p) == 1);
+
+    private static bool IsInstanceOf(int pid, string appDir)
+    {
+        try
+        {
+            return File.ReadAllText($"/proc/{pid}/cmdline").Contains(appDir, StringComparison.Ordinal);
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+    }
+
+    private static int NamespacePidOrZero(int pid)
+    {
+        try
+        {
+            return Workload.NamespacePid(pid);
+        }
+        catch (Exception e) when (e is IOException or InvalidOperationException)
+        {
+            return 0;
+        }
+    }
+}

@@ -1,0 +1,79 @@
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Options;
+using Microsoft.Extensions.Time.Testing;
+using RebootlessUpdate.Hosting;
+using RebootlessUpdate.Images;
+using RebootlessUpdate.Pipeline;
+using RebootlessUpdate.Targets;
+
+namespace RebootlessUpdate.UnitTests.Pipeline;
+
+public class DependencyInjectionTests
+{
+    private string _dir = null!;
+
+    [SetUp]
+    public void SetUp() => _dir = Directory.CreateTempSubdirectory("rebootless-di-").FullName;
+
+    [TearDown]
+    public void TearDown() => Directory.Delete(_dir, recursive: true);
+
+    [Test]
+    public void AddRebootlessUpdate_wires_the_configured_store_criu_and_clock_into_contexts()
+    {
+        var clock = new FakeTimeProvider();
+        var services = new ServiceCollection().AddSingleton<TimeProvider>(clock);
+        services.AddRebootlessUpdate(o =>
+        {
+            o.StoreDirectory = _dir;
+            o.CriuPath = "/opt/criu/criu";
+        });
+        using var provider = services.BuildServiceProvider(new ServiceProviderOptions { ValidateOnBuild = true, ValidateScopes = true });
+
+        var updater = provider.GetRequiredService<RebootlessUpdater>();
+        var context = updater.CreateContext(UpdateMode.Rehearse, [UpdateTarget.ProcessTree(1234)]);
+
+        Assert.That(updater.Store, Is.SameAs(provider.GetRequiredService<IImageStore>()));
+        Assert.That(updater.Store.RootDirectory, Is.EqualTo(_dir));
+        Assert.That(context.Store, Is.SameAs(updater.Store));
+        Assert.That(context.Criu, Is.SameAs(provider.GetRequiredService<RebootlessUpdate.Criu.CriuClient>()));
+        Assert.That(context.TimeProvider, Is.SameAs(clock), "a registered clock wins over the system clock");
+        Assert.That(context.Targets.Select(t => t.Target.Id), Is.EqualTo(new[] { "pid:1234" }));
+        Assert.That(provider.GetRequiredService<IOptions<RebootlessUpdateOptions>>().Value.CriuPath, Is.EqualTo("/opt/criu/criu"));
+    }
+
+    [Test]
+    public void Defaults_are_valid_and_registering_twice_adds_no_second_validator()
+    {
+        var services = new ServiceCollection();
+        services.AddRebootlessUpdate();
+        services.AddRebootlessUpdate();
+        using var provider = services.BuildServiceProvider();
+
+        var options = provider.GetRequiredService<IOptions<RebootlessUpdateOptions>>().Value;
+        Assert.That(options.StoreDirectory, Is.EqualTo(RebootlessUpdateDefaults.StoreDirectory));
+        Assert.That(options.RestoreParallelism, Is.EqualTo(4));
+        Assert.That(provider.GetServices<IValidateOptions<RebootlessUpdateOptions>>().Count(), Is.EqualTo(1));
+    }
+
+    [TestCase("relative/store", "criu", 4, 2, "StoreDirectory must be an absolute folder path, not 'relative/store'")]
+    [TestCase("/var/lib/x", " ", 4, 2, "CriuPath must name the criu binary")]
+    [TestCase("/var/lib/x", "criu", 0, 2, "RestoreParallelism must be 1-64, not 0")]
+    [TestCase("/var/lib/x", "criu", 4, -1, "KeepSealedSets must be 0-100 (or null to keep all), not -1")]
+    public void Invalid_options_fail_the_first_resolve_naming_the_setting(string store, string criu, int parallelism, int keep, string expected)
+    {
+        var services = new ServiceCollection();
+        services.AddRebootlessUpdate(o =>
+        {
+            o.StoreDirectory = store;
+            o.CriuPath = criu;
+            o.RestoreParallelism = parallelism;
+            o.KeepSealedSets = keep;
+        });
+        using var provider = services.BuildServiceProvider();
+
+        Assert.That(() => provider.GetRequiredService<RebootlessUpdater>(),
+            Throws.TypeOf<OptionsValidationException>().With.Message.Contains(expected));
+        Assert.That(Directory.Exists(Path.Combine(Environment.CurrentDirectory, "relative")), Is.False, "nothing was created for an invalid store");
+    }
+}
