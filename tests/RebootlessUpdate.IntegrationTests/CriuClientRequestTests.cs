@@ -117,7 +117,7 @@ public class CriuClientRequestTests
         Assert.That(pipeKey, Does.StartWith("pipe:["));
         var images = NewDir("images");
         await _client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = root });
-        var lastBefore = 0L;
+        var lastBefore = long.Parse(firstLine!, CultureInfo.InvariantCulture);
         while (await unshare.StandardOutput.ReadLineAsync() is { } line)
         {
             lastBefore = long.Parse(line, CultureInfo.InvariantCulture); // drain to EOF: the old writers are gone
