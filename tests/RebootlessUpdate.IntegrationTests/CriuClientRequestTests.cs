@@ -11,22 +11,12 @@ namespace RebootlessUpdate.IntegrationTests;
 
 /// <summary>Every request type and the harder workloads, against the testbed's real criu 4.1.1.</summary>
 [NonParallelizable]
-public class CriuClientRequestTests
+public class CriuClientRequestTests : CriuTestFixture
 {
-    private Testbed _testbed = null!;
-    private CriuClient _client = null!;
-    private string _dir = null!;
-
-    [SetUp]
-    public void SetUp()
+    public CriuClientRequestTests()
+        : base("rebootless-req-")
     {
-        _testbed = Testbed.Require();
-        Testbed.RequireRoot();
-        _client = new CriuClient(new CriuClientOptions { CriuPath = _testbed.Criu });
-        _dir = Directory.CreateTempSubdirectory("rebootless-req-").FullName;
     }
-
-    private string NewDir(string name) => Directory.CreateDirectory(Path.Combine(_dir, name)).FullName;
 
     [Test]
     public async Task A_256_MiB_stateful_workload_is_restored_with_memory_file_offset_socket_pipe_child_and_thread_intact()
@@ -35,10 +25,10 @@ public class CriuClientRequestTests
         var checksum = workload.InitialChecksum;
         var images = NewDir("images");
 
-        var dump = await _client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid });
+        var dump = await Client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid });
         var countAtDump = workload.ReadCounter();
         Workload.WaitFor(() => workload.IsAlive ? 0 : 1, "the dumped tree to be gone");
-        var restore = await _client.RestoreAsync(new CriuRestoreOptions { ImagesDirectory = images });
+        var restore = await Client.RestoreAsync(new CriuRestoreOptions { ImagesDirectory = images });
         workload.RootPid = restore.Pid;
 
         var verdict = workload.Check();
@@ -53,7 +43,7 @@ public class CriuClientRequestTests
     [Test]
     public async Task Lazy_restore_from_a_lazy_pages_daemon_keeps_the_memory_intact()
     {
-        var features = await _client.CheckFeaturesAsync();
+        var features = await Client.CheckFeaturesAsync();
         if (!features.LazyPages)
         {
             Testbed.Missing("userfaultfd lazy pages on this kernel");
@@ -62,11 +52,11 @@ public class CriuClientRequestTests
         using var workload = Workload.StartProgram(NewDir("work"), 64);
         var checksum = workload.InitialChecksum;
         var images = NewDir("images");
-        await _client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid });
+        await Client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid });
         Workload.WaitFor(() => workload.IsAlive ? 0 : 1, "the dumped tree to be gone");
 
-        await using var daemon = await CriuLazyPagesDaemon.StartAsync(new CriuClientOptions { CriuPath = _testbed.Criu }, images);
-        var restore = await _client.RestoreAsync(new CriuRestoreOptions { ImagesDirectory = images, LazyPages = true });
+        await using var daemon = await CriuLazyPagesDaemon.StartAsync(new CriuClientOptions { CriuPath = TestbedInfo.Criu }, images);
+        var restore = await Client.RestoreAsync(new CriuRestoreOptions { ImagesDirectory = images, LazyPages = true });
         workload.RootPid = restore.Pid;
 
         var verdict = workload.Check();
@@ -86,9 +76,9 @@ public class CriuClientRequestTests
         var dumpSeen = new List<string>();
         var restoreSeen = new List<string>();
 
-        await _client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid, OnNotification = (n, _) => { dumpSeen.Add(n.Script); return ValueTask.CompletedTask; } });
+        await Client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid, OnNotification = (n, _) => { dumpSeen.Add(n.Script); return ValueTask.CompletedTask; } });
         Workload.WaitFor(() => workload.IsAlive ? 0 : 1, "the dumped tree to be gone");
-        var restore = await _client.RestoreAsync(new CriuRestoreOptions { ImagesDirectory = images, OnNotification = (n, _) => { restoreSeen.Add(n.Script); return ValueTask.CompletedTask; } });
+        var restore = await Client.RestoreAsync(new CriuRestoreOptions { ImagesDirectory = images, OnNotification = (n, _) => { restoreSeen.Add(n.Script); return ValueTask.CompletedTask; } });
         workload.RootPid = restore.Pid;
 
         TestContext.Out.WriteLine($"dump: {string.Join(", ", dumpSeen)}; restore: {string.Join(", ", restoreSeen)}");
@@ -116,7 +106,7 @@ public class CriuClientRequestTests
         var pipeKey = Path.GetFileName(new FileInfo($"/proc/{root}/fd/1").LinkTarget!);
         Assert.That(pipeKey, Does.StartWith("pipe:["));
         var images = NewDir("images");
-        await _client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = root });
+        await Client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = root });
         var lastBefore = long.Parse(firstLine!, CultureInfo.InvariantCulture);
         while (await unshare.StandardOutput.ReadLineAsync() is { } line)
         {
@@ -127,7 +117,7 @@ public class CriuClientRequestTests
         int restored;
         try
         {
-            var restore = await _client.RestoreAsync(new CriuRestoreOptions
+            var restore = await Client.RestoreAsync(new CriuRestoreOptions
             {
                 ImagesDirectory = images,
                 InheritFds = new Dictionary<string, int> { [pipeKey] = writeFd },
@@ -165,7 +155,7 @@ public class CriuClientRequestTests
         var images = NewDir("images");
         var workDir = NewDir("criu-work");
 
-        var dump = await _client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, WorkDirectory = workDir, Pid = workload.RootPid, LeaveRunning = true });
+        var dump = await Client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, WorkDirectory = workDir, Pid = workload.RootPid, LeaveRunning = true });
 
         Assert.Multiple(() =>
         {
@@ -184,7 +174,7 @@ public class CriuClientRequestTests
         using var workload = Workload.StartProgram(NewDir("work"), 16);
         var images = NewDir("images");
 
-        await _client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid, LeaveRunning = true });
+        await Client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid, LeaveRunning = true });
 
         Assert.That(workload.IsAlive, Is.True);
         Assert.That(workload.Check(), Does.StartWith("ok"));
@@ -195,10 +185,10 @@ public class CriuClientRequestTests
     {
         using var workload = Workload.Start(NewDir("work"));
         var images = NewDir("images");
-        await _client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid });
+        await Client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid });
         Workload.WaitFor(() => workload.IsAlive ? 0 : 1, "the dumped tree to be gone");
 
-        var restore = await _client.RestoreAsync(new CriuRestoreOptions { ImagesDirectory = images, AsSibling = true });
+        var restore = await Client.RestoreAsync(new CriuRestoreOptions { ImagesDirectory = images, AsSibling = true });
         workload.RootPid = restore.Pid;
 
         var ppid = int.Parse(File.ReadAllText($"/proc/{restore.Pid}/stat").Split(')')[1].Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture);
@@ -212,8 +202,8 @@ public class CriuClientRequestTests
     {
         var images = NewDir("cpu");
 
-        await _client.CpuInfoDumpAsync(images);
-        await _client.CpuInfoCheckAsync(images);
+        await Client.CpuInfoDumpAsync(images);
+        await Client.CpuInfoCheckAsync(images);
 
         Assert.That(File.Exists(Path.Combine(images, "cpuinfo.img")), Is.True);
     }
@@ -223,7 +213,7 @@ public class CriuClientRequestTests
     {
         var images = NewDir("empty");
 
-        var e = Assert.ThrowsAsync<CriuRequestFailedException>(() => _client.CpuInfoCheckAsync(images));
+        var e = Assert.ThrowsAsync<CriuRequestFailedException>(() => Client.CpuInfoCheckAsync(images));
 
         Assert.That(e!.Request, Is.EqualTo(CriuRequestType.CpuInfoCheck));
         Assert.That(e.Message, Does.StartWith("criu CPUINFO_CHECK failed"));
@@ -235,12 +225,12 @@ public class CriuClientRequestTests
     {
         using var workload = Workload.StartProgram(NewDir("work"), 32);
         var images = NewDir("images");
-        var server = await _client.StartPageServerAsync(new CriuPageServerOptions { ImagesDirectory = images, Port = FreePort(), LogFile = "page-server.log" });
+        var server = await Client.StartPageServerAsync(new CriuPageServerOptions { ImagesDirectory = images, Port = FreePort(), LogFile = "page-server.log" });
 
-        await _client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid, PageServer = server.Endpoint });
+        await Client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid, PageServer = server.Endpoint });
         Workload.WaitFor(() => workload.IsAlive ? 0 : 1, "the dumped tree to be gone");
         Workload.WaitFor(() => IsListening(server.Port) ? 0 : 1, "the page server to finish and close its port", 30);
-        var restore = await _client.RestoreAsync(new CriuRestoreOptions { ImagesDirectory = images });
+        var restore = await Client.RestoreAsync(new CriuRestoreOptions { ImagesDirectory = images });
         workload.RootPid = restore.Pid;
 
         Assert.That(server.Port, Is.GreaterThan(0));
@@ -253,9 +243,9 @@ public class CriuClientRequestTests
     {
         using var workload = Workload.Start(NewDir("work"));
         var images = NewDir("images");
-        await using var server = await _client.StartPageServerChildAsync(new CriuPageServerOptions { ImagesDirectory = images, Port = FreePort(), LogFile = "page-server.log" });
+        await using var server = await Client.StartPageServerChildAsync(new CriuPageServerOptions { ImagesDirectory = images, Port = FreePort(), LogFile = "page-server.log" });
 
-        await _client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid, PageServer = server.Endpoint, LeaveRunning = true });
+        await Client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid, PageServer = server.Endpoint, LeaveRunning = true });
         var status = await server.WaitAsync().WaitAsync(TimeSpan.FromSeconds(60));
 
         Assert.That(status, Is.Zero, "raw wait status of a page server that exited normally");
@@ -263,9 +253,9 @@ public class CriuClientRequestTests
     }
 
     [Test]
-    public async Task Single_pre_dump_is_refused_up_front_on_a_kernel_without_soft_dirty_and_the_workload_keeps_running()
+    public async Task Single_pre_dump_is_refused_up_front_on_a_kernel_without_softScratchDirectoryty_and_the_workload_keeps_running()
     {
-        var features = await _client.CheckFeaturesAsync();
+        var features = await Client.CheckFeaturesAsync();
         if (features.MemoryTracking)
         {
             Assert.Ignore("this kernel has soft-dirty; the VM tier covers pre-dumps");
@@ -274,7 +264,7 @@ public class CriuClientRequestTests
         using var workload = Workload.Start(NewDir("work"));
         var images = NewDir("pre");
 
-        Assert.That(() => _client.SinglePreDumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid }),
+        Assert.That(() => Client.SinglePreDumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid }),
             Throws.TypeOf<CriuFeatureUnavailableException>().With.Message.Contains("CONFIG_MEM_SOFT_DIRTY"));
         var before = workload.ReadCounter();
         await Task.Delay(300);
@@ -284,8 +274,8 @@ public class CriuClientRequestTests
     [Test]
     public async Task Criu_service_transport_dumps_and_restores()
     {
-        var socket = Path.Combine(_dir, "criu.sock");
-        using var service = Process.Start(new ProcessStartInfo(_testbed.Criu) { ArgumentList = { "service", "--address", socket, "-o", Path.Combine(_dir, "service.log"), "-v4" }, UseShellExecute = false })!;
+        var socket = Path.Combine(ScratchDirectory, "criu.sock");
+        using var service = Process.Start(new ProcessStartInfo(TestbedInfo.Criu) { ArgumentList = { "service", "--address", socket, "-o", Path.Combine(ScratchDirectory, "service.log"), "-v4" }, UseShellExecute = false })!;
         try
         {
             Workload.WaitFor(() => File.Exists(socket) ? 1 : 0, "the criu service socket");
@@ -315,7 +305,7 @@ public class CriuClientRequestTests
     [Test]
     public void Connecting_to_a_service_that_is_not_running_says_so()
     {
-        var client = new CriuClient(new CriuClientOptions { ServiceAddress = Path.Combine(_dir, "nobody.sock") });
+        var client = new CriuClient(new CriuClientOptions { ServiceAddress = Path.Combine(ScratchDirectory, "nobody.sock") });
 
         Assert.That(() => client.GetVersionAsync(), Throws.TypeOf<CriuTransportException>().With.Message.Contains("Is `criu service --address"));
     }
@@ -326,8 +316,8 @@ public class CriuClientRequestTests
         using var workload = Workload.StartProgram(NewDir("work"), 8);
         var images = NewDir("images");
 
-        var dump = await _client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid, LeaveRunning = true });
-        var crit = ProcessRunner.Run(_testbed.Crit, ["decode", "-i", Path.Combine(images, "stats-dump")], TimeSpan.FromMinutes(1));
+        var dump = await Client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid, LeaveRunning = true });
+        var crit = ProcessRunner.Run(TestbedInfo.Crit, ["decode", "-i", Path.Combine(images, "stats-dump")], TimeSpan.FromMinutes(1));
 
         Assert.That(crit.ExitCode, Is.Zero, crit.ToString());
         var d = JsonDocument.Parse(crit.Output).RootElement.GetProperty("entries")[0].GetProperty("dump");
@@ -346,7 +336,7 @@ public class CriuClientRequestTests
     {
         // A fake criu: answers any swrk request with VERSION 3.10 (the golden bytes
         // of criu_resp{type=VERSION, success, version{3, 10}}) through the given fd.
-        var fake = Path.Combine(_dir, "criu-3.10");
+        var fake = Path.Combine(ScratchDirectory, "criu-3.10");
         await File.WriteAllTextAsync(fake, "#!/bin/sh\n[ \"$1\" = swrk ] || exit 1\nprintf '\\010\\012\\020\\001\\122\\004\\010\\003\\020\\012' >&$2\nsleep 1\n");
         File.SetUnixFileMode(fake, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         var client = new CriuClient(new CriuClientOptions { CriuPath = fake });
@@ -354,7 +344,7 @@ public class CriuClientRequestTests
         var version = await client.GetVersionAsync();
 
         Assert.That(version, Is.EqualTo(new CriuVersion(3, 10)));
-        Assert.That(() => client.DumpAsync(new CriuDumpOptions { ImagesDirectory = _dir, Pid = 1, NetworkLock = CriuNetworkLock.Skip }),
+        Assert.That(() => client.DumpAsync(new CriuDumpOptions { ImagesDirectory = ScratchDirectory, Pid = 1, NetworkLock = CriuNetworkLock.Skip }),
             Throws.TypeOf<CriuVersionException>().With.Message.EqualTo(
                 "NetworkLock = Skip needs criu 3.19 or newer, but the installed criu is 3.10. Install a newer CRIU (4.0 or later is recommended) or do without NetworkLock = Skip."));
     }
@@ -368,7 +358,7 @@ public class CriuClientRequestTests
         Assert.That(mount.ExitCode, Is.Zero, mount.ToString());
         try
         {
-            var e = Assert.ThrowsAsync<CriuRequestFailedException>(() => _client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid }));
+            var e = Assert.ThrowsAsync<CriuRequestFailedException>(() => Client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid }));
 
             Assert.That(e!.Message, Does.Contain("Read-only file system").Or.Contain("Permission denied"), e.Message);
             var before = workload.ReadCounter();
@@ -393,7 +383,7 @@ public class CriuClientRequestTests
 
         try
         {
-            await _client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid });
+            await Client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid });
             Assert.Fail("expected criu to refuse the listening socket on this kernel (testbed.md); if it now works, the kernel or criu changed");
         }
         catch (CriuRequestFailedException e)

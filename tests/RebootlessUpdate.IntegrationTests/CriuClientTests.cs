@@ -7,30 +7,20 @@ namespace RebootlessUpdate.IntegrationTests;
 
 /// <summary>The RPC client (swrk transport) against the testbed's real criu 4.x.</summary>
 [NonParallelizable]
-public class CriuClientTests
+public class CriuClientTests : CriuTestFixture
 {
-    private Testbed _testbed = null!;
-    private CriuClient _client = null!;
-    private string _dir = null!;
-
-    [SetUp]
-    public void SetUp()
+    public CriuClientTests()
+        : base("rebootless-client-")
     {
-        _testbed = Testbed.Require();
-        Testbed.RequireRoot();
-        _client = new CriuClient(new CriuClientOptions { CriuPath = _testbed.Criu });
-        _dir = Directory.CreateTempSubdirectory("rebootless-client-").FullName;
     }
-
-    private string NewImagesDir(string name = "images") => Directory.CreateDirectory(Path.Combine(_dir, name)).FullName;
 
     [Test]
     public async Task Version_matches_the_command_line()
     {
-        var cli = ProcessRunner.Run(_testbed.Criu, ["--version"], TimeSpan.FromMinutes(1));
+        var cli = ProcessRunner.Run(TestbedInfo.Criu, ["--version"], TimeSpan.FromMinutes(1));
         var expected = CriuVersion.Parse(cli.Output.Split('\n').First(l => l.StartsWith("Version:", StringComparison.Ordinal))["Version:".Length..]);
 
-        var version = await _client.GetVersionAsync();
+        var version = await Client.GetVersionAsync();
 
         Assert.That(version.Number, Is.EqualTo(expected.Number));
     }
@@ -38,19 +28,19 @@ public class CriuClientTests
     [Test]
     public async Task Check_passes_on_this_host()
     {
-        await _client.CheckAsync();
+        await Client.CheckAsync();
     }
 
     [Test]
     public async Task Feature_check_agrees_with_criu_check_feature()
     {
-        bool Cli(string feature) => ProcessRunner.Run(_testbed.Criu, ["check", "--feature", feature], TimeSpan.FromMinutes(1)).ExitCode == 0;
+        bool Cli(string feature) => ProcessRunner.Run(TestbedInfo.Criu, ["check", "--feature", feature], TimeSpan.FromMinutes(1)).ExitCode == 0;
 
-        var features = await _client.CheckFeaturesAsync();
+        var features = await Client.CheckFeaturesAsync();
 
         Assert.Multiple(() =>
         {
-            Assert.That(features.MemoryTracking, Is.EqualTo(Cli("mem_dirty_track")), "mem_track");
+            Assert.That(features.MemoryTracking, Is.EqualTo(Cli("memScratchDirectoryty_track")), "mem_track");
             Assert.That(features.LazyPages, Is.EqualTo(Cli("uffd-noncoop")), "lazy_pages");
         });
     }
@@ -58,8 +48,8 @@ public class CriuClientTests
     [Test]
     public async Task Dump_and_restore_continue_the_workload_and_report_statistics_and_notifications()
     {
-        using var workload = Workload.Start(Path.Combine(_dir, "work"));
-        var images = NewImagesDir();
+        using var workload = Workload.Start(Path.Combine(ScratchDirectory, "work"));
+        var images = NewDir("images");
         var seen = new List<CriuNotification>();
         ValueTask Record(CriuNotification n, CancellationToken _)
         {
@@ -71,11 +61,11 @@ public class CriuClientTests
             return ValueTask.CompletedTask;
         }
 
-        var dump = await _client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid, OnNotification = Record });
+        var dump = await Client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid, OnNotification = Record });
         var countAtDump = workload.ReadCounter();
         Workload.WaitFor(() => workload.IsAlive ? 0 : 1, "the dumped tree to be gone");
 
-        var restore = await _client.RestoreAsync(new CriuRestoreOptions { ImagesDirectory = images, OnNotification = Record });
+        var restore = await Client.RestoreAsync(new CriuRestoreOptions { ImagesDirectory = images, OnNotification = Record });
         workload.RootPid = restore.Pid;
         Workload.WaitFor(() => workload.ReadCounter() > countAtDump + 3 ? 1 : 0, "the restored tree to count on");
 
@@ -97,10 +87,10 @@ public class CriuClientTests
     [Test]
     public void Dump_of_a_missing_pid_names_the_request_the_errno_and_the_log_lines()
     {
-        var images = NewImagesDir();
+        var images = NewDir("images");
         var unused = FindUnusedPid();
 
-        var e = Assert.ThrowsAsync<CriuRequestFailedException>(() => _client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = unused }));
+        var e = Assert.ThrowsAsync<CriuRequestFailedException>(() => Client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = unused }));
 
         Assert.Multiple(() =>
         {
@@ -114,10 +104,10 @@ public class CriuClientTests
     [Test]
     public async Task A_failing_post_dump_handler_aborts_the_dump_and_the_workload_keeps_running()
     {
-        using var workload = Workload.Start(Path.Combine(_dir, "work"));
-        var images = NewImagesDir();
+        using var workload = Workload.Start(Path.Combine(ScratchDirectory, "work"));
+        var images = NewDir("images");
 
-        var e = Assert.ThrowsAsync<CriuRequestFailedException>(() => _client.DumpAsync(new CriuDumpOptions
+        var e = Assert.ThrowsAsync<CriuRequestFailedException>(() => Client.DumpAsync(new CriuDumpOptions
         {
             ImagesDirectory = images,
             Pid = workload.RootPid,
@@ -138,11 +128,11 @@ public class CriuClientTests
     [Test]
     public async Task Cancelling_a_dump_kills_the_worker_and_the_workload_keeps_running()
     {
-        using var workload = Workload.Start(Path.Combine(_dir, "work"));
-        var images = NewImagesDir();
+        using var workload = Workload.Start(Path.Combine(ScratchDirectory, "work"));
+        var images = NewDir("images");
         using var cts = new CancellationTokenSource();
 
-        var dump = _client.DumpAsync(new CriuDumpOptions
+        var dump = Client.DumpAsync(new CriuDumpOptions
         {
             ImagesDirectory = images,
             Pid = workload.RootPid,
@@ -175,7 +165,7 @@ public class CriuClientTests
         // after criu exits, and the client would wait forever.
         var sleepers = Enumerable.Range(0, 8).Select(_ => Task.Run(() =>
             ProcessRunner.Run("sleep", ["3"], TimeSpan.FromSeconds(30)))).ToArray();
-        var versions = Enumerable.Range(0, 16).Select(_ => _client.GetVersionAsync()).ToArray();
+        var versions = Enumerable.Range(0, 16).Select(_ => Client.GetVersionAsync()).ToArray();
 
         var all = Task.WhenAll(versions);
         var finished = await Task.WhenAny(all, Task.Delay(TimeSpan.FromSeconds(60)));
@@ -188,7 +178,7 @@ public class CriuClientTests
     [Test]
     public void A_missing_criu_binary_is_a_clear_transport_error()
     {
-        var client = new CriuClient(new CriuClientOptions { CriuPath = Path.Combine(_dir, "no-such-criu") });
+        var client = new CriuClient(new CriuClientOptions { CriuPath = Path.Combine(ScratchDirectory, "no-such-criu") });
 
         Assert.That(() => client.GetVersionAsync(), Throws.TypeOf<CriuUnavailableException>().With.Message.Contains("criu not found at"));
     }
@@ -198,11 +188,11 @@ public class CriuClientTests
     {
         Assert.Multiple(() =>
         {
-            Assert.That(() => _client.DumpAsync(new CriuDumpOptions { ImagesDirectory = Path.Combine(_dir, "missing"), Pid = 1 }),
+            Assert.That(() => Client.DumpAsync(new CriuDumpOptions { ImagesDirectory = Path.Combine(ScratchDirectory, "missing"), Pid = 1 }),
                 Throws.ArgumentException.With.Message.Contains("does not exist"));
-            Assert.That(() => _client.DumpAsync(new CriuDumpOptions { ImagesDirectory = _dir, Pid = 0 }),
+            Assert.That(() => Client.DumpAsync(new CriuDumpOptions { ImagesDirectory = ScratchDirectory, Pid = 0 }),
                 Throws.InstanceOf<ArgumentOutOfRangeException>());
-            Assert.That(() => _client.DumpAsync(new CriuDumpOptions { ImagesDirectory = _dir, Pid = 5, LeaveRunning = true, LeaveStopped = true }),
+            Assert.That(() => Client.DumpAsync(new CriuDumpOptions { ImagesDirectory = ScratchDirectory, Pid = 5, LeaveRunning = true, LeaveStopped = true }),
                 Throws.ArgumentException.With.Message.Contains("exclude"));
         });
     }
