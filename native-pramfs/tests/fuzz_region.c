@@ -2,7 +2,9 @@
  * (superblocks, region headers, metadata records, directory entries, extents):
  * mutates a valid small file system, half the time re-sealing the checksums
  * so the parsers behind them are reached, and runs fsck (check and repair) on
- * it under ASan/UBSan. Usage: fuzz_region SECONDS [SEED]. Any crash fails. */
+ * it under ASan/UBSan. Usage: fuzz_region SECONDS [SEED]. Any crash fails.
+ * `fuzz_region --write-seed FILE` writes the valid seed image instead (the
+ * libFuzzer target, fuzz_libfuzzer.c, starts its corpus from it). */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdlib.h>
@@ -12,33 +14,12 @@
 #include <unistd.h>
 
 #include "format.h"
+#include "fuzz_common.h"
 #include "pramfs.h"
 
 static uint64_t rng;
-static uint64_t next(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng; }
 
-static void reseal(uint8_t *img, size_t len)
-{
-    for (int s = 0; s < 2; s++) {
-        struct pf_sb *sb = (struct pf_sb *)(img + s * PF_BLOCK_SIZE);
-        uint64_t mb = sb->meta_block, ml = sb->meta_len;
-        if (mb < len / PF_BLOCK_SIZE && ml <= len - mb * PF_BLOCK_SIZE && ml >= 64) {
-            uint8_t *blob = img + mb * PF_BLOCK_SIZE;
-            struct pf_meta_header *h = (struct pf_meta_header *)blob;
-            h->crc = pf_crc32c(0, h, offsetof(struct pf_meta_header, crc));
-            for (size_t off = 64; off + 8 <= ml;) {
-                uint32_t rl;
-                memcpy(&rl, blob + off, 4);
-                if (rl < 8 || rl % 8 || rl > ml - off) break;
-                uint32_t c = pf_crc32c(0, blob + off, rl - 4);
-                memcpy(blob + off + rl - 4, &c, 4);
-                off += rl;
-            }
-            sb->meta_crc = pf_crc32c(0, blob, ml);
-        }
-        sb->crc = pf_crc32c(0, sb, offsetof(struct pf_sb, crc));
-    }
-}
+static uint64_t next(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng; }
 
 int main(int argc, char **argv)
 {
@@ -74,6 +55,16 @@ int main(int argc, char **argv)
     fd = open(base, O_RDONLY);
     if (read(fd, img, len) != (ssize_t)len) return 2;
     close(fd);
+    if (argc > 2 && strcmp(argv[1], "--write-seed") == 0) {
+        fd = open(argv[2], O_CREAT | O_TRUNC | O_WRONLY, 0600);
+        int ok = fd >= 0 && write(fd, img, len) == (ssize_t)len;
+        if (fd >= 0)
+            close(fd);
+        unlink(base);
+        free(img);
+        free(mut);
+        return ok ? 0 : 2;
+    }
     FILE *null = fopen("/dev/null", "w");
     /* Regressions found by this fuzzer, replayed first:
      * 1. a checksummed record with inode number 0xFFFFFFF0 made the inode table 32 GiB (ASan OOM). */
