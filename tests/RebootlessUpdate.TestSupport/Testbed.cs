@@ -41,8 +41,11 @@ public sealed class Testbed
     /// <summary>Kernel release of the VM's "new" kernel (unstable).</summary>
     public string NewKernel => this["REBOOTLESS_KERNEL_NEW"];
 
-    /// <summary>The VM runner script.</summary>
-    public string VmRunner => this["REBOOTLESS_VM"];
+    /// <summary>
+    /// The VM runner script of this checkout (testbed.env names the one of
+    /// whichever checkout provisioned last, which may be another clone).
+    /// </summary>
+    public string VmRunner => File.Exists(Path.Combine(RepositoryRoot, "testbed", "vm")) ? Path.Combine(RepositoryRoot, "testbed", "vm") : this["REBOOTLESS_VM"];
 
     /// <summary>A value of testbed.env.</summary>
     public string this[string key] => _values.TryGetValue(key, out var v)

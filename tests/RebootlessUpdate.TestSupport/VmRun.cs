@@ -1,3 +1,5 @@
+using NUnit.Framework;
+
 namespace RebootlessUpdate.TestSupport;
 
 /// <summary>
@@ -25,6 +27,10 @@ public static class VmRun
         }
     }
 
+    /// <summary>True when the runner reported a guest kernel crash of the kind TCG emulation causes (exit 126, "Oops: int3").</summary>
+    public static bool IsEmulationCrash(ProcessResult result) =>
+        result.ExitCode == 126 && result.Output.Contains("Oops: int3", StringComparison.Ordinal);
+
     /// <summary>
     /// Writes <paramref name="script"/> (sh; <c>$AGENT</c> is set to the agent's
     /// dll) as the job and boots <paramref name="kernel"/> ("old", "new" or a
@@ -46,7 +52,27 @@ public static class VmRun
             args.AddRange(["--append", extraAppend]);
         }
 
+        var inputs = Directory.GetFiles(job);
         var result = ProcessRunner.Run(testbed.VmRunner, args, TimeSpan.FromSeconds(timeoutSeconds + 60));
+        if (IsEmulationCrash(result))
+        {
+            // qemu's multi-threaded TCG occasionally lets a guest vCPU run a
+            // half-patched instruction while the kernel flips a static key (an
+            // "Oops: int3" in kernel code; seen once among this project's VM runs). That is the
+            // emulator, not the code under test: run the job once more, from a
+            // clean job folder, and say so in the output.
+            TestContext.Out.WriteLine($"VM run hit an emulation crash (guest kernel Oops: int3); retrying once. First console: {Path.Combine(job, "console.log")}");
+            var retry = Directory.CreateTempSubdirectory("rebootless-vmjob-").FullName;
+            foreach (var file in inputs)
+            {
+                File.Copy(file, Path.Combine(retry, Path.GetFileName(file)));
+            }
+
+            args[args.IndexOf(job)] = retry;
+            job = retry;
+            result = ProcessRunner.Run(testbed.VmRunner, args, TimeSpan.FromSeconds(timeoutSeconds + 60));
+        }
+
         return (job, result);
     }
 }

@@ -44,4 +44,18 @@ public class KexecTestbedTests
         Assert.That(result.ExitCode, Is.EqualTo(7), result.ToString());
         Assert.That(result.Output, Does.Contain(testbed.NewKernel));
     }
+
+    [Test]
+    public void Runner_reports_a_guest_kernel_crash_distinctly()
+    {
+        var testbed = Testbed.Require();
+        Testbed.RequireRoot();
+
+        var result = ProcessRunner.Run(testbed.VmRunner, ["--kernel", "old", "--timeout", "120", "--", "sh", "-c", "echo c > /proc/sysrq-trigger"],
+            TimeSpan.FromMinutes(3));
+
+        Assert.That(result.ExitCode, Is.EqualTo(126), result.ToString());
+        Assert.That(result.Error, Does.Contain("the guest kernel crashed (Kernel panic"));
+        Assert.That(VmRun.IsEmulationCrash(result), Is.False, "a deliberate panic is not the emulator's int3 and is never retried");
+    }
 }
