@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Globalization;
 using System.Text.Json;
 using RebootlessUpdate.Criu;
 using RebootlessUpdate.VmAgent.Images;
@@ -33,7 +32,7 @@ internal sealed class IterativeDumpCommand : IVmCommand
         }
 
         using var unshare = Process.Start(psi)!;
-        var pid = GuestWorkload.WaitFor(() => ChildOf(unshare.Id), "the workload's init", 60);
+        var pid = GuestWorkload.WaitFor(() => GuestWorkload.Children(unshare.Id).FirstOrDefault(), "the workload's init", 60);
         GuestWorkload.WaitFor(() => File.Exists(Path.Combine(work, "ready")) ? 1 : 0, "the workload's memory", 120);
 
         // One SINGLE_PRE_DUMP first (its own connection; the tree keeps running).
@@ -72,12 +71,5 @@ internal sealed class IterativeDumpCommand : IVmCommand
         await File.WriteAllTextAsync("/job/iterative.json", JsonSerializer.Serialize(report));
         Console.WriteLine($"criu-iterative: {JsonSerializer.Serialize(report)}");
         return verdict.StartsWith("ok", StringComparison.Ordinal) ? 0 : 1;
-    }
-
-    private static int ChildOf(int pid)
-    {
-        var file = $"/proc/{pid}/task/{pid}/children";
-        var text = File.Exists(file) ? File.ReadAllText(file) : string.Empty;
-        return text.Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(s => int.Parse(s, CultureInfo.InvariantCulture)).FirstOrDefault();
     }
 }

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Globalization;
 using System.Text.Json;
 using RebootlessUpdate.Criu;
 using RebootlessUpdate.VmAgent.Images;
@@ -30,7 +29,7 @@ internal sealed class TcpDumpCommand : IVmCommand
         }
 
         using var unshare = Process.Start(psi)!;
-        var pid = GuestWorkload.WaitFor(() => ChildOf(unshare.Id), "the workload's init", 60);
+        var pid = GuestWorkload.WaitFor(() => GuestWorkload.Children(unshare.Id).FirstOrDefault(), "the workload's init", 60);
         GuestWorkload.WaitFor(() => GuestWorkload.ReadCounter(counter) > 5 ? 1 : 0, "the first messages", 60);
 
         var client = new CriuClient();
@@ -63,12 +62,5 @@ internal sealed class TcpDumpCommand : IVmCommand
         await File.WriteAllTextAsync("/job/tcp.json", JsonSerializer.Serialize(report));
         Console.WriteLine($"criu-tcp: {JsonSerializer.Serialize(report)}");
         return errors.Length == 0 ? 0 : 1;
-    }
-
-    private static int ChildOf(int pid)
-    {
-        var file = $"/proc/{pid}/task/{pid}/children";
-        var text = File.Exists(file) ? File.ReadAllText(file) : string.Empty;
-        return text.Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(s => int.Parse(s, CultureInfo.InvariantCulture)).FirstOrDefault();
     }
 }

@@ -68,7 +68,7 @@ internal static class GuestWorkload
         throw new TimeoutException($"timed out after {seconds} s waiting for {what}");
     }
 
-    private static List<int> Children(int pid)
+    internal static List<int> Children(int pid)
     {
         var list = new List<int>();
         foreach (var task in Directory.EnumerateDirectories($"/proc/{pid}/task"))
