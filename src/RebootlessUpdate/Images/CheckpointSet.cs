@@ -1,3 +1,5 @@
+using System.Collections.Concurrent;
+
 namespace RebootlessUpdate.Images;
 
 /// <summary>
@@ -36,6 +38,9 @@ public sealed class CheckpointSet
 
     /// <summary>Creation time.</summary>
     public DateTimeOffset CreatedAt { get; }
+
+    /// <summary>Hashes taken by <see cref="IImageStore.PrehashAsync"/>, by set path; sealing reuses those whose file did not change.</summary>
+    internal ConcurrentDictionary<string, PrehashedFile> Prehashed { get; } = new(StringComparer.Ordinal);
 }
 
 /// <summary>Names inside a store (documented in MANIFEST.md).</summary>

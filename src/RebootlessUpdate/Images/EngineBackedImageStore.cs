@@ -35,6 +35,10 @@ public abstract class EngineBackedImageStore : IImageStore
         Engine.SealAsync(checkpointSet, options, cancellationToken);
 
     /// <inheritdoc />
+    public Task PrehashAsync(CheckpointSet checkpointSet, string folder, CancellationToken cancellationToken = default) =>
+        Engine.PrehashAsync(checkpointSet, folder, cancellationToken);
+
+    /// <inheritdoc />
     public Task<VerificationResult> VerifyAsync(string setId, VerifyOptions? options = null, CancellationToken cancellationToken = default) =>
         Engine.VerifyAsync(setId, options, cancellationToken);
 

@@ -35,6 +35,17 @@ public interface IImageStore
     /// <exception cref="UnsafeSetPathException">The images folder holds a link out of the set or a special file.</exception>
     Task<CheckpointManifest> SealAsync(CheckpointSet checkpointSet, SealOptions options, CancellationToken cancellationToken = default);
 
+    /// <summary>
+    /// Fsyncs and hashes the files under <paramref name="folder"/> (a path inside the set's images
+    /// folder) now, while the workloads still run, so that <see cref="SealAsync"/> (inside the
+    /// freeze) only hashes what was written after. A file that changes afterwards (size, mtime,
+    /// ctime or inode) is hashed again at seal, so calling this early is never wrong, only wasted.
+    /// Stores that do not support it do nothing.
+    /// </summary>
+    /// <exception cref="ArgumentException"><paramref name="folder"/> is not a valid set path.</exception>
+    /// <exception cref="DirectoryNotFoundException">The set has no such folder.</exception>
+    Task PrehashAsync(CheckpointSet checkpointSet, string folder, CancellationToken cancellationToken = default) => Task.CompletedTask;
+
     /// <summary>Verifies a set against its manifest and lists every mismatch.</summary>
     /// <exception cref="CheckpointSetNotFoundException">There is no such set.</exception>
     Task<VerificationResult> VerifyAsync(string setId, VerifyOptions? options = null, CancellationToken cancellationToken = default);

@@ -11,6 +11,9 @@ internal static partial class Log
     [LoggerMessage(4001, LogLevel.Information, "Sealed checkpoint set {SetId}: {Files} files, {Bytes} bytes")]
     public static partial void SetSealed(ILogger logger, string setId, int files, long bytes);
 
+    [LoggerMessage(4003, LogLevel.Debug, "Hashed {Files} files ({Bytes} bytes) of set {SetId} under {Folder} ahead of sealing")]
+    public static partial void SetPrehashed(ILogger logger, string setId, string folder, int files, long bytes);
+
     [LoggerMessage(4002, LogLevel.Information, "Verified checkpoint set {SetId} ({Mode}): {Issues} problems")]
     public static partial void SetVerified(ILogger logger, string setId, VerificationMode mode, int issues);
 

@@ -1,7 +1,9 @@
+using System.Collections.Concurrent;
 using System.Globalization;
 using System.Security.Cryptography;
 using System.Text.RegularExpressions;
 using Microsoft.Extensions.Logging;
+using Microsoft.Win32.SafeHandles;
 using Mono.Unix.Native;
 using RebootlessUpdate.Images.Interop;
 
@@ -16,6 +18,9 @@ internal sealed partial class SetStoreEngine
 {
     private const FilePermissions FileMode0600 = FilePermissions.S_IRUSR | FilePermissions.S_IWUSR;
     private const FilePermissions DirMode0700 = FilePermissions.S_IRWXU;
+
+    /// <summary>How much older than its hash a file's last change must be for a pre-hash to count (covers coarse file-system clocks).</summary>
+    private static readonly TimeSpan RacyMargin = TimeSpan.FromMilliseconds(50);
 
     private readonly IImageStore _owner;
     private readonly TimeProvider _time;
@@ -128,7 +133,7 @@ internal sealed partial class SetStoreEngine
         }
 
         var kernel = options.KernelRelease ?? (await File.ReadAllTextAsync("/proc/sys/kernel/osrelease", cancellationToken).ConfigureAwait(false)).Trim();
-        var entries = await Task.Run(() => HashForSeal(checkpointSet.ImagesDirectory, cancellationToken), cancellationToken).ConfigureAwait(false);
+        var entries = await Task.Run(() => HashForSeal(checkpointSet.ImagesDirectory, checkpointSet.Prehashed, cancellationToken), cancellationToken).ConfigureAwait(false);
         var manifest = new CheckpointManifest
         {
             SetId = checkpointSet.Id,
@@ -147,12 +152,99 @@ internal sealed partial class SetStoreEngine
         return manifest;
     }
 
+    internal async Task PrehashAsync(CheckpointSet checkpointSet, string folder, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(checkpointSet);
+        ArgumentException.ThrowIfNullOrWhiteSpace(folder);
+        if (!ReferenceEquals(checkpointSet.Store, _owner))
+        {
+            throw new ArgumentException($"set {checkpointSet.Id} belongs to another store", nameof(checkpointSet));
+        }
+
+        if (SetPaths.Check(folder) is { } why)
+        {
+            throw new ArgumentException($"'{folder}' {why}", nameof(folder));
+        }
+
+        var dir = Path.Combine(checkpointSet.ImagesDirectory, folder);
+        if (!Directory.Exists(dir))
+        {
+            throw new DirectoryNotFoundException($"set {checkpointSet.Id} has no folder '{folder}'");
+        }
+
+        var (files, bytes) = await Task.Run(() => Prehash(checkpointSet.ImagesDirectory, dir, checkpointSet.Prehashed, cancellationToken), cancellationToken).ConfigureAwait(false);
+        Log.SetPrehashed(_logger, checkpointSet.Id, folder, files, bytes);
+    }
+
+    /// <summary>Fsyncs and hashes the plain files under <paramref name="dir"/> (not following links), remembering each one's identity.</summary>
+    private static (int Files, long Bytes) Prehash(string images, string dir, ConcurrentDictionary<string, PrehashedFile> into, CancellationToken cancellationToken)
+    {
+        int files = 0;
+        long bytes = 0;
+        foreach (var (relative, full, type) in Walk(images, dir))
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            if (type != FilePermissions.S_IFREG)
+            {
+                continue;
+            }
+
+            using var handle = FileHasher.OpenNoFollow(full);
+            var identity = PrepareForSeal(handle, full);
+            // A write after the hash must move the identity. Time stamps come from a coarse clock
+            // (a tick of up to 10 ms), so a write in the same tick as the last one could keep them:
+            // hash only once the last change is older than that ("racy git"'s rule).
+            var age = DateTimeOffset.UtcNow - DateTimeOffset.FromUnixTimeSeconds(identity.CTime).AddTicks(identity.CTimeNsec / 100);
+            if (age < RacyMargin)
+            {
+                Thread.Sleep(RacyMargin - age);
+            }
+
+            var (hash, length) = FileHasher.Hash(handle, cancellationToken);
+            // Written to while it was read (its identity moved): leave it to the seal.
+            if (length == identity.Size && Identity(handle, full) == identity)
+            {
+                into[relative] = new PrehashedFile(identity, hash);
+                files++;
+                bytes += length;
+            }
+        }
+
+        return (files, bytes);
+    }
+
+    /// <summary>Makes a file 0600 (only when it is not: a chmod moves its ctime) and durable; returns its identity after that.</summary>
+    private static FileIdentity PrepareForSeal(SafeFileHandle handle, string path)
+    {
+        if (Syscall.fstat(Fd(handle), out var st) != 0)
+        {
+            throw new ImageStoreException($"fstat {path} failed: {Stdlib.strerror(Stdlib.GetLastError())}");
+        }
+
+        if ((st.st_mode & FilePermissions.ALLPERMS) != FileMode0600 && Syscall.fchmod(Fd(handle), FileMode0600) != 0)
+        {
+            throw new ImageStoreException($"chmod {path} failed: {Stdlib.strerror(Stdlib.GetLastError())}");
+        }
+
+        Libc.FsyncOrThrow(handle, path);
+        return Identity(handle, path);
+    }
+
+    private static FileIdentity Identity(SafeFileHandle handle, string path) =>
+        Syscall.fstat(Fd(handle), out var st) == 0
+            ? new FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime, st.st_mtime_nsec, st.st_ctime, st.st_ctime_nsec)
+            : throw new ImageStoreException($"fstat {path} failed: {Stdlib.strerror(Stdlib.GetLastError())}");
+
+    private static int Fd(SafeFileHandle handle) => (int)handle.DangerousGetHandle();
+
     /// <summary>
     /// Walks the images folder: rejects anything unsafe, makes files 0600 and
     /// folders 0700, fsyncs every file (the page cache does not survive kexec;
-    /// the manifest must never be durable before the data it vouches for) and hashes it.
+    /// the manifest must never be durable before the data it vouches for) and hashes it,
+    /// unless <paramref name="prehashed"/> holds its hash from before and the file has not
+    /// changed since (same device, inode, size, mtime and ctime).
     /// </summary>
-    private static List<ManifestEntry> HashForSeal(string images, CancellationToken cancellationToken)
+    private static List<ManifestEntry> HashForSeal(string images, ConcurrentDictionary<string, PrehashedFile> prehashed, CancellationToken cancellationToken)
     {
         var entries = new List<ManifestEntry>();
         foreach (var (relative, full, type) in Walk(images, images))
@@ -165,11 +257,12 @@ internal sealed partial class SetStoreEngine
                     Libc.FsyncDirectory(full);
                     break;
                 case FilePermissions.S_IFREG:
-                    Chmod(full, FileMode0600);
                     using (var handle = FileHasher.OpenNoFollow(full))
                     {
-                        Libc.FsyncOrThrow(handle, full);
-                        var (hash, length) = FileHasher.Hash(handle, cancellationToken);
+                        var identity = PrepareForSeal(handle, full);
+                        var (hash, length) = prehashed.TryGetValue(relative, out var known) && known.Identity == identity
+                            ? (known.Xxh128, identity.Size)
+                            : FileHasher.Hash(handle, cancellationToken);
                         entries.Add(new ManifestEntry { Path = relative, Size = length, Xxh128 = hash });
                     }
 
@@ -593,3 +686,9 @@ internal sealed partial class SetStoreEngine
         }
     }
 }
+
+/// <summary>What identifies one version of a file's content: a write, truncate, chmod or replacement moves one of these.</summary>
+internal readonly record struct FileIdentity(ulong Device, ulong Inode, long Size, long MTime, long MTimeNsec, long CTime, long CTimeNsec);
+
+/// <summary>A hash computed before sealing, valid while the file keeps <see cref="Identity"/>.</summary>
+internal sealed record PrehashedFile(FileIdentity Identity, string Xxh128);

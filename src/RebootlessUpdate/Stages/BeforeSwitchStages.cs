@@ -164,7 +164,9 @@ internal sealed class PreDumpStage(PreDumpStageOptions options) : IUpdateStage
             var dump = t.Settings!.ToDump(t.Resolved!.RootPid, dir, TargetOperations.WorkDirectory(context, t)) with { TrackMemory = true, LogFile = "pre-dump.log" };
             await criu.SinglePreDumpAsync(dump, cancellationToken).ConfigureAwait(false);
             t.PreDumpFolder = folder;
-            context.ReportProgress(Name, $"pre-dumped {TargetOperations.FolderBytes(dir)} bytes while running", t.Target.Id);
+            // Hashed now, while the workloads run: the seal inside the freeze then only hashes the final dump.
+            await context.RequireStore().PrehashAsync(set, folder, cancellationToken).ConfigureAwait(false);
+            context.ReportProgress(Name, $"pre-dumped {TargetOperations.FolderBytes(dir)} bytes while running (hashed)", t.Target.Id);
         }
     }
 }
