@@ -97,6 +97,15 @@ public sealed record VerifyOptions
 
     /// <summary>Accept a set sealed on a host with another machine id (default false: refused).</summary>
     public bool AllowForeignHost { get; init; }
+
+    /// <summary>
+    /// Checks only the manifest entries whose set path (e.g. <c>00-pid-42/pages-1.img</c>) this
+    /// accepts; null (default) checks every entry. The manifest itself is always checked.
+    /// </summary>
+    public Func<string, bool>? Include { get; init; }
+
+    /// <summary>Also report files on disk that the manifest does not list (default true).</summary>
+    public bool ReportUnlisted { get; init; } = true;
 }
 
 /// <summary>

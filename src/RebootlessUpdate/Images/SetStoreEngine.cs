@@ -362,9 +362,10 @@ internal sealed partial class SetStoreEngine
 
         // Files are checked in parallel (hashing is CPU-bound once the data is in
         // memory, as it is on tmpfs or pmem); results are merged in manifest order.
-        var checks = new (VerificationIssue? Issue, bool Missing, long Hashed)[manifest.Files.Count];
-        Parallel.For(0, manifest.Files.Count, new ParallelOptions { CancellationToken = cancellationToken, MaxDegreeOfParallelism = Environment.ProcessorCount },
-            i => checks[i] = CheckEntry(images, manifest.Files[i], options.Mode, cancellationToken));
+        var selected = options.Include is { } include ? manifest.Files.Where(f => include(f.Path)).ToList() : manifest.Files;
+        var checks = new (VerificationIssue? Issue, bool Missing, long Hashed)[selected.Count];
+        Parallel.For(0, selected.Count, new ParallelOptions { CancellationToken = cancellationToken, MaxDegreeOfParallelism = Environment.ProcessorCount },
+            i => checks[i] = CheckEntry(images, selected[i], options.Mode, cancellationToken));
         long hashed = 0;
         var missing = new List<ManifestEntry>();
         var listed = new HashSet<string>(manifest.Files.Select(f => f.Path), StringComparer.Ordinal);
@@ -373,7 +374,7 @@ internal sealed partial class SetStoreEngine
             hashed += checks[i].Hashed;
             if (checks[i].Missing)
             {
-                missing.Add(manifest.Files[i]);
+                missing.Add(selected[i]);
             }
             else if (checks[i].Issue is { } issue)
             {
@@ -383,7 +384,7 @@ internal sealed partial class SetStoreEngine
 
         // Whatever is on disk and not listed: extra files, or the other half of a rename.
         var extras = new List<(string Relative, string Full, FilePermissions Type)>();
-        if (Directory.Exists(images))
+        if (options.ReportUnlisted && Directory.Exists(images))
         {
             foreach (var item in Walk(images, images))
             {

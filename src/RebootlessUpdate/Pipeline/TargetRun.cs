@@ -1,3 +1,4 @@
+using RebootlessUpdate.Images;
 using RebootlessUpdate.Criu;
 using RebootlessUpdate.Targets;
 
@@ -73,6 +74,9 @@ public sealed class TargetRun
     internal ProcessIdentity? Original { get; set; }
 
     internal Pending? PendingDump { get; set; }
+
+    /// <summary>The check of the target's page images, still running while CRIU restores it (awaited at post-restore).</summary>
+    internal Task<VerificationResult>? PendingPageVerification { get; set; }
 
     internal Exception? DumpException { get; set; }
 

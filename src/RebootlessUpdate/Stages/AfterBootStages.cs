@@ -139,8 +139,12 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
     }
 }
 
-/// <summary>Verifies every hash of the set before anything is restored from it.</summary>
-internal sealed class VerifyStage : IUpdateStage
+/// <summary>
+/// Verifies every hash of the set before anything restored from it runs. After boot the
+/// page images of each target are, by default, hashed while CRIU restores them (the
+/// Restore stage holds each target at post-restore until its check passed).
+/// </summary>
+internal sealed class VerifyStage(VerifyStageOptions options) : IUpdateStage
 {
     public string Name => "Verify";
 
@@ -173,11 +177,14 @@ internal sealed class VerifyStage : IUpdateStage
             return;
         }
 
-        var verification = await store.VerifyAsync(context.SetId!, null, cancellationToken).ConfigureAwait(false);
+        // Page images owned by a target may wait: CRIU reads them into memory that does not run before post-restore.
+        bool Deferred(string path) => options.HashPagesDuringRestore && IsPageImage(path) && OwnerOf(context, path) is not null;
+        var verification = await store.VerifyAsync(context.SetId!, new VerifyOptions { Include = p => !Deferred(p) }, cancellationToken).ConfigureAwait(false);
         if (verification.IsValid)
         {
             context.Restorable = new RestorableSet(verification);
-            context.ReportProgress(Name, $"{verification.BytesHashed} bytes verified");
+            StartPageVerification(context, store, Deferred);
+            context.ReportProgress(Name, $"{verification.BytesHashed} bytes verified" + (options.HashPagesDuringRestore ? "; page images are hashed while they are restored" : string.Empty));
             return;
         }
 
@@ -194,21 +201,47 @@ internal sealed class VerifyStage : IUpdateStage
         {
             var t = group.Key;
             t.Phase = TargetPhase.Failed;
-            t.Error = "not restored: its images failed verification (" + string.Join("; ", group.Select(o => o.Issue.ToString())) + "); nothing of it was restored, the images are kept for inspection";
+            t.Error = RefusalMessage(group.Select(o => o.Issue));
             PipelineLog.TargetWarning(context.Logger, t.Target.Id, t.Error);
             context.ReportProgress(Name, t.Error, t.Target.Id);
         }
 
         context.RequireJournal().UpdateTargets(context);
+        StartPageVerification(context, store, Deferred);
         context.ReportProgress(Name, $"{verification.BytesHashed} bytes verified; {owners.Select(o => o.Owner).Distinct().Count()} target(s) refused");
+    }
+
+    /// <summary>Starts, in the background, the check of each remaining target's deferred page images.</summary>
+    private static void StartPageVerification(UpdateContext context, IImageStore store, Func<string, bool> deferred)
+    {
+        foreach (var t in context.Targets.Where(t => t.Phase == TargetPhase.Dumped))
+        {
+            var only = new VerifyOptions { Include = p => deferred(p) && OwnerOf(context, p) == t, ReportUnlisted = false };
+            t.PendingPageVerification = store.VerifyAsync(context.SetId!, only, CancellationToken.None);
+        }
+    }
+
+    /// <summary>CRIU's page data files (<c>pages-N.img</c>): the memory contents, nearly all of a set's bytes.</summary>
+    internal static bool IsPageImage(string path)
+    {
+        var name = path[(path.LastIndexOf('/') + 1)..];
+        return name.StartsWith("pages-", StringComparison.Ordinal) && name.EndsWith(".img", StringComparison.Ordinal);
     }
 
     /// <summary>The target whose images folder (or pre-dump folder) holds the file an issue names.</summary>
     private static TargetRun? OwnerOf(UpdateContext context, VerificationIssue issue) =>
         issue.Kind is VerificationIssueKind.NotSealed or VerificationIssueKind.ManifestCorrupt or VerificationIssueKind.ForeignHost
             ? null
-            : context.Targets.FirstOrDefault(t => t.Folder is { } f
-                && (issue.Path.StartsWith(f + "/", StringComparison.Ordinal) || issue.Path.StartsWith(f + "-pre/", StringComparison.Ordinal)));
+            : OwnerOf(context, issue.Path);
+
+    /// <summary>The target whose images folder (or pre-dump folder) holds <paramref name="path"/>.</summary>
+    private static TargetRun? OwnerOf(UpdateContext context, string path) =>
+        context.Targets.FirstOrDefault(t => t.Folder is { } f
+            && (path.StartsWith(f + "/", StringComparison.Ordinal) || path.StartsWith(f + "-pre/", StringComparison.Ordinal)));
+
+    /// <summary>What a target whose images failed verification is told (the same before and during its restore).</summary>
+    internal static string RefusalMessage(IEnumerable<VerificationIssue> issues) =>
+        "not restored: its images failed verification (" + string.Join("; ", issues.Select(i => i.ToString())) + "); nothing of it was restored, the images are kept for inspection";
 }
 
 /// <summary>Restores every target that needs it, in parallel; skips those already running. Safe to repeat.</summary>
@@ -247,6 +280,17 @@ internal sealed class RestoreStage(RestoreStageOptions options) : IUpdateStage
             }
             catch (Exception e) when (e is not OperationCanceledException)
             {
+                if (await RefusedAsync(t).ConfigureAwait(false) is { } refused)
+                {
+                    // Its pages failed their check while CRIU loaded them: CRIU aborted at post-restore and killed the tree.
+                    t.Phase = TargetPhase.Failed;
+                    t.Error = VerifyStage.RefusalMessage(refused.Issues);
+                    PipelineLog.TargetWarning(context.Logger, t.Target.Id, t.Error);
+                    context.ReportProgress(Name, t.Error, t.Target.Id);
+                    journal.UpdateTargets(context);
+                    return;
+                }
+
                 t.Error = "restore failed: " + e.Message;
                 lock (errors)
                 {
@@ -267,6 +311,25 @@ internal sealed class RestoreStage(RestoreStageOptions options) : IUpdateStage
         if (errors.Count > 1)
         {
             throw new AggregateException($"{errors.Count} targets could not be restored", errors);
+        }
+    }
+
+    /// <summary>The failed page check of a target whose restore failed, if that is why.</summary>
+    private static async Task<VerificationResult?> RefusedAsync(TargetRun t)
+    {
+        if (t.PendingPageVerification is not { } pending)
+        {
+            return null;
+        }
+
+        try
+        {
+            var result = await pending.ConfigureAwait(false);
+            return result.IsValid ? null : result;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ImageStoreException)
+        {
+            return null; // the restore's own error says more
         }
     }
 
@@ -299,7 +362,9 @@ internal sealed class ReportStage : IUpdateStage
 
         var journal = context.RequireJournal();
         journal.UpdateTargets(context);
-        if (context.Mode == UpdateMode.Resume && context.SameBoot)
+        var refused = context.Targets.Where(t => t.Phase == TargetPhase.Failed).ToList();
+        var sameBoot = context.Mode == UpdateMode.Resume && context.SameBoot;
+        if (sameBoot)
         {
             var loader = new KexecLoader();
             if (loader.IsLoaded)
@@ -307,11 +372,13 @@ internal sealed class ReportStage : IUpdateStage
                 await loader.UnloadAsync(cancellationToken: cancellationToken).ConfigureAwait(false);
             }
 
-            journal.Transition(JournalState.RolledBack, "a crash before the jump was recovered on the same kernel");
-            return;
+            if (refused.Count == 0)
+            {
+                journal.Transition(JournalState.RolledBack, "a crash before the jump was recovered on the same kernel");
+                return;
+            }
         }
 
-        var refused = context.Targets.Where(t => t.Phase == TargetPhase.Failed).ToList();
         if (refused.Count > 0)
         {
             // The others run again; these need an operator (the journal stays unfinished so a later resume retries them).

@@ -112,6 +112,19 @@ public sealed record RestoreStageOptions
     }
 }
 
+/// <summary>Options of the Verify stage. Immutable.</summary>
+public sealed record VerifyStageOptions
+{
+    /// <summary>
+    /// After boot, hash the page images (the bulk of a set) while CRIU restores from them
+    /// instead of before (default true). Everything else is verified first; CRIU then loads the
+    /// memory of a target but does not let it run until its pages passed: the post-restore
+    /// notification waits for that check and a mismatch makes CRIU abort the restore and kill
+    /// the tree, so nothing of a damaged target ever runs. Turn it off to verify everything first.
+    /// </summary>
+    public bool HashPagesDuringRestore { get; init; } = true;
+}
+
 /// <summary>Options of the Cleanup stage. Immutable.</summary>
 public sealed record CleanupStageOptions
 {

@@ -62,9 +62,9 @@ public static class StandardStages
     public static UpdatePipelineBuilder AddLocate(this UpdatePipelineBuilder builder, LocateStageOptions? options = null) =>
         Check(builder).AddStage(new LocateStage(options ?? new LocateStageOptions()));
 
-    /// <summary>Verifies every hash of the set.</summary>
-    public static UpdatePipelineBuilder AddVerify(this UpdatePipelineBuilder builder) =>
-        Check(builder).AddStage(new VerifyStage());
+    /// <summary>Verifies every hash of the set (after boot, the page images while they are restored: see <see cref="VerifyStageOptions"/>).</summary>
+    public static UpdatePipelineBuilder AddVerify(this UpdatePipelineBuilder builder, VerifyStageOptions? options = null) =>
+        Check(builder).AddStage(new VerifyStage(options ?? new VerifyStageOptions()));
 
     /// <summary>Restores the targets in parallel; retried (it skips restored targets, so repeating is safe).</summary>
     public static UpdatePipelineBuilder AddRestore(this UpdatePipelineBuilder builder, RestoreStageOptions? options = null, StageOptions? stageOptions = null)

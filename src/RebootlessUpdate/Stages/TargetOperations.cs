@@ -261,6 +261,26 @@ internal static class TargetOperations
 
         var criu = context.RequireCriu();
         var options = t.Settings!.ToRestore(imagesDirectory, WorkDirectory(context, t)) with { LogFile = "restore.log" };
+        if (t.PendingPageVerification is { } pages)
+        {
+            // CRIU has loaded the memory but lets nothing run before post-restore: hold it there until the
+            // pages passed their check; failing the notification makes CRIU abort and kill the restored tree.
+            options = options with
+            {
+                OnNotification = async (n, ct) =>
+                {
+                    if (n.Script == "post-restore")
+                    {
+                        var check = await pages.WaitAsync(ct).ConfigureAwait(false);
+                        if (!check.IsValid)
+                        {
+                            throw new CheckpointSetVerificationException(check);
+                        }
+                    }
+                },
+            };
+        }
+
         var start = context.TimeProvider.GetTimestamp();
         var result = await criu.RestoreAsync(options, cancellationToken).ConfigureAwait(false);
         var end = context.TimeProvider.GetTimestamp();

@@ -145,6 +145,46 @@ public class CrashRecoveryTests
         Workload.WaitFor(() => shell.ReadCounter() > before + 2 ? 1 : 0, "the shell workload to count on");
     }
 
+    [Test]
+    public void A_page_image_damaged_before_resume_is_caught_while_restoring_and_that_target_never_runs()
+    {
+        var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
+        var richDir = Path.Combine(_dir, "rich");
+        _workload = Workload.StartProgram(richDir, 16);
+        using var shell = Workload.Start(Path.Combine(_dir, "shell"));
+        var crashed = Tool("sealed/dumped", "rehearse", "--pid", Pid(_workload.RootPid), "--pid", Pid(shell.RootPid), "--store", store, "--criu", _testbed.Criu);
+        Assert.That(crashed.ExitCode, Is.EqualTo(137), crashed.ToString());
+        var journal = UpdateJournal.List(store).Single();
+        var rich = journal.Targets[0];
+        var images = Path.Combine(store, "sets", journal.SetId, "images", rich.Folder);
+        var victim = Directory.GetFiles(images, "pages-*.img").MaxBy(f => new FileInfo(f).Length)!;
+        using (var f = new FileStream(victim, FileMode.Open, FileAccess.ReadWrite))
+        {
+            f.Position = f.Length / 2;
+            var b = f.ReadByte();
+            f.Position--;
+            f.WriteByte((byte)(b ^ 0xFF));
+        }
+
+        var resumed = Tool(null, "resume", "--store", store, "--criu", _testbed.Criu, "--json");
+        TestContext.Out.WriteLine($"--- resume\n{resumed}");
+        var after = UpdateJournal.List(store).Single();
+        Assert.Multiple(() =>
+        {
+            Assert.That(resumed.ExitCode, Is.EqualTo(12), "not every workload could be put back");
+            Assert.That(after.Targets[0].Phase, Is.EqualTo(TargetPhase.Failed));
+            Assert.That(after.Targets[0].Error, Does.Contain("failed verification").And.Contain(Path.GetFileName(victim)));
+            Assert.That(File.Exists(Path.Combine(UpdateJournal.LogDirectoryOf(store, journal.SetId), rich.Folder, "restore.log")), Is.True,
+                "CRIU was already restoring it when its pages failed (the check ran during the restore)");
+            Assert.That(Instances(richDir), Is.Zero, "nothing of the damaged target runs");
+            Assert.That(after.Targets[1].Phase, Is.EqualTo(TargetPhase.Restored), after.Targets[1].Error);
+            Assert.That(File.Exists(victim), Is.True, "the images are kept for inspection");
+        });
+        shell.RootPid = after.Targets[1].RestoredPid!.Value;
+        var before = shell.ReadCounter();
+        Workload.WaitFor(() => shell.ReadCounter() > before + 2 ? 1 : 0, "the other target to count on");
+    }
+
     private static string Pid(int pid) => pid.ToString(CultureInfo.InvariantCulture);
 
     /// <summary>Running copies of the workload: roots of a PID namespace (pid 1 inside) whose command line names its folder.</summary>

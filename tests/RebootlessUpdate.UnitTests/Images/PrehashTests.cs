@@ -88,3 +88,44 @@ public class PrehashTests
         });
     }
 }
+
+/// <summary>Verifying part of a set (what the resume checks first, and what it checks while restoring).</summary>
+public class PartialVerificationTests
+{
+    private StoreFixture _f = null!;
+
+    [SetUp]
+    public void SetUp() => _f = new StoreFixture();
+
+    [TearDown]
+    public void TearDown() => _f.Dispose();
+
+    [Test]
+    public async Task Include_checks_only_the_chosen_files_and_ReportUnlisted_off_skips_strangers()
+    {
+        var set = await _f.SealedSet();
+        await File.WriteAllTextAsync(Path.Combine(set.ImagesDirectory, "pages-1.img"), "damaged");
+        await File.WriteAllTextAsync(Path.Combine(set.ImagesDirectory, "stranger.img"), "x");
+
+        var withoutPages = await _f.Store.VerifyAsync(set.Id, new VerifyOptions { Include = p => !p.EndsWith("pages-1.img", StringComparison.Ordinal) });
+        var onlyPages = await _f.Store.VerifyAsync(set.Id, new VerifyOptions { Include = p => p == "pages-1.img", ReportUnlisted = false });
+        var all = await _f.Store.VerifyAsync(set.Id);
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(withoutPages.Issues.Select(i => i.Path), Is.EqualTo(new[] { "stranger.img" }));
+            Assert.That(withoutPages.BytesHashed, Is.EqualTo(19 + 4 + 3));
+            Assert.That(onlyPages.Issues.Select(i => i.Path), Is.EqualTo(new[] { "pages-1.img" }));
+            Assert.That(all.Issues.Select(i => i.Path), Is.EquivalentTo(new[] { "pages-1.img", "stranger.img" }));
+        });
+    }
+
+    [TestCase("00-pid-1/pages-1.img", true)]
+    [TestCase("00-pid-1-pre/pages-12.img", true)]
+    [TestCase("pages-3.img", true)]
+    [TestCase("00-pid-1/pagemap-1.img", false)]
+    [TestCase("00-pid-1/pages-1.img.tmp", false)]
+    [TestCase("pages-dir/core-1.img", false)]
+    public void Page_images_are_recognised(string path, bool expected) =>
+        Assert.That(RebootlessUpdate.Stages.VerifyStage.IsPageImage(path), Is.EqualTo(expected));
+}
