@@ -27,7 +27,7 @@ import time
 JOB = "/job"
 CFG = json.load(open(f"{JOB}/config.json"))
 HERE = os.path.dirname(os.path.abspath(__file__))
-TOOL = ["dotnet", CFG["tool"], "--criu", "/usr/sbin/criu"]
+TOOL = [CFG.get("dotnet", "dotnet"), CFG["tool"], "--criu", "/usr/sbin/criu"]
 STORE_ARGS = ["--pmem", "/dev/pmem0", "--store-mount", "/run/rebootless/store"]
 STORE = "/run/rebootless/store"
 WL = f"{JOB}/wl"
@@ -150,10 +150,10 @@ def tree(root):
     return sorted(out)
 
 
-def counter(w):
+def counter(w, name="counter"):
     for _ in range(20):
         try:
-            return int(open(f"{w['dir']}/counter").read())
+            return int(open(f"{w['dir']}/{name}").read())
         except (OSError, ValueError):
             time.sleep(0.05)
     return None
@@ -236,7 +236,16 @@ def folder_bytes(path):
     return total
 
 
-def breakdown(j, boot2_t0, boot2_uptime0):
+def stage_starts(out):
+    """Start times of the resume's stages, from its --json output (None when it printed none)."""
+    try:
+        doc = json.loads(out[out.index("{"):out.rindex("}") + 1])
+        return {st["name"]: ts(st["startedAt"]) for st in doc.get("stages", []) if st.get("startedAt")}
+    except (ValueError, KeyError):
+        return None
+
+
+def breakdown(j, boot2_t0, boot2_uptime0, starts=None, t_resume=None):
     hist = {}
     for h in j["history"]:
         hist.setdefault(h["state"], ts(h["at"]))
@@ -257,6 +266,12 @@ def breakdown(j, boot2_t0, boot2_uptime0):
         "preDump": hist["Dumping"] - hist.get("KernelLoaded", hist["Planned"]),
         "sealToJump": hist["Jumping"] - hist["Sealed"],
     }
+    if starts and t_resume and "Preflight" in starts:
+        # resume start = guest job until it runs the tool + the tool's own start (runtime, parsing,
+        # readiness, store mount) + Preflight, Locate and Verify (what is left of it: the pages are hashed during the restore)
+        b["guestBeforeTool"] = t_resume - boot2_t0
+        b["toolStart"] = starts["Preflight"] - t_resume
+        b["stagesBeforeRestore"] = (starts.get("Restore") or hist.get("Resuming", boot2_t0)) - starts["Preflight"]
     return b
 
 
@@ -306,16 +321,23 @@ def scenario_update_boot2():
     modprobe_pmem()
     ws = load("workloads.json")
     set_id = next(a.split("=", 1)[1] for a in CMDLINE if a.startswith("rebootless.resume="))
-    c0 = {w["name"]: counter(w) for w in ws}
+    early = os.environ.get("RESUME_T0")
+    c0 = {w["name"]: counter(w, "counter.at-boot" if early else "counter") for w in ws}
     flipped = None
     if CFG.get("flip"):
         # Damage one image between the kernels (mounted by hand: resume mounts it itself otherwise).
         os.makedirs(STORE, exist_ok=True)
         subprocess.run(["mount", "-o", "dax", "/dev/pmem0", STORE], check=True)
         flipped = flip_byte(set_id, next(w for w in ws if w["name"] == "memory"))
-    t_resume = time.time()
-    code, out, secs = run(TOOL + ["resume", "--json"] + STORE_ARGS, logname="resume.log")
-    t_after = time.time()
+    if early:
+        # The job script already ran `rebootless resume` before starting python (see testbed/run-update).
+        t_resume, t_after = float(early), float(os.environ["RESUME_T1"])
+        code, out, secs = int(open(f"{JOB}/resume.rc").read()), open(f"{JOB}/resume.log").read(), t_after - t_resume
+        log(f"rebootless resume (run by the job script) exited {code} after {secs:.1f} s")
+    else:
+        t_resume = time.time()
+        code, out, secs = run(TOOL + ["resume", "--json"] + STORE_ARGS, logname="resume.log")
+        t_after = time.time()
     j = journal(set_id)
     checks = []
     kernel = os.uname().release
@@ -340,7 +362,7 @@ def scenario_update_boot2():
             if w["name"] == "memory":
                 r = memory_check(w)
                 checks.append([r.startswith("ok"), f"memory: {CFG.get('memMiB', 256)} MiB pattern, file offset, socket, thread: {r}"])
-    b = breakdown(j, T0, UPTIME0)
+    b = breakdown(j, T0, UPTIME0, stage_starts(out), t_resume)
     sets = f"{STORE}/sets/{set_id}/images"
     pre = sum(folder_bytes(p) for p in glob.glob(f"{sets}/*-pre"))
     total = folder_bytes(sets)
@@ -375,11 +397,14 @@ def write_report(r):
         f"rebootless update {r['oldKernel']} -> {r['newKernel']} (set {r['setId']})",
         f"downtime, first freeze -> last restore: {fmt(b['downtime'])}",
         f"  freeze + dump     {fmt(b['freezeAndDump'])}   ({len(r['journal']['targets'])} targets, one after the other)",
-        f"  seal              {fmt(b['seal'])}   (fsync + hash every image, manifest)",
+        f"  seal              {fmt(b['seal'])}   (fsync + hash the frozen dump's images; the pre-dump's were hashed before the freeze)",
         f"  commit + sync     {fmt(b['sealToJump'])}   (CRIU ends the frozen tasks; the jump is armed)",
         f"  kexec + boot      {fmt(b['kexecAndBoot'])}   (of which the new kernel to init: {b['newKernelBootToInit']:.2f} s)",
-        f"  resume start      {fmt(b['resumeStart'])}   (dotnet start, criu check, verify every hash)",
-        f"  restore           {fmt(b['restore'])}",
+        f"  resume start      {fmt(b['resumeStart'])}   (" + (
+            f"guest job {fmt(b['guestBeforeTool']).strip()}, tool start {fmt(b['toolStart']).strip()}, "
+            f"preflight + locate + verify {fmt(b['stagesBeforeRestore']).strip()})" if "toolStart" in b
+            else "dotnet start, criu check, verify)"),
+        f"  restore           {fmt(b['restore'])}   (CRIU restores every target in parallel; the page images are hashed meanwhile)",
         f"before the freeze, while the workloads ran: kernel load {fmt(b['kernelLoad'])}, pre-dump {fmt(b['preDump'])}",
         f"sizes: images {mb(s['imagesBytes'])} (pre-dump while running {mb(s['preDumpBytes'])}, frozen dump {mb(s['finalDumpBytes'])}); "
         + ", ".join(f"{k} {mb(v) if v else '-'}" for k, v in s["perTarget"].items()),

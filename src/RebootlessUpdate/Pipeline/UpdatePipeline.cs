@@ -53,6 +53,7 @@ public sealed class UpdatePipeline
             PipelineLog.StageStarted(context.Logger, context.Mode, name);
             using var activity = RebootlessTelemetry.ActivitySource.StartActivity($"stage {name}");
             var stageStart = _time.GetTimestamp();
+            var startedAt = _time.GetUtcNow();
             var attempts = 0;
             try
             {
@@ -60,7 +61,7 @@ public sealed class UpdatePipeline
                 var skip = context.TakeSkipReason();
                 var status = skip is null ? StageStatus.Completed : StageStatus.Skipped;
                 var elapsed = _time.GetElapsedTime(stageStart);
-                results.Add(new StageResult(name, status, elapsed, attempts, skip));
+                results.Add(new StageResult(name, status, elapsed, attempts, skip) { StartedAt = startedAt });
                 Record(context, name, status, elapsed);
                 if (skip is not null)
                 {
@@ -74,7 +75,7 @@ public sealed class UpdatePipeline
                 failure = Unwrap(e);
                 failedStage = name;
                 var elapsed = _time.GetElapsedTime(stageStart);
-                results.Add(new StageResult(name, StageStatus.Failed, elapsed, Math.Max(attempts, 1), failure.Message));
+                results.Add(new StageResult(name, StageStatus.Failed, elapsed, Math.Max(attempts, 1), failure.Message) { StartedAt = startedAt });
                 Record(context, name, StageStatus.Failed, elapsed);
                 activity?.SetStatus(ActivityStatusCode.Error, failure.Message);
                 PipelineLog.StageFailed(context.Logger, context.Mode, name, failure);

@@ -43,7 +43,11 @@ public enum StageStatus
 /// <param name="Duration">Time spent in the stage (all attempts).</param>
 /// <param name="Attempts">Attempts made (more than 1 only for stages marked safe to repeat).</param>
 /// <param name="Message">Why it was skipped or failed, when it was.</param>
-public sealed record StageResult(string Name, StageStatus Status, TimeSpan Duration, int Attempts, string? Message);
+public sealed record StageResult(string Name, StageStatus Status, TimeSpan Duration, int Attempts, string? Message)
+{
+    /// <summary>Wall-clock time the stage (or its compensation) started, from the pipeline's time provider.</summary>
+    public DateTimeOffset? StartedAt { get; init; }
+}
 
 /// <summary>One target's outcome, timings and CRIU statistics.</summary>
 public sealed record TargetReport
