@@ -141,7 +141,7 @@ internal static class Commands
             }
 
             var pipeline = RebootlessPipelines.Rehearsal(cleanup: new CleanupStageOptions { DeleteRehearsalSet = !p.GetValue(keep) }).Build();
-            return await RunAsync(p, pipeline, new UpdateContext(UpdateMode.Rehearse, targets) { Store = store, Criu = Criu(p), Progress = Progress(p) }, ct).ConfigureAwait(false);
+            return await RunAsync(p, pipeline, progress => new UpdateContext(UpdateMode.Rehearse, targets) { Store = store, Criu = Criu(p), Progress = progress }, ct).ConfigureAwait(false);
         });
         return cmd;
     }
@@ -199,7 +199,7 @@ internal static class Commands
             var pipeline = (p.GetValue(noPreDump)
                 ? new UpdatePipelineBuilder().AddPreflight().AddPlan().AddLoadKernel(kernelOptions).AddDump().AddSeal().AddJump()
                 : RebootlessPipelines.Update(kernelOptions)).Build();
-            return await RunAsync(p, pipeline, new UpdateContext(UpdateMode.Update, targets) { Store = store, Criu = Criu(p), Progress = Progress(p) }, ct).ConfigureAwait(false);
+            return await RunAsync(p, pipeline, progress => new UpdateContext(UpdateMode.Update, targets) { Store = store, Criu = Criu(p), Progress = progress }, ct).ConfigureAwait(false);
         });
         return cmd;
     }
@@ -217,7 +217,7 @@ internal static class Commands
             }
 
             var pipeline = RebootlessPipelines.Resume(new LocateStageOptions { SetId = p.GetValue(setId) }).Build();
-            return await RunAsync(p, pipeline, new UpdateContext(UpdateMode.Resume, []) { Store = store, Criu = Criu(p), Progress = Progress(p) }, ct).ConfigureAwait(false);
+            return await RunAsync(p, pipeline, progress => new UpdateContext(UpdateMode.Resume, []) { Store = store, Criu = Criu(p), Progress = progress }, ct).ConfigureAwait(false);
         });
         return cmd;
     }
@@ -476,9 +476,10 @@ internal static class Commands
         }
     }
 
-    private static async Task<int> RunAsync(ParseResult p, UpdatePipeline pipeline, UpdateContext context, CancellationToken ct)
+    private static async Task<int> RunAsync(ParseResult p, UpdatePipeline pipeline, Func<IProgress<UpdateProgress>?, UpdateContext> contextFor, CancellationToken ct)
     {
-        var result = await pipeline.ExecuteAsync(context, ct).ConfigureAwait(false);
+        UpdateContext context = null!;
+        var result = await ProgressDisplay.RunAsync(p.GetValue(Json), progress => pipeline.ExecuteAsync(context = contextFor(progress), ct)).ConfigureAwait(false);
         if (p.GetValue(Json))
         {
             WriteJson(result, PipelineJsonPublic.UpdateResultInfo);
@@ -513,15 +514,6 @@ internal static class Commands
         };
     }
 
-    private static SyncProgress? Progress(ParseResult p) =>
-        p.GetValue(Json) ? null : new SyncProgress(e =>
-        {
-            if (e.Kind is UpdateProgressKind.StageStarted or UpdateProgressKind.Info or UpdateProgressKind.Compensating)
-            {
-                Console.Error.WriteLine($"[{e.Stage}] {e.Kind switch { UpdateProgressKind.StageStarted => "...", UpdateProgressKind.Compensating => "rolling back", _ => "" }} {e.Target} {e.Message}".TrimEnd());
-            }
-        });
-
     private static CriuClient Criu(ParseResult p) => new(new CriuClientOptions { CriuPath = p.GetValue(CriuPath) ?? "criu" });
 
     private static int Code(ReadinessProblem problem) => problem switch
@@ -542,11 +534,6 @@ internal static class Commands
 
     private static void WriteJson<T>(T value, System.Text.Json.Serialization.Metadata.JsonTypeInfo<T> info) =>
         Console.WriteLine(JsonSerializer.Serialize(value, info));
-
-    private sealed class SyncProgress(Action<UpdateProgress> report) : IProgress<UpdateProgress>
-    {
-        public void Report(UpdateProgress value) => report(value);
-    }
 }
 
 internal sealed record CheckLine(string Name, bool Ok, string Detail);

@@ -169,7 +169,7 @@ internal sealed class VerifyStage : IUpdateStage
         if (context.Mode != UpdateMode.Resume)
         {
             context.Restorable = await store.OpenForRestoreAsync(context.SetId!, null, cancellationToken).ConfigureAwait(false);
-            context.ReportProgress(Name, $"{context.Restorable.Verification.BytesHashed} bytes verified");
+            context.ReportProgress(Name, $"{context.Restorable.Verification.BytesHashed} bytes verified", bytes: context.Restorable.Verification.BytesHashed);
             return;
         }
 
@@ -177,7 +177,7 @@ internal sealed class VerifyStage : IUpdateStage
         if (verification.IsValid)
         {
             context.Restorable = new RestorableSet(verification);
-            context.ReportProgress(Name, $"{verification.BytesHashed} bytes verified");
+            context.ReportProgress(Name, $"{verification.BytesHashed} bytes verified", bytes: verification.BytesHashed);
             return;
         }
 
@@ -200,7 +200,7 @@ internal sealed class VerifyStage : IUpdateStage
         }
 
         context.RequireJournal().UpdateTargets(context);
-        context.ReportProgress(Name, $"{verification.BytesHashed} bytes verified; {owners.Select(o => o.Owner).Distinct().Count()} target(s) refused");
+        context.ReportProgress(Name, $"{verification.BytesHashed} bytes verified; {owners.Select(o => o.Owner).Distinct().Count()} target(s) refused", bytes: verification.BytesHashed);
     }
 
     /// <summary>The target whose images folder (or pre-dump folder) holds the file an issue names.</summary>

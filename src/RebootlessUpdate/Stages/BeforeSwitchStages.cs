@@ -164,7 +164,8 @@ internal sealed class PreDumpStage(PreDumpStageOptions options) : IUpdateStage
             var dump = t.Settings!.ToDump(t.Resolved!.RootPid, dir, TargetOperations.WorkDirectory(context, t)) with { TrackMemory = true, LogFile = "pre-dump.log" };
             await criu.SinglePreDumpAsync(dump, cancellationToken).ConfigureAwait(false);
             t.PreDumpFolder = folder;
-            context.ReportProgress(Name, $"pre-dumped {TargetOperations.FolderBytes(dir)} bytes while running", t.Target.Id);
+            var bytes = TargetOperations.FolderBytes(dir);
+            context.ReportProgress(Name, $"pre-dumped {bytes} bytes while running", t.Target.Id, bytes);
         }
     }
 }
