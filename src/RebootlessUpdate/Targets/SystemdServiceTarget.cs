@@ -35,7 +35,7 @@ public sealed record SystemdServiceOptions
 /// rehearsal, or a rollback from the images) systemd saw its main process killed: the unit
 /// turns <c>failed</c> (Result=signal, MainPID=0) while the restored processes run on in its
 /// cgroup, unsupervised: <c>systemctl stop</c> of a failed unit does not reach them, a
-/// <c>Restart=</c> policy may start a second copy next to them. After a jump, systemd of the
+/// <c>Restart=</c> policy would start a second copy next to them (not tested). After a jump, systemd of the
 /// new kernel knows nothing of the unit: it must not start it (order it after
 /// rebootless-resume.service, or keep it disabled); it again does not supervise the restored
 /// processes. Re-attaching them as the unit's main process needs systemd's D-Bus API and is

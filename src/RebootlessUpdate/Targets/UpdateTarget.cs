@@ -52,7 +52,7 @@ public abstract class UpdateTarget
     /// process's tree, every process of which must be in the unit's control group, frozen
     /// through that cgroup when it has a freezer. Found with <c>systemctl show</c>. Restored
     /// into the same cgroup; systemd does not supervise the restored processes (see the
-    /// remarks of the implementation, and the README).
+    /// README).
     /// </summary>
     /// <param name="unit">The unit name; <c>.service</c> is added when it has no type.</param>
     /// <param name="options">CRIU settings; default: detected.</param>
