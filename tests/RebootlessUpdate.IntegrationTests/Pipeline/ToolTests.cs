@@ -108,9 +108,9 @@ public partial class ToolTests
         TestContext.Out.WriteLine(r.ToString());
 
         Assert.That(r.ExitCode, Is.Zero, r.ToString());
+        w.RootPid = int.Parse(RestoredAs().Match(r.Error).Groups[1].Value); // first: Dispose then ends the restored tree
         Assert.That(r.Output + r.Error, Does.Not.Contain("\u001b"), "no escape codes when stderr is not a terminal");
         Assert.That(r.Error, Does.Contain($"[Dump] pid:{pid} frozen, ").And.Contain("[Verify] ").And.Contain(" bytes verified"));
-        w.RootPid = int.Parse(RestoredAs().Match(r.Error).Groups[1].Value);
         var before = w.ReadCounter();
         Workload.WaitFor(() => w.ReadCounter() > before + 2 ? 1 : 0, "the rehearsed workload to count on");
     }
@@ -128,6 +128,7 @@ public partial class ToolTests
         TestContext.Out.WriteLine(r.ToString());
 
         Assert.That(r.ExitCode, Is.Zero, r.ToString());
+        w.RootPid = int.Parse(RestoredAs().Match(Ansi().Replace(r.Output, "")).Groups[1].Value); // first: Dispose then ends the restored tree
         Assert.That(r.Output, Does.Contain("\u001b["), "a terminal gets the live display");
         var frame = CursorUp().Split(r.Output)[^1];
         var rows = Ansi().Replace(frame, "").Split('\n').Select(l => l.Split('\r')[^1].TrimEnd()).Where(l => l.Length > 0).ToList();
@@ -143,7 +144,6 @@ public partial class ToolTests
             Assert.That(rows, Has.Some.Match(@"^Verify\s+done \d+ bytes verified \(\d+\.\d [KMG]iB\)"));
             Assert.That(rows.Where(l => l.Contains('━', StringComparison.Ordinal)), Has.All.Length.LessThanOrEqualTo(120), "the bars fit the terminal");
         });
-        w.RootPid = int.Parse(RestoredAs().Match(Ansi().Replace(r.Output, "")).Groups[1].Value);
         var before = w.ReadCounter();
         Workload.WaitFor(() => w.ReadCounter() > before + 2 ? 1 : 0, "the rehearsed workload to count on");
     }
