@@ -29,6 +29,7 @@ internal static class Commands
         root.Options.Add(Pmem);
         root.Options.Add(StoreMount);
         root.Options.Add(TcpEstablished);
+        root.Options.Add(SystemdUser);
         root.Subcommands.Add(Check());
         root.Subcommands.Add(Plan());
         root.Subcommands.Add(Rehearse());
@@ -45,6 +46,10 @@ internal static class Commands
     private static readonly Option<bool> TcpEstablished = new("--tcp-established") { Description = "Checkpoint established TCP connections of the --pid/--cgroup targets (the connections survive the switch).", Recursive = true };
 
     private static Option<string[]> ContainerOption() => new("--container") { Description = "A running runc container id (repeatable).", AllowMultipleArgumentsPerToken = true };
+
+    private static Option<string[]> ServiceOption() => new("--service") { Description = "A running systemd service by unit name: its main process's tree, in its cgroup (repeatable).", AllowMultipleArgumentsPerToken = true };
+
+    private static readonly Option<bool> SystemdUser = new("--systemd-user") { Description = "Find --service units in the calling user's service manager (systemctl --user) instead of the system's.", Recursive = true };
 
     private static Command Check()
     {
@@ -82,12 +87,14 @@ internal static class Commands
         var pid = PidOption();
         var cgroup = CgroupOption();
         var container = ContainerOption();
+        var service = ServiceOption();
         cmd.Options.Add(pid);
         cmd.Options.Add(cgroup);
         cmd.Options.Add(container);
+        cmd.Options.Add(service);
         cmd.SetAction(p =>
         {
-            if (!Targets(p, pid, cgroup, container, out var targets, out var code))
+            if (!Targets(p, pid, cgroup, container, service, out var targets, out var code))
             {
                 return code;
             }
@@ -128,20 +135,22 @@ internal static class Commands
         var pid = PidOption();
         var cgroup = CgroupOption();
         var container = ContainerOption();
+        var service = ServiceOption();
         var keep = new Option<bool>("--keep-images") { Description = "Keep the rehearsal's checkpoint set." };
         cmd.Options.Add(pid);
         cmd.Options.Add(cgroup);
         cmd.Options.Add(container);
+        cmd.Options.Add(service);
         cmd.Options.Add(keep);
         cmd.SetAction(async (p, ct) =>
         {
-            if (!Targets(p, pid, cgroup, container, out var targets, out var code) || !Ready(p, needKexec: false, out code, out var store, ct))
+            if (!Targets(p, pid, cgroup, container, service, out var targets, out var code) || !Ready(p, needKexec: false, out code, out var store, ct))
             {
                 return code;
             }
 
             var pipeline = RebootlessPipelines.Rehearsal(cleanup: new CleanupStageOptions { DeleteRehearsalSet = !p.GetValue(keep) }).Build();
-            return await RunAsync(p, pipeline, new UpdateContext(UpdateMode.Rehearse, targets) { Store = store, Criu = Criu(p), Progress = Progress(p) }, ct).ConfigureAwait(false);
+            return await RunAsync(p, pipeline, progress => new UpdateContext(UpdateMode.Rehearse, targets) { Store = store, Criu = Criu(p), Progress = progress }, ct).ConfigureAwait(false);
         });
         return cmd;
     }
@@ -152,19 +161,20 @@ internal static class Commands
         var pid = PidOption();
         var cgroup = CgroupOption();
         var container = ContainerOption();
+        var service = ServiceOption();
         var kernel = new Option<string>("--kernel") { Description = "The kernel to switch to.", Required = true };
         var initrd = new Option<string?>("--initrd") { Description = "Its initrd (default: found next to the kernel)." };
         var append = new Option<string[]>("--append") { Description = "Parameters to set on the next command line (name=value or flag).", AllowMultipleArgumentsPerToken = true };
         var pmem = new Option<string[]>("--memmap") { Description = "Persistent-memory regions (SIZE!START) the next kernel must keep.", AllowMultipleArgumentsPerToken = true };
         var noPreDump = new Option<bool>("--no-pre-dump") { Description = "Skip the pre-dump while running (the frozen dump then copies all memory)." };
-        foreach (var o in new Option[] { pid, cgroup, container, kernel, initrd, append, pmem, noPreDump })
+        foreach (var o in new Option[] { pid, cgroup, container, service, kernel, initrd, append, pmem, noPreDump })
         {
             cmd.Options.Add(o);
         }
 
         cmd.SetAction(async (p, ct) =>
         {
-            if (!Targets(p, pid, cgroup, container, out var targets, out var code))
+            if (!Targets(p, pid, cgroup, container, service, out var targets, out var code))
             {
                 return code;
             }
@@ -199,7 +209,7 @@ internal static class Commands
             var pipeline = (p.GetValue(noPreDump)
                 ? new UpdatePipelineBuilder().AddPreflight().AddPlan().AddLoadKernel(kernelOptions).AddDump().AddSeal().AddJump()
                 : RebootlessPipelines.Update(kernelOptions)).Build();
-            return await RunAsync(p, pipeline, new UpdateContext(UpdateMode.Update, targets) { Store = store, Criu = Criu(p), Progress = Progress(p) }, ct).ConfigureAwait(false);
+            return await RunAsync(p, pipeline, progress => new UpdateContext(UpdateMode.Update, targets) { Store = store, Criu = Criu(p), Progress = progress }, ct).ConfigureAwait(false);
         });
         return cmd;
     }
@@ -217,7 +227,7 @@ internal static class Commands
             }
 
             var pipeline = RebootlessPipelines.Resume(new LocateStageOptions { SetId = p.GetValue(setId) }).Build();
-            return await RunAsync(p, pipeline, new UpdateContext(UpdateMode.Resume, []) { Store = store, Criu = Criu(p), Progress = Progress(p) }, ct).ConfigureAwait(false);
+            return await RunAsync(p, pipeline, progress => new UpdateContext(UpdateMode.Resume, []) { Store = store, Criu = Criu(p), Progress = progress }, ct).ConfigureAwait(false);
         });
         return cmd;
     }
@@ -332,7 +342,7 @@ internal static class Commands
         }
     }
 
-    private static bool Targets(ParseResult p, Option<int[]> pid, Option<string[]> cgroup, Option<string[]> container, out List<UpdateTarget> targets, out int code)
+    private static bool Targets(ParseResult p, Option<int[]> pid, Option<string[]> cgroup, Option<string[]> container, Option<string[]> service, out List<UpdateTarget> targets, out int code)
     {
         targets = [];
         code = ExitCodes.Ok;
@@ -340,9 +350,23 @@ internal static class Commands
         targets.AddRange((p.GetValue(pid) ?? []).Select(x => UpdateTarget.ProcessTree(x > 0 ? x : int.MaxValue, treeOptions)));
         targets.AddRange((p.GetValue(cgroup) ?? []).Select(c => UpdateTarget.Cgroup(c, treeOptions)));
         targets.AddRange((p.GetValue(container) ?? []).Select(c => UpdateTarget.Container(c)));
+        var systemd = new SystemdServiceOptions { UserManager = p.GetValue(SystemdUser) };
+        foreach (var unit in p.GetValue(service) ?? [])
+        {
+            try
+            {
+                targets.Add(UpdateTarget.Service(unit, treeOptions, systemd));
+            }
+            catch (ArgumentException e)
+            {
+                code = Fail((ExitCodes.Usage, "--service: " + e.Message.Replace($" (Parameter '{e.ParamName}')", "", StringComparison.Ordinal)));
+                return false;
+            }
+        }
+
         if (targets.Count == 0)
         {
-            code = Fail((ExitCodes.Usage, "name at least one target: --pid PID, --cgroup PATH, --container ID."));
+            code = Fail((ExitCodes.Usage, "name at least one target: --pid PID, --cgroup PATH, --container ID, --service UNIT."));
             return false;
         }
 
@@ -360,7 +384,12 @@ internal static class Commands
             }
             catch (TargetNotFoundException e)
             {
-                code = Fail((ExitCodes.UnknownTarget, e.Message));
+                code = Fail((e.Problem switch
+                {
+                    TargetProblem.Inactive => ExitCodes.TargetInactive,
+                    TargetProblem.ManagerUnavailable => ExitCodes.SystemdUnavailable,
+                    _ => ExitCodes.UnknownTarget,
+                }, e.Message));
                 return false;
             }
         }
@@ -476,9 +505,10 @@ internal static class Commands
         }
     }
 
-    private static async Task<int> RunAsync(ParseResult p, UpdatePipeline pipeline, UpdateContext context, CancellationToken ct)
+    private static async Task<int> RunAsync(ParseResult p, UpdatePipeline pipeline, Func<IProgress<UpdateProgress>?, UpdateContext> contextFor, CancellationToken ct)
     {
-        var result = await pipeline.ExecuteAsync(context, ct).ConfigureAwait(false);
+        UpdateContext context = null!;
+        var result = await ProgressDisplay.RunAsync(p.GetValue(Json), progress => pipeline.ExecuteAsync(context = contextFor(progress), ct)).ConfigureAwait(false);
         if (p.GetValue(Json))
         {
             WriteJson(result, PipelineJsonPublic.UpdateResultInfo);
@@ -513,15 +543,6 @@ internal static class Commands
         };
     }
 
-    private static SyncProgress? Progress(ParseResult p) =>
-        p.GetValue(Json) ? null : new SyncProgress(e =>
-        {
-            if (e.Kind is UpdateProgressKind.StageStarted or UpdateProgressKind.Info or UpdateProgressKind.Compensating)
-            {
-                Console.Error.WriteLine($"[{e.Stage}] {e.Kind switch { UpdateProgressKind.StageStarted => "...", UpdateProgressKind.Compensating => "rolling back", _ => "" }} {e.Target} {e.Message}".TrimEnd());
-            }
-        });
-
     private static CriuClient Criu(ParseResult p) => new(new CriuClientOptions { CriuPath = p.GetValue(CriuPath) ?? "criu" });
 
     private static int Code(ReadinessProblem problem) => problem switch
@@ -542,11 +563,6 @@ internal static class Commands
 
     private static void WriteJson<T>(T value, System.Text.Json.Serialization.Metadata.JsonTypeInfo<T> info) =>
         Console.WriteLine(JsonSerializer.Serialize(value, info));
-
-    private sealed class SyncProgress(Action<UpdateProgress> report) : IProgress<UpdateProgress>
-    {
-        public void Report(UpdateProgress value) => report(value);
-    }
 }
 
 internal sealed record CheckLine(string Name, bool Ok, string Detail);

@@ -8,38 +8,78 @@ namespace RebootlessUpdate.Cli;
 /// <c>REBOOTLESS_CRASH_AT=STATE</c> (a journal state, e.g. <c>sealed</c>) or
 /// <c>STATE/PHASE</c> (e.g. <c>dumping/frozen</c>: every target in that phase) makes the
 /// tool kill itself with SIGKILL right after the journal durably records that point,
-/// exactly as a power cut of the orchestrator would. Unset: nothing happens.
+/// exactly as a power cut of the orchestrator would.
 /// </summary>
+/// <remarks>
+/// A production tool must not crash because a stray variable is set: the hook acts only when
+/// <c>REBOOTLESS_TEST_HOOKS=1</c> is set as well, and says so on stderr when it is armed.
+/// Without the gate a set <c>REBOOTLESS_CRASH_AT</c> costs one warning line and nothing else.
+/// </remarks>
 internal static class CrashInjection
 {
     internal const string Variable = "REBOOTLESS_CRASH_AT";
+    internal const string Gate = "REBOOTLESS_TEST_HOOKS";
+
+    /// <summary>Where to crash: a journal state, and optionally the phase every target must be in.</summary>
+    internal sealed record CrashPoint(string Spec, JournalState State, TargetPhase? Phase)
+    {
+        public bool Matches(JournalRecord record) =>
+            record.State == State && (Phase is null || (record.Targets.Count > 0 && record.Targets.All(t => t.Phase == Phase)));
+    }
 
     public static void InstallFromEnvironment()
     {
-        var spec = Environment.GetEnvironmentVariable(Variable);
-        if (string.IsNullOrWhiteSpace(spec))
+        var point = Parse(Environment.GetEnvironmentVariable(Variable), Environment.GetEnvironmentVariable(Gate), out var warning);
+        if (warning is not null)
+        {
+            Console.Error.WriteLine(warning);
+        }
+
+        if (point is null)
         {
             return;
         }
 
-        var parts = spec.Trim().Split('/', 2);
-        if (!Enum.TryParse<JournalState>(parts[0], ignoreCase: true, out var state)
-            || (parts.Length == 2 && !Enum.TryParse<TargetPhase>(parts[1], ignoreCase: true, out _)))
-        {
-            Console.Error.WriteLine($"rebootless: {Variable}={spec} is not STATE or STATE/PHASE (states: {string.Join(", ", Enum.GetNames<JournalState>())}; phases: {string.Join(", ", Enum.GetNames<TargetPhase>())}); ignored.");
-            return;
-        }
-
-        TargetPhase? phase = parts.Length == 2 ? Enum.Parse<TargetPhase>(parts[1], ignoreCase: true) : null;
         UpdateJournal.Written = record =>
         {
-            if (record.State == state && (phase is null || (record.Targets.Count > 0 && record.Targets.All(t => t.Phase == phase))))
+            if (point.Matches(record))
             {
-                Console.Error.WriteLine($"rebootless: {Variable}: killing this process (pid {Environment.ProcessId}) at {spec}");
+                Console.Error.WriteLine($"rebootless: {Variable}: killing this process (pid {Environment.ProcessId}) at {point.Spec}");
                 Console.Error.Flush();
                 Syscall.kill(Environment.ProcessId, Signum.SIGKILL);
                 Thread.Sleep(Timeout.Infinite);
             }
         };
+    }
+
+    /// <summary>
+    /// The crash point the two variables ask for, or null when none is armed; <paramref name="warning"/>
+    /// is the line to write on stderr (null when neither variable asks for anything).
+    /// </summary>
+    internal static CrashPoint? Parse(string? spec, string? gate, out string? warning)
+    {
+        warning = null;
+        if (string.IsNullOrWhiteSpace(spec))
+        {
+            return null;
+        }
+
+        if (gate?.Trim() != "1")
+        {
+            warning = $"rebootless: warning: {Variable} is set but ignored: it is a test hook, active only with {Gate}=1.";
+            return null;
+        }
+
+        var parts = spec.Trim().Split('/', 2);
+        if (!Enum.TryParse<JournalState>(parts[0], ignoreCase: true, out var state) || !Enum.IsDefined(state)
+            || (parts.Length == 2 && (!Enum.TryParse<TargetPhase>(parts[1], ignoreCase: true, out var p) || !Enum.IsDefined(p))))
+        {
+            warning = $"rebootless: warning: {Variable}={spec} is not STATE or STATE/PHASE (states: {string.Join(", ", Enum.GetNames<JournalState>())}; phases: {string.Join(", ", Enum.GetNames<TargetPhase>())}); ignored.";
+            return null;
+        }
+
+        TargetPhase? phase = parts.Length == 2 ? Enum.Parse<TargetPhase>(parts[1], ignoreCase: true) : null;
+        warning = $"rebootless: warning: test hook armed ({Variable}={spec}, {Gate}=1): this process will kill itself with SIGKILL when the journal reaches {spec}.";
+        return new CrashPoint(spec.Trim(), state, phase);
     }
 }

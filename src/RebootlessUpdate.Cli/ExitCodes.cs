@@ -9,7 +9,7 @@ internal static class ExitCodes
     public const int NotRoot = 3;
     public const int CriuMissing = 4;
     public const int CriuTooOld = 5;
-    public const int UnknownTarget = 6;   // unknown pid / cgroup
+    public const int UnknownTarget = 6;   // unknown pid / cgroup / container / service
     public const int BadKernel = 7;       // missing or invalid kernel / initrd
     public const int BadStore = 8;        // missing or unusable store
     public const int KexecUnavailable = 9;
@@ -17,4 +17,6 @@ internal static class ExitCodes
     public const int StoreLocked = 11;
     public const int NeedsAttention = 12; // failed and not every workload could be put back: read the report
     public const int CriuUnusable = 13;
+    public const int TargetInactive = 14; // the target exists but does not run (e.g. an inactive systemd service)
+    public const int SystemdUnavailable = 15; // --service, and systemd is not running (or not reachable)
 }

@@ -94,8 +94,12 @@ public sealed class UpdateContext
     }
 
     /// <summary>Sends an informational progress event from a stage.</summary>
-    public void ReportProgress(string stage, string message, string? target = null) =>
-        Progress?.Report(new UpdateProgress(UpdateProgressKind.Info, stage, message, target));
+    /// <param name="stage">The stage's name.</param>
+    /// <param name="message">What happened, for a human.</param>
+    /// <param name="target">The target concerned, when there is one.</param>
+    /// <param name="bytes">An amount of bytes the message reports (dumped, verified), for progress displays.</param>
+    public void ReportProgress(string stage, string message, string? target = null, long? bytes = null) =>
+        Progress?.Report(new UpdateProgress(UpdateProgressKind.Info, stage, message, target, bytes));
 
     internal ImageStoreLock? StoreLock { get; set; }
 

@@ -30,4 +30,5 @@ public enum UpdateProgressKind
 /// <param name="Stage">The stage's name.</param>
 /// <param name="Message">A short human-readable message, when there is one.</param>
 /// <param name="Target">The target concerned, when there is one.</param>
-public readonly record struct UpdateProgress(UpdateProgressKind Kind, string Stage, string? Message = null, string? Target = null);
+/// <param name="Bytes">Bytes the event reports (dumped, pre-dumped, verified), when it reports an amount.</param>
+public readonly record struct UpdateProgress(UpdateProgressKind Kind, string Stage, string? Message = null, string? Target = null, long? Bytes = null);

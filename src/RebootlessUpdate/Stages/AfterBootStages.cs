@@ -173,7 +173,7 @@ internal sealed class VerifyStage(VerifyStageOptions options) : IUpdateStage
         if (context.Mode != UpdateMode.Resume)
         {
             context.Restorable = await store.OpenForRestoreAsync(context.SetId!, null, cancellationToken).ConfigureAwait(false);
-            context.ReportProgress(Name, $"{context.Restorable.Verification.BytesHashed} bytes verified");
+            context.ReportProgress(Name, $"{context.Restorable.Verification.BytesHashed} bytes verified", bytes: context.Restorable.Verification.BytesHashed);
             return;
         }
 
@@ -184,7 +184,7 @@ internal sealed class VerifyStage(VerifyStageOptions options) : IUpdateStage
         {
             context.Restorable = new RestorableSet(verification);
             StartPageVerification(context, store, Deferred);
-            context.ReportProgress(Name, $"{verification.BytesHashed} bytes verified" + (options.HashPagesDuringRestore ? "; page images are hashed while they are restored" : string.Empty));
+            context.ReportProgress(Name, $"{verification.BytesHashed} bytes verified" + (options.HashPagesDuringRestore ? "; page images are hashed while they are restored" : string.Empty), bytes: verification.BytesHashed);
             return;
         }
 
@@ -208,7 +208,7 @@ internal sealed class VerifyStage(VerifyStageOptions options) : IUpdateStage
 
         context.RequireJournal().UpdateTargets(context);
         StartPageVerification(context, store, Deferred);
-        context.ReportProgress(Name, $"{verification.BytesHashed} bytes verified; {owners.Select(o => o.Owner).Distinct().Count()} target(s) refused");
+        context.ReportProgress(Name, $"{verification.BytesHashed} bytes verified; {owners.Select(o => o.Owner).Distinct().Count()} target(s) refused", bytes: verification.BytesHashed);
     }
 
     /// <summary>Starts, in the background, the check of each remaining target's deferred page images.</summary>

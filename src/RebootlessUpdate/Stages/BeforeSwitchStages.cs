@@ -166,7 +166,8 @@ internal sealed class PreDumpStage(PreDumpStageOptions options) : IUpdateStage
             t.PreDumpFolder = folder;
             // Hashed now, while the workloads run: the seal inside the freeze then only hashes the final dump.
             await context.RequireStore().PrehashAsync(set, folder, cancellationToken).ConfigureAwait(false);
-            context.ReportProgress(Name, $"pre-dumped {TargetOperations.FolderBytes(dir)} bytes while running (hashed)", t.Target.Id);
+            var bytes = TargetOperations.FolderBytes(dir);
+            context.ReportProgress(Name, $"pre-dumped {bytes} bytes while running (hashed)", t.Target.Id, bytes);
         }
     }
 }

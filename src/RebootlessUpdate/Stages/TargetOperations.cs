@@ -84,7 +84,7 @@ internal static class TargetOperations
         {
             t.Phase = TargetPhase.Frozen;
             t.Bytes = FolderBytes(t.ImagesDirectory!);
-            context.ReportProgress("Dump", $"frozen, {t.Bytes} bytes of images in {t.DumpTime.Value.TotalMilliseconds:0} ms", t.Target.Id);
+            context.ReportProgress("Dump", $"frozen, {t.Bytes} bytes of images in {t.DumpTime.Value.TotalMilliseconds:0} ms", t.Target.Id, t.Bytes);
             return;
         }
 

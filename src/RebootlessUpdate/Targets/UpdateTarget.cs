@@ -3,9 +3,9 @@ using System.Globalization;
 namespace RebootlessUpdate.Targets;
 
 /// <summary>
-/// Something to checkpoint and restore: a process tree, a cgroup's processes, a container.
+/// Something to checkpoint and restore: a process tree, a cgroup's processes, a container, a systemd service.
 /// Each target knows how to find its processes and which CRIU settings it needs.
-/// Create targets with <see cref="ProcessTree"/>, <see cref="Cgroup"/>, <see cref="Container"/> or <see cref="Parse"/>.
+/// Create targets with <see cref="ProcessTree"/>, <see cref="Cgroup"/>, <see cref="Container"/>, <see cref="Service"/> or <see cref="Parse"/>.
 /// </summary>
 public abstract class UpdateTarget
 {
@@ -47,7 +47,21 @@ public abstract class UpdateTarget
         return new ContainerTarget(id, options ?? new ContainerOptions());
     }
 
-    /// <summary>Parses <c>pid:N</c>, a bare pid, <c>cgroup:PATH</c> or <c>container:ID</c>.</summary>
+    /// <summary>
+    /// A running systemd service by unit name (<c>nginx</c> or <c>nginx.service</c>): its main
+    /// process's tree, every process of which must be in the unit's control group, frozen
+    /// through that cgroup when it has a freezer. Found with <c>systemctl show</c>. Restored
+    /// into the same cgroup; systemd does not supervise the restored processes (see the
+    /// README).
+    /// </summary>
+    /// <param name="unit">The unit name; <c>.service</c> is added when it has no type.</param>
+    /// <param name="options">CRIU settings; default: detected.</param>
+    /// <param name="systemd">How to ask systemd; default: the system manager through <c>systemctl</c>.</param>
+    /// <exception cref="ArgumentException">Not a service unit name.</exception>
+    public static UpdateTarget Service(string unit, ProcessTreeOptions? options = null, SystemdServiceOptions? systemd = null) =>
+        new SystemdServiceTarget(unit, options ?? new ProcessTreeOptions(), systemd ?? new SystemdServiceOptions());
+
+    /// <summary>Parses <c>pid:N</c>, a bare pid, <c>cgroup:PATH</c>, <c>container:ID</c> or <c>service:UNIT</c>.</summary>
     /// <exception cref="FormatException">Not a target specification.</exception>
     public static UpdateTarget Parse(string specification)
     {
@@ -69,7 +83,19 @@ public abstract class UpdateTarget
             return Container(s[10..]);
         }
 
-        throw new FormatException($"'{specification}' is not a target: use pid:N (or N), cgroup:PATH or container:ID.");
+        if (s.StartsWith("service:", StringComparison.Ordinal) && s.Length > 8)
+        {
+            try
+            {
+                return Service(s[8..]);
+            }
+            catch (ArgumentException e)
+            {
+                throw new FormatException(e.Message, e);
+            }
+        }
+
+        throw new FormatException($"'{specification}' is not a target: use pid:N (or N), cgroup:PATH, container:ID or service:UNIT.");
     }
 
     /// <summary>Finds the target's root pid now and the CRIU settings for it.</summary>
@@ -168,8 +194,7 @@ internal sealed class CgroupTarget(string path, ProcessTreeOptions options) : Up
 
     internal override ResolvedTarget Resolve()
     {
-        var procsFile = Path.Combine(path, "cgroup.procs");
-        if (!File.Exists(procsFile))
+        if (!File.Exists(Path.Combine(path, "cgroup.procs")))
         {
             throw new TargetNotFoundException(Id, $"{path} is not a cgroup (no cgroup.procs); give the cgroup's folder, e.g. /sys/fs/cgroup/freezer/NAME.");
         }
@@ -181,27 +206,37 @@ internal sealed class CgroupTarget(string path, ProcessTreeOptions options) : Up
             throw new TargetNotFoundException(Id, $"{path} has no freezer (neither freezer.state nor cgroup.freeze); CRIU freezes a cgroup target through it: use the freezer hierarchy (v1) or a cgroup2 folder.");
         }
 
+        return ResolveTree(Id, path, options, freezeCgroup: path);
+    }
+
+    /// <summary>
+    /// The one process tree of the cgroup at <paramref name="path"/>: refused when the cgroup is
+    /// empty, holds this process or several trees, or when the tree reaches outside it.
+    /// </summary>
+    internal static ResolvedTarget ResolveTree(string id, string path, ProcessTreeOptions options, string? freezeCgroup)
+    {
+        var procsFile = Path.Combine(path, "cgroup.procs");
         var pids = ReadProcs(procsFile);
         if (pids.Count == 0)
         {
-            throw new TargetNotFoundException(Id, $"cgroup {path} has no processes; nothing to checkpoint.");
+            throw new TargetNotFoundException(id, $"cgroup {path} has no processes; nothing to checkpoint.");
         }
 
         if (pids.Contains(Environment.ProcessId))
         {
-            throw new TargetNotFoundException(Id, $"this process is in cgroup {path}: it cannot checkpoint itself.");
+            throw new TargetNotFoundException(id, $"this process is in cgroup {path}: it cannot checkpoint itself.");
         }
 
         var roots = pids.Where(p => ProcStat.Read(p) is { } s && !pids.Contains(s.ParentPid)).Order().ToList();
         if (roots.Count != 1)
         {
-            throw new TargetNotFoundException(Id,
+            throw new TargetNotFoundException(id,
                 $"cgroup {path} holds {roots.Count} process trees (roots {string.Join(", ", roots)}); CRIU dumps one tree per request: "
                 + "start the cgroup's processes under one parent, or name each tree as its own pid target.");
         }
 
         var root = roots[0];
-        var stat = ProcStat.Read(root) ?? throw new TargetNotFoundException(Id, $"process {root} of cgroup {path} exited while it was inspected; try again.");
+        var stat = ProcStat.Read(root) ?? throw new TargetNotFoundException(id, $"process {root} of cgroup {path} exited while it was inspected; try again.");
         var tree = ProcStat.Tree(root);
         // A live workload forks all the time: a child born after cgroup.procs was read is in the
         // tree but not in that list. Read the list again after the tree, and count only processes
@@ -210,10 +245,10 @@ internal sealed class CgroupTarget(string path, ProcessTreeOptions options) : Up
         var outside = tree.Where(p => !pids.Contains(p) && ProcessIdentity.Of(p) is not null).ToList();
         if (outside.Count > 0)
         {
-            throw new TargetNotFoundException(Id, $"the tree of {root} in cgroup {path} has processes outside the cgroup ({string.Join(", ", outside.Take(5))}); move them in or checkpoint the tree as a pid target.");
+            throw new TargetNotFoundException(id, $"the tree of {root} in cgroup {path} has processes outside the cgroup ({string.Join(", ", outside.Take(5))}); move them in or checkpoint the tree as a pid target.");
         }
 
-        return new ResolvedTarget(root, tree.Count, options.ToSettings(ProcessTreeTarget.DetectShellJob(stat), path));
+        return new ResolvedTarget(root, tree.Count, options.ToSettings(ProcessTreeTarget.DetectShellJob(stat), freezeCgroup));
     }
 
     private static HashSet<int> ReadProcs(string procsFile) =>
@@ -251,9 +286,16 @@ public sealed class TargetNotFoundException : Exception
 {
     /// <summary>Creates the exception for <paramref name="target"/>.</summary>
     public TargetNotFoundException(string target, string reason)
+        : this(target, reason, TargetProblem.NotFound)
+    {
+    }
+
+    /// <summary>Creates the exception for <paramref name="target"/>, saying what kind of problem it is.</summary>
+    public TargetNotFoundException(string target, string reason, TargetProblem problem)
         : base($"target {target}: {reason}")
     {
         Target = target;
+        Problem = problem;
     }
 
     /// <summary>Creates the exception.</summary>
@@ -271,4 +313,20 @@ public sealed class TargetNotFoundException : Exception
 
     /// <summary>The target.</summary>
     public string Target { get; }
+
+    /// <summary>What kind of problem: the tool gives each its own exit code.</summary>
+    public TargetProblem Problem { get; }
+}
+
+/// <summary>Why a target cannot be checkpointed.</summary>
+public enum TargetProblem
+{
+    /// <summary>It does not exist, or cannot be checkpointed as asked.</summary>
+    NotFound,
+
+    /// <summary>It exists but is not running (e.g. an inactive systemd service).</summary>
+    Inactive,
+
+    /// <summary>The manager to ask about it cannot be reached (e.g. systemd is not running).</summary>
+    ManagerUnavailable,
 }

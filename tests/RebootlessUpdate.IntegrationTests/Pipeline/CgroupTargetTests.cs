@@ -135,7 +135,7 @@ public class CgroupTargetTests
         var w = StartInCgroup();
         var pid = w.RootPid;
 
-        var crashed = ProcessRunner.Run("env", ["REBOOTLESS_CRASH_AT=sealed", "dotnet", tool, "rehearse", "--cgroup", _cgroup, "--store", store, "--criu", _testbed.Criu], TimeSpan.FromMinutes(2));
+        var crashed = ProcessRunner.Run("env", ["REBOOTLESS_CRASH_AT=sealed", "REBOOTLESS_TEST_HOOKS=1", "dotnet", tool, "rehearse", "--cgroup", _cgroup, "--store", store, "--criu", _testbed.Criu], TimeSpan.FromMinutes(2));
         TestContext.Out.WriteLine($"{crashed}\nfreezer after the crash: {FreezerState}");
         Assert.That(crashed.ExitCode, Is.EqualTo(137), crashed.ToString());
 

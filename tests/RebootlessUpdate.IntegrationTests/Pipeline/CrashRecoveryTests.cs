@@ -8,7 +8,7 @@ namespace RebootlessUpdate.IntegrationTests.Pipeline;
 
 /// <summary>
 /// The real tool, killed with SIGKILL at every journal point a host can reach
-/// (REBOOTLESS_CRASH_AT; no kexec here, so nothing from kernel-loaded on), then the
+/// (REBOOTLESS_CRASH_AT with REBOOTLESS_TEST_HOOKS=1; no kexec here, so nothing from kernel-loaded on), then the
 /// next run: `rebootless resume` either finishes or rolls back, and no workload is lost.
 /// </summary>
 [NonParallelizable]
@@ -43,7 +43,7 @@ public class CrashRecoveryTests
 
     private ProcessResult Tool(string? crashAt, params string[] args) => crashAt is null
         ? ProcessRunner.Run("dotnet", [_tool, .. args], TimeSpan.FromMinutes(2))
-        : ProcessRunner.Run("env", [$"REBOOTLESS_CRASH_AT={crashAt}", "dotnet", _tool, .. args], TimeSpan.FromMinutes(2));
+        : ProcessRunner.Run("env", [$"REBOOTLESS_CRASH_AT={crashAt}", "REBOOTLESS_TEST_HOOKS=1", "dotnet", _tool, .. args], TimeSpan.FromMinutes(2));
 
     // crash point, journal state on disk at the crash, what the next run finds, the journal's end state
     [TestCase("planned", JournalState.Planned, TargetPhase.Resumed, JournalState.RolledBack, TestName = "Crash after planned: never frozen, resume rolls back")]
@@ -116,6 +116,24 @@ public class CrashRecoveryTests
         var again = Tool(null, "resume", "--store", store, "--criu", _testbed.Criu, "--json");
         Assert.That(again.ExitCode, Is.Zero, "resume is idempotent: " + again);
         Assert.That(Instances(appDir), Is.EqualTo(1));
+    }
+
+    [Test]
+    public void A_stray_crash_variable_without_the_test_hooks_gate_is_ignored_with_one_warning()
+    {
+        var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
+        using var shell = Workload.Start(Path.Combine(_dir, "shell"));
+
+        var r = ProcessRunner.Run("env", ["REBOOTLESS_CRASH_AT=sealed", "dotnet", _tool, "rehearse", "--pid", Pid(shell.RootPid), "--store", store, "--criu", _testbed.Criu, "--json"], TimeSpan.FromMinutes(2));
+        TestContext.Out.WriteLine(r.ToString());
+
+        Assert.That(r.ExitCode, Is.Zero, "not killed: " + r);
+        Assert.That(r.Error, Does.Contain("REBOOTLESS_CRASH_AT is set but ignored").And.Not.Contain("killing this process"));
+        Assert.That(r.Error.Split('\n', StringSplitOptions.RemoveEmptyEntries).Count(l => l.Contains("REBOOTLESS_CRASH_AT", StringComparison.Ordinal)), Is.EqualTo(1));
+        using var json = JsonDocument.Parse(r.Output);
+        shell.RootPid = json.RootElement.GetProperty("targets")[0].GetProperty("restoredPid").GetInt32();
+        var before = shell.ReadCounter();
+        Workload.WaitFor(() => shell.ReadCounter() > before + 2 ? 1 : 0, "the rehearsed workload to count on");
     }
 
     // Two targets: dumped one after the other, each held until both are; restored in parallel.

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json;
+using System.Text.RegularExpressions;
 using Mono.Unix.Native;
 using RebootlessUpdate.TestSupport;
 
@@ -7,7 +8,7 @@ namespace RebootlessUpdate.IntegrationTests.Pipeline;
 
 /// <summary>The real `rebootless` tool (dotnet rebootless.dll) on real workloads and bad input.</summary>
 [NonParallelizable]
-public class ToolTests
+public partial class ToolTests
 {
     private Testbed _testbed = null!;
     private string _dir = null!;
@@ -95,4 +96,64 @@ public class ToolTests
             sleeper.Kill();
         }
     }
+
+    [Test]
+    public void Rehearse_without_a_terminal_writes_plain_progress_lines_without_escape_codes()
+    {
+        var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
+        using var w = Workload.Start(Path.Combine(_dir, "shell"));
+        var pid = w.RootPid;
+
+        var r = Run("rehearse", "--pid", pid.ToString(), "--store", store, "--criu", _testbed.Criu);
+        TestContext.Out.WriteLine(r.ToString());
+
+        Assert.That(r.ExitCode, Is.Zero, r.ToString());
+        w.RootPid = int.Parse(RestoredAs().Match(r.Error).Groups[1].Value); // first: Dispose then ends the restored tree
+        Assert.That(r.Output + r.Error, Does.Not.Contain("\u001b"), "no escape codes when stderr is not a terminal");
+        Assert.That(r.Error, Does.Contain($"[Dump] pid:{pid} frozen, ").And.Contain("[Verify] ").And.Contain(" bytes verified"));
+        var before = w.ReadCounter();
+        Workload.WaitFor(() => w.ReadCounter() > before + 2 ? 1 : 0, "the rehearsed workload to count on");
+    }
+
+    [Test]
+    public void Rehearse_on_a_terminal_draws_progress_bars_with_stages_targets_and_bytes()
+    {
+        var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
+        using var w = Workload.Start(Path.Combine(_dir, "shell"));
+        var pid = w.RootPid;
+
+        // script(1) gives the tool a pseudo-terminal for stdin, stdout and stderr (merged in its output).
+        var command = $"stty rows 40 cols 120; exec dotnet {_tool} rehearse --pid {pid} --store {store} --criu {_testbed.Criu}";
+        var r = ProcessRunner.Run("env", ["TERM=xterm-256color", "script", "-qec", command, "/dev/null"], TimeSpan.FromMinutes(2));
+        TestContext.Out.WriteLine(r.ToString());
+
+        Assert.That(r.ExitCode, Is.Zero, r.ToString());
+        w.RootPid = int.Parse(RestoredAs().Match(Ansi().Replace(r.Output, "")).Groups[1].Value); // first: Dispose then ends the restored tree
+        Assert.That(r.Output, Does.Contain("\u001b["), "a terminal gets the live display");
+        var frame = CursorUp().Split(r.Output)[^1];
+        var rows = Ansi().Replace(frame, "").Split('\n').Select(l => l.Split('\r')[^1].TrimEnd()).Where(l => l.Length > 0).ToList();
+        TestContext.Out.WriteLine("--- last frame\n" + string.Join('\n', rows));
+        Assert.Multiple(() =>
+        {
+            foreach (var stage in new[] { "Preflight", "Plan", "Dump", "Seal", "Verify", "Restore", "Cleanup" })
+            {
+                Assert.That(rows, Has.Some.Match($@"^{stage}\s+done\b"), stage);
+            }
+
+            Assert.That(rows, Has.Some.Match($@"^└ pid:{pid}: frozen, \d+ bytes of images in \d+ ms \(\d+\.\d [KMG]iB\)"));
+            Assert.That(rows, Has.Some.Match(@"^Verify\s+done \d+ bytes verified \(\d+\.\d [KMG]iB\)"));
+            Assert.That(rows.Where(l => l.Contains('━', StringComparison.Ordinal)), Has.All.Length.LessThanOrEqualTo(120), "the bars fit the terminal");
+        });
+        var before = w.ReadCounter();
+        Workload.WaitFor(() => w.ReadCounter() > before + 2 ? 1 : 0, "the rehearsed workload to count on");
+    }
+
+    [GeneratedRegex(@"restored as pid (\d+)")]
+    private static partial Regex RestoredAs();
+
+    [GeneratedRegex(@"\u001b\[[0-9]+A")]
+    private static partial Regex CursorUp();
+
+    [GeneratedRegex(@"\u001b(\[[0-9;?]*[A-Za-z]|[=>])")]
+    private static partial Regex Ansi();
 }
