@@ -20,6 +20,11 @@ def f(x):
     return "-" if x is None else f"{x:.1f}"
 
 
+def tool(b):
+    """The resume start's split, when the run recorded it: guest job before the tool, tool start, stages before Restore."""
+    return f" ({f(b['guestBeforeTool'])} + {f(b['toolStart'])} + {f(b['stagesBeforeRestore'])})" if "toolStart" in b else ""
+
+
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 mem = int(open("/proc/meminfo").readline().split()[1]) // 1048576
 qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
@@ -32,6 +37,7 @@ floor = bare["kexecAndBoot"] if bare else None
 if bare:
     print(f"Bare jump (kexec -e to the new kernel's first userspace line, no workloads): **{bare['kexecAndBoot']:.1f} s** "
           f"(new kernel to init {bare['newKernelBootToInit']:.1f} s; kexec -l took {bare['load']:.1f} s, before any freeze).\n")
+print("Resume start is split as (guest job before the tool + the tool's start + Preflight, Locate and Verify).\n")
 print("| run | memory | pre-dump | downtime s | freeze+dump | seal | commit | kexec+boot | resume start | restore | x bare jump | images MiB (pre / frozen) | verdict |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in runs:
@@ -43,7 +49,7 @@ for r in runs:
     b, s = x["breakdown"], x["sizes"]
     ratio = b["downtime"] / floor if floor and b.get("downtime") else None
     print(f"| {r} | {x['memMiB']} MiB | {'no' if r.endswith('-np') else 'yes'} | **{f(b['downtime'])}** | {f(b['freezeAndDump'])} | {f(b['seal'])} | "
-          f"{f(b['sealToJump'])} | {f(b['kexecAndBoot'])} | {f(b['resumeStart'])} | {f(b['restore'])} | {f(ratio)} | "
+          f"{f(b['sealToJump'])} | {f(b['kexecAndBoot'])} | {f(b['resumeStart'])}{tool(b)} | {f(b['restore'])} | {f(ratio)} | "
           f"{s['preDumpBytes'] / 1048576:.0f} / {s['finalDumpBytes'] / 1048576:.0f} | {x['verdict']} |")
 cold = load("cold")
 if cold:
