@@ -106,6 +106,9 @@ public sealed record VerifyOptions
 
     /// <summary>Also report files on disk that the manifest does not list (default true).</summary>
     public bool ReportUnlisted { get; init; } = true;
+
+    /// <summary>Files hashed at the same time (default: one per processor; 1 leaves the other processors to other work).</summary>
+    public int? MaxParallelism { get; init; }
 }
 
 /// <summary>

@@ -364,7 +364,8 @@ internal sealed partial class SetStoreEngine
         // memory, as it is on tmpfs or pmem); results are merged in manifest order.
         var selected = options.Include is { } include ? manifest.Files.Where(f => include(f.Path)).ToList() : manifest.Files;
         var checks = new (VerificationIssue? Issue, bool Missing, long Hashed)[selected.Count];
-        Parallel.For(0, selected.Count, new ParallelOptions { CancellationToken = cancellationToken, MaxDegreeOfParallelism = Environment.ProcessorCount },
+        var parallelism = Math.Clamp(options.MaxParallelism ?? Environment.ProcessorCount, 1, Environment.ProcessorCount);
+        Parallel.For(0, selected.Count, new ParallelOptions { CancellationToken = cancellationToken, MaxDegreeOfParallelism = parallelism },
             i => checks[i] = CheckEntry(images, selected[i], options.Mode, cancellationToken));
         long hashed = 0;
         var missing = new List<ManifestEntry>();

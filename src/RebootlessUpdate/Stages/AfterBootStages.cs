@@ -183,7 +183,7 @@ internal sealed class VerifyStage(VerifyStageOptions options) : IUpdateStage
         if (verification.IsValid)
         {
             context.Restorable = new RestorableSet(verification);
-            StartPageVerification(context, store, Deferred);
+            StartPageVerification(context, store, verification.Manifest!, Deferred);
             context.ReportProgress(Name, $"{verification.BytesHashed} bytes verified" + (options.HashPagesDuringRestore ? "; page images are hashed while they are restored" : string.Empty), bytes: verification.BytesHashed);
             return;
         }
@@ -207,18 +207,42 @@ internal sealed class VerifyStage(VerifyStageOptions options) : IUpdateStage
         }
 
         context.RequireJournal().UpdateTargets(context);
-        StartPageVerification(context, store, Deferred);
+        StartPageVerification(context, store, verification.Manifest!, Deferred);
         context.ReportProgress(Name, $"{verification.BytesHashed} bytes verified; {owners.Select(o => o.Owner).Distinct().Count()} target(s) refused", bytes: verification.BytesHashed);
     }
 
-    /// <summary>Starts, in the background, the check of each remaining target's deferred page images.</summary>
-    private static void StartPageVerification(UpdateContext context, IImageStore store, Func<string, bool> deferred)
+    /// <summary>
+    /// Starts, in the background, the check of each remaining target's deferred page images:
+    /// one file at a time (the other processors restore), smallest target first (a small target
+    /// waits at post-restore only for its own few pages, not behind a large one).
+    /// </summary>
+    private static void StartPageVerification(UpdateContext context, IImageStore store, CheckpointManifest manifest, Func<string, bool> deferred)
     {
-        foreach (var t in context.Targets.Where(t => t.Phase == TargetPhase.Dumped))
+        var order = context.Targets.Where(t => t.Phase == TargetPhase.Dumped)
+            .Select(t => (Target: t, Bytes: manifest.Files.Where(f => deferred(f.Path) && OwnerOf(context, f.Path) == t).Sum(f => f.Size)))
+            .OrderBy(x => x.Bytes)
+            .Select(x => (x.Target, Done: new TaskCompletionSource<VerificationResult>(TaskCreationOptions.RunContinuationsAsynchronously)))
+            .ToList();
+        foreach (var (t, done) in order)
         {
-            var only = new VerifyOptions { Include = p => deferred(p) && OwnerOf(context, p) == t, ReportUnlisted = false };
-            t.PendingPageVerification = store.VerifyAsync(context.SetId!, only, CancellationToken.None);
+            t.PendingPageVerification = done.Task;
         }
+
+        _ = Task.Run(async () =>
+        {
+            foreach (var (t, done) in order)
+            {
+                try
+                {
+                    var only = new VerifyOptions { Include = p => deferred(p) && OwnerOf(context, p) == t, ReportUnlisted = false, MaxParallelism = 1 };
+                    done.SetResult(await store.VerifyAsync(context.SetId!, only, CancellationToken.None).ConfigureAwait(false));
+                }
+                catch (Exception e)
+                {
+                    done.SetException(e);
+                }
+            }
+        });
     }
 
     /// <summary>CRIU's page data files (<c>pages-N.img</c>): the memory contents, nearly all of a set's bytes.</summary>
