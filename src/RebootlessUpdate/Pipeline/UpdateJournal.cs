@@ -81,6 +81,9 @@ public sealed record JournalTarget
     /// <summary>How long CRIU took to restore it.</summary>
     public TimeSpan? RestoreTime { get; init; }
 
+    /// <summary>The pid of the lazy-pages daemon serving its memory, when it was restored lazily.</summary>
+    public int? LazyPagesDaemonPid { get; init; }
+
     /// <summary>What went wrong, if anything.</summary>
     public string? Error { get; init; }
 }
@@ -292,6 +295,7 @@ public sealed class UpdateJournal
             DumpTime = run.DumpTime ?? t.DumpTime,
             ImageBytes = run.Bytes ?? t.ImageBytes,
             RestoreTime = run.RestoreTime ?? t.RestoreTime,
+            LazyPagesDaemonPid = run.LazyPagesDaemonPid ?? t.LazyPagesDaemonPid,
             Error = run.Error,
             RootPid = run.Original?.Pid ?? t.RootPid,
             RootStartTime = run.Original?.StartTime ?? t.RootStartTime,
