@@ -295,7 +295,8 @@ public sealed class UpdateJournal
             DumpTime = run.DumpTime ?? t.DumpTime,
             ImageBytes = run.Bytes ?? t.ImageBytes,
             RestoreTime = run.RestoreTime ?? t.RestoreTime,
-            LazyPagesDaemonPid = run.LazyPagesDaemonPid ?? t.LazyPagesDaemonPid,
+            // Only a restored target's daemon serves anything (one of a restore in flight or refused is stopped).
+            LazyPagesDaemonPid = run.Phase == TargetPhase.Restored ? run.LazyPagesDaemonPid ?? t.LazyPagesDaemonPid : null,
             Error = run.Error,
             RootPid = run.Original?.Pid ?? t.RootPid,
             RootStartTime = run.Original?.StartTime ?? t.RootStartTime,
