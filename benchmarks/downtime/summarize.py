@@ -38,21 +38,22 @@ if bare:
     print(f"Bare jump (kexec -e to the new kernel's first userspace line, no workloads): **{bare['kexecAndBoot']:.1f} s** "
           f"(new kernel to init {bare['newKernelBootToInit']:.1f} s; kexec -l took {bare['load']:.1f} s, before any freeze).\n")
 print("Resume start is split as (guest job before the tool + the tool's start + Preflight, Locate and Verify).\n")
-print("| run | memory | pre-dump | downtime s | freeze+dump | seal | commit | kexec+boot | resume start | restore | x bare jump | images MiB (pre / frozen) | verdict |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 nc = load("bare-nc")
 if nc and bare:
     print(f"The same jump with kexec_load and kexec-tools' `--no-checks` (purgatory skips the SHA-256 of the loaded segments): "
           f"**{nc['kexecAndBoot']:.1f} s** ({nc['kexecAndBoot'] / bare['kexecAndBoot']:.2f}x the checked jump; kexec -l {nc['load']:.1f} s).\n")
+print("| run | memory | pre-dump | restore mode | downtime s | freeze+dump | seal | commit | kexec+boot | resume start | restore | x bare jump | images MiB (pre / frozen) | verdict |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in runs:
     x = load(r)
     if r in ("bare", "bare-nc", "cold") or x is None:
         if x is None:
-            print(f"| {r} | | | | | | | | | | | | no result |")
+            print(f"| {r} | | | | | | | | | | | | | no result |")
         continue
     b, s = x["breakdown"], x["sizes"]
     ratio = b["downtime"] / floor if floor and b.get("downtime") else None
-    print(f"| {r} | {x['memMiB']} MiB | {'no' if r.endswith('-np') else 'yes'} | **{f(b['downtime'])}** | {f(b['freezeAndDump'])} | {f(b['seal'])} | "
+    mode = "lazy" if x.get("lazyRestore") is not None else "full"
+    print(f"| {r} | {x['memMiB']} MiB | {'no' if r.endswith('-np') else 'yes'} | {mode} | **{f(b['downtime'])}** | {f(b['freezeAndDump'])} | {f(b['seal'])} | "
           f"{f(b['sealToJump'])} | {f(b['kexecAndBoot'])} | {f(b['resumeStart'])}{tool(b)} | {f(b['restore'])} | {f(ratio)} | "
           f"{s['preDumpBytes'] / 1048576:.0f} / {s['finalDumpBytes'] / 1048576:.0f} | {x['verdict']} |")
 cold = load("cold")

@@ -45,6 +45,12 @@ internal static class Commands
 
     private static readonly Option<bool> TcpEstablished = new("--tcp-established") { Description = "Checkpoint established TCP connections of the --pid/--cgroup targets (the connections survive the switch).", Recursive = true };
 
+    private static Option<bool> LazyRestoreOption(string what) => new("--lazy-restore")
+    {
+        Description = $"Restore lazily {what}: a criu lazy-pages daemon per target serves its memory on demand (userfaultfd) once it runs, "
+            + "so the restore does not copy every page while it is down; the daemon exits by itself when every page is delivered.",
+    };
+
     private static Option<string[]> ContainerOption() => new("--container") { Description = "A running runc container id (repeatable).", AllowMultipleArgumentsPerToken = true };
 
     private static Option<string[]> ServiceOption() => new("--service") { Description = "A running systemd service by unit name: its main process's tree, in its cgroup (repeatable).", AllowMultipleArgumentsPerToken = true };
@@ -137,11 +143,13 @@ internal static class Commands
         var container = ContainerOption();
         var service = ServiceOption();
         var keep = new Option<bool>("--keep-images") { Description = "Keep the rehearsal's checkpoint set." };
+        var lazy = LazyRestoreOption("(the rehearsal's set is deleted once every page is delivered)");
         cmd.Options.Add(pid);
         cmd.Options.Add(cgroup);
         cmd.Options.Add(container);
         cmd.Options.Add(service);
         cmd.Options.Add(keep);
+        cmd.Options.Add(lazy);
         cmd.SetAction(async (p, ct) =>
         {
             if (!Targets(p, pid, cgroup, container, service, out var targets, out var code) || !Ready(p, needKexec: false, out code, out var store, ct))
@@ -150,7 +158,7 @@ internal static class Commands
             }
 
             var pipeline = RebootlessPipelines.Rehearsal(cleanup: new CleanupStageOptions { DeleteRehearsalSet = !p.GetValue(keep) }).Build();
-            return await RunAsync(p, pipeline, progress => new UpdateContext(UpdateMode.Rehearse, targets) { Store = store, Criu = Criu(p), Progress = progress }, ct).ConfigureAwait(false);
+            return await RunAsync(p, pipeline, progress => new UpdateContext(UpdateMode.Rehearse, targets) { Store = store, Criu = Criu(p), Progress = progress, LazyRestore = p.GetValue(lazy) }, ct).ConfigureAwait(false);
         });
         return cmd;
     }
@@ -167,7 +175,8 @@ internal static class Commands
         var append = new Option<string[]>("--append") { Description = "Parameters to set on the next command line (name=value or flag).", AllowMultipleArgumentsPerToken = true };
         var pmem = new Option<string[]>("--memmap") { Description = "Persistent-memory regions (SIZE!START) the next kernel must keep.", AllowMultipleArgumentsPerToken = true };
         var noPreDump = new Option<bool>("--no-pre-dump") { Description = "Skip the pre-dump while running (the frozen dump then copies all memory)." };
-        foreach (var o in new Option[] { pid, cgroup, container, service, kernel, initrd, append, pmem, noPreDump })
+        var lazy = LazyRestoreOption("after the jump (recorded in the journal; `rebootless resume` follows it)");
+        foreach (var o in new Option[] { pid, cgroup, container, service, kernel, initrd, append, pmem, noPreDump, lazy })
         {
             cmd.Options.Add(o);
         }
@@ -209,7 +218,7 @@ internal static class Commands
             var pipeline = (p.GetValue(noPreDump)
                 ? new UpdatePipelineBuilder().AddPreflight().AddPlan().AddLoadKernel(kernelOptions).AddDump().AddSeal().AddJump()
                 : RebootlessPipelines.Update(kernelOptions)).Build();
-            return await RunAsync(p, pipeline, progress => new UpdateContext(UpdateMode.Update, targets) { Store = store, Criu = Criu(p), Progress = progress }, ct).ConfigureAwait(false);
+            return await RunAsync(p, pipeline, progress => new UpdateContext(UpdateMode.Update, targets) { Store = store, Criu = Criu(p), Progress = progress, LazyRestore = p.GetValue(lazy) }, ct).ConfigureAwait(false);
         });
         return cmd;
     }
@@ -218,7 +227,9 @@ internal static class Commands
     {
         var cmd = new Command("resume", "After boot: verify the checkpoint named by the command line and restore every target. Idempotent.");
         var setId = new Option<string?>("--set") { Description = "The set to resume (default: rebootless.resume= on the command line, else the newest unfinished one)." };
+        var lazy = LazyRestoreOption("even when the update did not ask for it (targets the update marked lazy are restored lazily anyway)");
         cmd.Options.Add(setId);
+        cmd.Options.Add(lazy);
         cmd.SetAction(async (p, ct) =>
         {
             if (!Ready(p, needKexec: false, out var code, out var store, ct, mustExist: true))
@@ -226,7 +237,7 @@ internal static class Commands
                 return code;
             }
 
-            var pipeline = RebootlessPipelines.Resume(new LocateStageOptions { SetId = p.GetValue(setId) }).Build();
+            var pipeline = RebootlessPipelines.Resume(new LocateStageOptions { SetId = p.GetValue(setId) }, restore: new RestoreStageOptions { LazyPages = p.GetValue(lazy) }).Build();
             return await RunAsync(p, pipeline, progress => new UpdateContext(UpdateMode.Resume, []) { Store = store, Criu = Criu(p), Progress = progress }, ct).ConfigureAwait(false);
         });
         return cmd;
@@ -522,7 +533,8 @@ internal static class Commands
 
             foreach (var t in result.Targets)
             {
-                Console.WriteLine($"{t.Target}: {t.Phase}{(t.Restorable ? " (restorable)" : "")} downtime {t.Downtime?.TotalMilliseconds:0} ms {t.Error}");
+                Console.WriteLine($"{t.Target}: {t.Phase}{(t.Restorable ? " (restorable)" : "")} downtime {t.Downtime?.TotalMilliseconds:0} ms"
+                    + (t.LazyPagesDaemonPid is { } daemon ? $" lazy (pages served by daemon {daemon})" : "") + $" {t.Error}");
             }
 
             Console.WriteLine($"{context.Mode}: {result.Outcome}{(result.SetId is null ? "" : " set " + result.SetId)}");

@@ -176,6 +176,15 @@ public sealed class CriuClient
     }
 
     /// <summary>
+    /// Starts a <c>criu lazy-pages</c> daemon (criu's command line: the RPC has no such
+    /// request) with this client's criu, detached, and waits until its socket is ready.
+    /// </summary>
+    /// <exception cref="CriuUnavailableException">criu cannot be started.</exception>
+    /// <exception cref="CriuTransportException">The daemon did not get ready (the message quotes its log).</exception>
+    public Task<CriuLazyPagesDaemon> StartLazyPagesDaemonAsync(CriuLazyPagesOptions options, CancellationToken cancellationToken = default) =>
+        CriuLazyPagesDaemon.StartAsync(_options, options, cancellationToken);
+
+    /// <summary>
     /// Starts a page server (PAGE_SERVER) that outlives the request: it receives
     /// one dump's pages into the options' images folder (or serves them for a lazy
     /// restore) and then exits. Returns its pid and port.

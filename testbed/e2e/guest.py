@@ -285,6 +285,8 @@ def update_args(ws, kernel=None):
     args += ["--kernel", kernel or f"/boot/vmlinuz-{new}", "--append", "rebootless.boot=2"]
     if not CFG.get("preDump", True):
         args += ["--no-pre-dump"]
+    if CFG.get("lazyRestore"):
+        args += ["--lazy-restore"]
     if kernel is None:
         args += ["--initrd", f"/boot/rebootless-initrd-{new}.img"]
     return args
@@ -362,6 +364,7 @@ def scenario_update_boot2():
             if w["name"] == "memory":
                 r = memory_check(w)
                 checks.append([r.startswith("ok"), f"memory: {CFG.get('memMiB', 256)} MiB pattern, file offset, socket, thread: {r}"])
+    lazy = check_lazy_daemons(j, ws, flipped, checks) if CFG.get("lazyRestore") else None
     b = breakdown(j, T0, UPTIME0, stage_starts(out), t_resume)
     sets = f"{STORE}/sets/{set_id}/images"
     pre = sum(folder_bytes(p) for p in glob.glob(f"{sets}/*-pre"))
@@ -372,10 +375,45 @@ def scenario_update_boot2():
     result = {"verdict": "PASS" if ok else "FAIL", "scenario": "flip" if flipped else "update", "setId": set_id,
               "oldKernel": j["kernelRelease"], "newKernel": kernel, "breakdown": b, "sizes": sizes,
               "checks": checks, "resumeExitCode": code, "resumeSeconds": secs, "memMiB": CFG.get("memMiB", 256),
-              "journal": j}
+              "lazyRestore": lazy, "journal": j}
     save("result.json", result)
     write_report(result)
     return 0 if ok else 1
+
+
+def check_lazy_daemons(j, ws, flipped, checks):
+    """Lazy restore: every restored target was restored through a lazy-pages daemon that outlived the
+    tool, and each daemon exits by itself once it delivered every page (the checks above touched all
+    of the memory workload's pages). Returns, per target, the daemon pid and when it was seen gone."""
+    by_id = {t["id"]: t for t in j["targets"]}
+    daemons = {}
+    for w in ws:
+        t = by_id[w["target"]]
+        if flipped and w["name"] == "memory":
+            continue
+        pid = t.get("lazyPagesDaemonPid")
+        checks.append([t["settings"].get("lazyPages") is True and pid is not None,
+                       f"{w['name']}: restored lazily (journal: lazyPages={t['settings'].get('lazyPages')}, daemon pid {pid})"])
+        if pid is not None:
+            daemons[w["target"]] = pid
+    t0 = time.time()
+    gone = {}
+    while len(gone) < len(daemons) and time.time() - t0 < 180:
+        for target, pid in daemons.items():
+            if target not in gone and not alive_not_zombie(pid):
+                gone[target] = time.time() - t0
+        time.sleep(0.2)
+    for target, pid in daemons.items():
+        checks.append([target in gone, f"{target}: lazy-pages daemon {pid} exited by itself after delivering every page"
+                       + (f" ({gone[target]:.1f} s after the checks)" if target in gone else " (still running after 180 s)")])
+    return {target: {"daemonPid": pid, "exitedAfterChecksSeconds": gone.get(target)} for target, pid in daemons.items()}
+
+
+def alive_not_zombie(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
 
 
 def safe_exists(pid):
@@ -404,7 +442,8 @@ def write_report(r):
             f"guest job {fmt(b['guestBeforeTool']).strip()}, tool start {fmt(b['toolStart']).strip()}, "
             f"preflight + locate + verify {fmt(b['stagesBeforeRestore']).strip()})" if "toolStart" in b
             else "dotnet start, criu check, verify)"),
-        f"  restore           {fmt(b['restore'])}   (CRIU restores every target in parallel; the page images are hashed meanwhile)",
+        f"  restore           {fmt(b['restore'])}   (CRIU restores every target in parallel; the page images are hashed meanwhile"
+        + ("; lazily: memory served on demand by lazy-pages daemons after the targets resumed)" if r.get("lazyRestore") is not None else ")"),
         f"before the freeze, while the workloads ran: kernel load {fmt(b['kernelLoad'])}, pre-dump {fmt(b['preDump'])}",
         f"sizes: images {mb(s['imagesBytes'])} (pre-dump while running {mb(s['preDumpBytes'])}, frozen dump {mb(s['finalDumpBytes'])}); "
         + ", ".join(f"{k} {mb(v) if v else '-'}" for k, v in s["perTarget"].items()),

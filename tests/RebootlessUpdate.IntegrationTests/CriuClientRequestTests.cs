@@ -41,7 +41,7 @@ public class CriuClientRequestTests : CriuTestFixture
     }
 
     [Test]
-    public async Task Lazy_restore_from_a_lazy_pages_daemon_keeps_the_memory_intact()
+    public async Task Lazy_restore_from_a_detached_lazy_pages_daemon_keeps_the_memory_intact_and_leaves_the_images_folder_as_dumped()
     {
         var features = await Client.CheckFeaturesAsync();
         if (!features.LazyPages)
@@ -52,20 +52,35 @@ public class CriuClientRequestTests : CriuTestFixture
         using var workload = Workload.StartProgram(NewDir("work"), 64);
         var checksum = workload.InitialChecksum;
         var images = NewDir("images");
-        await Client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid });
+        var work = NewDir("criu-work");
+        await Client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, WorkDirectory = work, Pid = workload.RootPid });
         Workload.WaitFor(() => workload.IsAlive ? 0 : 1, "the dumped tree to be gone");
+        var dumped = Directory.GetFiles(images).Order().ToList();
 
-        await using var daemon = await CriuLazyPagesDaemon.StartAsync(new CriuClientOptions { CriuPath = TestbedInfo.Criu }, images);
-        var restore = await Client.RestoreAsync(new CriuRestoreOptions { ImagesDirectory = images, LazyPages = true });
+        await using var daemon = await Client.StartLazyPagesDaemonAsync(new CriuLazyPagesOptions { ImagesDirectory = images, WorkDirectory = work, LogLevel = 4 });
+        var restore = await Client.RestoreAsync(new CriuRestoreOptions { ImagesDirectory = images, WorkDirectory = work, LazyPages = true });
         workload.RootPid = restore.Pid;
 
         var verdict = workload.Check();
         await daemon.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(60));
+        TestContext.Out.WriteLine($"daemon {daemon.Pid}; restore statistics {restore.Statistics}; {verdict}");
         Assert.Multiple(() =>
         {
             Assert.That(verdict, Does.StartWith("ok").And.Contain($"mem={checksum}"), verdict);
             Assert.That(File.ReadAllText(daemon.LogFile), Does.Contain("uffd"), "pages went through userfaultfd");
+            Assert.That(Path.GetDirectoryName(daemon.LogFile), Is.EqualTo(work));
+            Assert.That(File.Exists(Path.Combine(work, CriuLazyPagesDaemon.SocketName)), Is.True, "the socket is in the work folder");
+            Assert.That(Directory.GetFiles(images).Order(), Is.EqualTo(dumped), "nothing was added to the images folder");
         });
+    }
+
+    [Test]
+    public void A_lazy_pages_daemon_over_a_folder_without_images_fails_with_criu_s_reason()
+    {
+        var empty = NewDir("no-images");
+        var e = Assert.ThrowsAsync<CriuTransportException>(() => Client.StartLazyPagesDaemonAsync(new CriuLazyPagesOptions { ImagesDirectory = empty, WorkDirectory = NewDir("w") }));
+        TestContext.Out.WriteLine(e!.Message);
+        Assert.That(e.Message, Does.StartWith("criu lazy-pages did not get ready"));
     }
 
     [Test]

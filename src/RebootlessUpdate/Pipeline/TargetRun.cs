@@ -64,6 +64,18 @@ public sealed class TargetRun
     /// <summary>What went wrong for this target, if anything.</summary>
     public string? Error { get; internal set; }
 
+    /// <summary>True when it was restored lazily: its memory is served on demand by a lazy-pages daemon.</summary>
+    public bool LazyPages { get; internal set; }
+
+    /// <summary>
+    /// The pid of the <c>criu lazy-pages</c> daemon serving its memory, when restored lazily. The daemon
+    /// outlives the run and exits by itself once every page is delivered.
+    /// </summary>
+    public int? LazyPagesDaemonPid => LazyPagesDaemon?.Pid;
+
+    /// <summary>The daemon serving its memory after a lazy restore (not stopped when the run ends).</summary>
+    internal CriuLazyPagesDaemon? LazyPagesDaemon { get; set; }
+
     /// <summary>When the dump request was sent (from the context's clock).</summary>
     internal long? DumpStartedTimestamp { get; set; }
 

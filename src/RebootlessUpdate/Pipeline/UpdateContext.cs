@@ -65,6 +65,13 @@ public sealed class UpdateContext
     /// <summary>Receives progress events. Default: none.</summary>
     public IProgress<UpdateProgress>? Progress { get; init; }
 
+    /// <summary>
+    /// Update and rehearsal: restore every target lazily (see <see cref="TargetCriuSettings.LazyPages"/>).
+    /// Plan records it in each target's settings in the journal, so the resume after the jump restores
+    /// lazily too. Default false.
+    /// </summary>
+    public bool LazyRestore { get; init; }
+
     /// <summary>The checkpoint set's id once Plan (or Locate) chose it.</summary>
     public string? SetId { get; internal set; }
 

@@ -81,6 +81,9 @@ public sealed record JournalTarget
     /// <summary>How long CRIU took to restore it.</summary>
     public TimeSpan? RestoreTime { get; init; }
 
+    /// <summary>The pid of the lazy-pages daemon serving its memory, when it was restored lazily.</summary>
+    public int? LazyPagesDaemonPid { get; init; }
+
     /// <summary>What went wrong, if anything.</summary>
     public string? Error { get; init; }
 }
@@ -292,6 +295,8 @@ public sealed class UpdateJournal
             DumpTime = run.DumpTime ?? t.DumpTime,
             ImageBytes = run.Bytes ?? t.ImageBytes,
             RestoreTime = run.RestoreTime ?? t.RestoreTime,
+            // Only a restored target's daemon serves anything (one of a restore in flight or refused is stopped).
+            LazyPagesDaemonPid = run.Phase == TargetPhase.Restored ? run.LazyPagesDaemonPid ?? t.LazyPagesDaemonPid : null,
             Error = run.Error,
             RootPid = run.Original?.Pid ?? t.RootPid,
             RootStartTime = run.Original?.StartTime ?? t.RootStartTime,

@@ -88,6 +88,12 @@ public sealed record TargetReport
     /// <summary>Pages CRIU restored.</summary>
     public ulong? PagesRestored { get; init; }
 
+    /// <summary>True when it was restored lazily (its memory served on demand after it resumed).</summary>
+    public bool LazyPages { get; init; }
+
+    /// <summary>The pid of the lazy-pages daemon serving its memory (it exits by itself when done).</summary>
+    public int? LazyPagesDaemonPid { get; init; }
+
     /// <summary>What went wrong, if anything.</summary>
     public string? Error { get; init; }
 
@@ -105,6 +111,8 @@ public sealed record TargetReport
         PagesScanned = t.DumpStatistics?.PagesScanned,
         PagesWritten = t.DumpStatistics?.PagesWritten,
         PagesRestored = t.RestoreStatistics?.PagesRestored,
+        LazyPages = t.LazyPages,
+        LazyPagesDaemonPid = t.LazyPagesDaemonPid,
         Error = t.Error,
     };
 }

@@ -297,7 +297,8 @@ internal sealed class RestoreStage(RestoreStageOptions options) : IUpdateStage
             try
             {
                 var dir = root is null ? t.ImagesDirectory! : Path.Combine(root, t.Folder!);
-                await TargetOperations.RestoreAsync(context, t, dir, waitForRelease: context.Mode == UpdateMode.Rehearse || context.SameBoot, cancellationToken).ConfigureAwait(false);
+                await TargetOperations.RestoreAsync(context, t, dir, waitForRelease: context.Mode == UpdateMode.Rehearse || context.SameBoot,
+                    lazy: options.LazyPages || t.Settings!.LazyPages, cancellationToken).ConfigureAwait(false);
                 t.Error = null;
                 // Durable at once: a run that crashes after this restore must not restore the target a second time.
                 journal.UpdateTargets(context);
@@ -420,12 +421,19 @@ internal sealed class CleanupStage(CleanupStageOptions options) : IUpdateStage
 {
     public string Name => "Cleanup";
 
-    public ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
+    public async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
     {
         var store = context.RequireStore();
         if (context.Mode == UpdateMode.Rehearse && options.DeleteRehearsalSet && context.SetId is { } id)
         {
-            store.DeleteSet(id);
+            if (await LazyPagesDeliveredAsync(context, cancellationToken).ConfigureAwait(false))
+            {
+                store.DeleteSet(id);
+            }
+            else
+            {
+                context.SkipStage($"set {id} kept: its lazy-pages daemons still serve pages from it after {options.LazyPagesWait.TotalSeconds:0} s");
+            }
         }
         else if (context.Mode == UpdateMode.Resume && context.SameBoot && !context.NothingToDo && context.SetId is { } rolledBack
             && context.Targets.All(t => t.Phase is TargetPhase.Resumed or TargetPhase.Restored))
@@ -439,7 +447,27 @@ internal sealed class CleanupStage(CleanupStageOptions options) : IUpdateStage
         }
 
         context.ReleaseLock();
-        return ValueTask.CompletedTask;
+    }
+
+    /// <summary>Waits (bounded) until every lazy-pages daemon of the run delivered its pages and exited.</summary>
+    private async Task<bool> LazyPagesDeliveredAsync(UpdateContext context, CancellationToken cancellationToken)
+    {
+        var daemons = context.Targets.Select(t => t.LazyPagesDaemon).OfType<Criu.CriuLazyPagesDaemon>().ToList();
+        if (daemons.Count == 0)
+        {
+            return true;
+        }
+
+        context.ReportProgress(Name, $"waiting for {daemons.Count} lazy-pages daemon(s) to deliver every page before deleting the rehearsal's set");
+        try
+        {
+            await Task.WhenAll(daemons.Select(d => d.WaitForExitAsync(cancellationToken))).WaitAsync(options.LazyPagesWait, cancellationToken).ConfigureAwait(false);
+            return true;
+        }
+        catch (TimeoutException)
+        {
+            return false;
+        }
     }
 
     public ValueTask CompensateAsync(UpdateContext context, CancellationToken cancellationToken)

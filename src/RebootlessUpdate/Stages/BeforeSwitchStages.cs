@@ -38,7 +38,7 @@ internal sealed class PlanStage(bool checkCapacity = true) : IUpdateStage
         foreach (var t in context.Targets)
         {
             t.Resolved = t.Target.Resolve();
-            t.Settings = t.Resolved.Settings;
+            t.Settings = context.LazyRestore ? t.Resolved.Settings with { LazyPages = true } : t.Resolved.Settings;
         }
 
         var roots = context.Targets.Select(t => t.Resolved!.RootPid).ToList();

@@ -103,6 +103,19 @@ public sealed record RestoreStageOptions
     /// <summary>Targets restored at the same time (1-64). Default 4.</summary>
     public int MaxParallelism { get; init; } = StageDefaultsValues.MaxParallelism;
 
+    /// <summary>
+    /// Restore every target lazily, whatever its settings say (a target whose journal records
+    /// <see cref="Targets.TargetCriuSettings.LazyPages"/> is restored lazily anyway): a
+    /// <c>criu lazy-pages</c> daemon per target, its socket and log in the target's work folder
+    /// (never in the sealed images), serves the memory on demand once the tree runs, so the
+    /// restore no longer copies every page while the target is down. The daemon outlives the run
+    /// and exits by itself when every page is delivered; its pid is in the report and the journal.
+    /// The page check still holds the target at post-restore: no page is served before it passed.
+    /// Where userfaultfd or the daemon is unavailable the target is restored fully, and the progress
+    /// says why. Default false.
+    /// </summary>
+    public bool LazyPages { get; init; }
+
     internal void Validate()
     {
         if (MaxParallelism is < 1 or > 64)
@@ -133,6 +146,21 @@ public sealed record CleanupStageOptions
 
     /// <summary>Sealed sets to keep after a resume (older ones are deleted). Default 2; null keeps all.</summary>
     public int? KeepSealedSets { get; init; } = 2;
+
+    /// <summary>
+    /// A rehearsal restored lazily: how long to wait for the lazy-pages daemons to deliver every page
+    /// before its set is deleted (they read from it). When they are not done by then the set is kept.
+    /// Default 5 minutes.
+    /// </summary>
+    public TimeSpan LazyPagesWait { get; init; } = TimeSpan.FromMinutes(5);
+
+    internal void Validate()
+    {
+        if (LazyPagesWait < TimeSpan.Zero)
+        {
+            throw new ArgumentException($"LazyPagesWait must not be negative, not {LazyPagesWait}.");
+        }
+    }
 }
 
 internal static class StageDefaultsValues

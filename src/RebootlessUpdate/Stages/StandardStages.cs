@@ -79,8 +79,12 @@ public static class StandardStages
         Check(builder).AddStage(new ReportStage());
 
     /// <summary>Releases the lock; deletes a rehearsal's set or applies retention.</summary>
-    public static UpdatePipelineBuilder AddCleanup(this UpdatePipelineBuilder builder, CleanupStageOptions? options = null) =>
-        Check(builder).AddStage(new CleanupStage(options ?? new CleanupStageOptions()));
+    public static UpdatePipelineBuilder AddCleanup(this UpdatePipelineBuilder builder, CleanupStageOptions? options = null)
+    {
+        options ??= new CleanupStageOptions();
+        options.Validate();
+        return Check(builder).AddStage(new CleanupStage(options));
+    }
 
     private static UpdatePipelineBuilder Check(UpdatePipelineBuilder builder)
     {
@@ -106,6 +110,6 @@ public static class RebootlessPipelines
         new UpdatePipelineBuilder().AddPreflight().AddPlan().AddLoadKernel(kernel).AddPreDump().AddDump(dump).AddSeal();
 
     /// <summary>Second half, after boot: Preflight, Locate, Verify, Restore, Report, Cleanup.</summary>
-    public static UpdatePipelineBuilder Resume(LocateStageOptions? locate = null, CleanupStageOptions? cleanup = null) =>
-        new UpdatePipelineBuilder().AddPreflight().AddLocate(locate).AddVerify().AddRestore().AddReport().AddCleanup(cleanup);
+    public static UpdatePipelineBuilder Resume(LocateStageOptions? locate = null, CleanupStageOptions? cleanup = null, RestoreStageOptions? restore = null) =>
+        new UpdatePipelineBuilder().AddPreflight().AddLocate(locate).AddVerify().AddRestore(restore).AddReport().AddCleanup(cleanup);
 }

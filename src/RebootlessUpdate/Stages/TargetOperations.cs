@@ -232,7 +232,7 @@ internal static class TargetOperations
         {
             try
             {
-                await RestoreAsync(context, t, t.ImagesDirectory!, sameBoot, CancellationToken.None).ConfigureAwait(false);
+                await RestoreAsync(context, t, t.ImagesDirectory!, sameBoot, lazy: false, CancellationToken.None).ConfigureAwait(false);
                 PipelineLog.TargetEvent(context.Logger, t.Target.Id, $"rolled back: restored from the images as pid {t.RestoredPid}");
                 return;
             }
@@ -251,8 +251,11 @@ internal static class TargetOperations
         t.ImagesDirectory is { } dir && t.Phase is TargetPhase.Frozen or TargetPhase.Dumped or TargetPhase.Failed
         && File.Exists(Path.Combine(dir, "pstree.img")) && File.Exists(Path.Combine(dir, "inventory.img"));
 
-    /// <summary>Restores one target from <paramref name="imagesDirectory"/>.</summary>
-    internal static async Task RestoreAsync(UpdateContext context, TargetRun t, string imagesDirectory, bool waitForRelease, CancellationToken cancellationToken)
+    /// <summary>
+    /// Restores one target from <paramref name="imagesDirectory"/>; with <paramref name="lazy"/>, through a
+    /// lazy-pages daemon that then serves its memory on demand (see <see cref="RestoreStageOptions.LazyPages"/>).
+    /// </summary>
+    internal static async Task RestoreAsync(UpdateContext context, TargetRun t, string imagesDirectory, bool waitForRelease, bool lazy, CancellationToken cancellationToken)
     {
         if (waitForRelease)
         {
@@ -260,7 +263,16 @@ internal static class TargetOperations
         }
 
         var criu = context.RequireCriu();
-        var options = t.Settings!.ToRestore(imagesDirectory, WorkDirectory(context, t)) with { LogFile = "restore.log" };
+        var work = WorkDirectory(context, t);
+        var options = t.Settings!.ToRestore(imagesDirectory, work) with { LogFile = "restore.log" };
+        t.LazyPages = false;
+        t.LazyPagesDaemon = lazy ? await StartLazyPagesDaemonAsync(context, t, criu, imagesDirectory, work, cancellationToken).ConfigureAwait(false) : null;
+        if (t.LazyPagesDaemon is not null)
+        {
+            // CRIU finds the daemon's socket in the work folder; the sealed images folder stays as sealed.
+            options = options with { LazyPages = true };
+            t.LazyPages = true;
+        }
         if (t.PendingPageVerification is { } pages)
         {
             // CRIU has loaded the memory but lets nothing run before post-restore: hold it there until the
@@ -282,7 +294,20 @@ internal static class TargetOperations
         }
 
         var start = context.TimeProvider.GetTimestamp();
-        var result = await criu.RestoreAsync(options, cancellationToken).ConfigureAwait(false);
+        CriuRestoreResult result;
+        try
+        {
+            result = await criu.RestoreAsync(options, cancellationToken).ConfigureAwait(false);
+        }
+        catch when (t.LazyPagesDaemon is { } daemon)
+        {
+            // Nothing of the tree runs (CRIU killed what it had restored): its daemon has nobody left to serve.
+            await daemon.DisposeAsync().ConfigureAwait(false);
+            t.LazyPagesDaemon = null;
+            t.LazyPages = false;
+            throw;
+        }
+
         var end = context.TimeProvider.GetTimestamp();
         t.RestoreTime = context.TimeProvider.GetElapsedTime(start, end);
         t.RestoredPid = result.Pid;
@@ -298,7 +323,29 @@ internal static class TargetOperations
             RebootlessTelemetry.Downtime.Record(down.TotalSeconds, new KeyValuePair<string, object?>("mode", context.Mode.ToString()));
         }
 
-        context.ReportProgress("Restore", $"restored as pid {result.Pid} in {t.RestoreTime.Value.TotalMilliseconds:0} ms", t.Target.Id);
+        context.ReportProgress("Restore", $"restored as pid {result.Pid} in {t.RestoreTime.Value.TotalMilliseconds:0} ms"
+            + (t.LazyPagesDaemon is { } served ? $"; its memory is served on demand by lazy-pages daemon {served.Pid}" : string.Empty), t.Target.Id);
+    }
+
+    /// <summary>
+    /// Starts the lazy-pages daemon of one target over its images, its socket, log and pid file in the
+    /// target's work folder. Null (the target is then restored fully, and the progress says why) when
+    /// the kernel or criu cannot: a lazy restore is an optimisation, never a reason to leave a workload down.
+    /// </summary>
+    private static async Task<CriuLazyPagesDaemon?> StartLazyPagesDaemonAsync(UpdateContext context, TargetRun t, CriuClient criu, string imagesDirectory, string work,
+        CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await criu.StartLazyPagesDaemonAsync(new CriuLazyPagesOptions { ImagesDirectory = imagesDirectory, WorkDirectory = work }, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is CriuTransportException or CriuUnavailableException or IOException)
+        {
+            var why = $"lazy restore unavailable, restoring every page now: {e.Message}";
+            PipelineLog.TargetWarning(context.Logger, t.Target.Id, why);
+            context.ReportProgress("Restore", why, t.Target.Id);
+            return null;
+        }
     }
 
     /// <summary>

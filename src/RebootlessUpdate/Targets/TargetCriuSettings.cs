@@ -38,6 +38,14 @@ public sealed record TargetCriuSettings
     /// <summary>The root folder of the tree's mount namespace at restore (a container's rootfs, <c>--root</c>). Default none.</summary>
     public string? Root { get; init; }
 
+    /// <summary>
+    /// Restore its memory lazily: a <c>criu lazy-pages</c> daemon serves the pages on demand
+    /// (userfaultfd) once the tree runs, instead of the restore copying them all while it is down.
+    /// Chosen for the whole run (<see cref="Pipeline.UpdateContext.LazyRestore"/>) and kept here so
+    /// the restore after the jump does what the update asked. Default false.
+    /// </summary>
+    public bool LazyPages { get; init; }
+
     internal CriuDumpOptions ToDump(int pid, string imagesDirectory, string workDirectory) => new()
     {
         ImagesDirectory = imagesDirectory,

@@ -203,6 +203,57 @@ public class CrashRecoveryTests
         Workload.WaitFor(() => shell.ReadCounter() > before + 2 ? 1 : 0, "the other target to count on");
     }
 
+    // Lazy restore asked at rehearse (recorded in the journal, resume follows it) or only at resume (--lazy-restore).
+    [TestCase(true, false, TestName = "Lazy restore from the journal: a damaged page image is caught at post-restore, nothing runs, the other target is served lazily")]
+    [TestCase(false, true, TestName = "Lazy restore asked at resume: a damaged page image is caught at post-restore, nothing runs, the other target is served lazily")]
+    public void A_page_image_damaged_before_a_lazy_resume_is_caught_before_anything_runs_and_its_daemon_is_stopped(bool lazyAtRehearse, bool lazyAtResume)
+    {
+        var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
+        var richDir = Path.Combine(_dir, "rich");
+        _workload = Workload.StartProgram(richDir, 16);
+        var checksum = _workload.InitialChecksum;
+        using var other = Workload.StartProgram(Path.Combine(_dir, "other"), 16);
+        string[] lazyRehearse = lazyAtRehearse ? ["--lazy-restore"] : [];
+        var crashed = Tool("sealed/dumped", ["rehearse", "--pid", Pid(_workload.RootPid), "--pid", Pid(other.RootPid), .. lazyRehearse, "--store", store, "--criu", _testbed.Criu]);
+        Assert.That(crashed.ExitCode, Is.EqualTo(137), crashed.ToString());
+        var journal = UpdateJournal.List(store).Single();
+        Assert.That(journal.Targets.Select(t => t.Settings.LazyPages), Is.All.EqualTo(lazyAtRehearse), "the journal records the choice");
+        var rich = journal.Targets[0];
+        var images = Path.Combine(store, "sets", journal.SetId, "images", rich.Folder);
+        var victim = Directory.GetFiles(images, "pages-*.img").MaxBy(f => new FileInfo(f).Length)!;
+        using (var f = new FileStream(victim, FileMode.Open, FileAccess.ReadWrite))
+        {
+            f.Position = f.Length / 2;
+            var b = f.ReadByte();
+            f.Position--;
+            f.WriteByte((byte)(b ^ 0xFF));
+        }
+
+        string[] lazyResume = lazyAtResume ? ["--lazy-restore"] : [];
+        var resumed = Tool(null, ["resume", .. lazyResume, "--store", store, "--criu", _testbed.Criu, "--json"]);
+        TestContext.Out.WriteLine($"--- resume\n{resumed}");
+        var after = UpdateJournal.List(store).Single();
+        other.RootPid = after.Targets[1].RestoredPid ?? other.RootPid;
+        var work = Path.Combine(UpdateJournal.LogDirectoryOf(store, journal.SetId), rich.Folder);
+        var richDaemon = File.Exists(Path.Combine(work, "lazy-pages.pid")) ? int.Parse(File.ReadAllText(Path.Combine(work, "lazy-pages.pid")).Trim(), CultureInfo.InvariantCulture) : 0;
+        Assert.Multiple(() =>
+        {
+            Assert.That(resumed.ExitCode, Is.EqualTo(12), "not every workload could be put back");
+            Assert.That(after.Targets[0].Phase, Is.EqualTo(TargetPhase.Failed));
+            Assert.That(after.Targets[0].Error, Does.Contain("failed verification").And.Contain(Path.GetFileName(victim)));
+            Assert.That(richDaemon, Is.Positive, "a lazy-pages daemon was started for the damaged target");
+            Assert.That(Workload.IsRunning(richDaemon), Is.False, "its daemon was stopped with the refused restore");
+            Assert.That(after.Targets[0].LazyPagesDaemonPid, Is.Null);
+            Assert.That(Instances(richDir), Is.Zero, "nothing of the damaged target runs");
+            Assert.That(after.Targets[1].Phase, Is.EqualTo(TargetPhase.Restored), after.Targets[1].Error);
+            Assert.That(after.Targets[1].LazyPagesDaemonPid, Is.Positive, "the intact target was restored lazily");
+        });
+        Assert.That(other.Check(), Does.StartWith("ok"), "the intact target's memory, served on demand, is intact");
+        var before = other.ReadCounter();
+        Workload.WaitFor(() => other.ReadCounter() > before + 2 ? 1 : 0, "the other target to count on");
+        Workload.WaitFor(() => Workload.IsRunning(after.Targets[1].LazyPagesDaemonPid!.Value) ? 0 : 1, "its daemon to deliver every page and exit", 60);
+    }
+
     private static string Pid(int pid) => pid.ToString(CultureInfo.InvariantCulture);
 
     /// <summary>Running copies of the workload: roots of a PID namespace (pid 1 inside) whose command line names its folder.</summary>

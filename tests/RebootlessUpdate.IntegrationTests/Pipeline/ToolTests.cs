@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using Mono.Unix.Native;
+using RebootlessUpdate.Pipeline;
 using RebootlessUpdate.TestSupport;
 
 namespace RebootlessUpdate.IntegrationTests.Pipeline;
@@ -51,6 +52,53 @@ public partial class ToolTests
         try
         {
             Assert.That(w.Check(), Does.StartWith("ok"));
+        }
+        finally
+        {
+            Syscall.kill(w.RootPid, Signum.SIGKILL);
+        }
+    }
+
+    [Test]
+    public void Rehearse_with_lazy_restore_serves_the_memory_on_demand_intact_the_daemon_outlives_the_tool_and_exits_by_itself_and_the_set_stays_sealed()
+    {
+        var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
+        using var w = Workload.StartProgram(Path.Combine(_dir, "w"), 64);
+        var checksum = w.InitialChecksum;
+        var sw = Stopwatch.StartNew();
+        // --keep-images: the tool exits without waiting for the daemon (as after a real resume), and the set stays to be verified.
+        var r = Run("rehearse", "--pid", w.RootPid.ToString(), "--lazy-restore", "--keep-images", "--store", store, "--criu", _testbed.Criu, "--json");
+        TestContext.Out.WriteLine($"{sw.ElapsedMilliseconds} ms\n{r.Output}\n{r.Error}");
+
+        Assert.That(r.ExitCode, Is.Zero, r.ToString());
+        using var json = JsonDocument.Parse(r.Output);
+        var target = json.RootElement.GetProperty("targets")[0];
+        w.RootPid = target.GetProperty("restoredPid").GetInt32();
+        try
+        {
+            var daemon = target.GetProperty("lazyPagesDaemonPid").GetInt32();
+            var setId = json.RootElement.GetProperty("setId").GetString()!;
+            var journal = UpdateJournal.List(store).Single();
+            var folder = journal.Targets.Single().Folder;
+            var verdict = w.Check();
+            var before = w.ReadCounter();
+            Workload.WaitFor(() => w.ReadCounter() > before + 2 ? 1 : 0, "the restored workload to count on");
+            Workload.WaitFor(() => Workload.IsRunning(daemon) ? 0 : 1, "the lazy-pages daemon to deliver every page and exit by itself", 60);
+            var verify = Run("images", "verify", setId, "--store", store);
+            TestContext.Out.WriteLine(verify.ToString());
+            Assert.Multiple(() =>
+            {
+                Assert.That(json.RootElement.GetProperty("outcome").GetString(), Is.EqualTo("Succeeded"));
+                Assert.That(target.GetProperty("lazyPages").GetBoolean(), Is.True);
+                Assert.That(target.GetProperty("pagesRestored").GetUInt64(), Is.LessThan(64UL * 256 / 4),
+                    "CRIU copied only a few pages itself (64 MiB are 16384 pages): the rest came through the daemon");
+                Assert.That(verdict, Does.StartWith("ok").And.Contain($"mem={checksum}"), verdict);
+                Assert.That(journal.Targets.Single().Settings.LazyPages, Is.True, "the choice is in the journal");
+                Assert.That(journal.Targets.Single().LazyPagesDaemonPid, Is.EqualTo(daemon));
+                Assert.That(File.Exists(Path.Combine(UpdateJournal.LogDirectoryOf(store, setId), folder, "lazy-pages.log")), Is.True, "its log is in the work folder");
+                Assert.That(verify.ExitCode, Is.Zero, "the set is exactly as sealed, no stray file in the images: " + verify);
+                Assert.That(Directory.GetFiles(Path.Combine(store, "sets", setId, "images", folder), "lazy-pages*"), Is.Empty);
+            });
         }
         finally
         {
