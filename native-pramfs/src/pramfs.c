@@ -1662,27 +1662,59 @@ out:
 
 /* ---------- fsck, info, ls ---------- */
 
+static void count_inodes(struct pf_fs *fs, struct pf_info_data *d)
+{
+    for (uint64_t n = 0; n < fs->ino_cap; n++) {
+        const struct pf_inode *i = fs->inodes[n];
+        if (!i)
+            continue;
+        d->inodes++;
+        if (S_ISREG(i->mode)) {
+            d->files++;
+            d->file_bytes += i->size;
+        } else if (S_ISDIR(i->mode)) {
+            d->directories++;
+        } else if (S_ISLNK(i->mode)) {
+            d->symlinks++;
+        }
+    }
+}
+
 int pf_fsck(const char *regions, bool repair, FILE *out)
+{
+    return pf_fsck_ex(regions, repair, out, NULL);
+}
+
+int pf_fsck_ex(const char *regions, bool repair, FILE *out, struct pf_fsck_summary *sum)
 {
     struct pf_report rep = {.out = out};
     struct open_result res = {0};
     struct pf_fs *fs = NULL;
+    struct pf_fsck_summary local;
+    if (!sum)
+        sum = &local;
+    memset(sum, 0, sizeof *sum);
     int rc = open_fs(regions, repair ? 0 : PF_OPEN_RDONLY, true, repair, &fs, &res, &rep);
+    sum->problems = rep.errors;
+    sum->notes = rep.notes;
+    snprintf(sum->first, sizeof sum->first, "%s", rep.first);
     if (rc == -EUCLEAN) {
-        fprintf(out, "fsck: %s: corrupt, not repairable%s\n", regions, repair ? "" : " without -r (try pramfs fsck -r)");
-        return PF_FSCK_CORRUPT;
+        if (out)
+            fprintf(out, "fsck: %s: corrupt, not repairable%s\n", regions,
+                    repair ? "" : " without -r (try pramfs fsck -r)");
+        return sum->code = PF_FSCK_CORRUPT;
     }
     if (rc) {
-        fprintf(out, "fsck: %s: cannot check: %s\n", regions, rep.first[0] ? rep.first : strerror(-rc));
-        return PF_FSCK_ERROR;
+        if (!sum->first[0])
+            snprintf(sum->first, sizeof sum->first, "%s", strerror(-rc));
+        if (out)
+            fprintf(out, "fsck: %s: cannot check: %s\n", regions, sum->first);
+        return sum->code = PF_FSCK_ERROR;
     }
-    uint64_t files = 0, bytes = 0;
-    for (uint64_t n = 0; n < fs->ino_cap; n++)
-        if (fs->inodes[n]) {
-            files++;
-            if (S_ISREG(fs->inodes[n]->mode))
-                bytes += fs->inodes[n]->size;
-        }
+    struct pf_info_data counts = {0};
+    count_inodes(fs, &counts);
+    sum->inodes = counts.inodes;
+    sum->file_bytes = counts.file_bytes;
     int code = PF_FSCK_CLEAN;
     if (rep.errors > 0 || res.fell_back) {
         if (repair) {
@@ -1691,24 +1723,29 @@ int pf_fsck(const char *regions, bool repair, FILE *out)
             fs->dirty = true;
             rc = pf_commit(fs);
             if (rc) {
-                fprintf(out, "fsck: %s: writing the repaired state failed: %s\n", regions, strerror(-rc));
+                if (out)
+                    fprintf(out, "fsck: %s: writing the repaired state failed: %s\n", regions, strerror(-rc));
                 code = PF_FSCK_CORRUPT;
             } else {
-                fprintf(out, "fsck: %s: repaired %d problem(s); now generation %llu\n", regions, rep.errors,
-                        (unsigned long long)fs->generation);
+                if (out)
+                    fprintf(out, "fsck: %s: repaired %d problem(s); now generation %llu\n", regions, rep.errors,
+                            (unsigned long long)fs->generation);
                 code = PF_FSCK_REPAIRED;
             }
         } else {
-            fprintf(out, "fsck: %s: %d problem(s) found; run pramfs fsck -r to drop what cannot be trusted\n", regions,
-                    rep.errors);
+            if (out)
+                fprintf(out, "fsck: %s: %d problem(s) found; run pramfs fsck -r to drop what cannot be trusted\n",
+                        regions, rep.errors);
             code = PF_FSCK_CORRUPT;
         }
-    } else {
+    } else if (out) {
         fprintf(out, "fsck: %s: clean, generation %llu, %llu inodes, %llu bytes in files, every checksum verified\n",
-                regions, (unsigned long long)fs->generation, (unsigned long long)files, (unsigned long long)bytes);
+                regions, (unsigned long long)fs->generation, (unsigned long long)counts.inodes,
+                (unsigned long long)counts.file_bytes);
     }
+    sum->generation = fs->generation;
     pf_close(fs);
-    return code;
+    return sum->code = code;
 }
 
 static void uuid_str(const uint8_t *u, char *s)
@@ -1724,6 +1761,36 @@ static void uuid_str(const uint8_t *u, char *s)
     s[o] = 0;
 }
 
+static void fill_info(struct pf_fs *fs, const struct pf_sb *sb, struct pf_info_data *d)
+{
+    memset(d, 0, sizeof *d);
+    d->format_version = sb->version;
+    d->block_size = sb->block_size;
+    memcpy(d->uuid, fs->uuid, 16);
+    d->generation = sb->generation;
+    d->size = sb->size;
+    d->data_blocks = fs->total_blocks - (2 + 2 * fs->meta_area_blocks) - (uint64_t)(fs->nreg - 1);
+    d->free_blocks = fs->free_blocks;
+    d->meta_area_bytes = fs->meta_area_blocks * BS;
+    d->meta_bytes = sb->meta_len;
+    d->created_ns = sb->created_ns;
+    d->committed_ns = sb->commit_ns;
+    d->regions = fs->nreg;
+    count_inodes(fs, d);
+}
+
+int pf_info_read(const char *regions, struct pf_info_data *d, struct pf_report *rep)
+{
+    struct pf_fs *fs = NULL;
+    struct open_result res = {0};
+    int rc = open_fs(regions, PF_OPEN_RDONLY, false, false, &fs, &res, rep);
+    if (rc)
+        return rc;
+    fill_info(fs, &res.sb[res.active], d);
+    pf_close(fs);
+    return 0;
+}
+
 int pf_info(const char *regions, FILE *out)
 {
     struct pf_report rep = {.out = stderr};
@@ -1732,17 +1799,19 @@ int pf_info(const char *regions, FILE *out)
     int rc = open_fs(regions, PF_OPEN_RDONLY, false, false, &fs, &res, &rep);
     if (rc)
         return rc;
+    struct pf_info_data d;
+    fill_info(fs, &res.sb[res.active], &d);
     char u[40];
-    uuid_str(fs->uuid, u);
-    const struct pf_sb *sb = &res.sb[res.active];
-    fprintf(out, "format_version: %u\nuuid: %s\ngeneration: %llu\nblock_size: %u\nsize: %llu\n", sb->version, u,
-            (unsigned long long)sb->generation, sb->block_size, (unsigned long long)sb->size);
-    uint64_t data = fs->total_blocks - (2 + 2 * fs->meta_area_blocks) - (uint64_t)(fs->nreg - 1);
+    uuid_str(d.uuid, u);
+    fprintf(out, "format_version: %u\nuuid: %s\ngeneration: %llu\nblock_size: %u\nsize: %llu\n", d.format_version, u,
+            (unsigned long long)d.generation, d.block_size, (unsigned long long)d.size);
     fprintf(out, "data_blocks: %llu\nfree_blocks: %llu\ninodes: %llu\nmetadata_area_bytes: %llu\nmetadata_bytes: %llu\n",
-            (unsigned long long)data, (unsigned long long)fs->free_blocks, (unsigned long long)pf_used_inodes(fs),
-            (unsigned long long)(fs->meta_area_blocks * BS), (unsigned long long)sb->meta_len);
-    fprintf(out, "created_ns: %lld\ncommitted_ns: %lld\nregions: %d\n", (long long)sb->created_ns,
-            (long long)sb->commit_ns, fs->nreg);
+            (unsigned long long)d.data_blocks, (unsigned long long)d.free_blocks, (unsigned long long)d.inodes,
+            (unsigned long long)d.meta_area_bytes, (unsigned long long)d.meta_bytes);
+    fprintf(out, "files: %llu\ndirectories: %llu\nsymlinks: %llu\nfile_bytes: %llu\n", (unsigned long long)d.files,
+            (unsigned long long)d.directories, (unsigned long long)d.symlinks, (unsigned long long)d.file_bytes);
+    fprintf(out, "created_ns: %lld\ncommitted_ns: %lld\nregions: %d\n", (long long)d.created_ns,
+            (long long)d.committed_ns, d.regions);
     for (int i = 0; i < fs->nreg; i++) {
         uuid_str(fs->reg[i].uuid, u);
         fprintf(out, "region %d: path=%s base=0x%llx length=%llu first_block=%llu uuid=%s\n", i, fs->reg[i].path,

@@ -117,6 +117,29 @@ void pf_close(struct pf_fs *fs);
 /* fsck: checks every checksum and the structure; repair drops what cannot be
  * trusted and commits. Returns a PF_FSCK_* code. */
 int pf_fsck(const char *regions, bool repair, FILE *out);
+struct pf_fsck_summary {
+    int code;            /* PF_FSCK_* */
+    int problems;        /* errors found in the state checked */
+    int notes;
+    uint64_t generation; /* after a repair: the new one */
+    uint64_t inodes;
+    uint64_t file_bytes;
+    char first[1024];    /* the first problem (or why it could not check) */
+};
+/* pf_fsck with a summary (out may be NULL: no report lines). */
+int pf_fsck_ex(const char *regions, bool repair, FILE *out, struct pf_fsck_summary *sum);
+
+struct pf_info_data {
+    uint32_t format_version, block_size;
+    uint8_t uuid[16];
+    uint64_t generation, size, data_blocks, free_blocks;
+    uint64_t inodes, files, directories, symlinks, file_bytes;
+    uint64_t meta_area_bytes, meta_bytes;
+    int64_t created_ns, committed_ns;
+    int regions;
+};
+/* What pramfs info prints, for the newest intact state (read-only; refuses a damaged one). */
+int pf_info_read(const char *regions, struct pf_info_data *d, struct pf_report *rep);
 int pf_info(const char *regions, FILE *out);
 int pf_ls(const char *regions, FILE *out);
 
