@@ -499,6 +499,25 @@ static int cow(struct pf_fs *fs, struct pf_inode *ino, size_t i, uint64_t fb, ui
 
 /* Writes LEN bytes (zeros when SRC is NULL) at OFF; does not change the size.
  * On an error, *reached tells how far it got: blocks are allocated only up to there. */
+/* Copies file data into the region at block B + IN_BLOCK (one extent: never across
+ * regions). pwrite into the region's file or block device rather than memcpy into
+ * the mapping: the same page cache (so the mapping sees it), but the kernel
+ * allocates the pages of a sparse file in its write path instead of one page fault
+ * per 4 KiB, which made writes about 2x slower. memcpy when pwrite cannot. */
+static void copy_in(struct pf_fs *fs, uint64_t b, uint64_t in_block, const uint8_t *src, uint64_t len)
+{
+    struct pf_region *r = &fs->reg[region_of(fs, b)];
+    uint64_t at = (b - r->first_block) * BS + in_block, done = 0;
+    while (done < len) {
+        ssize_t n = pwrite(r->fd, src + done, len - done, (off_t)(at + done));
+        if (n <= 0)
+            break;
+        done += (uint64_t)n;
+    }
+    if (done < len)
+        memcpy(r->map + at + done, src + done, len - done);
+}
+
 static int write_range(struct pf_fs *fs, struct pf_inode *ino, const uint8_t *src, uint64_t len, uint64_t off,
                        uint64_t *reached)
 {
@@ -519,11 +538,11 @@ static int write_range(struct pf_fs *fs, struct pf_inode *ino, const uint8_t *sr
                 continue;
             }
             uint64_t stop = eend * BS < end ? eend * BS : end;
-            uint8_t *dst = block_ptr(fs, e->dblock + (fb - e->fblock)) + pos % BS;
+            uint64_t db = e->dblock + (fb - e->fblock);
             if (src)
-                memcpy(dst, src + (pos - off), stop - pos);
+                copy_in(fs, db, pos % BS, src + (pos - off), stop - pos);
             else
-                memset(dst, 0, stop - pos);
+                memset(block_ptr(fs, db) + pos % BS, 0, stop - pos);
             pos = stop;
             *reached = pos;
             continue;

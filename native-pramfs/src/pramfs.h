@@ -65,6 +65,8 @@ struct pf_inode {
     uint64_t parent;  /* directories: the parent (root: itself) */
     uint64_t lookup;  /* kernel lookup count (FUSE) */
     uint32_t opens;
+    uint32_t direct_opens; /* FUSE: open write-only handles (direct I/O, past the kernel's page cache) */
+    bool direct_written;   /* FUSE: such a handle was open since the last open for reading */
 };
 
 struct pf_fs {
@@ -103,6 +105,12 @@ void pf_report_error(struct pf_report *r, const char *fmt, ...) __attribute__((f
 void pf_report_note(struct pf_report *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 uint32_t pf_crc32c(uint32_t crc, const void *data, size_t len);
+#define PF_CRC_HW 1
+#define PF_CRC_SOFT 2
+/* The implementation pf_crc32c uses (timed once: qemu TCG emulates the instruction slowly). */
+int pf_crc32c_impl(void);
+/* One implementation (PF_CRC_HW falls back to the tables without SSE4.2); for tests. */
+uint32_t pf_crc32c_with(int which, uint32_t crc, const void *data, size_t len);
 
 /* REGIONS is a comma-separated list of region paths (files or block devices). */
 int pf_mkfs(const char *regions, uint64_t meta_bytes, struct pf_report *rep);

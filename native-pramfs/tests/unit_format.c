@@ -39,6 +39,19 @@ static void read_all(struct pf_fs *fs, struct pf_inode *i, uint8_t *out, size_t 
 int main(void)
 {
     CHECK(pf_crc32c(0, "123456789", 9) == 0xE3069283u); /* the CRC32C check value */
+    /* Both implementations agree (the faster one is chosen at run time), at any length and alignment. */
+    {
+        static uint8_t data[70000];
+        for (size_t k = 0; k < sizeof data; k++)
+            data[k] = (uint8_t)(k * 2654435761u >> 13);
+        CHECK(pf_crc32c_with(PF_CRC_HW, 0, "123456789", 9) == 0xE3069283u);
+        CHECK(pf_crc32c_with(PF_CRC_SOFT, 0, "123456789", 9) == 0xE3069283u);
+        for (size_t len = 0; len < sizeof data; len = len * 3 + 1)
+            for (size_t at = 0; at < 9; at += 4)
+                CHECK(pf_crc32c_with(PF_CRC_HW, 0x1234, data + at, len - (len > at ? at : len)) ==
+                      pf_crc32c_with(PF_CRC_SOFT, 0x1234, data + at, len - (len > at ? at : len)));
+        CHECK(pf_crc32c_impl() == PF_CRC_HW || pf_crc32c_impl() == PF_CRC_SOFT);
+    }
     snprintf(region, sizeof region, "%s/pramfs-unit-%d.img", access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp", getpid());
     int fd = open(region, O_CREAT | O_TRUNC | O_RDWR, 0600);
     CHECK(fd >= 0 && ftruncate(fd, 32 << 20) == 0);
