@@ -45,7 +45,7 @@ static uint32_t crc_soft(uint32_t crc, const uint8_t *p, size_t len)
 
 #if defined(__x86_64__)
 #include <nmmintrin.h>
-__attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t crc, const uint8_t *p, size_t len)
+__attribute__((target("sse4.2"))) static uint32_t crc_hw1(uint32_t crc, const uint8_t *p, size_t len)
 {
     uint64_t c = crc;
     while (len >= 8) {
@@ -59,6 +59,58 @@ __attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t crc, const uin
     while (len--)
         c32 = _mm_crc32_u8(c32, *p++);
     return c32;
+}
+
+/* The crc32 instruction takes 3 cycles but can start one per cycle: three
+ * independent streams over the thirds of each STRIPE-byte piece run about 3x
+ * faster than one chain. The thirds' CRCs are joined with "advance a CRC register
+ * over STRIPE/3 zero bytes", a linear map on 32 bits kept as 4 tables of 256. */
+enum { THIRD = 4096, STRIPE = 3 * THIRD };
+static uint32_t advance[4][256];
+static int advance_ready;
+
+__attribute__((target("sse4.2"))) static void make_advance(void)
+{
+    static const uint8_t zeros[THIRD];
+    uint32_t basis[32];
+    for (int k = 0; k < 32; k++)
+        basis[k] = crc_hw1(1u << k, zeros, THIRD);
+    for (int j = 0; j < 4; j++)
+        for (uint32_t b = 0; b < 256; b++) {
+            uint32_t v = 0;
+            for (int k = 0; k < 8; k++)
+                if (b & (1u << k))
+                    v ^= basis[8 * j + k];
+            advance[j][b] = v;
+        }
+    __atomic_store_n(&advance_ready, 1, __ATOMIC_RELEASE);
+}
+
+static uint32_t advance_third(uint32_t c)
+{
+    return advance[0][c & 0xff] ^ advance[1][(c >> 8) & 0xff] ^ advance[2][(c >> 16) & 0xff] ^ advance[3][c >> 24];
+}
+
+__attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t crc, const uint8_t *p, size_t len)
+{
+    if (len >= STRIPE && !__atomic_load_n(&advance_ready, __ATOMIC_ACQUIRE))
+        make_advance();
+    while (len >= STRIPE) {
+        uint64_t a = crc, b = 0, c = 0;
+        for (size_t k = 0; k < THIRD; k += 8) {
+            uint64_t va, vb, vc;
+            memcpy(&va, p + k, 8);
+            memcpy(&vb, p + THIRD + k, 8);
+            memcpy(&vc, p + 2 * THIRD + k, 8);
+            a = _mm_crc32_u64(a, va);
+            b = _mm_crc32_u64(b, vb);
+            c = _mm_crc32_u64(c, vc);
+        }
+        crc = advance_third(advance_third((uint32_t)a) ^ (uint32_t)b) ^ (uint32_t)c;
+        p += STRIPE;
+        len -= STRIPE;
+    }
+    return crc_hw1(crc, p, len);
 }
 #endif
 

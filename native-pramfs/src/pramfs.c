@@ -464,7 +464,7 @@ static int cow(struct pf_fs *fs, struct pf_inode *ino, size_t i, uint64_t fb, ui
         rc = alloc_or_commit(fs, nb - done, &s, &n);
         if (rc)
             break;
-        pieces[np++] = (struct pf_extent){fb + done, s, (uint32_t)n, 0, false, false};
+        pieces[np++] = (struct pf_extent){fb + done, s, (uint32_t)n, 0, false, false, 0};
         done += n;
     }
     if (rc) {
@@ -487,12 +487,12 @@ static int cow(struct pf_fs *fs, struct pf_inode *ino, size_t i, uint64_t fb, ui
     struct pf_extent repl[66];
     size_t nr = 0;
     if (fb > e.fblock)
-        repl[nr++] = (struct pf_extent){e.fblock, e.dblock, (uint32_t)(fb - e.fblock), 0, true, false};
+        repl[nr++] = (struct pf_extent){e.fblock, e.dblock, (uint32_t)(fb - e.fblock), 0, true, false, 0};
     memcpy(&repl[nr], pieces, np * sizeof *pieces);
     nr += np;
     uint64_t end = e.fblock + e.nblocks;
     if (fb + nb < end)
-        repl[nr++] = (struct pf_extent){fb + nb, e.dblock + (fb + nb - e.fblock), (uint32_t)(end - fb - nb), 0, true, false};
+        repl[nr++] = (struct pf_extent){fb + nb, e.dblock + (fb + nb - e.fblock), (uint32_t)(end - fb - nb), 0, true, false, 0};
     ext_remove(ino, i);
     return ext_insert(ino, i, repl, nr);
 }
@@ -539,10 +539,22 @@ static int write_range(struct pf_fs *fs, struct pf_inode *ino, const uint8_t *sr
             }
             uint64_t stop = eend * BS < end ? eend * BS : end;
             uint64_t db = e->dblock + (fb - e->fblock);
+            if (fb - e->fblock < e->crc_blocks) {
+                e->crc_blocks = 0; /* checksummed blocks change: the commit checksums it all */
+                e->crc = 0;
+            }
             if (src)
                 copy_in(fs, db, pos % BS, src + (pos - off), stop - pos);
             else
                 memset(block_ptr(fs, db) + pos % BS, 0, stop - pos);
+            /* Appending whole blocks right after the checksummed ones (a stream of
+             * large writes): checksum them now, from the caller's buffer while it is
+             * in the CPU cache, not at the commit from the region. */
+            uint64_t whole = (stop - pos) / BS;
+            if (src && whole && pos == (e->fblock + e->crc_blocks) * BS) {
+                e->crc = pf_crc32c(e->crc, src + (pos - off), (size_t)(whole * BS));
+                e->crc_blocks += (uint32_t)whole;
+            }
             pos = stop;
             *reached = pos;
             continue;
@@ -563,7 +575,7 @@ static int write_range(struct pf_fs *fs, struct pf_inode *ino, const uint8_t *sr
             int rc = alloc_or_commit(fs, want, &s, &n);
             if (rc)
                 return rc;
-            struct pf_extent ne = {fb, s, (uint32_t)n, 0, false, false};
+            struct pf_extent ne = {fb, s, (uint32_t)n, 0, false, false, 0};
             rc = ext_insert(ino, ins, &ne, 1);
             if (rc) {
                 free_run(fs, s, n);
@@ -655,6 +667,10 @@ int pf_truncate(struct pf_fs *fs, struct pf_inode *ino, uint64_t size)
                 release_extent(fs, &tail);
                 e->nblocks = (uint32_t)cut;
                 e->crc_valid = false;
+                if (e->crc_blocks > cut) {
+                    e->crc_blocks = 0;
+                    e->crc = 0;
+                }
             }
             break;
         }
@@ -1077,8 +1093,14 @@ int pf_commit(struct pf_fs *fs)
             continue;
         for (size_t i = 0; i < ino->next; i++) {
             struct pf_extent *e = &ino->ext[i];
-            if (!e->committed || !e->crc_valid)
+            if (!e->committed) {
+                /* the blocks written since the last checksummed ones (see write_range) */
+                e->crc = pf_crc32c(e->crc, block_ptr(fs, e->dblock + e->crc_blocks),
+                                   (size_t)(e->nblocks - e->crc_blocks) * BS);
+                e->crc_blocks = e->nblocks;
+            } else if (!e->crc_valid) {
                 e->crc = pf_crc32c(0, block_ptr(fs, e->dblock), (size_t)e->nblocks * BS);
+            }
         }
         if (ino->nlink > 0)
             need += record_size(ino);
@@ -1252,7 +1274,7 @@ static struct pf_inode *parse_record(struct pf_fs *fs, const uint8_t *r, size_t 
                 goto bad;
             }
             prev_end = e.fblock + e.nblocks;
-            ino->ext[i] = (struct pf_extent){e.fblock, e.dblock, e.nblocks, e.crc, true, true};
+            ino->ext[i] = (struct pf_extent){e.fblock, e.dblock, e.nblocks, e.crc, true, true, 0};
         }
     } else if (S_ISDIR(h.mode)) {
         size_t o = 0;

@@ -45,6 +45,7 @@ struct pf_extent {
     uint32_t crc;      /* CRC32C of nblocks * block size bytes */
     bool committed;    /* referenced by the committed state: never written in place */
     bool crc_valid;
+    uint32_t crc_blocks; /* not committed: crc already covers the first crc_blocks blocks */
 };
 
 struct pf_dirent {
