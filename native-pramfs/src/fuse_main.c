@@ -30,7 +30,7 @@ struct daemon_state {
     bool stop;
     int commit_interval_ms;
     bool blockdev; /* a region is a block device (read through its page cache) */
-    const char *mountpoint;
+    char mountpoint[4096]; /* absolute: the background daemon changes to / */
     bool readahead_raised;
 };
 
@@ -211,11 +211,9 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
  * Done at the first open: the kernel sets the readahead size from the INIT reply
  * (so not before it) and a file takes it when opened. The mount's device number
  * comes from mountinfo: a stat of DIR would wait for this daemon. */
-static void raise_readahead(const char *dir)
+static void raise_readahead(const char *real)
 {
-    char real[4096], line[8192];
-    if (!realpath(dir, real))
-        return;
+    char line[8192];
     FILE *f = fopen("/proc/self/mountinfo", "r");
     if (!f)
         return;
@@ -394,7 +392,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 /* A block device region (pmem) is mapped through its page cache: let the kernel read
  * the whole reply's pages in large requests instead of one page fault at a time
- * while the reply is copied (reads after a remount were 5x slower). */
+ * while the reply is copied. */
 static void prefetch(const struct iovec *iov, int n)
 {
     long page = sysconf(_SC_PAGESIZE);
@@ -655,7 +653,9 @@ int pf_mount_main(int argc, char **argv)
                 rc == -EUCLEAN ? " (run pramfs fsck -r)" : "");
         return 1;
     }
-    struct daemon_state ds = {.fs = fs, .commit_interval_ms = interval, .mountpoint = dir};
+    struct daemon_state ds = {.fs = fs, .commit_interval_ms = interval};
+    if (!realpath(dir, ds.mountpoint))
+        ds.readahead_raised = true; /* cannot find it in mountinfo; the mount itself reports the error */
     for (int r = 0; r < fs->nreg; r++)
         ds.blockdev |= fs->reg[r].is_blockdev;
     pthread_mutex_init(&ds.stop_lock, NULL);
