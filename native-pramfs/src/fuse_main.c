@@ -1,13 +1,15 @@
 /* The FUSE daemon: serves a libpramfs state through the low-level FUSE API.
- * One thread runs the FUSE loop, one commits every second when something
- * changed; both hold fs->lock. */
+ * One thread runs the FUSE loop, one commits every 5 seconds (by default, like
+ * ext4's commit=5) when something changed; both hold fs->lock. */
 #define _GNU_SOURCE
 #define FUSE_USE_VERSION 34
 #include <errno.h>
+#include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/uio.h>
@@ -27,6 +29,9 @@ struct daemon_state {
     pthread_cond_t stop_cond;
     bool stop;
     int commit_interval_ms;
+    bool blockdev; /* a region is a block device (read through its page cache) */
+    char mountpoint[4096]; /* absolute: the background daemon changes to / */
+    bool readahead_raised;
 };
 
 static struct daemon_state *ds_of(fuse_req_t req) { return fuse_req_userdata(req); }
@@ -199,6 +204,72 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
     unlock(fs);
 }
 
+/* The kernel reads a FUSE file ahead in requests of at most its readahead size,
+ * 128 KiB, whatever max_read the daemon asks for; sequential reads of large files
+ * (CRIU restoring page images) take a round trip per 128 KiB. Raise it to 1 MiB for
+ * this mount through sysfs (root only; without it reads just take more requests).
+ * Done at the first open: the kernel sets the readahead size from the INIT reply
+ * (so not before it) and a file takes it when opened. The mount's device number
+ * comes from mountinfo: a stat of DIR would wait for this daemon. */
+static void raise_readahead(const char *real)
+{
+    char line[8192];
+    FILE *f = fopen("/proc/self/mountinfo", "r");
+    if (!f)
+        return;
+    unsigned maj = 0, min = 0;
+    bool found = false;
+    while (fgets(line, sizeof line, f)) {
+        char mnt[4096];
+        unsigned a, b;
+        /* "ID PARENT MAJ:MIN ROOT MOUNTPOINT ..."; the last matching line is the newest mount */
+        if (sscanf(line, "%*u %*u %u:%u %*s %4095s", &a, &b, mnt) == 3 && strcmp(mnt, real) == 0 &&
+            strstr(line, " - fuse")) {
+            maj = a;
+            min = b;
+            found = true;
+        }
+    }
+    fclose(f);
+    if (!found)
+        return;
+    char path[128];
+    snprintf(path, sizeof path, "/sys/class/bdi/%u:%u/read_ahead_kb", maj, min);
+    FILE *ra = fopen(path, "w");
+    if (ra) {
+        fputs("1024", ra);
+        fclose(ra);
+    }
+}
+
+static void first_open(struct daemon_state *ds)
+{
+    if (!ds->readahead_raised) {
+        ds->readahead_raised = true;
+        raise_readahead(ds->mountpoint);
+    }
+}
+
+/* Write-only handles (CRIU writes every image through one, often with splice) use
+ * direct I/O: the writer's data goes from its own pages to us, not first into a copy
+ * in the kernel's page cache of this file; that copy cost more than half of a large
+ * write. Such writes leave whatever the kernel cached of the file stale, so the next
+ * open for reading does not keep the cache (the kernel drops it then), and neither
+ * does one while a write-only handle is open. A handle that was already open for
+ * reading keeps pages it cached before the write (as with any FUSE direct I/O). */
+static void set_cache_mode(struct pf_inode *i, struct fuse_file_info *fi)
+{
+    if ((fi->flags & O_ACCMODE) == O_WRONLY) {
+        fi->direct_io = 1;
+        i->direct_opens++;
+        i->direct_written = true;
+        return;
+    }
+    fi->keep_cache = !i->direct_written; /* only we change file content, through the kernel that caches it */
+    if (i->direct_opens == 0)
+        i->direct_written = false;
+}
+
 static void make_node(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, const char *target,
                       struct fuse_file_info *fi)
 {
@@ -225,9 +296,13 @@ static void make_node(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
         i->lookup++;
         i->opens++;
         fi->fh = 0;
+        set_cache_mode(i, fi);
+        first_open(ds_of(req));
         if (fuse_reply_create(req, &e, fi) != 0) {
             i->opens--;
             i->lookup--;
+            if (fi->direct_io)
+                i->direct_opens--;
         }
     } else {
         reply_entry(req, i);
@@ -304,11 +379,28 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         fuse_reply_err(req, EISDIR);
     } else {
         i->opens++;
-        fi->keep_cache = 1; /* only we change file content, through the kernel that caches it */
-        if (fuse_reply_open(req, fi) != 0)
+        set_cache_mode(i, fi);
+        first_open(ds_of(req));
+        if (fuse_reply_open(req, fi) != 0) {
             i->opens--;
+            if (fi->direct_io)
+                i->direct_opens--;
+        }
     }
     unlock(fs);
+}
+
+/* A block device region (pmem) is mapped through its page cache: let the kernel read
+ * the whole reply's pages in large requests instead of one page fault at a time
+ * while the reply is copied. */
+static void prefetch(const struct iovec *iov, int n)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    for (int k = 0; k < n; k++) {
+        uintptr_t a = (uintptr_t)iov[k].iov_base, start = a & ~(uintptr_t)(page - 1);
+        if (iov[k].iov_len && madvise((void *)start, a + iov[k].iov_len - start, MADV_WILLNEED) != 0)
+            return; /* the zero page for holes, or no support: only a hint */
+    }
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
@@ -323,6 +415,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
     } else {
         size_t total;
         int n = pf_read_iov(fs, i, size, (uint64_t)off, iov, MAX_IOV, &total);
+        if (ds_of(req)->blockdev)
+            prefetch(iov, n);
         /* The iovecs point into the mapped region: reply before anything can change it. */
         fuse_reply_iov(req, iov, n);
     }
@@ -352,13 +446,14 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-    (void)fi;
     struct pf_fs *fs = ds_of(req)->fs;
     lock(fs);
     struct pf_inode *i = pf_get(fs, ino);
     if (i) {
         if (i->opens)
             i->opens--;
+        if ((fi->flags & O_ACCMODE) == O_WRONLY && i->direct_opens)
+            i->direct_opens--;
         pf_maybe_free(fs, i);
     }
     unlock(fs);
@@ -529,7 +624,7 @@ int pf_mount_main(int argc, char **argv)
 {
     bool foreground = false;
     const char *extra = NULL, *regions = NULL, *dir = NULL;
-    int interval = 1000;
+    int interval = 5000;
     for (int k = 0; k < argc; k++) {
         if (strcmp(argv[k], "-f") == 0)
             foreground = true;
@@ -559,6 +654,10 @@ int pf_mount_main(int argc, char **argv)
         return 1;
     }
     struct daemon_state ds = {.fs = fs, .commit_interval_ms = interval};
+    if (!realpath(dir, ds.mountpoint))
+        ds.readahead_raised = true; /* cannot find it in mountinfo; the mount itself reports the error */
+    for (int r = 0; r < fs->nreg; r++)
+        ds.blockdev |= fs->reg[r].is_blockdev;
     pthread_mutex_init(&ds.stop_lock, NULL);
     pthread_cond_init(&ds.stop_cond, NULL);
     char opts[1024];

@@ -45,6 +45,7 @@ struct pf_extent {
     uint32_t crc;      /* CRC32C of nblocks * block size bytes */
     bool committed;    /* referenced by the committed state: never written in place */
     bool crc_valid;
+    uint32_t crc_blocks; /* not committed: crc already covers the first crc_blocks blocks */
 };
 
 struct pf_dirent {
@@ -65,6 +66,8 @@ struct pf_inode {
     uint64_t parent;  /* directories: the parent (root: itself) */
     uint64_t lookup;  /* kernel lookup count (FUSE) */
     uint32_t opens;
+    uint32_t direct_opens; /* FUSE: open write-only handles (direct I/O, past the kernel's page cache) */
+    bool direct_written;   /* FUSE: such a handle was open since the last open for reading */
 };
 
 struct pf_fs {
@@ -103,6 +106,12 @@ void pf_report_error(struct pf_report *r, const char *fmt, ...) __attribute__((f
 void pf_report_note(struct pf_report *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 uint32_t pf_crc32c(uint32_t crc, const void *data, size_t len);
+#define PF_CRC_HW 1
+#define PF_CRC_SOFT 2
+/* The implementation pf_crc32c uses (timed once: qemu TCG emulates the instruction slowly). */
+int pf_crc32c_impl(void);
+/* One implementation (PF_CRC_HW falls back to the tables without SSE4.2); for tests. */
+uint32_t pf_crc32c_with(int which, uint32_t crc, const void *data, size_t len);
 
 /* REGIONS is a comma-separated list of region paths (files or block devices). */
 int pf_mkfs(const char *regions, uint64_t meta_bytes, struct pf_report *rep);
@@ -117,6 +126,29 @@ void pf_close(struct pf_fs *fs);
 /* fsck: checks every checksum and the structure; repair drops what cannot be
  * trusted and commits. Returns a PF_FSCK_* code. */
 int pf_fsck(const char *regions, bool repair, FILE *out);
+struct pf_fsck_summary {
+    int code;            /* PF_FSCK_* */
+    int problems;        /* errors found in the state checked */
+    int notes;
+    uint64_t generation; /* after a repair: the new one */
+    uint64_t inodes;
+    uint64_t file_bytes;
+    char first[1024];    /* the first problem (or why it could not check) */
+};
+/* pf_fsck with a summary (out may be NULL: no report lines). */
+int pf_fsck_ex(const char *regions, bool repair, FILE *out, struct pf_fsck_summary *sum);
+
+struct pf_info_data {
+    uint32_t format_version, block_size;
+    uint8_t uuid[16];
+    uint64_t generation, size, data_blocks, free_blocks;
+    uint64_t inodes, files, directories, symlinks, file_bytes;
+    uint64_t meta_area_bytes, meta_bytes;
+    int64_t created_ns, committed_ns;
+    int regions;
+};
+/* What pramfs info prints, for the newest intact state (read-only; refuses a damaged one). */
+int pf_info_read(const char *regions, struct pf_info_data *d, struct pf_report *rep);
 int pf_info(const char *regions, FILE *out);
 int pf_ls(const char *regions, FILE *out);
 

@@ -39,6 +39,20 @@ static void read_all(struct pf_fs *fs, struct pf_inode *i, uint8_t *out, size_t 
 int main(void)
 {
     CHECK(pf_crc32c(0, "123456789", 9) == 0xE3069283u); /* the CRC32C check value */
+    /* Both implementations agree (the faster one is chosen at run time), at any length and alignment. */
+    {
+        static uint8_t data[70000];
+        for (size_t k = 0; k < sizeof data; k++)
+            data[k] = (uint8_t)(k * 2654435761u >> 13);
+        CHECK(pf_crc32c_with(PF_CRC_HW, 0, "123456789", 9) == 0xE3069283u);
+        CHECK(pf_crc32c_with(PF_CRC_SOFT, 0, "123456789", 9) == 0xE3069283u);
+        static const size_t lens[] = {0, 1, 4, 13, 40, 364, 3280, 12287, 12288, 12289, 24576 + 5, 29524, 65536, 69991};
+        for (size_t l = 0; l < sizeof lens / sizeof lens[0]; l++)
+            for (size_t at = 0; at < 9; at += 4)
+                CHECK(pf_crc32c_with(PF_CRC_HW, 0x1234, data + at, lens[l]) ==
+                      pf_crc32c_with(PF_CRC_SOFT, 0x1234, data + at, lens[l]));
+        CHECK(pf_crc32c_impl() == PF_CRC_HW || pf_crc32c_impl() == PF_CRC_SOFT);
+    }
     snprintf(region, sizeof region, "%s/pramfs-unit-%d.img", access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp", getpid());
     int fd = open(region, O_CREAT | O_TRUNC | O_RDWR, 0600);
     CHECK(fd >= 0 && ftruncate(fd, 32 << 20) == 0);
@@ -104,6 +118,34 @@ int main(void)
     if (f) { read_all(fs, f, got, N); CHECK(memcmp(got, a, N) == 0); }
     pf_close(fs);
     FILE *null = fopen("/dev/null", "w");
+    CHECK(pf_fsck(region, false, null) == PF_FSCK_CLEAN);
+
+    /* Data checksums computed as whole blocks are appended (write_range): still right
+     * after an overwrite of checksummed blocks, a shrink below them, an unaligned
+     * append and appends after each of those; fsck checks every data checksum. */
+    fs = open_ok();
+    struct pf_inode *s1 = NULL, *s2 = NULL;
+    CHECK(pf_create(fs, pf_get(fs, PF_ROOT_INO), "stream1", S_IFREG | 0600, 0, 0, NULL, &s1) == 0);
+    CHECK(pf_create(fs, pf_get(fs, PF_ROOT_INO), "stream2", S_IFREG | 0600, 0, 0, NULL, &s2) == 0);
+    if (s1 && s2) {
+        for (int k = 0; k < 8; k++)
+            CHECK(pf_write(fs, s1, b + k * 8192, 8192, (uint64_t)k * 8192) == 8192);
+        CHECK(s1->next >= 1 && s1->ext[0].crc_blocks > 0); /* checksummed while written */
+        CHECK(pf_write(fs, s1, a, 100, 4096 + 7) == 100);   /* inside the checksummed blocks */
+        CHECK(pf_write(fs, s1, b, 8192, 65536) == 8192);     /* and appending again */
+        for (int k = 0; k < 4; k++)
+            CHECK(pf_write(fs, s2, b + k * 4096, 4096, (uint64_t)k * 4096) == 4096);
+        CHECK(pf_truncate(fs, s2, 8192) == 0);                /* below the checksummed blocks, */
+        CHECK(pf_commit(fs) == 0);                            /* committed right away */
+        CHECK(pf_write(fs, s2, b, 8192, 8192) == 8192);
+        CHECK(pf_truncate(fs, s2, 5000) == 0);
+        CHECK(pf_write(fs, s2, a, 3000, 5000) == 3000);       /* unaligned: the chain stops */
+        CHECK(pf_write(fs, s2, b, 8192, 8192) == 8192);
+        CHECK(pf_commit(fs) == 0);
+        CHECK(pf_write(fs, s2, a, 4096, 16384) == 4096);     /* after a commit: a new extent */
+        CHECK(pf_commit(fs) == 0);
+    }
+    pf_close(fs);
     CHECK(pf_fsck(region, false, null) == PF_FSCK_CLEAN);
     fclose(null);
     unlink(region);

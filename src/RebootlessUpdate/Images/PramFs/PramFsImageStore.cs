@@ -8,9 +8,11 @@ namespace RebootlessUpdate.Images;
 /// An image store on PramFS (native-pramfs): a crash-consistent, checksummed
 /// file system in a memory region that survives kexec (a legacy-pmem
 /// <c>/dev/pmemN</c>) or in a file. <see cref="Open"/> formats a region only
-/// when it is all zero, checks an existing one with <c>pramfs fsck</c> before
-/// anything is mounted or restored, starts the FUSE daemon and waits until the
-/// mount is live; the sets inside follow MANIFEST.md like every folder store.
+/// when it is all zero, checks an existing one with fsck before anything is
+/// mounted or restored, starts the FUSE daemon and waits until the mount is
+/// live; the sets inside follow MANIFEST.md like every folder store. fsck and
+/// <see cref="ReadInfo"/> call libpramfs in this process (P/Invoke); only when
+/// it cannot be loaded do they run the <c>pramfs</c> tool (logged as a warning).
 /// </summary>
 public sealed class PramFsImageStore : EngineBackedImageStore, IDisposable
 {
@@ -63,7 +65,7 @@ public sealed class PramFsImageStore : EngineBackedImageStore, IDisposable
         ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(options.DaemonTimeout, TimeSpan.Zero);
         var logger = options.Logger ?? NullLogger.Instance;
         var tool = PramFsTool.Locate(options.PramFsPath);
-        var regions = string.Join(',', options.Region.Split(',').Select(Path.GetFullPath));
+        var regions = FullPaths(options.Region);
         var mountPoint = Path.GetFullPath(options.MountPoint);
 
         if (PramFs.PramFsInterop.FileSystemType(mountPoint) == PramFsInterop.FuseSuperMagic)
@@ -91,11 +93,12 @@ public sealed class PramFsImageStore : EngineBackedImageStore, IDisposable
                 formatted = true;
                 break;
             default:
-                check = RunCheck(tool, regions, repair: false, timeout);
+                var library = UseLibrary(tool, logger);
+                check = RunCheck(tool, library, regions, repair: false, timeout);
                 PramFsLog.Checked(logger, regions, check.ExitCode, check.Output.Trim());
                 if (check.ExitCode == PramFsTool.FsckCorrupt && options.RepairOnOpen)
                 {
-                    check = RunCheck(tool, regions, repair: true, timeout);
+                    check = RunCheck(tool, library, regions, repair: true, timeout);
                     PramFsLog.Repaired(logger, regions, check.Output.Trim());
                 }
 
@@ -126,8 +129,65 @@ public sealed class PramFsImageStore : EngineBackedImageStore, IDisposable
         }
     }
 
-    private static PramFsCheckResult RunCheck(string tool, string regions, bool repair, TimeSpan timeout)
+    /// <summary>
+    /// Reads what a region's superblock and metadata say (format version, uuid, generation, sizes, free
+    /// space, counts), with libpramfs, or with <c>pramfs info</c> when the library cannot be loaded.
+    /// Read-only; metadata checksums are verified, data checksums are not (that is fsck's job).
+    /// The region must not be mounted (the daemon holds it exclusively).
+    /// </summary>
+    /// <param name="region">A region, or several comma-separated (as for <see cref="PramFsImageStoreOptions.Region"/>).</param>
+    /// <param name="pramFsPath">The <c>pramfs</c> tool (see <see cref="PramFsImageStoreOptions.PramFsPath"/>); libpramfs.so is looked up next to it.</param>
+    /// <param name="logger">Logs which of library and tool was used.</param>
+    /// <exception cref="ImageStoreException">The region cannot be read, is mounted, is not a PramFS, or is damaged (run fsck).</exception>
+    public static PramFsInfo ReadInfo(string region, string? pramFsPath = null, ILogger? logger = null)
     {
+        ArgumentException.ThrowIfNullOrWhiteSpace(region);
+        logger ??= NullLogger.Instance;
+        var tool = PramFsTool.Locate(pramFsPath);
+        var regions = FullPaths(region);
+        if (UseLibrary(tool, logger))
+        {
+            return PramFsNative.ReadInfo(regions);
+        }
+
+        var (code, output) = PramFsTool.Run(tool, ["info", regions], TimeSpan.FromMinutes(2));
+        if (code != 0)
+        {
+            throw new ImageStoreException($"cannot read the PramFS info of {regions} (pramfs info exit {code}): {output.Trim()}");
+        }
+
+        try
+        {
+            return PramFsInfo.Parse(output);
+        }
+        catch (FormatException e)
+        {
+            throw new ImageStoreException($"{tool} info {regions} printed something this version cannot read ({e.Message}); is the tool from the same build?", e);
+        }
+    }
+
+    private static string FullPaths(string regions) => string.Join(',', regions.Split(',').Select(Path.GetFullPath));
+
+    /// <summary>True when libpramfs is loaded (logged); false after a warning naming why and that the tool runs instead.</summary>
+    private static bool UseLibrary(string tool, ILogger logger)
+    {
+        if (PramFsNative.TryLoad(tool, out var reason))
+        {
+            PramFsLog.LibraryLoaded(logger, PramFsNative.LoadedFrom!);
+            return true;
+        }
+
+        PramFsLog.LibraryUnavailable(logger, tool, reason);
+        return false;
+    }
+
+    private static PramFsCheckResult RunCheck(string tool, bool library, string regions, bool repair, TimeSpan timeout)
+    {
+        if (library)
+        {
+            return PramFsNative.Check(regions, repair);
+        }
+
         var (code, output) = PramFsTool.Run(tool, repair ? ["fsck", "-r", regions] : ["fsck", regions], timeout);
         return new PramFsCheckResult(code, output);
     }

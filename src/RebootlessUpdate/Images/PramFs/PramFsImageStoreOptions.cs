@@ -39,13 +39,19 @@ public sealed record PramFsImageStoreOptions
     public ILogger? Logger { get; init; }
 }
 
-/// <summary>What <c>pramfs fsck</c> said about the region before it was mounted.</summary>
+/// <summary>What fsck (libpramfs, or the <c>pramfs fsck</c> tool) said about the region before it was mounted.</summary>
 /// <param name="ExitCode">0 clean, 1 repaired, 2 corrupt, 4 could not check (see native-pramfs/FORMAT.md).</param>
-/// <param name="Output">The report, one finding per line.</param>
+/// <param name="Output">The report, one finding per line (the same text from the library and the tool).</param>
 public sealed record PramFsCheckResult(int ExitCode, string Output)
 {
     /// <summary>True when the check found nothing to repair.</summary>
     public bool IsClean => ExitCode == 0;
+
+    /// <summary>The first problem found, or why it could not check; empty when clean (and when the tool ran: see <see cref="Output"/>).</summary>
+    public string FirstProblem { get; init; } = string.Empty;
+
+    /// <summary>Problems found (before a repair); -1 when the tool ran (only its exit code and report are known).</summary>
+    public int Problems { get; init; } = -1;
 }
 
 /// <summary>The check of a PramFS region before mounting found damage it did not repair.</summary>

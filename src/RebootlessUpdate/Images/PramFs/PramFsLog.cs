@@ -19,4 +19,10 @@ internal static partial class PramFsLog
 
     [LoggerMessage(4054, LogLevel.Information, "Unmounted PramFS at {MountPoint}; daemon exited")]
     public static partial void Unmounted(ILogger logger, string mountPoint);
+
+    [LoggerMessage(4055, LogLevel.Warning, "libpramfs cannot be loaded, so fsck and info run the pramfs tool {Tool} instead (build native-pramfs to get libpramfs.so next to it): {Reason}")]
+    public static partial void LibraryUnavailable(ILogger logger, string tool, string reason);
+
+    [LoggerMessage(4056, LogLevel.Debug, "fsck and info of PramFS regions use libpramfs from {Path}")]
+    public static partial void LibraryLoaded(ILogger logger, string path);
 }
