@@ -171,7 +171,10 @@ public sealed class CriuLazyPagesDaemon : IAsyncDisposable
                 throw new CriuTransportException($"criu lazy-pages did not get ready (exit {front.ExitCode}){(said.Length == 0 ? "" : ": " + said)}.\n  " + Excerpt(logFile));
             }
 
-            return new CriuLazyPagesDaemon(pid, StartTimeOf(pid) ?? 0, work, logFile);
+            // Gone already (its pid may even be reused): never treat another process as the daemon.
+            var started = StartTimeOf(pid) ?? throw new CriuTransportException(
+                $"criu lazy-pages (pid {pid}) exited right after getting ready.\n  " + Excerpt(logFile));
+            return new CriuLazyPagesDaemon(pid, started, work, logFile);
         }
     }
 
@@ -215,10 +218,52 @@ public sealed class CriuLazyPagesDaemon : IAsyncDisposable
     /// <summary>A daemon that got forked but was not judged ready is ours to stop.</summary>
     private static void StopFromPidFile(string pidFile)
     {
-        if (ReadPid(pidFile) is { } pid && StartTimeOf(pid) is not null)
+        if (ReadPid(pidFile) is { } pid && StartTimeOf(pid) is not null && IsCriu(pid))
         {
             _ = Mono.Unix.Native.Syscall.kill(pid, Mono.Unix.Native.Signum.SIGKILL);
         }
+    }
+
+    /// <summary>
+    /// Pids of every <c>criu lazy-pages</c> daemon running on this host. While one runs, the tree it serves
+    /// still misses pages: checkpointing that tree then would record them as holes.
+    /// </summary>
+    public static IReadOnlyList<int> FindRunning()
+    {
+        var found = new List<int>();
+        foreach (var dir in Directory.EnumerateDirectories("/proc"))
+        {
+            if (int.TryParse(Path.GetFileName(dir), NumberStyles.None, CultureInfo.InvariantCulture, out var pid)
+                && CriuArguments(pid) is { } args && args.Contains("lazy-pages", StringComparer.Ordinal))
+            {
+                found.Add(pid);
+            }
+        }
+
+        return found;
+    }
+
+    /// <summary>True when <paramref name="pid"/> runs criu (a pid file can outlive its process and name a stranger).</summary>
+    private static bool IsCriu(int pid) => CriuArguments(pid) is not null;
+
+    /// <summary>
+    /// The arguments after the criu program in <paramref name="pid"/>'s command line, or null when it does
+    /// not run criu (by name: criu may run through a loader or wrapper, so its comm can differ).
+    /// </summary>
+    private static string[]? CriuArguments(int pid)
+    {
+        string[] argv;
+        try
+        {
+            argv = File.ReadAllText($"/proc/{pid.ToString(CultureInfo.InvariantCulture)}/cmdline").Split('\0');
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+
+        var at = Array.FindIndex(argv, a => a == "criu" || a.EndsWith("/criu", StringComparison.Ordinal));
+        return at < 0 ? null : argv[(at + 1)..];
     }
 
     private static bool IsRunning(int pid, ulong startTime) => StartTimeOf(pid) is { } now && (startTime == 0 || now == startTime);

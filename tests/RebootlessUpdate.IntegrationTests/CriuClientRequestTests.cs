@@ -58,11 +58,13 @@ public class CriuClientRequestTests : CriuTestFixture
         var dumped = Directory.GetFiles(images).Order().ToList();
 
         await using var daemon = await Client.StartLazyPagesDaemonAsync(new CriuLazyPagesOptions { ImagesDirectory = images, WorkDirectory = work, LogLevel = 4 });
+        Assert.That(CriuLazyPagesDaemon.FindRunning(), Does.Contain(daemon.Pid), "a running daemon is found (the Plan stage refuses to checkpoint meanwhile)");
         var restore = await Client.RestoreAsync(new CriuRestoreOptions { ImagesDirectory = images, WorkDirectory = work, LazyPages = true });
         workload.RootPid = restore.Pid;
 
         var verdict = workload.Check();
         await daemon.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(60));
+        Assert.That(CriuLazyPagesDaemon.FindRunning(), Does.Not.Contain(daemon.Pid));
         TestContext.Out.WriteLine($"daemon {daemon.Pid}; restore statistics {restore.Statistics}; {verdict}");
         Assert.Multiple(() =>
         {

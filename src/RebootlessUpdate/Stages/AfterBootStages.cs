@@ -339,10 +339,12 @@ internal sealed class RestoreStage(RestoreStageOptions options) : IUpdateStage
         }
     }
 
-    /// <summary>The failed page check of a target whose restore failed, if that is why.</summary>
+    /// <summary>The failed page check of a target whose restore failed, if that is why (never waits for a check still running).</summary>
     private static async Task<VerificationResult?> RefusedAsync(TargetRun t)
     {
-        if (t.PendingPageVerification is not { } pending)
+        // A veto at post-restore, or CRIU failing on pages whose check has already failed; anything else
+        // is the restore's own error and must not wait behind the page hashing.
+        if (t.PendingPageVerification is not { } pending || !(t.PageCheckVetoed || pending.IsCompleted))
         {
             return null;
         }
@@ -352,9 +354,9 @@ internal sealed class RestoreStage(RestoreStageOptions options) : IUpdateStage
             var result = await pending.ConfigureAwait(false);
             return result.IsValid ? null : result;
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ImageStoreException)
+        catch (Exception e) when (e is not OperationCanceledException)
         {
-            return null; // the restore's own error says more
+            return null; // the check itself failed: the restore's own error says more
         }
     }
 

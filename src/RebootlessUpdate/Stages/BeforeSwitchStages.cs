@@ -35,6 +35,13 @@ internal sealed class PlanStage(bool checkCapacity = true) : IUpdateStage
             throw new ArgumentException("nothing to checkpoint: name at least one target.");
         }
 
+        if (Criu.CriuLazyPagesDaemon.FindRunning() is [var daemon, ..])
+        {
+            // A lazily restored tree is missing the pages its daemon has not delivered yet: a dump now would lose them.
+            throw new InvalidOperationException($"criu lazy-pages (pid {daemon}) is still delivering the memory of a lazily restored workload; "
+                + "a checkpoint now could miss the pages it has not delivered. Wait until it exits (it does once every page is in) and try again; nothing was frozen.");
+        }
+
         foreach (var t in context.Targets)
         {
             t.Resolved = t.Target.Resolve();
@@ -164,10 +171,23 @@ internal sealed class PreDumpStage(PreDumpStageOptions options) : IUpdateStage
             var dump = t.Settings!.ToDump(t.Resolved!.RootPid, dir, TargetOperations.WorkDirectory(context, t)) with { TrackMemory = true, LogFile = "pre-dump.log" };
             await criu.SinglePreDumpAsync(dump, cancellationToken).ConfigureAwait(false);
             t.PreDumpFolder = folder;
-            // Hashed now, while the workloads run: the seal inside the freeze then only hashes the final dump.
-            await context.RequireStore().PrehashAsync(set, folder, cancellationToken).ConfigureAwait(false);
             var bytes = TargetOperations.FolderBytes(dir);
-            context.ReportProgress(Name, $"pre-dumped {bytes} bytes while running (hashed)", t.Target.Id, bytes);
+            context.ReportProgress(Name, $"pre-dumped {bytes} bytes while running", t.Target.Id, bytes);
+        }
+
+        // Hashed now, after every pre-dump (hashing between them would let the later targets dirty more
+        // memory) and while the workloads run: the seal inside the freeze then only hashes the final dumps.
+        // Best effort: what is not hashed here is hashed at seal.
+        foreach (var t in context.Targets.Where(t => t.PreDumpFolder is not null))
+        {
+            try
+            {
+                await context.RequireStore().PrehashAsync(set, t.PreDumpFolder!, cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is IOException or ImageStoreException or UnauthorizedAccessException or ArgumentException)
+            {
+                PipelineLog.TargetWarning(context.Logger, t.Target.Id, $"pre-dump images not hashed ahead ({e.Message}); the seal hashes them");
+            }
         }
     }
 }

@@ -286,6 +286,7 @@ internal static class TargetOperations
                         var check = await pages.WaitAsync(ct).ConfigureAwait(false);
                         if (!check.IsValid)
                         {
+                            t.PageCheckVetoed = true;
                             throw new CheckpointSetVerificationException(check);
                         }
                     }
