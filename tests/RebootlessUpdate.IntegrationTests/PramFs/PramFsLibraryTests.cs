@@ -156,6 +156,27 @@ public class PramFsLibraryTests
         Assert.That((after.Files, after.FileBytes), Is.EqualTo((before.Files - 1, before.FileBytes - _victim.Length)));
     }
 
+    [TestCase(false, TestName = "Damage found at open: the tool in a child process (default)")]
+    [TestCase(true, TestName = "Damage found at open: libpramfs in this process (CheckInProcess)")]
+    public void A_damaged_region_is_refused_at_open_with_the_check_s_report_either_way(bool inProcess)
+    {
+        var bytes = File.ReadAllBytes(_region);
+        Flip(bytes.AsSpan().IndexOf(_victim.AsSpan(100_000, 64)) + 10);
+        var logger = new ListLogger();
+        var options = new PramFsImageStoreOptions { Region = _region, MountPoint = Path.Combine(_dir, "mnt2"), CheckInProcess = inProcess, Logger = logger };
+
+        var e = Assert.Throws<PramFsCheckFailedException>(() => PramFsImageStore.Open(options));
+        var direct = PramFsImageStore.CheckRegion(_region);
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(e!.Message, Does.Contain("victim.img"));
+            Assert.That(direct.ExitCode, Is.EqualTo(PramFsTool.FsckCorrupt));
+            Assert.That(direct.Output, Is.EqualTo(Tool("fsck", _region).Output), "the public check reports what the tool reports");
+            Assert.That(logger.Entries.Any(l => l.Id == 4056), Is.EqualTo(inProcess), "the library is used at open only when asked");
+        });
+    }
+
     [Test]
     public void A_region_that_is_not_there_is_named()
     {

@@ -1,6 +1,7 @@
 using Microsoft.Extensions.Logging;
 using RebootlessUpdate.Images;
 using RebootlessUpdate.Images.PramFs;
+using RebootlessUpdate.TestSupport;
 
 namespace RebootlessUpdate.UnitTests.PramFs;
 
@@ -123,18 +124,5 @@ public class PramFsInfoTests
         File.WriteAllText(tool, $"#!/bin/sh\necho \"$@\" >'{_dir}/args'\ncat '{_dir}/out'\nexit {exitCode}\n");
         File.SetUnixFileMode(tool, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         return tool;
-    }
-
-    private sealed class ListLogger : ILogger
-    {
-        public List<(LogLevel Level, int Id, string Message)> Entries { get; } = [];
-
-        public IDisposable? BeginScope<TState>(TState state)
-            where TState : notnull => null;
-
-        public bool IsEnabled(LogLevel logLevel) => true;
-
-        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
-            Entries.Add((logLevel, eventId.Id, formatter(state, exception)));
     }
 }

@@ -93,7 +93,7 @@ public sealed class PramFsImageStore : EngineBackedImageStore, IDisposable
                 formatted = true;
                 break;
             default:
-                var library = UseLibrary(tool, logger);
+                var library = options.CheckInProcess && UseLibrary(tool, logger);
                 check = RunCheck(tool, library, regions, repair: false, timeout);
                 PramFsLog.Checked(logger, regions, check.ExitCode, check.Output.Trim());
                 if (check.ExitCode == PramFsTool.FsckCorrupt && options.RepairOnOpen)
@@ -127,6 +127,22 @@ public sealed class PramFsImageStore : EngineBackedImageStore, IDisposable
             daemon.Stop(options.DaemonTimeout);
             throw;
         }
+    }
+
+    /// <summary>
+    /// Checks (or with <paramref name="repair"/> repairs) an unmounted PramFS region: every checksum.
+    /// Runs through libpramfs in this process when it loads (a region that faults when read then takes
+    /// this process down), else the <c>pramfs fsck</c> tool (with a warning).
+    /// </summary>
+    /// <param name="region">The region (or comma-separated regions).</param>
+    /// <param name="repair">Drop what fails its checksums and commit (only on an unmounted region).</param>
+    /// <param name="pramFsPath">The <c>pramfs</c> tool (its folder also holds the library); default: found on PATH or in the build.</param>
+    /// <param name="logger">Where the library-or-tool choice is logged.</param>
+    public static PramFsCheckResult CheckRegion(string region, bool repair = false, string? pramFsPath = null, ILogger? logger = null)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(region);
+        var tool = PramFsTool.Locate(pramFsPath);
+        return RunCheck(tool, UseLibrary(tool, logger ?? NullLogger.Instance), FullPaths(region), repair, TimeSpan.FromMinutes(10));
     }
 
     /// <summary>

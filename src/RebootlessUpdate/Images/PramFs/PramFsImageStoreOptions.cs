@@ -29,6 +29,14 @@ public sealed record PramFsImageStoreOptions
     /// </summary>
     public bool RepairOnOpen { get; init; }
 
+    /// <summary>
+    /// Run the check before mounting through libpramfs inside this process instead of the <c>pramfs fsck</c>
+    /// tool in a child process. Default false: a region that faults when read (SIGBUS on a memory error) or
+    /// hangs then fails the check with an exit status and a timeout, instead of taking down the process that
+    /// is about to restore the workloads. True saves a process start.
+    /// </summary>
+    public bool CheckInProcess { get; init; }
+
     /// <summary>Clock for set times (default <see cref="TimeProvider.System"/>).</summary>
     public TimeProvider TimeProvider { get; init; } = TimeProvider.System;
 
