@@ -90,9 +90,6 @@ public sealed class TargetRun
     /// <summary>The check of the target's page images, still running while CRIU restores it (awaited at post-restore).</summary>
     internal Task<VerificationResult>? PendingPageVerification { get; set; }
 
-    /// <summary>Set when the post-restore hold vetoed the restore because the page check failed.</summary>
-    internal bool PageCheckVetoed { get; set; }
-
     internal Exception? DumpException { get; set; }
 
     /// <summary>When the restore finished (wall clock).</summary>

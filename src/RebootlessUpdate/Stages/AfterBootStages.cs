@@ -342,9 +342,9 @@ internal sealed class RestoreStage(RestoreStageOptions options) : IUpdateStage
     /// <summary>The failed page check of a target whose restore failed, if that is why (never waits for a check still running).</summary>
     private static async Task<VerificationResult?> RefusedAsync(TargetRun t)
     {
-        // A veto at post-restore, or CRIU failing on pages whose check has already failed; anything else
-        // is the restore's own error and must not wait behind the page hashing.
-        if (t.PendingPageVerification is not { } pending || !(t.PageCheckVetoed || pending.IsCompleted))
+        // A veto at post-restore (it only comes after the check finished), or CRIU failing on pages whose
+        // check has already failed; anything else is the restore's own error and must not wait behind the hashing.
+        if (t.PendingPageVerification is not { } pending || !pending.IsCompleted)
         {
             return null;
         }

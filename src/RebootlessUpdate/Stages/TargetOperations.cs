@@ -286,7 +286,6 @@ internal static class TargetOperations
                         var check = await pages.WaitAsync(ct).ConfigureAwait(false);
                         if (!check.IsValid)
                         {
-                            t.PageCheckVetoed = true;
                             throw new CheckpointSetVerificationException(check);
                         }
                     }

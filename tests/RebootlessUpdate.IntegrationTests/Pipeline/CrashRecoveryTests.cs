@@ -174,15 +174,7 @@ public class CrashRecoveryTests
         Assert.That(crashed.ExitCode, Is.EqualTo(137), crashed.ToString());
         var journal = UpdateJournal.List(store).Single();
         var rich = journal.Targets[0];
-        var images = Path.Combine(store, "sets", journal.SetId, "images", rich.Folder);
-        var victim = Directory.GetFiles(images, "pages-*.img").MaxBy(f => new FileInfo(f).Length)!;
-        using (var f = new FileStream(victim, FileMode.Open, FileAccess.ReadWrite))
-        {
-            f.Position = f.Length / 2;
-            var b = f.ReadByte();
-            f.Position--;
-            f.WriteByte((byte)(b ^ 0xFF));
-        }
+        var victim = FlipAByteOfTheLargestPageImage(store, journal, rich);
 
         var resumed = Tool(null, "resume", "--store", store, "--criu", _testbed.Criu, "--json");
         TestContext.Out.WriteLine($"--- resume\n{resumed}");
@@ -219,15 +211,7 @@ public class CrashRecoveryTests
         var journal = UpdateJournal.List(store).Single();
         Assert.That(journal.Targets.Select(t => t.Settings.LazyPages), Is.All.EqualTo(lazyAtRehearse), "the journal records the choice");
         var rich = journal.Targets[0];
-        var images = Path.Combine(store, "sets", journal.SetId, "images", rich.Folder);
-        var victim = Directory.GetFiles(images, "pages-*.img").MaxBy(f => new FileInfo(f).Length)!;
-        using (var f = new FileStream(victim, FileMode.Open, FileAccess.ReadWrite))
-        {
-            f.Position = f.Length / 2;
-            var b = f.ReadByte();
-            f.Position--;
-            f.WriteByte((byte)(b ^ 0xFF));
-        }
+        var victim = FlipAByteOfTheLargestPageImage(store, journal, rich);
 
         string[] lazyResume = lazyAtResume ? ["--lazy-restore"] : [];
         var resumed = Tool(null, ["resume", .. lazyResume, "--store", store, "--criu", _testbed.Criu, "--json"]);
@@ -252,6 +236,19 @@ public class CrashRecoveryTests
         var before = other.ReadCounter();
         Workload.WaitFor(() => other.ReadCounter() > before + 2 ? 1 : 0, "the other target to count on");
         Workload.WaitFor(() => Workload.IsRunning(after.Targets[1].LazyPagesDaemonPid!.Value) ? 0 : 1, "its daemon to deliver every page and exit", 60);
+    }
+
+    /// <summary>Flips one byte in the middle of the target's largest page image (between the dump and the resume); returns the file.</summary>
+    private static string FlipAByteOfTheLargestPageImage(string store, JournalRecord journal, JournalTarget target)
+    {
+        var images = Path.Combine(store, "sets", journal.SetId, "images", target.Folder);
+        var victim = Directory.GetFiles(images, "pages-*.img").MaxBy(f => new FileInfo(f).Length)!;
+        using var f = new FileStream(victim, FileMode.Open, FileAccess.ReadWrite);
+        f.Position = f.Length / 2;
+        var b = f.ReadByte();
+        f.Position--;
+        f.WriteByte((byte)(b ^ 0xFF));
+        return victim;
     }
 
     private static string Pid(int pid) => pid.ToString(CultureInfo.InvariantCulture);
