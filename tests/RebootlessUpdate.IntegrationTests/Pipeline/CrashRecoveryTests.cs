@@ -253,32 +253,7 @@ public class CrashRecoveryTests
 
     private static string Pid(int pid) => pid.ToString(CultureInfo.InvariantCulture);
 
-    /// <summary>Running copies of the workload: roots of a PID namespace (pid 1 inside) whose command line names its folder.</summary>
-    private static int Instances(string appDir) =>
-        Directory.GetDirectories("/proc").Select(d => int.TryParse(Path.GetFileName(d), out var p) ? p : 0)
-            .Count(p => p > 0 && Workload.IsRunning(p) && IsInstanceOf(p, appDir) && NamespacePidOrZero(p) == 1);
+    private static int Instances(string appDir) => Workload.CopiesOf(appDir).Count;
 
-    private static bool IsInstanceOf(int pid, string appDir)
-    {
-        try
-        {
-            return File.ReadAllText($"/proc/{pid}/cmdline").Contains(appDir, StringComparison.Ordinal);
-        }
-        catch (IOException)
-        {
-            return false;
-        }
-    }
-
-    private static int NamespacePidOrZero(int pid)
-    {
-        try
-        {
-            return Workload.NamespacePid(pid);
-        }
-        catch (Exception e) when (e is IOException or InvalidOperationException)
-        {
-            return 0;
-        }
-    }
+    private static bool IsInstanceOf(int pid, string appDir) => Workload.IsCopyOf(pid, appDir);
 }
