@@ -58,23 +58,7 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
 
         foreach (var jt in journal.Record.Targets)
         {
-            var run = new TargetRun(new JournaledTarget(jt.Id, jt.Settings))
-            {
-                Settings = jt.Settings,
-                Folder = jt.Folder,
-                ImagesDirectory = Path.Combine(images, jt.Folder),
-                DumpStartedAt = jt.DumpStartedAt,
-                RestoredPid = jt.RestoredPid,
-                RestoredStartTime = jt.RestoredStartTime,
-                Original = jt.RootStartTime == 0 ? null : new ProcessIdentity(jt.RootPid, jt.RootStartTime),
-                Phase = jt.Phase,
-            };
-            if (context.SameBoot)
-            {
-                // The original may still hold its pid: wait for it before restoring.
-                run.TreeProcesses = run.Original is { } o ? [o] : [];
-            }
-
+            var run = Load(jt, images, context.SameBoot);
             await DecideAsync(context, run, jt, cancellationToken).ConfigureAwait(false);
             runs.Add(run);
         }
@@ -83,11 +67,34 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
         context.ReportProgress(Name, $"set {setId}: journal state {journal.State}, {(context.SameBoot ? "same boot (rolling back)" : "new boot")}");
     }
 
+    /// <summary>A target as its journal left it (before deciding what it needs).</summary>
+    internal static TargetRun Load(JournalTarget jt, string images, bool sameBoot)
+    {
+        var run = new TargetRun(new JournaledTarget(jt.Id, jt.Settings))
+        {
+            Settings = jt.Settings,
+            Folder = jt.Folder,
+            ImagesDirectory = Path.Combine(images, jt.Folder),
+            DumpStartedAt = jt.DumpStartedAt,
+            RestoredPid = jt.RestoredPid,
+            RestoredStartTime = jt.RestoredStartTime,
+            Original = jt.RootStartTime == 0 ? null : new ProcessIdentity(jt.RootPid, jt.RootStartTime),
+            Phase = jt.Phase,
+        };
+        if (sameBoot)
+        {
+            // The original may still hold its pid: wait for it before restoring.
+            run.TreeProcesses = run.Original is { } o ? [o] : [];
+        }
+
+        return run;
+    }
+
     /// <summary>
     /// What a journaled target needs: nothing (its tree runs: never ended, or restored by an earlier run),
     /// one restore (nothing of it runs and its dump completed), or an operator.
     /// </summary>
-    private async Task DecideAsync(UpdateContext context, TargetRun run, JournalTarget jt, CancellationToken cancellationToken)
+    internal async Task DecideAsync(UpdateContext context, TargetRun run, JournalTarget jt, CancellationToken cancellationToken)
     {
         switch (jt.Phase)
         {

@@ -71,7 +71,8 @@ internal static class InterruptedRestore
             IEnumerable<string> fds;
             try
             {
-                fds = Directory.EnumerateFiles(Path.Combine(dir, "fd")).ToList();
+                // Every entry: .NET counts a link to a folder as a folder, and the images folder is one.
+                fds = Directory.EnumerateFileSystemEntries(Path.Combine(dir, "fd")).ToList();
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
