@@ -11,6 +11,12 @@ internal static class TargetOperations
 {
     private const long NearlyFullBytes = 256 * 1024;
 
+    /// <summary>
+    /// Raised when CRIU has answered a restore (the tree runs), before this run records it: the one instant a
+    /// journal write cannot mark. The tool's crash injection (<c>REBOOTLESS_CRASH_AT=restore-answered</c>) kills itself here.
+    /// </summary>
+    internal static Action<TargetRun>? RestoreAnswered { get; set; }
+
     internal static string FolderName(int index, UpdateTarget target)
     {
         var chars = target.Id.Select(c => char.IsAsciiLetterOrDigit(c) ? c : '-').ToArray();
@@ -370,6 +376,7 @@ internal static class TargetOperations
             throw;
         }
 
+        RestoreAnswered?.Invoke(t);
         var took = MarkRestored(context, t, result.Pid, result.Statistics, context.TimeProvider.GetTimestamp(), start);
         context.ReportProgress("Restore", $"restored as pid {result.Pid} in {took.TotalMilliseconds:0} ms"
             + (t.LazyPagesDaemon is { } served ? $"; its memory is served on demand by lazy-pages daemon {served.Pid}" : string.Empty), t.Target.Id);

@@ -52,6 +52,8 @@ public class CrashRecoveryTests
     [TestCase("sealed", JournalState.Sealed, TargetPhase.Resumed, JournalState.RolledBack, TestName = "Crash after sealed, tree still held: criu resumes it in place")]
     [TestCase("sealed/dumped", JournalState.Sealed, TargetPhase.Restored, JournalState.RolledBack, TestName = "Crash after criu ended the tree: resume restores it from the sealed images")]
     [TestCase("resuming", JournalState.Resuming, TargetPhase.Restored, JournalState.RolledBack, TestName = "Crash before the restore: resume restores it")]
+    [TestCase("resuming/restoring", JournalState.Resuming, TargetPhase.Restored, JournalState.RolledBack, TestName = "Crash once restoring is journaled, before criu is asked: resume restores it once")]
+    [TestCase("restore-answered", JournalState.Resuming, TargetPhase.Restored, JournalState.RolledBack, TestName = "Crash after criu restored the tree, before the run recorded it: resume adopts that tree, no second copy")]
     [TestCase("resuming/restored", JournalState.Resuming, TargetPhase.Restored, JournalState.RolledBack, TestName = "Crash after the restore: resume restores nothing twice")]
     [TestCase("resumed", JournalState.Resumed, TargetPhase.Restored, JournalState.Resumed, TestName = "Crash after resumed: nothing to do")]
     public void Killed_orchestrator_then_resume_loses_no_workload(string crashAt, JournalState atCrash, TargetPhase expectedPhase, JournalState end)
