@@ -1,5 +1,6 @@
 using Mono.Unix.Native;
 using RebootlessUpdate.Pipeline;
+using RebootlessUpdate.Stages;
 
 namespace RebootlessUpdate.Cli;
 
@@ -8,7 +9,8 @@ namespace RebootlessUpdate.Cli;
 /// <c>REBOOTLESS_CRASH_AT=STATE</c> (a journal state, e.g. <c>sealed</c>) or
 /// <c>STATE/PHASE</c> (e.g. <c>dumping/frozen</c>: every target in that phase) makes the
 /// tool kill itself with SIGKILL right after the journal durably records that point,
-/// exactly as a power cut of the orchestrator would.
+/// exactly as a power cut of the orchestrator would. <c>restore-answered</c> kills it when CRIU has
+/// answered a restore and the tree runs, before the run has recorded that (no journal write marks it).
 /// </summary>
 /// <remarks>
 /// A production tool must not crash because a stray variable is set: the hook acts only when
@@ -19,9 +21,10 @@ internal static class CrashInjection
 {
     internal const string Variable = "REBOOTLESS_CRASH_AT";
     internal const string Gate = "REBOOTLESS_TEST_HOOKS";
+    internal const string RestoreAnswered = "restore-answered";
 
     /// <summary>Where to crash: a journal state, and optionally the phase every target must be in.</summary>
-    internal sealed record CrashPoint(string Spec, JournalState State, TargetPhase? Phase)
+    internal sealed record CrashPoint(string Spec, JournalState State, TargetPhase? Phase, bool AtRestoreAnswered = false)
     {
         public bool Matches(JournalRecord record) =>
             record.State == State && (Phase is null || (record.Targets.Count > 0 && record.Targets.All(t => t.Phase == Phase)));
@@ -40,16 +43,27 @@ internal static class CrashInjection
             return;
         }
 
+        if (point.AtRestoreAnswered)
+        {
+            TargetOperations.RestoreAnswered = _ => Crash(point);
+            return;
+        }
+
         UpdateJournal.Written = record =>
         {
             if (point.Matches(record))
             {
-                Console.Error.WriteLine($"rebootless: {Variable}: killing this process (pid {Environment.ProcessId}) at {point.Spec}");
-                Console.Error.Flush();
-                Syscall.kill(Environment.ProcessId, Signum.SIGKILL);
-                Thread.Sleep(Timeout.Infinite);
+                Crash(point);
             }
         };
+    }
+
+    private static void Crash(CrashPoint point)
+    {
+        Console.Error.WriteLine($"rebootless: {Variable}: killing this process (pid {Environment.ProcessId}) at {point.Spec}");
+        Console.Error.Flush();
+        Syscall.kill(Environment.ProcessId, Signum.SIGKILL);
+        Thread.Sleep(Timeout.Infinite);
     }
 
     /// <summary>
@@ -70,11 +84,17 @@ internal static class CrashInjection
             return null;
         }
 
+        if (spec.Trim().Equals(RestoreAnswered, StringComparison.OrdinalIgnoreCase))
+        {
+            warning = $"rebootless: warning: test hook armed ({Variable}={spec}, {Gate}=1): this process will kill itself with SIGKILL when CRIU has answered a restore.";
+            return new CrashPoint(RestoreAnswered, JournalState.Resuming, TargetPhase.Restoring, AtRestoreAnswered: true);
+        }
+
         var parts = spec.Trim().Split('/', 2);
         if (!Enum.TryParse<JournalState>(parts[0], ignoreCase: true, out var state) || !Enum.IsDefined(state)
             || (parts.Length == 2 && (!Enum.TryParse<TargetPhase>(parts[1], ignoreCase: true, out var p) || !Enum.IsDefined(p))))
         {
-            warning = $"rebootless: warning: {Variable}={spec} is not STATE or STATE/PHASE (states: {string.Join(", ", Enum.GetNames<JournalState>())}; phases: {string.Join(", ", Enum.GetNames<TargetPhase>())}); ignored.";
+            warning = $"rebootless: warning: {Variable}={spec} is not STATE, STATE/PHASE or {RestoreAnswered} (states: {string.Join(", ", Enum.GetNames<JournalState>())}; phases: {string.Join(", ", Enum.GetNames<TargetPhase>())}); ignored.";
             return null;
         }
 

@@ -157,6 +157,81 @@ public sealed class Workload : IDisposable
         return int.Parse(line.Split('\t', ' ', StringSplitOptions.RemoveEmptyEntries).Last(), CultureInfo.InvariantCulture);
     }
 
+    /// <summary>
+    /// Running copies of a workload: roots of a PID namespace (pid 1 inside) whose command line names its folder
+    /// (a restored copy keeps the command line). Exactly one must run after any recovery.
+    /// </summary>
+    public static IReadOnlyList<int> CopiesOf(string directory) =>
+        [.. System.IO.Directory.GetDirectories("/proc").Select(d => int.TryParse(Path.GetFileName(d), out var p) ? p : 0)
+            .Where(p => p > 0 && IsRunning(p) && IsCopyOf(p, directory) && NamespacePidOrZero(p) == 1)];
+
+    /// <summary>True when <paramref name="pid"/>'s command line names the workload folder <paramref name="directory"/>.</summary>
+    public static bool IsCopyOf(int pid, string directory)
+    {
+        try
+        {
+            return File.ReadAllText($"/proc/{pid}/cmdline").Contains(directory, StringComparison.Ordinal);
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+    }
+
+    private static int NamespacePidOrZero(int pid)
+    {
+        try
+        {
+            return NamespacePid(pid);
+        }
+        catch (Exception e) when (e is IOException or InvalidOperationException)
+        {
+            return 0;
+        }
+    }
+
+    /// <summary>Moves the whole tree into a cgroup v1 folder (the root first, so new children follow it); fails the test if it cannot.</summary>
+    public void MoveInto(string cgroup)
+    {
+        var procs = Path.Combine(cgroup, "cgroup.procs");
+        for (var round = 0; round < 20; round++)
+        {
+            var inside = File.ReadAllLines(procs).Where(l => l.Length > 0).Select(l => int.Parse(l, CultureInfo.InvariantCulture)).ToHashSet();
+            var outside = Tree(RootPid).Where(p => !inside.Contains(p)).ToList();
+            if (outside.Count == 0)
+            {
+                return;
+            }
+
+            foreach (var p in outside)
+            {
+                try
+                {
+                    File.WriteAllText(procs, p.ToString(CultureInfo.InvariantCulture));
+                }
+                catch (IOException)
+                {
+                    // It exited meanwhile (a short sleep of the loop).
+                }
+            }
+
+            Thread.Sleep(100);
+        }
+
+        NUnit.Framework.Assert.Fail($"could not move the workload's tree into {cgroup}");
+    }
+
+    private static List<int> Tree(int root)
+    {
+        var result = new List<int> { root };
+        for (var i = 0; i < result.Count; i++)
+        {
+            result.AddRange(ChildrenOf(result[i]));
+        }
+
+        return [.. result.Where(IsRunning)];
+    }
+
     /// <summary>Polls until <paramref name="probe"/> returns non-zero (10 s at most).</summary>
     public static int WaitFor(Func<int> probe, string what, double seconds = 10)
     {

@@ -70,4 +70,11 @@ public static class StageDefaults
 
     /// <summary>Targets dumped or restored at the same time: 4.</summary>
     public const int MaxParallelism = 4;
+
+    /// <summary>
+    /// How long an interrupted restore is waited for (a CRIU still restoring from the target's images, or still
+    /// holding the restored tree) before it is judged: 5 min. CRIU goes on with a restore whose client died
+    /// until its post-restore point, then kills what it restored.
+    /// </summary>
+    public static readonly TimeSpan InterruptedRestoreWait = TimeSpan.FromMinutes(5);
 }

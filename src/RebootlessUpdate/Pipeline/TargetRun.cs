@@ -16,6 +16,13 @@ public enum TargetPhase
     /// <summary>Its images are complete and CRIU ended the original processes.</summary>
     Dumped,
 
+    /// <summary>
+    /// CRIU has (or may have) been asked to restore it: journaled before the request, and again with the restored
+    /// root's pid and start time before CRIU lets the tree run. A later run looks for that tree and never restores
+    /// a second copy.
+    /// </summary>
+    Restoring,
+
     /// <summary>Restored from the images.</summary>
     Restored,
 
@@ -42,6 +49,12 @@ public sealed class TargetRun
 
     /// <summary>Root pid of the restored tree, once restored.</summary>
     public int? RestoredPid { get; internal set; }
+
+    /// <summary>Start time of the restored root (with <see cref="RestoredPid"/>: tells the restored tree from a reused pid).</summary>
+    internal ulong? RestoredStartTime { get; set; }
+
+    /// <summary>The restored root, once CRIU reported it at post-restore.</summary>
+    internal ProcessIdentity? RestoredRoot => RestoredPid is { } pid && RestoredStartTime is { } start ? new ProcessIdentity(pid, start) : null;
 
     /// <summary>Time from the dump request to CRIU holding the images (freezing, dumping, writing).</summary>
     public TimeSpan? DumpTime { get; internal set; }

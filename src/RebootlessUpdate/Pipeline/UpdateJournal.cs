@@ -63,8 +63,11 @@ public sealed record JournalTarget
     /// <summary>Where the target is.</summary>
     public TargetPhase Phase { get; init; }
 
-    /// <summary>Root pid after restore.</summary>
+    /// <summary>Root pid after restore (recorded at CRIU's post-restore point, before the tree runs).</summary>
     public int? RestoredPid { get; init; }
+
+    /// <summary>Start time (clock ticks since boot) of the restored root: tells the restored tree from a reused pid.</summary>
+    public ulong? RestoredStartTime { get; init; }
 
     /// <summary>When its dump started (wall clock; survives the jump).</summary>
     public DateTimeOffset? DumpStartedAt { get; init; }
@@ -290,6 +293,7 @@ public sealed class UpdateJournal
         {
             Phase = run.Phase,
             RestoredPid = run.RestoredPid,
+            RestoredStartTime = run.RestoredStartTime,
             DumpStartedAt = run.DumpStartedAt ?? t.DumpStartedAt,
             RestoredAt = run.RestoredAt ?? t.RestoredAt,
             DumpTime = run.DumpTime ?? t.DumpTime,

@@ -112,7 +112,7 @@ public sealed class UpdatePipeline
 
         var outcome = failure is null
             ? context.NothingToDo ? UpdateOutcome.NothingToDo : UpdateOutcome.Succeeded
-            : context.PointOfNoReturnPassed || compensationFailed || context.Targets.Any(t => t.Phase is TargetPhase.Failed or TargetPhase.Dumped or TargetPhase.Frozen)
+            : context.PointOfNoReturnPassed || compensationFailed || context.Targets.Any(t => t.Phase is TargetPhase.Failed or TargetPhase.Dumped or TargetPhase.Frozen or TargetPhase.Restoring)
                 ? UpdateOutcome.Failed
                 : UpdateOutcome.RolledBack;
         if (failure is not null && context.Journal is { } journal)

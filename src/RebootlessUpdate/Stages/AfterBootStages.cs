@@ -58,46 +58,93 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
 
         foreach (var jt in journal.Record.Targets)
         {
-            var run = new TargetRun(new JournaledTarget(jt.Id, jt.Settings))
-            {
-                Settings = jt.Settings,
-                Folder = jt.Folder,
-                ImagesDirectory = Path.Combine(images, jt.Folder),
-                DumpStartedAt = jt.DumpStartedAt,
-                RestoredPid = jt.RestoredPid,
-                Original = jt.RootStartTime == 0 ? null : new ProcessIdentity(jt.RootPid, jt.RootStartTime),
-                Phase = jt.Phase,
-            };
-            if (context.SameBoot)
-            {
-                // The original may still hold its pid: wait for it before restoring.
-                run.TreeProcesses = run.Original is { } o ? [o] : [];
-            }
-
-            if (jt.Phase == TargetPhase.Restored && jt.RestoredPid is { } pid && ProcessIdentity.Of(pid) is not null)
-            {
-                run.Phase = TargetPhase.Restored; // restored by an earlier, interrupted resume
-            }
-            else if (context.SameBoot && run.Original is { IsAlive: true })
-            {
-                run.Phase = TargetPhase.Resumed; // never ended: a crash before the jump let it run on
-            }
-            else
-            {
-                run.Phase = jt.Phase is TargetPhase.Frozen or TargetPhase.Dumped or TargetPhase.Restored or TargetPhase.Failed
-                    ? TargetPhase.Dumped
-                    : TargetPhase.Failed;
-                if (run.Phase == TargetPhase.Failed)
-                {
-                    run.Error = $"its processes are gone and the journal shows no completed dump (phase {jt.Phase})";
-                }
-            }
-
+            var run = Load(jt, images, context.SameBoot);
+            await DecideAsync(context, run, jt, cancellationToken).ConfigureAwait(false);
             runs.Add(run);
         }
 
         context.Targets = runs;
         context.ReportProgress(Name, $"set {setId}: journal state {journal.State}, {(context.SameBoot ? "same boot (rolling back)" : "new boot")}");
+    }
+
+    /// <summary>A target as its journal left it (before deciding what it needs).</summary>
+    internal static TargetRun Load(JournalTarget jt, string images, bool sameBoot)
+    {
+        var run = new TargetRun(new JournaledTarget(jt.Id, jt.Settings))
+        {
+            Settings = jt.Settings,
+            Folder = jt.Folder,
+            ImagesDirectory = Path.Combine(images, jt.Folder),
+            DumpStartedAt = jt.DumpStartedAt,
+            RestoredPid = jt.RestoredPid,
+            RestoredStartTime = jt.RestoredStartTime,
+            Original = jt.RootStartTime == 0 ? null : new ProcessIdentity(jt.RootPid, jt.RootStartTime),
+            Phase = jt.Phase,
+        };
+        if (sameBoot)
+        {
+            // The original may still hold its pid: wait for it before restoring.
+            run.TreeProcesses = run.Original is { } o ? [o] : [];
+        }
+
+        return run;
+    }
+
+    /// <summary>
+    /// What a journaled target needs: nothing (its tree runs: never ended, or restored by an earlier run),
+    /// one restore (nothing of it runs and its dump completed), or an operator.
+    /// </summary>
+    internal async Task DecideAsync(UpdateContext context, TargetRun run, JournalTarget jt, CancellationToken cancellationToken)
+    {
+        switch (jt.Phase)
+        {
+            case TargetPhase.Restoring:
+                // A run died while CRIU restored it: find the tree CRIU may have restored, never restore a second.
+                var (outcome, holders) = await InterruptedRestore.SettleAsync(run, run.ImagesDirectory!, options.InterruptedRestoreWait,
+                    context.TimeProvider, cancellationToken).ConfigureAwait(false);
+                (run.Phase, run.Error) = outcome switch
+                {
+                    InterruptedRestore.Outcome.Running => (TargetPhase.Restored, null),
+                    InterruptedRestore.Outcome.NotRunning => (TargetPhase.Dumped, null),
+                    _ => (TargetPhase.Restoring, $"an interrupted restore is still under way after {options.InterruptedRestoreWait.TotalSeconds:0} s "
+                        + $"(process(es) {string.Join(", ", holders)} hold its images {run.ImagesDirectory}); not restored a second time: "
+                        + "run `rebootless resume` again once they have ended"),
+                };
+                if (outcome == InterruptedRestore.Outcome.NotRunning)
+                {
+                    run.RestoredPid = null;
+                    run.RestoredStartTime = null;
+                }
+
+                PipelineLog.TargetEvent(context.Logger, jt.Id, outcome == InterruptedRestore.Outcome.Running
+                    ? $"an interrupted restore had let the tree run: adopted as pid {run.RestoredPid}"
+                    : $"interrupted restore: {outcome}");
+                return;
+            case TargetPhase.Restored when run.RestoredRoot is { IsAlive: true }
+                || (run.RestoredStartTime is null && jt.RestoredPid is { } pid && ProcessIdentity.Of(pid) is not null):
+                run.Phase = TargetPhase.Restored; // restored by an earlier, interrupted run (an older journal has no start time)
+                return;
+            case TargetPhase.Restored:
+                // It ran after its restore and has ended since: its images are older than what it did, so restoring them
+                // again would be a second life, not a recovery.
+                run.Phase = TargetPhase.Failed;
+                run.Error = $"it was restored as pid {jt.RestoredPid} and has exited since; not restored a second time (its images are kept in {run.ImagesDirectory})";
+                return;
+        }
+
+        if (context.SameBoot && run.Original is { IsAlive: true })
+        {
+            run.Phase = TargetPhase.Resumed; // never ended: a crash before the jump let it run on
+        }
+        else if (jt.Phase is TargetPhase.Frozen or TargetPhase.Dumped or TargetPhase.Failed)
+        {
+            run.Phase = TargetPhase.Dumped;
+        }
+        else
+        {
+            run.Phase = TargetPhase.Failed;
+            run.Error = $"its processes are gone and the journal shows no completed dump (phase {jt.Phase})";
+        }
     }
 
     private async Task ReleasedByCriuAsync(UpdateContext context, IReadOnlyList<JournalTarget> targets, CancellationToken cancellationToken)
@@ -389,7 +436,8 @@ internal sealed class ReportStage : IUpdateStage
 
         var journal = context.RequireJournal();
         journal.UpdateTargets(context);
-        var refused = context.Targets.Where(t => t.Phase == TargetPhase.Failed).ToList();
+        // Anything not running again (refused, failed, or an interrupted restore still under way) needs an operator.
+        var refused = context.Targets.Where(t => t.Phase is not (TargetPhase.Restored or TargetPhase.Resumed)).ToList();
         var sameBoot = context.Mode == UpdateMode.Resume && context.SameBoot;
         if (sameBoot)
         {

@@ -95,6 +95,12 @@ public sealed record LocateStageOptions
     /// of a tree it still holds before judging whether the tree runs. Default 30 s.
     /// </summary>
     public TimeSpan CriuReleaseWait { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>
+    /// For a target the journal shows restoring: how long to wait for a CRIU still restoring it before judging
+    /// whether its restored tree runs (adopted) or not (restored once). Default <see cref="Pipeline.StageDefaults.InterruptedRestoreWait"/> (5 min).
+    /// </summary>
+    public TimeSpan InterruptedRestoreWait { get; init; } = Pipeline.StageDefaults.InterruptedRestoreWait;
 }
 
 /// <summary>Options of the Restore stage. Immutable.</summary>

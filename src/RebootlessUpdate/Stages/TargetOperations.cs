@@ -11,6 +11,12 @@ internal static class TargetOperations
 {
     private const long NearlyFullBytes = 256 * 1024;
 
+    /// <summary>
+    /// Raised when CRIU has answered a restore (the tree runs), before this run records it: the one instant a
+    /// journal write cannot mark. The tool's crash injection (<c>REBOOTLESS_CRASH_AT=restore-answered</c>) kills itself here.
+    /// </summary>
+    internal static Action<TargetRun>? RestoreAnswered { get; set; }
+
     internal static string FolderName(int index, UpdateTarget target)
     {
         var chars = target.Id.Select(c => char.IsAsciiLetterOrDigit(c) ? c : '-').ToArray();
@@ -236,19 +242,31 @@ internal static class TargetOperations
                 PipelineLog.TargetEvent(context.Logger, t.Target.Id, $"rolled back: restored from the images as pid {t.RestoredPid}");
                 return;
             }
-            catch (CriuException e)
+            catch (Exception e) when (e is CriuException or IOException or InvalidOperationException)
             {
                 last = e;
+                if (t.Phase == TargetPhase.Restored)
+                {
+                    return; // the request failed after CRIU let the tree run: that is the one copy
+                }
+
+                if (t.Phase == TargetPhase.Restoring)
+                {
+                    break; // CRIU may still be restoring it: a second request could make a second copy
+                }
+
                 await Task.Delay(300).ConfigureAwait(false);
             }
         }
 
-        t.Phase = TargetPhase.Failed;
-        t.Error = $"rollback restore failed: {last!.Message}; the images are kept in {t.ImagesDirectory}";
+        var stillRestoring = t.Phase == TargetPhase.Restoring;
+        t.Phase = stillRestoring ? TargetPhase.Restoring : TargetPhase.Failed;
+        t.Error = $"rollback restore failed: {last!.Message}; "
+            + (stillRestoring ? "a CRIU still holds its images, so it was not asked again; run `rebootless resume` once it has ended" : $"the images are kept in {t.ImagesDirectory}");
     }
 
     private static bool HasImages(TargetRun t) =>
-        t.ImagesDirectory is { } dir && t.Phase is TargetPhase.Frozen or TargetPhase.Dumped or TargetPhase.Failed
+        t.ImagesDirectory is { } dir && t.Phase is TargetPhase.Frozen or TargetPhase.Dumped or TargetPhase.Failed or TargetPhase.Restoring
         && File.Exists(Path.Combine(dir, "pstree.img")) && File.Exists(Path.Combine(dir, "inventory.img"));
 
     /// <summary>
@@ -265,6 +283,25 @@ internal static class TargetOperations
         var criu = context.RequireCriu();
         var work = WorkDirectory(context, t);
         var options = t.Settings!.ToRestore(imagesDirectory, work) with { LogFile = "restore.log" };
+        // Exactly once: the journal says "restoring" before CRIU gets the request (or its lazy-pages daemon starts), and names the restored root
+        // (pid and start time) before CRIU lets it run. A run that dies anywhere in between leaves enough for the
+        // next one to find the tree (InterruptedRestore) instead of restoring a second copy. A journal that cannot
+        // be written stops the restore here, before anything exists.
+        var journal = context.Journal;
+        var before = t.Phase;
+        t.RestoredPid = null;
+        t.RestoredStartTime = null;
+        t.Phase = TargetPhase.Restoring;
+        try
+        {
+            journal?.UpdateTargets(context);
+        }
+        catch
+        {
+            t.Phase = before; // nothing was asked of CRIU
+            throw;
+        }
+
         t.LazyPages = false;
         t.LazyPagesDaemon = lazy ? await StartLazyPagesDaemonAsync(context, t, criu, imagesDirectory, work, cancellationToken).ConfigureAwait(false) : null;
         if (t.LazyPagesDaemon is not null)
@@ -273,25 +310,34 @@ internal static class TargetOperations
             options = options with { LazyPages = true };
             t.LazyPages = true;
         }
-        if (t.PendingPageVerification is { } pages)
+        var pages = t.PendingPageVerification;
+        options = options with
         {
-            // CRIU has loaded the memory but lets nothing run before post-restore: hold it there until the
-            // pages passed their check; failing the notification makes CRIU abort and kill the restored tree.
-            options = options with
+            OnNotification = async (n, ct) =>
             {
-                OnNotification = async (n, ct) =>
+                if (n.Script != "post-restore")
                 {
-                    if (n.Script == "post-restore")
+                    return;
+                }
+
+                if (pages is not null)
+                {
+                    // CRIU has loaded the memory but lets nothing run before post-restore: hold it there until the
+                    // pages passed their check; failing the notification makes CRIU abort and kill the restored tree.
+                    var check = await pages.WaitAsync(ct).ConfigureAwait(false);
+                    if (!check.IsValid)
                     {
-                        var check = await pages.WaitAsync(ct).ConfigureAwait(false);
-                        if (!check.IsValid)
-                        {
-                            throw new CheckpointSetVerificationException(check);
-                        }
+                        throw new CheckpointSetVerificationException(check);
                     }
-                },
-            };
-        }
+                }
+
+                var root = (n.Pid is { } restored ? ProcessIdentity.Of(restored) : null)
+                    ?? throw new InvalidOperationException($"CRIU reported the restored root as pid {n.Pid}, which does not exist");
+                t.RestoredPid = root.Pid;
+                t.RestoredStartTime = root.StartTime;
+                journal?.UpdateTargets(context);
+            },
+        };
 
         var start = context.TimeProvider.GetTimestamp();
         CriuRestoreResult result;
@@ -299,19 +345,50 @@ internal static class TargetOperations
         {
             result = await criu.RestoreAsync(options, cancellationToken).ConfigureAwait(false);
         }
-        catch when (t.LazyPagesDaemon is { } daemon)
+        catch (Exception e)
         {
-            // Nothing of the tree runs (CRIU killed what it had restored): its daemon has nobody left to serve.
-            await daemon.DisposeAsync().ConfigureAwait(false);
-            t.LazyPagesDaemon = null;
-            t.LazyPages = false;
+            // Nothing of the tree runs (CRIU killed what it had restored) unless it passed post-restore and only
+            // the answer was lost (a broken connection, a watchdog): then it runs, and it is the one copy.
+            var (outcome, _) = await InterruptedRestore.SettleAsync(t, imagesDirectory, StageDefaults.InterruptedRestoreWait,
+                context.TimeProvider, CancellationToken.None).ConfigureAwait(false);
+            if (outcome == InterruptedRestore.Outcome.Running && t.RestoredRoot is { } adopted)
+            {
+                PipelineLog.TargetWarning(context.Logger, t.Target.Id,
+                    $"the restore request failed ({e.Message}) after CRIU let the tree run: it runs as pid {adopted.Pid}, kept as the one copy");
+                MarkRestored(context, t, adopted.Pid, null, context.TimeProvider.GetTimestamp(), start);
+                return;
+            }
+
+            if (outcome == InterruptedRestore.Outcome.NotRunning)
+            {
+                t.Phase = TargetPhase.Dumped; // a definite "nothing runs": the next attempt may restore it
+                t.RestoredPid = null;
+                t.RestoredStartTime = null;
+            }
+
+            if (t.LazyPagesDaemon is { } daemon)
+            {
+                await daemon.DisposeAsync().ConfigureAwait(false);
+                t.LazyPagesDaemon = null;
+                t.LazyPages = false;
+            }
+
             throw;
         }
 
-        var end = context.TimeProvider.GetTimestamp();
-        t.RestoreTime = context.TimeProvider.GetElapsedTime(start, end);
-        t.RestoredPid = result.Pid;
-        t.RestoreStatistics = result.Statistics;
+        RestoreAnswered?.Invoke(t);
+        var took = MarkRestored(context, t, result.Pid, result.Statistics, context.TimeProvider.GetTimestamp(), start);
+        context.ReportProgress("Restore", $"restored as pid {result.Pid} in {took.TotalMilliseconds:0} ms"
+            + (t.LazyPagesDaemon is { } served ? $"; its memory is served on demand by lazy-pages daemon {served.Pid}" : string.Empty), t.Target.Id);
+    }
+
+    /// <summary>Records a restored tree (the phase, pid, timings and downtime); returns how long the restore took.</summary>
+    private static TimeSpan MarkRestored(UpdateContext context, TargetRun t, int pid, CriuRestoreStatistics? statistics, long end, long start)
+    {
+        var took = context.TimeProvider.GetElapsedTime(start, end);
+        t.RestoreTime = took;
+        t.RestoredPid = pid;
+        t.RestoreStatistics = statistics;
         t.RestoredTimestamp = end;
         t.RestoredAt = context.TimeProvider.GetUtcNow();
         t.Phase = TargetPhase.Restored;
@@ -323,8 +400,7 @@ internal static class TargetOperations
             RebootlessTelemetry.Downtime.Record(down.TotalSeconds, new KeyValuePair<string, object?>("mode", context.Mode.ToString()));
         }
 
-        context.ReportProgress("Restore", $"restored as pid {result.Pid} in {t.RestoreTime.Value.TotalMilliseconds:0} ms"
-            + (t.LazyPagesDaemon is { } served ? $"; its memory is served on demand by lazy-pages daemon {served.Pid}" : string.Empty), t.Target.Id);
+        return took;
     }
 
     /// <summary>

@@ -58,43 +58,8 @@ public class CgroupTargetTests
     {
         var w = Workload.Start(Path.Combine(_dir, "app"));
         _workload = w;
-        for (var round = 0; round < 20; round++)
-        {
-            var tree = Tree(w.RootPid);
-            var outside = tree.Where(p => !Procs().Contains(p)).ToList();
-            if (outside.Count == 0)
-            {
-                return w;
-            }
-
-            foreach (var p in outside)
-            {
-                try
-                {
-                    File.WriteAllText(Path.Combine(_cgroup, "cgroup.procs"), p.ToString(CultureInfo.InvariantCulture));
-                }
-                catch (IOException)
-                {
-                    // It exited meanwhile (a short sleep of the loop).
-                }
-            }
-
-            Thread.Sleep(100);
-        }
-
-        Assert.Fail("could not move the workload's tree into the cgroup");
+        w.MoveInto(_cgroup);
         return w;
-    }
-
-    private static List<int> Tree(int root)
-    {
-        var result = new List<int> { root };
-        for (var i = 0; i < result.Count; i++)
-        {
-            result.AddRange(Workload.ChildrenOf(result[i]));
-        }
-
-        return [.. result.Where(Workload.IsRunning)];
     }
 
     private string FreezerState => File.ReadAllText(Path.Combine(_cgroup, "freezer.state")).Trim();

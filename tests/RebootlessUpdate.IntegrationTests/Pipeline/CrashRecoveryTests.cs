@@ -52,6 +52,8 @@ public class CrashRecoveryTests
     [TestCase("sealed", JournalState.Sealed, TargetPhase.Resumed, JournalState.RolledBack, TestName = "Crash after sealed, tree still held: criu resumes it in place")]
     [TestCase("sealed/dumped", JournalState.Sealed, TargetPhase.Restored, JournalState.RolledBack, TestName = "Crash after criu ended the tree: resume restores it from the sealed images")]
     [TestCase("resuming", JournalState.Resuming, TargetPhase.Restored, JournalState.RolledBack, TestName = "Crash before the restore: resume restores it")]
+    [TestCase("resuming/restoring", JournalState.Resuming, TargetPhase.Restored, JournalState.RolledBack, TestName = "Crash once restoring is journaled, before criu is asked: resume restores it once")]
+    [TestCase("restore-answered", JournalState.Resuming, TargetPhase.Restored, JournalState.RolledBack, TestName = "Crash after criu restored the tree, before the run recorded it: resume adopts that tree, no second copy")]
     [TestCase("resuming/restored", JournalState.Resuming, TargetPhase.Restored, JournalState.RolledBack, TestName = "Crash after the restore: resume restores nothing twice")]
     [TestCase("resumed", JournalState.Resumed, TargetPhase.Restored, JournalState.Resumed, TestName = "Crash after resumed: nothing to do")]
     public void Killed_orchestrator_then_resume_loses_no_workload(string crashAt, JournalState atCrash, TargetPhase expectedPhase, JournalState end)
@@ -253,32 +255,7 @@ public class CrashRecoveryTests
 
     private static string Pid(int pid) => pid.ToString(CultureInfo.InvariantCulture);
 
-    /// <summary>Running copies of the workload: roots of a PID namespace (pid 1 inside) whose command line names its folder.</summary>
-    private static int Instances(string appDir) =>
-        Directory.GetDirectories("/proc").Select(d => int.TryParse(Path.GetFileName(d), out var p) ? p : 0)
-            .Count(p => p > 0 && Workload.IsRunning(p) && IsInstanceOf(p, appDir) && NamespacePidOrZero(p) == 1);
+    private static int Instances(string appDir) => Workload.CopiesOf(appDir).Count;
 
-    private static bool IsInstanceOf(int pid, string appDir)
-    {
-        try
-        {
-            return File.ReadAllText($"/proc/{pid}/cmdline").Contains(appDir, StringComparison.Ordinal);
-        }
-        catch (IOException)
-        {
-            return false;
-        }
-    }
-
-    private static int NamespacePidOrZero(int pid)
-    {
-        try
-        {
-            return Workload.NamespacePid(pid);
-        }
-        catch (Exception e) when (e is IOException or InvalidOperationException)
-        {
-            return 0;
-        }
-    }
+    private static bool IsInstanceOf(int pid, string appDir) => Workload.IsCopyOf(pid, appDir);
 }

@@ -45,6 +45,16 @@ public class CrashInjectionTests
         Assert.That(point, Is.EqualTo(new CrashInjection.CrashPoint("dumping/frozen", JournalState.Dumping, TargetPhase.Frozen)));
     }
 
+    [Test]
+    public void With_the_gate_restore_answered_is_armed_at_criu_answering_a_restore_and_matches_no_journal_write()
+    {
+        var point = CrashInjection.Parse("restore-answered", "1", out var warning);
+
+        Assert.That(point, Is.Not.Null);
+        Assert.That(point!.AtRestoreAnswered, Is.True);
+        Assert.That(warning, Does.Contain("when CRIU has answered a restore"));
+    }
+
     [TestCase("nowhere")]
     [TestCase("sealed/nowhere")]
     [TestCase("99")]
@@ -53,7 +63,7 @@ public class CrashInjectionTests
         var point = CrashInjection.Parse(spec, "1", out var warning);
 
         Assert.That(point, Is.Null);
-        Assert.That(warning, Does.Contain("is not STATE or STATE/PHASE").And.Contain("Sealed").And.Contain("ignored"));
+        Assert.That(warning, Does.Contain("is not STATE, STATE/PHASE or restore-answered").And.Contain("Sealed").And.Contain("ignored"));
     }
 
     [Test]

@@ -1,0 +1,104 @@
+using System.Globalization;
+using RebootlessUpdate.Criu;
+using RebootlessUpdate.Pipeline;
+using RebootlessUpdate.Targets;
+
+namespace RebootlessUpdate.Stages;
+
+/// <summary>
+/// Settles a target whose restore was interrupted (the run that asked CRIU died, or the request failed):
+/// waits until no CRIU works on its images any more, then tells whether the tree CRIU restored runs.
+/// </summary>
+/// <remarks>
+/// Why this is enough for "exactly once": the restore always holds the tree at CRIU's post-restore point
+/// and answers only after the restored root's pid and start time are durable in the journal. When the
+/// notification fails (our side died, or vetoed), CRIU kills what it restored. So once no CRIU holds the
+/// images folder any more, the tree runs only if it passed post-restore, and then the journal names it.
+/// The tool killed at random instants of a restore, then resumed, tests exactly this.
+/// </remarks>
+internal static class InterruptedRestore
+{
+    /// <summary>The outcome of an interrupted restore.</summary>
+    internal enum Outcome
+    {
+        /// <summary>The restored tree runs (it passed post-restore): adopt it, restore nothing.</summary>
+        Running,
+
+        /// <summary>Nothing of it runs: it may be restored (once).</summary>
+        NotRunning,
+
+        /// <summary>A CRIU process still works on its images after the wait: neither adopt nor restore.</summary>
+        StillRestoring,
+    }
+
+    /// <summary>Waits (bounded) until no process but a lazy-pages daemon holds <paramref name="imagesDirectory"/> open, then judges.</summary>
+    internal static async Task<(Outcome Outcome, IReadOnlyList<int> Holders)> SettleAsync(TargetRun t, string imagesDirectory, TimeSpan wait,
+        TimeProvider time, CancellationToken cancellationToken)
+    {
+        var start = time.GetTimestamp();
+        IReadOnlyList<int> holders;
+        while ((holders = Holders(imagesDirectory)).Count > 0 || t.RestoredRoot is { IsTraced: true })
+        {
+            if (time.GetElapsedTime(start) >= wait)
+            {
+                return (Outcome.StillRestoring, holders);
+            }
+
+            await Task.Delay(20, cancellationToken).ConfigureAwait(false);
+        }
+
+        return (t.RestoredRoot is { IsAlive: true } ? Outcome.Running : Outcome.NotRunning, []);
+    }
+
+    /// <summary>
+    /// Every process (but this one and lazy-pages daemons, which serve pages of a restored tree) with an open
+    /// descriptor on <paramref name="directory"/>: CRIU keeps its images folder open while it restores, and so
+    /// do the tasks it forks until they take over.
+    /// </summary>
+    internal static IReadOnlyList<int> Holders(string directory)
+    {
+        var full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(directory));
+        var daemons = CriuLazyPagesDaemon.FindRunning();
+        var found = new List<int>();
+        foreach (var dir in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(dir), NumberStyles.None, CultureInfo.InvariantCulture, out var pid)
+                || pid == Environment.ProcessId || daemons.Contains(pid))
+            {
+                continue;
+            }
+
+            IEnumerable<string> fds;
+            try
+            {
+                // Every entry: .NET counts a link to a folder as a folder, and the images folder is one.
+                fds = Directory.EnumerateFileSystemEntries(Path.Combine(dir, "fd")).ToList();
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                continue; // gone, or a kernel thread
+            }
+
+            foreach (var fd in fds)
+            {
+                string? target;
+                try
+                {
+                    target = new FileInfo(fd).LinkTarget;
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    continue;
+                }
+
+                if (target == full)
+                {
+                    found.Add(pid);
+                    break;
+                }
+            }
+        }
+
+        return found;
+    }
+}

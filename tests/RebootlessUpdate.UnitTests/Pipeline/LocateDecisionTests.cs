@@ -1,0 +1,182 @@
+using System.Diagnostics;
+using RebootlessUpdate.Pipeline;
+using RebootlessUpdate.Stages;
+using RebootlessUpdate.Targets;
+
+namespace RebootlessUpdate.UnitTests.Pipeline;
+
+/// <summary>
+/// What Locate decides for each journaled target, over real processes (a live `sleep`, one that has exited,
+/// one holding the images folder open as a CRIU still restoring would): adopt, restore once, or wait for an operator.
+/// </summary>
+[NonParallelizable]
+public class LocateDecisionTests
+{
+    private string _images = null!;
+    private readonly List<Process> _started = [];
+
+    [SetUp]
+    public void SetUp() => _images = Directory.CreateTempSubdirectory("rebootless-locate-").FullName;
+
+    [TearDown]
+    public void TearDown()
+    {
+        foreach (var p in _started.Where(p => !p.HasExited))
+        {
+            p.Kill();
+            p.WaitForExit();
+        }
+
+        _started.Clear();
+        Directory.Delete(_images, recursive: true);
+    }
+
+    private static LocateStage Stage(double waitSeconds = 5) =>
+        new(new LocateStageOptions { InterruptedRestoreWait = TimeSpan.FromSeconds(waitSeconds) });
+
+    private async Task<TargetRun> DecideAsync(JournalTarget jt, bool sameBoot = false, double waitSeconds = 5)
+    {
+        Directory.CreateDirectory(Path.Combine(_images, jt.Folder));
+        var context = new UpdateContext(UpdateMode.Resume, []) { SameBoot = sameBoot };
+        var run = LocateStage.Load(jt, _images, sameBoot);
+        await Stage(waitSeconds).DecideAsync(context, run, jt, CancellationToken.None);
+        return run;
+    }
+
+    private static JournalTarget Target(TargetPhase phase, ProcessIdentity? original = null, ProcessIdentity? restored = null) => new()
+    {
+        Id = "pid:5",
+        Folder = "00-pid-5",
+        Settings = new TargetCriuSettings(),
+        Phase = phase,
+        RootPid = original?.Pid ?? 5,
+        RootStartTime = original?.StartTime ?? 0,
+        RestoredPid = restored?.Pid,
+        RestoredStartTime = restored?.StartTime,
+    };
+
+    private ProcessIdentity Running(string command = "sleep 60")
+    {
+        var p = Process.Start("sh", ["-c", command])!;
+        _started.Add(p);
+        return ProcessIdentity.Of(p.Id) ?? throw new InvalidOperationException("the helper process ended at once");
+    }
+
+    private static ProcessIdentity Exited()
+    {
+        using var p = Process.Start("true")!;
+        var identity = ProcessIdentity.Of(p.Id) ?? new ProcessIdentity(p.Id, 1);
+        p.WaitForExit();
+        return identity;
+    }
+
+    [Test]
+    public async Task Restoring_whose_recorded_root_runs_is_adopted_not_restored_again()
+    {
+        var root = Running();
+        var run = await DecideAsync(Target(TargetPhase.Restoring, restored: root));
+        Assert.That(run.Phase, Is.EqualTo(TargetPhase.Restored));
+        Assert.That(run.RestoredPid, Is.EqualTo(root.Pid));
+    }
+
+    [Test]
+    public async Task Restoring_with_no_root_recorded_and_nothing_holding_its_images_is_restored_once()
+    {
+        var run = await DecideAsync(Target(TargetPhase.Restoring));
+        Assert.That(run.Phase, Is.EqualTo(TargetPhase.Dumped));
+    }
+
+    [Test]
+    public async Task Restoring_whose_recorded_root_has_ended_is_restored_once_and_forgets_the_old_pid()
+    {
+        var run = await DecideAsync(Target(TargetPhase.Restoring, restored: Exited()));
+        Assert.That(run.Phase, Is.EqualTo(TargetPhase.Dumped));
+        Assert.That(run.RestoredPid, Is.Null);
+    }
+
+    [Test]
+    public async Task Restoring_whose_recorded_pid_was_reused_by_another_process_is_not_adopted()
+    {
+        var stranger = Running();
+        var run = await DecideAsync(Target(TargetPhase.Restoring, restored: stranger with { StartTime = stranger.StartTime + 1 }));
+        Assert.That(run.Phase, Is.EqualTo(TargetPhase.Dumped), "a pid with another start time is not the restored tree");
+    }
+
+    [Test]
+    public async Task Restoring_while_a_process_still_holds_its_images_open_waits_and_then_neither_adopts_nor_restores()
+    {
+        var folder = Path.Combine(_images, "00-pid-5");
+        Directory.CreateDirectory(folder);
+        var holder = Running($"exec 3<'{folder}'; sleep 60");
+        await Task.Delay(200);
+        var sw = Stopwatch.StartNew();
+        var run = await DecideAsync(Target(TargetPhase.Restoring), waitSeconds: 1);
+        Assert.Multiple(() =>
+        {
+            Assert.That(run.Phase, Is.EqualTo(TargetPhase.Restoring), "left for a later resume");
+            Assert.That(run.Error, Does.Contain(holder.Pid.ToString(System.Globalization.CultureInfo.InvariantCulture)).And.Contain("not restored a second time"));
+            Assert.That(sw.Elapsed, Is.GreaterThanOrEqualTo(TimeSpan.FromSeconds(0.9)), "it waited for the holder first");
+        });
+    }
+
+    [Test]
+    public async Task Restoring_is_judged_once_the_holder_of_its_images_lets_go()
+    {
+        var folder = Path.Combine(_images, "00-pid-5");
+        Directory.CreateDirectory(folder);
+        Running($"exec 3<'{folder}'; sleep 1");
+        await Task.Delay(200);
+        var run = await DecideAsync(Target(TargetPhase.Restoring), waitSeconds: 20);
+        Assert.That(run.Phase, Is.EqualTo(TargetPhase.Dumped));
+    }
+
+    [Test]
+    public async Task Restored_whose_tree_runs_is_left_alone()
+    {
+        var root = Running();
+        var run = await DecideAsync(Target(TargetPhase.Restored, restored: root));
+        Assert.That(run.Phase, Is.EqualTo(TargetPhase.Restored));
+    }
+
+    [Test]
+    public async Task Restored_whose_tree_has_exited_is_not_restored_a_second_time()
+    {
+        var run = await DecideAsync(Target(TargetPhase.Restored, restored: Exited()));
+        Assert.That(run.Phase, Is.EqualTo(TargetPhase.Failed));
+        Assert.That(run.Error, Does.Contain("not restored a second time"));
+    }
+
+    [Test]
+    public async Task Same_boot_with_the_original_still_running_resumes_in_place()
+    {
+        var run = await DecideAsync(Target(TargetPhase.Frozen, original: Running()), sameBoot: true);
+        Assert.That(run.Phase, Is.EqualTo(TargetPhase.Resumed));
+    }
+
+    [TestCase(TargetPhase.Frozen)]
+    [TestCase(TargetPhase.Dumped)]
+    [TestCase(TargetPhase.Failed)]
+    public async Task A_completed_dump_whose_original_is_gone_is_restored(TargetPhase phase)
+    {
+        var run = await DecideAsync(Target(phase, original: Exited()), sameBoot: true);
+        Assert.That(run.Phase, Is.EqualTo(TargetPhase.Dumped));
+    }
+
+    [TestCase(TargetPhase.Planned)]
+    [TestCase(TargetPhase.Resumed)]
+    public async Task No_completed_dump_and_the_original_gone_needs_an_operator(TargetPhase phase)
+    {
+        var run = await DecideAsync(Target(phase, original: Exited()), sameBoot: true);
+        Assert.That(run.Phase, Is.EqualTo(TargetPhase.Failed));
+        Assert.That(run.Error, Does.Contain("no completed dump"));
+    }
+
+    [Test]
+    public async Task After_the_jump_a_running_pid_of_the_old_kernel_is_not_taken_for_the_original()
+    {
+        // A new boot: whatever runs under the old root's pid is a stranger; the dump is restored.
+        var stranger = Running();
+        var run = await DecideAsync(Target(TargetPhase.Dumped, original: stranger), sameBoot: false);
+        Assert.That(run.Phase, Is.EqualTo(TargetPhase.Dumped));
+    }
+}
