@@ -136,12 +136,31 @@ public sealed class RestorableSet
     public VerificationResult Verification { get; }
 }
 
-/// <summary>A set as listed by <see cref="IImageStore.ListSets"/>.</summary>
+/// <summary>A set as listed by <see cref="IImageStore.ListSets"/> (without hashing anything).</summary>
 /// <param name="SetId">The set's id.</param>
-/// <param name="IsSealed">True when a manifest exists (it may still fail verification).</param>
+/// <param name="IsSealed">
+/// True when the set was sealed: its manifest or its seal mark exists. It may still fail
+/// verification (e.g. its manifest was deleted: see <see cref="Problem"/>).
+/// </param>
 /// <param name="CreatedAt">Creation time (from the manifest when sealed, else from the id).</param>
 /// <param name="TotalBytes">Bytes recorded in the manifest, or null when unsealed or unreadable.</param>
-public sealed record CheckpointSetInfo(string SetId, bool IsSealed, DateTimeOffset CreatedAt, long? TotalBytes);
+public sealed record CheckpointSetInfo(string SetId, bool IsSealed, DateTimeOffset CreatedAt, long? TotalBytes)
+{
+    /// <summary>
+    /// Why the set cannot be trusted as far as listing sees (its manifest is missing or unreadable,
+    /// its folder is a link or another user's, ...); null when listing saw nothing wrong.
+    /// </summary>
+    public string? Problem { get; init; }
+
+    /// <summary>
+    /// True only for a set that positively never began sealing: its own folder, no manifest, no seal
+    /// mark. A set that was sealed and lost its manifest, or whose folder cannot be trusted, is never this.
+    /// </summary>
+    public bool IsNeverSealed => !IsSealed && Problem is null;
+
+    /// <summary>False when the set's folder is not one the store made (a link, another user's): the store never deletes it.</summary>
+    internal bool IsOwnFolder { get; init; } = true;
+}
 
 /// <summary>Size and free space of a store's file system.</summary>
 /// <param name="TotalBytes">Size of the file system.</param>
