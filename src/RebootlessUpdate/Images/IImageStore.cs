@@ -32,7 +32,8 @@ public interface IImageStore
     /// Seals <paramref name="checkpointSet"/>: fsyncs and hashes every file, then writes the
     /// manifest atomically. A set is restorable only once this returns.
     /// </summary>
-    /// <exception cref="UnsafeSetPathException">The images folder holds a link out of the set or a special file.</exception>
+    /// <exception cref="UnsafeSetPathException">The images folder holds a link other than CRIU's parent link, or a special file.</exception>
+    /// <exception cref="UnsafeStorePathException">The set or images folder is a link, another user's, or writable by others.</exception>
     Task<CheckpointManifest> SealAsync(CheckpointSet checkpointSet, SealOptions options, CancellationToken cancellationToken = default);
 
     /// <summary>
@@ -48,6 +49,7 @@ public interface IImageStore
 
     /// <summary>Verifies a set against its manifest and lists every mismatch.</summary>
     /// <exception cref="CheckpointSetNotFoundException">There is no such set.</exception>
+    /// <exception cref="UnsafeStorePathException">The set's folder is a link, another user's, or writable by others: it is not read through.</exception>
     Task<VerificationResult> VerifyAsync(string setId, VerifyOptions? options = null, CancellationToken cancellationToken = default);
 
     /// <summary>Verifies a set and, only when it passes, returns what a restore needs.</summary>
@@ -59,6 +61,7 @@ public interface IImageStore
     IReadOnlyList<CheckpointSetInfo> ListSets();
 
     /// <summary>Deletes a set (sealed or not).</summary>
+    /// <exception cref="UnsafeStorePathException">The set's folder is a link, another user's, or writable by others: nothing is deleted.</exception>
     void DeleteSet(string setId);
 
     /// <summary>

@@ -19,6 +19,10 @@ internal sealed partial class SetStoreEngine
     private const FilePermissions FileMode0600 = FilePermissions.S_IRUSR | FilePermissions.S_IWUSR;
     private const FilePermissions DirMode0700 = FilePermissions.S_IRWXU;
 
+    /// <summary>Folders created on the way to a new store: 0755, never writable by others whatever the umask allows.</summary>
+    private const UnixFileMode AncestorMode = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute
+        | UnixFileMode.GroupRead | UnixFileMode.GroupExecute | UnixFileMode.OtherRead | UnixFileMode.OtherExecute;
+
     /// <summary>A manifest larger than this is refused unread (a real one lists a few thousand files).</summary>
     private const long MaxManifestBytes = 64L << 20;
 
@@ -72,8 +76,11 @@ internal sealed partial class SetStoreEngine
         StoreFiles.CheckStorePath(Root);
         if (StoreFiles.TypeOf(Root) is null)
         {
-            Directory.CreateDirectory(Path.GetDirectoryName(Root)!);
+            Directory.CreateDirectory(Path.GetDirectoryName(Root)!, AncestorMode);
             MakeDirectory(Root);
+            // Once more now that the whole way exists: in a sticky shared folder (like /tmp) someone may
+            // have made a missing folder first. Nothing has been chmod'ed or written yet.
+            StoreFiles.CheckStorePath(Root);
         }
 
         var isStore = CheckRootFolder();
@@ -115,7 +122,7 @@ internal sealed partial class SetStoreEngine
     /// <summary>Checks the existing root folder; returns whether it already is a store (carries the marker).</summary>
     private bool CheckRootFolder()
     {
-        if (StoreFiles.CheckOwnFolder(Root) is { } why && !why.StartsWith("is writable by", StringComparison.Ordinal))
+        if (StoreFiles.CheckOwnFolder(Root, anyMode: true) is { } why)
         {
             throw new ImageStoreException($"the store folder {Root} {why}; images hold process memory, so the store must be a folder of the user running the update (uid {Syscall.geteuid()})");
         }
@@ -339,6 +346,11 @@ internal sealed partial class SetStoreEngine
             switch (type)
             {
                 case FilePermissions.S_IFDIR:
+                    if (StoreFiles.CheckOwnFolder(full, anyMode: true) is { } notOurs)
+                    {
+                        throw new UnsafeSetPathException(relative, notOurs);
+                    }
+
                     Chmod(full, DirMode0700);
                     Libc.FsyncDirectory(full);
                     break;

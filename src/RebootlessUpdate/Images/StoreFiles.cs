@@ -38,9 +38,9 @@ internal static class StoreFiles
             throw new NotARegularFileException(path, FilePermissions.S_IFLNK);
         }
 
-        if (Syscall.fstat((int)handle.DangerousGetHandle(), out var st) != 0 || (st.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFREG)
+        var type = Syscall.fstat((int)handle.DangerousGetHandle(), out var st) == 0 ? st.st_mode & FilePermissions.S_IFMT : 0;
+        if (type != FilePermissions.S_IFREG)
         {
-            var type = Syscall.fstat((int)handle.DangerousGetHandle(), out st) == 0 ? st.st_mode & FilePermissions.S_IFMT : 0;
             handle.Dispose();
             throw new NotARegularFileException(path, type);
         }
@@ -86,10 +86,11 @@ internal static class StoreFiles
 
     /// <summary>
     /// Null when <paramref name="path"/> is a folder of ours: a real folder (not a symbolic
-    /// link), owned by the user running rebootless, not writable by its group or others.
+    /// link), owned by the user running rebootless, not writable by its group or others
+    /// (unless <paramref name="anyMode"/>, for a folder about to be chmod'ed).
     /// Otherwise why not, as a phrase ("is a symbolic link to ...").
     /// </summary>
-    internal static string? CheckOwnFolder(string path)
+    internal static string? CheckOwnFolder(string path, bool anyMode = false)
     {
         if (Syscall.lstat(path, out var st) != 0)
         {
@@ -113,7 +114,7 @@ internal static class StoreFiles
             return $"belongs to uid {st.st_uid}, not to uid {euid} that runs rebootless";
         }
 
-        return (st.st_mode & WritableByOthers) != 0 ? $"is writable by {WhoMayWrite(st.st_mode)} (mode {Octal(st.st_mode)})" : null;
+        return !anyMode && (st.st_mode & WritableByOthers) != 0 ? $"is writable by {WhoMayWrite(st.st_mode)} (mode {Octal(st.st_mode)})" : null;
     }
 
     /// <summary>

@@ -326,6 +326,18 @@ public class StoreTrustTests
         Assert.That(File.Exists(Manifest(set)), Is.False);
     }
 
+    [Test]
+    public void Seal_refuses_a_folder_of_another_user_inside_the_images()
+    {
+        RequireRoot();
+        var set = _f.FillSet();
+        Chown(Images(set, "sub"), Nobody);
+
+        Assert.That(() => _f.Store.SealAsync(set, new SealOptions { CriuVersion = "4.1.1" }),
+            Throws.TypeOf<UnsafeSetPathException>().With.Message.Contains("'sub' belongs to uid 65534"));
+        Assert.That(File.Exists(Manifest(set)), Is.False);
+    }
+
     // --- 5. The way to the store ---
 
     [Test]
