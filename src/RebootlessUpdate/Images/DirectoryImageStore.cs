@@ -24,6 +24,16 @@ public sealed record DirectoryImageStoreOptions
     /// sets throw <see cref="InvalidOperationException"/>. Default false.
     /// </summary>
     public bool ReadOnly { get; init; }
+
+    /// <summary>
+    /// A root-only key file outside the store (e.g. <c>/var/lib/rebootless/manifest.key</c>): when set,
+    /// sealing writes an HMAC-SHA256 of the manifest into the set's seal mark, keyed with this file's
+    /// 32 bytes (made 0600 on the first seal), and verification reports a set whose keyed hash is
+    /// missing or wrong as <see cref="VerificationIssueKind.ManifestUnauthenticated"/>: rewriting a
+    /// manifest then needs the key, not only write access to the set. The key must survive the kernel
+    /// switch (keep it on the root file system). Default null: no keyed hash.
+    /// </summary>
+    public string? ManifestKeyPath { get; init; }
 }
 
 /// <summary>
@@ -43,6 +53,6 @@ public sealed class DirectoryImageStore : EngineBackedImageStore
         ArgumentException.ThrowIfNullOrWhiteSpace(options.RootDirectory);
         ArgumentNullException.ThrowIfNull(options.TimeProvider);
         ArgumentException.ThrowIfNullOrWhiteSpace(options.MachineIdPath);
-        Engine = new SetStoreEngine(this, options.RootDirectory, options.TimeProvider, options.MachineIdPath, options.Logger ?? NullLogger.Instance, options.ReadOnly);
+        Engine = new SetStoreEngine(this, options.RootDirectory, options.TimeProvider, options.MachineIdPath, options.Logger ?? NullLogger.Instance, options.ReadOnly, options.ManifestKeyPath);
     }
 }

@@ -32,10 +32,12 @@ internal sealed partial class SetStoreEngine
     private readonly IImageStore _owner;
     private readonly TimeProvider _time;
     private readonly string _machineIdPath;
+    private readonly ManifestKey? _key;
     private readonly ILogger _logger;
 
-    internal SetStoreEngine(IImageStore owner, string root, TimeProvider time, string machineIdPath, ILogger logger, bool readOnly = false)
+    internal SetStoreEngine(IImageStore owner, string root, TimeProvider time, string machineIdPath, ILogger logger, bool readOnly = false, string? manifestKeyPath = null)
     {
+        _key = manifestKeyPath is null ? null : new ManifestKey(Path.GetFullPath(manifestKeyPath));
         _owner = owner;
         _time = time;
         _machineIdPath = machineIdPath;
@@ -223,6 +225,7 @@ internal sealed partial class SetStoreEngine
         RequireOwnFolder(checkpointSet.Directory);
         RequireOwnFolder(checkpointSet.ImagesDirectory);
 
+        var key = _key?.Load(create: true); // before anything is written: a key that cannot be used fails the seal cleanly
         var kernel = options.KernelRelease ?? (await File.ReadAllTextAsync("/proc/sys/kernel/osrelease", cancellationToken).ConfigureAwait(false)).Trim();
         var entries = await Task.Run(() => HashForSeal(checkpointSet.ImagesDirectory, checkpointSet.Prehashed, cancellationToken), cancellationToken).ConfigureAwait(false);
         var manifest = new CheckpointManifest
@@ -238,7 +241,8 @@ internal sealed partial class SetStoreEngine
             Files = entries,
         };
 
-        WriteAtomically(checkpointSet.Directory, manifestPath, ManifestFormat.Write(manifest), markPath);
+        var bytes = ManifestFormat.Write(manifest);
+        WriteAtomically(checkpointSet.Directory, manifestPath, bytes, markPath, key is null ? [] : ManifestKey.Mark(key, bytes));
         Log.SetSealed(_logger, checkpointSet.Id, entries.Count, manifest.TotalBytes);
         return manifest;
     }
@@ -395,7 +399,7 @@ internal sealed partial class SetStoreEngine
     /// Temp file, fsync, rename, then the seal mark, fsync the folder: the manifest appears whole
     /// or not at all, and once it has, the mark says so even if the manifest is later deleted.
     /// </summary>
-    private static void WriteAtomically(string directory, string path, byte[] content, string markPath)
+    private static void WriteAtomically(string directory, string path, byte[] content, string markPath, byte[] markContent)
     {
         var temp = path + ".tmp";
         File.Delete(temp);
@@ -408,6 +412,7 @@ internal sealed partial class SetStoreEngine
         File.Move(temp, path, overwrite: false);
         using (var mark = Libc.Open(markPath, Libc.OWrOnly | Libc.OCreat | Libc.OExcl | Libc.ONoFollow, Libc.Mode0600))
         {
+            RandomAccess.Write(mark, markContent, 0);
             Libc.FsyncOrThrow(mark, markPath);
         }
 
@@ -627,9 +632,10 @@ internal sealed partial class SetStoreEngine
     /// <summary>
     /// The set's manifest, or the issue that stops verification: no manifest and no seal mark
     /// (never sealed), a seal mark without manifest (deleted), or a manifest that is no regular
-    /// file, too large, unreadable or corrupt. Never opens a FIFO or device for a blocking read.
+    /// file, too large, unreadable or corrupt, or (with a manifest key) whose keyed hash is missing
+    /// or wrong. Never opens a FIFO or device for a blocking read.
     /// </summary>
-    private static (CheckpointManifest? Manifest, VerificationIssue? Problem) ReadManifest(string dir)
+    private (CheckpointManifest? Manifest, VerificationIssue? Problem) ReadManifest(string dir)
     {
         var manifestPath = Path.Combine(dir, ManifestFormat.FileName);
         if (StoreFiles.TypeOf(manifestPath) is null)
@@ -643,7 +649,11 @@ internal sealed partial class SetStoreEngine
 
         try
         {
-            return (ManifestFormat.Read(StoreFiles.ReadRegular(manifestPath, MaxManifestBytes), manifestPath), null);
+            var bytes = StoreFiles.ReadRegular(manifestPath, MaxManifestBytes);
+            var manifest = ManifestFormat.Read(bytes, manifestPath);
+            return _key is null || CheckKeyedHash(dir, bytes) is not { } why
+                ? (manifest, null)
+                : (null, new(VerificationIssueKind.ManifestUnauthenticated, ManifestFormat.FileName, why));
         }
         catch (ManifestCorruptException e)
         {
@@ -656,6 +666,29 @@ internal sealed partial class SetStoreEngine
         catch (IOException e)
         {
             return (null, new(VerificationIssueKind.ManifestCorrupt, ManifestFormat.FileName, $"it cannot be read: {e.Message}"));
+        }
+    }
+
+    /// <summary>Null when the seal mark holds the keyed hash of the manifest bytes, else why not.</summary>
+    private string? CheckKeyedHash(string dir, byte[] manifest)
+    {
+        byte[] key;
+        try
+        {
+            key = _key!.Load(create: false);
+        }
+        catch (ImageStoreException e)
+        {
+            return e.Message;
+        }
+
+        try
+        {
+            return ManifestKey.Check(key, manifest, StoreFiles.ReadRegular(Path.Combine(dir, CheckpointSetLayout.SealMarkFile), 4096));
+        }
+        catch (IOException e)
+        {
+            return $"the seal mark cannot be read ({e.Message}), so nothing proves the manifest was written with the key";
         }
     }
 

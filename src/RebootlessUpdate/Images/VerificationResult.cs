@@ -65,6 +65,12 @@ public enum VerificationIssueKind
     /// (a link is never hashed, so the manifest cannot vouch for what it points to).
     /// </summary>
     UnsafeEntry,
+
+    /// <summary>
+    /// The store has a manifest key and the manifest's keyed hash (in the seal mark) is missing or
+    /// wrong, or the key cannot be read: the manifest may have been rewritten by someone without the key.
+    /// </summary>
+    ManifestUnauthenticated,
 }
 
 /// <summary>One mismatch found by a verification.</summary>

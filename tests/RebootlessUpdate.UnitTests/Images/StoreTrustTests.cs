@@ -492,11 +492,87 @@ public class StoreTrustTests
         Assert.That(Mode(_f.StoreRoot), Is.EqualTo(FilePermissions.S_IRWXU | FilePermissions.S_IRWXG | FilePermissions.S_IRWXO), "refused before any chmod");
     }
 
-    private DirectoryImageStore OpenAt(string root, bool readOnly = false) => new(new DirectoryImageStoreOptions
+    // --- 7. The keyed manifest hash ---
+
+    private string KeyPath => Path.Combine(_f.Dir, "keys", "manifest.key");
+
+    /// <summary>Rewrites a sealed set's manifest as an attacker with write access to the set can: the body hash is right, the images changed.</summary>
+    private static void ForgeManifestForAlteredPages(CheckpointSet set)
+    {
+        var pages = Images(set, "pages-1.img");
+        FlipByte(pages, 4242);
+        var manifest = ManifestFormat.Read(File.ReadAllBytes(Manifest(set)), "m");
+        var hash = FileHasher.Hash(pages, CancellationToken.None).Hash;
+        File.WriteAllBytes(Manifest(set), ManifestFormat.Write(manifest with
+        {
+            Files = [.. manifest.Files.Select(f => f.Path == "pages-1.img" ? new ManifestEntry { Path = f.Path, Size = f.Size, Xxh128 = hash } : f)],
+        }));
+    }
+
+    [Test]
+    public async Task With_a_manifest_key_a_rewritten_manifest_is_unauthenticated_while_without_one_it_passes()
+    {
+        var keyed = OpenAt(Path.Combine(_f.Dir, "keyed"), manifestKey: KeyPath);
+        var keyedSet = keyed.CreateSet(["pid:1"]);
+        File.WriteAllBytes(Images(keyedSet, "pages-1.img"), new byte[100_000]);
+        await keyed.SealAsync(keyedSet, new SealOptions { CriuVersion = "4.1.1", KernelRelease = "k" });
+        var intact = await keyed.VerifyAsync(keyedSet.Id);
+        var plain = await _f.SealedSet();
+
+        ForgeManifestForAlteredPages(keyedSet);
+        ForgeManifestForAlteredPages(plain);
+        var forged = await keyed.VerifyAsync(keyedSet.Id);
+        var unkeyed = await _f.Store.VerifyAsync(plain.Id);
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(intact.IsValid, Is.True, intact.Describe());
+            Assert.That(File.ReadAllText(Path.Combine(keyedSet.Directory, "sealed")), Does.StartWith("hmac-sha256 "));
+            Assert.That(new FileInfo(KeyPath).Length, Is.EqualTo(32));
+            Assert.That(Mode(KeyPath), Is.EqualTo(FilePermissions.S_IRUSR | FilePermissions.S_IWUSR));
+            Assert.That(Mode(Path.GetDirectoryName(KeyPath)!), Is.EqualTo(FilePermissions.S_IRWXU));
+            Assert.That(forged.Issues.Select(i => i.Kind), Is.EqualTo(new[] { VerificationIssueKind.ManifestUnauthenticated }), forged.Describe());
+            Assert.That(forged.Issues[0].Detail, Does.Contain("rewritten by someone without the key"));
+            Assert.That(unkeyed.IsValid, Is.True, "without a key, write access to the set is enough to forge (why the key exists)");
+        });
+    }
+
+    [Test]
+    public async Task With_a_manifest_key_a_missing_or_readable_key_or_a_stripped_mark_is_damage()
+    {
+        var root = Path.Combine(_f.Dir, "keyed");
+        var store = OpenAt(root, manifestKey: KeyPath);
+        var set = store.CreateSet(["pid:1"]);
+        File.WriteAllText(Images(set, "core-1.img"), "core");
+        await store.SealAsync(set, new SealOptions { CriuVersion = "4.1.1", KernelRelease = "k" });
+
+        Chmod(KeyPath, FilePermissions.S_IRUSR | FilePermissions.S_IWUSR | FilePermissions.S_IROTH);
+        var readable = (await store.VerifyAsync(set.Id)).Issues.Single();
+        File.Move(KeyPath, KeyPath + ".away");
+        var missing = (await store.VerifyAsync(set.Id)).Issues.Single();
+        File.Move(KeyPath + ".away", KeyPath);
+        Chmod(KeyPath, FilePermissions.S_IRUSR | FilePermissions.S_IWUSR);
+        File.WriteAllText(Path.Combine(set.Directory, "sealed"), "");
+        var stripped = (await store.VerifyAsync(set.Id)).Issues.Single();
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(readable.Kind, Is.EqualTo(VerificationIssueKind.ManifestUnauthenticated));
+            Assert.That(readable.Detail, Does.Contain("must be a 0600 file"));
+            Assert.That(missing.Kind, Is.EqualTo(VerificationIssueKind.ManifestUnauthenticated));
+            Assert.That(missing.Detail, Does.Contain(KeyPath).And.Contain("cannot be used"));
+            Assert.That(stripped.Kind, Is.EqualTo(VerificationIssueKind.ManifestUnauthenticated));
+            Assert.That(stripped.Detail, Does.Contain("holds no keyed hash"));
+            Assert.That(store.ListSets().Single().Problem, Does.Contain("no keyed hash"));
+        });
+    }
+
+    private DirectoryImageStore OpenAt(string root, bool readOnly = false, string? manifestKey = null) => new(new DirectoryImageStoreOptions
     {
         RootDirectory = root,
         MachineIdPath = _f.MachineIdFile,
         TimeProvider = _f.Clock,
         ReadOnly = readOnly,
+        ManifestKeyPath = manifestKey,
     });
 }
