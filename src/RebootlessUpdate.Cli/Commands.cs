@@ -62,7 +62,8 @@ internal static class Commands
         var cmd = new Command("check", "criu, kexec and store readiness; exit 0 only when an update is possible.");
         cmd.SetAction(async (p, ct) =>
         {
-            var store = OpenStore(p, mustExist: false, out var error);
+            // Looks only: a store that does not exist yet is not created (rehearse or update will).
+            var store = OpenStore(p, mustExist: false, out var error, readOnly: true);
             var report = await Readiness.CheckAsync(Criu(p), store, needKexec: true, runCriuCheck: true, ct).ConfigureAwait(false);
             var checks = report.Checks.ToList();
             if (error is not null)
@@ -105,7 +106,7 @@ internal static class Commands
                 return code;
             }
 
-            var store = OpenStore(p, mustExist: false, out var storeError);
+            var store = OpenStore(p, mustExist: false, out var storeError, readOnly: true);
             if (store is null)
             {
                 return Fail(storeError!.Value);
@@ -246,7 +247,7 @@ internal static class Commands
     private static Command Status()
     {
         var cmd = new Command("status", "The journals in the store: every update and rehearsal and where it stands.");
-        cmd.SetAction(_ => WithStore(_, store =>
+        cmd.SetAction(_ => WithStore(_, readOnly: true, store =>
         {
             var journals = UpdateJournal.List(store.RootDirectory);
             if (_.GetValue(Json))
@@ -270,18 +271,19 @@ internal static class Commands
     {
         var images = new Command("images", "List, verify or delete checkpoint sets.");
         var ls = new Command("ls", "List the sets.");
-        ls.SetAction(p => WithStore(p, store =>
+        ls.SetAction(p => WithStore(p, readOnly: true, store =>
         {
             var sets = store.ListSets();
             if (p.GetValue(Json))
             {
-                WriteJson([.. sets.Select(s => new SetLine(s.SetId, s.IsSealed, s.CreatedAt, s.TotalBytes))], CliJson.Default.ListSetLine);
+                WriteJson([.. sets.Select(s => new SetLine(s.SetId, s.IsSealed, s.CreatedAt, s.TotalBytes) { Problem = s.Problem })], CliJson.Default.ListSetLine);
             }
             else
             {
                 foreach (var s in sets)
                 {
-                    Console.WriteLine($"{s.SetId} {(s.IsSealed ? "sealed  " : "unsealed")} {s.TotalBytes?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "-"} bytes");
+                    Console.WriteLine($"{s.SetId} {(s.IsSealed ? "sealed  " : "unsealed")} {s.TotalBytes?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "-"} bytes"
+                        + (s.Problem is null ? "" : "  DAMAGED: " + s.Problem));
                 }
             }
 
@@ -290,7 +292,7 @@ internal static class Commands
         var idArg = new Argument<string>("set") { Description = "The set id." };
         var verify = new Command("verify", "Re-hash a set and list every mismatch; exit 0 only when intact.");
         verify.Arguments.Add(idArg);
-        verify.SetAction(p => WithStore(p, store =>
+        verify.SetAction(p => WithStore(p, readOnly: true, store =>
         {
             var id = p.GetValue(idArg)!;
             if (!store.ListSets().Any(s => s.SetId == id))
@@ -312,7 +314,7 @@ internal static class Commands
         }));
         var rm = new Command("rm", "Delete a set.");
         rm.Arguments.Add(idArg);
-        rm.SetAction(p => WithStore(p, store =>
+        rm.SetAction(p => WithStore(p, readOnly: false, store =>
         {
             var id = p.GetValue(idArg)!;
             if (!store.ListSets().Any(s => s.SetId == id))
@@ -335,9 +337,9 @@ internal static class Commands
         return images;
     }
 
-    private static int WithStore(ParseResult p, Func<IImageStore, int> action)
+    private static int WithStore(ParseResult p, bool readOnly, Func<IImageStore, int> action)
     {
-        var store = OpenStore(p, mustExist: true, out var error);
+        var store = OpenStore(p, mustExist: true, out var error, readOnly);
         if (store is null)
         {
             return Fail(error!.Value);
@@ -350,6 +352,10 @@ internal static class Commands
         catch (ImageStoreLockedException e)
         {
             return Fail((ExitCodes.StoreLocked, e.Message));
+        }
+        catch (ImageStoreException e)
+        {
+            return Fail((ExitCodes.BadStore, e.Message));
         }
     }
 
@@ -461,7 +467,7 @@ internal static class Commands
         return true;
     }
 
-    private static IImageStore? OpenStore(ParseResult p, bool mustExist, out (int Code, string Message)? error)
+    private static IImageStore? OpenStore(ParseResult p, bool mustExist, out (int Code, string Message)? error, bool readOnly = false)
     {
         error = null;
         if (p.GetValue(Pmem) is { } device)
@@ -485,7 +491,7 @@ internal static class Commands
 
         try
         {
-            return new DirectoryImageStore(new DirectoryImageStoreOptions { RootDirectory = path });
+            return new DirectoryImageStore(new DirectoryImageStoreOptions { RootDirectory = path, ReadOnly = readOnly });
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ImageStoreException)
         {
@@ -585,7 +591,10 @@ internal sealed record PlanTarget(string Target, int RootPid, int Processes, boo
 
 internal sealed record PlanOutput(IReadOnlyList<PlanTarget> Targets, int Processes, long MemoryBytes, long RequiredBytes, long FreeBytes, bool Fits, string Store);
 
-internal sealed record SetLine(string SetId, bool Sealed, DateTimeOffset CreatedAt, long? TotalBytes);
+internal sealed record SetLine(string SetId, bool Sealed, DateTimeOffset CreatedAt, long? TotalBytes)
+{
+    public string? Problem { get; init; }
+}
 
 internal sealed record VerifyOutput(string SetId, bool Intact, long BytesHashed, IReadOnlyList<string> Issues);
 

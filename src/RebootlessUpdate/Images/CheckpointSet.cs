@@ -51,4 +51,10 @@ internal static class CheckpointSetLayout
     internal const string LockFile = ".lock";
     internal const string MarkerFile = ".rebootless-store";
     internal const string MarkerContent = "rebootless image store, layout 1\n";
+
+    /// <summary>
+    /// Written in a set's folder right after its manifest: the durable sign that the set was
+    /// sealed, so that a set whose manifest was deleted reads as damaged, never as unsealed.
+    /// </summary>
+    internal const string SealMarkFile = "sealed";
 }

@@ -1,7 +1,6 @@
 using System.Buffers;
 using System.IO.Hashing;
 using Microsoft.Win32.SafeHandles;
-using RebootlessUpdate.Images.Interop;
 
 namespace RebootlessUpdate.Images;
 
@@ -9,9 +8,6 @@ namespace RebootlessUpdate.Images;
 internal static class FileHasher
 {
     internal const int BufferSize = 1 << 20;
-
-    /// <summary>Opens <paramref name="path"/> without following a final symbolic link.</summary>
-    internal static SafeFileHandle OpenNoFollow(string path) => Libc.Open(path, Libc.ORdOnly | Libc.ONoFollow);
 
     /// <summary>Hashes the whole file; returns the hex digest and how many bytes were read.</summary>
     internal static (string Hash, long Length) Hash(SafeFileHandle handle, CancellationToken cancellationToken)
@@ -37,10 +33,10 @@ internal static class FileHasher
         }
     }
 
-    /// <summary>Hashes the file at <paramref name="path"/> (no final symlink followed).</summary>
+    /// <summary>Hashes the regular file at <paramref name="path"/> (no final link followed, a FIFO refused without blocking).</summary>
     internal static (string Hash, long Length) Hash(string path, CancellationToken cancellationToken)
     {
-        using var handle = OpenNoFollow(path);
+        using var handle = StoreFiles.OpenRegular(path);
         return Hash(handle, cancellationToken);
     }
 }

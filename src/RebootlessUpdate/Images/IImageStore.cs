@@ -32,7 +32,8 @@ public interface IImageStore
     /// Seals <paramref name="checkpointSet"/>: fsyncs and hashes every file, then writes the
     /// manifest atomically. A set is restorable only once this returns.
     /// </summary>
-    /// <exception cref="UnsafeSetPathException">The images folder holds a link out of the set or a special file.</exception>
+    /// <exception cref="UnsafeSetPathException">The images folder holds a link other than CRIU's parent link, or a special file.</exception>
+    /// <exception cref="UnsafeStorePathException">The set or images folder is a link, another user's, or writable by others.</exception>
     Task<CheckpointManifest> SealAsync(CheckpointSet checkpointSet, SealOptions options, CancellationToken cancellationToken = default);
 
     /// <summary>
@@ -48,6 +49,7 @@ public interface IImageStore
 
     /// <summary>Verifies a set against its manifest and lists every mismatch.</summary>
     /// <exception cref="CheckpointSetNotFoundException">There is no such set.</exception>
+    /// <exception cref="UnsafeStorePathException">The set's folder is a link, another user's, or writable by others: it is not read through.</exception>
     Task<VerificationResult> VerifyAsync(string setId, VerifyOptions? options = null, CancellationToken cancellationToken = default);
 
     /// <summary>Verifies a set and, only when it passes, returns what a restore needs.</summary>
@@ -59,6 +61,7 @@ public interface IImageStore
     IReadOnlyList<CheckpointSetInfo> ListSets();
 
     /// <summary>Deletes a set (sealed or not).</summary>
+    /// <exception cref="UnsafeStorePathException">The set's folder is a link, another user's, or writable by others: nothing is deleted.</exception>
     void DeleteSet(string setId);
 
     /// <summary>
@@ -136,12 +139,31 @@ public sealed class RestorableSet
     public VerificationResult Verification { get; }
 }
 
-/// <summary>A set as listed by <see cref="IImageStore.ListSets"/>.</summary>
+/// <summary>A set as listed by <see cref="IImageStore.ListSets"/> (without hashing anything).</summary>
 /// <param name="SetId">The set's id.</param>
-/// <param name="IsSealed">True when a manifest exists (it may still fail verification).</param>
+/// <param name="IsSealed">
+/// True when the set was sealed: its manifest or its seal mark exists. It may still fail
+/// verification (e.g. its manifest was deleted: see <see cref="Problem"/>).
+/// </param>
 /// <param name="CreatedAt">Creation time (from the manifest when sealed, else from the id).</param>
 /// <param name="TotalBytes">Bytes recorded in the manifest, or null when unsealed or unreadable.</param>
-public sealed record CheckpointSetInfo(string SetId, bool IsSealed, DateTimeOffset CreatedAt, long? TotalBytes);
+public sealed record CheckpointSetInfo(string SetId, bool IsSealed, DateTimeOffset CreatedAt, long? TotalBytes)
+{
+    /// <summary>
+    /// Why the set cannot be trusted as far as listing sees (its manifest is missing or unreadable,
+    /// its folder is a link or another user's, ...); null when listing saw nothing wrong.
+    /// </summary>
+    public string? Problem { get; init; }
+
+    /// <summary>
+    /// True only for a set that positively never began sealing: its own folder, no manifest, no seal
+    /// mark. A set that was sealed and lost its manifest, or whose folder cannot be trusted, is never this.
+    /// </summary>
+    public bool IsNeverSealed => !IsSealed && Problem is null;
+
+    /// <summary>False when the set's folder is not one the store made (a link, another user's): the store never deletes it.</summary>
+    internal bool IsOwnFolder { get; init; } = true;
+}
 
 /// <summary>Size and free space of a store's file system.</summary>
 /// <param name="TotalBytes">Size of the file system.</param>

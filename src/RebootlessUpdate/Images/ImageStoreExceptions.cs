@@ -139,6 +139,54 @@ public sealed class UnsafeSetPathException : ImageStoreException
     public string SetPath { get; }
 }
 
+/// <summary>
+/// The store path, or a folder or file inside the store, is not one rebootless can trust:
+/// a folder on the way that others may write to, another user's symbolic link, a set
+/// folder that is a link or belongs to someone else, a FIFO where a file must be.
+/// Nothing was created, changed or read through it.
+/// </summary>
+public sealed class UnsafeStorePathException : ImageStoreException
+{
+    /// <summary>Creates the exception for <paramref name="path"/> met while opening the store at <paramref name="storeRoot"/>.</summary>
+    public UnsafeStorePathException(string storeRoot, string path, string reason)
+        : base($"refusing the image store {storeRoot}: {path} {reason}; "
+               + "keep the store where only root can change the way to it (every folder owned by root and not writable by others, or sticky like /tmp with the next folder root's) and inside it only what rebootless made")
+    {
+        StoreRoot = storeRoot;
+        UnsafePath = path;
+        Reason = reason;
+    }
+
+    /// <summary>Creates the exception.</summary>
+    public UnsafeStorePathException()
+    {
+        StoreRoot = UnsafePath = Reason = string.Empty;
+    }
+
+    /// <summary>Creates the exception.</summary>
+    public UnsafeStorePathException(string message)
+        : base(message)
+    {
+        StoreRoot = UnsafePath = Reason = string.Empty;
+    }
+
+    /// <summary>Creates the exception.</summary>
+    public UnsafeStorePathException(string message, Exception innerException)
+        : base(message, innerException)
+    {
+        StoreRoot = UnsafePath = Reason = string.Empty;
+    }
+
+    /// <summary>The store's root folder.</summary>
+    public string StoreRoot { get; }
+
+    /// <summary>The folder, link or file that cannot be trusted.</summary>
+    public string UnsafePath { get; }
+
+    /// <summary>Why not.</summary>
+    public string Reason { get; }
+}
+
 /// <summary>A checkpoint set failed verification and must not be restored.</summary>
 public sealed class CheckpointSetVerificationException : ImageStoreException
 {

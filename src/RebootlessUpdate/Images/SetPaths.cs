@@ -94,41 +94,31 @@ internal static class SetPaths
     }
 
     /// <summary>
-    /// Null when the symbolic link at <paramref name="relative"/> with
-    /// <paramref name="target"/> stays inside the set, else why not.
+    /// Null when the symbolic link at <paramref name="relative"/> pointing to
+    /// <paramref name="target"/> is the one link CRIU writes into an images folder: the
+    /// <c>parent</c> link of an iterative dump (<c>parent_img</c>), here <c>FOLDER/parent</c>
+    /// to <c>../OTHER</c>, a sibling folder directly in the images folder. Else why not.
+    /// Any other link could lead a restore to bytes no manifest entry vouches for.
     /// </summary>
-    internal static string? CheckSymlinkTarget(string relative, string target)
+    internal static string? CheckParentLink(string relative, string target)
     {
-        if (target.Length == 0 || target[0] == '/')
+        var parts = relative.Split('/');
+        if (parts.Length != 2 || parts[1] != ParentLinkName)
         {
-            return $"is a symbolic link to the absolute path '{target}', outside the set";
+            return $"is a symbolic link (to '{target}'); the only link a set may hold is CRIU's '{ParentLinkName}' link of a target folder (FOLDER/{ParentLinkName} to ../PRE-DUMP-FOLDER)";
         }
 
-        var stack = new List<string>(relative.Split('/')[..^1]);
-        foreach (var part in target.Split('/'))
-        {
-            if (part is "" or ".")
-            {
-                continue;
-            }
-
-            if (part == "..")
-            {
-                if (stack.Count == 0)
-                {
-                    return $"is a symbolic link to '{target}', which points out of the set";
-                }
-
-                stack.RemoveAt(stack.Count - 1);
-            }
-            else
-            {
-                stack.Add(part);
-            }
-        }
-
-        return stack.Count == 0 ? $"is a symbolic link to '{target}', the set's own folder" : null;
+        var folder = target.StartsWith("../", StringComparison.Ordinal) ? target[3..] : null;
+        return folder is null || folder.Length == 0 || folder.Contains('/', StringComparison.Ordinal) || folder is "." or ".." || folder == parts[0]
+            ? $"is a '{ParentLinkName}' link to '{target}', which is not a sibling folder (../NAME)"
+            : null;
     }
+
+    /// <summary>The folder (directly in the images folder) that a parent link accepted by <see cref="CheckParentLink"/> names.</summary>
+    internal static string ParentLinkFolder(string target) => target[3..];
+
+    /// <summary>CRIU's name for the link to the previous images of an iterative dump (<c>CR_PARENT_LINK</c>).</summary>
+    internal const string ParentLinkName = "parent";
 
     /// <summary>The <c>/</c>-separated path of <paramref name="full"/> relative to <paramref name="root"/>.</summary>
     internal static string Relative(string root, string full) => Path.GetRelativePath(root, full).Replace(Path.DirectorySeparatorChar, '/');

@@ -19,25 +19,48 @@ internal sealed partial class SetStoreEngine
     private const FilePermissions FileMode0600 = FilePermissions.S_IRUSR | FilePermissions.S_IWUSR;
     private const FilePermissions DirMode0700 = FilePermissions.S_IRWXU;
 
+    /// <summary>Folders created on the way to a new store: 0755, never writable by others whatever the umask allows.</summary>
+    private const UnixFileMode AncestorMode = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute
+        | UnixFileMode.GroupRead | UnixFileMode.GroupExecute | UnixFileMode.OtherRead | UnixFileMode.OtherExecute;
+
+    /// <summary>A manifest larger than this is refused unread (a real one lists a few thousand files).</summary>
+    private const long MaxManifestBytes = 64L << 20;
+
     /// <summary>How much older than its hash a file's last change must be for a pre-hash to count (covers coarse file-system clocks).</summary>
     private static readonly TimeSpan RacyMargin = TimeSpan.FromMilliseconds(50);
 
     private readonly IImageStore _owner;
     private readonly TimeProvider _time;
     private readonly string _machineIdPath;
+    private readonly ManifestKey? _key;
     private readonly ILogger _logger;
 
-    internal SetStoreEngine(IImageStore owner, string root, TimeProvider time, string machineIdPath, ILogger logger)
+    internal SetStoreEngine(IImageStore owner, string root, TimeProvider time, string machineIdPath, ILogger logger, bool readOnly = false, string? manifestKeyPath = null)
     {
+        _key = manifestKeyPath is null ? null : new ManifestKey(Path.GetFullPath(manifestKeyPath));
         _owner = owner;
         _time = time;
         _machineIdPath = machineIdPath;
         _logger = logger;
         Root = Path.GetFullPath(root);
-        Initialise();
+        ReadOnly = readOnly;
+        if (readOnly)
+        {
+            Probe();
+        }
+        else
+        {
+            Initialise();
+        }
     }
 
     internal string Root { get; }
+
+    /// <summary>Opened only to look (<see cref="DirectoryImageStoreOptions.ReadOnly"/>).</summary>
+    internal bool ReadOnly { get; }
+
+    /// <summary>False for a read-only store whose folder (or sets folder) does not exist yet: it reads as empty.</summary>
+    private bool HasSets { get; set; } = true;
 
     private string SetsDirectory => Path.Combine(Root, CheckpointSetLayout.SetsFolder);
 
@@ -45,19 +68,69 @@ internal sealed partial class SetStoreEngine
     private static partial Regex SetIdPattern();
 
     /// <summary>
-    /// Makes <see cref="Root"/> a store, or checks it is one. An existing folder
-    /// that is neither a store nor empty is refused: taking it over would chmod and
-    /// later prune someone else's files.
+    /// Makes <see cref="Root"/> a store, or checks it is one. The way to it is checked first
+    /// (nothing is created or chmod'ed through a folder others may change). An existing folder
+    /// that is neither a store nor empty is refused: taking it over would chmod and later
+    /// prune someone else's files.
     /// </summary>
     private void Initialise()
     {
-        var marker = Path.Combine(Root, CheckpointSetLayout.MarkerFile);
-        if (!Directory.Exists(Root))
+        StoreFiles.CheckStorePath(Root);
+        if (StoreFiles.TypeOf(Root) is null)
         {
-            Directory.CreateDirectory(Path.GetDirectoryName(Root)!);
+            Directory.CreateDirectory(Path.GetDirectoryName(Root)!, AncestorMode);
             MakeDirectory(Root);
+            // Once more now that the whole way exists: in a sticky shared folder (like /tmp) someone may
+            // have made a missing folder first. Nothing has been chmod'ed or written yet.
+            StoreFiles.CheckStorePath(Root);
         }
-        else if (!File.Exists(marker))
+
+        var isStore = CheckRootFolder();
+        // Root-only: images contain process memory (keys, passwords).
+        Chmod(Root, DirMode0700);
+        if (!isStore)
+        {
+            using var handle = Libc.Open(MarkerPath, Libc.OWrOnly | Libc.OCreat | Libc.OExcl | Libc.ONoFollow, Libc.Mode0600);
+            RandomAccess.Write(handle, System.Text.Encoding.ASCII.GetBytes(CheckpointSetLayout.MarkerContent), 0);
+        }
+
+        MakeDirectory(SetsDirectory);
+        RequireOwnFolder(SetsDirectory);
+        Chmod(SetsDirectory, DirMode0700);
+    }
+
+    /// <summary>The read-only open: the same checks as <see cref="Initialise"/>, and nothing created or changed.</summary>
+    private void Probe()
+    {
+        StoreFiles.CheckStorePath(Root);
+        if (StoreFiles.TypeOf(Root) is null)
+        {
+            HasSets = false;
+            return;
+        }
+
+        CheckRootFolder();
+        if (StoreFiles.TypeOf(SetsDirectory) is null)
+        {
+            HasSets = false;
+            return;
+        }
+
+        RequireOwnFolder(SetsDirectory);
+    }
+
+    private string MarkerPath => Path.Combine(Root, CheckpointSetLayout.MarkerFile);
+
+    /// <summary>Checks the existing root folder; returns whether it already is a store (carries the marker).</summary>
+    private bool CheckRootFolder()
+    {
+        if (StoreFiles.CheckOwnFolder(Root, anyMode: true) is { } why)
+        {
+            throw new ImageStoreException($"the store folder {Root} {why}; images hold process memory, so the store must be a folder of the user running the update (uid {Syscall.geteuid()})");
+        }
+
+        var marker = StoreFiles.TypeOf(MarkerPath);
+        if (marker is null)
         {
             var foreign = Directory.EnumerateFileSystemEntries(Root).Select(Path.GetFileName)
                 .Where(n => n is not "lost+found").ToList();
@@ -67,35 +140,50 @@ internal sealed partial class SetStoreEngine
                     $"{Root} is not an image store (no {CheckpointSetLayout.MarkerFile}) and is not empty (holds {string.Join(", ", foreign.Take(5))}); "
                     + "give an empty or new folder for the store");
             }
+
+            return false; // empty: becomes a store (or, read-only, reads as an empty one)
         }
 
-        if (Syscall.stat(Root, out var st) != 0)
+        if (marker != FilePermissions.S_IFREG)
         {
-            throw new ImageStoreException($"cannot stat the store folder {Root}: {Stdlib.strerror(Stdlib.GetLastError())}");
+            throw new UnsafeStorePathException(Root, MarkerPath, $"is a {StoreFiles.Describe(marker.Value)}, not the store's marker file");
         }
 
-        if (st.st_uid != Syscall.geteuid())
+        if (StoreFiles.CheckOwnFolder(Root) is { } open)
         {
-            throw new ImageStoreException($"the store folder {Root} belongs to uid {st.st_uid}, not to this process (uid {Syscall.geteuid()}); images hold process memory, so the store must belong to the user running the update");
+            throw new UnsafeStorePathException(Root, Root, $"{open}: anyone allowed to write there may have planted sets; check what it holds, then chmod 700 {Root}");
         }
 
-        // Root-only: images contain process memory (keys, passwords).
-        Chmod(Root, DirMode0700);
-        if (!File.Exists(marker))
-        {
-            File.WriteAllText(marker, CheckpointSetLayout.MarkerContent);
-            Chmod(marker, FileMode0600);
-        }
-
-        MakeDirectory(SetsDirectory);
-        Chmod(SetsDirectory, DirMode0700);
+        return true;
     }
 
-    internal ImageStoreLock AcquireLock() => StoreLock.Acquire(Path.Combine(Root, CheckpointSetLayout.LockFile));
+    /// <summary>Throws unless <paramref name="folder"/> is a real folder of ours that others cannot write.</summary>
+    private void RequireOwnFolder(string folder)
+    {
+        if (StoreFiles.CheckOwnFolder(folder) is { } why)
+        {
+            throw new UnsafeStorePathException(Root, folder, why);
+        }
+    }
+
+    private void RequireWritable(string what)
+    {
+        if (ReadOnly)
+        {
+            throw new InvalidOperationException($"the image store at {Root} was opened read-only; {what} needs it opened for writing");
+        }
+    }
+
+    internal ImageStoreLock AcquireLock()
+    {
+        RequireWritable("locking");
+        return StoreLock.Acquire(Path.Combine(Root, CheckpointSetLayout.LockFile));
+    }
 
     internal CheckpointSet CreateSet(IReadOnlyList<string> targets)
     {
         ArgumentNullException.ThrowIfNull(targets);
+        RequireWritable("creating a set");
         if (targets.Any(string.IsNullOrWhiteSpace))
         {
             throw new ArgumentException("a target description is empty", nameof(targets));
@@ -105,8 +193,8 @@ internal sealed partial class SetStoreEngine
         var now = _time.GetUtcNow();
         var id = now.ToString("yyyyMMdd'T'HHmmss'Z'", CultureInfo.InvariantCulture) + "-" + RandomNumberGenerator.GetHexString(8, lowercase: true);
         var dir = Path.Combine(SetsDirectory, id);
-        MakeDirectory(dir);
-        MakeDirectory(Path.Combine(dir, CheckpointSetLayout.ImagesFolder));
+        MakeDirectory(dir, mustBeNew: true);
+        MakeDirectory(Path.Combine(dir, CheckpointSetLayout.ImagesFolder), mustBeNew: true);
         Log.SetCreated(_logger, id, Root);
         return new CheckpointSet(_owner, id, dir, [.. targets], machineId, now);
     }
@@ -116,22 +204,28 @@ internal sealed partial class SetStoreEngine
         ArgumentNullException.ThrowIfNull(checkpointSet);
         ArgumentNullException.ThrowIfNull(options);
         ArgumentException.ThrowIfNullOrWhiteSpace(options.CriuVersion);
+        RequireWritable("sealing");
         if (!ReferenceEquals(checkpointSet.Store, _owner))
         {
             throw new ArgumentException($"set {checkpointSet.Id} belongs to another store", nameof(checkpointSet));
         }
 
         var manifestPath = Path.Combine(checkpointSet.Directory, ManifestFormat.FileName);
-        if (File.Exists(manifestPath))
+        var markPath = Path.Combine(checkpointSet.Directory, CheckpointSetLayout.SealMarkFile);
+        if (StoreFiles.TypeOf(manifestPath) is not null || StoreFiles.TypeOf(markPath) is not null)
         {
-            throw new ImageStoreException($"set {checkpointSet.Id} is already sealed ({manifestPath} exists); a sealed set is never rewritten — create a new set");
+            throw new ImageStoreException($"set {checkpointSet.Id} is already sealed ({manifestPath} or its seal mark exists); a sealed set is never rewritten — create a new set");
         }
 
-        if (!Directory.Exists(checkpointSet.ImagesDirectory))
+        if (StoreFiles.TypeOf(checkpointSet.ImagesDirectory) is null)
         {
             throw new CheckpointSetNotFoundException(checkpointSet.Id, Root);
         }
 
+        RequireOwnFolder(checkpointSet.Directory);
+        RequireOwnFolder(checkpointSet.ImagesDirectory);
+
+        var key = _key?.Load(create: true); // before anything is written: a key that cannot be used fails the seal cleanly
         var kernel = options.KernelRelease ?? (await File.ReadAllTextAsync("/proc/sys/kernel/osrelease", cancellationToken).ConfigureAwait(false)).Trim();
         var entries = await Task.Run(() => HashForSeal(checkpointSet.ImagesDirectory, checkpointSet.Prehashed, cancellationToken), cancellationToken).ConfigureAwait(false);
         var manifest = new CheckpointManifest
@@ -147,7 +241,8 @@ internal sealed partial class SetStoreEngine
             Files = entries,
         };
 
-        WriteAtomically(checkpointSet.Directory, manifestPath, ManifestFormat.Write(manifest));
+        var bytes = ManifestFormat.Write(manifest);
+        WriteAtomically(checkpointSet.Directory, manifestPath, bytes, markPath, key is null ? [] : ManifestKey.Mark(key, bytes));
         Log.SetSealed(_logger, checkpointSet.Id, entries.Count, manifest.TotalBytes);
         return manifest;
     }
@@ -156,6 +251,7 @@ internal sealed partial class SetStoreEngine
     {
         ArgumentNullException.ThrowIfNull(checkpointSet);
         ArgumentException.ThrowIfNullOrWhiteSpace(folder);
+        RequireWritable("pre-hashing");
         if (!ReferenceEquals(checkpointSet.Store, _owner))
         {
             throw new ArgumentException($"set {checkpointSet.Id} belongs to another store", nameof(checkpointSet));
@@ -166,8 +262,9 @@ internal sealed partial class SetStoreEngine
             throw new ArgumentException($"'{folder}' {why}", nameof(folder));
         }
 
-        var dir = Path.Combine(checkpointSet.ImagesDirectory, folder);
-        if (!Directory.Exists(dir))
+        var dir = SetPaths.Resolve(checkpointSet.ImagesDirectory, folder, out var unsafePath)
+            ?? throw new ArgumentException($"'{folder}' {unsafePath}", nameof(folder));
+        if (StoreFiles.TypeOf(dir) != FilePermissions.S_IFDIR)
         {
             throw new DirectoryNotFoundException($"set {checkpointSet.Id} has no folder '{folder}'");
         }
@@ -189,7 +286,7 @@ internal sealed partial class SetStoreEngine
                 continue;
             }
 
-            using var handle = FileHasher.OpenNoFollow(full);
+            using var handle = StoreFiles.OpenRegular(full);
             var identity = PrepareForSeal(handle, full);
             // A write after the hash must move the identity. Time stamps come from a coarse clock
             // (a tick of up to 10 ms), so a write in the same tick as the last one could keep them:
@@ -253,11 +350,16 @@ internal sealed partial class SetStoreEngine
             switch (type)
             {
                 case FilePermissions.S_IFDIR:
+                    if (StoreFiles.CheckOwnFolder(full, anyMode: true) is { } notOurs)
+                    {
+                        throw new UnsafeSetPathException(relative, notOurs);
+                    }
+
                     Chmod(full, DirMode0700);
                     Libc.FsyncDirectory(full);
                     break;
                 case FilePermissions.S_IFREG:
-                    using (var handle = FileHasher.OpenNoFollow(full))
+                    using (var handle = StoreFiles.OpenRegular(full))
                     {
                         var identity = PrepareForSeal(handle, full);
                         var (hash, length) = prehashed.TryGetValue(relative, out var known) && known.Identity == identity
@@ -268,16 +370,23 @@ internal sealed partial class SetStoreEngine
 
                     break;
                 case FilePermissions.S_IFLNK:
-                    var target = ReadLink(full);
-                    if (SetPaths.CheckSymlinkTarget(relative, target) is { } why)
+                    // Only CRIU's own link to the previous dump of an iterative dump; it is not hashed,
+                    // the folder it names is (and must be a real folder of the set).
+                    var target = StoreFiles.ReadLink(full);
+                    if (SetPaths.CheckParentLink(relative, target) is { } why)
                     {
                         throw new UnsafeSetPathException(relative, why);
+                    }
+
+                    if (StoreFiles.TypeOf(Path.Combine(images, SetPaths.ParentLinkFolder(target))) is var parentType && parentType != FilePermissions.S_IFDIR)
+                    {
+                        throw new UnsafeSetPathException(relative, $"is CRIU's parent link to '{target}', but that is {(parentType is { } t ? "a " + StoreFiles.Describe(t) : "missing")}, not a folder of the set");
                     }
 
                     entries.Add(new ManifestEntry { Path = relative, Size = 0, SymlinkTarget = target });
                     break;
                 default:
-                    throw new UnsafeSetPathException(relative, $"is a {Describe(type)}, not a plain file");
+                    throw new UnsafeSetPathException(relative, $"is a {StoreFiles.Describe(type)}, not a plain file");
             }
         }
 
@@ -286,18 +395,29 @@ internal sealed partial class SetStoreEngine
         return entries;
     }
 
-    /// <summary>Temp file, fsync, rename, fsync the folder: the manifest appears whole or not at all.</summary>
-    private static void WriteAtomically(string directory, string path, byte[] content)
+    /// <summary>
+    /// Temp file, fsync, rename, then the seal mark, fsync the folder: the manifest appears whole
+    /// or not at all, and once it has, the mark says so even if the manifest is later deleted.
+    /// </summary>
+    private static void WriteAtomically(string directory, string path, byte[] content, string markPath, byte[] markContent)
     {
         var temp = path + ".tmp";
         File.Delete(temp);
-        using (var handle = Libc.Open(temp, Libc.OWrOnly | Libc.OCreat | Libc.OExcl, Libc.Mode0600))
+        using (var handle = Libc.Open(temp, Libc.OWrOnly | Libc.OCreat | Libc.OExcl | Libc.ONoFollow, Libc.Mode0600))
         {
             RandomAccess.Write(handle, content, 0);
             Libc.FsyncOrThrow(handle, temp);
         }
 
         File.Move(temp, path, overwrite: false);
+        using (var mark = Libc.Open(markPath, Libc.OWrOnly | Libc.OCreat | Libc.OExcl | Libc.ONoFollow, Libc.Mode0600))
+        {
+            RandomAccess.Write(mark, markContent, 0);
+            Libc.FsyncOrThrow(mark, markPath);
+        }
+
+        // One folder fsync for both (the seal runs inside the freeze). Should a crash keep the
+        // mark without the manifest, the set reads as damaged: refused, never restored unchecked.
         Libc.FsyncDirectory(directory);
     }
 
@@ -320,30 +440,21 @@ internal sealed partial class SetStoreEngine
             return result;
         }
 
-        if (!File.Exists(manifestPath))
+        if (StoreFiles.TypeOf(images) is not null && StoreFiles.CheckOwnFolder(images) is { } untrusted)
         {
-            issues.Add(new(VerificationIssueKind.NotSealed, ManifestFormat.FileName,
-                "the set has no manifest: it was never sealed or sealing did not finish, so nothing vouches for its images"));
+            // Never walked or read through: a linked images folder would make the manifest vouch for files elsewhere.
+            issues.Add(new(VerificationIssueKind.UntrustedFolder, CheckpointSetLayout.ImagesFolder, $"the images folder {untrusted}; the set was not made by rebootless as it is"));
             return Done(null, 0);
         }
 
-        CheckpointManifest manifest;
-        try
+        var (manifest, problem) = ReadManifest(dir);
+        if (problem is not null)
         {
-            manifest = ManifestFormat.Read(File.ReadAllBytes(manifestPath), manifestPath);
-        }
-        catch (ManifestCorruptException e)
-        {
-            issues.Add(new(VerificationIssueKind.ManifestCorrupt, ManifestFormat.FileName, e.Reason));
-            return Done(null, 0);
-        }
-        catch (UnsafeSetPathException e)
-        {
-            issues.Add(new(VerificationIssueKind.PathEscape, e.SetPath, e.Message));
+            issues.Add(problem);
             return Done(null, 0);
         }
 
-        if (manifest.SetId != setId)
+        if (manifest!.SetId != setId)
         {
             issues.Add(new(VerificationIssueKind.ManifestCorrupt, ManifestFormat.FileName,
                 $"the manifest belongs to set {manifest.SetId}, not {setId} (copied or moved between sets)"));
@@ -385,11 +496,18 @@ internal sealed partial class SetStoreEngine
 
         // Whatever is on disk and not listed: extra files, or the other half of a rename.
         var extras = new List<(string Relative, string Full, FilePermissions Type)>();
-        if (options.ReportUnlisted && Directory.Exists(images))
+        if (options.ReportUnlisted && StoreFiles.TypeOf(images) == FilePermissions.S_IFDIR)
         {
             foreach (var item in Walk(images, images))
             {
-                if (item.Type != FilePermissions.S_IFDIR && !listed.Contains(item.Relative))
+                if (item.Type == FilePermissions.S_IFDIR)
+                {
+                    if (StoreFiles.CheckOwnFolder(item.Full) is { } why)
+                    {
+                        issues.Add(new(VerificationIssueKind.UntrustedFolder, item.Relative, $"the folder {why}"));
+                    }
+                }
+                else if (!listed.Contains(item.Relative))
                 {
                     extras.Add(item);
                 }
@@ -416,8 +534,8 @@ internal sealed partial class SetStoreEngine
             var detail = type switch
             {
                 FilePermissions.S_IFREG => $"not in the manifest ({FileSize(full)} bytes)",
-                FilePermissions.S_IFLNK when SetPaths.CheckSymlinkTarget(relative, ReadLink(full)) is { } why => $"not in the manifest, and {why}",
-                _ => $"not in the manifest (a {Describe(type)})",
+                FilePermissions.S_IFLNK => $"not in the manifest (a symbolic link to '{StoreFiles.ReadLink(full)}')",
+                _ => $"not in the manifest (a {StoreFiles.Describe(type)})",
             };
             issues.Add(new(VerificationIssueKind.Extra, relative, detail));
         }
@@ -442,24 +560,14 @@ internal sealed partial class SetStoreEngine
         var type = st.st_mode & FilePermissions.S_IFMT;
         if (entry.SymlinkTarget is { } recordedTarget)
         {
-            if (type != FilePermissions.S_IFLNK)
-            {
-                return (new(VerificationIssueKind.TypeChanged, entry.Path, $"recorded as a symbolic link, found a {Describe(type)}"), false, 0);
-            }
-
-            var target = ReadLink(full);
-            return target == recordedTarget
-                ? (null, false, 0)
-                : (SetPaths.CheckSymlinkTarget(entry.Path, target) is { } why
-                    ? new(VerificationIssueKind.PathEscape, entry.Path, why)
-                    : new(VerificationIssueKind.TypeChanged, entry.Path, $"the link points to '{target}', recorded '{recordedTarget}'"), false, 0);
+            return (CheckParentLinkEntry(images, entry, recordedTarget, type, full), false, 0);
         }
 
         if (type != FilePermissions.S_IFREG)
         {
-            return (type == FilePermissions.S_IFLNK && SetPaths.CheckSymlinkTarget(entry.Path, ReadLink(full)) is { } escape
-                ? new(VerificationIssueKind.PathEscape, entry.Path, $"was a file, now {escape}")
-                : new(VerificationIssueKind.TypeChanged, entry.Path, $"recorded as a file, found a {Describe(type)}"), false, 0);
+            return (type == FilePermissions.S_IFLNK
+                ? new(VerificationIssueKind.PathEscape, entry.Path, $"was a file, now a symbolic link to '{StoreFiles.ReadLink(full)}'")
+                : new(VerificationIssueKind.TypeChanged, entry.Path, $"recorded as a file, found a {StoreFiles.Describe(type)}"), false, 0);
         }
 
         if (st.st_size < entry.Size)
@@ -492,6 +600,98 @@ internal sealed partial class SetStoreEngine
         }
     }
 
+    /// <summary>
+    /// A link entry is trusted only as CRIU's parent link of an iterative dump whose folder is a
+    /// real folder of the set (its files are entries of their own, hashed); any other link
+    /// entry is damage, whatever the manifest says (an old manifest could list any link).
+    /// </summary>
+    private static VerificationIssue? CheckParentLinkEntry(string images, ManifestEntry entry, string recordedTarget, FilePermissions type, string full)
+    {
+        if (SetPaths.CheckParentLink(entry.Path, recordedTarget) is { } why)
+        {
+            return new(VerificationIssueKind.UnsafeEntry, entry.Path, $"recorded in the manifest as a link: {why}; a manifest vouches for no other link");
+        }
+
+        if (type != FilePermissions.S_IFLNK)
+        {
+            return new(VerificationIssueKind.TypeChanged, entry.Path, $"recorded as CRIU's parent link, found a {StoreFiles.Describe(type)}");
+        }
+
+        var target = StoreFiles.ReadLink(full);
+        if (target != recordedTarget)
+        {
+            return new(VerificationIssueKind.TypeChanged, entry.Path, $"the link points to '{target}', recorded '{recordedTarget}'");
+        }
+
+        var folderType = StoreFiles.TypeOf(Path.Combine(images, SetPaths.ParentLinkFolder(target)));
+        return folderType == FilePermissions.S_IFDIR
+            ? null
+            : new(VerificationIssueKind.UnsafeEntry, entry.Path, $"the parent link's '{target}' is {(folderType is { } t ? "a " + StoreFiles.Describe(t) : "missing")}, not a folder of the set");
+    }
+
+    /// <summary>
+    /// The set's manifest, or the issue that stops verification: no manifest and no seal mark
+    /// (never sealed), a seal mark without manifest (deleted), or a manifest that is no regular
+    /// file, too large, unreadable or corrupt, or (with a manifest key) whose keyed hash is missing
+    /// or wrong. Never opens a FIFO or device for a blocking read.
+    /// </summary>
+    private (CheckpointManifest? Manifest, VerificationIssue? Problem) ReadManifest(string dir)
+    {
+        var manifestPath = Path.Combine(dir, ManifestFormat.FileName);
+        if (StoreFiles.TypeOf(manifestPath) is null)
+        {
+            return StoreFiles.TypeOf(Path.Combine(dir, CheckpointSetLayout.SealMarkFile)) is null
+                ? (null, new(VerificationIssueKind.NotSealed, ManifestFormat.FileName,
+                    "the set has no manifest and no seal mark: it was never sealed, so nothing vouches for its images"))
+                : (null, new(VerificationIssueKind.ManifestMissing, ManifestFormat.FileName,
+                    "the set was sealed (it carries the seal mark) but its manifest is gone (deleted or lost): nothing vouches for its images any more"));
+        }
+
+        try
+        {
+            var bytes = StoreFiles.ReadRegular(manifestPath, MaxManifestBytes);
+            var manifest = ManifestFormat.Read(bytes, manifestPath);
+            return _key is null || CheckKeyedHash(dir, bytes) is not { } why
+                ? (manifest, null)
+                : (null, new(VerificationIssueKind.ManifestUnauthenticated, ManifestFormat.FileName, why));
+        }
+        catch (ManifestCorruptException e)
+        {
+            return (null, new(VerificationIssueKind.ManifestCorrupt, ManifestFormat.FileName, e.Reason));
+        }
+        catch (UnsafeSetPathException e)
+        {
+            return (null, new(VerificationIssueKind.PathEscape, e.SetPath, e.Message));
+        }
+        catch (IOException e)
+        {
+            return (null, new(VerificationIssueKind.ManifestCorrupt, ManifestFormat.FileName, $"it cannot be read: {e.Message}"));
+        }
+    }
+
+    /// <summary>Null when the seal mark holds the keyed hash of the manifest bytes, else why not.</summary>
+    private string? CheckKeyedHash(string dir, byte[] manifest)
+    {
+        byte[] key;
+        try
+        {
+            key = _key!.Load(create: false);
+        }
+        catch (ImageStoreException e)
+        {
+            return e.Message;
+        }
+
+        try
+        {
+            return ManifestKey.Check(key, manifest, StoreFiles.ReadRegular(Path.Combine(dir, CheckpointSetLayout.SealMarkFile), 4096));
+        }
+        catch (IOException e)
+        {
+            return $"the seal mark cannot be read ({e.Message}), so nothing proves the manifest was written with the key";
+        }
+    }
+
     internal async Task<RestorableSet> OpenForRestoreAsync(string setId, VerifyOptions? options, CancellationToken cancellationToken)
     {
         var result = await VerifyAsync(setId, options, cancellationToken).ConfigureAwait(false);
@@ -506,7 +706,12 @@ internal sealed partial class SetStoreEngine
     internal IReadOnlyList<CheckpointSetInfo> ListSets()
     {
         var list = new List<CheckpointSetInfo>();
-        foreach (var dir in Directory.EnumerateDirectories(SetsDirectory))
+        if (!HasSets)
+        {
+            return list;
+        }
+
+        foreach (var dir in Directory.EnumerateFileSystemEntries(SetsDirectory))
         {
             var id = Path.GetFileName(dir);
             if (!SetIdPattern().IsMatch(id))
@@ -514,23 +719,20 @@ internal sealed partial class SetStoreEngine
                 continue;
             }
 
-            var manifestPath = Path.Combine(dir, ManifestFormat.FileName);
             var created = DateTimeOffset.ParseExact(id[..16], "yyyyMMdd'T'HHmmss'Z'", CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal);
-            if (!File.Exists(manifestPath))
+            if (StoreFiles.CheckOwnFolder(dir) is { } untrusted)
             {
-                list.Add(new(id, false, created, null));
+                // Not followed: whether it is sealed is unknown, and it is never taken for an unsealed set.
+                list.Add(new(id, false, created, null) { Problem = $"the set folder {untrusted}", IsOwnFolder = false });
                 continue;
             }
 
-            try
-            {
-                var m = ManifestFormat.Read(File.ReadAllBytes(manifestPath), manifestPath);
-                list.Add(new(id, true, m.CreatedAt, m.TotalBytes));
-            }
-            catch (ImageStoreException)
-            {
-                list.Add(new(id, true, created, null));
-            }
+            var images = Path.Combine(dir, CheckpointSetLayout.ImagesFolder);
+            var imagesProblem = StoreFiles.TypeOf(images) is not null && StoreFiles.CheckOwnFolder(images) is { } why ? $"the images folder {why}" : null;
+            var (manifest, problem) = ReadManifest(dir);
+            list.Add(problem?.Kind == VerificationIssueKind.NotSealed
+                ? new(id, false, created, null) { Problem = imagesProblem }
+                : new(id, true, manifest?.CreatedAt ?? created, manifest?.TotalBytes) { Problem = imagesProblem ?? problem?.Detail });
         }
 
         return [.. list.OrderBy(s => s.CreatedAt).ThenBy(s => s.SetId, StringComparer.Ordinal)];
@@ -538,15 +740,17 @@ internal sealed partial class SetStoreEngine
 
     internal void DeleteSet(string setId)
     {
+        RequireWritable("deleting a set");
         var dir = SetDirectory(setId);
-        Directory.Delete(dir, recursive: true); // does not follow links inside the set
+        Directory.Delete(dir, recursive: true); // does not follow links inside the set; the set folder itself is no link (checked)
         Log.SetDeleted(_logger, setId);
     }
 
     internal IReadOnlyList<string> ApplyRetention(int keepSealed)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(keepSealed);
-        var sets = ListSets();
+        RequireWritable("retention");
+        var sets = ListSets().Where(s => s.IsOwnFolder).ToList();
         var sealedNewestFirst = sets.Where(s => s.IsSealed).OrderByDescending(s => s.CreatedAt).ThenByDescending(s => s.SetId, StringComparer.Ordinal).ToList();
         var doomed = sealedNewestFirst.Skip(keepSealed).Select(s => s.SetId).ToList();
         if (sealedNewestFirst.Count > 0)
@@ -565,9 +769,16 @@ internal sealed partial class SetStoreEngine
 
     internal StoreCapacity GetCapacity()
     {
-        if (Syscall.statvfs(Root, out var vfs) != 0)
+        // A read-only store that does not exist yet: the file system it would be made on.
+        var where = Root;
+        while (StoreFiles.TypeOf(where) is null && Path.GetDirectoryName(where) is { } parent)
         {
-            throw new ImageStoreException($"statvfs {Root} failed: {Stdlib.strerror(Stdlib.GetLastError())}");
+            where = parent;
+        }
+
+        if (Syscall.statvfs(where, out var vfs) != 0)
+        {
+            throw new ImageStoreException($"statvfs {where} failed: {Stdlib.strerror(Stdlib.GetLastError())}");
         }
 
         return new StoreCapacity((long)(vfs.f_blocks * vfs.f_frsize), (long)(vfs.f_bavail * vfs.f_frsize));
@@ -599,7 +810,14 @@ internal sealed partial class SetStoreEngine
         }
 
         var dir = Path.Combine(SetsDirectory, setId);
-        return Directory.Exists(dir) ? dir : throw new CheckpointSetNotFoundException(setId, Root);
+        if (!HasSets || StoreFiles.TypeOf(dir) is null)
+        {
+            throw new CheckpointSetNotFoundException(setId, Root);
+        }
+
+        // Never through a link (deleting or verifying must not reach outside the store), never another user's folder.
+        RequireOwnFolder(dir);
+        return dir;
     }
 
     internal string ReadMachineId()
@@ -642,9 +860,6 @@ internal sealed partial class SetStoreEngine
         }
     }
 
-    private static string ReadLink(string path) =>
-        new FileInfo(path).LinkTarget ?? throw new IOException($"{path} is not a symbolic link");
-
     private static long FileSize(string path) => Syscall.lstat(path, out var st) == 0 ? st.st_size : -1;
 
     private static string? SafeHash(string path, CancellationToken cancellationToken)
@@ -659,22 +874,10 @@ internal sealed partial class SetStoreEngine
         }
     }
 
-    private static string Describe(FilePermissions type) => type switch
+    /// <summary>mkdir with 0700 from the start (no window in which the folder is world-readable); an existing one is fine unless <paramref name="mustBeNew"/>.</summary>
+    private static void MakeDirectory(string path, bool mustBeNew = false)
     {
-        FilePermissions.S_IFDIR => "folder",
-        FilePermissions.S_IFLNK => "symbolic link",
-        FilePermissions.S_IFREG => "file",
-        FilePermissions.S_IFIFO => "named pipe",
-        FilePermissions.S_IFSOCK => "socket",
-        FilePermissions.S_IFCHR => "character device",
-        FilePermissions.S_IFBLK => "block device",
-        _ => "special file",
-    };
-
-    /// <summary>mkdir with 0700 from the start (no window in which the folder is world-readable); an existing one is fine.</summary>
-    private static void MakeDirectory(string path)
-    {
-        if (Syscall.mkdir(path, DirMode0700) != 0 && Stdlib.GetLastError() != Errno.EEXIST)
+        if (Syscall.mkdir(path, DirMode0700) != 0 && (mustBeNew || Stdlib.GetLastError() != Errno.EEXIST))
         {
             throw new ImageStoreException($"mkdir {path} failed: {Stdlib.strerror(Stdlib.GetLastError())}");
         }

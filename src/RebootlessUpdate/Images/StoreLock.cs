@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text;
+using Microsoft.Win32.SafeHandles;
 using RebootlessUpdate.Images.Interop;
 
 namespace RebootlessUpdate.Images;
@@ -16,9 +17,24 @@ internal static class StoreLock
 {
     internal static ImageStoreLock Acquire(string lockFile)
     {
-        var handle = Libc.Open(lockFile, Libc.ORdWr | Libc.OCreat, Libc.Mode0600);
+        // No link followed, a FIFO neither blocks nor is locked: only a regular file of ours counts as the lock.
+        SafeFileHandle handle;
         try
         {
+            handle = StoreFiles.OpenRegular(lockFile, Libc.ORdWr | Libc.OCreat, Libc.Mode0600);
+        }
+        catch (NotARegularFileException e)
+        {
+            throw new UnsafeStorePathException(Path.GetDirectoryName(lockFile)!, lockFile, $"is a {e.Kind}, not the store's lock file; remove it (after checking who put it there) and try again");
+        }
+
+        try
+        {
+            if (Mono.Unix.Native.Syscall.fstat((int)handle.DangerousGetHandle(), out var st) != 0 || st.st_uid != Mono.Unix.Native.Syscall.geteuid())
+            {
+                throw new UnsafeStorePathException(Path.GetDirectoryName(lockFile)!, lockFile, $"belongs to uid {st.st_uid}, not to the user running rebootless; remove it and try again");
+            }
+
             if (Libc.Flock(handle, Libc.LockEx | Libc.LockNb) != 0)
             {
                 var errno = Marshal.GetLastPInvokeError();
@@ -42,7 +58,7 @@ internal static class StoreLock
         }
     }
 
-    private static int? ReadHolder(Microsoft.Win32.SafeHandles.SafeFileHandle handle)
+    private static int? ReadHolder(SafeFileHandle handle)
     {
         var buffer = new byte[32];
         var n = RandomAccess.Read(handle, buffer, 0);

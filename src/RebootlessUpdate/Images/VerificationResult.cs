@@ -50,6 +50,27 @@ public enum VerificationIssueKind
 
     /// <summary>A file could not be read.</summary>
     Unreadable,
+
+    /// <summary>
+    /// The set was sealed (it carries the seal mark) but its manifest is gone: deleted or lost.
+    /// Nothing vouches for its images any more; never restorable, never taken for a set that was not sealed.
+    /// </summary>
+    ManifestMissing,
+
+    /// <summary>The images folder, or a folder in it, is a symbolic link, belongs to another user or is writable by others.</summary>
+    UntrustedFolder,
+
+    /// <summary>
+    /// The manifest records a symbolic link other than CRIU's <c>parent</c> link of an iterative dump
+    /// (a link is never hashed, so the manifest cannot vouch for what it points to).
+    /// </summary>
+    UnsafeEntry,
+
+    /// <summary>
+    /// The store has a manifest key and the manifest's keyed hash (in the seal mark) is missing or
+    /// wrong, or the key cannot be read: the manifest may have been rewritten by someone without the key.
+    /// </summary>
+    ManifestUnauthenticated,
 }
 
 /// <summary>One mismatch found by a verification.</summary>

@@ -210,9 +210,11 @@ internal sealed class VerifyStage(VerifyStageOptions options) : IUpdateStage
             return;
         }
 
-        if (context.Mode == UpdateMode.Resume && context.SameBoot && !store.ListSets().Any(s => s.SetId == context.SetId && s.IsSealed))
+        if (context.Mode == UpdateMode.Resume && context.SameBoot && store.ListSets().Any(s => s.SetId == context.SetId && s.IsNeverSealed))
         {
             // A crash before sealing, on this very boot: the images are this boot's own; CRIU checks them as it reads.
+            // Only a set that positively never began sealing: one whose manifest was deleted (it keeps its seal mark),
+            // or whose folder cannot be trusted, is verified and refused.
             context.SkipStage("the set was never sealed (a crash before sealing); restoring this boot's own images");
             return;
         }

@@ -204,6 +204,7 @@ public class DirectoryImageStoreTests
         var issue = Single(await _f.Store.VerifyAsync(set.Id));
 
         Assert.That(issue.Kind, Is.EqualTo(VerificationIssueKind.NotSealed));
+        Assert.That(_f.Store.ListSets().Single().IsNeverSealed, Is.True);
         Assert.That(() => _f.Store.OpenForRestoreAsync(set.Id), Throws.TypeOf<CheckpointSetVerificationException>().With.Message.Contains("never sealed"));
     }
 
@@ -217,43 +218,67 @@ public class DirectoryImageStoreTests
     }
 
     [Test]
-    public void Seal_rejects_symlinks_out_of_the_set_and_special_files()
+    public void Seal_rejects_every_symlink_but_CRIUs_parent_link_and_special_files()
     {
         var outside = _f.FillSet();
         File.CreateSymbolicLink(Images(outside, "secret.img"), "/etc/shadow");
         var upward = _f.FillSet();
         File.CreateSymbolicLink(Images(upward, "sub/up.img"), "../../manifest.json");
+        var inside = _f.FillSet();
+        File.CreateSymbolicLink(Images(inside, "sub/alias.img"), "../pstree.img");
         var fifo = _f.FillSet();
         Assert.That(Syscall.mkfifo(Images(fifo, "pipe"), FilePermissions.S_IRUSR | FilePermissions.S_IWUSR), Is.Zero);
         var dirLink = _f.FillSet();
         Directory.CreateSymbolicLink(Images(dirLink, "etc"), "/etc");
+        var parentToFile = _f.FillSet();
+        File.CreateSymbolicLink(Images(parentToFile, "sub/parent"), "../pstree.img");
 
         var options = new SealOptions { CriuVersion = "4.1.1" };
         Assert.Multiple(() =>
         {
-            Assert.That(() => _f.Store.SealAsync(outside, options), Throws.TypeOf<UnsafeSetPathException>().With.Message.Contains("secret.img").And.Message.Contains("absolute"));
-            Assert.That(() => _f.Store.SealAsync(upward, options), Throws.TypeOf<UnsafeSetPathException>().With.Message.Contains("sub/up.img").And.Message.Contains("out of the set"));
+            Assert.That(() => _f.Store.SealAsync(outside, options), Throws.TypeOf<UnsafeSetPathException>().With.Message.Contains("'secret.img' is a symbolic link (to '/etc/shadow')"));
+            Assert.That(() => _f.Store.SealAsync(upward, options), Throws.TypeOf<UnsafeSetPathException>().With.Message.Contains("'sub/up.img' is a symbolic link"));
+            Assert.That(() => _f.Store.SealAsync(inside, options), Throws.TypeOf<UnsafeSetPathException>().With.Message.Contains("'sub/alias.img' is a symbolic link")
+                .And.Message.Contains("the only link a set may hold is CRIU's 'parent' link"));
             Assert.That(() => _f.Store.SealAsync(fifo, options), Throws.TypeOf<UnsafeSetPathException>().With.Message.Contains("named pipe"));
             Assert.That(() => _f.Store.SealAsync(dirLink, options), Throws.TypeOf<UnsafeSetPathException>().With.Message.Contains("'etc'"));
+            Assert.That(() => _f.Store.SealAsync(parentToFile, options), Throws.TypeOf<UnsafeSetPathException>().With.Message.Contains("'sub/parent'").And.Message.Contains("not a folder of the set"));
             Assert.That(File.Exists(Path.Combine(outside.Directory, "manifest.json")), Is.False, "nothing sealed");
+            Assert.That(File.Exists(Path.Combine(inside.Directory, "sealed")), Is.False, "no seal mark");
         });
     }
 
     [Test]
-    public async Task A_symlink_inside_the_set_is_sealed_and_verified()
+    public async Task CRIUs_parent_link_to_a_pre_dump_folder_is_sealed_and_verified_and_a_retargeted_or_swapped_one_is_damage()
     {
         var set = _f.FillSet();
-        File.CreateSymbolicLink(Images(set, "sub/alias.img"), "../pstree.img");
+        Directory.CreateDirectory(Images(set, "00-pid-1-pre"));
+        File.WriteAllText(Images(set, "00-pid-1-pre/pages-1.img"), "pre-dumped pages");
+        Directory.CreateDirectory(Images(set, "00-pid-1"));
+        File.WriteAllText(Images(set, "00-pid-1/pages-1.img"), "final pages");
+        File.CreateSymbolicLink(Images(set, "00-pid-1/parent"), "../00-pid-1-pre");
 
         var manifest = await _f.Store.SealAsync(set, new SealOptions { CriuVersion = "4.1.1" });
-        File.Delete(Images(set, "sub/alias.img"));
-        File.CreateSymbolicLink(Images(set, "sub/alias.img"), "/etc/passwd");
-        var issue = Single(await _f.Store.VerifyAsync(set.Id));
+        var intact = await _f.Store.VerifyAsync(set.Id);
+        File.Delete(Images(set, "00-pid-1/parent"));
+        File.CreateSymbolicLink(Images(set, "00-pid-1/parent"), "../sub");
+        var retargeted = Single(await _f.Store.VerifyAsync(set.Id));
+        File.Delete(Images(set, "00-pid-1/parent"));
+        File.CreateSymbolicLink(Images(set, "00-pid-1/parent"), "../00-pid-1-pre");
+        var elsewhere = Directory.CreateDirectory(Path.Combine(_f.Dir, "elsewhere")).FullName;
+        File.WriteAllText(Path.Combine(elsewhere, "pages-1.img"), "pre-dumped pages");
+        Directory.Delete(Images(set, "00-pid-1-pre"), recursive: true);
+        Directory.CreateSymbolicLink(Images(set, "00-pid-1-pre"), elsewhere);
+        var swapped = await _f.Store.VerifyAsync(set.Id);
 
         Assert.Multiple(() =>
         {
-            Assert.That(manifest.Files.Single(f => f.Path == "sub/alias.img").SymlinkTarget, Is.EqualTo("../pstree.img"));
-            Assert.That((issue.Kind, issue.Path), Is.EqualTo((VerificationIssueKind.PathEscape, "sub/alias.img")));
+            Assert.That(manifest.Files.Single(f => f.Path == "00-pid-1/parent").SymlinkTarget, Is.EqualTo("../00-pid-1-pre"));
+            Assert.That(manifest.Files.Select(f => f.Path), Does.Contain("00-pid-1-pre/pages-1.img"), "the parent's files are hashed entries of their own");
+            Assert.That(intact.IsValid, Is.True, intact.Describe());
+            Assert.That((retargeted.Kind, retargeted.Path), Is.EqualTo((VerificationIssueKind.TypeChanged, "00-pid-1/parent")));
+            Assert.That(swapped.Issues.Select(i => (i.Kind, i.Path)), Does.Contain((VerificationIssueKind.UnsafeEntry, "00-pid-1/parent"))
+                .And.Contain((VerificationIssueKind.PathEscape, "00-pid-1-pre/pages-1.img")), swapped.Describe());
         });
     }
 

@@ -17,7 +17,7 @@ public class ManifestTests
         SealedAt = new DateTimeOffset(2026, 11, 26, 6, 32, 1, 500, TimeSpan.Zero),
         Files =
         [
-            new ManifestEntry { Path = "link", Size = 0, SymlinkTarget = "pages-1.img" },
+            new ManifestEntry { Path = "00-pid-42/parent", Size = 0, SymlinkTarget = "../00-pid-42-pre" },
             new ManifestEntry { Path = "pages-1.img", Size = 12, Xxh128 = new string('a', 32) },
         ],
     };
@@ -89,13 +89,21 @@ public class ManifestTests
             Throws.TypeOf<UnsafeSetPathException>().With.Message.Contains(expected));
     }
 
-    [TestCase("pages-1.img", "/etc/passwd", false)]
-    [TestCase("pages-1.img", "../x", false)]
-    [TestCase("sub/a", "../b", true)]
-    [TestCase("sub/a", "../../b", false)]
-    [TestCase("sub/a", "c/./d", true)]
-    public void Symlink_targets_must_stay_inside_the_set(string link, string target, bool allowed)
+    [TestCase("00-a/parent", "../00-a-pre", true)]
+    [TestCase("00-a/parent", "../pre-1", true)]
+    [TestCase("pages-1.img", "00-a", false)]
+    [TestCase("00-a/pages-1.img", "../00-a-pre", false)]
+    [TestCase("parent", "00-a-pre", false)]
+    [TestCase("00-a/b/parent", "../00-a-pre", false)]
+    [TestCase("00-a/parent", "/etc", false)]
+    [TestCase("00-a/parent", "../..", false)]
+    [TestCase("00-a/parent", "../.", false)]
+    [TestCase("00-a/parent", "../00-a", false)]
+    [TestCase("00-a/parent", "../x/../../etc", false)]
+    [TestCase("00-a/parent", "../00-a-pre/", false)]
+    [TestCase("00-a/parent", "00-a-pre", false)]
+    public void The_only_link_a_set_may_hold_is_CRIUs_parent_link_to_a_sibling_folder(string link, string target, bool allowed)
     {
-        Assert.That(SetPaths.CheckSymlinkTarget(link, target), allowed ? Is.Null : Is.Not.Null);
+        Assert.That(SetPaths.CheckParentLink(link, target), allowed ? Is.Null : Is.Not.Null);
     }
 }

@@ -16,6 +16,8 @@ internal static partial class Libc
     internal const int OWrOnly = 0x1;
     internal const int OCreat = 0x40;
     internal const int OExcl = 0x80;
+    internal const int ONoCtty = 0x100;
+    internal const int ONonBlock = 0x800;
     internal const int Mode0600 = 0x180;
     internal const int ODirectory = 0x10000;
     internal const int ONoFollow = 0x20000;
@@ -28,6 +30,7 @@ internal static partial class Libc
     internal const int EIntr = 4;
     internal const int EBusy = 16;
     internal const int ENoSpc = 28;
+    internal const int ELoop = 40;
 
     [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int OpenRaw(string path, int flags, int mode);

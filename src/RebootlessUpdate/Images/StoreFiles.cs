@@ -1,0 +1,273 @@
+using System.Globalization;
+using Microsoft.Win32.SafeHandles;
+using Mono.Unix.Native;
+using RebootlessUpdate.Images.Interop;
+
+namespace RebootlessUpdate.Images;
+
+/// <summary>
+/// How the store looks at what lies in it without trusting it: no symbolic link is
+/// followed, nothing is read before its type is checked, and a named pipe or device
+/// never blocks a read (an attacker's FIFO in place of a manifest must not hang
+/// <c>images ls</c> or a rehearsal holding the lock). Also the ownership rules for the
+/// store path and the folders inside the store.
+/// </summary>
+internal static class StoreFiles
+{
+    private const FilePermissions WritableByOthers = FilePermissions.S_IWGRP | FilePermissions.S_IWOTH;
+
+    /// <summary>Symbolic links followed at most while checking a store path (the kernel's own limit).</summary>
+    private const int MaxLinks = 40;
+
+    /// <summary>
+    /// Opens <paramref name="path"/> with O_NOFOLLOW|O_NONBLOCK|O_NOCTTY (so a FIFO or tty
+    /// neither blocks nor becomes ours), fstats the handle and refuses anything but a
+    /// regular file.
+    /// </summary>
+    /// <exception cref="NotARegularFileException">The path is a link, FIFO, socket, device or folder.</exception>
+    /// <exception cref="IOException">open failed otherwise (the message names the path and errno).</exception>
+    internal static SafeFileHandle OpenRegular(string path, int flags = Libc.ORdOnly, int mode = 0)
+    {
+        SafeFileHandle handle;
+        try
+        {
+            handle = Libc.Open(path, flags | Libc.ONoFollow | Libc.ONonBlock | Libc.ONoCtty, mode);
+        }
+        catch (IOException e) when (e.HResult == Libc.ELoop)
+        {
+            throw new NotARegularFileException(path, FilePermissions.S_IFLNK);
+        }
+
+        var type = Syscall.fstat((int)handle.DangerousGetHandle(), out var st) == 0 ? st.st_mode & FilePermissions.S_IFMT : 0;
+        if (type != FilePermissions.S_IFREG)
+        {
+            handle.Dispose();
+            throw new NotARegularFileException(path, type);
+        }
+
+        return handle;
+    }
+
+    /// <summary>Reads a whole regular file opened with <see cref="OpenRegular"/>; refuses one larger than <paramref name="maxBytes"/>.</summary>
+    internal static byte[] ReadRegular(string path, long maxBytes)
+    {
+        using var handle = OpenRegular(path);
+        var length = RandomAccess.GetLength(handle);
+        if (length > maxBytes)
+        {
+            throw new IOException($"{path} holds {length} bytes, more than the {maxBytes} such a file can hold");
+        }
+
+        var buffer = new byte[length];
+        var read = 0;
+        int n;
+        while (read < buffer.Length && (n = RandomAccess.Read(handle, buffer.AsSpan(read), read)) > 0)
+        {
+            read += n;
+        }
+
+        return read == buffer.Length ? buffer : buffer[..read];
+    }
+
+    /// <summary>The type of <paramref name="path"/> itself (not following a link), or null when it does not exist.</summary>
+    /// <exception cref="IOException">lstat failed for another reason than a missing path.</exception>
+    internal static FilePermissions? TypeOf(string path)
+    {
+        if (Syscall.lstat(path, out var st) == 0)
+        {
+            return st.st_mode & FilePermissions.S_IFMT;
+        }
+
+        var errno = Stdlib.GetLastError();
+        return errno is Errno.ENOENT or Errno.ENOTDIR
+            ? null
+            : throw new IOException($"lstat {path} failed: {Stdlib.strerror(errno)}");
+    }
+
+    /// <summary>
+    /// Null when <paramref name="path"/> is a folder of ours: a real folder (not a symbolic
+    /// link), owned by the user running rebootless, not writable by its group or others
+    /// (unless <paramref name="anyMode"/>, for a folder about to be chmod'ed).
+    /// Otherwise why not, as a phrase ("is a symbolic link to ...").
+    /// </summary>
+    internal static string? CheckOwnFolder(string path, bool anyMode = false)
+    {
+        if (Syscall.lstat(path, out var st) != 0)
+        {
+            return Stdlib.GetLastError() == Errno.ENOENT ? "does not exist" : $"cannot be examined: {Stdlib.strerror(Stdlib.GetLastError())}";
+        }
+
+        var type = st.st_mode & FilePermissions.S_IFMT;
+        if (type == FilePermissions.S_IFLNK)
+        {
+            return $"is a symbolic link (to '{ReadLink(path)}'), not a folder";
+        }
+
+        if (type != FilePermissions.S_IFDIR)
+        {
+            return $"is a {Describe(type)}, not a folder";
+        }
+
+        var euid = Syscall.geteuid();
+        if (st.st_uid != euid)
+        {
+            return $"belongs to uid {st.st_uid}, not to uid {euid} that runs rebootless";
+        }
+
+        return !anyMode && (st.st_mode & WritableByOthers) != 0 ? $"is writable by {WhoMayWrite(st.st_mode)} (mode {Octal(st.st_mode)})" : null;
+    }
+
+    /// <summary>
+    /// Checks every folder on the way to the store root <paramref name="root"/> (an absolute
+    /// path) with lstat, following only links that belong to root or to us: each folder must
+    /// belong to root or to us and must not be writable by its group or others, unless it has
+    /// the sticky bit (like /tmp) and what follows in it is ours. Otherwise someone else could
+    /// swap the folders below it and have rebootless chmod and fill a place of their choosing.
+    /// Components that do not exist yet are fine: rebootless creates them.
+    /// </summary>
+    /// <exception cref="UnsafeStorePathException">A folder or link on the way is not trustworthy; the message names it and why.</exception>
+    internal static void CheckStorePath(string root)
+    {
+        var euid = Syscall.geteuid();
+        bool Trusted(uint uid) => uid == 0 || uid == euid;
+        var pending = new LinkedList<string>(root.Split('/', StringSplitOptions.RemoveEmptyEntries));
+        var current = "/";
+        var links = 0;
+        var parentShared = CheckAncestor(root, current, pending.Count == 0, euid);
+        while (pending.First is { } first)
+        {
+            var part = first.Value;
+            pending.RemoveFirst();
+            if (part == ".")
+            {
+                continue;
+            }
+
+            if (part == "..")
+            {
+                current = Path.GetDirectoryName(current) ?? "/";
+                parentShared = false; // climbing back up: the folder left was already checked as an ancestor
+                continue;
+            }
+
+            var path = Path.Combine(current, part);
+            if (Syscall.lstat(path, out var st) != 0)
+            {
+                if (Stdlib.GetLastError() == Errno.ENOENT)
+                {
+                    return; // rebootless creates the rest, as the caller, inside a folder checked above
+                }
+
+                throw new UnsafeStorePathException(root, path, $"cannot be examined ({Stdlib.strerror(Stdlib.GetLastError())})");
+            }
+
+            if (parentShared && !Trusted(st.st_uid))
+            {
+                throw new UnsafeStorePathException(root, path,
+                    $"belongs to uid {st.st_uid} and lies in {current}, a folder everyone may write to");
+            }
+
+            var type = st.st_mode & FilePermissions.S_IFMT;
+            if (type == FilePermissions.S_IFLNK)
+            {
+                if (!Trusted(st.st_uid))
+                {
+                    throw new UnsafeStorePathException(root, path, $"is a symbolic link that belongs to uid {st.st_uid}: its owner decides where the store really is");
+                }
+
+                if (++links > MaxLinks)
+                {
+                    throw new UnsafeStorePathException(root, path, $"leads through more than {MaxLinks} symbolic links");
+                }
+
+                var target = ReadLink(path);
+                foreach (var p in target.Split('/', StringSplitOptions.RemoveEmptyEntries).Reverse())
+                {
+                    pending.AddFirst(p);
+                }
+
+                if (target.StartsWith('/'))
+                {
+                    current = "/";
+                    parentShared = CheckAncestor(root, current, isStoreItself: false, euid);
+                }
+
+                continue;
+            }
+
+            if (type != FilePermissions.S_IFDIR)
+            {
+                throw new UnsafeStorePathException(root, path, $"is a {Describe(type)}, not a folder");
+            }
+
+            current = path;
+            parentShared = CheckAncestor(root, current, pending.Count == 0, euid);
+        }
+    }
+
+    /// <summary>Checks one folder on the way to the store; returns true when it is shared (sticky and writable by others).</summary>
+    private static bool CheckAncestor(string root, string folder, bool isStoreItself, uint euid)
+    {
+        if (Syscall.lstat(folder, out var st) != 0)
+        {
+            throw new UnsafeStorePathException(root, folder, $"cannot be examined ({Stdlib.strerror(Stdlib.GetLastError())})");
+        }
+
+        if (isStoreItself)
+        {
+            return false; // the store folder itself: its owner and mode are the store's own checks
+        }
+
+        if (st.st_uid != 0 && st.st_uid != euid)
+        {
+            throw new UnsafeStorePathException(root, folder, $"belongs to uid {st.st_uid}, neither root nor uid {euid} that runs rebootless");
+        }
+
+        if ((st.st_mode & WritableByOthers) == 0)
+        {
+            return false;
+        }
+
+        if ((st.st_mode & FilePermissions.S_ISVTX) == 0)
+        {
+            throw new UnsafeStorePathException(root, folder, $"is writable by {WhoMayWrite(st.st_mode)} (mode {Octal(st.st_mode)}) without the sticky bit, so anyone may replace what lies below it");
+        }
+
+        return true;
+    }
+
+    /// <summary>The target of the symbolic link <paramref name="path"/>.</summary>
+    internal static string ReadLink(string path) =>
+        new FileInfo(path).LinkTarget ?? throw new IOException($"{path} is not a symbolic link");
+
+    /// <summary>A file type in words ("named pipe").</summary>
+    internal static string Describe(FilePermissions type) => type switch
+    {
+        FilePermissions.S_IFDIR => "folder",
+        FilePermissions.S_IFLNK => "symbolic link",
+        FilePermissions.S_IFREG => "file",
+        FilePermissions.S_IFIFO => "named pipe",
+        FilePermissions.S_IFSOCK => "socket",
+        FilePermissions.S_IFCHR => "character device",
+        FilePermissions.S_IFBLK => "block device",
+        _ => "special file",
+    };
+
+    private static string WhoMayWrite(FilePermissions mode) =>
+        (mode & WritableByOthers) == WritableByOthers ? "its group and others" : (mode & FilePermissions.S_IWGRP) != 0 ? "its group" : "others";
+
+    private static string Octal(FilePermissions mode) => Convert.ToString((int)(mode & FilePermissions.ALLPERMS), 8).PadLeft(4, '0');
+}
+
+/// <summary>Something in the store that must be a regular file is not (a link, FIFO, socket, device or folder).</summary>
+internal sealed class NotARegularFileException : IOException
+{
+    internal NotARegularFileException(string path, FilePermissions type)
+        : base($"{path} is a {StoreFiles.Describe(type)}, not a regular file")
+    {
+        Kind = StoreFiles.Describe(type);
+    }
+
+    /// <summary>What it is instead ("named pipe").</summary>
+    internal string Kind { get; }
+}

@@ -1,0 +1,63 @@
+using RebootlessUpdate.Pipeline;
+using RebootlessUpdate.TestSupport;
+
+namespace RebootlessUpdate.IntegrationTests.Pipeline;
+
+/// <summary>Same-boot recovery over a set an attacker changed after it was sealed.</summary>
+public partial class CrashRecoveryTests
+{
+    [Test]
+    public void Same_boot_resume_of_a_sealed_set_whose_manifest_was_deleted_and_a_page_flipped_restores_nothing()
+    {
+        var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
+        var appDir = Path.Combine(_dir, "app");
+        _workload = Workload.StartProgram(appDir, 16);
+        var crashed = Tool("sealed/dumped", "rehearse", "--pid", Pid(_workload.RootPid), "--store", store, "--criu", _testbed.Criu);
+        Assert.That(crashed.ExitCode, Is.EqualTo(137), crashed.ToString());
+        var journal = UpdateJournal.List(store).Single();
+        Assert.That(journal.State, Is.EqualTo(JournalState.Sealed));
+        var victim = FlipAByteOfTheLargestPageImage(store, journal, journal.Targets.Single());
+        // Without its manifest the set used to pass as "never sealed": restored unverified.
+        File.Delete(Path.Combine(store, "sets", journal.SetId, "manifest.json"));
+
+        var resumed = Tool(null, "resume", "--store", store, "--criu", _testbed.Criu);
+        TestContext.Out.WriteLine($"--- resume\n{resumed}");
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(resumed.ExitCode, Is.Not.Zero, resumed.ToString());
+            Assert.That(resumed.Error, Does.Contain("ManifestMissing").And.Contain("was sealed"));
+            Assert.That(Instances(appDir), Is.Zero, "nothing was restored from the tampered images");
+            Assert.That(File.Exists(victim), Is.True, "the images are kept for inspection");
+        });
+    }
+
+    [Test]
+    public void Same_boot_resume_of_a_set_folder_swapped_for_a_symlink_to_a_tampered_copy_restores_nothing()
+    {
+        var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
+        var appDir = Path.Combine(_dir, "app");
+        _workload = Workload.StartProgram(appDir, 16);
+        var crashed = Tool("sealed/dumped", "rehearse", "--pid", Pid(_workload.RootPid), "--store", store, "--criu", _testbed.Criu);
+        Assert.That(crashed.ExitCode, Is.EqualTo(137), crashed.ToString());
+        var journal = UpdateJournal.List(store).Single();
+        // The attacker's copy outside the store, without manifest or seal mark, with a flipped page, linked in place of the set.
+        var setDir = Path.Combine(store, "sets", journal.SetId);
+        var outside = Path.Combine(_dir, "outside-set");
+        Directory.Move(setDir, outside);
+        File.Delete(Path.Combine(outside, "manifest.json"));
+        File.Delete(Path.Combine(outside, "sealed"));
+        Directory.CreateSymbolicLink(setDir, outside);
+        FlipAByteOfTheLargestPageImage(store, journal, journal.Targets.Single());
+
+        var resumed = Tool(null, "resume", "--store", store, "--criu", _testbed.Criu);
+        TestContext.Out.WriteLine($"--- resume\n{resumed}");
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(resumed.ExitCode, Is.Not.Zero, resumed.ToString());
+            Assert.That(resumed.Error, Does.Contain("symbolic link"));
+            Assert.That(Instances(appDir), Is.Zero, "nothing was restored through the link");
+        });
+    }
+}
