@@ -15,6 +15,7 @@ internal static partial class Libc
     internal const int ORdWr = 0x2;
     internal const int OWrOnly = 0x1;
     internal const int OCreat = 0x40;
+    internal const int ONonBlock = 0x800;
     internal const int OExcl = 0x80;
     internal const int Mode0600 = 0x180;
     internal const int ODirectory = 0x10000;
@@ -37,6 +38,10 @@ internal static partial class Libc
 
     [LibraryImport("libc", EntryPoint = "fsync", SetLastError = true)]
     internal static partial int Fsync(SafeFileHandle fd);
+
+    /// <summary>posix_fallocate: returns 0 or the error number (it does not set errno).</summary>
+    [LibraryImport("libc", EntryPoint = "posix_fallocate")]
+    internal static partial int PosixFallocate(SafeFileHandle fd, long offset, long length);
 
     [LibraryImport("libc", EntryPoint = "sync")]
     internal static partial void Sync();
