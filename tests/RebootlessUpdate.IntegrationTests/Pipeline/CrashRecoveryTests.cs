@@ -12,7 +12,7 @@ namespace RebootlessUpdate.IntegrationTests.Pipeline;
 /// next run: `rebootless resume` either finishes or rolls back, and no workload is lost.
 /// </summary>
 [NonParallelizable]
-public class CrashRecoveryTests
+public partial class CrashRecoveryTests
 {
     private Testbed _testbed = null!;
     private string _dir = null!;
