@@ -259,7 +259,7 @@ internal static class Commands
             var journals = UpdateJournal.Scan(store.RootDirectory)
                 .Select(j => (Listing: j, Unfinished: UpdateJournal.IsUnfinished(j, boot)))
                 .Select(x => new StatusLine(x.Listing.SetId, x.Listing.Record is not null, x.Unfinished, x.Listing.Problem,
-                    x.Unfinished ? x.Listing.Describe() : null, x.Listing.Record))
+                    x.Unfinished ? x.Listing.Remedy() : null, x.Listing.Record))
                 .ToList();
             if (_.GetValue(Json))
             {
@@ -374,7 +374,8 @@ internal static class Commands
                     var targets = journal.Abandon("given up with `rebootless images rm --force`: the set's images were deleted");
                     lost = targets.Count == 0
                         ? "every target of its run was running; nothing is lost"
-                        : $"lost: {string.Join(", ", targets.Select(t => $"{t.Id} ({t.Phase.ToString().ToLowerInvariant()}, not running)"))}; the journal records the run as abandoned";
+                        : $"lost: {string.Join(", ", targets.Select(t => $"{t.Id} (last journaled {t.Phase.ToString().ToLowerInvariant()})"))}: "
+                            + "whatever of them does not run now can no longer be restored; the journal records the run as abandoned";
                 }
             }
 
@@ -390,7 +391,7 @@ internal static class Commands
 
             if (lost is not null)
             {
-                Console.Error.WriteLine($"rebootless: deleted set {id} of an unfinished run: {lost}.");
+                Console.Error.WriteLine($"rebootless: {(exists ? "deleted set" : "gave up")} {id} of an unfinished run: {lost}.");
             }
 
             return ExitCodes.Ok;

@@ -206,19 +206,25 @@ public sealed record JournalListing(string SetId, string FilePath, JournalRecord
     {
         if (Record is not { } r)
         {
-            return $"the journal of set {SetId} ({FilePath}) cannot be read: {Problem}; the workloads of that run may be waiting on its images. "
-                + $"Inspect the file, then give the set up with `rebootless images rm --force {SetId}`";
+            return $"the journal of set {SetId} cannot be read ({Problem}); the workloads of that run may be waiting on its images: {Remedy()}";
         }
 
         var mode = r.Mode.ToString().ToLowerInvariant();
         return r.State == JournalState.Failed
             ? $"{mode} {SetId} failed{(r.FailedStage is null ? "" : $" at {r.FailedStage}")}: {r.Error ?? "no error recorded"}; "
-                + $"workloads it did not put back may be down ({string.Join(", ", r.Targets.Select(t => $"{t.Id}={t.Phase}"))}). "
-                + $"Once the cause is fixed run `rebootless resume --set {SetId}` (it restores the targets that do not run), "
-                + $"or give them up with `rebootless images rm --force {SetId}`"
+                + $"workloads it did not put back may be down ({string.Join(", ", r.Targets.Select(t => $"{t.Id}={t.Phase}"))}). {Remedy()}"
             : $"{mode} {SetId} in {Path.GetDirectoryName(Path.GetDirectoryName(FilePath))} was interrupted at '{r.State.ToString().ToLowerInvariant()}' "
-                + "and its workloads may be waiting on it: run `rebootless resume` first (it finishes the update or puts every workload back running)";
+                + $"and its workloads may be waiting on it: {Remedy()}";
     }
+
+    /// <summary>The commands that recover the run or give it up, without a final full stop.</summary>
+    public string Remedy() => Record switch
+    {
+        null => $"inspect the file, then give the set up with `rebootless images rm --force {SetId}`",
+        { State: JournalState.Failed } => $"once the cause is fixed run `rebootless resume --set {SetId}` (it restores the targets that do not run), "
+            + $"or give them up with `rebootless images rm --force {SetId}`",
+        _ => "run `rebootless resume` first (it finishes the update or puts every workload back running)",
+    };
 }
 
 /// <summary>
@@ -605,10 +611,14 @@ public sealed class UpdateJournal
 
         handle.Dispose();
         File.Delete(path);
-        throw errno == Libc.ENoSpc
-            ? new StoreFullException($"the store has no room for the {bytes} bytes kept aside for the journal of set {Record.SetId} ({path}); "
-                + "free space in the store and try again; nothing was frozen", 0, bytes)
-            : Libc.Error($"posix_fallocate {path}", errno);
+        if (errno == Libc.ENoSpc)
+        {
+            throw new StoreFullException($"the store has no room for the {bytes} bytes kept aside for the journal of set {Record.SetId} ({path}); "
+                + "free space in the store and try again; nothing was frozen", 0, bytes);
+        }
+
+        // A file system that cannot allocate ahead at all (glibc already falls back to writing blocks when
+        // fallocate is unsupported): the run goes on as runs did before there was a reserve.
     }
 
     /// <summary>Frees the space kept aside; false when there was none left to free.</summary>

@@ -170,7 +170,7 @@ public partial class CrashRecoveryTests
         var id2 = InterruptedRun(store, _workload);
         var target = UpdateJournal.List(store)[^1].Targets.Single().Id;
         var forced = Tool(null, "images", "rm", "--force", id2, "--store", store);
-        AssertOneLine(forced, 0, $"deleted set {id2}", $"lost: {target} (dumped, not running)");
+        AssertOneLine(forced, 0, $"deleted set {id2}", $"lost: {target} (last journaled dumped)", "can no longer be restored");
         var abandoned = UpdateJournal.List(store).Single(j => j.SetId == id2);
         Assert.That(abandoned.State, Is.EqualTo(JournalState.Abandoned));
         Assert.That(abandoned.History[^1].Detail, Does.Contain("images rm --force").And.Contain(target));
