@@ -455,7 +455,7 @@ internal sealed class ReportStage : IUpdateStage
     }
 }
 
-/// <summary>Releases the store's lock; deletes a rehearsal's set, or applies retention after a resume.</summary>
+/// <summary>Deletes a rehearsal's set, or applies retention after a resume (the pipeline releases the store's lock when the run ends).</summary>
 internal sealed class CleanupStage(CleanupStageOptions options) : IUpdateStage
 {
     public string Name => "Cleanup";
@@ -485,7 +485,7 @@ internal sealed class CleanupStage(CleanupStageOptions options) : IUpdateStage
             store.ApplyRetention(keep);
         }
 
-        context.ReleaseLock();
+        // The lock is released by the pipeline once the run's last journal record is durable.
     }
 
     /// <summary>Waits (bounded) until every lazy-pages daemon of the run delivered its pages and exited.</summary>

@@ -147,3 +147,34 @@ public class LocateTests
         Assert.That(Directory.GetFileSystemEntries(outside), Is.Empty);
     }
 }
+
+/// <summary>The pipeline keeps the store's lock until the failure is journaled, whatever the compensations do.</summary>
+public class PipelineLockTests
+{
+    [TestCase(UpdateMode.Rehearse, JournalState.RolledBack)]
+    [TestCase(UpdateMode.Resume, JournalState.Failed)]
+    public async Task A_failure_is_journaled_under_the_lock_which_is_released_only_afterwards(UpdateMode mode, JournalState end)
+    {
+        using var fixture = new StoreFixture();
+        var root = fixture.Store.RootDirectory;
+        const string Id = "20260101T000000Z-0000abcd";
+        var context = new UpdateContext(mode, []) { Store = fixture.Store };
+        var pipeline = new UpdatePipelineBuilder()
+            .AddStage("Plan", (c, _) =>
+            {
+                c.StoreLock = fixture.Store.AcquireLock();
+                c.Journal = UpdateJournal.Create(root, Id, mode, [], c.StoreLock, TimeProvider.System);
+                return ValueTask.CompletedTask;
+            })
+            .AddCleanup()
+            .AddStage("Boom", (_, _) => throw new InvalidOperationException("boom"))
+            .Build();
+
+        var result = await pipeline.ExecuteAsync(context);
+
+        Assert.That(result.Stages.Where(s => s.Status == StageStatus.CompensationFailed), Is.Empty, "the journal write was not refused");
+        Assert.That(UpdateJournal.List(root).Single().State, Is.EqualTo(end), "a resume rolls nothing back: it stays unfinished");
+        Assert.That(context.Journal!.IsWritable, Is.False, "released at the end");
+        using var again = fixture.Store.AcquireLock();
+    }
+}
