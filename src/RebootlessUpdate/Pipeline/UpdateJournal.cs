@@ -261,8 +261,11 @@ public sealed class UpdateJournal
     /// <summary>The largest journal file read (a journal of a few hundred targets is well under 1 MiB).</summary>
     internal const long MaxBytes = 16L << 20;
 
-    /// <summary>The least space kept aside per journal (it is also at least 8 times the first record).</summary>
-    internal const long MinReserveBytes = 1L << 20;
+    /// <summary>
+    /// The least space kept aside per journal; it is also at least 16 times the first record (the record
+    /// grows with its history and the targets' errors, a few kB a run). Small, so a small store still fits a run.
+    /// </summary>
+    internal const long MinReserveBytes = 128L << 10;
 
     private const string Extension = ".json";
     private const string ReserveExtension = ".reserve";
@@ -410,7 +413,7 @@ public sealed class UpdateJournal
         }
 
         var journal = new UpdateJournal(Path.Combine(dir, setId + Extension), record, storeLock, time);
-        journal.KeepSpaceAside(Math.Max(MinReserveBytes, 8L * Serialize(record).Length));
+        journal.KeepSpaceAside(Math.Max(MinReserveBytes, 16L * Serialize(record).Length));
         journal.Write(record);
         return journal;
     }
