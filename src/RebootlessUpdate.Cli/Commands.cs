@@ -233,6 +233,12 @@ internal static class Commands
         cmd.Options.Add(lazy);
         cmd.SetAction(async (p, ct) =>
         {
+            if (p.GetValue(setId) is { } id && !UpdateJournal.IsSetId(id))
+            {
+                // Before a path is made of it: `--set ../x`, an absolute path or a link name reads nothing.
+                return Fail((ExitCodes.Usage, NotASetId("--set", id)));
+            }
+
             if (!Ready(p, needKexec: false, out var code, out var store, ct, mustExist: true))
             {
                 return code;
@@ -249,16 +255,28 @@ internal static class Commands
         var cmd = new Command("status", "The journals in the store: every update and rehearsal and where it stands.");
         cmd.SetAction(_ => WithStore(_, readOnly: true, store =>
         {
-            var journals = UpdateJournal.List(store.RootDirectory);
+            // Every journal file, also those that cannot be read (a truncated one is a row saying why, never skipped).
+            var boot = SystemInfo.BootId();
+            var journals = UpdateJournal.Scan(store.RootDirectory)
+                .Select(j => (Listing: j, Unfinished: UpdateJournal.IsUnfinished(j, boot)))
+                .Select(x => new StatusLine(x.Listing.SetId, x.Listing.Record is not null, x.Unfinished, x.Listing.Problem,
+                    x.Unfinished ? x.Listing.Remedy() : null, x.Listing.Record))
+                .ToList();
             if (_.GetValue(Json))
             {
-                WriteJson(journals, CliJson.Default.IReadOnlyListJournalRecord);
+                WriteJson(journals, CliJson.Default.ListStatusLine);
             }
             else
             {
                 foreach (var j in journals)
                 {
-                    Console.WriteLine($"{j.SetId} {j.Mode,-8} {j.State,-11} {string.Join(" ", j.Targets.Select(t => $"{t.Id}={t.Phase}"))}{(j.Error is null ? "" : "  error: " + j.Error)}");
+                    Console.WriteLine(j.Journal is not { } r
+                        ? $"{j.SetId} unreadable: {j.Problem}"
+                        : $"{j.SetId} {r.Mode,-8} {r.State,-11} {string.Join(" ", r.Targets.Select(t => $"{t.Id}={t.Phase}"))}{(r.Error is null ? "" : "  error: " + r.Error)}");
+                    if (j.Advice is not null)
+                    {
+                        Console.WriteLine("  needs attention: " + j.Advice);
+                    }
                 }
             }
 
@@ -312,21 +330,70 @@ internal static class Commands
 
             return r.IsValid ? ExitCodes.Ok : ExitCodes.Failed;
         }));
-        var rm = new Command("rm", "Delete a set.");
+        var rm = new Command("rm", "Delete a set; one an unfinished run still needs only with --force.");
+        var force = new Option<bool>("--force")
+        {
+            Description = "Delete the set even though an unfinished (interrupted or failed) run needs it: the workloads it did not put back "
+                + "are given up; the journal records the run as abandoned.",
+        };
         rm.Arguments.Add(idArg);
+        rm.Options.Add(force);
         rm.SetAction(p => WithStore(p, readOnly: false, store =>
         {
             var id = p.GetValue(idArg)!;
-            if (!store.ListSets().Any(s => s.SetId == id))
+            if (!UpdateJournal.IsSetId(id))
+            {
+                return Fail((ExitCodes.Usage, NotASetId("the set", id)));
+            }
+
+            // The lock first: whether a run still needs the set only holds while no run can change it.
+            using var l = store.AcquireLock();
+            var exists = store.ListSets().Any(s => s.SetId == id);
+            var needed = UpdateJournal.Unfinished(store.RootDirectory).FirstOrDefault(j => j.SetId == id);
+            if (!exists && needed is null)
             {
                 return Fail((ExitCodes.Usage, $"there is no set {id} in {store.RootDirectory}; `rebootless images ls` lists them."));
             }
 
-            using var l = store.AcquireLock();
-            store.DeleteSet(id);
+            string? lost = null;
+            if (needed is not null)
+            {
+                if (!p.GetValue(force))
+                {
+                    return Fail((ExitCodes.NeedsAttention, $"set {id} is not deleted: an unfinished run needs it ({needed.Describe()}). "
+                        + "Its images may be the only copy of workloads that do not run; `--force` deletes them anyway."));
+                }
+
+                // Recorded before anything is deleted: the journal says what was given up, and no longer blocks the store.
+                if (needed.Record is null)
+                {
+                    var aside = UpdateJournal.SetAside(store.RootDirectory, id, l);
+                    lost = $"the journal could not be read ({needed.Problem}); it is kept as {aside}; whatever of its run was not running is lost";
+                }
+                else
+                {
+                    var journal = UpdateJournal.Open(store.RootDirectory, id, l)!;
+                    var targets = journal.Abandon("given up with `rebootless images rm --force`: the set's images were deleted");
+                    lost = targets.Count == 0
+                        ? "every target of its run was running; nothing is lost"
+                        : $"lost: {string.Join(", ", targets.Select(t => $"{t.Id} (last journaled {t.Phase.ToString().ToLowerInvariant()})"))}: "
+                            + "whatever of them does not run now can no longer be restored; the journal records the run as abandoned";
+                }
+            }
+
+            if (exists)
+            {
+                store.DeleteSet(id);
+            }
+
             if (p.GetValue(Json))
             {
                 WriteJson(new SetLine(id, false, default, null), CliJson.Default.SetLine);
+            }
+
+            if (lost is not null)
+            {
+                Console.Error.WriteLine($"rebootless: {(exists ? "deleted set" : "gave up")} {id} of an unfinished run: {lost}.");
             }
 
             return ExitCodes.Ok;
@@ -353,11 +420,25 @@ internal static class Commands
         {
             return Fail((ExitCodes.StoreLocked, e.Message));
         }
+        catch (JournalException e)
+        {
+            return Fail((Code(e), e.Message));
+        }
         catch (ImageStoreException e)
         {
             return Fail((ExitCodes.BadStore, e.Message));
         }
     }
+
+    private static string NotASetId(string what, string id) =>
+        $"{what} '{id}' is not a checkpoint set id (expected e.g. 20261126T063200Z-1a2b3c4d; `rebootless status` lists them); nothing was read or changed.";
+
+    private static int Code(JournalException e) => e.Problem switch
+    {
+        JournalProblem.BadSetId => ExitCodes.Usage,
+        JournalProblem.UnsafeFolder => ExitCodes.BadStore,
+        _ => ExitCodes.NeedsAttention,
+    };
 
     private static bool Targets(ParseResult p, Option<int[]> pid, Option<string[]> cgroup, Option<string[]> container, Option<string[]> service, out List<UpdateTarget> targets, out int code)
     {
@@ -548,12 +629,15 @@ internal static class Commands
 
         if (!result.IsSuccess)
         {
-            Console.Error.WriteLine($"rebootless: {context.Mode.ToString().ToLowerInvariant()} {result.Outcome.ToString().ToLowerInvariant()} at {result.FailedStage}: {result.Error}");
+            // A refusal (the lock, a journal) changed nothing: it is not a rollback.
+            var what = result.Exception is JournalException or ImageStoreLockedException ? "refused" : result.Outcome.ToString().ToLowerInvariant();
+            Console.Error.WriteLine($"rebootless: {context.Mode.ToString().ToLowerInvariant()} {what} at {result.FailedStage}: {result.Error}");
         }
 
         return result.Outcome switch
         {
             UpdateOutcome.Succeeded or UpdateOutcome.NothingToDo => ExitCodes.Ok,
+            _ when result.Exception is JournalException j => Code(j),
             UpdateOutcome.RolledBack when result.Exception is StoreFullException => ExitCodes.StoreFull,
             UpdateOutcome.RolledBack when result.Exception is ImageStoreLockedException => ExitCodes.StoreLocked,
             UpdateOutcome.RolledBack => ExitCodes.Failed,
@@ -596,6 +680,9 @@ internal sealed record SetLine(string SetId, bool Sealed, DateTimeOffset Created
     public string? Problem { get; init; }
 }
 
+/// <summary>One journal in `status`: its record, or why it cannot be read; <c>Advice</c> when it needs an operator.</summary>
+internal sealed record StatusLine(string SetId, bool Readable, bool Unfinished, string? Problem, string? Advice, JournalRecord? Journal);
+
 internal sealed record VerifyOutput(string SetId, bool Intact, long BytesHashed, IReadOnlyList<string> Issues);
 
 [JsonSourceGenerationOptions(WriteIndented = true, PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, UseStringEnumConverter = true,
@@ -605,5 +692,5 @@ internal sealed record VerifyOutput(string SetId, bool Intact, long BytesHashed,
 [JsonSerializable(typeof(List<SetLine>))]
 [JsonSerializable(typeof(SetLine))]
 [JsonSerializable(typeof(VerifyOutput))]
-[JsonSerializable(typeof(IReadOnlyList<JournalRecord>))]
+[JsonSerializable(typeof(List<StatusLine>))]
 internal sealed partial class CliJson : JsonSerializerContext;

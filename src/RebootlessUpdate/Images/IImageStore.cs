@@ -201,6 +201,9 @@ public sealed class ImageStoreLock : IDisposable
     /// <summary>The lock file.</summary>
     public string LockFile { get; }
 
+    /// <summary>True until the lock is released.</summary>
+    public bool IsHeld => !_handle.IsClosed;
+
     /// <summary>Releases the lock.</summary>
     public void Dispose() => _handle.Dispose();
 }

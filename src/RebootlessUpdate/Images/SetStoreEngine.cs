@@ -65,7 +65,7 @@ internal sealed partial class SetStoreEngine
     private string SetsDirectory => Path.Combine(Root, CheckpointSetLayout.SetsFolder);
 
     [GeneratedRegex("^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$", RegexOptions.CultureInvariant)]
-    private static partial Regex SetIdPattern();
+    internal static partial Regex SetIdPattern();
 
     /// <summary>
     /// Makes <see cref="Root"/> a store, or checks it is one. The way to it is checked first

@@ -1,5 +1,8 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using Microsoft.Win32.SafeHandles;
+using Mono.Unix.Native;
+using RebootlessUpdate.Images;
 using RebootlessUpdate.Images.Interop;
 using RebootlessUpdate.Targets;
 
@@ -34,6 +37,12 @@ public enum JournalState
 
     /// <summary>A failure that could not be fully rolled back; the record says which targets need attention.</summary>
     Failed,
+
+    /// <summary>
+    /// Given up by the operator (<c>rebootless images rm --force</c>): the set's images were deleted, so
+    /// nothing of it can be restored any more; the history says which targets were lost.
+    /// </summary>
+    Abandoned,
 }
 
 /// <summary>One step in a journal's history.</summary>
@@ -134,6 +143,93 @@ public sealed record JournalRecord
     public string? Error { get; init; }
 }
 
+/// <summary>What is wrong with a journal, or with what a run asked of one.</summary>
+public enum JournalProblem
+{
+    /// <summary>A set id from input (<c>--set</c>, the resume marker) is not a set id; nothing was read.</summary>
+    BadSetId,
+
+    /// <summary>A journal file cannot be trusted or read: truncated or damaged, not a regular file, not ours, or naming unsafe paths.</summary>
+    Unreadable,
+
+    /// <summary>The journal folder cannot be trusted: a symbolic link, not a folder, not ours, or writable by others.</summary>
+    UnsafeFolder,
+
+    /// <summary>A failed or unreadable run needs an operator's decision before its set is used or given up.</summary>
+    NeedsAttention,
+}
+
+/// <summary>A journal refused, or a run that needs an operator; the message says which set, why and what to do.</summary>
+public sealed class JournalException : Exception
+{
+    /// <summary>Creates the exception.</summary>
+    public JournalException(JournalProblem problem, string? setId, string message, Exception? innerException = null)
+        : base(message, innerException)
+    {
+        Problem = problem;
+        SetId = setId;
+    }
+
+    /// <summary>Creates the exception.</summary>
+    public JournalException()
+    {
+    }
+
+    /// <summary>Creates the exception.</summary>
+    public JournalException(string message)
+        : base(message)
+    {
+    }
+
+    /// <summary>Creates the exception.</summary>
+    public JournalException(string message, Exception innerException)
+        : base(message, innerException)
+    {
+    }
+
+    /// <summary>What is wrong.</summary>
+    public JournalProblem Problem { get; }
+
+    /// <summary>The set concerned, when known.</summary>
+    public string? SetId { get; }
+}
+
+/// <summary>One journal file as found in the store: its record, or why it cannot be read.</summary>
+/// <param name="SetId">The set the file is named after (<c>SETID.json</c>).</param>
+/// <param name="FilePath">The file.</param>
+/// <param name="Record">Its content; null when it cannot be read or trusted.</param>
+/// <param name="Problem">Why it cannot be read; null when it can.</param>
+public sealed record JournalListing(string SetId, string FilePath, JournalRecord? Record, string? Problem)
+{
+    /// <summary>
+    /// What the run left behind and what to do about it, as one sentence without a final full stop
+    /// (the same words in `resume`, `images rm` and the refusal of a new run).
+    /// </summary>
+    public string Describe()
+    {
+        if (Record is not { } r)
+        {
+            return $"the journal of set {SetId} cannot be read ({Problem}); the workloads of that run may be waiting on its images: {Remedy()}";
+        }
+
+        var mode = r.Mode.ToString().ToLowerInvariant();
+        return r.State == JournalState.Failed
+            ? $"{mode} {SetId} failed{(r.FailedStage is null ? "" : $" at {r.FailedStage}")}: {r.Error ?? "no error recorded"}; "
+                + $"workloads it did not put back may be down ({string.Join(", ", r.Targets.Select(t => $"{t.Id}={t.Phase}"))}). {Remedy()}"
+            : $"{mode} {SetId} in {Path.GetDirectoryName(Path.GetDirectoryName(FilePath))} was interrupted at '{r.State.ToString().ToLowerInvariant()}' "
+                + $"and its workloads may be waiting on it: {Remedy()}";
+    }
+
+    /// <summary>The commands that recover the run or give it up, without a final full stop.</summary>
+    public string Remedy() => Record switch
+    {
+        null => $"inspect the file, then give the set up with `rebootless images rm --force {SetId}`",
+        { State: JournalState.Failed } => $"once the cause is fixed run `rebootless resume --set {SetId}` (it restores the targets that do not run), "
+            + $"or give them up with `rebootless images rm --force {SetId}`",
+        _ => "run `rebootless resume` first (it finishes the update or puts every workload back running)",
+    };
+}
+
 /// <summary>
 /// The journal of one checkpoint set, kept in the store next to the sets
 /// (<c>STORE/journal/SETID.json</c>) and rewritten atomically (temporary file,
@@ -141,17 +237,50 @@ public sealed record JournalRecord
 /// point leaves either the previous or the next state, and the set survives the
 /// jump together with its journal.
 /// </summary>
+/// <remarks>
+/// <para>
+/// A journal is written only by the run that holds the store's lock: a journal is bound to the
+/// lock it was opened (or created) under and every write checks that it is still held, so a run
+/// refused by the lock can change nothing. <see cref="Open(string, string, TimeProvider?)"/> without
+/// a lock gives a read-only journal.
+/// </para>
+/// <para>
+/// Nothing is trusted because it is in the store: a journal file is read only when it is a regular
+/// file of ours that others cannot write, of at most <see cref="MaxBytes"/>, opened without following
+/// a link or blocking on a FIFO; its set id must be its file name and its targets' folders single names.
+/// </para>
+/// <para>
+/// The journal can always record what happened, even on a full store: <see cref="Create"/> keeps
+/// space aside (<c>SETID.reserve</c>, allocated with posix_fallocate); a write that hits ENOSPC
+/// releases it and is retried, so a rollback after CRIU filled the store still records that the
+/// workloads run again (otherwise the next `resume` would restore a second copy).
+/// </para>
+/// </remarks>
 public sealed class UpdateJournal
 {
     internal const string FormatName = "rebootless-journal";
     internal const string FolderName = "journal";
+
+    /// <summary>The largest journal file read (a journal of a few hundred targets is well under 1 MiB).</summary>
+    internal const long MaxBytes = 16L << 20;
+
+    /// <summary>
+    /// The least space kept aside per journal; it is also at least 16 times the first record (the record
+    /// grows with its history and the targets' errors, a few kB a run). Small, so a small store still fits a run.
+    /// </summary>
+    internal const long MinReserveBytes = 128L << 10;
+
+    private const string Extension = ".json";
+    private const string ReserveExtension = ".reserve";
     private readonly Lock _lock = new();
     private readonly TimeProvider _time;
+    private readonly ImageStoreLock? _storeLock;
 
-    private UpdateJournal(string path, JournalRecord record, TimeProvider time)
+    private UpdateJournal(string path, JournalRecord record, ImageStoreLock? storeLock, TimeProvider time)
     {
         FilePath = path;
         Record = record;
+        _storeLock = storeLock;
         _time = time;
     }
 
@@ -164,51 +293,111 @@ public sealed class UpdateJournal
     /// <summary>The current state.</summary>
     public JournalState State => Record.State;
 
+    /// <summary>True while this journal may be written (it was opened under the store's lock, still held).</summary>
+    public bool IsWritable => _storeLock is { IsHeld: true };
+
+    /// <summary>The space kept aside for this journal (<c>SETID.reserve</c>).</summary>
+    internal string ReservePath => Path.Combine(Path.GetDirectoryName(FilePath)!, Record.SetId + ReserveExtension);
+
     /// <summary>The journal folder of a store.</summary>
     public static string DirectoryOf(string storeRoot) => Path.Combine(storeRoot, FolderName);
 
     /// <summary>The folder for CRIU logs and statistics of a set (outside the sealed images).</summary>
-    public static string LogDirectoryOf(string storeRoot, string setId) => Path.Combine(DirectoryOf(storeRoot), setId + ".logs");
+    /// <exception cref="ArgumentException"><paramref name="setId"/> is not a set id.</exception>
+    public static string LogDirectoryOf(string storeRoot, string setId) => Path.Combine(DirectoryOf(storeRoot), RequireSetId(setId) + ".logs");
 
-    /// <summary>Reads the journal of <paramref name="setId"/>, or null when it has none.</summary>
-    /// <exception cref="InvalidDataException">The file is not a journal.</exception>
-    public static UpdateJournal? Open(string storeRoot, string setId, TimeProvider? time = null)
+    /// <summary>True when <paramref name="id"/> is a checkpoint set id (e.g. <c>20261126T063200Z-1a2b3c4d</c>); only those are ever made into paths.</summary>
+    public static bool IsSetId(string? id) => id is not null && SetStoreEngine.SetIdPattern().IsMatch(id);
+
+    /// <summary>Reads the journal of <paramref name="setId"/> for reading only (writes throw), or null when it has none.</summary>
+    /// <exception cref="InvalidDataException">The file is not a journal, or cannot be trusted.</exception>
+    /// <exception cref="JournalException">The journal folder cannot be trusted.</exception>
+    /// <exception cref="ArgumentException"><paramref name="setId"/> is not a set id.</exception>
+    public static UpdateJournal? Open(string storeRoot, string setId, TimeProvider? time = null) => OpenCore(storeRoot, setId, null, time);
+
+    /// <summary>
+    /// Reads the journal of <paramref name="setId"/> to carry it on under <paramref name="storeLock"/>
+    /// (the store's lock, held), or null when it has none.
+    /// </summary>
+    /// <exception cref="InvalidDataException">The file is not a journal, or cannot be trusted.</exception>
+    /// <exception cref="JournalException">The journal folder cannot be trusted.</exception>
+    /// <exception cref="ArgumentException"><paramref name="setId"/> is not a set id, or the lock is not this store's or not held.</exception>
+    public static UpdateJournal? Open(string storeRoot, string setId, ImageStoreLock storeLock, TimeProvider? time = null)
     {
-        var path = Path.Combine(DirectoryOf(storeRoot), setId + ".json");
-        return File.Exists(path) ? new UpdateJournal(path, Read(path), time ?? TimeProvider.System) : null;
+        RequireLockOf(storeRoot, storeLock);
+        return OpenCore(storeRoot, setId, storeLock, time);
     }
 
-    /// <summary>Every journal in the store, oldest set first.</summary>
-    public static IReadOnlyList<JournalRecord> List(string storeRoot)
+    private static UpdateJournal? OpenCore(string storeRoot, string setId, ImageStoreLock? storeLock, TimeProvider? time)
     {
-        var dir = DirectoryOf(storeRoot);
-        if (!Directory.Exists(dir))
+        RequireSetId(setId);
+        if (CheckedDirectory(storeRoot) is not { } dir)
+        {
+            return null;
+        }
+
+        var path = Path.Combine(dir, setId + Extension);
+        if (Syscall.lstat(path, out _) != 0)
+        {
+            return Stdlib.GetLastError() == Errno.ENOENT
+                ? null
+                : throw new InvalidDataException($"{path} cannot be examined: {Stdlib.strerror(Stdlib.GetLastError())}");
+        }
+
+        return new UpdateJournal(path, Read(path, setId), storeLock, time ?? TimeProvider.System);
+    }
+
+    /// <summary>
+    /// Every journal file in the store, oldest set first, each with its record or why it cannot be
+    /// read (a truncated journal, a FIFO or link in place of one): `status` shows them all.
+    /// </summary>
+    /// <exception cref="JournalException">The journal folder cannot be trusted.</exception>
+    public static IReadOnlyList<JournalListing> Scan(string storeRoot)
+    {
+        if (CheckedDirectory(storeRoot) is not { } dir)
         {
             return [];
         }
 
-        var list = new List<JournalRecord>();
-        foreach (var file in Directory.EnumerateFiles(dir, "*.json").Order(StringComparer.Ordinal))
+        var list = new List<JournalListing>();
+        foreach (var file in Directory.EnumerateFileSystemEntries(dir, "*" + Extension).Order(StringComparer.Ordinal))
         {
+            if (Syscall.lstat(file, out var st) == 0 && (st.st_mode & FilePermissions.S_IFMT) == FilePermissions.S_IFDIR)
+            {
+                continue;
+            }
+
+            var id = Path.GetFileName(file)[..^Extension.Length];
             try
             {
-                list.Add(Read(file));
+                list.Add(new JournalListing(id, file, Read(file, id), null));
             }
-            catch (InvalidDataException)
+            catch (InvalidDataException e)
             {
-                // A damaged journal is reported by `status`, not fatal to listing.
+                list.Add(new JournalListing(id, file, null, e.Message));
             }
         }
 
         return list;
     }
 
-    internal static UpdateJournal Create(string storeRoot, string setId, UpdateMode mode, IReadOnlyList<JournalTarget> targets, TimeProvider time)
+    /// <summary>Every readable journal in the store, oldest set first (<see cref="Scan"/> also lists those that cannot be read).</summary>
+    public static IReadOnlyList<JournalRecord> List(string storeRoot) => [.. Scan(storeRoot).Select(j => j.Record).OfType<JournalRecord>()];
+
+    internal static UpdateJournal Create(string storeRoot, string setId, UpdateMode mode, IReadOnlyList<JournalTarget> targets, ImageStoreLock storeLock, TimeProvider time)
     {
-        var dir = DirectoryOf(storeRoot);
-        if (!Directory.Exists(dir))
+        RequireLockOf(storeRoot, storeLock);
+        RequireSetId(setId);
+        var dir = CheckedDirectory(storeRoot);
+        if (dir is null)
         {
-            Directory.CreateDirectory(dir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            dir = DirectoryOf(storeRoot);
+            if (Syscall.mkdir(dir, FilePermissions.S_IRWXU) != 0 && Stdlib.GetLastError() != Errno.EEXIST)
+            {
+                throw new IOException($"mkdir {dir} failed: {Stdlib.strerror(Stdlib.GetLastError())}");
+            }
+
+            dir = CheckedDirectory(storeRoot)!;
         }
 
         var record = new JournalRecord
@@ -221,7 +410,13 @@ public sealed class UpdateJournal
             Targets = targets,
             History = [new JournalEntry(JournalState.Planned, time.GetUtcNow(), null)],
         };
-        var journal = new UpdateJournal(Path.Combine(dir, setId + ".json"), record, time);
+        if (Validate(record, setId) is { } problem)
+        {
+            throw new ArgumentException($"the journal of set {setId} would be refused when read back: {problem}", nameof(targets));
+        }
+
+        var journal = new UpdateJournal(Path.Combine(dir, setId + Extension), record, storeLock, time);
+        journal.KeepSpaceAside(Math.Max(MinReserveBytes, 16L * Serialize(record).Length));
         journal.Write(record);
         return journal;
     }
@@ -236,16 +431,23 @@ public sealed class UpdateJournal
     internal static Action<JournalRecord>? Written { get; set; }
 
     /// <summary>
-    /// The unfinished journals that must be resumed or rolled back (<c>rebootless resume</c>)
-    /// before another run may use the store: an update in any state short of its end, or a
-    /// rehearsal interrupted in this very boot (one from an earlier boot has nothing left to put back).
+    /// The journals that must be resumed, retried or given up before another run may use the store:
+    /// an update in any state short of its end (<see cref="JournalState.Failed"/> included: its
+    /// workloads may be down), a rehearsal interrupted or failed in this very boot (one from an earlier
+    /// boot has nothing left to put back), and every journal of a set that cannot be read (it may be
+    /// the only record of workloads that are down).
     /// </summary>
-    internal static IReadOnlyList<JournalRecord> Unfinished(string storeRoot)
+    internal static IReadOnlyList<JournalListing> Unfinished(string storeRoot)
     {
         var boot = SystemInfo.BootId();
-        return [.. List(storeRoot).Where(r => r.State is not (JournalState.Resumed or JournalState.RolledBack or JournalState.Failed)
-            && (r.Mode != UpdateMode.Rehearse || r.BootId == boot))];
+        return [.. Scan(storeRoot).Where(j => IsUnfinished(j, boot))];
     }
+
+    /// <summary>True when <paramref name="journal"/> still needs a resume, a retry or an operator (see <see cref="Unfinished"/>).</summary>
+    internal static bool IsUnfinished(JournalListing journal, string bootId) => journal.Record is not { } r
+        ? IsSetId(journal.SetId) // not a file we would name: it belongs to no run
+        : r.State is not (JournalState.Resumed or JournalState.RolledBack or JournalState.Abandoned)
+            && (r.Mode != UpdateMode.Rehearse || r.BootId == bootId);
 
     internal void Transition(JournalState state, string? detail = null, Func<JournalRecord, JournalRecord>? change = null)
     {
@@ -286,6 +488,42 @@ public sealed class UpdateJournal
         TransitionWritten?.Invoke(state);
     }
 
+    /// <summary>
+    /// Gives the run up (<c>images rm --force</c>): records <see cref="JournalState.Abandoned"/> with
+    /// <paramref name="why"/> and the targets that were not running, which it returns.
+    /// </summary>
+    internal IReadOnlyList<JournalTarget> Abandon(string why)
+    {
+        var lost = Record.Targets.Where(t => t.Phase is not (TargetPhase.Resumed or TargetPhase.Restored)).ToList();
+        Transition(JournalState.Abandoned, lost.Count == 0
+            ? why
+            : $"{why}; lost: {string.Join(", ", lost.Select(t => $"{t.Id} ({t.Phase})"))}");
+        return lost;
+    }
+
+    /// <summary>
+    /// Sets a journal that cannot be read aside (<c>SETID.json.unreadable</c>, kept for inspection)
+    /// so it no longer blocks the store; returns the new name.
+    /// </summary>
+    internal static string SetAside(string storeRoot, string setId, ImageStoreLock storeLock)
+    {
+        RequireLockOf(storeRoot, storeLock);
+        RequireSetId(setId);
+        var dir = CheckedDirectory(storeRoot) ?? throw new FileNotFoundException($"{DirectoryOf(storeRoot)} does not exist");
+        var path = Path.Combine(dir, setId + Extension);
+        var aside = path + ".unreadable";
+        for (var n = 1; Syscall.lstat(aside, out _) == 0; n++)
+        {
+            aside = $"{path}.unreadable.{n}";
+        }
+
+        // rename(2) moves the entry itself, whatever it is (a link or a FIFO is not followed).
+        File.Move(path, aside);
+        File.Delete(Path.Combine(dir, setId + ReserveExtension));
+        Libc.FsyncDirectory(dir);
+        return aside;
+    }
+
     private static JournalTarget Merge(JournalTarget t, UpdateContext context)
     {
         var run = context.Targets.FirstOrDefault(r => r.Target.Id == t.Id);
@@ -307,42 +545,305 @@ public sealed class UpdateJournal
         };
     }
 
+    private static byte[] Serialize(JournalRecord record) => JsonSerializer.SerializeToUtf8Bytes(record, PipelineJson.Default.JournalRecord);
+
     private void Write(JournalRecord record)
     {
-        var tmp = FilePath + ".tmp";
-        var bytes = JsonSerializer.SerializeToUtf8Bytes(record, PipelineJson.Default.JournalRecord);
-        using (var stream = new FileStream(tmp, new FileStreamOptions
+        if (_storeLock is not { IsHeld: true })
         {
-            Mode = FileMode.Create,
-            Access = FileAccess.Write,
-            UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
-        }))
-        {
-            stream.Write(bytes);
-            stream.Flush(flushToDisk: true);
+            throw new InvalidOperationException($"the journal {FilePath} is only written by the run that holds the store's lock, and this one "
+                + (_storeLock is null ? "was opened for reading only" : "no longer holds it") + "; nothing was written");
         }
 
-        File.Move(tmp, FilePath, overwrite: true);
-        // The rename is durable only once the folder is synced (kexec does not flush page cache).
-        Libc.FsyncDirectory(Path.GetDirectoryName(FilePath)!);
+        var bytes = Serialize(record);
+        if (bytes.Length > MaxBytes)
+        {
+            throw new InvalidOperationException($"the journal of set {record.SetId} would be {bytes.Length} bytes, more than the {MaxBytes} a journal may have; nothing was written");
+        }
+
+        try
+        {
+            WriteAtomically(bytes);
+        }
+        catch (IOException e) when (e.HResult == Libc.ENoSpc && ReleaseReserve())
+        {
+            // The store filled up (CRIU's images, most likely): the space kept aside pays for this record.
+            WriteAtomically(bytes);
+        }
+
         Record = record;
+        if (record.State is JournalState.Resumed or JournalState.RolledBack or JournalState.Abandoned)
+        {
+            ReleaseReserve(); // finished: nothing more to record that matters as much
+        }
+
         Written?.Invoke(record);
     }
 
-    private static JournalRecord Read(string path)
+    private void WriteAtomically(byte[] bytes)
     {
+        var dir = Path.GetDirectoryName(FilePath)!;
+        var tmp = FilePath + ".tmp";
+        File.Delete(tmp); // a leftover of a crash (a link or FIFO there is removed, never followed)
         try
         {
-            var record = JsonSerializer.Deserialize(File.ReadAllBytes(path), PipelineJson.Default.JournalRecord)
-                ?? throw new InvalidDataException($"{path} is empty");
-            return record.Format == FormatName && record.Version == 1
-                ? record
-                : throw new InvalidDataException($"{path} is not a rebootless journal of version 1 (format '{record.Format}', version {record.Version})");
+            using (var handle = Libc.Open(tmp, Libc.OWrOnly | Libc.OCreat | Libc.OExcl | Libc.ONoFollow, Libc.Mode0600))
+            {
+                RandomAccess.Write(handle, bytes, 0);
+                Libc.FsyncOrThrow(handle, tmp);
+            }
+
+            File.Move(tmp, FilePath, overwrite: true);
+            // The rename is durable only once the folder is synced (kexec does not flush page cache).
+            Libc.FsyncDirectory(dir);
+        }
+        catch
+        {
+            File.Delete(tmp); // a partial record must not take the space the retry needs
+            throw;
+        }
+    }
+
+    private void KeepSpaceAside(long bytes)
+    {
+        var path = ReservePath;
+        File.Delete(path);
+        using var handle = Libc.Open(path, Libc.OWrOnly | Libc.OCreat | Libc.OExcl | Libc.ONoFollow, Libc.Mode0600);
+        var errno = Libc.PosixFallocate(handle, 0, bytes);
+        if (errno == 0)
+        {
+            Libc.FsyncOrThrow(handle, path);
+            return;
+        }
+
+        handle.Dispose();
+        File.Delete(path);
+        if (errno == Libc.ENoSpc)
+        {
+            throw new StoreFullException($"the store has no room for the {bytes} bytes kept aside for the journal of set {Record.SetId} ({path}); "
+                + "free space in the store and try again; nothing was frozen", 0, bytes);
+        }
+
+        // A file system that cannot allocate ahead at all (glibc already falls back to writing blocks when
+        // fallocate is unsupported): the run goes on as runs did before there was a reserve.
+    }
+
+    /// <summary>Frees the space kept aside; false when there was none left to free.</summary>
+    private bool ReleaseReserve()
+    {
+        var path = ReservePath;
+        if (Syscall.lstat(path, out _) != 0)
+        {
+            return false;
+        }
+
+        File.Delete(path);
+        return true;
+    }
+
+    private static string RequireSetId(string setId, [System.Runtime.CompilerServices.CallerArgumentExpression(nameof(setId))] string? name = null) =>
+        IsSetId(setId) ? setId : throw new ArgumentException($"'{setId}' is not a checkpoint set id (expected e.g. 20261126T063200Z-1a2b3c4d)", name);
+
+    private static void RequireLockOf(string storeRoot, ImageStoreLock storeLock)
+    {
+        ArgumentNullException.ThrowIfNull(storeLock);
+        var expected = Path.GetFullPath(Path.Combine(storeRoot, CheckpointSetLayout.LockFile));
+        if (!string.Equals(Path.GetFullPath(storeLock.LockFile), expected, StringComparison.Ordinal))
+        {
+            throw new ArgumentException($"the lock {storeLock.LockFile} is not the lock of the store {storeRoot} ({expected})", nameof(storeLock));
+        }
+
+        if (!storeLock.IsHeld)
+        {
+            throw new ArgumentException($"the store lock {storeLock.LockFile} was already released", nameof(storeLock));
+        }
+    }
+
+    /// <summary>The journal folder, or null when there is none yet; refuses one that cannot be trusted.</summary>
+    private static string? CheckedDirectory(string storeRoot)
+    {
+        var dir = DirectoryOf(storeRoot);
+        if (Syscall.lstat(dir, out var st) != 0)
+        {
+            var errno = Stdlib.GetLastError();
+            return errno == Errno.ENOENT
+                ? null
+                : throw new JournalException(JournalProblem.UnsafeFolder, null, $"the journal folder {dir} cannot be examined: {Stdlib.strerror(errno)}");
+        }
+
+        var type = st.st_mode & FilePermissions.S_IFMT;
+        var problem = type == FilePermissions.S_IFLNK ? "is a symbolic link"
+            : type != FilePermissions.S_IFDIR ? "is not a folder"
+            : st.st_uid != Syscall.geteuid() ? $"belongs to uid {st.st_uid}, not to this process (uid {Syscall.geteuid()})"
+            : (st.st_mode & (FilePermissions.S_IWGRP | FilePermissions.S_IWOTH)) != 0 ? "is writable by group or others"
+            : null;
+        return problem is null
+            ? dir
+            : throw new JournalException(JournalProblem.UnsafeFolder, null, $"the journal folder {dir} {problem}; nothing was read from it. "
+                + "Journals are kept only in a folder of the store that belongs to the user running the update: move it away and check the store");
+    }
+
+    /// <summary>Reads and checks a journal file (see the remarks on the class).</summary>
+    /// <exception cref="InvalidDataException">The file cannot be read or trusted; the message says why.</exception>
+    internal static JournalRecord Read(string path, string expectedSetId)
+    {
+        var bytes = ReadPlainFile(path);
+        JournalRecord record;
+        try
+        {
+            record = JsonSerializer.Deserialize(bytes, PipelineJson.Default.JournalRecord)
+                ?? throw new InvalidDataException($"{path} is not a journal (it holds null)");
         }
         catch (JsonException e)
         {
-            throw new InvalidDataException($"{path} is not a readable journal: {e.Message}", e);
+            throw new InvalidDataException($"{path} is not a readable journal (truncated or damaged, {bytes.Length} bytes): {e.Message}", e);
         }
+
+        if (record.Format != FormatName || record.Version != 1)
+        {
+            throw new InvalidDataException($"{path} is not a rebootless journal of version 1 (format '{record.Format}', version {record.Version})");
+        }
+
+        return Validate(record, expectedSetId) is { } problem ? throw new InvalidDataException($"{path} is refused: {problem}") : record;
+    }
+
+    /// <summary>Null when the record may be used as the journal of <paramref name="expectedSetId"/>, else why not.</summary>
+    internal static string? Validate(JournalRecord record, string expectedSetId)
+    {
+        if (!IsSetId(record.SetId))
+        {
+            return $"its set id '{record.SetId}' is not a set id";
+        }
+
+        if (record.SetId != expectedSetId)
+        {
+            return $"it names set {record.SetId} but is the journal file of {expectedSetId}";
+        }
+
+        if (record.Targets is null || record.History is null || record.BootId is null)
+        {
+            return "it has no targets, history or boot id";
+        }
+
+        foreach (var t in record.Targets)
+        {
+            if (t?.Id is null || t.Folder is null || t.Settings is null)
+            {
+                return "a target has no id, folder or settings";
+            }
+
+            // Folders become paths: one plain name inside the set's images folder, nothing else.
+            if ((SetPaths.Check(t.Folder) ?? (t.Folder.Contains('/', StringComparison.Ordinal) ? "has more than one component" : null)) is { } why)
+            {
+                return $"target {t.Id}'s folder '{t.Folder}' {why}; a target's folder is one name inside the set";
+            }
+        }
+
+        return null;
+    }
+
+    private static byte[] ReadPlainFile(string path)
+    {
+        if (Syscall.lstat(path, out var seen) != 0)
+        {
+            throw new InvalidDataException($"{path} cannot be examined: {Stdlib.strerror(Stdlib.GetLastError())}");
+        }
+
+        if (Untrusted(seen) is { } before)
+        {
+            throw new InvalidDataException($"{path} {before}");
+        }
+
+        SafeFileHandle handle;
+        try
+        {
+            // No link is followed and a FIFO swapped in since the lstat cannot block the open.
+            handle = Libc.Open(path, Libc.ORdOnly | Libc.ONoFollow | Libc.ONonBlock);
+        }
+        catch (IOException e)
+        {
+            throw new InvalidDataException($"{path} cannot be opened: {e.Message}", e);
+        }
+
+        using (handle)
+        {
+            var added = false;
+            Stat st;
+            int rc;
+            try
+            {
+                handle.DangerousAddRef(ref added);
+                rc = Syscall.fstat((int)handle.DangerousGetHandle(), out st);
+            }
+            finally
+            {
+                if (added)
+                {
+                    handle.DangerousRelease();
+                }
+            }
+
+            if (rc != 0)
+            {
+                throw new InvalidDataException($"{path}: fstat failed: {Stdlib.strerror(Stdlib.GetLastError())}");
+            }
+
+            if (st.st_dev != seen.st_dev || st.st_ino != seen.st_ino)
+            {
+                throw new InvalidDataException($"{path} was replaced while it was opened");
+            }
+
+            if (Untrusted(st) is { } now)
+            {
+                throw new InvalidDataException($"{path} {now}");
+            }
+
+            var bytes = new byte[st.st_size];
+            var read = 0;
+            while (read < bytes.Length)
+            {
+                var n = RandomAccess.Read(handle, bytes.AsSpan(read), read);
+                if (n == 0)
+                {
+                    throw new InvalidDataException($"{path} shrank while it was read ({read} of {bytes.Length} bytes)");
+                }
+
+                read += n;
+            }
+
+            return bytes;
+        }
+    }
+
+    /// <summary>Why a file with <paramref name="st"/> is not read as a journal, or null.</summary>
+    private static string? Untrusted(Stat st)
+    {
+        var type = st.st_mode & FilePermissions.S_IFMT;
+        if (type != FilePermissions.S_IFREG)
+        {
+            var kind = type switch
+            {
+                FilePermissions.S_IFLNK => "a symbolic link",
+                FilePermissions.S_IFIFO => "a named pipe (FIFO)",
+                FilePermissions.S_IFDIR => "a folder",
+                FilePermissions.S_IFSOCK => "a socket",
+                FilePermissions.S_IFCHR or FilePermissions.S_IFBLK => "a device",
+                _ => "a special file",
+            };
+            return $"is {kind}, not a regular file; a journal is read only from the plain file the tool wrote";
+        }
+
+        if (st.st_uid != Syscall.geteuid())
+        {
+            return $"belongs to uid {st.st_uid}, not to this process (uid {Syscall.geteuid()})";
+        }
+
+        if ((st.st_mode & (FilePermissions.S_IWGRP | FilePermissions.S_IWOTH)) != 0)
+        {
+            return $"is writable by group or others (mode {Convert.ToString((int)(st.st_mode & (FilePermissions)0xFFF), 8)})";
+        }
+
+        return st.st_size > MaxBytes ? $"is {st.st_size} bytes, more than the {MaxBytes} a journal may have" : null;
     }
 }
 

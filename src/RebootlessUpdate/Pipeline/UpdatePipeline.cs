@@ -115,18 +115,24 @@ public sealed class UpdatePipeline
             : context.PointOfNoReturnPassed || compensationFailed || context.Targets.Any(t => t.Phase is TargetPhase.Failed or TargetPhase.Dumped or TargetPhase.Frozen or TargetPhase.Restoring)
                 ? UpdateOutcome.Failed
                 : UpdateOutcome.RolledBack;
+        // Only a journal this run opened under the store's lock is written (a run refused by the lock has none):
+        // the lock is released below, once this last record is durable.
         if (failure is not null && context.Journal is { } journal)
         {
             try
             {
-                journal.Fail(outcome == UpdateOutcome.RolledBack ? JournalState.RolledBack : JournalState.Failed, failedStage, failure.Message, context);
+                // A resume rolls nothing back: its failure leaves the journal unfinished (Failed) for the next attempt.
+                var rolledBack = outcome == UpdateOutcome.RolledBack && context.Mode != UpdateMode.Resume;
+                journal.Fail(rolledBack ? JournalState.RolledBack : JournalState.Failed, failedStage, failure.Message, context);
             }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidOperationException)
             {
                 compensationFailed = true;
                 results.Add(new StageResult("journal", StageStatus.CompensationFailed, TimeSpan.Zero, 1, e.Message));
             }
         }
+
+        context.ReleaseLock();
 
         var targets = context.Targets.Select(TargetReport.From).ToList();
         TimeSpan? downtime = null;

@@ -17,7 +17,19 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
     public async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
     {
         var store = context.RequireStore();
-        var setId = options.SetId ?? Marker(options.CommandLinePath);
+        var given = options.SetId;
+        var setId = given ?? Marker(options.CommandLinePath);
+        if (setId is not null && !UpdateJournal.IsSetId(setId))
+        {
+            // Checked before any path is made of it: `--set ../x` must read nothing outside the store.
+            throw new JournalException(JournalProblem.BadSetId, null,
+                $"{(given is null ? $"the resume marker {RebootlessInfo.ResumeParameter}= on the kernel command line" : "--set")} '{setId}' is not a checkpoint set id "
+                + "(expected e.g. 20261126T063200Z-1a2b3c4d; `rebootless status` lists the store's sets); nothing was read or changed");
+        }
+
+        // The lock before the journal is read: what it says only holds while no other run can change it,
+        // and a run refused here has opened no journal, so it changes nothing.
+        context.StoreLock ??= store.AcquireLock();
         if (setId is null)
         {
             // An update not yet resumed, or a rehearsal this boot's crash interrupted (its workloads may need restoring).
@@ -30,21 +42,46 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
                 return;
             }
 
+            if (unfinished.Record is null or { State: JournalState.Failed })
+            {
+                // Not resumed blindly: an operator decides (`resume --set ID` retries, `images rm --force ID` gives up).
+                throw new JournalException(JournalProblem.NeedsAttention, unfinished.SetId, unfinished.Describe() + ".");
+            }
+
             setId = unfinished.SetId;
         }
 
-        var journal = UpdateJournal.Open(store.RootDirectory, setId, context.TimeProvider)
-            ?? throw new CheckpointSetNotFoundException(setId, store.RootDirectory);
-        context.Journal = journal;
-        context.SetId = setId;
-        if (journal.State is JournalState.Resumed or JournalState.RolledBack)
+        UpdateJournal journal;
+        try
         {
+            journal = UpdateJournal.Open(store.RootDirectory, setId, context.StoreLock, context.TimeProvider)
+                ?? throw new CheckpointSetNotFoundException(setId, store.RootDirectory);
+        }
+        catch (InvalidDataException e)
+        {
+            throw new JournalException(JournalProblem.NeedsAttention, setId,
+                new JournalListing(setId, Path.Combine(UpdateJournal.DirectoryOf(store.RootDirectory), setId + ".json"), null, e.Message).Describe() + ".", e);
+        }
+
+        if (journal.State is JournalState.Resumed or JournalState.RolledBack or JournalState.Abandoned)
+        {
+            context.Journal = journal;
+            context.SetId = setId;
             context.NothingToDo = true;
             context.SkipStage($"set {setId} is already {journal.State.ToString().ToLowerInvariant()}; nothing to do");
             return;
         }
 
-        context.StoreLock = store.AcquireLock();
+        if (journal.State == JournalState.Failed && given is null)
+        {
+            // Named by the command line's marker: a failed run is retried only when an operator names it (--set).
+            throw new JournalException(JournalProblem.NeedsAttention, setId,
+                new JournalListing(setId, journal.FilePath, journal.Record, null).Describe() + ".");
+        }
+
+        // Retrying a failed run (--set): the targets that run (restored earlier, or never ended) are left alone below.
+        context.Journal = journal;
+        context.SetId = setId;
         context.SameBoot = journal.Record.BootId == SystemInfo.BootId();
         var images = Path.Combine(store.RootDirectory, "sets", setId, "images");
         var runs = new List<TargetRun>();
@@ -468,7 +505,7 @@ internal sealed class ReportStage : IUpdateStage
     }
 }
 
-/// <summary>Releases the store's lock; deletes a rehearsal's set, or applies retention after a resume.</summary>
+/// <summary>Deletes a rehearsal's set, or applies retention after a resume (the pipeline releases the store's lock when the run ends).</summary>
 internal sealed class CleanupStage(CleanupStageOptions options) : IUpdateStage
 {
     public string Name => "Cleanup";
@@ -498,7 +535,7 @@ internal sealed class CleanupStage(CleanupStageOptions options) : IUpdateStage
             store.ApplyRetention(keep);
         }
 
-        context.ReleaseLock();
+        // The lock is released by the pipeline once the run's last journal record is durable.
     }
 
     /// <summary>Waits (bounded) until every lazy-pages daemon of the run delivered its pages and exited.</summary>
@@ -522,9 +559,6 @@ internal sealed class CleanupStage(CleanupStageOptions options) : IUpdateStage
         }
     }
 
-    public ValueTask CompensateAsync(UpdateContext context, CancellationToken cancellationToken)
-    {
-        context.ReleaseLock();
-        return ValueTask.CompletedTask;
-    }
+    // The lock stays held until the pipeline journaled the failure; it releases it then.
+    public ValueTask CompensateAsync(UpdateContext context, CancellationToken cancellationToken) => ValueTask.CompletedTask;
 }

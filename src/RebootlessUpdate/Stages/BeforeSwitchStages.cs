@@ -57,9 +57,7 @@ internal sealed class PlanStage(bool checkCapacity = true) : IUpdateStage
         context.StoreLock = store.AcquireLock();
         if (UpdateJournal.Unfinished(store.RootDirectory) is [var interrupted, ..])
         {
-            throw new InvalidOperationException(
-                $"{interrupted.Mode.ToString().ToLowerInvariant()} {interrupted.SetId} in {store.RootDirectory} was interrupted at '{interrupted.State.ToString().ToLowerInvariant()}' "
-                + "and its workloads may be waiting on it: run `rebootless resume` first (it finishes the update or puts every workload back running), then try again.");
+            throw new InvalidOperationException(interrupted.Describe() + ", then try again.");
         }
 
         context.CriuVersion ??= (await context.RequireCriu().GetVersionAsync(cancellationToken).ConfigureAwait(false)).ToString();
@@ -81,6 +79,7 @@ internal sealed class PlanStage(bool checkCapacity = true) : IUpdateStage
                 RootPid = t.Resolved!.RootPid,
                 RootStartTime = ProcessIdentity.Of(t.Resolved.RootPid)?.StartTime ?? 0,
             })],
+            context.StoreLock,
             context.TimeProvider);
         PipelineLog.JournalTransition(context.Logger, set.Id, JournalState.Planned);
         context.ReportProgress(Name, $"set {set.Id}: {context.Targets.Count} target(s)" + (context.Estimate is { } e
@@ -95,7 +94,7 @@ internal sealed class PlanStage(bool checkCapacity = true) : IUpdateStage
             context.RequireStore().DeleteSet(set.Id);
         }
 
-        context.ReleaseLock();
+        // The lock stays held: the pipeline journals the rollback, then releases it.
         return ValueTask.CompletedTask;
     }
 }

@@ -199,6 +199,8 @@ public class RehearsalTests
         TestContext.Out.WriteLine(result.Error);
         Assert.That(result.Outcome, Is.EqualTo(UpdateOutcome.RolledBack));
         Assert.That(result.FailedStage, Is.AnyOf("Dump", "Seal"));
+        Assert.That(result.Stages.Where(s => s.Status == StageStatus.CompensationFailed), Is.Empty, "the rollback was journaled on the full store");
+        Assert.That(UpdateJournal.List(_tmpfs).Single().State, Is.EqualTo(JournalState.RolledBack), "so the next resume does not restore a second copy");
         Assert.That(w.RootPid, Is.EqualTo(pid));
         AssertContinues(w, "after the store filled");
     }

@@ -41,6 +41,10 @@ internal static partial class Libc
     [LibraryImport("libc", EntryPoint = "fsync", SetLastError = true)]
     internal static partial int Fsync(SafeFileHandle fd);
 
+    /// <summary>posix_fallocate: returns 0 or the error number (it does not set errno).</summary>
+    [LibraryImport("libc", EntryPoint = "posix_fallocate")]
+    internal static partial int PosixFallocate(SafeFileHandle fd, long offset, long length);
+
     [LibraryImport("libc", EntryPoint = "sync")]
     internal static partial void Sync();
 
