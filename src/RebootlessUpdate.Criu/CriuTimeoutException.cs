@@ -94,7 +94,8 @@ public sealed class CriuTimeoutException : CriuException
         var what = workerPid is not null
             ? "did not finish it and was killed (SIGKILL), which releases the processes it held"
             : "did not finish it; the connection was shut down (the service's worker is not ours to kill: check it)";
-        var log = logExcerpt.Count > 0 ? $" Last lines of {logFile}:\n  " + string.Join("\n  ", logExcerpt) : string.Empty;
+        // One line (the tool prints it as one): the last few log lines joined; all of them are in LogExcerpt.
+        var log = logExcerpt.Count > 0 ? " criu's log ends: " + string.Join(" | ", logExcerpt.TakeLast(3).Select(l => l.Trim())) : string.Empty;
         return $"criu {name} timed out after {limit} s: {peer} {what}. "
             + "If criu is only slow (a large dump), raise the timeout (CriuClientOptions.RequestTimeout, the tool's --criu-timeout); "
             + $"otherwise find out what stopped criu{(logFile is null ? "" : $" (its log: {logFile})")}.{log}";
