@@ -57,6 +57,29 @@ public partial class ToolTests
         Workload.WaitFor(() => w.ReadCounter() > before + 3 ? 1 : 0, "the workload to count on");
     }
 
+    [TestCase("0")]
+    [TestCase("-5")]
+    [TestCase("ten")]
+    [TestCase("99999999999")]
+    public void A_criu_timeout_that_is_not_a_positive_whole_number_of_seconds_is_one_usage_line_and_exit_2(string value)
+    {
+        var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
+        using var sleeper = Process.Start("sleep", "60");
+        try
+        {
+            var r = Run("rehearse", "--pid", sleeper.Id.ToString(), "--store", store, "--criu", _testbed.Criu, "--criu-timeout", value);
+
+            Assert.That(r.ExitCode, Is.EqualTo(2), r.ToString());
+            Assert.That(r.Error.Trim().Split('\n'), Has.Length.EqualTo(1).And.All.StartsWith($"rebootless: --criu-timeout '{value}' is not a whole number of seconds"));
+            Assert.That(Directory.GetFileSystemEntries(store), Is.Empty, "nothing was written to the store");
+            Assert.That(Workload.IsRunning(sleeper.Id), Is.True);
+        }
+        finally
+        {
+            sleeper.Kill();
+        }
+    }
+
     private static bool PostDumpLogged(string store)
     {
         try
