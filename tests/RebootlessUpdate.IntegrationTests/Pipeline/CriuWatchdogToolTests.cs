@@ -14,7 +14,7 @@ public partial class ToolTests
         using var w = Workload.Start(Path.Combine(_dir, "w"));
         var root = w.RootPid;
 
-        var run = Task.Run(() => Run("rehearse", "--pid", root.ToString(), "--store", store, "--criu", _testbed.Criu, "--criu-timeout", "5"));
+        var run = Task.Run(() => Run("rehearse", "--pid", root.ToString(), "--store", store, "--criu", _testbed.Criu, "--criu-timeout", "5", "--json"));
         // criu logs "Running post-dump scripts" just before it asks the tool whether to finish; from then on it
         // holds the frozen tree until the tool answers (after Seal and Verify). Stop the tool for that moment so
         // criu is stopped while it holds the tree, before the tool has answered, whatever the machine's speed.
@@ -48,7 +48,9 @@ public partial class ToolTests
             Assert.That(r.Error.Trim().Split('\n'), Has.Length.EqualTo(1).And.All.StartsWith("rebootless: "), r.ToString());
             Assert.That(r.Error, Does.Contain($"criu DUMP timed out after 5 s: criu swrk worker {worker} did not finish it and was killed"));
             Assert.That(r.Error, Does.Contain("--criu-timeout"));
-            Assert.That(r.Output, Does.Contain("Resumed"), "the report says the target runs on in place");
+            using var json = System.Text.Json.JsonDocument.Parse(r.Output);
+            Assert.That(json.RootElement.GetProperty("outcome").GetString(), Is.EqualTo("RolledBack"));
+            Assert.That(json.RootElement.GetProperty("targets")[0].GetProperty("phase").GetString(), Is.EqualTo("Resumed"), "the report says the target runs on in place");
             Assert.That(Directory.Exists($"/proc/{worker}"), Is.False, "criu is gone");
             Assert.That(w.RootPid, Is.EqualTo(root));
         });
