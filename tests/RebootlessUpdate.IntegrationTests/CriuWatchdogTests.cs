@@ -88,6 +88,30 @@ public class CriuWatchdogTests : CriuTestFixture
     }
 
     [Test]
+    public async Task A_worker_stopped_in_the_middle_of_the_memory_dump_is_killed_and_the_workload_state_is_intact()
+    {
+        // The hard moment: criu's parasite code is inside the workload, copying its memory out.
+        using var workload = Workload.StartProgram(Path.Combine(ScratchDirectory, "work"), 256);
+        var images = NewDir("images");
+        var client = new CriuClient(new CriuClientOptions { CriuPath = TestbedInfo.Criu, RequestTimeout = TimeSpan.FromSeconds(2) });
+
+        var dump = client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid });
+        var worker = Workload.WaitFor(() => dump.IsCompleted ? -1 : Workload.TracerOf(workload.RootPid), "criu to seize the tree", 30);
+        Assert.That(worker, Is.Positive, "the dump ended before criu seized the tree");
+        Workload.WaitFor(() => dump.IsCompleted || Directory.EnumerateFiles(images, "pages-*.img").Any(f => new FileInfo(f).Length > 16 << 20) ? 1 : 0,
+            "criu to be copying memory", 60);
+        Assert.That(dump.IsCompleted, Is.False, "the dump finished before it could be stopped in the middle");
+        Assert.That(Syscall.kill(worker, Signum.SIGSTOP), Is.Zero);
+
+        var e = Assert.ThrowsAsync<CriuTimeoutException>(async () => await dump.WaitAsync(TimeSpan.FromSeconds(60)));
+
+        Assert.That(e!.WorkerPid, Is.EqualTo(worker));
+        Assert.That(Directory.Exists($"/proc/{worker}"), Is.False, "the worker was killed and reaped");
+        Workload.WaitFor(() => Workload.IsFree(workload.RootPid) ? 1 : 0, "the workload to be untraced and running");
+        Assert.That(workload.Check(), Does.StartWith("ok"), "memory, file offset, socket and threads as before");
+    }
+
+    [Test]
     public async Task Cancelling_while_a_stopped_worker_holds_the_tree_kills_it_and_is_a_cancellation()
     {
         using var workload = Workload.Start(Path.Combine(ScratchDirectory, "work"));
