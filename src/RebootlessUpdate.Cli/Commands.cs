@@ -17,6 +17,13 @@ internal static class Commands
 
     private static readonly Option<bool> Json = new("--json") { Description = "Write the result as JSON on stdout.", Recursive = true };
     private static readonly Option<string> CriuPath = new("--criu") { Description = "The criu binary (default: criu on PATH).", DefaultValueFactory = _ => "criu", Recursive = true };
+    private static readonly Option<string?> CriuTimeout = new("--criu-timeout")
+    {
+        Description = "Seconds criu may work on one request before it is taken for hung: then it is killed and the run rolls back "
+            + $"(the workloads run on). Default {(int)CriuClientOptions.DefaultRequestTimeout.TotalSeconds}.",
+        Recursive = true,
+    };
+
     private static readonly Option<string?> Store = new("--store") { Description = $"The image store folder (default {DefaultStore}).", Recursive = true };
     private static readonly Option<string?> Pmem = new("--pmem") { Description = "Keep the store on this legacy persistent-memory device (e.g. /dev/pmem0), which survives kexec; formatted only when empty.", Recursive = true };
     private static readonly Option<string?> StoreMount = new("--store-mount") { Description = "Where --pmem's store is mounted (default /run/rebootless/store).", Recursive = true };
@@ -25,6 +32,7 @@ internal static class Commands
     {
         root.Options.Add(Json);
         root.Options.Add(CriuPath);
+        root.Options.Add(CriuTimeout);
         root.Options.Add(Store);
         root.Options.Add(Pmem);
         root.Options.Add(StoreMount);
@@ -645,7 +653,33 @@ internal static class Commands
         };
     }
 
-    private static CriuClient Criu(ParseResult p) => new(new CriuClientOptions { CriuPath = p.GetValue(CriuPath) ?? "criu" });
+    private static CriuClient Criu(ParseResult p) => new(new CriuClientOptions
+    {
+        CriuPath = p.GetValue(CriuPath) ?? "criu",
+        RequestTimeout = ParseCriuTimeout(p.GetValue(CriuTimeout)) ?? CriuClientOptions.DefaultRequestTimeout,
+    });
+
+    /// <summary>
+    /// Checks the options every command shares before any command runs (System.CommandLine's own
+    /// parse errors print the help and exit 1; bad input here gets one line and <see cref="ExitCodes.Usage"/>).
+    /// </summary>
+    public static int? ValidateGlobalOptions(ParseResult p)
+    {
+        if (p.GetValue(CriuTimeout) is { } text && ParseCriuTimeout(text) is null)
+        {
+            return Fail((ExitCodes.Usage, $"--criu-timeout '{text}' is not a whole number of seconds from 1 to {MaxCriuTimeoutSeconds}; "
+                + $"give the time criu may spend on one request (default {(int)CriuClientOptions.DefaultRequestTimeout.TotalSeconds})."));
+        }
+
+        return null;
+    }
+
+    private const int MaxCriuTimeoutSeconds = 24 * 24 * 3600;
+
+    private static TimeSpan? ParseCriuTimeout(string? text) =>
+        int.TryParse(text, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var seconds) && seconds is > 0 and <= MaxCriuTimeoutSeconds
+            ? TimeSpan.FromSeconds(seconds)
+            : null;
 
     private static int Code(ReadinessProblem problem) => problem switch
     {

@@ -12,4 +12,5 @@ version.SetAction(_ =>
 });
 root.Subcommands.Add(version);
 Commands.AddAll(root);
-return await root.Parse(args).InvokeAsync().ConfigureAwait(false);
+var parsed = root.Parse(args);
+return Commands.ValidateGlobalOptions(parsed) ?? await parsed.InvokeAsync().ConfigureAwait(false);

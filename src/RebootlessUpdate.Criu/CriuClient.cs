@@ -14,6 +14,7 @@ namespace RebootlessUpdate.Criu;
 /// </summary>
 public sealed class CriuClient
 {
+    private const string CheckLogFile = "check.log";
     private readonly CriuClientOptions _options;
     private readonly ILogger _logger;
     private readonly Func<IReadOnlyCollection<int>, CriuConnection> _connect;
@@ -29,6 +30,7 @@ public sealed class CriuClient
     /// <summary>For tests: a client over connections made by <paramref name="connect"/>.</summary>
     internal CriuClient(CriuClientOptions options, Func<IReadOnlyCollection<int>, CriuConnection>? connect)
     {
+        CriuClientOptions.ValidateTimeout(options.RequestTimeout, nameof(options.RequestTimeout));
         _options = options;
         _logger = options.LoggerFactory.CreateLogger<CriuClient>();
         _connect = connect ?? Connect;
@@ -112,7 +114,7 @@ public sealed class CriuClient
     public async Task<CriuPreDumpSession> StartPreDumpSessionAsync(CancellationToken cancellationToken = default)
     {
         await RequireMemoryTrackingAsync("PRE_DUMP", cancellationToken).ConfigureAwait(false);
-        return new CriuPreDumpSession(this, new CriuSession(_connect([]), _logger));
+        return new CriuPreDumpSession(this, new CriuSession(_connect([]), _logger, _options));
     }
 
     /// <summary>
@@ -252,13 +254,15 @@ public sealed class CriuClient
         }
 
         var inherit = options is CriuRestoreOptions r ? r.InheritFds.Values.ToArray() : [];
-        return new CriuSession(_connect(inherit), _logger);
+        return new CriuSession(_connect(inherit), _logger, _options);
     }
 
     /// <summary>Sends one request on an open session (folders become descriptors for its duration).</summary>
     internal static async Task<criu_resp> SendAsync(CriuSession session, criu_req req, CriuProcessOptions? options, CancellationToken cancellationToken)
     {
         using var fds = new DescriptorSet();
+        var logPath = options?.LogPath;
+        DirectoryInfo? scratch = null;
         if (options is not null)
         {
             req.Opts = options.ToProto();
@@ -271,11 +275,34 @@ public sealed class CriuClient
         }
         else if (req.Type == criu_req_type.Check)
         {
-            // CHECK insists on an images folder although it writes nothing there.
-            req.Opts = new criu_opts { ImagesDirFd = fds.OpenDirectory(Path.GetTempPath(), "temporary folder") };
+            // CHECK insists on an images folder, and criu (as root) writes its log there: a fixed
+            // name in the shared temp folder would let anyone plant a symlink that criu follows and
+            // truncates. So: a private folder (mkdtemp: unique, 0700), removed afterwards.
+            scratch = Directory.CreateTempSubdirectory("rebootless-criu-check-");
+            logPath = Path.Combine(scratch.FullName, CheckLogFile);
+            req.Opts = new criu_opts { ImagesDirFd = fds.OpenDirectory(scratch.FullName, "private check folder"), LogFile = CheckLogFile };
         }
 
-        return await session.RequestAsync(req, options?.OnNotification, options?.LogPath, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            return await session.RequestAsync(req, options?.OnNotification, logPath, options?.RequestTimeout, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            DeleteScratch(scratch);
+        }
+    }
+
+    private static void DeleteScratch(DirectoryInfo? scratch)
+    {
+        try
+        {
+            scratch?.Delete(recursive: true);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // Best effort: a private, uniquely named folder left in the temp folder harms no one.
+        }
     }
 
     private async Task<criu_resp> ExecuteAsync(criu_req req, CriuProcessOptions? options, CancellationToken cancellationToken)

@@ -22,6 +22,37 @@ public sealed record CriuClientOptions
     /// <summary>Logging for requests, notifications and failures. Default: none.</summary>
     public ILoggerFactory LoggerFactory { get; init; } = NullLoggerFactory.Instance;
 
+    /// <summary>The default of <see cref="RequestTimeout"/>: 10 minutes.</summary>
+    public static readonly TimeSpan DefaultRequestTimeout = TimeSpan.FromMinutes(10);
+
+    /// <summary>
+    /// The watchdog of every request: how long criu may work on one request before it is
+    /// taken for hung. When it expires the swrk worker is killed (SIGKILL; the kernel then
+    /// releases every process it had seized), a service connection is shut down, and the
+    /// request fails with <see cref="CriuTimeoutException"/>. It counts criu's time only:
+    /// from sending the request (or the answer to a notification) until criu's next message.
+    /// Time spent in <see cref="CriuProcessOptions.OnNotification"/> is not counted (criu
+    /// waits for it, e.g. a dump held at post-dump); bound that with the cancellation token.
+    /// <see cref="CriuProcessOptions.RequestTimeout"/> overrides it for one request;
+    /// <see cref="Timeout.InfiniteTimeSpan"/> turns the watchdog off. Default 10 minutes
+    /// (<see cref="DefaultRequestTimeout"/>): ample for dumping tens of GiB to a local disk.
+    /// </summary>
+    public TimeSpan RequestTimeout { get; init; } = DefaultRequestTimeout;
+
+    /// <summary>The clock of the request watchdog. Default <see cref="TimeProvider.System"/>.</summary>
+    public TimeProvider TimeProvider { get; init; } = TimeProvider.System;
+
+    private static readonly TimeSpan MaxRequestTimeout = TimeSpan.FromMilliseconds(int.MaxValue);
+
+    /// <summary>A timeout is positive, or infinite (no watchdog).</summary>
+    internal static void ValidateTimeout(TimeSpan timeout, string name)
+    {
+        if ((timeout <= TimeSpan.Zero && timeout != Timeout.InfiniteTimeSpan) || timeout > MaxRequestTimeout)
+        {
+            throw new ArgumentOutOfRangeException(name, timeout, "a request timeout must be positive and at most 24 days, or Timeout.InfiniteTimeSpan for none.");
+        }
+    }
+
     internal string ResolveCriuPath()
     {
         if (CriuPath.Contains('/', StringComparison.Ordinal))

@@ -160,6 +160,13 @@ public abstract record CriuProcessOptions
     /// <summary>A CRIU configuration file for options only its command line has. Default none.</summary>
     public string? ConfigFile { get; init; }
 
+    /// <summary>
+    /// This request's watchdog, overriding <see cref="CriuClientOptions.RequestTimeout"/>
+    /// (same rules: criu's time only, positive or <see cref="Timeout.InfiniteTimeSpan"/>).
+    /// Default null: the client's.
+    /// </summary>
+    public TimeSpan? RequestTimeout { get; init; }
+
     /// <summary>The request's name for file names and messages, e.g. "dump".</summary>
     private protected abstract string RequestName { get; }
 
@@ -206,6 +213,11 @@ public abstract record CriuProcessOptions
         if (External.Any(string.IsNullOrWhiteSpace))
         {
             throw new ArgumentException("External entries must not be empty.", nameof(External));
+        }
+
+        if (RequestTimeout is { } timeout)
+        {
+            CriuClientOptions.ValidateTimeout(timeout, nameof(RequestTimeout));
         }
     }
 

@@ -231,6 +231,30 @@ public sealed class Workload : IDisposable
 
         return [.. result.Where(IsRunning)];
     }
+    /// <summary>A field of /proc/PID/status (e.g. "State", "TracerPid"), or null when the process is gone.</summary>
+    public static string? StatusField(int pid, string name)
+    {
+        try
+        {
+            var line = File.ReadLines($"/proc/{pid}/status").FirstOrDefault(l => l.StartsWith(name + ":", StringComparison.Ordinal));
+            return line?[(name.Length + 1)..].Trim();
+        }
+        catch (IOException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>The pid tracing <paramref name="pid"/> (e.g. criu while it holds the tree), 0 when none.</summary>
+    public static int TracerOf(int pid) =>
+        int.TryParse(StatusField(pid, "TracerPid"), NumberStyles.None, CultureInfo.InvariantCulture, out var tracer) ? tracer : 0;
+
+    /// <summary>
+    /// True when every process of the tree under <paramref name="root"/> is untraced and not stopped
+    /// (State neither t nor T): what a workload looks like once nothing holds it any more.
+    /// </summary>
+    public static bool IsFree(int root) =>
+        new[] { root }.Concat(ChildrenOf(root)).All(p => TracerOf(p) == 0 && StatusField(p, "State") is { } state && state[0] is not ('t' or 'T'));
 
     /// <summary>Polls until <paramref name="probe"/> returns non-zero (10 s at most).</summary>
     public static int WaitFor(Func<int> probe, string what, double seconds = 10)

@@ -22,6 +22,9 @@ internal sealed class CriuConnection : IAsyncDisposable
     /// <summary>"swrk worker 1234" or "service /run/criu.sock", for messages.</summary>
     public string Description { get; }
 
+    /// <summary>The swrk worker's pid; null for a service connection.</summary>
+    public int? WorkerPid => _worker?.Pid;
+
     /// <summary>What the worker printed (swrk only).</summary>
     public string Output => _worker?.Stderr ?? string.Empty;
 

@@ -14,29 +14,80 @@ internal sealed partial class CriuSession : IAsyncDisposable
     private static readonly TimeSpan WorkerExitGrace = TimeSpan.FromSeconds(10);
     private readonly CriuConnection _connection;
     private readonly ILogger _logger;
+    private readonly TimeSpan _defaultTimeout;
+    private readonly TimeProvider _time;
 
-    public CriuSession(CriuConnection connection, ILogger logger)
+    public CriuSession(CriuConnection connection, ILogger logger, CriuClientOptions options)
     {
         _connection = connection;
         _logger = logger;
+        _defaultTimeout = options.RequestTimeout;
+        _time = options.TimeProvider;
     }
 
     public CriuConnection Connection => _connection;
 
+    /// <summary>
+    /// Sends <paramref name="req"/> and returns CRIU's final response. A watchdog of
+    /// <paramref name="timeout"/> (default: the client's) runs while criu has the turn;
+    /// when it expires, or when <paramref name="cancellationToken"/> is cancelled, the
+    /// connection is aborted (a swrk worker is killed, which wakes every wait here) and
+    /// the request ends with <see cref="CriuTimeoutException"/> or
+    /// <see cref="OperationCanceledException"/>, after the worker is reaped.
+    /// </summary>
     public async Task<criu_resp> RequestAsync(criu_req req, Func<CriuNotification, CancellationToken, ValueTask>? onNotification,
-        string? logPath, CancellationToken cancellationToken)
+        string? logPath, TimeSpan? timeout, CancellationToken cancellationToken)
     {
         cancellationToken.ThrowIfCancellationRequested();
         var kind = (CriuRequestType)(int)req.Type;
+        var limit = timeout ?? _defaultTimeout;
+        using var watchdog = new Watchdog(limit, _time);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, watchdog.Token);
+        using var abort = linked.Token.Register(static c => ((CriuConnection)c!).Abort(), _connection);
+        try
+        {
+            return await ExchangeAsync(req, kind, onNotification, logPath, watchdog, linked.Token).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is not CriuTimeoutException && (cancellationToken.IsCancellationRequested || watchdog.Expired))
+        {
+            // The connection was aborted on purpose: whatever failed after that is a consequence.
+            // Reap the worker first, so no criu is left behind when the caller sees the outcome.
+            await _connection.WaitForWorkerExitAsync(WorkerExitGrace).ConfigureAwait(false);
+            if (cancellationToken.IsCancellationRequested)
+            {
+                Log.Cancelled(_logger, kind, _connection.Description);
+                throw new OperationCanceledException($"the criu {Name(kind)} request was cancelled; {_connection.Description} was stopped.", e, cancellationToken);
+            }
+
+            await _connection.DrainOutputAsync(TimeSpan.FromMilliseconds(200)).ConfigureAwait(false);
+            var error = new CriuTimeoutException(kind, limit, _connection.WorkerPid, _connection.Description, logPath,
+                CriuTimeoutException.TailLog(logPath), _connection.Output);
+            Log.TimedOut(_logger, kind, error.Message);
+            throw error;
+        }
+    }
+
+    private async Task<criu_resp> ExchangeAsync(criu_req req, CriuRequestType kind, Func<CriuNotification, CancellationToken, ValueTask>? onNotification,
+        string? logPath, Watchdog watchdog, CancellationToken cancellationToken)
+    {
         var name = Name(kind);
-        using var abortOnCancel = cancellationToken.Register(static c => ((CriuConnection)c!).Abort(), _connection);
         Log.RequestSent(_logger, kind, _connection.Description);
+        // criu's turn starts with the send: a send blocked on a stopped criu is ended by the abort too.
+        watchdog.Start();
         // A failed send (peer gone) shows up as end of connection on the receive below.
         _ = _connection.Socket.Send(req.ToByteArray());
         Exception? handlerFailure = null;
         while (true)
         {
             var (bytes, descriptors) = await _connection.Socket.ReceiveWithDescriptorsAsync(cancellationToken).ConfigureAwait(false);
+            watchdog.Pause();
+            if (cancellationToken.IsCancellationRequested)
+            {
+                // Aborted while the message arrived: it no longer counts.
+                Close(descriptors);
+                cancellationToken.ThrowIfCancellationRequested();
+            }
+
             if (bytes is null)
             {
                 var exit = await _connection.WaitForWorkerExitAsync(WorkerExitGrace).ConfigureAwait(false);
@@ -51,8 +102,13 @@ internal sealed partial class CriuSession : IAsyncDisposable
             var resp = ParseOrClose(bytes, name, descriptors);
             if (resp.Type == criu_req_type.Notify)
             {
+                // criu waits for the answer: the handler's time is not criu's.
                 var failure = await NotifyAsync(resp, descriptors, onNotification, cancellationToken).ConfigureAwait(false);
                 handlerFailure ??= failure;
+                // Anything but notify_success=true makes CRIU abort the operation
+                // ("RPC client reported script error").
+                watchdog.Start();
+                _ = _connection.Socket.Send(new criu_req { Type = criu_req_type.Notify, NotifySuccess = failure is null }.ToByteArray());
                 continue;
             }
 
@@ -77,6 +133,7 @@ internal sealed partial class CriuSession : IAsyncDisposable
         }
     }
 
+    /// <summary>Calls the handler; returns its failure (null when it succeeded). The caller answers criu.</summary>
     private async Task<Exception?> NotifyAsync(criu_resp resp, IReadOnlyList<int> descriptors,
         Func<CriuNotification, CancellationToken, ValueTask>? onNotification, CancellationToken cancellationToken)
     {
@@ -108,10 +165,64 @@ internal sealed partial class CriuSession : IAsyncDisposable
             }
         }
 
-        // Anything but notify_success=true makes CRIU abort the operation
-        // ("RPC client reported script error").
-        _ = _connection.Socket.Send(new criu_req { Type = criu_req_type.Notify, NotifySuccess = failure is null }.ToByteArray());
         return failure;
+    }
+
+    /// <summary>
+    /// The request's watchdog: a budget of criu's time, spent only while criu has the turn
+    /// (from a send until criu's next message). Its token is cancelled when the budget is used up.
+    /// </summary>
+    private sealed class Watchdog : IDisposable
+    {
+        private readonly CancellationTokenSource _expired;
+        private readonly TimeSpan _limit;
+        private readonly TimeProvider _time;
+        private TimeSpan _used;
+        private long? _since;
+
+        public Watchdog(TimeSpan limit, TimeProvider time)
+        {
+            _limit = limit;
+            _time = time;
+            _expired = new CancellationTokenSource(Timeout.InfiniteTimeSpan, time);
+        }
+
+        public CancellationToken Token => _expired.Token;
+
+        public bool Expired => _expired.IsCancellationRequested;
+
+        public void Start()
+        {
+            if (_limit == Timeout.InfiniteTimeSpan || _since is not null)
+            {
+                return;
+            }
+
+            _since = _time.GetTimestamp();
+            var left = _limit - _used;
+            if (left > TimeSpan.Zero)
+            {
+                _expired.CancelAfter(left);
+            }
+            else
+            {
+                _expired.Cancel();
+            }
+        }
+
+        public void Pause()
+        {
+            if (_since is not { } since)
+            {
+                return;
+            }
+
+            _expired.CancelAfter(Timeout.InfiniteTimeSpan);
+            _used += _time.GetElapsedTime(since);
+            _since = null;
+        }
+
+        public void Dispose() => _expired.Dispose();
     }
 
     private static void Close(IEnumerable<int> descriptors)
@@ -191,5 +302,11 @@ internal sealed partial class CriuSession : IAsyncDisposable
 
         [LoggerMessage(5, LogLevel.Warning, "notification handler for {Script} failed; criu will abort the request")]
         public static partial void NotificationFailed(ILogger logger, string script, Exception exception);
+
+        [LoggerMessage(6, LogLevel.Error, "criu {Request} timed out: {Reason}")]
+        public static partial void TimedOut(ILogger logger, CriuRequestType request, string reason);
+
+        [LoggerMessage(7, LogLevel.Warning, "criu {Request} cancelled; {Peer} was stopped")]
+        public static partial void Cancelled(ILogger logger, CriuRequestType request, string peer);
     }
 }

@@ -137,5 +137,8 @@ public sealed class TargetRun
         public TaskCompletionSource HeldAtPostDump { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
         public Task<CriuDumpResult> Request { get; set; } = Task.FromResult<CriuDumpResult>(null!);
+
+        /// <summary>Cancels the request (criu is killed, which releases the tree): for a rollback that cannot wait for it.</summary>
+        public CancellationTokenSource Abandon { get; set; } = new();
     }
 }

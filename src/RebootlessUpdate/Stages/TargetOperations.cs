@@ -75,7 +75,9 @@ internal static class TargetOperations
         };
         t.DumpStartedTimestamp = context.TimeProvider.GetTimestamp();
         t.DumpStartedAt = context.TimeProvider.GetUtcNow();
-        pending.Request = Task.Run(() => criu.DumpAsync(options, cancellationToken), CancellationToken.None);
+        pending.Abandon = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var abandon = pending.Abandon.Token;
+        pending.Request = Task.Run(() => criu.DumpAsync(options, abandon), CancellationToken.None);
         t.PendingDump = pending;
         PipelineLog.TargetEvent(context.Logger, t.Target.Id, $"dumping root {resolved.RootPid} ({t.TreeProcesses.Count} processes) into {t.ImagesDirectory}");
     }
@@ -159,9 +161,18 @@ internal static class TargetOperations
 
         foreach (var t in context.Targets.Where(t => t.PendingDump is not null))
         {
+            var request = t.PendingDump!.Request;
             try
             {
-                await t.PendingDump!.Request.WaitAsync(TimeSpan.FromMinutes(2)).ConfigureAwait(false);
+                await request.WaitAsync(TimeSpan.FromMinutes(2)).ConfigureAwait(false);
+            }
+            catch (TimeoutException)
+            {
+                // criu did not act on the veto (stopped, hung): kill it rather than wait for its
+                // watchdog, so the tree it holds is released before it is judged below.
+                PipelineLog.TargetWarning(context.Logger, t.Target.Id, "criu did not resume the target within 2 minutes of the veto; killing it");
+                await t.PendingDump.Abandon.CancelAsync().ConfigureAwait(false);
+                await Task.WhenAny(request).ConfigureAwait(false); // ends once the worker is reaped; its outcome does not matter
             }
             catch (Exception e)
             {

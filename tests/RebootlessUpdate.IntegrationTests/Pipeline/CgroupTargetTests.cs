@@ -114,4 +114,51 @@ public class CgroupTargetTests
         var before = w.ReadCounter();
         Workload.WaitFor(() => w.ReadCounter() > before + 2 ? 1 : 0, "the cgroup's workload to count on after the crash");
     }
+
+    [Test]
+    public async Task A_criu_stopped_while_it_holds_the_frozen_cgroup_hits_the_watchdog_and_the_rollback_thaws_it_and_it_runs_on()
+    {
+        var w = StartInCgroup();
+        var pid = w.RootPid;
+        string? stateAtPostDump = null;
+        var worker = 0;
+        var context = new UpdateContext(UpdateMode.Rehearse, [UpdateTarget.Cgroup(_cgroup)])
+        {
+            Store = new DirectoryImageStore(new DirectoryImageStoreOptions { RootDirectory = Path.Combine(_dir, "store") }),
+            Criu = new CriuClient(new CriuClientOptions { CriuPath = _testbed.Criu, RequestTimeout = TimeSpan.FromSeconds(3) }),
+        };
+        var dump = new DumpStageOptions
+        {
+            OnCriuNotification = (n, _) =>
+            {
+                if (n.Script == "post-dump")
+                {
+                    // criu holds the tree (frozen through the freezer, seized); stop it there.
+                    stateAtPostDump = FreezerState;
+                    worker = Workload.TracerOf(pid);
+                    Assert.That(worker, Is.Not.Zero, "criu holds the tree at post-dump");
+                    Assert.That(Syscall.kill(worker, Signum.SIGSTOP), Is.Zero);
+                }
+
+                return ValueTask.CompletedTask;
+            },
+        };
+
+        var result = await RebootlessPipelines.Rehearsal(dump).Build().ExecuteAsync(context).WaitAsync(TimeSpan.FromMinutes(2));
+
+        var t = result.Targets[0];
+        TestContext.Out.WriteLine($"freezer at post-dump: {stateAtPostDump}; {result.Outcome} at {result.FailedStage}: {result.Error}; {t.Target}: {t.Phase} {t.Error}");
+        Assert.Multiple(() =>
+        {
+            Assert.That(result.Outcome, Is.EqualTo(UpdateOutcome.RolledBack));
+            Assert.That(result.Error, Does.Contain("timed out after 3 s"));
+            Assert.That(t.Phase, Is.EqualTo(TargetPhase.Resumed), "running in place");
+            Assert.That(Directory.Exists($"/proc/{worker}"), Is.False, "criu was killed");
+            Assert.That(FreezerState, Is.EqualTo("THAWED"));
+            Assert.That(Procs(), Does.Contain(pid));
+        });
+        Workload.WaitFor(() => Workload.IsFree(pid) ? 1 : 0, "the cgroup's workload to be untraced and running");
+        var before = w.ReadCounter();
+        Workload.WaitFor(() => w.ReadCounter() > before + 2 ? 1 : 0, "the cgroup's workload to count on after the watchdog");
+    }
 }

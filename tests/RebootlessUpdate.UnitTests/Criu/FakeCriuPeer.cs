@@ -18,9 +18,10 @@ internal sealed partial class FakeCriuPeer : IDisposable
     private FakeCriuPeer(SeqpacketSocket peer) => _peer = peer;
 
     /// <summary>A client whose every connection is a new pair; <paramref name="onConnect"/> receives the peer for each.</summary>
-    public static CriuClient Client(Func<FakeCriuPeer, Task> script, List<Task>? scripts = null, List<IReadOnlyCollection<int>>? inherited = null)
+    public static CriuClient Client(Func<FakeCriuPeer, Task> script, List<Task>? scripts = null, List<IReadOnlyCollection<int>>? inherited = null,
+        CriuClientOptions? options = null)
     {
-        return new CriuClient(new CriuClientOptions(), inheritFds =>
+        return new CriuClient(options ?? new CriuClientOptions(), inheritFds =>
         {
             inherited?.Add(inheritFds);
             var (ours, theirs) = SeqpacketSocket.CreatePair();
