@@ -426,6 +426,15 @@ internal sealed class CleanupStage(CleanupStageOptions options) : IUpdateStage
     public async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
     {
         var store = context.RequireStore();
+        if (context.Mode == UpdateMode.Resume)
+        {
+            // A killed lazy restore leaves its daemon waiting forever for a tree that is gone: recovery stops it through its pid file.
+            foreach (var stopped in await LazyPagesDaemons.StopOrphansAsync(store.RootDirectory).ConfigureAwait(false))
+            {
+                context.ReportProgress(Name, $"stopped {stopped.Describe()}");
+            }
+        }
+
         if (context.Mode == UpdateMode.Rehearse && options.DeleteRehearsalSet && context.SetId is { } id)
         {
             if (await LazyPagesDeliveredAsync(context, cancellationToken).ConfigureAwait(false))
@@ -443,9 +452,17 @@ internal sealed class CleanupStage(CleanupStageOptions options) : IUpdateStage
             // A crash before the jump, recovered: every workload runs again, the images have no further use.
             store.DeleteSet(rolledBack);
         }
-        else if (context.Mode == UpdateMode.Resume && !context.NothingToDo && options.KeepSealedSets is { } keep)
+
+        if (context.StoreLock is not null && !context.NothingToDo)
         {
-            store.ApplyRetention(keep);
+            // Under the lock: no other run can be between creating its set and its journal, or restoring.
+            // Sealed sets are pruned after a resume only (a rehearsal kept with --keep is the operator's).
+            var policy = new RetentionPolicy(context.Mode == UpdateMode.Resume ? options.KeepSealedSets : null, options.KeepJournals, options.OrphanGracePeriod);
+            var pruned = await StoreRetention.ApplyAsync(store, policy, context.TimeProvider).ConfigureAwait(false);
+            if (!pruned.IsEmpty)
+            {
+                context.ReportProgress(Name, pruned.Describe());
+            }
         }
 
         context.ReleaseLock();
