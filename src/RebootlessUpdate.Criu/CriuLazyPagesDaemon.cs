@@ -279,7 +279,9 @@ public sealed partial class CriuLazyPagesDaemon : IAsyncDisposable
         {
             if (CriuArguments(pid) is { } args && StartTimeOf(pid) is { } start)
             {
-                found.Add(new RunningLazyPagesDaemon(pid, start, WorkDirectoryOf(args), HoldsUserfaultfd(pid)));
+                // Anyone can run a process whose command line claims a folder: only our own user's is taken at its word.
+                var ours = Syscall.stat($"/proc/{pid.ToString(CultureInfo.InvariantCulture)}", out var st) == 0 && st.st_uid == Syscall.geteuid();
+                found.Add(new RunningLazyPagesDaemon(pid, start, ours ? WorkDirectoryOf(args) : null, HoldsUserfaultfd(pid)));
             }
         }
 
@@ -438,6 +440,6 @@ public sealed partial class CriuLazyPagesDaemon : IAsyncDisposable
 /// <summary>A <c>criu lazy-pages</c> daemon found running on this host.</summary>
 /// <param name="Pid">Its pid.</param>
 /// <param name="StartTime">Its start time (clock ticks since boot): tells it from a later process with the same pid.</param>
-/// <param name="WorkDirectory">The work folder its command line names (absolute), where its pid file lies; null when it names none.</param>
+/// <param name="WorkDirectory">The work folder its command line names (absolute), where its pid file lies; null when it names none, or runs as another user.</param>
 /// <param name="HoldsUserfaultfd">True once a lazy restore handed it a tree's memory (it holds a userfaultfd).</param>
 internal sealed record RunningLazyPagesDaemon(int Pid, ulong StartTime, string? WorkDirectory, bool HoldsUserfaultfd);

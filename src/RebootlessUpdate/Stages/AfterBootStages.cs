@@ -429,9 +429,16 @@ internal sealed class CleanupStage(CleanupStageOptions options) : IUpdateStage
         if (context.Mode == UpdateMode.Resume)
         {
             // A killed lazy restore leaves its daemon waiting forever for a tree that is gone: recovery stops it through its pid file.
-            foreach (var stopped in await LazyPagesDaemons.StopOrphansAsync(store.RootDirectory).ConfigureAwait(false))
+            try
             {
-                context.ReportProgress(Name, $"stopped {stopped.Describe()}");
+                foreach (var stopped in await LazyPagesDaemons.StopOrphansAsync(store.RootDirectory).ConfigureAwait(false))
+                {
+                    context.ReportProgress(Name, $"stopped {stopped.Describe()}");
+                }
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                context.ReportProgress(Name, $"could not stop orphaned lazy-pages daemons (the next resume tries again): {e.Message}");
             }
         }
 
@@ -458,10 +465,18 @@ internal sealed class CleanupStage(CleanupStageOptions options) : IUpdateStage
             // Under the lock: no other run can be between creating its set and its journal, or restoring.
             // Sealed sets are pruned after a resume only (a rehearsal kept with --keep is the operator's).
             var policy = new RetentionPolicy(context.Mode == UpdateMode.Resume ? options.KeepSealedSets : null, options.KeepJournals, options.OrphanGracePeriod);
-            var pruned = await StoreRetention.ApplyAsync(store, policy, context.TimeProvider).ConfigureAwait(false);
-            if (!pruned.IsEmpty)
+            try
             {
-                context.ReportProgress(Name, pruned.Describe());
+                var pruned = await StoreRetention.ApplyAsync(store, policy, context.TimeProvider).ConfigureAwait(false);
+                if (!pruned.IsEmpty)
+                {
+                    context.ReportProgress(Name, pruned.Describe());
+                }
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or ImageStoreException)
+            {
+                // Pruning is housekeeping: it never turns a run whose workloads run again into a failure.
+                context.ReportProgress(Name, $"retention stopped early (the next run tries again): {e.Message}");
             }
         }
 

@@ -176,3 +176,60 @@ public class StoreRetentionTests
         });
     }
 }
+
+/// <summary>The Cleanup stage applies retention under the store lock, after a resume and after a rehearsal.</summary>
+public class CleanupRetentionTests
+{
+    private StoreFixture _f = null!;
+
+    [SetUp]
+    public void SetUp() => _f = new StoreFixture();
+
+    [TearDown]
+    public void TearDown() => _f.Dispose();
+
+    private async Task<string> Finished()
+    {
+        _f.Clock.Now = _f.Clock.Now.AddHours(1);
+        var set = await _f.SealedSet();
+        UpdateJournal.Create(_f.Store.RootDirectory, set.Id, UpdateMode.Update,
+            [new JournalTarget { Id = "pid:4242", Folder = "00-pid-4242", Settings = new TargetCriuSettings() }], _f.Clock).Transition(JournalState.Resumed);
+        return set.Id;
+    }
+
+    private async Task Cleanup(UpdateMode mode, bool locked = true)
+    {
+        var context = new UpdateContext(mode, []) { Store = _f.Store, TimeProvider = _f.Clock };
+        if (locked)
+        {
+            context.StoreLock = _f.Store.AcquireLock();
+        }
+
+        await new CleanupStage(new CleanupStageOptions { KeepSealedSets = 1, KeepJournals = 1, DeleteRehearsalSet = false }).ExecuteAsync(context, CancellationToken.None);
+        Assert.That(context.StoreLock, Is.Null, "the lock is released");
+    }
+
+    [Test]
+    public async Task After_a_resume_old_sets_and_journals_go()
+    {
+        var ids = new[] { await Finished(), await Finished(), await Finished() };
+
+        await Cleanup(UpdateMode.Resume);
+
+        Assert.That(_f.Store.ListSets().Select(s => s.SetId), Is.EqualTo(new[] { ids[2] }));
+        Assert.That(UpdateJournal.List(_f.Store.RootDirectory).Select(j => j.SetId), Is.EqualTo(new[] { ids[2] }));
+    }
+
+    [Test]
+    public async Task After_a_rehearsal_sealed_sets_stay_with_their_journals_and_without_the_lock_nothing_is_pruned()
+    {
+        var ids = new[] { await Finished(), await Finished(), await Finished() };
+
+        await Cleanup(UpdateMode.Resume, locked: false);
+        Assert.That(UpdateJournal.List(_f.Store.RootDirectory), Has.Count.EqualTo(3), "no pruning without the store lock");
+
+        await Cleanup(UpdateMode.Rehearse);
+        Assert.That(_f.Store.ListSets().Select(s => s.SetId), Is.EqualTo(ids), "a rehearsal leaves sealed sets to the operator");
+        Assert.That(UpdateJournal.List(_f.Store.RootDirectory), Has.Count.EqualTo(3), "a kept set keeps its journal");
+    }
+}
