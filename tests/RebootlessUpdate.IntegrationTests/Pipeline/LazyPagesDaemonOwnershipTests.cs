@@ -4,6 +4,7 @@ using System.Text.Json.Nodes;
 using Mono.Unix.Native;
 using RebootlessUpdate.Criu;
 using RebootlessUpdate.Pipeline;
+using RebootlessUpdate.Stages;
 using RebootlessUpdate.TestSupport;
 
 namespace RebootlessUpdate.IntegrationTests.Pipeline;
@@ -117,7 +118,6 @@ public class LazyPagesDaemonOwnershipTests
         // Another run on the host (another store, so the interrupted journal does not stop it) is not held up by the orphan.
         var other = Directory.CreateDirectory(Path.Combine(_dir, "other-store")).FullName;
         using var shell = Workload.Start(Path.Combine(_dir, "shell"));
-        var stale = Path.Combine(UpdateJournal.LogDirectoryOf(other, "20200101T000000Z-deadbeef"), "00-pid-1");
         var plan = Tool("rehearse", "--pid", Pid(shell.RootPid), "--store", other, "--criu", _testbed.Criu);
         TestContext.Out.WriteLine($"--- rehearse elsewhere\n{plan}");
         Assert.Multiple(() =>
@@ -184,13 +184,52 @@ public class LazyPagesDaemonOwnershipTests
         // Once its tree is gone it serves nothing: the next plan goes ahead and resume stops it.
         _ = Syscall.kill(workload.RootPid, Signum.SIGKILL); // the restored workload this test started
         Workload.WaitFor(() => Workload.IsRunning(target.RestoredPid!.Value) ? 0 : 1, "the restored workload to end");
+        // Retention through the tool, by the way: a logs folder no journal accounts for, older than the grace period, goes.
+        var stale = Directory.CreateDirectory(Path.Combine(UpdateJournal.LogDirectoryOf(other, "20200101T000000Z-deadbeef"), "00-pid-1")).FullName;
+        await File.WriteAllTextAsync(Path.Combine(stale, "dump.log"), "left by a run whose journal is gone");
         var planned = Tool("rehearse", "--pid", Pid(shell.RootPid), "--store", other, "--criu", _testbed.Criu);
         Assert.That(planned.ExitCode, Is.Zero, planned.ToString());
         shell.RootPid = RehearsedPid(other);
-        Assert.That(planned.Error, Does.Contain("is gone"));
+        Assert.That(planned.Error, Does.Contain("is gone").And.Contain("retention deleted 0 set(s), 0 journal(s), 1 logs folder(s)"));
+        Assert.That(Directory.Exists(Path.GetDirectoryName(stale)), Is.False);
+        Assert.That(Directory.Exists(UpdateJournal.LogDirectoryOf(other, UpdateJournal.List(other).Single().SetId)), Is.True, "the run's own logs stay");
         var recovered = Tool("resume", "--store", store, "--criu", _testbed.Criu);
         Assert.That(recovered.ExitCode, Is.Zero, recovered.ToString());
         Workload.WaitFor(() => daemon.HasExited ? 1 : 0, "resume to stop the daemon whose tree is gone");
+    }
+
+    [Test]
+    public async Task A_daemon_a_lazy_restore_reached_holds_the_trees_userfaultfd_and_one_waiting_holds_none()
+    {
+        var client = new CriuClient(new CriuClientOptions { CriuPath = _testbed.Criu });
+        if (!(await client.CheckFeaturesAsync()).LazyPages)
+        {
+            Testbed.Missing("userfaultfd lazy pages on this kernel");
+        }
+
+        var workload = Track(Workload.StartProgram(Path.Combine(_dir, "app"), 256));
+        var images = Directory.CreateDirectory(Path.Combine(_dir, "images")).FullName;
+        var work = Directory.CreateDirectory(Path.Combine(_dir, "work")).FullName;
+        await client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, WorkDirectory = work, Pid = workload.RootPid });
+        Workload.WaitFor(() => workload.IsAlive ? 0 : 1, "the dumped tree to be gone");
+        var daemon = await client.StartLazyPagesDaemonAsync(new CriuLazyPagesOptions { ImagesDirectory = images, WorkDirectory = work });
+        _daemons.Add(daemon);
+
+        var waiting = CriuLazyPagesDaemon.FindRunningDaemons().Single(d => d.Pid == daemon.Pid);
+        var restore = await client.RestoreAsync(new CriuRestoreOptions { ImagesDirectory = images, WorkDirectory = work, LazyPages = true });
+        workload.RootPid = restore.Pid;
+        var serving = CriuLazyPagesDaemon.FindRunningDaemons().SingleOrDefault(d => d.Pid == daemon.Pid);
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(waiting, Is.EqualTo(new RunningLazyPagesDaemon(daemon.Pid, daemon.StartTime, work, HoldsUserfaultfd: false)));
+            Assert.That(LazyPagesDaemons.Judge(waiting).BlocksCheckpoint, Is.False, "serves no tree (and no set)");
+            Assert.That(serving, Is.Not.Null, "256 MiB take a while to deliver");
+            Assert.That(serving?.HoldsUserfaultfd, Is.True, "the restore handed it the tree's memory");
+            Assert.That(serving is null || LazyPagesDaemons.Judge(serving).BlocksCheckpoint, Is.True, "a tree of no set still blocks while served");
+        });
+        Assert.That(workload.Check(), Does.StartWith("ok"));
+        await daemon.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(60));
     }
 
     /// <summary>Writes <paramref name="daemonPid"/> into the journal as the lazy-pages daemon of its (only) restored target.</summary>
