@@ -1,5 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Runtime.InteropServices;
+using Mono.Unix.Native;
 
 namespace RebootlessUpdate.Criu;
 
@@ -67,7 +69,7 @@ public sealed record CriuLazyPagesOptions
 /// Start it before <see cref="CriuClient.RestoreAsync"/> with
 /// <see cref="CriuRestoreOptions.LazyPages"/> and the same work folder.
 /// </summary>
-public sealed class CriuLazyPagesDaemon : IAsyncDisposable
+public sealed partial class CriuLazyPagesDaemon : IAsyncDisposable
 {
     /// <summary>The socket's name in the work folder (CRIU's).</summary>
     public const string SocketName = "lazy-pages.socket";
@@ -119,6 +121,13 @@ public sealed class CriuLazyPagesDaemon : IAsyncDisposable
         var socket = Path.Combine(work, SocketName);
         var pidFile = Path.Combine(work, PidFileName);
         var logFile = Path.Combine(work, lazy.LogFile);
+        if (Find(work) is { } previous)
+        {
+            // Left by an earlier restore of this folder (its caller was killed): a new restore means the tree it
+            // was for does not run, and once its pid file is replaced nothing could ever find it again.
+            await previous.DisposeAsync().ConfigureAwait(false);
+        }
+
         File.Delete(socket);
         File.Delete(pidFile);
         var psi = new ProcessStartInfo(options.ResolveCriuPath())
@@ -190,10 +199,7 @@ public sealed class CriuLazyPagesDaemon : IAsyncDisposable
     /// <summary>Stops the daemon if it still runs (a lazily restored tree then faults on pages not yet copied).</summary>
     public async ValueTask DisposeAsync()
     {
-        if (!HasExited)
-        {
-            _ = Mono.Unix.Native.Syscall.kill(Pid, Mono.Unix.Native.Signum.SIGKILL);
-        }
+        _ = Kill(Pid, StartTime);
 
         for (var i = 0; i < 250 && !HasExited; i++)
         {
@@ -203,26 +209,169 @@ public sealed class CriuLazyPagesDaemon : IAsyncDisposable
 
     private static string Excerpt(string logFile) => string.Join("\n  ", CriuRequestFailedException.ExcerptLog(logFile));
 
-    private static int? ReadPid(string pidFile)
+    /// <summary>
+    /// The pid a pid file names, or null. Read without following a symlink and without blocking (a FIFO planted in
+    /// its place must not hang the caller): only a small regular file counts.
+    /// </summary>
+    private static unsafe int? ReadPid(string pidFile)
     {
-        try
-        {
-            return int.TryParse(File.ReadAllText(pidFile).Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out var pid) && pid > 0 ? pid : null;
-        }
-        catch (IOException)
+        var fd = Syscall.open(pidFile, OpenFlags.O_RDONLY | OpenFlags.O_NOFOLLOW | OpenFlags.O_NONBLOCK | OpenFlags.O_CLOEXEC);
+        if (fd < 0)
         {
             return null;
+        }
+
+        try
+        {
+            if (Syscall.fstat(fd, out var st) != 0 || (st.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFREG || st.st_size > 32)
+            {
+                return null;
+            }
+
+            var buffer = stackalloc byte[32];
+            var n = Syscall.read(fd, buffer, 32);
+            var text = n > 0 ? System.Text.Encoding.ASCII.GetString(buffer, (int)n).Trim() : string.Empty;
+            return int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var pid) && pid > 0 ? pid : null;
+        }
+        finally
+        {
+            _ = Syscall.close(fd);
         }
     }
 
     /// <summary>A daemon that got forked but was not judged ready is ours to stop.</summary>
     private static void StopFromPidFile(string pidFile)
     {
-        if (ReadPid(pidFile) is { } pid && StartTimeOf(pid) is not null && IsCriu(pid))
+        if (ReadPid(pidFile) is { } pid && StartTimeOf(pid) is { } start && IsCriu(pid))
         {
-            _ = Mono.Unix.Native.Syscall.kill(pid, Mono.Unix.Native.Signum.SIGKILL);
+            _ = Kill(pid, start);
         }
     }
+
+    /// <summary>
+    /// The daemon whose pid file lies in <paramref name="workDirectory"/>, while it still runs there: the pid file
+    /// names a live <c>criu lazy-pages</c> whose command line names this very work folder. A pid file can outlive
+    /// its daemon and name a stranger, or another daemon's folder: then null.
+    /// </summary>
+    internal static CriuLazyPagesDaemon? Find(string workDirectory)
+    {
+        var work = Normalize(workDirectory);
+        if (ReadPid(Path.Combine(work, PidFileName)) is not { } pid || StartTimeOf(pid) is not { } start)
+        {
+            return null;
+        }
+
+        var args = CriuArguments(pid);
+        return args is not null && args.Contains("lazy-pages", StringComparer.Ordinal) && WorkDirectoryOf(args) == work
+            && StartTimeOf(pid) == start // the command line read belongs to the same process
+            ? new CriuLazyPagesDaemon(pid, start, work, Path.Combine(work, "lazy-pages.log"))
+            : null;
+    }
+
+    /// <summary>
+    /// Every <c>criu lazy-pages</c> daemon running on this host, with the work folder its command line names
+    /// (that folder holds its pid file; the pipeline puts it in the set's logs folder, so it tells whose it is).
+    /// </summary>
+    internal static IReadOnlyList<RunningLazyPagesDaemon> FindRunningDaemons()
+    {
+        var found = new List<RunningLazyPagesDaemon>();
+        foreach (var pid in FindRunning())
+        {
+            if (CriuArguments(pid) is { } args && StartTimeOf(pid) is { } start)
+            {
+                // Anyone can run a process whose command line claims a folder: only our own user's is taken at its word.
+                var ours = Syscall.stat($"/proc/{pid.ToString(CultureInfo.InvariantCulture)}", out var st) == 0 && st.st_uid == Syscall.geteuid();
+                found.Add(new RunningLazyPagesDaemon(pid, start, ours ? WorkDirectoryOf(args) : null, HoldsUserfaultfd(pid)));
+            }
+        }
+
+        return found;
+    }
+
+    /// <summary>
+    /// True when <paramref name="pid"/> holds a userfaultfd: a lazy restore reached its daemon and handed over the
+    /// tree's memory. A daemon holding none serves no tree (it still waits for a restore to connect).
+    /// </summary>
+    private static bool HoldsUserfaultfd(int pid)
+    {
+        try
+        {
+            foreach (var fd in Directory.EnumerateFileSystemEntries($"/proc/{pid.ToString(CultureInfo.InvariantCulture)}/fd"))
+            {
+                if (new FileInfo(fd).LinkTarget is "anon_inode:[userfaultfd]")
+                {
+                    return true;
+                }
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // Gone meanwhile, or not readable: it serves nothing we could tell.
+        }
+
+        return false;
+    }
+
+    /// <summary>The work folder (<c>-W</c>/<c>--work-dir</c>) in criu's arguments, absolute and normalised; null when none or relative.</summary>
+    private static string? WorkDirectoryOf(string[] args)
+    {
+        for (var i = 0; i < args.Length; i++)
+        {
+            var value = args[i] is "-W" or "--work-dir" && i + 1 < args.Length ? args[i + 1]
+                : args[i].StartsWith("--work-dir=", StringComparison.Ordinal) ? args[i]["--work-dir=".Length..]
+                : null;
+            if (value is not null)
+            {
+                return Path.IsPathFullyQualified(value) ? Normalize(value) : null;
+            }
+        }
+
+        return null;
+    }
+
+    private static string Normalize(string path) => Path.TrimEndingDirectorySeparator(Path.GetFullPath(path));
+
+    /// <summary>
+    /// SIGKILLs the process <paramref name="pid"/> only while it is the one that started at <paramref name="startTime"/>:
+    /// through a pidfd, which pins the process, so the signal cannot reach a later process that reused the pid.
+    /// </summary>
+    private static bool Kill(int pid, ulong startTime)
+    {
+        var pidfd = -1;
+        try
+        {
+            pidfd = PidfdOpen(pid, 0);
+        }
+        catch (EntryPointNotFoundException)
+        {
+            // A libc older than 2.36: fall back to kill after the identity check below.
+        }
+
+        try
+        {
+            if (StartTimeOf(pid) != startTime)
+            {
+                return false;
+            }
+
+            return pidfd >= 0
+                ? PidfdSendSignal(pidfd, (int)Signum.SIGKILL, 0, 0) == 0
+                : Syscall.kill(pid, Signum.SIGKILL) == 0;
+        }
+        finally
+        {
+            if (pidfd >= 0)
+            {
+                _ = Syscall.close(pidfd);
+            }
+        }
+    }
+
+    [LibraryImport("libc", EntryPoint = "pidfd_open", SetLastError = true)]
+    private static partial int PidfdOpen(int pid, uint flags);
+
+    [LibraryImport("libc", EntryPoint = "pidfd_send_signal", SetLastError = true)]
+    private static partial int PidfdSendSignal(int pidfd, int signal, nint info, uint flags);
 
     /// <summary>
     /// Pids of every <c>criu lazy-pages</c> daemon running on this host. While one runs, the tree it serves
@@ -287,3 +436,10 @@ public sealed class CriuLazyPagesDaemon : IAsyncDisposable
             : ulong.TryParse(fields[19], NumberStyles.None, CultureInfo.InvariantCulture, out var start) ? start : null;
     }
 }
+
+/// <summary>A <c>criu lazy-pages</c> daemon found running on this host.</summary>
+/// <param name="Pid">Its pid.</param>
+/// <param name="StartTime">Its start time (clock ticks since boot): tells it from a later process with the same pid.</param>
+/// <param name="WorkDirectory">The work folder its command line names (absolute), where its pid file lies; null when it names none, or runs as another user.</param>
+/// <param name="HoldsUserfaultfd">True once a lazy restore handed it a tree's memory (it holds a userfaultfd).</param>
+internal sealed record RunningLazyPagesDaemon(int Pid, ulong StartTime, string? WorkDirectory, bool HoldsUserfaultfd);

@@ -513,6 +513,22 @@ internal sealed class CleanupStage(CleanupStageOptions options) : IUpdateStage
     public async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
     {
         var store = context.RequireStore();
+        if (context.Mode == UpdateMode.Resume)
+        {
+            // A killed lazy restore leaves its daemon waiting forever for a tree that is gone: recovery stops it through its pid file.
+            try
+            {
+                foreach (var stopped in await LazyPagesDaemons.StopOrphansAsync(store.RootDirectory).ConfigureAwait(false))
+                {
+                    context.ReportProgress(Name, $"stopped {stopped.Describe()}");
+                }
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                context.ReportProgress(Name, $"could not stop orphaned lazy-pages daemons (the next resume tries again): {e.Message}");
+            }
+        }
+
         if (context.Mode == UpdateMode.Rehearse && options.DeleteRehearsalSet && context.SetId is { } id)
         {
             if (await LazyPagesDeliveredAsync(context, cancellationToken).ConfigureAwait(false))
@@ -530,9 +546,25 @@ internal sealed class CleanupStage(CleanupStageOptions options) : IUpdateStage
             // A crash before the jump, recovered: every workload runs again, the images have no further use.
             store.DeleteSet(rolledBack);
         }
-        else if (context.Mode == UpdateMode.Resume && !context.NothingToDo && options.KeepSealedSets is { } keep)
+
+        if (context.StoreLock is not null && !context.NothingToDo)
         {
-            store.ApplyRetention(keep);
+            // Under the lock: no other run can be between creating its set and its journal, or restoring.
+            // Sealed sets are pruned after a resume only (a rehearsal kept with --keep is the operator's).
+            var policy = new RetentionPolicy(context.Mode == UpdateMode.Resume ? options.KeepSealedSets : null, options.KeepJournals, options.OrphanGracePeriod);
+            try
+            {
+                var pruned = await StoreRetention.ApplyAsync(store, policy, context.TimeProvider).ConfigureAwait(false);
+                if (!pruned.IsEmpty)
+                {
+                    context.ReportProgress(Name, pruned.Describe());
+                }
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or ImageStoreException)
+            {
+                // Pruning is housekeeping: it never turns a run whose workloads run again into a failure.
+                context.ReportProgress(Name, $"retention stopped early (the next run tries again): {e.Message}");
+            }
         }
 
         // The lock is released by the pipeline once the run's last journal record is durable.

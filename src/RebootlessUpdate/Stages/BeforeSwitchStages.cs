@@ -35,11 +35,18 @@ internal sealed class PlanStage(bool checkCapacity = true) : IUpdateStage
             throw new ArgumentException("nothing to checkpoint: name at least one target.");
         }
 
-        if (Criu.CriuLazyPagesDaemon.FindRunning() is [var daemon, ..])
+        var daemons = LazyPagesDaemons.Judge();
+        if (daemons.FirstOrDefault(d => d.BlocksCheckpoint) is { } serving)
         {
             // A lazily restored tree is missing the pages its daemon has not delivered yet: a dump now would lose them.
-            throw new InvalidOperationException($"criu lazy-pages (pid {daemon}) is still delivering the memory of a lazily restored workload; "
-                + "a checkpoint now could miss the pages it has not delivered. Wait until it exits (it does once every page is in) and try again; nothing was frozen.");
+            throw new InvalidOperationException($"{serving.Describe()}; a checkpoint now could miss the pages it has not delivered. "
+                + "Wait until it exits (it does once every page is in) and try again; nothing was frozen.");
+        }
+
+        foreach (var orphan in daemons.Where(d => d.Role == LazyPagesDaemonRole.Orphan))
+        {
+            // Left by a killed lazy restore: it serves nothing, so it does not hold this run up; its store's resume stops it.
+            context.ReportProgress(Name, $"{orphan.Describe()}; it does not hold this run up (`rebootless resume --store {orphan.StoreRoot}` stops it)");
         }
 
         foreach (var t in context.Targets)

@@ -150,8 +150,22 @@ public sealed record CleanupStageOptions
     /// <summary>Delete a successful rehearsal's set (its images have no further use). Default true.</summary>
     public bool DeleteRehearsalSet { get; init; } = true;
 
-    /// <summary>Sealed sets to keep after a resume (older ones are deleted). Default 2; null keeps all.</summary>
+    /// <summary>
+    /// Sealed sets to keep after a resume (older ones are deleted, never one an unfinished run needs). Default 2; null keeps all.
+    /// </summary>
     public int? KeepSealedSets { get; init; } = 2;
+
+    /// <summary>
+    /// Journals of finished runs (resumed or rolled back) to keep, newest first; older ones are deleted with their
+    /// logs folders once their set is gone. A <c>Failed</c> or unreadable journal is never deleted. Default 10; null keeps all.
+    /// </summary>
+    public int? KeepJournals { get; init; } = 10;
+
+    /// <summary>
+    /// A set or logs folder that no journal accounts for (a crash between creating a set and its journal, or a
+    /// retention pass cut short) is deleted once older than this. Default one day.
+    /// </summary>
+    public TimeSpan OrphanGracePeriod { get; init; } = TimeSpan.FromDays(1);
 
     /// <summary>
     /// A rehearsal restored lazily: how long to wait for the lazy-pages daemons to deliver every page
@@ -165,6 +179,16 @@ public sealed record CleanupStageOptions
         if (LazyPagesWait < TimeSpan.Zero)
         {
             throw new ArgumentException($"LazyPagesWait must not be negative, not {LazyPagesWait}.");
+        }
+
+        if (KeepSealedSets < 0 || KeepJournals < 0)
+        {
+            throw new ArgumentException($"KeepSealedSets and KeepJournals must not be negative, not {KeepSealedSets} and {KeepJournals}.");
+        }
+
+        if (OrphanGracePeriod < TimeSpan.Zero)
+        {
+            throw new ArgumentException($"OrphanGracePeriod must not be negative, not {OrphanGracePeriod}.");
         }
     }
 }
