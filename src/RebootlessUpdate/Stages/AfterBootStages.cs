@@ -151,6 +151,12 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
                 {
                     run.RestoredPid = null;
                     run.RestoredStartTime = null;
+                    if (context.Store is { } store && context.SetId is { } setId
+                        && await LazyPagesDaemons.StopForAsync(Path.Combine(UpdateJournal.LogDirectoryOf(store.RootDirectory, setId), jt.Folder)).ConfigureAwait(false) is { } daemon)
+                    {
+                        // Started for the interrupted restore; nothing of that tree runs, so it serves nobody.
+                        PipelineLog.TargetEvent(context.Logger, jt.Id, $"stopped lazy-pages daemon {daemon} of the interrupted restore");
+                    }
                 }
 
                 PipelineLog.TargetEvent(context.Logger, jt.Id, outcome == InterruptedRestore.Outcome.Running

@@ -90,7 +90,9 @@ internal static class LazyPagesDaemons
 
         if (target.Phase == TargetPhase.Restored && target.LazyPagesDaemonPid == daemon.Pid)
         {
-            return target.RestoredPid is { } pid && ProcessIdentity.Of(pid) is not null
+            // The restored root by pid and start time (an older journal has no start time: by pid alone).
+            return target.RestoredPid is { } pid
+                && (target.RestoredStartTime is { } start ? new ProcessIdentity(pid, start).IsAlive : ProcessIdentity.Of(pid) is not null)
                 ? Verdict(LazyPagesDaemonRole.Serving, $"still delivers the memory of {target.Id}, restored lazily as pid {pid}")
                 : Verdict(LazyPagesDaemonRole.Orphan, $"serves nothing: the tree of {target.Id} it served (pid {target.RestoredPid}) is gone");
         }
