@@ -31,6 +31,12 @@ public enum TargetPhase
 
     /// <summary>Something failed; see the error.</summary>
     Failed,
+
+    /// <summary>
+    /// It ran again after its checkpoint (restored, or resumed in place) and has exited since: its images are older
+    /// than what it did, so it is never restored from them again. Needs an operator, like <see cref="Failed"/>.
+    /// </summary>
+    Ended,
 }
 
 /// <summary>One target in a run: its state, timings and CRIU statistics.</summary>

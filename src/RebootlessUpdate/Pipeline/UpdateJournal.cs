@@ -474,6 +474,11 @@ public sealed class UpdateJournal
     {
         lock (_lock)
         {
+            if (Record.State is JournalState.Resumed or JournalState.RolledBack or JournalState.Abandoned)
+            {
+                return; // finished before the failure (e.g. in Cleanup): what it recorded of the workloads stays true
+            }
+
             var next = Record with
             {
                 State = state,
@@ -538,7 +543,8 @@ public sealed class UpdateJournal
             ImageBytes = run.Bytes ?? t.ImageBytes,
             RestoreTime = run.RestoreTime ?? t.RestoreTime,
             // Only a restored target's daemon serves anything (one of a restore in flight or refused is stopped).
-            LazyPagesDaemonPid = run.Phase == TargetPhase.Restored ? run.LazyPagesDaemonPid ?? t.LazyPagesDaemonPid : null,
+            // (and of one being restored: if the run dies after CRIU let the tree run, the next one adopts tree and daemon).
+            LazyPagesDaemonPid = run.Phase is TargetPhase.Restored or TargetPhase.Restoring ? run.LazyPagesDaemonPid ?? t.LazyPagesDaemonPid : null,
             Error = run.Error,
             RootPid = run.Original?.Pid ?? t.RootPid,
             RootStartTime = run.Original?.StartTime ?? t.RootStartTime,

@@ -145,7 +145,7 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
                     InterruptedRestore.Outcome.NotRunning => (TargetPhase.Dumped, null),
                     _ => (TargetPhase.Restoring, $"an interrupted restore is still under way after {options.InterruptedRestoreWait.TotalSeconds:0} s "
                         + $"(process(es) {string.Join(", ", holders)} hold its images {run.ImagesDirectory}); not restored a second time: "
-                        + "run `rebootless resume` again once they have ended"),
+                        + $"run `rebootless resume --set {context.SetId}` once they have ended"),
                 };
                 if (outcome == InterruptedRestore.Outcome.NotRunning)
                 {
@@ -156,7 +156,15 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
                     {
                         // Started for the interrupted restore; nothing of that tree runs, so it serves nobody.
                         PipelineLog.TargetEvent(context.Logger, jt.Id, $"stopped lazy-pages daemon {daemon} of the interrupted restore");
+                        context.ReportProgress(Name, $"stopped criu lazy-pages (pid {daemon}): the interrupted restore it served left nothing running", jt.Id);
                     }
+                }
+
+                if (outcome == InterruptedRestore.Outcome.Running && context.Store is { } own && context.SetId is { } ownSet)
+                {
+                    // A lazily restored tree still gets pages from the daemon started for it: it is this tree's, not an orphan.
+                    run.LazyPagesDaemon = Criu.CriuLazyPagesDaemon.Find(Path.Combine(UpdateJournal.LogDirectoryOf(own.RootDirectory, ownSet), jt.Folder));
+                    run.LazyPages = run.LazyPagesDaemon is not null;
                 }
 
                 PipelineLog.TargetEvent(context.Logger, jt.Id, outcome == InterruptedRestore.Outcome.Running
@@ -168,16 +176,26 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
                 run.Phase = TargetPhase.Restored; // restored by an earlier, interrupted run (an older journal has no start time)
                 return;
             case TargetPhase.Restored:
+            case TargetPhase.Failed when jt.RestoredPid is not null:
                 // It ran after its restore and has ended since: its images are older than what it did, so restoring them
                 // again would be a second life, not a recovery.
-                run.Phase = TargetPhase.Failed;
+                run.Phase = TargetPhase.Ended;
                 run.Error = $"it was restored as pid {jt.RestoredPid} and has exited since; not restored a second time (its images are kept in {run.ImagesDirectory})";
+                return;
+            case TargetPhase.Ended:
+                run.Error = jt.Error;
                 return;
         }
 
         if (context.SameBoot && run.Original is { IsAlive: true })
         {
             run.Phase = TargetPhase.Resumed; // never ended: a crash before the jump let it run on
+        }
+        else if (jt.Phase == TargetPhase.Resumed)
+        {
+            // It ran on in place after a rollback and has ended since: its checkpoint is older than what it did.
+            run.Phase = TargetPhase.Ended;
+            run.Error = $"it ran on in place (pid {jt.RootPid}) after the rollback and has exited since; not restored from the older checkpoint";
         }
         else if (jt.Phase is TargetPhase.Frozen or TargetPhase.Dumped or TargetPhase.Failed)
         {
@@ -253,7 +271,8 @@ internal sealed class VerifyStage(VerifyStageOptions options) : IUpdateStage
             return;
         }
 
-        if (context.Mode == UpdateMode.Resume && context.SameBoot && store.ListSets().Any(s => s.SetId == context.SetId && s.IsNeverSealed))
+        if (context.Mode == UpdateMode.Resume && context.SameBoot && store.ListSets().Any(s => s.SetId == context.SetId && s.IsNeverSealed)
+            && !context.RequireJournal().Record.History.Any(h => h.State == JournalState.Sealed))
         {
             // A crash before sealing, on this very boot: the images are this boot's own; CRIU checks them as it reads.
             // Only a set that positively never began sealing: one whose manifest was deleted (it keeps its seal mark),
@@ -516,7 +535,25 @@ internal sealed class CleanupStage(CleanupStageOptions options) : IUpdateStage
 {
     public string Name => "Cleanup";
 
+    /// <summary>
+    /// Never fails the run: it comes after the journal recorded how the run ended, and a failure here (a set that will
+    /// not delete, a stray file in the store) must not turn a resume that put every workload back into a failed one.
+    /// What it could not do, the next run's Cleanup does.
+    /// </summary>
     public async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await CleanAsync(context, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            PipelineLog.TargetWarning(context.Logger, context.SetId ?? "?", "cleanup did not finish: " + e.Message);
+            context.SkipStage($"cleanup did not finish (the next run tries again): {e.Message}");
+        }
+    }
+
+    private async Task CleanAsync(UpdateContext context, CancellationToken cancellationToken)
     {
         var store = context.RequireStore();
         if (context.Mode == UpdateMode.Resume)

@@ -1,4 +1,5 @@
 using System.Globalization;
+using Mono.Unix.Native;
 using RebootlessUpdate.Criu;
 using RebootlessUpdate.Pipeline;
 using RebootlessUpdate.Targets;
@@ -44,7 +45,7 @@ internal static class InterruptedRestore
                 return (Outcome.StillRestoring, holders);
             }
 
-            await Task.Delay(20, cancellationToken).ConfigureAwait(false);
+            await Task.Delay(100, cancellationToken).ConfigureAwait(false); // a scan reads every descriptor on the host
         }
 
         return (t.RestoredRoot is { IsAlive: true } ? Outcome.Running : Outcome.NotRunning, []);
@@ -53,11 +54,17 @@ internal static class InterruptedRestore
     /// <summary>
     /// Every process (but this one and lazy-pages daemons, which serve pages of a restored tree) with an open
     /// descriptor on <paramref name="directory"/>: CRIU keeps its images folder open while it restores, and so
-    /// do the tasks it forks until they take over.
+    /// do the tasks it forks until they take over. Compared by device and inode, so a store reached through a
+    /// symbolic link (whose descriptors show the resolved path) is still recognised.
     /// </summary>
     internal static IReadOnlyList<int> Holders(string directory)
     {
-        var full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(directory));
+        if (Syscall.stat(directory, out var folder) != 0)
+        {
+            return []; // gone: nobody restores from it
+        }
+
+        var name = Path.GetFileName(Path.TrimEndingDirectorySeparator(directory));
         var daemons = CriuLazyPagesDaemon.FindRunning();
         var found = new List<int>();
         foreach (var dir in Directory.EnumerateDirectories("/proc"))
@@ -91,7 +98,9 @@ internal static class InterruptedRestore
                     continue;
                 }
 
-                if (target == full)
+                // The name first (cheap), then the very folder: stat follows the descriptor's link to the object itself.
+                if (target is not null && target.EndsWith("/" + name, StringComparison.Ordinal)
+                    && Syscall.stat(fd, out var st) == 0 && st.st_dev == folder.st_dev && st.st_ino == folder.st_ino)
                 {
                     found.Add(pid);
                     break;

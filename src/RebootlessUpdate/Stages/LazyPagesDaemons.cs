@@ -72,7 +72,7 @@ internal static class LazyPagesDaemons
         {
             journal = UpdateJournal.Open(root, setId)?.Record;
         }
-        catch (Exception e) when (e is InvalidDataException or IOException or UnauthorizedAccessException)
+        catch (Exception e) when (e is InvalidDataException or IOException or UnauthorizedAccessException or ArgumentException or JournalException)
         {
             return Verdict(LazyPagesDaemonRole.Undecided, $"cannot be judged: its set's journal is unreadable ({e.Message})");
         }
@@ -88,6 +88,7 @@ internal static class LazyPagesDaemons
             return Verdict(LazyPagesDaemonRole.Orphan, "serves nothing: its set's journal has no target in that folder");
         }
 
+        // By the pid the journal records (kept from the restoring record, so a tree adopted after an interrupted restore keeps its daemon).
         if (target.Phase == TargetPhase.Restored && target.LazyPagesDaemonPid == daemon.Pid)
         {
             // The restored root by pid and start time (an older journal has no start time: by pid alone).
@@ -97,12 +98,13 @@ internal static class LazyPagesDaemons
                 : Verdict(LazyPagesDaemonRole.Orphan, $"serves nothing: the tree of {target.Id} it served (pid {target.RestoredPid}) is gone");
         }
 
-        if (target.Phase is TargetPhase.Restored or TargetPhase.Failed or TargetPhase.Resumed)
+        if (target.Phase is TargetPhase.Restored or TargetPhase.Failed or TargetPhase.Resumed or TargetPhase.Ended)
         {
             return Verdict(LazyPagesDaemonRole.Orphan, target.Phase switch
             {
                 TargetPhase.Restored => $"serves nothing: {target.Id} was restored without it",
                 TargetPhase.Failed => $"serves nothing: {target.Id} failed or was refused",
+                TargetPhase.Ended => $"serves nothing: {target.Id} ran and has exited since",
                 _ => $"serves nothing: {target.Id} ran on in place (rolled back)",
             });
         }

@@ -142,34 +142,12 @@ internal static class StoreRetention
     /// ended with that boot). <c>Failed</c> is never finished: it needs an operator and its images.
     /// </summary>
     internal static bool IsFinished(JournalRecord record, string bootId) =>
-        record.State is JournalState.Resumed or JournalState.RolledBack
+        record.State is JournalState.Resumed or JournalState.RolledBack or JournalState.Abandoned
         || (record.State != JournalState.Failed && record.Mode == UpdateMode.Rehearse && record.BootId != bootId);
 
     /// <summary>Every journal file by set id; null for one that cannot be read (it is kept, with its run).</summary>
-    private static Dictionary<string, JournalRecord?> ReadJournals(string root)
-    {
-        var result = new Dictionary<string, JournalRecord?>(StringComparer.Ordinal);
-        var dir = UpdateJournal.DirectoryOf(root);
-        if (!Directory.Exists(dir))
-        {
-            return result;
-        }
-
-        foreach (var file in Directory.EnumerateFiles(dir, "*.json"))
-        {
-            var id = Path.GetFileNameWithoutExtension(file);
-            try
-            {
-                result[id] = UpdateJournal.Open(root, id)?.Record;
-            }
-            catch (Exception e) when (e is InvalidDataException or IOException or UnauthorizedAccessException)
-            {
-                result[id] = null;
-            }
-        }
-
-        return result;
-    }
+    private static Dictionary<string, JournalRecord?> ReadJournals(string root) =>
+        UpdateJournal.Scan(root).ToDictionary(j => j.SetId, j => j.Record, StringComparer.Ordinal);
 
     /// <summary>The creation time a set id begins with (<c>yyyyMMddTHHmmssZ-…</c>); null when it is no set id.</summary>
     private static DateTimeOffset? CreatedAt(string setId) =>

@@ -273,7 +273,7 @@ internal static class TargetOperations
         var stillRestoring = t.Phase == TargetPhase.Restoring;
         t.Phase = stillRestoring ? TargetPhase.Restoring : TargetPhase.Failed;
         t.Error = $"rollback restore failed: {last!.Message}; "
-            + (stillRestoring ? "a CRIU still holds its images, so it was not asked again; run `rebootless resume` once it has ended" : $"the images are kept in {t.ImagesDirectory}");
+            + (stillRestoring ? "a CRIU still holds its images, so it was not asked again; run `rebootless resume --set {context.SetId}` once it has ended" : $"the images are kept in {t.ImagesDirectory}");
     }
 
     private static bool HasImages(TargetRun t) =>

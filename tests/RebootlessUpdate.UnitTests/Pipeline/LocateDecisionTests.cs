@@ -138,12 +138,34 @@ public class LocateDecisionTests
         Assert.That(run.Phase, Is.EqualTo(TargetPhase.Restored));
     }
 
-    [Test]
-    public async Task Restored_whose_tree_has_exited_is_not_restored_a_second_time()
+    [TestCase(TargetPhase.Restored)]
+    [TestCase(TargetPhase.Failed)]
+    [TestCase(TargetPhase.Ended)]
+    public async Task A_target_whose_restored_tree_has_exited_is_not_restored_a_second_time_even_on_a_retry(TargetPhase journaled)
     {
-        var run = await DecideAsync(Target(TargetPhase.Restored, restored: Exited()));
-        Assert.That(run.Phase, Is.EqualTo(TargetPhase.Failed));
+        // Failed with a restored root: what an older run wrote for such a target; Ended: what the first look at it wrote.
+        var run = await DecideAsync(Target(journaled, restored: Exited()) with { Error = "it was restored as pid 9 and has exited since; not restored a second time" });
+        Assert.That(run.Phase, Is.EqualTo(TargetPhase.Ended));
         Assert.That(run.Error, Does.Contain("not restored a second time"));
+    }
+
+    [Test]
+    public async Task Restoring_through_a_symbolic_link_to_the_store_still_sees_a_process_holding_its_images()
+    {
+        var folder = Path.Combine(_images, "00-pid-5");
+        Directory.CreateDirectory(folder);
+        var link = _images + "-link";
+        File.CreateSymbolicLink(link, _images);
+        try
+        {
+            Running($"exec 3<'{folder}'; sleep 60");
+            await Task.Delay(200);
+            Assert.That(InterruptedRestore.Holders(Path.Combine(link, "00-pid-5")), Is.Not.Empty, "the descriptor shows the resolved path");
+        }
+        finally
+        {
+            File.Delete(link);
+        }
     }
 
     [Test]
@@ -162,13 +184,20 @@ public class LocateDecisionTests
         Assert.That(run.Phase, Is.EqualTo(TargetPhase.Dumped));
     }
 
-    [TestCase(TargetPhase.Planned)]
-    [TestCase(TargetPhase.Resumed)]
-    public async Task No_completed_dump_and_the_original_gone_needs_an_operator(TargetPhase phase)
+    [Test]
+    public async Task No_completed_dump_and_the_original_gone_needs_an_operator()
     {
-        var run = await DecideAsync(Target(phase, original: Exited()), sameBoot: true);
+        var run = await DecideAsync(Target(TargetPhase.Planned, original: Exited()), sameBoot: true);
         Assert.That(run.Phase, Is.EqualTo(TargetPhase.Failed));
         Assert.That(run.Error, Does.Contain("no completed dump"));
+    }
+
+    [Test]
+    public async Task Rolled_back_in_place_and_exited_since_is_not_restored_from_the_older_checkpoint()
+    {
+        var run = await DecideAsync(Target(TargetPhase.Resumed, original: Exited()), sameBoot: true);
+        Assert.That(run.Phase, Is.EqualTo(TargetPhase.Ended));
+        Assert.That(run.Error, Does.Contain("not restored from the older checkpoint"));
     }
 
     [Test]
