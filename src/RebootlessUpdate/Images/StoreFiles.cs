@@ -22,11 +22,14 @@ internal static class StoreFiles
     /// <summary>
     /// Opens <paramref name="path"/> with O_NOFOLLOW|O_NONBLOCK|O_NOCTTY (so a FIFO or tty
     /// neither blocks nor becomes ours), fstats the handle and refuses anything but a
-    /// regular file.
+    /// regular file; with <paramref name="ownOnly"/> also one that is not ours (see
+    /// <see cref="CheckOwn"/>). Every check is made on the opened handle, so what is
+    /// checked is what is read, whatever is swapped in at the path meanwhile.
     /// </summary>
     /// <exception cref="NotARegularFileException">The path is a link, FIFO, socket, device or folder.</exception>
+    /// <exception cref="UntrustedFileException">With <paramref name="ownOnly"/>: another user's file, or one its group or others may write.</exception>
     /// <exception cref="IOException">open failed otherwise (the message names the path and errno).</exception>
-    internal static SafeFileHandle OpenRegular(string path, int flags = Libc.ORdOnly, int mode = 0)
+    internal static SafeFileHandle OpenRegular(string path, int flags = Libc.ORdOnly, int mode = 0, bool ownOnly = false)
     {
         SafeFileHandle handle;
         try
@@ -38,20 +41,40 @@ internal static class StoreFiles
             throw new NotARegularFileException(path, FilePermissions.S_IFLNK);
         }
 
-        var type = Syscall.fstat((int)handle.DangerousGetHandle(), out var st) == 0 ? st.st_mode & FilePermissions.S_IFMT : 0;
-        if (type != FilePermissions.S_IFREG)
+        try
+        {
+            var fstat = FStat(handle, out var st);
+            var type = fstat == 0 ? st.st_mode & FilePermissions.S_IFMT : 0;
+            if (type != FilePermissions.S_IFREG)
+            {
+                throw new NotARegularFileException(path, type);
+            }
+
+            if (ownOnly && CheckOwn(st) is { } why)
+            {
+                throw new UntrustedFileException(path, why);
+            }
+
+            return handle;
+        }
+        catch
         {
             handle.Dispose();
-            throw new NotARegularFileException(path, type);
+            throw;
         }
-
-        return handle;
     }
 
-    /// <summary>Reads a whole regular file opened with <see cref="OpenRegular"/>; refuses one larger than <paramref name="maxBytes"/>.</summary>
-    internal static byte[] ReadRegular(string path, long maxBytes)
+    /// <summary>
+    /// Reads a whole regular file opened with <see cref="OpenRegular"/> (with <paramref name="ownOnly"/>
+    /// only one of ours); refuses one larger than <paramref name="maxBytes"/> unread, and one that
+    /// shrinks while it is read.
+    /// </summary>
+    /// <exception cref="NotARegularFileException">The path is a link, FIFO, socket, device or folder.</exception>
+    /// <exception cref="UntrustedFileException">With <paramref name="ownOnly"/>: another user's file, or one its group or others may write.</exception>
+    /// <exception cref="IOException">It cannot be opened or read, is too large or shrank (the message names the path).</exception>
+    internal static byte[] ReadRegular(string path, long maxBytes, bool ownOnly = false)
     {
-        using var handle = OpenRegular(path);
+        using var handle = OpenRegular(path, ownOnly: ownOnly);
         var length = RandomAccess.GetLength(handle);
         if (length > maxBytes)
         {
@@ -60,13 +83,51 @@ internal static class StoreFiles
 
         var buffer = new byte[length];
         var read = 0;
-        int n;
-        while (read < buffer.Length && (n = RandomAccess.Read(handle, buffer.AsSpan(read), read)) > 0)
+        while (read < buffer.Length)
         {
+            var n = RandomAccess.Read(handle, buffer.AsSpan(read), read);
+            if (n == 0)
+            {
+                throw new IOException($"{path} shrank while it was read ({read} of {buffer.Length} bytes)");
+            }
+
             read += n;
         }
 
-        return read == buffer.Length ? buffer : buffer[..read];
+        return buffer;
+    }
+
+    /// <summary>
+    /// Null when <paramref name="st"/> (of a file or folder) is ours: owned by the user running
+    /// rebootless and not writable by its group or others. Otherwise why not, as a phrase
+    /// ("belongs to uid 65534, ...").
+    /// </summary>
+    internal static string? CheckOwn(in Stat st)
+    {
+        var euid = Syscall.geteuid();
+        if (st.st_uid != euid)
+        {
+            return $"belongs to uid {st.st_uid}, not to uid {euid} that runs rebootless";
+        }
+
+        return (st.st_mode & WritableByOthers) != 0 ? $"is writable by {WhoMayWrite(st.st_mode)} (mode {Octal(st.st_mode)})" : null;
+    }
+
+    private static int FStat(SafeFileHandle handle, out Stat st)
+    {
+        var added = false;
+        try
+        {
+            handle.DangerousAddRef(ref added);
+            return Syscall.fstat((int)handle.DangerousGetHandle(), out st);
+        }
+        finally
+        {
+            if (added)
+            {
+                handle.DangerousRelease();
+            }
+        }
     }
 
     /// <summary>The type of <paramref name="path"/> itself (not following a link), or null when it does not exist.</summary>
@@ -108,13 +169,8 @@ internal static class StoreFiles
             return $"is a {Describe(type)}, not a folder";
         }
 
-        var euid = Syscall.geteuid();
-        if (st.st_uid != euid)
-        {
-            return $"belongs to uid {st.st_uid}, not to uid {euid} that runs rebootless";
-        }
-
-        return !anyMode && (st.st_mode & WritableByOthers) != 0 ? $"is writable by {WhoMayWrite(st.st_mode)} (mode {Octal(st.st_mode)})" : null;
+        // A folder about to be chmod'ed is judged by its owner alone.
+        return CheckOwn(anyMode ? st with { st_mode = st.st_mode & ~WritableByOthers } : st);
     }
 
     /// <summary>
@@ -270,4 +326,13 @@ internal sealed class NotARegularFileException : IOException
 
     /// <summary>What it is instead ("named pipe").</summary>
     internal string Kind { get; }
+}
+
+/// <summary>A file in the store that must be ours is not: another user's, or one its group or others may write.</summary>
+internal sealed class UntrustedFileException : IOException
+{
+    internal UntrustedFileException(string path, string why)
+        : base($"{path} {why}")
+    {
+    }
 }

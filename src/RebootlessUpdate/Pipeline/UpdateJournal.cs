@@ -1,6 +1,5 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
-using Microsoft.Win32.SafeHandles;
 using Mono.Unix.Native;
 using RebootlessUpdate.Images;
 using RebootlessUpdate.Images.Interop;
@@ -748,108 +747,30 @@ public sealed class UpdateJournal
         return null;
     }
 
+    /// <summary>
+    /// The bytes of a journal file: a regular file (no link followed, a FIFO never blocks), ours, not
+    /// writable by group or others, at most <see cref="MaxBytes"/>, read whole.
+    /// </summary>
+    /// <exception cref="InvalidDataException">The file cannot be read or trusted; the message says why.</exception>
     private static byte[] ReadPlainFile(string path)
     {
-        if (Syscall.lstat(path, out var seen) != 0)
-        {
-            throw new InvalidDataException($"{path} cannot be examined: {Stdlib.strerror(Stdlib.GetLastError())}");
-        }
-
-        if (Untrusted(seen) is { } before)
-        {
-            throw new InvalidDataException($"{path} {before}");
-        }
-
-        SafeFileHandle handle;
         try
         {
-            // No link is followed and a FIFO swapped in since the lstat cannot block the open.
-            handle = Libc.Open(path, Libc.ORdOnly | Libc.ONoFollow | Libc.ONonBlock);
+            return StoreFiles.ReadRegular(path, MaxBytes, ownOnly: true);
+        }
+        catch (NotARegularFileException e)
+        {
+            throw new InvalidDataException($"{e.Message}; a journal is read only from the plain file the tool wrote", e);
+        }
+        catch (UntrustedFileException e)
+        {
+            throw new InvalidDataException($"{e.Message}; a journal is read only from a file of the user running the update "
+                + "that is not writable by group or others: move it away and check the store", e);
         }
         catch (IOException e)
         {
-            throw new InvalidDataException($"{path} cannot be opened: {e.Message}", e);
+            throw new InvalidDataException(e.Message, e);
         }
-
-        using (handle)
-        {
-            var added = false;
-            Stat st;
-            int rc;
-            try
-            {
-                handle.DangerousAddRef(ref added);
-                rc = Syscall.fstat((int)handle.DangerousGetHandle(), out st);
-            }
-            finally
-            {
-                if (added)
-                {
-                    handle.DangerousRelease();
-                }
-            }
-
-            if (rc != 0)
-            {
-                throw new InvalidDataException($"{path}: fstat failed: {Stdlib.strerror(Stdlib.GetLastError())}");
-            }
-
-            if (st.st_dev != seen.st_dev || st.st_ino != seen.st_ino)
-            {
-                throw new InvalidDataException($"{path} was replaced while it was opened");
-            }
-
-            if (Untrusted(st) is { } now)
-            {
-                throw new InvalidDataException($"{path} {now}");
-            }
-
-            var bytes = new byte[st.st_size];
-            var read = 0;
-            while (read < bytes.Length)
-            {
-                var n = RandomAccess.Read(handle, bytes.AsSpan(read), read);
-                if (n == 0)
-                {
-                    throw new InvalidDataException($"{path} shrank while it was read ({read} of {bytes.Length} bytes)");
-                }
-
-                read += n;
-            }
-
-            return bytes;
-        }
-    }
-
-    /// <summary>Why a file with <paramref name="st"/> is not read as a journal, or null.</summary>
-    private static string? Untrusted(Stat st)
-    {
-        var type = st.st_mode & FilePermissions.S_IFMT;
-        if (type != FilePermissions.S_IFREG)
-        {
-            var kind = type switch
-            {
-                FilePermissions.S_IFLNK => "a symbolic link",
-                FilePermissions.S_IFIFO => "a named pipe (FIFO)",
-                FilePermissions.S_IFDIR => "a folder",
-                FilePermissions.S_IFSOCK => "a socket",
-                FilePermissions.S_IFCHR or FilePermissions.S_IFBLK => "a device",
-                _ => "a special file",
-            };
-            return $"is {kind}, not a regular file; a journal is read only from the plain file the tool wrote";
-        }
-
-        if (st.st_uid != Syscall.geteuid())
-        {
-            return $"belongs to uid {st.st_uid}, not to this process (uid {Syscall.geteuid()})";
-        }
-
-        if ((st.st_mode & (FilePermissions.S_IWGRP | FilePermissions.S_IWOTH)) != 0)
-        {
-            return $"is writable by group or others (mode {Convert.ToString((int)(st.st_mode & (FilePermissions)0xFFF), 8)})";
-        }
-
-        return st.st_size > MaxBytes ? $"is {st.st_size} bytes, more than the {MaxBytes} a journal may have" : null;
     }
 }
 

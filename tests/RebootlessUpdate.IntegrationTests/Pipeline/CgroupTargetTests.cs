@@ -94,8 +94,7 @@ public class CgroupTargetTests
     [Test]
     public void A_tool_killed_while_criu_holds_the_cgroup_frozen_is_recovered_by_resume_and_the_cgroup_is_thawed()
     {
-        var config = Path.GetFileName(Path.GetDirectoryName(Path.GetDirectoryName(typeof(CgroupTargetTests).Assembly.Location))!);
-        var tool = Path.Combine(Testbed.RepositoryRoot, "src", "RebootlessUpdate.Cli", "bin", config, "net10.0", "rebootless.dll");
+        var tool = BuiltTool.Path;
         var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
         var w = StartInCgroup();
         var pid = w.RootPid;

@@ -116,8 +116,7 @@ public class ContainerTests
     [Test]
     public void The_tool_rehearses_a_container_by_id_and_refuses_an_unknown_one_with_exit_6()
     {
-        var config = Path.GetFileName(Path.GetDirectoryName(Path.GetDirectoryName(typeof(ContainerTests).Assembly.Location))!);
-        var tool = Path.Combine(Testbed.RepositoryRoot, "src", "RebootlessUpdate.Cli", "bin", config, "net10.0", "rebootless.dll");
+        var tool = BuiltTool.Path;
         var data = StartContainer();
         var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
 

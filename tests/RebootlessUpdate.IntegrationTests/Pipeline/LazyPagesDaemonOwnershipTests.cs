@@ -28,12 +28,7 @@ public class LazyPagesDaemonOwnershipTests
         _testbed = Testbed.Require();
         Testbed.RequireRoot();
         _dir = Directory.CreateTempSubdirectory("rebootless-daemons-it-").FullName;
-        var config = Path.GetFileName(Path.GetDirectoryName(Path.GetDirectoryName(typeof(LazyPagesDaemonOwnershipTests).Assembly.Location))!);
-        _tool = Path.Combine(Testbed.RepositoryRoot, "src", "RebootlessUpdate.Cli", "bin", config, "net10.0", "rebootless.dll");
-        if (!File.Exists(_tool))
-        {
-            Testbed.Missing($"the tool is not built at {_tool}: run dotnet build RebootlessUpdate.sln");
-        }
+        _tool = BuiltTool.Path;
     }
 
     [TearDown]

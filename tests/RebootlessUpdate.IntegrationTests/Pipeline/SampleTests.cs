@@ -34,8 +34,7 @@ public partial class SampleTests
 
     private static string Sample(string name)
     {
-        var config = Path.GetFileName(Path.GetDirectoryName(Path.GetDirectoryName(typeof(SampleTests).Assembly.Location))!);
-        var dll = Path.Combine(Testbed.RepositoryRoot, "samples", name, "bin", config, "net10.0", name + ".dll");
+        var dll = Path.Combine(Testbed.RepositoryRoot, "samples", name, "bin", BuiltTool.Configuration, "net10.0", name + ".dll");
         if (!File.Exists(dll))
         {
             Testbed.Missing($"the sample is not built at {dll}: run dotnet build RebootlessUpdate.sln");

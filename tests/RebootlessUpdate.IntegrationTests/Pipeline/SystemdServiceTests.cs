@@ -37,12 +37,7 @@ public class SystemdServiceTests
         _testbed = Testbed.Require();
         Testbed.RequireRoot();
         _dir = Directory.CreateTempSubdirectory("rebootless-systemd-it-").FullName;
-        var config = Path.GetFileName(Path.GetDirectoryName(Path.GetDirectoryName(typeof(SystemdServiceTests).Assembly.Location))!);
-        _tool = Path.Combine(Testbed.RepositoryRoot, "src", "RebootlessUpdate.Cli", "bin", config, "net10.0", "rebootless.dll");
-        if (!File.Exists(_tool))
-        {
-            Testbed.Missing($"the tool is not built at {_tool}: run dotnet build RebootlessUpdate.sln");
-        }
+        _tool = BuiltTool.Path;
 
         _systemd = PrivateSystemd.Start(Path.Combine(_dir, "systemd"), new Dictionary<string, string>
         {
