@@ -360,8 +360,13 @@ internal static class TargetOperations
         {
             // Nothing of the tree runs (CRIU killed what it had restored) unless it passed post-restore and only
             // the answer was lost (a broken connection, a watchdog): then it runs, and it is the one copy.
-            var (outcome, _) = await InterruptedRestore.SettleAsync(t, imagesDirectory, StageDefaults.InterruptedRestoreWait,
-                context.TimeProvider, CancellationToken.None).ConfigureAwait(false);
+            // CRIU answered with a failure: it is done with the tree (it killed what it restored before answering), so only
+            // the recorded root tells. Otherwise (the connection broke, the watchdog or a cancellation killed the worker)
+            // the outcome is unknown until no CRIU holds the images any more.
+            var outcome = e is CriuRequestFailedException
+                ? t.RestoredRoot is { IsAlive: true } ? InterruptedRestore.Outcome.Running : InterruptedRestore.Outcome.NotRunning
+                : (await InterruptedRestore.SettleAsync(t, imagesDirectory, StageDefaults.InterruptedRestoreWait,
+                    context.TimeProvider, CancellationToken.None).ConfigureAwait(false)).Outcome;
             if (outcome == InterruptedRestore.Outcome.Running && t.RestoredRoot is { } adopted)
             {
                 PipelineLog.TargetWarning(context.Logger, t.Target.Id,
