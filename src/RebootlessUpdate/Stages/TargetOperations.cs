@@ -294,10 +294,10 @@ internal static class TargetOperations
         var criu = context.RequireCriu();
         var work = WorkDirectory(context, t);
         var options = t.Settings!.ToRestore(imagesDirectory, work) with { LogFile = "restore.log" };
-        // Exactly once: the journal says "restoring" before CRIU gets the request (or its lazy-pages daemon starts), and names the restored root
-        // (pid and start time) before CRIU lets it run. A run that dies anywhere in between leaves enough for the
-        // next one to find the tree (InterruptedRestore) instead of restoring a second copy. A journal that cannot
-        // be written stops the restore here, before anything exists.
+        // Exactly once: the journal says "restoring" before CRIU gets the request (or its lazy-pages daemon starts),
+        // and names the restored root (pid and start time) before CRIU lets it run. A run that dies anywhere in
+        // between leaves enough for the next one to find the tree (InterruptedRestore) instead of restoring a second
+        // copy. A journal that cannot be written stops the restore here, before anything exists.
         var journal = context.Journal;
         var before = t.Phase;
         t.RestoredPid = null;
@@ -321,6 +321,7 @@ internal static class TargetOperations
             options = options with { LazyPages = true };
             t.LazyPages = true;
         }
+
         var pages = t.PendingPageVerification;
         options = options with
         {
@@ -346,7 +347,17 @@ internal static class TargetOperations
                     ?? throw new InvalidOperationException($"CRIU reported the restored root as pid {n.Pid}, which does not exist");
                 t.RestoredPid = root.Pid;
                 t.RestoredStartTime = root.StartTime;
-                journal?.UpdateTargets(context);
+                try
+                {
+                    journal?.UpdateTargets(context);
+                }
+                catch
+                {
+                    // Not durable, so the tree must not run: failing the notification makes CRIU kill it.
+                    t.RestoredPid = null;
+                    t.RestoredStartTime = null;
+                    throw;
+                }
             },
         };
 
@@ -358,11 +369,10 @@ internal static class TargetOperations
         }
         catch (Exception e)
         {
-            // Nothing of the tree runs (CRIU killed what it had restored) unless it passed post-restore and only
-            // the answer was lost (a broken connection, a watchdog): then it runs, and it is the one copy.
-            // CRIU answered with a failure: it is done with the tree (it killed what it restored before answering), so only
-            // the recorded root tells. Otherwise (the connection broke, the watchdog or a cancellation killed the worker)
-            // the outcome is unknown until no CRIU holds the images any more.
+            // Nothing of the tree runs (CRIU killed what it had restored) unless it passed post-restore and only the
+            // answer was lost: then it runs, and it is the one copy. When CRIU answered with a failure it is done with
+            // the tree, so the recorded root tells; otherwise (the connection broke, the watchdog or a cancellation
+            // killed the worker) the outcome is unknown until no CRIU holds the images any more.
             var outcome = e is CriuRequestFailedException
                 ? t.RestoredRoot is { IsAlive: true } ? InterruptedRestore.Outcome.Running : InterruptedRestore.Outcome.NotRunning
                 : (await InterruptedRestore.SettleAsync(t, imagesDirectory, StageDefaults.InterruptedRestoreWait,
