@@ -147,12 +147,15 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
                         + $"(process(es) {string.Join(", ", holders)} hold its images {run.ImagesDirectory}); not restored a second time: "
                         + $"run `rebootless resume --set {context.SetId}` once they have ended"),
                 };
+                // Its lazy-pages daemon, if one was started, keeps its pid file in the target's work folder.
+                var work = context.Store is { } store && context.SetId is { } setId
+                    ? Path.Combine(UpdateJournal.LogDirectoryOf(store.RootDirectory, setId), jt.Folder)
+                    : null;
                 if (outcome == InterruptedRestore.Outcome.NotRunning)
                 {
                     run.RestoredPid = null;
                     run.RestoredStartTime = null;
-                    if (context.Store is { } store && context.SetId is { } setId
-                        && await LazyPagesDaemons.StopForAsync(Path.Combine(UpdateJournal.LogDirectoryOf(store.RootDirectory, setId), jt.Folder)).ConfigureAwait(false) is { } daemon)
+                    if (work is not null && await LazyPagesDaemons.StopForAsync(work).ConfigureAwait(false) is { } daemon)
                     {
                         // Started for the interrupted restore; nothing of that tree runs, so it serves nobody.
                         PipelineLog.TargetEvent(context.Logger, jt.Id, $"stopped lazy-pages daemon {daemon} of the interrupted restore");
@@ -160,10 +163,10 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
                     }
                 }
 
-                if (outcome == InterruptedRestore.Outcome.Running && context.Store is { } own && context.SetId is { } ownSet)
+                if (outcome == InterruptedRestore.Outcome.Running && work is not null)
                 {
                     // A lazily restored tree still gets pages from the daemon started for it: it is this tree's, not an orphan.
-                    run.LazyPagesDaemon = Criu.CriuLazyPagesDaemon.Find(Path.Combine(UpdateJournal.LogDirectoryOf(own.RootDirectory, ownSet), jt.Folder));
+                    run.LazyPagesDaemon = Criu.CriuLazyPagesDaemon.Find(work);
                     run.LazyPages = run.LazyPagesDaemon is not null;
                 }
 

@@ -213,27 +213,11 @@ public class RandomKillTests
 
         public IReadOnlyList<int> Copies() => Workload.CopiesOf(App);
 
-        private static IEnumerable<int> LazyPagesDaemonsOf(string store)
-        {
-            foreach (var dir in Directory.GetDirectories("/proc"))
-            {
-                string cmdline;
-                try
-                {
-                    cmdline = File.ReadAllText(Path.Combine(dir, "cmdline"));
-                }
-                catch (IOException)
-                {
-                    continue;
-                }
-
-                if (cmdline.Contains("\0lazy-pages\0", StringComparison.Ordinal) && cmdline.Contains(store + "/", StringComparison.Ordinal)
-                    && int.TryParse(Path.GetFileName(dir), NumberStyles.None, CultureInfo.InvariantCulture, out var pid))
-                {
-                    yield return pid;
-                }
-            }
-        }
+        /// <summary>The lazy-pages daemons whose work folder lies in <paramref name="store"/> (the product's own daemon finder).</summary>
+        private static IEnumerable<int> LazyPagesDaemonsOf(string store) =>
+            Criu.CriuLazyPagesDaemon.FindRunningDaemons()
+                .Where(d => d.WorkDirectory?.StartsWith(store + "/", StringComparison.Ordinal) == true)
+                .Select(d => d.Pid);
 
         public void Dispose()
         {
@@ -253,7 +237,7 @@ public class RandomKillTests
             Workload.Dispose();
             Workload.WaitFor(() => Copies().Count == 0 ? 1 : 0, "the workload's copies to end", 15);
             // A lazy-pages daemon of this store's set serves nobody once its tree is gone; it would block the next plan.
-            // Found by its command line (criu lazy-pages -D <this store's images>), so nothing else is touched.
+            // Found by its work folder in this store, so nothing else is touched.
             foreach (var daemon in LazyPagesDaemonsOf(Store))
             {
                 Syscall.kill(daemon, Signum.SIGKILL);
