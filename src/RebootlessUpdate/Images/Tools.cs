@@ -1,58 +1,30 @@
-using System.ComponentModel;
-using System.Diagnostics;
-using System.Text;
+using RebootlessUpdate.Processes;
 
 namespace RebootlessUpdate.Images;
 
-/// <summary>Runs a system tool (mkfs.ext4, blkid) with a bound on time.</summary>
+/// <summary>Runs a system tool of the stores (mkfs.ext4, blkid, fusermount3, pramfs) and words its failures for the store.</summary>
 internal static class Tools
 {
+    /// <summary>
+    /// Runs the tool; its exit code and both outputs (stdout, then stderr). With <c>throwOnMissing</c> false, a tool
+    /// that cannot be started gives exit code -1 and no output.
+    /// </summary>
+    /// <exception cref="ImageStoreException">The tool cannot be started, or did not finish within the timeout (it was killed).</exception>
     internal static (int ExitCode, string Output) Run(string file, IEnumerable<string> args, TimeSpan timeout, bool throwOnMissing = true)
     {
-        var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in args)
-        {
-            psi.ArgumentList.Add(a);
-        }
-
-        Process? p;
+        var list = args.ToList();
+        ToolRun run;
         try
         {
-            p = Process.Start(psi);
+            run = ProcessRunner.Run(file, list, timeout);
         }
-        catch (Win32Exception e)
+        catch (ToolNotStartedException e)
         {
-            if (!throwOnMissing)
-            {
-                return (-1, string.Empty);
-            }
-
-            throw new ImageStoreException($"cannot run {file}: {e.Message}; install it (e2fsprogs / util-linux)", e);
+            return throwOnMissing ? throw new ImageStoreException($"{e.Message}; install it (e2fsprogs / util-linux)", e) : (-1, string.Empty);
         }
 
-        using (p)
-        {
-            if (p is null)
-            {
-                throw new ImageStoreException($"cannot run {file}");
-            }
-
-            var output = new StringBuilder();
-            p.OutputDataReceived += (_, e) => { if (e.Data is not null) { lock (output) { output.AppendLine(e.Data); } } };
-            p.ErrorDataReceived += (_, e) => { if (e.Data is not null) { lock (output) { output.AppendLine(e.Data); } } };
-            p.BeginOutputReadLine();
-            p.BeginErrorReadLine();
-            if (!p.WaitForExit(timeout))
-            {
-                p.Kill(entireProcessTree: true);
-                throw new ImageStoreException($"{file} {string.Join(' ', psi.ArgumentList)} did not finish within {timeout}; killed");
-            }
-
-            p.WaitForExit();
-            lock (output)
-            {
-                return (p.ExitCode, output.ToString());
-            }
-        }
+        return run.TimedOut
+            ? throw new ImageStoreException($"{file} {string.Join(' ', list)} did not finish within {timeout}; killed")
+            : (run.ExitCode, run.Stdout + run.Stderr);
     }
 }

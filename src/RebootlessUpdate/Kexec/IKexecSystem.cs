@@ -1,6 +1,6 @@
-using System.Diagnostics;
 using System.Text;
 using Microsoft.Win32.SafeHandles;
+using RebootlessUpdate.Processes;
 
 namespace RebootlessUpdate.Kexec;
 
@@ -74,49 +74,17 @@ internal sealed class LinuxKexecSystem : IKexecSystem
 
     public async Task<ToolResult> RunAsync(string file, IReadOnlyList<string> args, TimeSpan timeout, CancellationToken cancellationToken)
     {
-        var psi = new ProcessStartInfo(file)
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            RedirectStandardInput = true,
-            UseShellExecute = false,
-        };
-        foreach (var a in args)
-        {
-            psi.ArgumentList.Add(a);
-        }
-
-        Process process;
+        ToolRun run;
         try
         {
-            process = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {file}");
+            run = await ProcessRunner.RunAsync(file, args, timeout, cancellationToken).ConfigureAwait(false);
         }
-        catch (System.ComponentModel.Win32Exception e)
+        catch (ToolNotStartedException e)
         {
-            return new ToolResult(127, $"cannot run {file}: {e.Message}");
+            return new ToolResult(127, e.Message);
         }
 
-        using (process)
-        {
-            process.StandardInput.Close();
-            var stdout = process.StandardOutput.ReadToEndAsync(cancellationToken);
-            var stderr = process.StandardError.ReadToEndAsync(cancellationToken);
-            using var cts = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-            cts.CancelAfter(timeout);
-            try
-            {
-                await process.WaitForExitAsync(cts.Token).ConfigureAwait(false);
-            }
-            catch (OperationCanceledException)
-            {
-                process.Kill(entireProcessTree: true);
-                await process.WaitForExitAsync(CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(10), CancellationToken.None).ConfigureAwait(false);
-                cancellationToken.ThrowIfCancellationRequested();
-                return new ToolResult(124, $"{file} did not finish within {timeout} and was killed");
-            }
-
-            return new ToolResult(process.ExitCode, ((await stdout.ConfigureAwait(false)) + (await stderr.ConfigureAwait(false))).Trim());
-        }
+        return run.TimedOut ? new ToolResult(124, $"{file} did not finish within {timeout} and was killed") : new ToolResult(run.ExitCode, run.Output);
     }
 
     public void Sync() => _ = Mono.Unix.Native.Syscall.sync(); // sync(2) cannot fail

@@ -1,7 +1,7 @@
-using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using RebootlessUpdate.Criu;
+using RebootlessUpdate.Processes;
 
 namespace RebootlessUpdate.Targets;
 
@@ -57,50 +57,42 @@ internal sealed class ContainerTarget(string id, ContainerOptions options) : Upd
 
     private (int Pid, string Rootfs) State()
     {
-        var psi = new ProcessStartInfo(options.Runtime) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        var args = new List<string>();
         if (options.RuntimeRoot is { } root)
         {
-            psi.ArgumentList.Add("--root");
-            psi.ArgumentList.Add(root);
+            args.AddRange(["--root", root]);
         }
 
-        psi.ArgumentList.Add("state");
-        psi.ArgumentList.Add(id);
-        Process runtime;
+        args.AddRange(["state", id]);
+        ToolRun run;
         try
         {
-            runtime = Process.Start(psi) ?? throw new TargetNotFoundException(Id, $"could not start {options.Runtime}.");
+            run = ProcessRunner.Run(options.Runtime, args, options.StateTimeout);
         }
-        catch (System.ComponentModel.Win32Exception e)
+        catch (ToolNotStartedException e)
         {
-            throw new TargetNotFoundException(Id, $"the container runtime {options.Runtime} cannot be run ({e.Message}); install runc (or crun) or give its path.");
+            throw new TargetNotFoundException(Id, $"the container runtime {options.Runtime} cannot be run ({e.InnerException!.Message}); install runc (or crun) or give its path.");
         }
 
-        using (runtime)
+        if (run.TimedOut)
         {
-            var stdout = runtime.StandardOutput.ReadToEndAsync();
-            var stderr = runtime.StandardError.ReadToEndAsync();
-            if (!runtime.WaitForExit(options.StateTimeout))
-            {
-                runtime.Kill();
-                throw new TargetNotFoundException(Id, $"{options.Runtime} state {id} did not answer within {options.StateTimeout.TotalSeconds:0} s.");
-            }
-
-            if (runtime.ExitCode != 0)
-            {
-                throw new TargetNotFoundException(Id, $"{options.Runtime} does not know it ({stderr.Result.Trim()}); `{options.Runtime} list` shows the containers.");
-            }
-
-            using var json = JsonDocument.Parse(stdout.Result);
-            var status = json.RootElement.GetProperty("status").GetString();
-            if (status != "running")
-            {
-                throw new TargetNotFoundException(Id, $"it is {status}, not running; only a running container can be checkpointed.");
-            }
-
-            return (json.RootElement.GetProperty("pid").GetInt32(), json.RootElement.GetProperty("rootfs").GetString()
-                ?? throw new TargetNotFoundException(Id, $"{options.Runtime} state names no rootfs."));
+            throw new TargetNotFoundException(Id, $"{options.Runtime} state {id} did not answer within {options.StateTimeout.TotalSeconds:0} s.");
         }
+
+        if (run.ExitCode != 0)
+        {
+            throw new TargetNotFoundException(Id, $"{options.Runtime} does not know it ({run.Stderr.Trim()}); `{options.Runtime} list` shows the containers.");
+        }
+
+        using var json = JsonDocument.Parse(run.Stdout);
+        var status = json.RootElement.GetProperty("status").GetString();
+        if (status != "running")
+        {
+            throw new TargetNotFoundException(Id, $"it is {status}, not running; only a running container can be checkpointed.");
+        }
+
+        return (json.RootElement.GetProperty("pid").GetInt32(), json.RootElement.GetProperty("rootfs").GetString()
+            ?? throw new TargetNotFoundException(Id, $"{options.Runtime} state names no rootfs."));
     }
 
     /// <summary>

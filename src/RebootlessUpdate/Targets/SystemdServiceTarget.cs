@@ -1,7 +1,6 @@
-using System.ComponentModel;
-using System.Diagnostics;
 using System.Globalization;
 using System.Text.RegularExpressions;
+using RebootlessUpdate.Processes;
 
 namespace RebootlessUpdate.Targets;
 
@@ -95,45 +94,34 @@ internal sealed partial class SystemdServiceTarget(string unit, ProcessTreeOptio
     /// <summary>Runs <c>systemctl show</c> and returns its properties.</summary>
     private Dictionary<string, string> Show()
     {
-        var psi = new ProcessStartInfo(systemd.Systemctl) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        var args = new List<string>();
         if (systemd.UserManager)
         {
-            psi.ArgumentList.Add("--user");
+            args.Add("--user");
         }
 
-        foreach (var a in new[] { "show", "--no-pager", "-p", "Id", "-p", "LoadState", "-p", "ActiveState", "-p", "SubState", "-p", "MainPID", "-p", "ControlGroup", "--", Unit })
-        {
-            psi.ArgumentList.Add(a);
-        }
-
-        Process process;
+        args.AddRange(["show", "--no-pager", "-p", "Id", "-p", "LoadState", "-p", "ActiveState", "-p", "SubState", "-p", "MainPID", "-p", "ControlGroup", "--", Unit]);
+        ToolRun run;
         try
         {
-            process = Process.Start(psi) ?? throw new TargetNotFoundException(Id, $"could not start {systemd.Systemctl}.", TargetProblem.ManagerUnavailable);
+            run = ProcessRunner.Run(systemd.Systemctl, args, systemd.Timeout);
         }
-        catch (Win32Exception e)
+        catch (ToolNotStartedException e)
         {
-            throw new TargetNotFoundException(Id, $"{systemd.Systemctl} cannot be run ({e.Message}): systemd is not installed here; name the service's processes with --pid or --cgroup.", TargetProblem.ManagerUnavailable);
+            throw new TargetNotFoundException(Id, $"{systemd.Systemctl} cannot be run ({e.InnerException!.Message}): systemd is not installed here; name the service's processes with --pid or --cgroup.", TargetProblem.ManagerUnavailable);
         }
 
-        using (process)
+        if (run.TimedOut)
         {
-            var stdout = process.StandardOutput.ReadToEndAsync();
-            var stderr = process.StandardError.ReadToEndAsync();
-            if (!process.WaitForExit(systemd.Timeout))
-            {
-                process.Kill();
-                throw new TargetNotFoundException(Id, $"{Systemctl} show {Unit} did not answer within {systemd.Timeout.TotalSeconds:0} s; is systemd hung?", TargetProblem.ManagerUnavailable);
-            }
-
-            if (process.ExitCode != 0)
-            {
-                var why = stderr.Result.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).FirstOrDefault() ?? $"exit {process.ExitCode}";
-                throw new TargetNotFoundException(Id, $"systemd cannot be asked about {Unit} ({Systemctl}: {why}); systemd must be running{(systemd.UserManager ? " as this user's manager" : " as init")}.", TargetProblem.ManagerUnavailable);
-            }
-
-            return ParseProperties(stdout.Result);
+            throw new TargetNotFoundException(Id, $"{Systemctl} show {Unit} did not answer within {systemd.Timeout.TotalSeconds:0} s; is systemd hung?", TargetProblem.ManagerUnavailable);
         }
+
+        if (run.ExitCode != 0)
+        {
+            throw new TargetNotFoundException(Id, $"systemd cannot be asked about {Unit} ({Systemctl}: {run.FirstLine}); systemd must be running{(systemd.UserManager ? " as this user's manager" : " as init")}.", TargetProblem.ManagerUnavailable);
+        }
+
+        return ParseProperties(run.Stdout);
     }
 
     /// <summary>Parses <c>systemctl show</c>'s <c>Key=Value</c> lines.</summary>

@@ -1,6 +1,6 @@
-using System.ComponentModel;
 using System.Diagnostics;
 using System.Text;
+using RebootlessUpdate.Processes;
 
 namespace RebootlessUpdate.Images.PramFs;
 
@@ -129,20 +129,14 @@ internal sealed class PramFsDaemon
     /// <summary>Starts the daemon and returns once the mount is live (statfs sees FUSE at the mount point).</summary>
     internal static PramFsDaemon Start(string tool, string regions, string mountPoint, TimeSpan timeout, TimeProvider time)
     {
-        var psi = new ProcessStartInfo(tool) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
-        foreach (var a in new[] { "mount", "-f", regions, mountPoint })
-        {
-            psi.ArgumentList.Add(a);
-        }
-
         Process process;
         try
         {
-            process = Process.Start(psi) ?? throw new ImageStoreException($"cannot start {tool}");
+            process = ProcessRunner.Start(tool, ["mount", "-f", regions, mountPoint]);
         }
-        catch (Win32Exception e)
+        catch (ToolNotStartedException e)
         {
-            throw new ImageStoreException($"cannot start the PramFS daemon {tool}: {e.Message}", e);
+            throw new ImageStoreException($"cannot start the PramFS daemon {tool}: {e.InnerException!.Message}", e);
         }
 
         var daemon = new PramFsDaemon(process, mountPoint);
