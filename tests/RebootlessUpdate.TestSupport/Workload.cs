@@ -9,7 +9,7 @@ namespace RebootlessUpdate.TestSupport;
 /// subshell) in its own PID namespace and session, writing an increasing
 /// counter to a file. Started with <c>unshare --pid --fork setsid</c>, the way
 /// containers isolate PIDs, so it can be restored with its PIDs intact.
-/// Disposing kills only what this workload started, by pid.
+/// Disposing kills, by pid, what this workload started and every restored copy of it (its command line names its folder).
 /// </summary>
 public sealed class Workload : IDisposable
 {
@@ -231,6 +231,7 @@ public sealed class Workload : IDisposable
 
         return [.. result.Where(IsRunning)];
     }
+
     /// <summary>A field of /proc/PID/status (e.g. "State", "TracerPid"), or null when the process is gone.</summary>
     public static string? StatusField(int pid, string name)
     {
@@ -274,12 +275,15 @@ public sealed class Workload : IDisposable
         throw new TimeoutException($"timed out waiting for {what}");
     }
 
-    /// <summary>Kills the tree's root (and so its whole PID namespace) and the unshare helper.</summary>
+    /// <summary>
+    /// Kills the tree's root and every other running copy of this workload (a restore the test did not expect leaves
+    /// one; each is the init of its own PID namespace, so its whole tree ends), then the unshare helper.
+    /// </summary>
     public void Dispose()
     {
-        if (IsRunning(RootPid))
+        foreach (var pid in CopiesOf(Directory).Append(RootPid).Distinct().Where(IsRunning))
         {
-            Syscall.kill(RootPid, Signum.SIGKILL);
+            Syscall.kill(pid, Signum.SIGKILL);
         }
 
         if (!_unshare.HasExited)

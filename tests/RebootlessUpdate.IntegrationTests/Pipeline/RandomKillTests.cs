@@ -68,13 +68,33 @@ public class RandomKillTests
 
     private (TimeSpan Span, TimeSpan Restore) Calibrate(string kind)
     {
-        using var run = Start(kind, "calibrate");
-        var dumping = run.WaitForJournal(JournalState.Dumping);
-        var resuming = run.WaitForJournal(JournalState.Resuming);
-        run.Tool.WaitForExit(TimeSpan.FromMinutes(2));
-        var end = Stopwatch.GetTimestamp();
-        Assert.That(run.Tool.ExitCode, Is.Zero, "the calibration rehearsal succeeded: " + run.Errors);
-        return (Stopwatch.GetElapsedTime(dumping, end), Stopwatch.GetElapsedTime(resuming, end));
+        const int Attempts = 3;
+        for (var attempt = 1; ; attempt++)
+        {
+            using var run = Start(kind, $"calibrate{attempt}");
+            var dumping = run.WaitForJournal(JournalState.Dumping, failIfEnded: false);
+            var resuming = dumping is null ? null : run.WaitForJournal(JournalState.Resuming, failIfEnded: false);
+            // The restore window ends when CRIU let the tree run, not when the tool ends: the report and cleanup after it
+            // take longer than the restore of a small tree, and kills there would miss the window this test is about.
+            var restored = resuming is null ? null : run.WaitForRestored();
+            run.Tool.WaitForExit(TimeSpan.FromMinutes(2));
+            var end = Stopwatch.GetTimestamp();
+            if (run.Tool.ExitCode == 0 && dumping is { } d && resuming is { } r && restored is { } done)
+            {
+                return (Stopwatch.GetElapsedTime(d, end), Stopwatch.GetElapsedTime(r, done));
+            }
+
+            // The rehearsal failed by itself (seen: criu 4.1.1 cannot seize a short-lived child of the shell loop that the
+            // v1 freezer caught while it exited, "Unseizable non-zombie ... state D"): it must have rolled back, leaving
+            // the workload running once; then the calibration is tried again.
+            TestContext.Out.WriteLine($"calibration {attempt}: the rehearsal failed by itself (exit {run.Tool.ExitCode}):\n{run.Errors}");
+            Assert.Multiple(() =>
+            {
+                Assert.That(run.Tool.ExitCode, Is.EqualTo(1), "a failed rehearsal exits 1 (rolled back): " + run.Errors);
+                Assert.That(run.Copies(), Has.Count.EqualTo(1), "the failed rehearsal left exactly one copy running");
+            });
+            Assert.That(attempt, Is.LessThan(Attempts), $"the calibration rehearsal failed {Attempts} times: " + run.Errors);
+        }
     }
 
     /// <summary>One kill and its recovery; true when the run had finished before the kill.</summary>
@@ -171,13 +191,20 @@ public class RandomKillTests
         public long WaitForJournal(JournalState state) => WaitForJournal(state, failIfEnded: true)!.Value;
 
         /// <summary>As <see cref="WaitForJournal(JournalState)"/>; null when the tool ended before, unless <paramref name="failIfEnded"/>.</summary>
-        public long? WaitForJournal(JournalState state, bool failIfEnded)
+        public long? WaitForJournal(JournalState state, bool failIfEnded) =>
+            WaitForJournal(j => j.History.Any(h => h.State == state), state.ToString(), failIfEnded);
+
+        /// <summary>Waits until the journal shows every target restored (CRIU let the tree run); null when the tool ended before.</summary>
+        public long? WaitForRestored() =>
+            WaitForJournal(j => j.Targets.All(t => t.Phase == TargetPhase.Restored), "every target restored", failIfEnded: false);
+
+        private long? WaitForJournal(Func<JournalRecord, bool> reached, string what, bool failIfEnded)
         {
             var deadline = Stopwatch.StartNew();
             while (deadline.Elapsed < TimeSpan.FromMinutes(1))
             {
                 var journal = UpdateJournal.List(Store).SingleOrDefault();
-                if (journal is not null && journal.History.Any(h => h.State == state))
+                if (journal is not null && reached(journal))
                 {
                     return Stopwatch.GetTimestamp();
                 }
@@ -191,13 +218,13 @@ public class RandomKillTests
                 {
                     var logs = Directory.EnumerateFiles(Store, "*.log", SearchOption.AllDirectories)
                         .Select(f => $"--- {f}\n{string.Join('\n', File.ReadLines(f).Where(l => l.Contains("Error", StringComparison.Ordinal)).TakeLast(15))}");
-                    Assert.Fail($"the tool ended before its journal reached {state}: exit {Tool.ExitCode}\n{Errors}\n{string.Join('\n', logs)}");
+                    Assert.Fail($"the tool ended before its journal reached {what}: exit {Tool.ExitCode}\n{Errors}\n{string.Join('\n', logs)}");
                 }
 
                 Thread.Sleep(2);
             }
 
-            throw new TimeoutException($"the journal did not reach {state}");
+            throw new TimeoutException($"the journal did not reach {what}");
         }
 
         public string Errors
