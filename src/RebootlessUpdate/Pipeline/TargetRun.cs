@@ -42,13 +42,38 @@ public enum TargetPhase
 /// <summary>One target in a run: its state, timings and CRIU statistics.</summary>
 public sealed class TargetRun
 {
-    internal TargetRun(UpdateTarget target) => Target = target;
+    internal TargetRun(UpdateTarget target, TargetPhase journaled = TargetPhase.Planned)
+    {
+        Target = target;
+        Phase = journaled;
+    }
 
     /// <summary>The target.</summary>
     public UpdateTarget Target { get; }
 
-    /// <summary>Where it is now.</summary>
-    public TargetPhase Phase { get; internal set; }
+    /// <summary>Where it is now. It moves only as <see cref="TargetTransitions"/> allows.</summary>
+    public TargetPhase Phase { get; private set; }
+
+    /// <summary>Moves to <paramref name="next"/>.</summary>
+    /// <exception cref="InvalidOperationException">The move is not one a target can make (a bug): nothing changed.</exception>
+    internal void MoveTo(TargetPhase next)
+    {
+        TargetTransitions.Check(Target.Id, Phase, next);
+        Phase = next;
+    }
+
+    /// <summary>
+    /// Takes back a move to <see cref="TargetPhase.Restoring"/> that could not be journaled: nothing was asked of CRIU.
+    /// </summary>
+    internal void RevertRestoring(TargetPhase before)
+    {
+        if (Phase != TargetPhase.Restoring)
+        {
+            throw new InvalidOperationException($"{Target.Id}: only a restore that was not journaled is taken back, not a {Phase} target.");
+        }
+
+        Phase = before;
+    }
 
     /// <summary>The target's images folder (inside the set's images folder), once dumping started.</summary>
     public string? ImagesDirectory { get; internal set; }

@@ -107,7 +107,7 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
     /// <summary>A target as its journal left it (before deciding what it needs).</summary>
     internal static TargetRun Load(JournalTarget jt, string images, bool sameBoot)
     {
-        var run = new TargetRun(new JournaledTarget(jt.Id, jt.Settings))
+        var run = new TargetRun(new JournaledTarget(jt.Id, jt.Settings), jt.Phase)
         {
             Settings = jt.Settings,
             Folder = jt.Folder,
@@ -116,7 +116,6 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
             RestoredPid = jt.RestoredPid,
             RestoredStartTime = jt.RestoredStartTime,
             Original = jt.RootStartTime == 0 ? null : new ProcessIdentity(jt.RootPid, jt.RootStartTime),
-            Phase = jt.Phase,
         };
         if (sameBoot)
         {
@@ -139,7 +138,8 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
                 // A run died while CRIU restored it: find the tree CRIU may have restored, never restore a second.
                 var (outcome, holders) = await InterruptedRestore.SettleAsync(run, run.ImagesDirectory!, options.InterruptedRestoreWait,
                     context.TimeProvider, cancellationToken).ConfigureAwait(false);
-                (run.Phase, run.Error) = outcome switch
+                TargetPhase next;
+                (next, run.Error) = outcome switch
                 {
                     InterruptedRestore.Outcome.Running => (TargetPhase.Restored, null),
                     InterruptedRestore.Outcome.NotRunning => (TargetPhase.Dumped, null),
@@ -147,6 +147,11 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
                         + $"(process(es) {string.Join(", ", holders)} hold its images {run.ImagesDirectory}); not restored a second time: "
                         + $"run `rebootless resume --set {context.SetId}` once they have ended"),
                 };
+                if (next != TargetPhase.Restoring)
+                {
+                    run.MoveTo(next); // still restoring: it stays so, and is not asked for again
+                }
+
                 // Its lazy-pages daemon, if one was started, keeps its pid file in the target's work folder.
                 var work = context.Store is { } store && context.SetId is { } setId
                     ? Path.Combine(UpdateJournal.LogDirectoryOf(store.RootDirectory, setId), jt.Folder)
@@ -176,13 +181,13 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
                 return;
             case TargetPhase.Restored when run.RestoredRoot is { IsAlive: true }
                 || (run.RestoredStartTime is null && jt.RestoredPid is { } pid && ProcessIdentity.Of(pid) is not null):
-                run.Phase = TargetPhase.Restored; // restored by an earlier, interrupted run (an older journal has no start time)
+                run.MoveTo(TargetPhase.Restored); // restored by an earlier, interrupted run (an older journal has no start time)
                 return;
             case TargetPhase.Restored:
             case TargetPhase.Failed when jt.RestoredPid is not null:
                 // It ran after its restore and has ended since: its images are older than what it did, so restoring them
                 // again would be a second life, not a recovery.
-                run.Phase = TargetPhase.Ended;
+                run.MoveTo(TargetPhase.Ended);
                 run.Error = $"it was restored as pid {jt.RestoredPid} and has exited since; not restored a second time (its images are kept in {run.ImagesDirectory})";
                 return;
             case TargetPhase.Ended:
@@ -192,21 +197,21 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
 
         if (context.SameBoot && run.Original is { IsAlive: true })
         {
-            run.Phase = TargetPhase.Resumed; // never ended: a crash before the jump let it run on
+            run.MoveTo(TargetPhase.Resumed); // never ended: a crash before the jump let it run on
         }
         else if (jt.Phase == TargetPhase.Resumed)
         {
             // It ran on in place after a rollback and has ended since: its checkpoint is older than what it did.
-            run.Phase = TargetPhase.Ended;
+            run.MoveTo(TargetPhase.Ended);
             run.Error = $"it ran on in place (pid {jt.RootPid}) after the rollback and has exited since; not restored from the older checkpoint";
         }
         else if (jt.Phase is TargetPhase.Frozen or TargetPhase.Dumped or TargetPhase.Failed)
         {
-            run.Phase = TargetPhase.Dumped;
+            run.MoveTo(TargetPhase.Dumped);
         }
         else
         {
-            run.Phase = TargetPhase.Failed;
+            run.MoveTo(TargetPhase.Failed);
             run.Error = $"its processes are gone and the journal shows no completed dump (phase {jt.Phase})";
         }
     }
@@ -314,7 +319,15 @@ internal sealed class VerifyStage(VerifyStageOptions options) : IUpdateStage
         foreach (var group in owners.GroupBy(o => o.Owner!))
         {
             var t = group.Key;
-            t.Phase = TargetPhase.Failed;
+            if (t.Phase is TargetPhase.Restored or TargetPhase.Resumed or TargetPhase.Ended)
+            {
+                // It runs (or ran and ended): its images are never read again, so their damage changes nothing for it.
+                context.ReportProgress(Name, $"its images failed verification ({string.Join("; ", group.Select(o => o.Issue.ToString()))}); "
+                    + $"they are not used: it is {t.Phase.ToString().ToLowerInvariant()}", t.Target.Id);
+                continue;
+            }
+
+            t.MoveTo(TargetPhase.Failed);
             t.Error = RefusalMessage(group.Select(o => o.Issue));
             PipelineLog.TargetWarning(context.Logger, t.Target.Id, t.Error);
             context.ReportProgress(Name, t.Error, t.Target.Id);
@@ -422,7 +435,7 @@ internal sealed class RestoreStage(RestoreStageOptions options) : IUpdateStage
                 if (await RefusedAsync(t).ConfigureAwait(false) is { } refused)
                 {
                     // Its pages failed their check while CRIU loaded them: CRIU aborted at post-restore and killed the tree.
-                    t.Phase = TargetPhase.Failed;
+                    t.MoveTo(TargetPhase.Failed);
                     t.Error = VerifyStage.RefusalMessage(refused.Issues);
                     PipelineLog.TargetWarning(context.Logger, t.Target.Id, t.Error);
                     context.ReportProgress(Name, t.Error, t.Target.Id);

@@ -90,7 +90,7 @@ internal static class TargetOperations
         t.DumpTime = context.TimeProvider.GetElapsedTime(t.DumpStartedTimestamp!.Value);
         if (first == pending.HeldAtPostDump.Task)
         {
-            t.Phase = TargetPhase.Frozen;
+            t.MoveTo(TargetPhase.Frozen);
             t.Bytes = FolderBytes(t.ImagesDirectory!);
             context.ReportProgress("Dump", $"frozen, {t.Bytes} bytes of images in {t.DumpTime.Value.TotalMilliseconds:0} ms", t.Target.Id, t.Bytes);
             return;
@@ -100,13 +100,13 @@ internal static class TargetOperations
         {
             var result = await pending.Request.ConfigureAwait(false);
             // No post-dump notification arrived (should not happen): CRIU ended the tree.
-            t.Phase = TargetPhase.Dumped;
+            t.MoveTo(TargetPhase.Dumped);
             t.DumpStatistics = result.Statistics;
             t.Bytes = FolderBytes(t.ImagesDirectory!);
         }
         catch (Exception e)
         {
-            t.Phase = TargetPhase.Failed;
+            t.MoveTo(TargetPhase.Failed);
             var error = Classify(e, set);
             t.Error = error.Message;
             t.DumpException = error;
@@ -129,12 +129,12 @@ internal static class TargetOperations
             try
             {
                 var result = await t.PendingDump!.Request.ConfigureAwait(false);
-                t.Phase = TargetPhase.Dumped;
+                t.MoveTo(TargetPhase.Dumped);
                 t.DumpStatistics = result.Statistics;
             }
             catch (Exception e)
             {
-                t.Phase = TargetPhase.Failed;
+                t.MoveTo(TargetPhase.Failed);
                 t.Error = "finishing the dump failed: " + e.Message;
                 errors.Add($"{t.Target.Id}: {t.Error}");
             }
@@ -225,7 +225,7 @@ internal static class TargetOperations
 
         if (t.Original is { } original && original.IsAlive)
         {
-            t.Phase = TargetPhase.Resumed;
+            t.MoveTo(TargetPhase.Resumed);
             PipelineLog.TargetEvent(context.Logger, t.Target.Id, "running in place (never ended): nothing to restore");
             return;
         }
@@ -233,13 +233,13 @@ internal static class TargetOperations
         if (t.Original is null)
         {
             // Never reached the dump.
-            t.Phase = TargetPhase.Resumed;
+            t.MoveTo(TargetPhase.Resumed);
             return;
         }
 
         if (!HasImages(t))
         {
-            t.Phase = TargetPhase.Failed;
+            t.MoveTo(TargetPhase.Failed);
             t.Error = $"{t.Error}{(t.Error is null ? "" : "; ")}its processes are gone and there are no complete images to restore from";
             return;
         }
@@ -271,7 +271,11 @@ internal static class TargetOperations
         }
 
         var stillRestoring = t.Phase == TargetPhase.Restoring;
-        t.Phase = stillRestoring ? TargetPhase.Restoring : TargetPhase.Failed;
+        if (!stillRestoring)
+        {
+            t.MoveTo(TargetPhase.Failed);
+        }
+
         t.Error = $"rollback restore failed: {last!.Message}; "
             + (stillRestoring ? "a CRIU still holds its images, so it was not asked again; run `rebootless resume --set {context.SetId}` once it has ended" : $"the images are kept in {t.ImagesDirectory}");
     }
@@ -302,14 +306,14 @@ internal static class TargetOperations
         var before = t.Phase;
         t.RestoredPid = null;
         t.RestoredStartTime = null;
-        t.Phase = TargetPhase.Restoring;
+        t.MoveTo(TargetPhase.Restoring);
         try
         {
             journal?.UpdateTargets(context);
         }
         catch
         {
-            t.Phase = before; // nothing was asked of CRIU
+            t.RevertRestoring(before); // nothing was asked of CRIU
             throw;
         }
 
@@ -387,7 +391,7 @@ internal static class TargetOperations
 
             if (outcome == InterruptedRestore.Outcome.NotRunning)
             {
-                t.Phase = TargetPhase.Dumped; // a definite "nothing runs": the next attempt may restore it
+                t.MoveTo(TargetPhase.Dumped); // a definite "nothing runs": the next attempt may restore it
                 t.RestoredPid = null;
                 t.RestoredStartTime = null;
             }
@@ -417,7 +421,7 @@ internal static class TargetOperations
         t.RestoreStatistics = statistics;
         t.RestoredTimestamp = end;
         t.RestoredAt = context.TimeProvider.GetUtcNow();
-        t.Phase = TargetPhase.Restored;
+        t.MoveTo(TargetPhase.Restored);
         t.Downtime = t.DumpStartedTimestamp is { } d
             ? context.TimeProvider.GetElapsedTime(d, end)
             : t.DumpStartedAt is { } at ? t.RestoredAt - at : null;
