@@ -64,7 +64,8 @@ internal sealed class PlanStage(bool checkCapacity = true) : IUpdateStage
         context.StoreLock = store.AcquireLock();
         if (UpdateJournal.Unfinished(store.RootDirectory) is [var interrupted, ..])
         {
-            throw new InvalidOperationException(interrupted.Describe() + ", then try again.");
+            // Not a failure of this run (it changed nothing): an operator decides about the other one first.
+            throw new JournalException(JournalProblem.NeedsAttention, interrupted.SetId, interrupted.Describe() + ", then try again.");
         }
 
         context.CriuVersion ??= (await context.RequireCriu().GetVersionAsync(cancellationToken).ConfigureAwait(false)).ToString();

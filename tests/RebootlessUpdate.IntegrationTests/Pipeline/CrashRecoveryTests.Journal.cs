@@ -197,6 +197,28 @@ public partial class CrashRecoveryTests
             AssertOneLine(Tool(null, "images", "rm", "--force", bad, "--store", store), 2, $"'{bad}' is not a checkpoint set id");
         }
 
+        // A well-formed id of no set in this store: a usage error that changes nothing, not a rollback.
+        var journals = Directory.GetFiles(UpdateJournal.DirectoryOf(store)).Order().ToList();
+        AssertOneLine(Tool(null, "resume", "--set", "20260101T000000Z-00000001", "--store", store, "--criu", _testbed.Criu), 2,
+            "resume refused", "no checkpoint set '20260101T000000Z-00000001'");
+
+        // A new run while this one is unfinished: refused with the needs-attention code, naming the set; nothing frozen.
+        using (var other = Process.Start("sleep", ["120"])!)
+        {
+            try
+            {
+                AssertOneLine(Tool(null, "rehearse", "--pid", Pid(other.Id), "--store", store, "--criu", _testbed.Criu), 12,
+                    "rehearse refused", id, "was interrupted at 'sealed'", "run `rebootless resume` first");
+                Assert.That(Workload.IsFree(other.Id), Is.True, "the other process was never frozen");
+            }
+            finally
+            {
+                other.Kill();
+            }
+        }
+
+        Assert.That(Directory.GetFiles(UpdateJournal.DirectoryOf(store)).Order(), Is.EqualTo(journals), "no journal was written");
+
         // A link named like a set's journal, to a journal outside the store: refused as a link, its target never used.
         const string Linked = "20260101T000000Z-0000beef";
         File.CreateSymbolicLink(JournalPath(store, Linked), Path.Combine(outside, "journal", id + ".json"));
