@@ -287,7 +287,7 @@ internal sealed partial class SetStoreEngine
             }
 
             using var handle = StoreFiles.OpenRegular(full);
-            var identity = PrepareForSeal(handle, full);
+            var identity = PrepareForSeal(handle, full, relative);
             // A write after the hash must move the identity. Time stamps come from a coarse clock
             // (a tick of up to 10 ms), so a write in the same tick as the last one could keep them:
             // hash only once the last change is older than that ("racy git"'s rule).
@@ -310,12 +310,21 @@ internal sealed partial class SetStoreEngine
         return (files, bytes);
     }
 
-    /// <summary>Makes a file 0600 (only when it is not: a chmod moves its ctime) and durable; returns its identity after that.</summary>
-    private static FileIdentity PrepareForSeal(SafeFileHandle handle, string path)
+    /// <summary>
+    /// Makes a file 0600 (only when it is not: a chmod moves its ctime) and durable; returns its identity after that.
+    /// A file of another user is refused: its owner could rewrite it after the seal.
+    /// </summary>
+    /// <exception cref="UnsafeSetPathException">The file belongs to another user.</exception>
+    private static FileIdentity PrepareForSeal(SafeFileHandle handle, string path, string relative)
     {
         if (Syscall.fstat(Fd(handle), out var st) != 0)
         {
             throw new ImageStoreException($"fstat {path} failed: {Stdlib.strerror(Stdlib.GetLastError())}");
+        }
+
+        if (st.st_uid != Syscall.geteuid())
+        {
+            throw new UnsafeSetPathException(relative, $"belongs to uid {st.st_uid}, not to uid {Syscall.geteuid()} that runs rebootless");
         }
 
         if ((st.st_mode & FilePermissions.ALLPERMS) != FileMode0600 && Syscall.fchmod(Fd(handle), FileMode0600) != 0)
@@ -361,7 +370,7 @@ internal sealed partial class SetStoreEngine
                 case FilePermissions.S_IFREG:
                     using (var handle = StoreFiles.OpenRegular(full))
                     {
-                        var identity = PrepareForSeal(handle, full);
+                        var identity = PrepareForSeal(handle, full, relative);
                         var (hash, length) = prehashed.TryGetValue(relative, out var known) && known.Identity == identity
                             ? (known.Xxh128, identity.Size)
                             : FileHasher.Hash(handle, cancellationToken);
@@ -568,6 +577,11 @@ internal sealed partial class SetStoreEngine
             return (type == FilePermissions.S_IFLNK
                 ? new(VerificationIssueKind.PathEscape, entry.Path, $"was a file, now a symbolic link to '{StoreFiles.ReadLink(full)}'")
                 : new(VerificationIssueKind.TypeChanged, entry.Path, $"recorded as a file, found a {StoreFiles.Describe(type)}"), false, 0);
+        }
+
+        if (StoreFiles.CheckOwn(st) is { } notOurs)
+        {
+            return (new(VerificationIssueKind.UntrustedFile, entry.Path, notOurs + ": its owner could change it after the check"), false, 0);
         }
 
         if (st.st_size < entry.Size)

@@ -71,6 +71,12 @@ public enum VerificationIssueKind
     /// wrong, or the key cannot be read: the manifest may have been rewritten by someone without the key.
     /// </summary>
     ManifestUnauthenticated,
+
+    /// <summary>
+    /// An image file belongs to another user or its group or others may write it: its owner could change it
+    /// between the check and CRIU reading it, so its matching hash vouches for nothing.
+    /// </summary>
+    UntrustedFile,
 }
 
 /// <summary>One mismatch found by a verification.</summary>

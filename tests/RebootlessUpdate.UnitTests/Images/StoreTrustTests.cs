@@ -338,6 +338,41 @@ public class StoreTrustTests
         Assert.That(File.Exists(Manifest(set)), Is.False);
     }
 
+    [Test]
+    public async Task An_image_file_of_another_user_or_writable_by_others_is_damage_even_with_its_hash_intact()
+    {
+        RequireRoot();
+        var set = await _f.SealedSet();
+        Chown(Images(set, "pages-1.img"), Nobody);
+        Chmod(Images(set, "core-1.img"), FilePermissions.S_IRUSR | FilePermissions.S_IWUSR | FilePermissions.S_IWGRP);
+
+        var result = await _f.Store.VerifyAsync(set.Id);
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(result.Issues.Select(i => (i.Kind, i.Path)), Is.EquivalentTo(new[]
+            {
+                (VerificationIssueKind.UntrustedFile, "pages-1.img"),
+                (VerificationIssueKind.UntrustedFile, "core-1.img"),
+            }));
+            Assert.That(result.Issues.Single(i => i.Path == "pages-1.img").Detail, Does.Contain("belongs to uid 65534"));
+            Assert.That(result.Issues.Single(i => i.Path == "core-1.img").Detail, Does.Contain("writable by its group"));
+            Assert.That(() => _f.Store.OpenForRestoreAsync(set.Id), Throws.TypeOf<CheckpointSetVerificationException>());
+        });
+    }
+
+    [Test]
+    public void Seal_refuses_an_image_file_of_another_user()
+    {
+        RequireRoot();
+        var set = _f.FillSet();
+        Chown(Images(set, "sub/fdinfo-2.img"), Nobody);
+
+        Assert.That(() => _f.Store.SealAsync(set, new SealOptions { CriuVersion = "4.1.1" }),
+            Throws.TypeOf<UnsafeSetPathException>().With.Message.Contains("'sub/fdinfo-2.img' belongs to uid 65534"));
+        Assert.That(File.Exists(Manifest(set)), Is.False);
+    }
+
     // --- 5. The way to the store ---
 
     [Test]
