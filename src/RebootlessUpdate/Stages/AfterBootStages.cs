@@ -319,9 +319,10 @@ internal sealed class VerifyStage(VerifyStageOptions options) : IUpdateStage
         foreach (var group in owners.GroupBy(o => o.Owner!))
         {
             var t = group.Key;
-            if (t.Phase is TargetPhase.Restored or TargetPhase.Resumed or TargetPhase.Ended)
+            if (t.Phase is TargetPhase.Restored or TargetPhase.Resumed or TargetPhase.Ended or TargetPhase.Restoring)
             {
-                // It runs (or ran and ended): its images are never read again, so their damage changes nothing for it.
+                // It runs, ran and ended, or an interrupted restore may still bring it up: it is not restored from these
+                // images now, and marking it failed would lose what the journal knows of that restore.
                 context.ReportProgress(Name, $"its images failed verification ({string.Join("; ", group.Select(o => o.Issue.ToString()))}); "
                     + $"they are not used: it is {t.Phase.ToString().ToLowerInvariant()}", t.Target.Id);
                 continue;
@@ -432,7 +433,7 @@ internal sealed class RestoreStage(RestoreStageOptions options) : IUpdateStage
             }
             catch (Exception e) when (e is not OperationCanceledException)
             {
-                if (await RefusedAsync(t).ConfigureAwait(false) is { } refused)
+                if (await RefusedAsync(t).ConfigureAwait(false) is { } refused && TargetTransitions.IsAllowed(t.Phase, TargetPhase.Failed))
                 {
                     // Its pages failed their check while CRIU loaded them: CRIU aborted at post-restore and killed the tree.
                     t.MoveTo(TargetPhase.Failed);

@@ -205,8 +205,16 @@ internal static class TargetOperations
     /// <summary>Brings one target back after a failure or crash before the jump.</summary>
     internal static async Task RecoverAsync(UpdateContext context, TargetRun t, bool sameBoot)
     {
-        if (t.Phase is TargetPhase.Restored or TargetPhase.Resumed)
+        if (t.Phase is TargetPhase.Restored or TargetPhase.Resumed or TargetPhase.Ended)
         {
+            return;
+        }
+
+        if (t.Phase == TargetPhase.Restoring)
+        {
+            // An earlier restore's outcome is unknown (the watchdog, a broken connection): its CRIU may still bring the
+            // tree up. Asking again could make a second copy; the recorded root lets a later resume find the first.
+            t.Error = $"{t.Error}{(t.Error is null ? "" : "; ")}{StillRestoring(context)}";
             return;
         }
 
@@ -276,12 +284,14 @@ internal static class TargetOperations
             t.MoveTo(TargetPhase.Failed);
         }
 
-        t.Error = $"rollback restore failed: {last!.Message}; "
-            + (stillRestoring ? "a CRIU still holds its images, so it was not asked again; run `rebootless resume --set {context.SetId}` once it has ended" : $"the images are kept in {t.ImagesDirectory}");
+        t.Error = $"rollback restore failed: {last!.Message}; " + (stillRestoring ? StillRestoring(context) : $"the images are kept in {t.ImagesDirectory}");
     }
 
+    private static string StillRestoring(UpdateContext context) =>
+        $"a CRIU may still be restoring it from its images, so it was not asked again; run `rebootless resume --set {context.SetId}` once that CRIU has ended";
+
     private static bool HasImages(TargetRun t) =>
-        t.ImagesDirectory is { } dir && t.Phase is TargetPhase.Frozen or TargetPhase.Dumped or TargetPhase.Failed or TargetPhase.Restoring
+        t.ImagesDirectory is { } dir && t.Phase is TargetPhase.Frozen or TargetPhase.Dumped or TargetPhase.Failed
         && File.Exists(Path.Combine(dir, "pstree.img")) && File.Exists(Path.Combine(dir, "inventory.img"));
 
     /// <summary>
@@ -290,6 +300,8 @@ internal static class TargetOperations
     /// </summary>
     internal static async Task RestoreAsync(UpdateContext context, TargetRun t, string imagesDirectory, bool waitForRelease, bool lazy, CancellationToken cancellationToken)
     {
+        // Before anything of the target is touched (its recorded root above all): a refused move leaves it as it was.
+        TargetTransitions.Check(t.Target.Id, t.Phase, TargetPhase.Restoring);
         if (waitForRelease)
         {
             await WaitForReleaseAsync(context, t, cancellationToken).ConfigureAwait(false);
