@@ -443,7 +443,7 @@ internal static class Commands
 
     private static int Code(JournalException e) => e.Problem switch
     {
-        JournalProblem.BadSetId => ExitCodes.Usage,
+        JournalProblem.BadSetId or JournalProblem.UnknownSet => ExitCodes.Usage,
         JournalProblem.UnsafeFolder => ExitCodes.BadStore,
         _ => ExitCodes.NeedsAttention,
     };
@@ -638,8 +638,7 @@ internal static class Commands
         if (!result.IsSuccess)
         {
             // A refusal (the lock, a journal) changed nothing: it is not a rollback.
-            var what = result.Exception is JournalException or ImageStoreLockedException or CheckpointSetNotFoundException
-                ? "refused" : result.Outcome.ToString().ToLowerInvariant();
+            var what = result.Exception is JournalException or ImageStoreLockedException ? "refused" : result.Outcome.ToString().ToLowerInvariant();
             Console.Error.WriteLine($"rebootless: {context.Mode.ToString().ToLowerInvariant()} {what} at {result.FailedStage}: {result.Error}");
         }
 
@@ -647,7 +646,6 @@ internal static class Commands
         {
             UpdateOutcome.Succeeded or UpdateOutcome.NothingToDo => ExitCodes.Ok,
             _ when result.Exception is JournalException j => Code(j),
-            _ when result.Exception is CheckpointSetNotFoundException => ExitCodes.Usage, // `resume --set` names no set of this store
             UpdateOutcome.RolledBack when result.Exception is StoreFullException => ExitCodes.StoreFull,
             UpdateOutcome.RolledBack when result.Exception is ImageStoreLockedException => ExitCodes.StoreLocked,
             UpdateOutcome.RolledBack => ExitCodes.Failed,

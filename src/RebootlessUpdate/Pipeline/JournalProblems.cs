@@ -14,6 +14,9 @@ public enum JournalProblem
 
     /// <summary>A failed or unreadable run needs an operator's decision before its set is used or given up.</summary>
     NeedsAttention,
+
+    /// <summary>A set id given as input (<c>--set</c>) is well formed, but the store has no journal of that set; nothing was changed.</summary>
+    UnknownSet,
 }
 
 /// <summary>A journal refused, or a run that needs an operator; the message says which set, why and what to do.</summary>

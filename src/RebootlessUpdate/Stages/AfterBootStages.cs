@@ -55,7 +55,10 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
         try
         {
             journal = UpdateJournal.Open(store.RootDirectory, setId, context.StoreLock, context.TimeProvider)
-                ?? throw new CheckpointSetNotFoundException(setId, store.RootDirectory);
+                ?? throw (given is null
+                    ? new CheckpointSetNotFoundException(setId, store.RootDirectory)
+                    : new JournalException(JournalProblem.UnknownSet, setId,
+                        $"--set {setId}: there is no run of that set in {store.RootDirectory}; `rebootless status` lists the store's runs; nothing was changed"));
         }
         catch (InvalidDataException e)
         {
