@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.InteropServices;
 using Mono.Unix.Native;
+using RebootlessUpdate.Processes;
 
 namespace RebootlessUpdate.Criu;
 
@@ -130,61 +131,45 @@ public sealed partial class CriuLazyPagesDaemon : IAsyncDisposable
 
         File.Delete(socket);
         File.Delete(pidFile);
-        var psi = new ProcessStartInfo(options.ResolveCriuPath())
-        {
-            UseShellExecute = false,
-            RedirectStandardInput = true,
-            RedirectStandardError = true,
-            RedirectStandardOutput = true,
-            ArgumentList =
-            {
-                "lazy-pages", "-D", lazy.ImagesDirectory, "-W", work, "--daemon", "--pidfile", PidFileName,
-                "-o", lazy.LogFile, "-v" + lazy.LogLevel.ToString(CultureInfo.InvariantCulture),
-            },
-        };
-        Process front;
+        var criu = options.ResolveCriuPath();
+        string[] args =
+        [
+            "lazy-pages", "-D", lazy.ImagesDirectory, "-W", work, "--daemon", "--pidfile", PidFileName,
+            "-o", lazy.LogFile, "-v" + lazy.LogLevel.ToString(CultureInfo.InvariantCulture),
+        ];
+        ToolRun front;
         try
         {
-            front = Process.Start(psi) ?? throw new CriuUnavailableException($"cannot start {psi.FileName} lazy-pages");
-        }
-        catch (System.ComponentModel.Win32Exception e)
-        {
-            throw new CriuUnavailableException($"cannot start {psi.FileName} lazy-pages: {e.Message}", e);
-        }
-
-        using (front)
-        {
-            front.StandardInput.Close();
-            var output = front.StandardOutput.ReadToEndAsync(CancellationToken.None);
-            var error = front.StandardError.ReadToEndAsync(CancellationToken.None);
             // The front process returns once the socket listens and the daemon is forked off.
-            using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-            timeout.CancelAfter(lazy.StartTimeout);
-            try
-            {
-                await front.WaitForExitAsync(timeout.Token).ConfigureAwait(false);
-            }
-            catch (OperationCanceledException)
-            {
-                front.Kill();
-                await front.WaitForExitAsync(CancellationToken.None).ConfigureAwait(false);
-                StopFromPidFile(pidFile);
-                cancellationToken.ThrowIfCancellationRequested();
-                throw new CriuTransportException($"criu lazy-pages did not get ready within {lazy.StartTimeout.TotalSeconds:0} s.\n  " + Excerpt(logFile));
-            }
-
-            var said = ((await output.ConfigureAwait(false)) + (await error.ConfigureAwait(false))).Trim();
-            if (front.ExitCode != 0 || !File.Exists(socket) || ReadPid(pidFile) is not { } pid)
-            {
-                StopFromPidFile(pidFile);
-                throw new CriuTransportException($"criu lazy-pages did not get ready (exit {front.ExitCode}){(said.Length == 0 ? "" : ": " + said)}.\n  " + Excerpt(logFile));
-            }
-
-            // Gone already (its pid may even be reused): never treat another process as the daemon.
-            var started = StartTimeOf(pid) ?? throw new CriuTransportException(
-                $"criu lazy-pages (pid {pid}) exited right after getting ready.\n  " + Excerpt(logFile));
-            return new CriuLazyPagesDaemon(pid, started, work, logFile);
+            front = await ProcessRunner.RunAsync(criu, args, lazy.StartTimeout, cancellationToken).ConfigureAwait(false);
         }
+        catch (ToolNotStartedException e)
+        {
+            throw new CriuUnavailableException($"cannot start {criu} lazy-pages: {e.InnerException!.Message}", e);
+        }
+        catch (OperationCanceledException)
+        {
+            StopFromPidFile(pidFile);
+            throw;
+        }
+
+        if (front.TimedOut)
+        {
+            StopFromPidFile(pidFile);
+            throw new CriuTransportException($"criu lazy-pages did not get ready within {lazy.StartTimeout.TotalSeconds:0} s.\n  " + Excerpt(logFile));
+        }
+
+        if (front.ExitCode != 0 || !File.Exists(socket) || ReadPid(pidFile) is not { } pid)
+        {
+            StopFromPidFile(pidFile);
+            var said = front.Output;
+            throw new CriuTransportException($"criu lazy-pages did not get ready (exit {front.ExitCode}){(said.Length == 0 ? "" : ": " + said)}.\n  " + Excerpt(logFile));
+        }
+
+        // Gone already (its pid may even be reused): never treat another process as the daemon.
+        var started = StartTimeOf(pid) ?? throw new CriuTransportException(
+            $"criu lazy-pages (pid {pid}) exited right after getting ready.\n  " + Excerpt(logFile));
+        return new CriuLazyPagesDaemon(pid, started, work, logFile);
     }
 
     /// <summary>Waits until the daemon has served every page and exited (it is not a child: polled).</summary>

@@ -108,6 +108,7 @@ public sealed class ProcessRunnerTests
         {
             Assert.That(run.TimedOut, Is.False);
             Assert.That(run.ExitCode, Is.Zero);
+            Assert.That(run.Stdout, Is.EqualTo("hi\n"), "what was written before the exit is kept");
         }
         finally
         {

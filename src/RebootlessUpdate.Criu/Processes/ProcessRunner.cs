@@ -1,5 +1,6 @@
 using System.ComponentModel;
 using System.Diagnostics;
+using System.Text;
 
 namespace RebootlessUpdate.Processes;
 
@@ -31,7 +32,8 @@ internal sealed class ToolNotStartedException(string file, Exception inner)
 }
 
 /// <summary>
-/// The one way this library runs a system tool (kexec, systemctl, runc, mkfs, blkid, fusermount, pramfs): arguments
+/// The one way RebootlessUpdate and its CRIU client run a tool (kexec, systemctl, runc, mkfs, blkid, fusermount,
+/// pramfs, the front of <c>criu lazy-pages</c>; CRIU's own worker is spawned by the client's transport): arguments
 /// passed as a list (no shell), standard input closed, both outputs read to the end, and a bound on time after which
 /// the tool and every process it started are killed. Cancellation kills it the same way and then throws.
 /// </summary>
@@ -39,6 +41,9 @@ internal static class ProcessRunner
 {
     /// <summary>How long to wait for a killed tool to be reaped before giving up on it.</summary>
     private static readonly TimeSpan ReapAfterKill = TimeSpan.FromSeconds(10);
+
+    /// <summary>How long the outputs are read after a tool exited, at least (they end at once unless a process it left holds them).</summary>
+    private static readonly TimeSpan MinimumDrain = TimeSpan.FromSeconds(1);
 
     /// <summary>Runs <paramref name="file"/> to its end or until <paramref name="timeout"/>.</summary>
     /// <exception cref="ToolNotStartedException">The file cannot be started.</exception>
@@ -48,8 +53,9 @@ internal static class ProcessRunner
         cancellationToken.ThrowIfCancellationRequested();
         using var process = Start(file, args, redirectInput: true);
         process.StandardInput.Close();
-        var stdout = process.StandardOutput.ReadToEndAsync(CancellationToken.None);
-        var stderr = process.StandardError.ReadToEndAsync(CancellationToken.None);
+        var started = Stopwatch.GetTimestamp();
+        var stdout = new Output(process.StandardOutput);
+        var stderr = new Output(process.StandardError);
         bool exited;
         try
         {
@@ -64,11 +70,15 @@ internal static class ProcessRunner
         if (!exited)
         {
             Kill(process);
-            return new ToolRun(-1, Drained(stdout, ReapAfterKill), Drained(stderr, ReapAfterKill), TimedOut: true);
+            Output.WaitBoth(stdout, stderr, ReapAfterKill);
+            return new ToolRun(-1, stdout.Text, stderr.Text, TimedOut: true);
         }
 
-        // A process it left behind may still hold the pipes open: what was written by then is the output.
-        return new ToolRun(process.ExitCode, Drained(stdout, timeout), Drained(stderr, timeout), TimedOut: false);
+        // Both pipes end at once unless a process it left behind holds them: then what was written by the deadline
+        // (at least a second after the exit) is the output.
+        var left = timeout - Stopwatch.GetElapsedTime(started);
+        Output.WaitBoth(stdout, stderr, left > MinimumDrain ? left : MinimumDrain);
+        return new ToolRun(process.ExitCode, stdout.Text, stderr.Text, TimedOut: false);
     }
 
     /// <inheritdoc cref="Run"/>
@@ -119,6 +129,47 @@ internal static class ProcessRunner
         process.WaitForExit(ReapAfterKill);
     }
 
-    /// <summary>An output read to its end, or empty when its pipe stays open longer than <paramref name="bound"/>.</summary>
-    private static string Drained(Task<string> output, TimeSpan bound) => output.Wait(bound) ? output.Result : string.Empty;
+    /// <summary>One output of a tool, read as it comes, so that what was written is there even if the pipe never ends.</summary>
+    private sealed class Output
+    {
+        private readonly StringBuilder _text = new();
+
+        public Output(StreamReader reader) => Done = PumpAsync(reader);
+
+        /// <summary>Completes when the pipe ended (or broke); never faults.</summary>
+        public Task Done { get; }
+
+        public string Text
+        {
+            get
+            {
+                lock (_text)
+                {
+                    return _text.ToString();
+                }
+            }
+        }
+
+        public static void WaitBoth(Output a, Output b, TimeSpan bound) => Task.WhenAll(a.Done, b.Done).Wait(bound);
+
+        private async Task PumpAsync(StreamReader reader)
+        {
+            var buffer = new char[4096];
+            try
+            {
+                int n;
+                while ((n = await reader.ReadAsync(buffer.AsMemory(), CancellationToken.None).ConfigureAwait(false)) > 0)
+                {
+                    lock (_text)
+                    {
+                        _text.Append(buffer, 0, n);
+                    }
+                }
+            }
+            catch (Exception e) when (e is IOException or ObjectDisposedException)
+            {
+                // The process was disposed while something it left behind held the pipe: what was read is the output.
+            }
+        }
+    }
 }
