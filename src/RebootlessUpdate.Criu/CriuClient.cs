@@ -27,6 +27,9 @@ public sealed class CriuClient
     {
     }
 
+    /// <summary>The options the client was made with.</summary>
+    internal CriuClientOptions Options => _options;
+
     /// <summary>For tests: a client over connections made by <paramref name="connect"/>.</summary>
     internal CriuClient(CriuClientOptions options, Func<IReadOnlyCollection<int>, CriuConnection>? connect)
     {

@@ -15,6 +15,13 @@ public sealed class RebootlessUpdateOptions
     /// <summary>The criu binary (4.0 or newer). Default <c>criu</c> on PATH.</summary>
     public string CriuPath { get; set; } = "criu";
 
+    /// <summary>
+    /// How long one CRIU request may take before its worker is killed and the target is thawed or resumed (the
+    /// watchdog): positive and at most 24 days, or <see cref="Timeout.InfiniteTimeSpan"/> for none. Default 10 minutes
+    /// (<see cref="Criu.CriuClientOptions.DefaultRequestTimeout"/>), ample for dumping tens of GiB to a local disk.
+    /// </summary>
+    public TimeSpan CriuRequestTimeout { get; set; } = Criu.CriuClientOptions.DefaultRequestTimeout;
+
     /// <summary>Targets restored at the same time (1-64). Default 4.</summary>
     public int RestoreParallelism { get; set; } = Pipeline.StageDefaults.MaxParallelism;
 
@@ -43,6 +50,12 @@ internal sealed class RebootlessUpdateOptionsValidator : IValidateOptions<Reboot
         if (string.IsNullOrWhiteSpace(options.CriuPath))
         {
             failures.Add("RebootlessUpdateOptions.CriuPath must name the criu binary (a path, or 'criu' to search PATH).");
+        }
+
+        if ((options.CriuRequestTimeout <= TimeSpan.Zero && options.CriuRequestTimeout != Timeout.InfiniteTimeSpan)
+            || options.CriuRequestTimeout > TimeSpan.FromMilliseconds(int.MaxValue))
+        {
+            failures.Add($"RebootlessUpdateOptions.CriuRequestTimeout must be positive and at most 24 days (or Timeout.InfiniteTimeSpan for none), not {options.CriuRequestTimeout}.");
         }
 
         if (options.RestoreParallelism is < 1 or > 64)

@@ -91,6 +91,7 @@ public static class RebootlessUpdateServiceCollectionExtensions
         services.TryAddSingleton(sp => new CriuClient(new CriuClientOptions
         {
             CriuPath = sp.GetRequiredService<IOptions<RebootlessUpdateOptions>>().Value.CriuPath,
+            RequestTimeout = sp.GetRequiredService<IOptions<RebootlessUpdateOptions>>().Value.CriuRequestTimeout,
             LoggerFactory = sp.GetService<ILoggerFactory>() ?? NullLoggerFactory.Instance,
         }));
         services.TryAddSingleton<RebootlessUpdater>();

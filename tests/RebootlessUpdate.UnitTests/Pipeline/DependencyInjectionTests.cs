@@ -56,6 +56,32 @@ public class DependencyInjectionTests
         Assert.That(provider.GetServices<IValidateOptions<RebootlessUpdateOptions>>().Count(), Is.EqualTo(1));
     }
 
+    [Test]
+    public void The_criu_request_timeout_reaches_the_client_and_a_bad_one_is_named()
+    {
+        var services = new ServiceCollection();
+        services.AddRebootlessUpdate(o => o.CriuRequestTimeout = TimeSpan.FromSeconds(42));
+        using (var provider = services.BuildServiceProvider())
+        {
+            Assert.That(provider.GetRequiredService<RebootlessUpdate.Criu.CriuClient>().Options.RequestTimeout, Is.EqualTo(TimeSpan.FromSeconds(42)));
+        }
+
+        using (var defaults = new ServiceCollection().AddRebootlessUpdate().Services.BuildServiceProvider())
+        {
+            Assert.That(defaults.GetRequiredService<RebootlessUpdate.Criu.CriuClient>().Options.RequestTimeout,
+                Is.EqualTo(RebootlessUpdate.Criu.CriuClientOptions.DefaultRequestTimeout));
+        }
+
+        foreach (var bad in new[] { TimeSpan.Zero, TimeSpan.FromSeconds(-1), TimeSpan.FromDays(25) })
+        {
+            var invalid = new ServiceCollection();
+            invalid.AddRebootlessUpdate(o => o.CriuRequestTimeout = bad);
+            using var provider = invalid.BuildServiceProvider();
+            Assert.That(() => provider.GetRequiredService<RebootlessUpdater>(),
+                Throws.TypeOf<OptionsValidationException>().With.Message.Contains($"CriuRequestTimeout must be positive and at most 24 days").And.Message.Contains(bad.ToString()));
+        }
+    }
+
     [TestCase("relative/store", "criu", 4, 2, "StoreDirectory must be an absolute folder path, not 'relative/store'")]
     [TestCase("/var/lib/x", " ", 4, 2, "CriuPath must name the criu binary")]
     [TestCase("/var/lib/x", "criu", 0, 2, "RestoreParallelism must be 1-64, not 0")]
