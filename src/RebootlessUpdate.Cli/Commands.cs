@@ -648,6 +648,8 @@ internal static class Commands
             _ when result.Exception is JournalException j => Code(j),
             UpdateOutcome.RolledBack when result.Exception is StoreFullException => ExitCodes.StoreFull,
             UpdateOutcome.RolledBack when result.Exception is ImageStoreLockedException => ExitCodes.StoreLocked,
+            UpdateOutcome.RolledBack when result.Exception is CriuTimeoutException || result.Exception?.InnerException is CriuTimeoutException
+                => ExitCodes.CriuTimedOut,
             UpdateOutcome.RolledBack => ExitCodes.Failed,
             _ => ExitCodes.NeedsAttention,
         };

@@ -19,4 +19,5 @@ internal static class ExitCodes
     public const int CriuUnusable = 13;
     public const int TargetInactive = 14; // the target exists but does not run (e.g. an inactive systemd service)
     public const int SystemdUnavailable = 15; // --service, and systemd is not running (or not reachable)
+    public const int CriuTimedOut = 16;   // a CRIU request outlived --criu-timeout: criu was killed, every workload put back
 }

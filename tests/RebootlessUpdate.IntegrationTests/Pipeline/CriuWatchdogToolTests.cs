@@ -8,7 +8,7 @@ namespace RebootlessUpdate.IntegrationTests.Pipeline;
 public partial class ToolTests
 {
     [Test]
-    public void Rehearse_with_a_stopped_criu_hits_criu_timeout_rolls_back_with_a_clear_error_and_exit_1_and_the_workload_runs_on()
+    public void Rehearse_with_a_stopped_criu_hits_criu_timeout_rolls_back_with_a_clear_error_and_exit_16_and_the_workload_runs_on()
     {
         var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
         using var w = Workload.Start(Path.Combine(_dir, "w"));
@@ -44,7 +44,7 @@ public partial class ToolTests
 
         Assert.Multiple(() =>
         {
-            Assert.That(r.ExitCode, Is.EqualTo(1), "1: failed, every workload put back");
+            Assert.That(r.ExitCode, Is.EqualTo(16), "16: criu timed out, every workload put back");
             Assert.That(r.Error.Trim().Split('\n'), Has.Length.EqualTo(1).And.All.StartsWith("rebootless: "), r.ToString());
             Assert.That(r.Error, Does.Contain($"criu DUMP timed out after 5 s: criu swrk worker {worker} did not finish it and was killed"));
             Assert.That(r.Error, Does.Contain("--criu-timeout"));
