@@ -19,8 +19,9 @@ internal static class TargetTransitions
         // Restored, refused (its pages failed their check), or found running in place after a crash before the jump.
         [TargetPhase.Dumped] = [TargetPhase.Restoring, TargetPhase.Failed, TargetPhase.Resumed],
 
-        // CRIU let the tree run, or it is known that nothing of it runs (back to dumped, or failed with a reason).
-        [TargetPhase.Restoring] = [TargetPhase.Restored, TargetPhase.Dumped, TargetPhase.Failed],
+        // CRIU let the tree run, or it is known that nothing of it runs (back to dumped, or failed with a reason), or
+        // CRIU let it run and it has exited since (ended).
+        [TargetPhase.Restoring] = [TargetPhase.Restored, TargetPhase.Dumped, TargetPhase.Failed, TargetPhase.Ended],
 
         // A failed target still has its images: a rollback or a retried run (--set) may restore it once, or find
         // it running; one that ran after its checkpoint and exited since is ended.

@@ -139,13 +139,20 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
         {
             case TargetPhase.Restoring:
                 // A run died while CRIU restored it: find the tree CRIU may have restored, never restore a second.
+                // Its work folder holds the attempt's restore log and, if one was started, its lazy-pages daemon's pid file.
+                var work = context.Store is { } store && context.SetId is { } setId
+                    ? Path.Combine(UpdateJournal.LogDirectoryOf(store.RootDirectory, setId), jt.Folder)
+                    : null;
                 var (outcome, holders) = await InterruptedRestore.SettleAsync(run, run.ImagesDirectory!, options.InterruptedRestoreWait,
-                    context.TimeProvider, cancellationToken).ConfigureAwait(false);
+                    context.TimeProvider, cancellationToken, work).ConfigureAwait(false);
                 TargetPhase next;
                 (next, run.Error) = outcome switch
                 {
                     InterruptedRestore.Outcome.Running => (TargetPhase.Restored, null),
                     InterruptedRestore.Outcome.NotRunning => (TargetPhase.Dumped, null),
+                    InterruptedRestore.Outcome.RanAndExited => (TargetPhase.Ended,
+                        $"CRIU restored it as pid {jt.RestoredPid} and let it run (its restore log says so), and it has exited since; "
+                        + $"not restored a second time (its images are kept in {run.ImagesDirectory})"),
                     _ => (TargetPhase.Restoring, $"an interrupted restore is still under way after {options.InterruptedRestoreWait.TotalSeconds:0} s "
                         + $"(process(es) {string.Join(", ", holders)} hold its images {run.ImagesDirectory}); not restored a second time: "
                         + $"run `rebootless resume --set {context.SetId}` once they have ended"),
@@ -155,14 +162,14 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
                     run.MoveTo(next); // still restoring: it stays so, and is not asked for again
                 }
 
-                // Its lazy-pages daemon, if one was started, keeps its pid file in the target's work folder.
-                var work = context.Store is { } store && context.SetId is { } setId
-                    ? Path.Combine(UpdateJournal.LogDirectoryOf(store.RootDirectory, setId), jt.Folder)
-                    : null;
-                if (outcome == InterruptedRestore.Outcome.NotRunning)
+                if (outcome is InterruptedRestore.Outcome.NotRunning or InterruptedRestore.Outcome.RanAndExited)
                 {
-                    run.RestoredPid = null;
-                    run.RestoredStartTime = null;
+                    if (outcome == InterruptedRestore.Outcome.NotRunning)
+                    {
+                        run.RestoredPid = null;
+                        run.RestoredStartTime = null;
+                    }
+
                     if (work is not null && await LazyPagesDaemons.StopForAsync(work).ConfigureAwait(false) is { } daemon)
                     {
                         // Started for the interrupted restore; nothing of that tree runs, so it serves nobody.

@@ -1,6 +1,7 @@
 using System.Globalization;
 using Mono.Unix.Native;
 using RebootlessUpdate.Criu;
+using RebootlessUpdate.Images;
 using RebootlessUpdate.Pipeline;
 using RebootlessUpdate.Targets;
 
@@ -30,11 +31,30 @@ internal static class InterruptedRestore
 
         /// <summary>A CRIU process still works on its images after the wait: neither adopt nor restore.</summary>
         StillRestoring,
+
+        /// <summary>
+        /// Nothing of it runs, but CRIU resumed the tree the journal names (its restore log says so): it ran after its
+        /// checkpoint and has exited since, so it is never restored again.
+        /// </summary>
+        RanAndExited,
     }
 
-    /// <summary>Waits (bounded) until no process but a lazy-pages daemon holds <paramref name="imagesDirectory"/> open, then judges.</summary>
+    /// <summary>The restore log's name in the target's work folder (one per attempt: removed before each request).</summary>
+    internal const string LogFile = "restore.log";
+
+    /// <summary>What CRIU logs once it has let the restored tasks go (criu 4.x, after pre-resume).</summary>
+    private const string ResumedLine = "Restore finished successfully.";
+
+    /// <summary>How much of the log's end is read: the line is among the last few a restore writes.</summary>
+    private const int LogTailBytes = 64 * 1024;
+
+    /// <summary>
+    /// Waits (bounded) until no process but a lazy-pages daemon holds <paramref name="imagesDirectory"/> open, then judges;
+    /// with <paramref name="workDirectory"/>, a recorded root that is gone is told apart by the restore log there:
+    /// resumed by CRIU (it ran and exited) or never let go (CRIU killed it at post-restore).
+    /// </summary>
     internal static async Task<(Outcome Outcome, IReadOnlyList<int> Holders)> SettleAsync(TargetRun t, string imagesDirectory, TimeSpan wait,
-        TimeProvider time, CancellationToken cancellationToken)
+        TimeProvider time, CancellationToken cancellationToken, string? workDirectory = null)
     {
         var start = time.GetTimestamp();
         IReadOnlyList<int> holders;
@@ -48,7 +68,32 @@ internal static class InterruptedRestore
             await Task.Delay(100, cancellationToken).ConfigureAwait(false); // a scan reads every descriptor on the host
         }
 
-        return (t.RestoredRoot is { IsAlive: true } ? Outcome.Running : Outcome.NotRunning, []);
+        return (t.RestoredRoot switch
+        {
+            { IsAlive: true } => Outcome.Running,
+            not null when workDirectory is not null && CriuResumedTree(workDirectory) => Outcome.RanAndExited,
+            _ => Outcome.NotRunning,
+        }, []);
+    }
+
+    /// <summary>
+    /// True when the restore log in <paramref name="workDirectory"/> says CRIU let the restored tasks go. A log that is
+    /// missing, not ours or not a regular file says nothing (false): the target is then judged as before the log existed.
+    /// </summary>
+    internal static bool CriuResumedTree(string workDirectory)
+    {
+        try
+        {
+            using var handle = StoreFiles.OpenRegular(Path.Combine(workDirectory, LogFile), ownOnly: true);
+            using var log = new FileStream(handle, FileAccess.Read);
+            log.Seek(Math.Max(0, log.Length - LogTailBytes), SeekOrigin.Begin);
+            using var reader = new StreamReader(log);
+            return reader.ReadToEnd().Contains(ResumedLine, StringComparison.Ordinal);
+        }
+        catch (IOException)
+        {
+            return false;
+        }
     }
 
     /// <summary>

@@ -309,7 +309,9 @@ internal static class TargetOperations
 
         var criu = context.RequireCriu();
         var work = WorkDirectory(context, t);
-        var options = t.Settings!.ToRestore(imagesDirectory, work) with { LogFile = "restore.log" };
+        var options = t.Settings!.ToRestore(imagesDirectory, work) with { LogFile = InterruptedRestore.LogFile };
+        // One log per attempt: a later run reads it to tell "CRIU resumed the tree" (see InterruptedRestore).
+        File.Delete(Path.Combine(work, InterruptedRestore.LogFile));
         // Exactly once: the journal says "restoring" before CRIU gets the request (or its lazy-pages daemon starts),
         // and names the restored root (pid and start time) before CRIU lets it run. A run that dies anywhere in
         // between leaves enough for the next one to find the tree (InterruptedRestore) instead of restoring a second

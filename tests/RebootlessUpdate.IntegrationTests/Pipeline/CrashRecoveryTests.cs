@@ -116,6 +116,36 @@ public partial class CrashRecoveryTests
     }
 
     [Test]
+    public void A_tree_criu_restored_and_let_run_that_exited_before_the_resume_is_not_restored_a_second_time()
+    {
+        var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
+        var appDir = Path.Combine(_dir, "app");
+        _workload = Workload.StartProgram(appDir, 16);
+
+        // The tool dies once CRIU has answered: the journal says "restoring" and names the root post-restore recorded.
+        var crashed = Tool("restore-answered", "rehearse", "--pid", Pid(_workload.RootPid), "--store", store, "--criu", _testbed.Criu);
+        Assert.That(crashed.ExitCode, Is.EqualTo(128 + 9), crashed.ToString());
+        var target = UpdateJournal.List(store).Single().Targets.Single();
+        Assert.That(target.Phase, Is.EqualTo(TargetPhase.Restoring));
+        var copy = Workload.CopiesOf(appDir).Single();
+        Assert.That(target.RestoredPid, Is.EqualTo(copy), "the journal names the tree CRIU let run");
+
+        // That tree runs, then exits before anyone resumes (our test's own restored copy, killed by its pid).
+        Assert.That(Mono.Unix.Native.Syscall.kill(copy, Mono.Unix.Native.Signum.SIGKILL), Is.Zero);
+        Workload.WaitFor(() => Workload.IsRunning(copy) ? 0 : 1, "the restored copy to exit");
+
+        var resumed = Tool(null, "resume", "--store", store, "--criu", _testbed.Criu);
+        TestContext.Out.WriteLine(resumed.ToString());
+        Assert.Multiple(() =>
+        {
+            Assert.That(resumed.ExitCode, Is.EqualTo(12), "needs an operator: " + resumed);
+            Assert.That(resumed.Output + resumed.Error, Does.Contain("let it run (its restore log says so), and it has exited since"));
+            Assert.That(Instances(appDir), Is.Zero, "its images are older than what it did: not restored a second time");
+            Assert.That(UpdateJournal.List(store).Single().Targets.Single().Phase, Is.EqualTo(TargetPhase.Ended));
+        });
+    }
+
+    [Test]
     public void A_stray_crash_variable_without_the_test_hooks_gate_is_ignored_with_one_warning()
     {
         var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using RebootlessUpdate.Images;
 using RebootlessUpdate.Pipeline;
 using RebootlessUpdate.Stages;
 using RebootlessUpdate.Targets;
@@ -34,10 +35,24 @@ public class LocateDecisionTests
     private static LocateStage Stage(double waitSeconds = 5) =>
         new(new LocateStageOptions { InterruptedRestoreWait = TimeSpan.FromSeconds(waitSeconds) });
 
-    private async Task<TargetRun> DecideAsync(JournalTarget jt, bool sameBoot = false, double waitSeconds = 5)
+    private async Task<TargetRun> DecideAsync(JournalTarget jt, bool sameBoot = false, double waitSeconds = 5, string? restoreLog = null)
     {
         Directory.CreateDirectory(Path.Combine(_images, jt.Folder));
         var context = new UpdateContext(UpdateMode.Resume, []) { SameBoot = sameBoot };
+        if (restoreLog is not null)
+        {
+            // A store whose journal logs hold the interrupted attempt's restore log, as RestoreAsync leaves it.
+            var store = Directory.CreateDirectory(Path.Combine(_images, "store")).FullName;
+            context = new UpdateContext(UpdateMode.Resume, [])
+            {
+                SameBoot = sameBoot,
+                Store = new DirectoryImageStore(new DirectoryImageStoreOptions { RootDirectory = store }),
+                SetId = SetId,
+            };
+            var work = Directory.CreateDirectory(Path.Combine(UpdateJournal.LogDirectoryOf(store, SetId), jt.Folder)).FullName;
+            File.WriteAllText(Path.Combine(work, "restore.log"), restoreLog);
+        }
+
         var run = LocateStage.Load(jt, _images, sameBoot);
         await Stage(waitSeconds).DecideAsync(context, run, jt, CancellationToken.None);
         return run;
@@ -92,6 +107,47 @@ public class LocateDecisionTests
         var run = await DecideAsync(Target(TargetPhase.Restoring, restored: Exited()));
         Assert.That(run.Phase, Is.EqualTo(TargetPhase.Dumped));
         Assert.That(run.RestoredPid, Is.Null);
+    }
+
+    private const string SetId = "20261130T000000Z-0000abcd";
+
+    private const string ResumedLog = "(00.101468) Running post-restore scripts\n(00.102849) Running pre-resume scripts\n"
+        + "(00.102939) Restore finished successfully. Tasks resumed.\n(00.103149) Running post-resume scripts\n";
+
+    [Test]
+    public async Task Restoring_whose_recorded_root_criu_resumed_and_that_has_exited_is_ended_not_restored_again()
+    {
+        var gone = Exited();
+        var run = await DecideAsync(Target(TargetPhase.Restoring, restored: gone), restoreLog: ResumedLog);
+        Assert.Multiple(() =>
+        {
+            Assert.That(run.Phase, Is.EqualTo(TargetPhase.Ended), "it ran after its checkpoint: its images are older than what it did");
+            Assert.That(run.RestoredPid, Is.EqualTo(gone.Pid), "the journal keeps which tree it was");
+            Assert.That(run.Error, Does.Contain("let it run (its restore log says so)").And.Contain("not restored a second time"));
+        });
+    }
+
+    [Test]
+    public async Task Restoring_whose_recorded_root_criu_killed_at_post_restore_is_restored_once()
+    {
+        const string Killed = "(00.101468) Running post-restore scripts\n(00.101501) Error (criu/action-scripts.c:134): One of more action scripts failed\n"
+            + "(00.101620) Error (criu/cr-restore.c:2310): Restoring FAILED.\n";
+        var run = await DecideAsync(Target(TargetPhase.Restoring, restored: Exited()), restoreLog: Killed);
+        Assert.That(run.Phase, Is.EqualTo(TargetPhase.Dumped), "never let go by CRIU: nothing of it ever ran");
+    }
+
+    [Test]
+    public async Task A_restore_log_that_is_a_link_says_nothing()
+    {
+        var elsewhere = Path.Combine(_images, "elsewhere.log");
+        File.WriteAllText(elsewhere, ResumedLog);
+        var run = await DecideAsync(Target(TargetPhase.Restoring, restored: Exited()), restoreLog: string.Empty);
+        var log = Path.Combine(UpdateJournal.LogDirectoryOf(Path.Combine(_images, "store"), SetId), "00-pid-5", "restore.log");
+        File.Delete(log);
+        File.CreateSymbolicLink(log, elsewhere);
+
+        Assert.That(InterruptedRestore.CriuResumedTree(Path.GetDirectoryName(log)!), Is.False, "a link is not followed");
+        Assert.That(run.Phase, Is.EqualTo(TargetPhase.Dumped), "an empty log says nothing either");
     }
 
     [Test]

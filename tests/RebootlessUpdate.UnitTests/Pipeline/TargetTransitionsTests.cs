@@ -17,6 +17,7 @@ public class TargetTransitionsTests
         (TargetPhase.Frozen, TargetPhase.Resumed), (TargetPhase.Frozen, TargetPhase.Restoring),
         (TargetPhase.Dumped, TargetPhase.Restoring), (TargetPhase.Dumped, TargetPhase.Failed), (TargetPhase.Dumped, TargetPhase.Resumed),
         (TargetPhase.Restoring, TargetPhase.Restored), (TargetPhase.Restoring, TargetPhase.Dumped), (TargetPhase.Restoring, TargetPhase.Failed),
+        (TargetPhase.Restoring, TargetPhase.Ended),
         (TargetPhase.Failed, TargetPhase.Restoring), (TargetPhase.Failed, TargetPhase.Resumed),
         (TargetPhase.Failed, TargetPhase.Dumped), (TargetPhase.Failed, TargetPhase.Ended),
         (TargetPhase.Restored, TargetPhase.Ended), (TargetPhase.Resumed, TargetPhase.Ended),
