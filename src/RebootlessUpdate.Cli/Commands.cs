@@ -648,12 +648,20 @@ internal static class Commands
             _ when result.Exception is JournalException j => Code(j),
             UpdateOutcome.RolledBack when result.Exception is StoreFullException => ExitCodes.StoreFull,
             UpdateOutcome.RolledBack when result.Exception is ImageStoreLockedException => ExitCodes.StoreLocked,
-            UpdateOutcome.RolledBack when result.Exception is CriuTimeoutException || result.Exception?.InnerException is CriuTimeoutException
-                => ExitCodes.CriuTimedOut,
+            UpdateOutcome.RolledBack when CausedBy<CriuTimeoutException>(result.Exception) => ExitCodes.CriuTimedOut,
             UpdateOutcome.RolledBack => ExitCodes.Failed,
             _ => ExitCodes.NeedsAttention,
         };
     }
+
+    /// <summary>True when <paramref name="e"/> or any exception it wraps (inner, or one of an aggregate's) is a <typeparamref name="T"/>.</summary>
+    internal static bool CausedBy<T>(Exception? e) where T : Exception => e switch
+    {
+        null => false,
+        T => true,
+        AggregateException all => all.InnerExceptions.Any(CausedBy<T>),
+        _ => CausedBy<T>(e.InnerException),
+    };
 
     private static CriuClient Criu(ParseResult p) => new(new CriuClientOptions
     {

@@ -124,6 +124,7 @@ internal static class TargetOperations
         }
 
         List<string> errors = [];
+        List<Exception> causes = [];
         foreach (var t in held)
         {
             try
@@ -137,13 +138,16 @@ internal static class TargetOperations
                 t.MoveTo(TargetPhase.Failed);
                 t.Error = "finishing the dump failed: " + e.Message;
                 errors.Add($"{t.Target.Id}: {t.Error}");
+                causes.Add(e);
             }
         }
 
         context.Journal?.UpdateTargets(context);
         if (errors.Count > 0)
         {
-            throw new InvalidOperationException("CRIU could not finish every dump: " + string.Join("; ", errors));
+            // The causes stay attached: a caller tells a CRIU timeout (or a full store) from other failures by them.
+            throw new InvalidOperationException("CRIU could not finish every dump: " + string.Join("; ", errors),
+                causes.Count == 1 ? causes[0] : new AggregateException(causes));
         }
     }
 
