@@ -18,7 +18,7 @@ public class KexecTestbedTests
         File.Copy(Path.Combine(AppContext.BaseDirectory, "jobs", "kexec-pmem-marker.sh"), Path.Combine(job, "run"));
         File.WriteAllText(Path.Combine(job, "new-kernel"), testbed.NewKernel);
 
-        var result = ProcessRunner.Run(testbed.VmRunner, ["--kernel", "old", "--memmap", "64M!512M", "--timeout", "300", "--job", job],
+        (job, var result) = VmRun.RunRetryingEmulationCrash(testbed, ["--kernel", "old", "--memmap", "64M!512M", "--timeout", "300", "--job", job],
             TimeSpan.FromMinutes(6));
 
         string Read(string name) => File.Exists(Path.Combine(job, name)) ? File.ReadAllText(Path.Combine(job, name)).Trim() : $"({name} missing)";
@@ -38,7 +38,7 @@ public class KexecTestbedTests
         var testbed = Testbed.Require();
         Testbed.RequireRoot();
 
-        var result = ProcessRunner.Run(testbed.VmRunner, ["--kernel", "new", "--timeout", "120", "--", "sh", "-c", "uname -r; exit 7"],
+        var (_, result) = VmRun.RunRetryingEmulationCrash(testbed, ["--kernel", "new", "--timeout", "120", "--", "sh", "-c", "uname -r; exit 7"],
             TimeSpan.FromMinutes(3));
 
         Assert.That(result.ExitCode, Is.EqualTo(7), result.ToString());
