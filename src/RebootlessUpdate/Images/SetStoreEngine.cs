@@ -322,9 +322,9 @@ internal sealed partial class SetStoreEngine
             throw new ImageStoreException($"fstat {path} failed: {Stdlib.strerror(Stdlib.GetLastError())}");
         }
 
-        if (st.st_uid != Syscall.geteuid())
+        if (StoreFiles.CheckOwner(st) is { } notOurs)
         {
-            throw new UnsafeSetPathException(relative, $"belongs to uid {st.st_uid}, not to uid {Syscall.geteuid()} that runs rebootless");
+            throw new UnsafeSetPathException(relative, notOurs);
         }
 
         if ((st.st_mode & FilePermissions.ALLPERMS) != FileMode0600 && Syscall.fchmod(Fd(handle), FileMode0600) != 0)

@@ -102,15 +102,14 @@ internal static class StoreFiles
     /// rebootless and not writable by its group or others. Otherwise why not, as a phrase
     /// ("belongs to uid 65534, ...").
     /// </summary>
-    internal static string? CheckOwn(in Stat st)
+    internal static string? CheckOwn(in Stat st) =>
+        CheckOwner(st) ?? ((st.st_mode & WritableByOthers) != 0 ? $"is writable by {WhoMayWrite(st.st_mode)} (mode {Octal(st.st_mode)})" : null);
+
+    /// <summary>Null when <paramref name="st"/> belongs to the user running rebootless; otherwise why not, as a phrase.</summary>
+    internal static string? CheckOwner(in Stat st)
     {
         var euid = Syscall.geteuid();
-        if (st.st_uid != euid)
-        {
-            return $"belongs to uid {st.st_uid}, not to uid {euid} that runs rebootless";
-        }
-
-        return (st.st_mode & WritableByOthers) != 0 ? $"is writable by {WhoMayWrite(st.st_mode)} (mode {Octal(st.st_mode)})" : null;
+        return st.st_uid != euid ? $"belongs to uid {st.st_uid}, not to uid {euid} that runs rebootless" : null;
     }
 
     private static int FStat(SafeFileHandle handle, out Stat st)
