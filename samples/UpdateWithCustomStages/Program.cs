@@ -63,24 +63,22 @@ var health = new HealthCheckStage(balancer, healthCmd);
 // The platform's stages get their own budget: a hung load balancer must not hold the update.
 var platformStage = new StageOptions { Timeout = TimeSpan.FromSeconds(30) };
 
-var builder = new UpdatePipelineBuilder().AddPreflight();
-UpdateMode runMode;
-switch (mode)
+var runMode = mode switch { "rehearse" => UpdateMode.Rehearse, "update" => UpdateMode.Update, _ => UpdateMode.Resume };
+// The builder is made for one kind of run: its standard stages are that run's, and Build refuses a context of another kind.
+var builder = new UpdatePipelineBuilder(runMode).AddPreflight();
+switch (runMode)
 {
-    case "rehearse":
-        runMode = UpdateMode.Rehearse;
+    case UpdateMode.Rehearse:
         builder.AddPlan().AddPreDump().AddStage(drain, platformStage).AddDump().AddSeal().AddVerify().AddCommit()
             .AddRestore().AddStage(health, platformStage).AddReport().AddCleanup();
         break;
-    case "update":
-        runMode = UpdateMode.Update;
+    case UpdateMode.Update:
         // The load balancer is told after the kernel is loaded (seconds) and right before the freeze.
         builder.AddPlan()
             .AddLoadKernel(new LoadKernelStageOptions { KernelPath = kernel!, InitrdPath = initrd, PersistentMemoryRegions = memmap })
             .AddPreDump().AddStage(drain, platformStage).AddDump().AddSeal().AddJump();
         break;
     default:
-        runMode = UpdateMode.Resume;
         builder.AddLocate().AddVerify().AddRestore().AddStage(health, platformStage).AddReport().AddCleanup();
         break;
 }

@@ -225,7 +225,7 @@ internal static class Commands
                 PersistentMemoryRegions = (p.GetValue(pmem) ?? []).Concat(store is PmemImageStore ps ? [ps.Region.MemmapFragment] : Array.Empty<string>()).Distinct().ToList(),
             };
             var pipeline = (p.GetValue(noPreDump)
-                ? new UpdatePipelineBuilder().AddPreflight().AddPlan().AddLoadKernel(kernelOptions).AddDump().AddSeal().AddJump()
+                ? new UpdatePipelineBuilder(UpdateMode.Update).AddPreflight().AddPlan().AddLoadKernel(kernelOptions).AddDump().AddSeal().AddJump()
                 : RebootlessPipelines.Update(kernelOptions)).Build();
             return await RunAsync(p, pipeline, progress => new UpdateContext(UpdateMode.Update, targets) { Store = store, Criu = Criu(p), Progress = progress, LazyRestore = p.GetValue(lazy) }, ct).ConfigureAwait(false);
         });

@@ -51,7 +51,7 @@ public sealed class RebootlessUpdater
 
     /// <summary>Runs the standard resume (after boot, or after a crash before the jump).</summary>
     public Task<UpdateResult> ResumeAsync(IProgress<UpdateProgress>? progress = null, CancellationToken cancellationToken = default) =>
-        new UpdatePipelineBuilder { TimeProvider = TimeProvider }.AddPreflight().AddLocate().AddVerify()
+        new UpdatePipelineBuilder(UpdateMode.Resume) { TimeProvider = TimeProvider }.AddPreflight().AddLocate().AddVerify()
             .AddRestore(new RestoreStageOptions { MaxParallelism = _options.RestoreParallelism })
             .AddReport().AddCleanup(new CleanupStageOptions { KeepSealedSets = _options.KeepSealedSets }).Build()
             .ExecuteAsync(CreateContext(UpdateMode.Resume, [], progress), cancellationToken);

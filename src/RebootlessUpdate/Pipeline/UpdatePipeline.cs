@@ -18,12 +18,16 @@ public sealed class UpdatePipeline
     private readonly IReadOnlyList<ResiliencePipeline?> _resilience;
     private readonly TimeProvider _time;
 
-    internal UpdatePipeline(IReadOnlyList<Entry> stages, TimeProvider time)
+    internal UpdatePipeline(IReadOnlyList<Entry> stages, TimeProvider time, UpdateMode? mode = null)
     {
         _stages = stages;
         _time = time;
+        Mode = mode;
         _resilience = [.. stages.Select(s => BuildResilience(s, time))];
     }
+
+    /// <summary>The kind of run the pipeline was built for (its standard stages are that run's), or null when it takes any.</summary>
+    public UpdateMode? Mode { get; }
 
     /// <summary>The stages' names, in order.</summary>
     public IReadOnlyList<string> StageNames => [.. _stages.Select(s => s.Stage.Name)];
@@ -33,10 +37,18 @@ public sealed class UpdatePipeline
     /// failure: the result says what failed, what was rolled back and where every
     /// target is. A context serves one run.
     /// </summary>
+    /// <exception cref="ArgumentException">The context is for another kind of run than the pipeline was built for.</exception>
     /// <exception cref="InvalidOperationException">The context was already used.</exception>
     public async Task<UpdateResult> ExecuteAsync(UpdateContext context, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(context);
+        if (Mode is { } mode && context.Mode != mode)
+        {
+            // Its standard stages do that run's work: a resume's would wait for no commit, a rehearsal's would roll nothing back.
+            throw new ArgumentException($"this pipeline was built for a {mode.ToString().ToLowerInvariant()} run; the context is for a "
+                + $"{context.Mode.ToString().ToLowerInvariant()} run. Build one with new UpdatePipelineBuilder(UpdateMode.{context.Mode}).", nameof(context));
+        }
+
         context.MarkStarted();
         var started = _time.GetTimestamp();
         using var run = RebootlessTelemetry.ActivitySource.StartActivity($"rebootless {context.Mode.ToString().ToLowerInvariant()}");

@@ -4,11 +4,33 @@ namespace RebootlessUpdate.Pipeline;
 /// Composes stages into an <see cref="UpdatePipeline"/>. Options are validated
 /// when a stage is added; <see cref="Build"/> may be called once, after which the
 /// builder refuses further use and the built pipeline is immutable.
+/// A builder made for one kind of run (<see cref="UpdatePipelineBuilder(UpdateMode)"/>)
+/// adds that run's standard stages and builds a pipeline that runs only contexts of that kind.
 /// </summary>
 public sealed class UpdatePipelineBuilder
 {
     private readonly List<UpdatePipeline.Entry> _stages = [];
     private bool _built;
+
+    /// <summary>A builder for a pipeline of custom stages only; it runs a context of any kind.</summary>
+    public UpdatePipelineBuilder()
+    {
+    }
+
+    /// <summary>A builder for one kind of run: the standard stages it adds are that run's, and the pipeline refuses a context of another kind.</summary>
+    /// <param name="mode">What the pipeline's runs are for.</param>
+    public UpdatePipelineBuilder(UpdateMode mode)
+    {
+        if (!Enum.IsDefined(mode))
+        {
+            throw new ArgumentOutOfRangeException(nameof(mode), mode, "not a kind of run");
+        }
+
+        Mode = mode;
+    }
+
+    /// <summary>The kind of run this pipeline is for, or null for a pipeline of custom stages only.</summary>
+    public UpdateMode? Mode { get; }
 
     /// <summary>The clock for retry delays and timeouts. Default: <see cref="System.TimeProvider.System"/>.</summary>
     public TimeProvider TimeProvider { get; set; } = TimeProvider.System;
@@ -65,7 +87,7 @@ public sealed class UpdatePipelineBuilder
         }
 
         _built = true;
-        return new UpdatePipeline([.. _stages], TimeProvider);
+        return new UpdatePipeline([.. _stages], TimeProvider, Mode);
     }
 
     private void ThrowIfBuilt()

@@ -6,14 +6,14 @@ using RebootlessUpdate.Targets;
 
 namespace RebootlessUpdate.Stages;
 
-/// <summary>Root, criu, kexec (for an update) and store readiness; changes nothing.</summary>
-internal sealed class PreflightStage : IUpdateStage
+/// <summary>Root, criu, kexec (for an update: <paramref name="requireKexec"/>) and store readiness; changes nothing.</summary>
+internal sealed class PreflightStage(bool requireKexec) : IUpdateStage
 {
     public string Name => "Preflight";
 
     public async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
     {
-        var report = await Readiness.CheckAsync(context.RequireCriu(), context.Store, context.Mode == UpdateMode.Update, false, cancellationToken).ConfigureAwait(false);
+        var report = await Readiness.CheckAsync(context.RequireCriu(), context.Store, requireKexec, false, cancellationToken).ConfigureAwait(false);
         context.CriuVersion = report.CriuVersion;
         if (!report.IsReady)
         {

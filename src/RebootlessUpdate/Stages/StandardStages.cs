@@ -7,23 +7,26 @@ namespace RebootlessUpdate.Stages;
 /// Preflight → Plan → LoadKernel → PreDump → Dump → Seal → Jump;
 /// a rehearsal replaces LoadKernel/Jump by Verify → Commit → Restore → Report → Cleanup;
 /// after boot: Preflight → Locate → Verify → Restore → Report → Cleanup.
+/// A standard stage does one kind of run's work: the builder must be made for that kind
+/// (<c>new UpdatePipelineBuilder(UpdateMode.Resume)</c>), and a stage that has no place in
+/// it (a Jump in a rehearsal, a Locate before a dump) is refused when added.
 /// </summary>
 public static class StandardStages
 {
     /// <summary>Root, criu, kexec (updates only) and store readiness.</summary>
     public static UpdatePipelineBuilder AddPreflight(this UpdatePipelineBuilder builder) =>
-        Check(builder).AddStage(new PreflightStage());
+        builder.AddStage(new PreflightStage(requireKexec: KindOf(builder, "Preflight") == UpdateMode.Update));
 
     /// <summary>Resolves targets, checks capacity, locks the store, creates the set and journal.</summary>
     public static UpdatePipelineBuilder AddPlan(this UpdatePipelineBuilder builder) =>
-        Check(builder).AddStage(new PlanStage());
+        For(builder, "Plan", UpdateMode.Update, UpdateMode.Rehearse).AddStage(new PlanStage());
 
     /// <summary>Loads the next kernel while the workloads run; must come before Dump.</summary>
     public static UpdatePipelineBuilder AddLoadKernel(this UpdatePipelineBuilder builder, LoadKernelStageOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
-        if (Check(builder).StageNames.Contains("Dump"))
+        if (For(builder, "LoadKernel", UpdateMode.Update).StageNames.Contains("Dump"))
         {
             throw new InvalidOperationException("LoadKernel must come before Dump: loading takes seconds and none of it may fall inside the freeze.");
         }
@@ -33,24 +36,24 @@ public static class StandardStages
 
     /// <summary>Optional pre-dump while running; skipped with a logged reason when memory tracking is unavailable (unless required).</summary>
     public static UpdatePipelineBuilder AddPreDump(this UpdatePipelineBuilder builder, PreDumpStageOptions? options = null) =>
-        Check(builder).AddStage(new PreDumpStage(options ?? new PreDumpStageOptions()));
+        For(builder, "PreDump", UpdateMode.Update, UpdateMode.Rehearse).AddStage(new PreDumpStage(options ?? new PreDumpStageOptions()));
 
     /// <summary>Freezes and dumps every target; CRIU holds them until commit or veto.</summary>
     public static UpdatePipelineBuilder AddDump(this UpdatePipelineBuilder builder, DumpStageOptions? options = null) =>
-        Check(builder).AddStage(new DumpStage(options ?? new DumpStageOptions()));
+        For(builder, "Dump", UpdateMode.Update, UpdateMode.Rehearse).AddStage(new DumpStage(options ?? new DumpStageOptions()));
 
     /// <summary>Seals the set (hashes, manifest).</summary>
     public static UpdatePipelineBuilder AddSeal(this UpdatePipelineBuilder builder) =>
-        Check(builder).AddStage(new SealStage());
+        For(builder, "Seal", UpdateMode.Update, UpdateMode.Rehearse).AddStage(new SealStage());
 
     /// <summary>Rehearsal: lets CRIU end the held targets so Restore can prove the images.</summary>
     public static UpdatePipelineBuilder AddCommit(this UpdatePipelineBuilder builder) =>
-        Check(builder).AddStage(new CommitStage());
+        For(builder, "Commit", UpdateMode.Rehearse).AddStage(new CommitStage());
 
     /// <summary>Arms and performs the kexec jump; must come after Seal.</summary>
     public static UpdatePipelineBuilder AddJump(this UpdatePipelineBuilder builder, JumpStageOptions? options = null)
     {
-        if (!Check(builder).StageNames.Contains("Seal"))
+        if (!For(builder, "Jump", UpdateMode.Update).StageNames.Contains("Seal"))
         {
             throw new InvalidOperationException("Jump must come after Seal: the jump is armed only for a sealed set.");
         }
@@ -60,37 +63,72 @@ public static class StandardStages
 
     /// <summary>After boot: finds the set and its journal.</summary>
     public static UpdatePipelineBuilder AddLocate(this UpdatePipelineBuilder builder, LocateStageOptions? options = null) =>
-        Check(builder).AddStage(new LocateStage(options ?? new LocateStageOptions()));
+        For(builder, "Locate", UpdateMode.Resume).AddStage(new LocateStage(options ?? new LocateStageOptions()));
 
     /// <summary>Verifies every hash of the set (after boot, the page images while they are restored: see <see cref="VerifyStageOptions"/>).</summary>
     public static UpdatePipelineBuilder AddVerify(this UpdatePipelineBuilder builder, VerifyStageOptions? options = null) =>
-        Check(builder).AddStage(new VerifyStage(options ?? new VerifyStageOptions()));
+        KindOf(builder, "Verify", UpdateMode.Rehearse, UpdateMode.Resume) == UpdateMode.Rehearse
+            ? builder.AddStage(new RehearsalVerifyStage())
+            : builder.AddStage(new ResumeVerifyStage(options ?? new VerifyStageOptions()));
 
     /// <summary>Restores the targets in parallel; retried (it skips restored targets, so repeating is safe).</summary>
     public static UpdatePipelineBuilder AddRestore(this UpdatePipelineBuilder builder, RestoreStageOptions? options = null, StageOptions? stageOptions = null)
     {
         options ??= new RestoreStageOptions();
         options.Validate();
-        return Check(builder).AddStage(new RestoreStage(options), stageOptions ?? new StageOptions { SafeToRepeat = true, MaxRetryAttempts = 2, RetryDelay = TimeSpan.FromMilliseconds(500) });
+        RestoreStage stage = KindOf(builder, "Restore", UpdateMode.Rehearse, UpdateMode.Resume) == UpdateMode.Rehearse
+            ? new RehearsalRestoreStage(options)
+            : new ResumeRestoreStage(options);
+        return builder.AddStage(stage, stageOptions ?? new StageOptions { SafeToRepeat = true, MaxRetryAttempts = 2, RetryDelay = TimeSpan.FromMilliseconds(500) });
     }
 
     /// <summary>Records the end state in the journal.</summary>
     public static UpdatePipelineBuilder AddReport(this UpdatePipelineBuilder builder) =>
-        Check(builder).AddStage(new ReportStage());
+        builder.AddStage(KindOf(builder, "Report", UpdateMode.Rehearse, UpdateMode.Resume) == UpdateMode.Rehearse
+            ? new RehearsalReportStage()
+            : new ResumeReportStage());
 
     /// <summary>Releases the lock; deletes a rehearsal's set or applies retention.</summary>
     public static UpdatePipelineBuilder AddCleanup(this UpdatePipelineBuilder builder, CleanupStageOptions? options = null)
     {
         options ??= new CleanupStageOptions();
         options.Validate();
-        return Check(builder).AddStage(new CleanupStage(options));
+        return builder.AddStage(KindOf(builder, "Cleanup", UpdateMode.Rehearse, UpdateMode.Resume) == UpdateMode.Rehearse
+            ? new RehearsalCleanupStage(options)
+            : new ResumeCleanupStage(options));
     }
 
-    private static UpdatePipelineBuilder Check(UpdatePipelineBuilder builder)
+    /// <summary>The kind of run <paramref name="builder"/> is for, when <paramref name="stage"/> has a place in it (any kind when none is listed).</summary>
+    private static UpdateMode KindOf(UpdatePipelineBuilder builder, string stage, params UpdateMode[] allowed)
     {
         ArgumentNullException.ThrowIfNull(builder);
+        if (builder.Mode is not { } mode)
+        {
+            throw new InvalidOperationException($"{stage} is a standard stage and does one kind of run's work: create the builder for that kind, "
+                + "e.g. new UpdatePipelineBuilder(UpdateMode.Resume), or start from RebootlessPipelines.");
+        }
+
+        if (allowed.Length > 0 && !allowed.Contains(mode))
+        {
+            throw new InvalidOperationException($"{stage} has no place in a {Describe(mode)} pipeline; it belongs in "
+                + string.Join(" or ", allowed.Select(a => $"a {Describe(a)}")) + " pipeline.");
+        }
+
+        return mode;
+    }
+
+    private static UpdatePipelineBuilder For(UpdatePipelineBuilder builder, string stage, params UpdateMode[] allowed)
+    {
+        KindOf(builder, stage, allowed);
         return builder;
     }
+
+    private static string Describe(UpdateMode mode) => mode switch
+    {
+        UpdateMode.Update => "update (before the jump)",
+        UpdateMode.Rehearse => "rehearsal",
+        _ => "resume (after the jump)",
+    };
 }
 
 /// <summary>The standard pipelines, each a builder ready for more stages (e.g. a health check after restore).</summary>
@@ -98,7 +136,7 @@ public static class RebootlessPipelines
 {
     /// <summary>Rehearsal: Preflight, Plan, PreDump, Dump, Seal, Verify, Commit, Restore, Report, Cleanup.</summary>
     public static UpdatePipelineBuilder Rehearsal(DumpStageOptions? dump = null, CleanupStageOptions? cleanup = null) =>
-        new UpdatePipelineBuilder().AddPreflight().AddPlan().AddPreDump().AddDump(dump).AddSeal().AddVerify().AddCommit()
+        new UpdatePipelineBuilder(UpdateMode.Rehearse).AddPreflight().AddPlan().AddPreDump().AddDump(dump).AddSeal().AddVerify().AddCommit()
             .AddRestore().AddReport().AddCleanup(cleanup);
 
     /// <summary>First half of an update: Preflight, Plan, LoadKernel, PreDump, Dump, Seal, Jump. Add custom stages before calling AddJump yourself when needed: use <see cref="UpdateBeforeJump"/>.</summary>
@@ -107,9 +145,9 @@ public static class RebootlessPipelines
 
     /// <summary>An update without its Jump stage, for inserting stages (e.g. "drain the load balancer") before adding <see cref="StandardStages.AddJump"/>.</summary>
     public static UpdatePipelineBuilder UpdateBeforeJump(LoadKernelStageOptions kernel, DumpStageOptions? dump = null) =>
-        new UpdatePipelineBuilder().AddPreflight().AddPlan().AddLoadKernel(kernel).AddPreDump().AddDump(dump).AddSeal();
+        new UpdatePipelineBuilder(UpdateMode.Update).AddPreflight().AddPlan().AddLoadKernel(kernel).AddPreDump().AddDump(dump).AddSeal();
 
     /// <summary>Second half, after boot: Preflight, Locate, Verify, Restore, Report, Cleanup.</summary>
     public static UpdatePipelineBuilder Resume(LocateStageOptions? locate = null, CleanupStageOptions? cleanup = null, RestoreStageOptions? restore = null) =>
-        new UpdatePipelineBuilder().AddPreflight().AddLocate(locate).AddVerify().AddRestore(restore).AddReport().AddCleanup(cleanup);
+        new UpdatePipelineBuilder(UpdateMode.Resume).AddPreflight().AddLocate(locate).AddVerify().AddRestore(restore).AddReport().AddCleanup(cleanup);
 }

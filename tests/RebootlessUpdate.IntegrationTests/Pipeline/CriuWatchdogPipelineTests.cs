@@ -53,7 +53,7 @@ public class CriuWatchdogPipelineTests
                 return ValueTask.CompletedTask;
             },
         };
-        var pipeline = new UpdatePipelineBuilder().AddPreflight().AddPlan().AddDump(dump)
+        var pipeline = new UpdatePipelineBuilder(UpdateMode.Rehearse).AddPreflight().AddPlan().AddDump(dump)
             .AddStage("health-gate", (_, _) => throw new InvalidOperationException("platform said no")).Build();
 
         try

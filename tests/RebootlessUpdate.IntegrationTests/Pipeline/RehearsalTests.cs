@@ -193,7 +193,7 @@ public class RehearsalTests
         Assert.That(refused.ErrorType, Is.EqualTo(nameof(StoreFullException)));
 
         // Skip the estimate to make the dump itself run out of space.
-        var noPlanCheck = new UpdatePipelineBuilder().AddPreflight().AddStage(new PlanStage(checkCapacity: false)).AddDump().AddSeal().AddVerify().AddCommit().AddRestore().AddReport().AddCleanup().Build();
+        var noPlanCheck = new UpdatePipelineBuilder(UpdateMode.Rehearse).AddPreflight().AddStage(new PlanStage(checkCapacity: false)).AddDump().AddSeal().AddVerify().AddCommit().AddRestore().AddReport().AddCleanup().Build();
         var result = await noPlanCheck.ExecuteAsync(Context(UpdateMode.Rehearse, _tmpfs, w));
 
         TestContext.Out.WriteLine(result.Error);
@@ -211,7 +211,7 @@ public class RehearsalTests
         var w = Start("tamper", program: true);
         var pid = w.RootPid;
         var context = Context(UpdateMode.Rehearse, null, w);
-        var pipeline = new UpdatePipelineBuilder().AddPreflight().AddPlan().AddDump().AddSeal()
+        var pipeline = new UpdatePipelineBuilder(UpdateMode.Rehearse).AddPreflight().AddPlan().AddDump().AddSeal()
             .AddStage("tamper", (ctx, _) =>
             {
                 var pages = Directory.GetFiles(ctx.CheckpointSet!.ImagesDirectory, "pages-*.img", SearchOption.AllDirectories).OrderByDescending(f => new FileInfo(f).Length).First();
@@ -237,7 +237,7 @@ public class RehearsalTests
     {
         var w = Start("aftercommit", program: true);
         var context = Context(UpdateMode.Rehearse, null, w);
-        var pipeline = new UpdatePipelineBuilder().AddPreflight().AddPlan().AddDump().AddSeal().AddVerify().AddCommit()
+        var pipeline = new UpdatePipelineBuilder(UpdateMode.Rehearse).AddPreflight().AddPlan().AddDump().AddSeal().AddVerify().AddCommit()
             .AddStage("health-gate", (_, _) => throw new InvalidOperationException("platform said no")).Build();
 
         var result = await pipeline.ExecuteAsync(context);
@@ -283,7 +283,7 @@ public class RehearsalTests
         var pid = w.RootPid;
         var kernel = Directory.GetFiles("/boot", "vmlinuz-*").FirstOrDefault() ?? Path.Combine(_testbed.RootFs, "boot", "vmlinuz-" + _testbed.OldKernel);
         // Preflight would refuse (no kexec here); the stages after it are what is under test.
-        var pipeline = new UpdatePipelineBuilder().AddPlan().AddLoadKernel(new LoadKernelStageOptions { KernelPath = kernel, NoInitrd = true })
+        var pipeline = new UpdatePipelineBuilder(UpdateMode.Update).AddPlan().AddLoadKernel(new LoadKernelStageOptions { KernelPath = kernel, NoInitrd = true })
             .AddPreDump().AddDump().AddSeal().AddJump().Build();
 
         var result = await pipeline.ExecuteAsync(Context(UpdateMode.Update, null, w));
@@ -302,7 +302,7 @@ public class RehearsalTests
     {
         var w = Start("jump", program: true);
         // No LoadKernel (the host cannot kexec); the jump must refuse (no kernel loaded, test runner) and roll back.
-        var pipeline = new UpdatePipelineBuilder().AddPlan().AddDump().AddSeal().AddJump().Build();
+        var pipeline = new UpdatePipelineBuilder(UpdateMode.Update).AddPlan().AddDump().AddSeal().AddJump().Build();
 
         var result = await pipeline.ExecuteAsync(Context(UpdateMode.Update, null, w));
         Adopt(result, w);

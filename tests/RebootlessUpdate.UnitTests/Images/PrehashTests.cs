@@ -127,5 +127,5 @@ public class PartialVerificationTests
     [TestCase("00-pid-1/pages-1.img.tmp", false)]
     [TestCase("pages-dir/core-1.img", false)]
     public void Page_images_are_recognised(string path, bool expected) =>
-        Assert.That(RebootlessUpdate.Stages.VerifyStage.IsPageImage(path), Is.EqualTo(expected));
+        Assert.That(RebootlessUpdate.Stages.SetFiles.IsPageImage(path), Is.EqualTo(expected));
 }

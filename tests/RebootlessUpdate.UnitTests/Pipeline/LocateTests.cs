@@ -42,7 +42,7 @@ public class LocateTests
     private async Task<(UpdateResult Result, UpdateContext Context)> Locate(string? setId = null)
     {
         var context = new UpdateContext(UpdateMode.Resume, []) { Store = _fixture.Store };
-        var pipeline = new UpdatePipelineBuilder().AddLocate(new LocateStageOptions { SetId = setId, CommandLinePath = _cmdline, CriuReleaseWait = TimeSpan.Zero }).AddCleanup().Build();
+        var pipeline = new UpdatePipelineBuilder(UpdateMode.Resume).AddLocate(new LocateStageOptions { SetId = setId, CommandLinePath = _cmdline, CriuReleaseWait = TimeSpan.Zero }).AddCleanup().Build();
         return (await pipeline.ExecuteAsync(context), context);
     }
 
@@ -159,7 +159,7 @@ public class PipelineLockTests
         var root = fixture.Store.RootDirectory;
         const string Id = "20260101T000000Z-0000abcd";
         var context = new UpdateContext(mode, []) { Store = fixture.Store };
-        var pipeline = new UpdatePipelineBuilder()
+        var pipeline = new UpdatePipelineBuilder(mode)
             .AddStage("Plan", (c, _) =>
             {
                 c.StoreLock = fixture.Store.AcquireLock();

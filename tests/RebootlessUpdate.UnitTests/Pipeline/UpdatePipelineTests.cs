@@ -229,6 +229,38 @@ public class UpdatePipelineTests
     }
 
     [Test]
+    public void A_standard_stage_needs_a_builder_made_for_its_kind_of_run()
+    {
+        Assert.That(() => new UpdatePipelineBuilder().AddVerify(),
+            Throws.InvalidOperationException.With.Message.Contains("new UpdatePipelineBuilder(UpdateMode."), "which Verify: the rehearsal's or the resume's?");
+        Assert.That(() => new UpdatePipelineBuilder().AddPreflight(), Throws.InvalidOperationException, "kexec is required by an update's only");
+        Assert.That(() => new UpdatePipelineBuilder(UpdateMode.Rehearse).AddJump(),
+            Throws.InvalidOperationException.With.Message.Contains("no place in a rehearsal pipeline"));
+        Assert.That(() => new UpdatePipelineBuilder(UpdateMode.Rehearse).AddLocate(), Throws.InvalidOperationException);
+        Assert.That(() => new UpdatePipelineBuilder(UpdateMode.Update).AddRestore(),
+            Throws.InvalidOperationException.With.Message.Contains("rehearsal or a resume"), "an update restores after the jump, in its resume");
+        Assert.That(() => new UpdatePipelineBuilder(UpdateMode.Resume).AddCommit(), Throws.InvalidOperationException);
+        Assert.That(() => new UpdatePipelineBuilder(UpdateMode.Resume).AddDump(), Throws.InvalidOperationException);
+        Assert.That(() => new UpdatePipelineBuilder((UpdateMode)7), Throws.InstanceOf<ArgumentOutOfRangeException>());
+        Assert.That(new UpdatePipelineBuilder(UpdateMode.Resume).AddPreflight().AddVerify().AddReport().Build().Mode, Is.EqualTo(UpdateMode.Resume));
+    }
+
+    [Test]
+    public async Task A_pipeline_built_for_one_kind_of_run_refuses_a_context_of_another_before_any_stage_runs()
+    {
+        var ran = false;
+        var pipeline = new UpdatePipelineBuilder(UpdateMode.Resume).AddStage("x", (_, _) => { ran = true; return ValueTask.CompletedTask; }).Build();
+
+        Assert.That(async () => await pipeline.ExecuteAsync(new UpdateContext(UpdateMode.Rehearse, [])),
+            Throws.ArgumentException.With.Message.Contains("built for a resume run").And.Message.Contains("UpdateMode.Rehearse"));
+        Assert.That(ran, Is.False);
+        Assert.That((await pipeline.ExecuteAsync(new UpdateContext(UpdateMode.Resume, []))).Outcome, Is.EqualTo(UpdateOutcome.Succeeded));
+        Assert.That(ran, Is.True);
+        Assert.That((await new UpdatePipelineBuilder().AddStage("y", (_, _) => ValueTask.CompletedTask).Build().ExecuteAsync(new UpdateContext(UpdateMode.Update, []))).Outcome,
+            Is.EqualTo(UpdateOutcome.Succeeded), "a pipeline of custom stages takes any kind");
+    }
+
+    [Test]
     public void The_standard_pipelines_have_the_documented_order_and_jump_needs_seal()
     {
         Assert.That(RebootlessPipelines.Rehearsal().StageNames, Is.EqualTo(new[]
@@ -236,13 +268,13 @@ public class UpdatePipelineTests
             "Preflight", "Plan", "PreDump", "Dump", "Seal", "Verify", "Commit", "Restore", "Report", "Cleanup",
         }));
         Assert.That(RebootlessPipelines.Resume().StageNames, Is.EqualTo(new[] { "Preflight", "Locate", "Verify", "Restore", "Report", "Cleanup" }));
-        Assert.That(() => new UpdatePipelineBuilder().AddJump(), Throws.InvalidOperationException.With.Message.Contains("Seal"));
+        Assert.That(() => new UpdatePipelineBuilder(UpdateMode.Update).AddJump(), Throws.InvalidOperationException.With.Message.Contains("Seal"));
         var kernel = Path.GetTempFileName();
         try
         {
-            Assert.That(() => new UpdatePipelineBuilder().AddDump().AddLoadKernel(new LoadKernelStageOptions { KernelPath = kernel }),
+            Assert.That(() => new UpdatePipelineBuilder(UpdateMode.Update).AddDump().AddLoadKernel(new LoadKernelStageOptions { KernelPath = kernel }),
                 Throws.InvalidOperationException.With.Message.Contains("before Dump"));
-            Assert.That(() => new UpdatePipelineBuilder().AddLoadKernel(new LoadKernelStageOptions { KernelPath = kernel + ".missing" }),
+            Assert.That(() => new UpdatePipelineBuilder(UpdateMode.Update).AddLoadKernel(new LoadKernelStageOptions { KernelPath = kernel + ".missing" }),
                 Throws.ArgumentException.With.Message.Contains("does not exist"));
             Assert.That(RebootlessPipelines.Update(new LoadKernelStageOptions { KernelPath = kernel }).StageNames,
                 Is.EqualTo(new[] { "Preflight", "Plan", "LoadKernel", "PreDump", "Dump", "Seal", "Jump" }));

@@ -213,7 +213,9 @@ public class CleanupRetentionTests
             context.StoreLock = _f.Store.AcquireLock();
         }
 
-        await new CleanupStage(new CleanupStageOptions { KeepSealedSets = 1, KeepJournals = 1, DeleteRehearsalSet = false }).ExecuteAsync(context, CancellationToken.None);
+        var options = new CleanupStageOptions { KeepSealedSets = 1, KeepJournals = 1, DeleteRehearsalSet = false };
+        CleanupStage stage = mode == UpdateMode.Rehearse ? new RehearsalCleanupStage(options) : new ResumeCleanupStage(options);
+        await stage.ExecuteAsync(context, CancellationToken.None);
         Assert.That(context.StoreLock is not null, Is.EqualTo(locked), "Cleanup leaves the lock to the pipeline, which releases it after the last journal record");
         context.ReleaseLock();
     }

@@ -1,0 +1,266 @@
+using RebootlessUpdate.Images;
+using RebootlessUpdate.Kexec;
+using RebootlessUpdate.Pipeline;
+using RebootlessUpdate.Targets;
+
+namespace RebootlessUpdate.Stages;
+
+/// <summary>
+/// After boot: finds the set (the command line's resume marker, else the newest
+/// unfinished journal), reads its journal, and decides per target what to do.
+/// A journal written in this very boot means a crash before the jump: the run rolls back.
+/// </summary>
+internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
+{
+    public string Name => "Locate";
+
+    public async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
+    {
+        var store = context.RequireStore();
+        var given = options.SetId;
+        var setId = given ?? Marker(options.CommandLinePath);
+        if (setId is not null && !UpdateJournal.IsSetId(setId))
+        {
+            // Checked before any path is made of it: `--set ../x` must read nothing outside the store.
+            throw new JournalException(JournalProblem.BadSetId, null,
+                $"{(given is null ? $"the resume marker {RebootlessInfo.ResumeParameter}= on the kernel command line" : "--set")} '{setId}' is not a checkpoint set id "
+                + "(expected e.g. 20261126T063200Z-1a2b3c4d; `rebootless status` lists the store's sets); nothing was read or changed");
+        }
+
+        // The lock before the journal is read: what it says only holds while no other run can change it,
+        // and a run refused here has opened no journal, so it changes nothing.
+        context.StoreLock ??= store.AcquireLock();
+        if (setId is null)
+        {
+            // An update not yet resumed, or a rehearsal this boot's crash interrupted (its workloads may need restoring).
+            var all = UpdateJournal.Unfinished(store.RootDirectory);
+            var unfinished = all.Count == 0 ? null : all[^1];
+            if (unfinished is null)
+            {
+                context.NothingToDo = true;
+                context.SkipStage($"no resume marker ({RebootlessInfo.ResumeParameter}=) on the command line and no unfinished journal in {store.RootDirectory}");
+                return;
+            }
+
+            if (unfinished.Record is null or { State: JournalState.Failed })
+            {
+                // Not resumed blindly: an operator decides (`resume --set ID` retries, `images rm --force ID` gives up).
+                throw new JournalException(JournalProblem.NeedsAttention, unfinished.SetId, unfinished.Describe() + ".");
+            }
+
+            setId = unfinished.SetId;
+        }
+
+        UpdateJournal journal;
+        try
+        {
+            journal = UpdateJournal.Open(store.RootDirectory, setId, context.StoreLock, context.TimeProvider)
+                ?? throw (given is null
+                    ? new CheckpointSetNotFoundException(setId, store.RootDirectory)
+                    : new JournalException(JournalProblem.UnknownSet, setId,
+                        $"--set {setId}: there is no run of that set in {store.RootDirectory}; `rebootless status` lists the store's runs; nothing was changed"));
+        }
+        catch (InvalidDataException e)
+        {
+            throw new JournalException(JournalProblem.NeedsAttention, setId,
+                new JournalListing(setId, Path.Combine(UpdateJournal.DirectoryOf(store.RootDirectory), setId + ".json"), null, e.Message).Describe() + ".", e);
+        }
+
+        if (journal.State is JournalState.Resumed or JournalState.RolledBack or JournalState.Abandoned)
+        {
+            context.Journal = journal;
+            context.SetId = setId;
+            context.NothingToDo = true;
+            context.SkipStage($"set {setId} is already {journal.State.ToString().ToLowerInvariant()}; nothing to do");
+            return;
+        }
+
+        if (journal.State == JournalState.Failed && given is null)
+        {
+            // Named by the command line's marker: a failed run is retried only when an operator names it (--set).
+            throw new JournalException(JournalProblem.NeedsAttention, setId,
+                new JournalListing(setId, journal.FilePath, journal.Record, null).Describe() + ".");
+        }
+
+        // Retrying a failed run (--set): the targets that run (restored earlier, or never ended) are left alone below.
+        context.Journal = journal;
+        context.SetId = setId;
+        context.SameBoot = journal.Record.BootId == SystemInfo.BootId();
+        var images = Path.Combine(store.RootDirectory, "sets", setId, "images");
+        var runs = new List<TargetRun>();
+        if (context.SameBoot)
+        {
+            // A crash before the jump: a CRIU worker of the dead run may still hold a tree
+            // (frozen at post-dump until it notices its client is gone, then it resumes it).
+            // Judge each target only once CRIU let go of it.
+            await ReleasedByCriuAsync(context, journal.Record.Targets, cancellationToken).ConfigureAwait(false);
+        }
+
+        foreach (var jt in journal.Record.Targets)
+        {
+            var run = Load(jt, images, context.SameBoot);
+            await DecideAsync(context, run, jt, cancellationToken).ConfigureAwait(false);
+            runs.Add(run);
+        }
+
+        context.Targets = runs;
+        context.ReportProgress(Name, $"set {setId}: journal state {journal.State}, {(context.SameBoot ? "same boot (rolling back)" : "new boot")}");
+    }
+
+    /// <summary>A target as its journal left it (before deciding what it needs).</summary>
+    internal static TargetRun Load(JournalTarget jt, string images, bool sameBoot)
+    {
+        var run = new TargetRun(new JournaledTarget(jt.Id, jt.Settings), jt.Phase)
+        {
+            Settings = jt.Settings,
+            Folder = jt.Folder,
+            ImagesDirectory = Path.Combine(images, jt.Folder),
+            DumpStartedAt = jt.DumpStartedAt,
+            RestoredPid = jt.RestoredPid,
+            RestoredStartTime = jt.RestoredStartTime,
+            Original = jt.RootStartTime == 0 ? null : new ProcessIdentity(jt.RootPid, jt.RootStartTime),
+        };
+        if (sameBoot)
+        {
+            // The original may still hold its pid: wait for it before restoring.
+            run.TreeProcesses = run.Original is { } o ? [o] : [];
+        }
+
+        return run;
+    }
+
+    /// <summary>
+    /// What a journaled target needs: nothing (its tree runs: never ended, or restored by an earlier run),
+    /// one restore (nothing of it runs and its dump completed), or an operator.
+    /// </summary>
+    internal async Task DecideAsync(UpdateContext context, TargetRun run, JournalTarget jt, CancellationToken cancellationToken)
+    {
+        switch (jt.Phase)
+        {
+            case TargetPhase.Restoring:
+                // A run died while CRIU restored it: find the tree CRIU may have restored, never restore a second.
+                // Its work folder holds the attempt's restore log and, if one was started, its lazy-pages daemon's pid file.
+                var work = context.Store is { } store && context.SetId is { } setId
+                    ? Path.Combine(UpdateJournal.LogDirectoryOf(store.RootDirectory, setId), jt.Folder)
+                    : null;
+                var (outcome, holders) = await InterruptedRestore.SettleAsync(run, run.ImagesDirectory!, options.InterruptedRestoreWait,
+                    context.TimeProvider, cancellationToken, work).ConfigureAwait(false);
+                TargetPhase next;
+                (next, run.Error) = outcome switch
+                {
+                    InterruptedRestore.Outcome.Running => (TargetPhase.Restored, null),
+                    InterruptedRestore.Outcome.NotRunning => (TargetPhase.Dumped, null),
+                    InterruptedRestore.Outcome.RanAndExited => (TargetPhase.Ended,
+                        $"CRIU restored it as pid {jt.RestoredPid} and let it run (its restore log says so), and it has exited since; "
+                        + $"not restored a second time (its images are kept in {run.ImagesDirectory})"),
+                    _ => (TargetPhase.Restoring, $"an interrupted restore is still under way after {options.InterruptedRestoreWait.TotalSeconds:0} s "
+                        + $"(process(es) {string.Join(", ", holders)} hold its images {run.ImagesDirectory}); not restored a second time: "
+                        + $"run `rebootless resume --set {context.SetId}` once they have ended"),
+                };
+                if (next != TargetPhase.Restoring)
+                {
+                    run.MoveTo(next); // still restoring: it stays so, and is not asked for again
+                }
+
+                if (outcome is InterruptedRestore.Outcome.NotRunning or InterruptedRestore.Outcome.RanAndExited)
+                {
+                    if (outcome == InterruptedRestore.Outcome.NotRunning)
+                    {
+                        run.RestoredPid = null;
+                        run.RestoredStartTime = null;
+                    }
+
+                    if (work is not null && await LazyPagesDaemons.StopForAsync(work).ConfigureAwait(false) is { } daemon)
+                    {
+                        // Started for the interrupted restore; nothing of that tree runs, so it serves nobody.
+                        PipelineLog.TargetEvent(context.Logger, jt.Id, $"stopped lazy-pages daemon {daemon} of the interrupted restore");
+                        context.ReportProgress(Name, $"stopped criu lazy-pages (pid {daemon}): the interrupted restore it served left nothing running", jt.Id);
+                    }
+                }
+
+                if (outcome == InterruptedRestore.Outcome.Running && work is not null)
+                {
+                    // A lazily restored tree still gets pages from the daemon started for it: it is this tree's, not an orphan.
+                    run.LazyPagesDaemon = Criu.CriuLazyPagesDaemon.Find(work);
+                    run.LazyPages = run.LazyPagesDaemon is not null;
+                }
+
+                PipelineLog.TargetEvent(context.Logger, jt.Id, outcome == InterruptedRestore.Outcome.Running
+                    ? $"an interrupted restore had let the tree run: adopted as pid {run.RestoredPid}"
+                    : $"interrupted restore: {outcome}");
+                return;
+            case TargetPhase.Restored when run.RestoredRoot is { IsAlive: true }
+                || (run.RestoredStartTime is null && jt.RestoredPid is { } pid && ProcessIdentity.Of(pid) is not null):
+                run.MoveTo(TargetPhase.Restored); // restored by an earlier, interrupted run (an older journal has no start time)
+                return;
+            case TargetPhase.Restored:
+            case TargetPhase.Failed when jt.RestoredPid is not null:
+                // It ran after its restore and has ended since: its images are older than what it did, so restoring them
+                // again would be a second life, not a recovery.
+                run.MoveTo(TargetPhase.Ended);
+                run.Error = $"it was restored as pid {jt.RestoredPid} and has exited since; not restored a second time (its images are kept in {run.ImagesDirectory})";
+                return;
+            case TargetPhase.Ended:
+                run.Error = jt.Error;
+                return;
+        }
+
+        if (context.SameBoot && run.Original is { IsAlive: true })
+        {
+            run.MoveTo(TargetPhase.Resumed); // never ended: a crash before the jump let it run on
+        }
+        else if (jt.Phase == TargetPhase.Resumed)
+        {
+            // It ran on in place after a rollback and has ended since: its checkpoint is older than what it did.
+            run.MoveTo(TargetPhase.Ended);
+            run.Error = $"it ran on in place (pid {jt.RootPid}) after the rollback and has exited since; not restored from the older checkpoint";
+        }
+        else if (jt.Phase is TargetPhase.Frozen or TargetPhase.Dumped or TargetPhase.Failed)
+        {
+            run.MoveTo(TargetPhase.Dumped);
+        }
+        else
+        {
+            run.MoveTo(TargetPhase.Failed);
+            run.Error = $"its processes are gone and the journal shows no completed dump (phase {jt.Phase})";
+        }
+    }
+
+    private async Task ReleasedByCriuAsync(UpdateContext context, IReadOnlyList<JournalTarget> targets, CancellationToken cancellationToken)
+    {
+        var start = context.TimeProvider.GetTimestamp();
+        foreach (var jt in targets)
+        {
+            while (jt.RootStartTime != 0 && new ProcessIdentity(jt.RootPid, jt.RootStartTime).IsTraced
+                && context.TimeProvider.GetElapsedTime(start) < options.CriuReleaseWait)
+            {
+                await Task.Delay(20, cancellationToken).ConfigureAwait(false);
+            }
+
+            if (jt.Settings.FreezeCgroup is { } cgroup)
+            {
+                // A CRIU that died while freezing through the cgroup leaves it frozen; nobody else will thaw it.
+                try
+                {
+                    CgroupTarget.Thaw(cgroup);
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    PipelineLog.TargetWarning(context.Logger, jt.Id, $"could not thaw {cgroup}: {e.Message}");
+                }
+            }
+        }
+    }
+
+    private static string? Marker(string path)
+    {
+        try
+        {
+            return KexecCommandLine.ReadCurrent(path).GetValue(RebootlessInfo.ResumeParameter);
+        }
+        catch (IOException)
+        {
+            return null;
+        }
+    }
+}

@@ -1,0 +1,136 @@
+using RebootlessUpdate.Images;
+using RebootlessUpdate.Pipeline;
+
+namespace RebootlessUpdate.Stages;
+
+/// <summary>
+/// Restores every target that needs it, in parallel; skips those already running. Safe to repeat.
+/// A rehearsal and a resume differ in whether the original may still hold the target's pids
+/// and in what a restore that cannot succeed leaves behind: see the two kinds below.
+/// </summary>
+internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
+{
+    public string Name => "Restore";
+
+    /// <summary>Whether the original tree may still be ending (same kernel): its pids must be free before CRIU restores them.</summary>
+    protected abstract bool WaitForRelease(UpdateContext context);
+
+    public async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
+    {
+        if (context.NothingToDo)
+        {
+            context.SkipStage("nothing to resume");
+            return;
+        }
+
+        var journal = context.RequireJournal();
+        var todo = context.Targets.Where(t => t.Phase == TargetPhase.Dumped).ToList();
+        if (journal.State != JournalState.Resuming)
+        {
+            journal.Transition(JournalState.Resuming, $"{todo.Count} target(s) to restore");
+        }
+
+        var root = context.Restorable?.ImagesDirectory;
+        var waitForRelease = WaitForRelease(context);
+        using var gate = new SemaphoreSlim(options.MaxParallelism);
+        var errors = new List<Exception>();
+        await Task.WhenAll(todo.Select(async t =>
+        {
+            await gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+            try
+            {
+                var dir = root is null ? t.ImagesDirectory! : Path.Combine(root, t.Folder!);
+                await TargetOperations.RestoreAsync(context, t, dir, waitForRelease, lazy: options.LazyPages || t.Settings!.LazyPages, cancellationToken).ConfigureAwait(false);
+                t.Error = null;
+                // Durable at once: a run that crashes after this restore must not restore the target a second time.
+                journal.UpdateTargets(context);
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                if (await RefusedAsync(t).ConfigureAwait(false) is { } refused && TargetTransitions.IsAllowed(t.Phase, TargetPhase.Failed))
+                {
+                    // Its pages failed their check while CRIU loaded them: CRIU aborted at post-restore and killed the tree.
+                    t.MoveTo(TargetPhase.Failed);
+                    t.Error = SetFiles.RefusalMessage(refused.Issues);
+                    PipelineLog.TargetWarning(context.Logger, t.Target.Id, t.Error);
+                    context.ReportProgress(Name, t.Error, t.Target.Id);
+                    journal.UpdateTargets(context);
+                    return;
+                }
+
+                t.Error = "restore failed: " + e.Message;
+                lock (errors)
+                {
+                    errors.Add(e);
+                }
+            }
+            finally
+            {
+                gate.Release();
+            }
+        })).ConfigureAwait(false);
+        journal.UpdateTargets(context);
+        if (errors.Count == 1)
+        {
+            throw errors[0];
+        }
+
+        if (errors.Count > 1)
+        {
+            throw new AggregateException($"{errors.Count} targets could not be restored", errors);
+        }
+    }
+
+    public abstract ValueTask CompensateAsync(UpdateContext context, CancellationToken cancellationToken);
+
+    /// <summary>The failed page check of a target whose restore failed, if that is why (never waits for a check still running).</summary>
+    private static async Task<VerificationResult?> RefusedAsync(TargetRun t)
+    {
+        // A veto at post-restore (it only comes after the check finished), or CRIU failing on pages whose
+        // check has already failed; anything else is the restore's own error and must not wait behind the hashing.
+        if (t.PendingPageVerification is not { } pending || !pending.IsCompleted)
+        {
+            return null;
+        }
+
+        try
+        {
+            var result = await pending.ConfigureAwait(false);
+            return result.IsValid ? null : result;
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            return null; // the check itself failed: the restore's own error says more
+        }
+    }
+}
+
+/// <summary>
+/// A rehearsal's Restore, on the kernel the workloads ran on: CRIU ended them at Commit,
+/// so each restore waits until the original's pids are free. A restore that cannot succeed
+/// is tried once more per target when the retries are spent, so no workload stays down.
+/// </summary>
+internal sealed class RehearsalRestoreStage(RestoreStageOptions options) : RestoreStage(options)
+{
+    protected override bool WaitForRelease(UpdateContext context) => true;
+
+    public override async ValueTask CompensateAsync(UpdateContext context, CancellationToken cancellationToken)
+    {
+        foreach (var t in context.Targets.Where(t => t.Phase == TargetPhase.Dumped))
+        {
+            await TargetOperations.RecoverAsync(context, t, sameBoot: true).ConfigureAwait(false);
+        }
+    }
+}
+
+/// <summary>
+/// A resume's Restore: after the jump nothing of the old kernel holds a pid; after a crash
+/// before the jump (same boot) the original may still be ending, so its pids are waited for.
+/// A target that cannot be restored keeps its images and its unfinished journal for the next resume.
+/// </summary>
+internal sealed class ResumeRestoreStage(RestoreStageOptions options) : RestoreStage(options)
+{
+    protected override bool WaitForRelease(UpdateContext context) => context.SameBoot;
+
+    public override ValueTask CompensateAsync(UpdateContext context, CancellationToken cancellationToken) => ValueTask.CompletedTask;
+}
