@@ -1,0 +1,322 @@
+using System.Diagnostics;
+using RebootlessUpdate.Criu;
+using RebootlessUpdate.Criu.Protocol;
+using RebootlessUpdate.Images;
+using RebootlessUpdate.Pipeline;
+using RebootlessUpdate.Stages;
+using RebootlessUpdate.Targets;
+using RebootlessUpdate.UnitTests.Criu;
+using RebootlessUpdate.UnitTests.Images;
+
+namespace RebootlessUpdate.UnitTests.Stages;
+
+/// <summary>
+/// Dump and Restore over a scripted CRIU (the other end of a real socketpair, see <see cref="FakeCriuPeer"/>):
+/// what is journaled before each request and notification is answered, and how each of CRIU's answers is judged.
+/// The targets are real processes; the host tests drive the real criu.
+/// </summary>
+[NonParallelizable]
+public class CriuStageTests
+{
+    private StoreFixture _f = null!;
+    private readonly List<Process> _started = [];
+    private readonly List<Task> _scripts = [];
+
+    [SetUp]
+    public void SetUp() => _f = new StoreFixture();
+
+    [TearDown]
+    public void TearDown()
+    {
+        foreach (var p in _started.Where(p => !p.HasExited))
+        {
+            p.Kill();
+            p.WaitForExit();
+        }
+
+        _started.Clear();
+        _scripts.Clear();
+        _f.Dispose();
+    }
+
+    private Process Sleeper()
+    {
+        var p = Process.Start("sleep", "60")!;
+        _started.Add(p);
+        return p;
+    }
+
+    private static criu_resp Failure(criu_req_type type, string message) =>
+        new() { Type = type, Success = false, CrErrno = 22, CrErrmsg = message };
+
+    private JournalTarget Journaled(UpdateContext context, int i) =>
+        UpdateJournal.Open(_f.StoreRoot, context.SetId!, context.StoreLock!, _f.Clock)!.Record.Targets[i];
+
+    /// <summary>Every connection after the first <paramref name="scripts"/> gets the last script.</summary>
+    private CriuClient Scripted(params Func<FakeCriuPeer, Task>[] scripts)
+    {
+        var next = 0;
+        return FakeCriuPeer.Client(peer => scripts[Math.Min(Interlocked.Increment(ref next) - 1, scripts.Length - 1)](peer), _scripts);
+    }
+
+    // ---- Dump ----
+
+    private async Task<UpdateContext> Planned(CriuClient criu, int targets)
+    {
+        var context = new UpdateContext(UpdateMode.Rehearse, Enumerable.Range(0, targets).Select(_ => UpdateTarget.ProcessTree(Sleeper().Id)))
+        {
+            Store = _f.Store,
+            TimeProvider = _f.Clock,
+            Criu = criu,
+        };
+        context.CriuVersion = "4.1.1";
+        await new PlanStage(checkCapacity: false).ExecuteAsync(context, CancellationToken.None);
+        return context;
+    }
+
+    /// <summary>CRIU dumping one target: post-dump, then the run's decision (commit ends the tree, a veto resumes it).</summary>
+    private static Func<FakeCriuPeer, Task> HeldDump(List<bool> decisions, Func<JournalState>? stateAtRequest = null, List<JournalState>? seen = null) => async peer =>
+    {
+        await peer.ExpectAsync(criu_req_type.Dump);
+        if (stateAtRequest is not null)
+        {
+            seen!.Add(stateAtRequest());
+        }
+
+        peer.Write(new criu_resp { Type = criu_req_type.Notify, Success = true, Notify = new criu_notify { Script = "post-dump" } });
+        var commit = (await peer.ExpectAsync(criu_req_type.Notify)).NotifySuccess;
+        lock (decisions)
+        {
+            decisions.Add(commit);
+        }
+
+        peer.Write(commit ? FakeCriuPeer.Ok(criu_req_type.Dump) : Failure(criu_req_type.Dump, "post-dump script failed: resumed"));
+    };
+
+    [Test]
+    public async Task Dump_journals_dumping_before_criu_is_asked_and_holds_every_target_until_commit()
+    {
+        var decisions = new List<bool>();
+        var seen = new List<JournalState>();
+        UpdateContext context = null!;
+        context = await Planned(Scripted(HeldDump(decisions, () => UpdateJournal.Open(_f.StoreRoot, context.SetId!, context.StoreLock!, _f.Clock)!.State, seen)), 2);
+        try
+        {
+            await new DumpStage(new DumpStageOptions()).ExecuteAsync(context, CancellationToken.None);
+
+            Assert.That(seen, Is.EqualTo(new[] { JournalState.Dumping, JournalState.Dumping }));
+            Assert.That(context.Targets.Select(t => t.Phase), Is.All.EqualTo(TargetPhase.Frozen));
+            Assert.That(new[] { Journaled(context, 0).Phase, Journaled(context, 1).Phase }, Is.All.EqualTo(TargetPhase.Frozen), "journaled before any commit");
+            Assert.That(decisions, Is.Empty, "CRIU holds both at post-dump");
+
+            await new CommitStage().ExecuteAsync(context, CancellationToken.None);
+            await Task.WhenAll(_scripts);
+
+            Assert.That(decisions, Is.EqualTo(new[] { true, true }));
+            Assert.That(context.Targets.Select(t => t.Phase), Is.All.EqualTo(TargetPhase.Dumped));
+        }
+        finally
+        {
+            context.ReleaseLock();
+        }
+    }
+
+    [Test]
+    public async Task A_dump_criu_refuses_fails_the_stage_and_the_rollback_resumes_every_target_in_place()
+    {
+        var decisions = new List<bool>();
+        var context = await Planned(Scripted(HeldDump(decisions), async peer =>
+        {
+            await peer.ExpectAsync(criu_req_type.Dump);
+            peer.Write(Failure(criu_req_type.Dump, "Can't dump task"));
+        }), 2);
+        try
+        {
+            var e = Assert.ThrowsAsync<CriuRequestFailedException>(async () => await new DumpStage(new DumpStageOptions()).ExecuteAsync(context, CancellationToken.None));
+
+            Assert.That(e!.Message, Does.Contain("Can't dump task"));
+            Assert.That(context.Targets.Select(t => t.Phase), Is.EqualTo(new[] { TargetPhase.Frozen, TargetPhase.Failed }));
+
+            await new DumpStage(new DumpStageOptions()).CompensateAsync(context, CancellationToken.None);
+            await Task.WhenAll(_scripts);
+
+            Assert.That(decisions, Is.EqualTo(new[] { false }), "the held one was vetoed: CRIU resumes it");
+            Assert.That(context.Targets.Select(t => t.Phase), Is.All.EqualTo(TargetPhase.Resumed), "both originals run on; nothing to restore");
+            Assert.That(new[] { Journaled(context, 0).Phase, Journaled(context, 1).Phase }, Is.All.EqualTo(TargetPhase.Resumed));
+        }
+        finally
+        {
+            context.ReleaseLock();
+        }
+    }
+
+    // ---- Restore ----
+
+    /// <summary>A resume of one dumped target whose images folder exists (nothing in it is read by the scripted CRIU).</summary>
+    private UpdateContext Dumped(CriuClient criu)
+    {
+        var set = _f.Store.CreateSet(["pid:77"]);
+        Directory.CreateDirectory(Path.Combine(set.ImagesDirectory, "00-pid-77"));
+        var jt = new JournalTarget { Id = "pid:77", Folder = "00-pid-77", Settings = new TargetCriuSettings(), Phase = TargetPhase.Dumped, RootPid = 77, RootStartTime = 1 };
+        var context = new UpdateContext(UpdateMode.Resume, []) { Store = _f.Store, TimeProvider = _f.Clock, Criu = criu };
+        context.StoreLock = _f.Store.AcquireLock();
+        context.Journal = UpdateJournal.Create(_f.StoreRoot, set.Id, UpdateMode.Resume, [jt], context.StoreLock, _f.Clock);
+        context.SetId = set.Id;
+        context.Targets = [LocateStage.Load(jt, set.ImagesDirectory, sameBoot: false)];
+        return context;
+    }
+
+    private static criu_resp PostRestore(int pid) =>
+        new() { Type = criu_req_type.Notify, Success = true, Notify = new criu_notify { Script = "post-restore", Pid = pid } };
+
+    private static criu_resp Restored(int pid) =>
+        new() { Type = criu_req_type.Restore, Success = true, Restore = new criu_restore_resp { Pid = pid } };
+
+    [Test]
+    public async Task Restore_is_journaled_before_criu_is_asked_and_the_root_is_durable_before_it_runs()
+    {
+        var tree = Sleeper();
+        JournalTarget? atRequest = null, atAnswer = null;
+        var answered = false;
+        UpdateContext context = null!;
+        context = Dumped(Scripted(async peer =>
+        {
+            await peer.ExpectAsync(criu_req_type.Restore);
+            atRequest = Journaled(context, 0);
+            peer.Write(PostRestore(tree.Id));
+            answered = (await peer.ExpectAsync(criu_req_type.Notify)).NotifySuccess;
+            atAnswer = Journaled(context, 0); // the tree runs only after CRIU reads this answer
+            peer.Write(Restored(tree.Id));
+        }));
+        try
+        {
+            await new ResumeRestoreStage(new RestoreStageOptions()).ExecuteAsync(context, CancellationToken.None);
+            await Task.WhenAll(_scripts);
+
+            Assert.That(atRequest!.Phase, Is.EqualTo(TargetPhase.Restoring));
+            Assert.That(atRequest.RestoredPid, Is.Null);
+            Assert.That(answered, Is.True);
+            Assert.That((atAnswer!.RestoredPid, atAnswer.RestoredStartTime), Is.EqualTo(((int?)tree.Id, ProcessIdentity.Of(tree.Id)!.Value.StartTime)),
+                "a run that dies now finds this tree instead of restoring a second one");
+            var t = context.Targets[0];
+            Assert.That((t.Phase, t.RestoredPid), Is.EqualTo((TargetPhase.Restored, (int?)tree.Id)));
+            Assert.That(Journaled(context, 0).Phase, Is.EqualTo(TargetPhase.Restored));
+            Assert.That(File.Exists(Path.Combine(UpdateJournal.LogDirectoryOf(_f.StoreRoot, context.SetId!), "00-pid-77", InterruptedRestore.LogFile)), Is.False,
+                "the attempt's log is CRIU's to write: an old one was removed first");
+        }
+        finally
+        {
+            context.ReleaseLock();
+        }
+    }
+
+    [Test]
+    public async Task Pages_that_fail_their_check_veto_the_tree_at_post_restore_and_refuse_the_target()
+    {
+        var tree = Sleeper();
+        bool? answered = null;
+        var context = Dumped(Scripted(async peer =>
+        {
+            await peer.ExpectAsync(criu_req_type.Restore);
+            peer.Write(PostRestore(tree.Id));
+            answered = (await peer.ExpectAsync(criu_req_type.Notify)).NotifySuccess;
+            tree.Kill(); // what CRIU does with a tree whose post-restore failed
+            await tree.WaitForExitAsync();
+            peer.Write(Failure(criu_req_type.Restore, "post-restore script failed"));
+        }));
+        var issue = new VerificationIssue(VerificationIssueKind.ContentChanged, "00-pid-77/pages-1.img", "hash differs");
+        context.Targets[0].PendingPageVerification = Task.FromResult(new VerificationResult(context.SetId!, "", VerificationMode.Full, null, [issue], 0));
+        try
+        {
+            await new ResumeRestoreStage(new RestoreStageOptions()).ExecuteAsync(context, CancellationToken.None);
+            await Task.WhenAll(_scripts);
+
+            Assert.That(answered, Is.False, "CRIU was told no: the tampered memory never ran");
+            var t = context.Targets[0];
+            Assert.That(t.Phase, Is.EqualTo(TargetPhase.Failed));
+            Assert.That(t.Error, Does.StartWith("not restored: its images failed verification").And.Contain("pages-1.img"));
+            Assert.That(Journaled(context, 0).Phase, Is.EqualTo(TargetPhase.Failed));
+        }
+        finally
+        {
+            context.ReleaseLock();
+        }
+    }
+
+    [Test]
+    public async Task A_restore_criu_refuses_before_post_restore_leaves_the_target_dumped_for_another_attempt()
+    {
+        var context = Dumped(Scripted(async peer =>
+        {
+            await peer.ExpectAsync(criu_req_type.Restore);
+            peer.Write(Failure(criu_req_type.Restore, "Can't restore"));
+        }));
+        try
+        {
+            Assert.That(async () => await new ResumeRestoreStage(new RestoreStageOptions()).ExecuteAsync(context, CancellationToken.None),
+                Throws.TypeOf<CriuRequestFailedException>());
+
+            var t = context.Targets[0];
+            Assert.That(t.Phase, Is.EqualTo(TargetPhase.Dumped), "CRIU answered: nothing of it runs, so a retry may restore it");
+            Assert.That(t.Error, Does.StartWith("restore failed:").And.Contain("Can't restore"));
+            Assert.That(Journaled(context, 0).Phase, Is.EqualTo(TargetPhase.Dumped));
+        }
+        finally
+        {
+            context.ReleaseLock();
+        }
+    }
+
+    [Test]
+    public async Task A_connection_lost_after_criu_let_the_tree_run_keeps_that_tree_as_the_one_copy()
+    {
+        var tree = Sleeper();
+        var requests = 0;
+        var context = Dumped(Scripted(async peer =>
+        {
+            Interlocked.Increment(ref requests);
+            await peer.ExpectAsync(criu_req_type.Restore);
+            peer.Write(PostRestore(tree.Id));
+            await peer.ExpectAsync(criu_req_type.Notify);
+            peer.Close(); // the worker dies before its answer
+        }));
+        try
+        {
+            await new ResumeRestoreStage(new RestoreStageOptions()).ExecuteAsync(context, CancellationToken.None);
+            await Task.WhenAll(_scripts);
+
+            var t = context.Targets[0];
+            Assert.That((t.Phase, t.RestoredPid), Is.EqualTo((TargetPhase.Restored, (int?)tree.Id)), "adopted, not restored again");
+            Assert.That(requests, Is.EqualTo(1));
+            Assert.That(Journaled(context, 0).Phase, Is.EqualTo(TargetPhase.Restored));
+        }
+        finally
+        {
+            context.ReleaseLock();
+        }
+    }
+
+    [Test]
+    public async Task A_target_that_is_restoring_is_never_asked_for_again()
+    {
+        var requests = 0;
+        var context = Dumped(Scripted(_ =>
+        {
+            Interlocked.Increment(ref requests);
+            return Task.CompletedTask;
+        }));
+        context.Targets[0].MoveTo(TargetPhase.Restoring);
+        try
+        {
+            await new ResumeRestoreStage(new RestoreStageOptions()).ExecuteAsync(context, CancellationToken.None);
+            await new RehearsalRestoreStage(new RestoreStageOptions()).CompensateAsync(context, CancellationToken.None);
+
+            Assert.That(requests, Is.Zero);
+            Assert.That(context.Targets[0].Phase, Is.EqualTo(TargetPhase.Restoring));
+        }
+        finally
+        {
+            context.ReleaseLock();
+        }
+    }
+}
