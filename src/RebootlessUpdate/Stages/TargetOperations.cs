@@ -268,9 +268,11 @@ internal static class TargetOperations
             catch (Exception e) when (e is CriuException or IOException or InvalidOperationException)
             {
                 last = e;
-                if (t.Phase == TargetPhase.Restored)
+                if (t.Phase is TargetPhase.Restored or TargetPhase.Ended)
                 {
-                    return; // the request failed after CRIU let the tree run: that is the one copy
+                    // The request failed after CRIU let the tree run: that is the one copy (running, or run and exited).
+                    t.Error = t.Phase == TargetPhase.Ended ? e.Message : null;
+                    return;
                 }
 
                 if (t.Phase == TargetPhase.Restoring)
@@ -398,7 +400,7 @@ internal static class TargetOperations
             var outcome = e is CriuRequestFailedException
                 ? t.RestoredRoot is { IsAlive: true } ? InterruptedRestore.Outcome.Running : InterruptedRestore.Outcome.NotRunning
                 : (await InterruptedRestore.SettleAsync(t, imagesDirectory, StageDefaults.InterruptedRestoreWait,
-                    context.TimeProvider, CancellationToken.None).ConfigureAwait(false)).Outcome;
+                    context.TimeProvider, CancellationToken.None, work).ConfigureAwait(false)).Outcome;
             if (outcome == InterruptedRestore.Outcome.Running && t.RestoredRoot is { } adopted)
             {
                 PipelineLog.TargetWarning(context.Logger, t.Target.Id,
@@ -419,6 +421,15 @@ internal static class TargetOperations
                 await daemon.DisposeAsync().ConfigureAwait(false);
                 t.LazyPagesDaemon = null;
                 t.LazyPages = false;
+            }
+
+            if (outcome == InterruptedRestore.Outcome.RanAndExited)
+            {
+                // The answer was lost, but CRIU's log says it let the tree go, and that tree has exited since: it lived
+                // after its checkpoint, so restoring the images again would be a second life, not a recovery.
+                t.MoveTo(TargetPhase.Ended);
+                throw new InvalidOperationException($"CRIU restored it as pid {t.RestoredPid} and let it run (its restore log says so), and it has "
+                    + $"exited since; not restored a second time (its images are kept in {imagesDirectory}); the request itself failed: {e.Message}", e);
             }
 
             throw;

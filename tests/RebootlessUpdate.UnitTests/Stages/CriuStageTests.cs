@@ -297,6 +297,42 @@ public class CriuStageTests
     }
 
     [Test]
+    public async Task A_connection_lost_after_criu_let_the_tree_run_and_it_exited_is_not_restored_a_second_time()
+    {
+        var tree = Sleeper();
+        var requests = 0;
+        UpdateContext context = null!;
+        context = Dumped(Scripted(async peer =>
+        {
+            Interlocked.Increment(ref requests);
+            await peer.ExpectAsync(criu_req_type.Restore);
+            peer.Write(PostRestore(tree.Id));
+            await peer.ExpectAsync(criu_req_type.Notify);
+            // CRIU lets the tree go and logs so; the tree finishes its work and exits; the worker dies before its answer.
+            var work = Path.Combine(UpdateJournal.LogDirectoryOf(_f.StoreRoot, context.SetId!), "00-pid-77");
+            await File.WriteAllTextAsync(Path.Combine(work, InterruptedRestore.LogFile), "(00.04) Restore finished successfully. Tasks resumed.\n");
+            tree.Kill();
+            await tree.WaitForExitAsync();
+            peer.Close();
+        }));
+        try
+        {
+            var stage = new ResumeRestoreStage(new RestoreStageOptions());
+            Assert.That(async () => await stage.ExecuteAsync(context, CancellationToken.None),
+                Throws.InvalidOperationException.With.Message.Contains("not restored a second time"));
+            await stage.ExecuteAsync(context, CancellationToken.None); // the stage's retry
+
+            Assert.That(requests, Is.EqualTo(1), "its images are older than what it did: a second restore would be a second life");
+            Assert.That(context.Targets[0].Phase, Is.EqualTo(TargetPhase.Ended));
+            Assert.That(Journaled(context, 0).Phase, Is.EqualTo(TargetPhase.Ended));
+        }
+        finally
+        {
+            context.ReleaseLock();
+        }
+    }
+
+    [Test]
     public async Task A_target_that_is_restoring_is_never_asked_for_again()
     {
         var requests = 0;
