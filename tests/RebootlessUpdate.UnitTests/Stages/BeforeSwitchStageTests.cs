@@ -1,11 +1,13 @@
 using System.Diagnostics;
 using RebootlessUpdate.Criu;
+using RebootlessUpdate.Criu.Protocol;
 using RebootlessUpdate.Images;
 using RebootlessUpdate.Kexec;
 using RebootlessUpdate.Pipeline;
 using RebootlessUpdate.Stages;
 using RebootlessUpdate.Targets;
 using RebootlessUpdate.TestSupport;
+using RebootlessUpdate.UnitTests.Criu;
 using RebootlessUpdate.UnitTests.Images;
 using RebootlessUpdate.UnitTests.Kexec;
 
@@ -81,6 +83,36 @@ public class BeforeSwitchStageTests
 
     private JournalRecord Reread(UpdateContext context) =>
         UpdateJournal.Open(_f.StoreRoot, context.SetId!, context.StoreLock!, _f.Clock)!.Record;
+
+    /// <summary>A criu that answers every request with success (VERSION with 4.1.1).</summary>
+    private static CriuClient WorkingCriu() => FakeCriuPeer.Client(async peer =>
+    {
+        var req = await peer.NextAsync();
+        peer.Write(req.Type == criu_req_type.Version
+            ? new criu_resp { Type = req.Type, Success = true, Version = new criu_version { MajorNumber = 4, MinorNumber = 1, Sublevel = 1 } }
+            : FakeCriuPeer.Ok(req.Type));
+    });
+
+    [Test]
+    public async Task Preflight_of_an_update_requires_kexec_and_a_rehearsals_does_not()
+    {
+        var kexecPossible = KexecCapabilities.Probe().IsPossible; // this machine's own kernel decides the update's outcome
+        var rehearsal = new UpdateContext(UpdateMode.Rehearse, []) { Store = _f.Store, Criu = WorkingCriu() };
+        await new PreflightStage(requireKexec: false).ExecuteAsync(rehearsal, CancellationToken.None);
+        Assert.That(rehearsal.CriuVersion, Is.EqualTo("4.1.1"));
+
+        var update = new UpdateContext(UpdateMode.Update, []) { Store = _f.Store, Criu = WorkingCriu() };
+        if (kexecPossible)
+        {
+            await new PreflightStage(requireKexec: true).ExecuteAsync(update, CancellationToken.None);
+        }
+        else
+        {
+            var e = Assert.ThrowsAsync<PreflightException>(async () => await new PreflightStage(requireKexec: true).ExecuteAsync(update, CancellationToken.None));
+            Assert.That(e!.Problem, Is.EqualTo(ReadinessProblem.KexecUnavailable));
+            Assert.That(e.Report.Checks.Where(c => !c.Ok).Select(c => c.Name), Is.EqualTo(new[] { "kexec" }), "only kexec is missing");
+        }
+    }
 
     [Test]
     public void Plan_refuses_a_run_with_no_target_before_touching_the_store()

@@ -150,6 +150,94 @@ public class CriuStageTests
         }
     }
 
+    // ---- PreDump ----
+
+    private static Func<FakeCriuPeer, Task> Features(bool memTrack) => async peer =>
+    {
+        await peer.ExpectAsync(criu_req_type.FeatureCheck);
+        peer.Write(new criu_resp { Type = criu_req_type.FeatureCheck, Success = true, Features = new criu_features { MemTrack = memTrack } });
+    };
+
+    [TestCase(false)]
+    [TestCase(true)]
+    public async Task PreDump_without_memory_tracking_is_skipped_with_the_reason_or_refused_when_required(bool required)
+    {
+        var connections = 0;
+        var context = await Planned(Scripted(peer =>
+        {
+            Interlocked.Increment(ref connections);
+            return Features(memTrack: false)(peer);
+        }), 1);
+        try
+        {
+            var stage = new PreDumpStage(new PreDumpStageOptions { Required = required });
+            if (required)
+            {
+                Assert.That(async () => await stage.ExecuteAsync(context, CancellationToken.None),
+                    Throws.TypeOf<CriuFeatureUnavailableException>().With.Message.Contains("soft-dirty"));
+            }
+            else
+            {
+                await stage.ExecuteAsync(context, CancellationToken.None);
+                Assert.That(context.TakeSkipReason(), Does.Contain("CONFIG_MEM_SOFT_DIRTY").And.Contain("copies all memory while frozen"));
+            }
+
+            Assert.That(connections, Is.EqualTo(1), "no pre-dump was asked for");
+            Assert.That(context.Targets[0].PreDumpFolder, Is.Null, "the final dump has no parent to refer to");
+        }
+        finally
+        {
+            context.ReleaseLock();
+        }
+    }
+
+    [Test]
+    public async Task PreDump_copies_each_target_with_memory_tracking_into_its_own_folder_that_the_dump_builds_on()
+    {
+        var requests = new List<criu_req>();
+        UpdateContext context = null!;
+        context = await Planned(Scripted(async peer =>
+        {
+            // Each connection asks one thing: the stage's and the client's own feature checks, the client's version
+            // check (once), or a target's pre-dump.
+            var req = await peer.NextAsync();
+            switch (req.Type)
+            {
+                case criu_req_type.FeatureCheck:
+                    peer.Write(new criu_resp { Type = req.Type, Success = true, Features = new criu_features { MemTrack = true } });
+                    return;
+                case criu_req_type.Version:
+                    peer.Write(new criu_resp { Type = req.Type, Success = true, Version = new criu_version { MajorNumber = 4, MinorNumber = 1, Sublevel = 1 } });
+                    return;
+            }
+
+            Assert.That(req.Type, Is.EqualTo(criu_req_type.SinglePreDump));
+            int index;
+            lock (requests)
+            {
+                requests.Add(req);
+                index = requests.Count - 1;
+            }
+
+            var folder = Path.Combine(context.CheckpointSet!.ImagesDirectory, context.Targets[index].Folder + "-pre");
+            await File.WriteAllBytesAsync(Path.Combine(folder, "pages-1.img"), new byte[8192]);
+            peer.Write(FakeCriuPeer.Ok(criu_req_type.SinglePreDump));
+        }), 2);
+        try
+        {
+            await new PreDumpStage(new PreDumpStageOptions()).ExecuteAsync(context, CancellationToken.None);
+
+            Assert.That(requests.Select(r => (r.Opts.Pid, r.Opts.TrackMem, r.Opts.LogFile)),
+                Is.EqualTo(_started.Select(p => (p.Id, true, "pre-dump.log"))), "one pre-dump per target, each tracking memory");
+            Assert.That(context.Targets.Select(t => t.PreDumpFolder), Is.EqualTo(context.Targets.Select(t => t.Folder + "-pre")));
+            Assert.That(context.Targets.Select(t => t.Phase), Is.All.EqualTo(TargetPhase.Planned), "nothing was frozen for long: the targets run on");
+        }
+        finally
+        {
+            context.ReleaseLock();
+        }
+    }
+
     // ---- Restore ----
 
     /// <summary>A resume of one dumped target whose images folder exists (nothing in it is read by the scripted CRIU).</summary>
