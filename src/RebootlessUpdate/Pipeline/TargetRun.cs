@@ -39,7 +39,11 @@ public enum TargetPhase
     Ended,
 }
 
-/// <summary>One target in a run: its state, timings and CRIU statistics.</summary>
+/// <summary>
+/// One target in a run: its state, timings and CRIU statistics. Its phase, and what each move records (the
+/// restored root, the dump's and the restore's results), change only through its own methods, each a move of
+/// the table in <see cref="TargetTransitions"/>.
+/// </summary>
 public sealed class TargetRun
 {
     internal TargetRun(UpdateTarget target, TargetPhase journaled = TargetPhase.Planned)
@@ -63,6 +67,114 @@ public sealed class TargetRun
     }
 
     /// <summary>
+    /// A target as its journal left it (before deciding what it needs): the one mapping from the journal back to
+    /// a run; <see cref="UpdateJournal"/> maps a run to the journal.
+    /// </summary>
+    internal static TargetRun FromJournal(JournalTarget jt, string setImagesDirectory) => new(new JournaledTarget(jt.Id, jt.Settings), jt.Phase)
+    {
+        Settings = jt.Settings,
+        Folder = jt.Folder,
+        ImagesDirectory = Path.Combine(setImagesDirectory, jt.Folder),
+        DumpStartedAt = jt.DumpStartedAt,
+        RestoredPid = jt.RestoredPid,
+        RestoredStartTime = jt.RestoredStartTime,
+        Original = jt.RootStartTime == 0 ? null : new ProcessIdentity(jt.RootPid, jt.RootStartTime),
+    };
+
+    // The moves that carry data: each is the only writer of what it records, and moves first (a refused move changes nothing).
+
+    /// <summary>CRIU holds it at post-dump, <paramref name="bytes"/> of images written after <paramref name="dumpTime"/>.</summary>
+    internal void Froze(TimeSpan dumpTime, long bytes)
+    {
+        MoveTo(TargetPhase.Frozen);
+        DumpTime = dumpTime;
+        Bytes = bytes;
+    }
+
+    /// <summary>CRIU finished its dump and ended the original processes.</summary>
+    internal void DumpFinished(CriuDumpStatistics? statistics, TimeSpan? dumpTime = null, long? bytes = null)
+    {
+        MoveTo(TargetPhase.Dumped);
+        DumpStatistics = statistics;
+        DumpTime = dumpTime ?? DumpTime;
+        Bytes = bytes ?? Bytes;
+    }
+
+    /// <summary>CRIU could not dump it (<paramref name="error"/> says why; the run fails with it).</summary>
+    internal void DumpFailed(Exception error, TimeSpan dumpTime)
+    {
+        MoveTo(TargetPhase.Failed);
+        Error = error.Message;
+        DumpException = error;
+        DumpTime = dumpTime;
+    }
+
+    /// <summary>Failed, for <paramref name="error"/>: it needs an operator (its images, if any, are kept).</summary>
+    internal void Fail(string error)
+    {
+        MoveTo(TargetPhase.Failed);
+        Error = error;
+    }
+
+    /// <summary>It ran after its checkpoint and has exited since: never restored again (<paramref name="error"/> says what is known).</summary>
+    internal void End(string? error)
+    {
+        MoveTo(TargetPhase.Ended);
+        Error = error;
+    }
+
+    /// <summary>
+    /// About to ask CRIU for a restore: no restored root is known yet. Returns the phase before, for
+    /// <see cref="RevertRestoring"/> when the move cannot be journaled.
+    /// </summary>
+    internal TargetPhase BeginRestoring()
+    {
+        var before = Phase;
+        MoveTo(TargetPhase.Restoring);
+        ForgetRestoredRoot();
+        return before;
+    }
+
+    /// <summary>CRIU reported the restored root at post-restore (before the tree runs).</summary>
+    /// <exception cref="InvalidOperationException">The target is not being restored.</exception>
+    internal void RecordRestoredRoot(ProcessIdentity root)
+    {
+        if (Phase != TargetPhase.Restoring)
+        {
+            throw new InvalidOperationException($"{Target.Id}: a restored root is recorded only while restoring, not for a {Phase} target.");
+        }
+
+        RestoredPid = root.Pid;
+        RestoredStartTime = root.StartTime;
+    }
+
+    /// <summary>The recorded root is not (or no longer) a tree of this target: nothing of that restore runs.</summary>
+    internal void ForgetRestoredRoot()
+    {
+        RestoredPid = null;
+        RestoredStartTime = null;
+    }
+
+    /// <summary>Nothing of an attempted restore runs: it may be restored (once) again.</summary>
+    internal void NothingRestored()
+    {
+        MoveTo(TargetPhase.Dumped);
+        ForgetRestoredRoot();
+    }
+
+    /// <summary>Restored: CRIU let the tree rooted at <paramref name="pid"/> run.</summary>
+    internal void MarkRestored(int pid, CriuRestoreStatistics? statistics, TimeSpan took, long timestamp, DateTimeOffset at, TimeSpan? downtime)
+    {
+        MoveTo(TargetPhase.Restored);
+        RestoredPid = pid;
+        RestoreStatistics = statistics;
+        RestoreTime = took;
+        RestoredTimestamp = timestamp;
+        RestoredAt = at;
+        Downtime = downtime;
+    }
+
+    /// <summary>
     /// Takes back a move to <see cref="TargetPhase.Restoring"/> that could not be journaled: nothing was asked of CRIU.
     /// </summary>
     internal void RevertRestoring(TargetPhase before)
@@ -79,31 +191,31 @@ public sealed class TargetRun
     public string? ImagesDirectory { get; internal set; }
 
     /// <summary>Root pid of the restored tree, once restored.</summary>
-    public int? RestoredPid { get; internal set; }
+    public int? RestoredPid { get; private set; }
 
     /// <summary>Start time of the restored root (with <see cref="RestoredPid"/>: tells the restored tree from a reused pid).</summary>
-    internal ulong? RestoredStartTime { get; set; }
+    internal ulong? RestoredStartTime { get; private set; }
 
     /// <summary>The restored root, once CRIU reported it at post-restore.</summary>
     internal ProcessIdentity? RestoredRoot => RestoredPid is { } pid && RestoredStartTime is { } start ? new ProcessIdentity(pid, start) : null;
 
     /// <summary>Time from the dump request to CRIU holding the images (freezing, dumping, writing).</summary>
-    public TimeSpan? DumpTime { get; internal set; }
+    public TimeSpan? DumpTime { get; private set; }
 
     /// <summary>Time the restore request took.</summary>
-    public TimeSpan? RestoreTime { get; internal set; }
+    public TimeSpan? RestoreTime { get; private set; }
 
     /// <summary>From the dump request (freeze) to the restored tree running again, when both happened in this process.</summary>
-    public TimeSpan? Downtime { get; internal set; }
+    public TimeSpan? Downtime { get; private set; }
 
     /// <summary>Bytes of the target's images.</summary>
-    public long? Bytes { get; internal set; }
+    public long? Bytes { get; private set; }
 
     /// <summary>CRIU's dump statistics (frozen time, pages), when it wrote them.</summary>
-    public CriuDumpStatistics? DumpStatistics { get; internal set; }
+    public CriuDumpStatistics? DumpStatistics { get; private set; }
 
     /// <summary>CRIU's restore statistics, when it wrote them.</summary>
-    public CriuRestoreStatistics? RestoreStatistics { get; internal set; }
+    public CriuRestoreStatistics? RestoreStatistics { get; private set; }
 
     /// <summary>What went wrong for this target, if anything.</summary>
     public string? Error { get; internal set; }
@@ -134,13 +246,13 @@ public sealed class TargetRun
     /// <summary>The check of the target's page images, still running while CRIU restores it (awaited at post-restore).</summary>
     internal Task<VerificationResult>? PendingPageVerification { get; set; }
 
-    internal Exception? DumpException { get; set; }
+    internal Exception? DumpException { get; private set; }
 
     /// <summary>When the restore finished (wall clock).</summary>
-    internal DateTimeOffset? RestoredAt { get; set; }
+    internal DateTimeOffset? RestoredAt { get; private set; }
 
     /// <summary>When the restore finished (context clock).</summary>
-    internal long? RestoredTimestamp { get; set; }
+    internal long? RestoredTimestamp { get; private set; }
 
     /// <summary>What Plan found: root pid and CRIU settings.</summary>
     internal ResolvedTarget? Resolved { get; set; }

@@ -110,16 +110,7 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
     /// <summary>A target as its journal left it (before deciding what it needs).</summary>
     internal static TargetRun Load(JournalTarget jt, string images, bool sameBoot)
     {
-        var run = new TargetRun(new JournaledTarget(jt.Id, jt.Settings), jt.Phase)
-        {
-            Settings = jt.Settings,
-            Folder = jt.Folder,
-            ImagesDirectory = Path.Combine(images, jt.Folder),
-            DumpStartedAt = jt.DumpStartedAt,
-            RestoredPid = jt.RestoredPid,
-            RestoredStartTime = jt.RestoredStartTime,
-            Original = jt.RootStartTime == 0 ? null : new ProcessIdentity(jt.RootPid, jt.RootStartTime),
-        };
+        var run = TargetRun.FromJournal(jt, images);
         if (sameBoot)
         {
             // The original may still hold its pid: wait for it before restoring.
@@ -145,31 +136,28 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
                     : null;
                 var (outcome, holders) = await InterruptedRestore.SettleAsync(run, run.ImagesDirectory!, options.InterruptedRestoreWait,
                     context.TimeProvider, cancellationToken, work).ConfigureAwait(false);
-                TargetPhase next;
-                (next, run.Error) = outcome switch
+                switch (outcome)
                 {
-                    InterruptedRestore.Outcome.Running => (TargetPhase.Restored, null),
-                    InterruptedRestore.Outcome.NotRunning => (TargetPhase.Dumped, null),
-                    InterruptedRestore.Outcome.RanAndExited => (TargetPhase.Ended,
-                        $"CRIU restored it as pid {jt.RestoredPid} and let it run (its restore log says so), and it has exited since; "
-                        + $"not restored a second time (its images are kept in {run.ImagesDirectory})"),
-                    _ => (TargetPhase.Restoring, $"an interrupted restore is still under way after {options.InterruptedRestoreWait.TotalSeconds:0} s "
-                        + $"(process(es) {string.Join(", ", holders)} hold its images {run.ImagesDirectory}); not restored a second time: "
-                        + $"run `rebootless resume --set {context.SetId}` once they have ended"),
-                };
-                if (next != TargetPhase.Restoring)
-                {
-                    run.MoveTo(next); // still restoring: it stays so, and is not asked for again
+                    case InterruptedRestore.Outcome.Running:
+                        run.MoveTo(TargetPhase.Restored);
+                        break;
+                    case InterruptedRestore.Outcome.NotRunning:
+                        run.NothingRestored();
+                        break;
+                    case InterruptedRestore.Outcome.RanAndExited:
+                        run.End($"CRIU restored it as pid {jt.RestoredPid} and let it run (its restore log says so), and it has exited since; "
+                            + $"not restored a second time (its images are kept in {run.ImagesDirectory})");
+                        break;
+                    default:
+                        // Still restoring: it stays so, and is not asked for again.
+                        run.Error = $"an interrupted restore is still under way after {options.InterruptedRestoreWait.TotalSeconds:0} s "
+                            + $"(process(es) {string.Join(", ", holders)} hold its images {run.ImagesDirectory}); not restored a second time: "
+                            + $"run `rebootless resume --set {context.SetId}` once they have ended";
+                        break;
                 }
 
                 if (outcome is InterruptedRestore.Outcome.NotRunning or InterruptedRestore.Outcome.RanAndExited)
                 {
-                    if (outcome == InterruptedRestore.Outcome.NotRunning)
-                    {
-                        run.RestoredPid = null;
-                        run.RestoredStartTime = null;
-                    }
-
                     if (work is not null && await LazyPagesDaemons.StopForAsync(work).ConfigureAwait(false) is { } daemon)
                     {
                         // Started for the interrupted restore; nothing of that tree runs, so it serves nobody.
@@ -197,8 +185,7 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
             case TargetPhase.Failed when jt.RestoredPid is not null:
                 // It ran after its restore and has ended since: its images are older than what it did, so restoring them
                 // again would be a second life, not a recovery.
-                run.MoveTo(TargetPhase.Ended);
-                run.Error = $"it was restored as pid {jt.RestoredPid} and has exited since; not restored a second time (its images are kept in {run.ImagesDirectory})";
+                run.End($"it was restored as pid {jt.RestoredPid} and has exited since; not restored a second time (its images are kept in {run.ImagesDirectory})");
                 return;
             case TargetPhase.Ended:
                 run.Error = jt.Error;
@@ -212,8 +199,7 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
         else if (jt.Phase == TargetPhase.Resumed)
         {
             // It ran on in place after a rollback and has ended since: its checkpoint is older than what it did.
-            run.MoveTo(TargetPhase.Ended);
-            run.Error = $"it ran on in place (pid {jt.RootPid}) after the rollback and has exited since; not restored from the older checkpoint";
+            run.End($"it ran on in place (pid {jt.RootPid}) after the rollback and has exited since; not restored from the older checkpoint");
         }
         else if (jt.Phase is TargetPhase.Frozen or TargetPhase.Dumped or TargetPhase.Failed)
         {
@@ -221,8 +207,7 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
         }
         else
         {
-            run.MoveTo(TargetPhase.Failed);
-            run.Error = $"its processes are gone and the journal shows no completed dump (phase {jt.Phase})";
+            run.Fail($"its processes are gone and the journal shows no completed dump (phase {jt.Phase})");
         }
     }
 

@@ -50,10 +50,10 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
                 if (await RefusedAsync(t).ConfigureAwait(false) is { } refused && TargetTransitions.IsAllowed(t.Phase, TargetPhase.Failed))
                 {
                     // Its pages failed their check while CRIU loaded them: CRIU aborted at post-restore and killed the tree.
-                    t.MoveTo(TargetPhase.Failed);
-                    t.Error = SetFiles.RefusalMessage(refused.Issues);
-                    PipelineLog.TargetWarning(context.Logger, t.Target.Id, t.Error);
-                    context.ReportProgress(Name, t.Error, t.Target.Id);
+                    var why = SetFiles.RefusalMessage(refused.Issues);
+                    t.Fail(why);
+                    PipelineLog.TargetWarning(context.Logger, t.Target.Id, why);
+                    context.ReportProgress(Name, why, t.Target.Id);
                     journal.UpdateTargets(context);
                     return;
                 }

@@ -87,12 +87,11 @@ internal static class TargetOperations
     {
         var pending = t.PendingDump!;
         var first = await Task.WhenAny(pending.HeldAtPostDump.Task, pending.Request).ConfigureAwait(false);
-        t.DumpTime = context.TimeProvider.GetElapsedTime(t.DumpStartedTimestamp!.Value);
+        var took = context.TimeProvider.GetElapsedTime(t.DumpStartedTimestamp!.Value);
         if (first == pending.HeldAtPostDump.Task)
         {
-            t.MoveTo(TargetPhase.Frozen);
-            t.Bytes = FolderBytes(t.ImagesDirectory!);
-            context.ReportProgress("Dump", $"frozen, {t.Bytes} bytes of images in {t.DumpTime.Value.TotalMilliseconds:0} ms", t.Target.Id, t.Bytes);
+            t.Froze(took, FolderBytes(t.ImagesDirectory!));
+            context.ReportProgress("Dump", $"frozen, {t.Bytes} bytes of images in {took.TotalMilliseconds:0} ms", t.Target.Id, t.Bytes);
             return;
         }
 
@@ -100,16 +99,12 @@ internal static class TargetOperations
         {
             var result = await pending.Request.ConfigureAwait(false);
             // No post-dump notification arrived (should not happen): CRIU ended the tree.
-            t.MoveTo(TargetPhase.Dumped);
-            t.DumpStatistics = result.Statistics;
-            t.Bytes = FolderBytes(t.ImagesDirectory!);
+            t.DumpFinished(result.Statistics, took, FolderBytes(t.ImagesDirectory!));
         }
         catch (Exception e)
         {
-            t.MoveTo(TargetPhase.Failed);
             var error = Classify(e, set);
-            t.Error = error.Message;
-            t.DumpException = error;
+            t.DumpFailed(error, took);
             PipelineLog.TargetWarning(context.Logger, t.Target.Id, "dump failed: " + error.Message);
         }
     }
@@ -130,13 +125,11 @@ internal static class TargetOperations
             try
             {
                 var result = await t.PendingDump!.Request.ConfigureAwait(false);
-                t.MoveTo(TargetPhase.Dumped);
-                t.DumpStatistics = result.Statistics;
+                t.DumpFinished(result.Statistics);
             }
             catch (Exception e)
             {
-                t.MoveTo(TargetPhase.Failed);
-                t.Error = "finishing the dump failed: " + e.Message;
+                t.Fail("finishing the dump failed: " + e.Message);
                 errors.Add($"{t.Target.Id}: {t.Error}");
                 causes.Add(e);
             }
@@ -251,8 +244,7 @@ internal static class TargetOperations
 
         if (!HasImages(t))
         {
-            t.MoveTo(TargetPhase.Failed);
-            t.Error = $"{t.Error}{(t.Error is null ? "" : "; ")}its processes are gone and there are no complete images to restore from";
+            t.Fail($"{t.Error}{(t.Error is null ? "" : "; ")}its processes are gone and there are no complete images to restore from");
             return;
         }
 
@@ -284,13 +276,15 @@ internal static class TargetOperations
             }
         }
 
-        var stillRestoring = t.Phase == TargetPhase.Restoring;
-        if (!stillRestoring)
+        var error = $"rollback restore failed: {last!.Message}; ";
+        if (t.Phase == TargetPhase.Restoring)
         {
-            t.MoveTo(TargetPhase.Failed);
+            t.Error = error + StillRestoring(context);
         }
-
-        t.Error = $"rollback restore failed: {last!.Message}; " + (stillRestoring ? StillRestoring(context) : $"the images are kept in {t.ImagesDirectory}");
+        else
+        {
+            t.Fail(error + $"the images are kept in {t.ImagesDirectory}");
+        }
     }
 
     private static string StillRestoring(UpdateContext context) =>
@@ -323,10 +317,7 @@ internal static class TargetOperations
         // between leaves enough for the next one to find the tree (InterruptedRestore) instead of restoring a second
         // copy. A journal that cannot be written stops the restore here, before anything exists.
         var journal = context.Journal;
-        var before = t.Phase;
-        t.RestoredPid = null;
-        t.RestoredStartTime = null;
-        t.MoveTo(TargetPhase.Restoring);
+        var before = t.BeginRestoring();
         try
         {
             journal?.UpdateTargets(context);
@@ -369,8 +360,7 @@ internal static class TargetOperations
 
                 var root = (n.Pid is { } restored ? ProcessIdentity.Of(restored) : null)
                     ?? throw new InvalidOperationException($"CRIU reported the restored root as pid {n.Pid}, which does not exist");
-                t.RestoredPid = root.Pid;
-                t.RestoredStartTime = root.StartTime;
+                t.RecordRestoredRoot(root);
                 try
                 {
                     journal?.UpdateTargets(context);
@@ -378,8 +368,7 @@ internal static class TargetOperations
                 catch
                 {
                     // Not durable, so the tree must not run: failing the notification makes CRIU kill it.
-                    t.RestoredPid = null;
-                    t.RestoredStartTime = null;
+                    t.ForgetRestoredRoot();
                     throw;
                 }
             },
@@ -411,9 +400,7 @@ internal static class TargetOperations
 
             if (outcome == InterruptedRestore.Outcome.NotRunning)
             {
-                t.MoveTo(TargetPhase.Dumped); // a definite "nothing runs": the next attempt may restore it
-                t.RestoredPid = null;
-                t.RestoredStartTime = null;
+                t.NothingRestored(); // a definite "nothing runs": the next attempt may restore it
             }
 
             if (t.LazyPagesDaemon is { } daemon)
@@ -427,9 +414,10 @@ internal static class TargetOperations
             {
                 // The answer was lost, but CRIU's log says it let the tree go, and that tree has exited since: it lived
                 // after its checkpoint, so restoring the images again would be a second life, not a recovery.
-                t.MoveTo(TargetPhase.Ended);
-                throw new InvalidOperationException($"CRIU restored it as pid {t.RestoredPid} and let it run (its restore log says so), and it has "
-                    + $"exited since; not restored a second time (its images are kept in {imagesDirectory}); the request itself failed: {e.Message}", e);
+                var ended = $"CRIU restored it as pid {t.RestoredPid} and let it run (its restore log says so), and it has "
+                    + $"exited since; not restored a second time (its images are kept in {imagesDirectory}); the request itself failed: {e.Message}";
+                t.End(ended);
+                throw new InvalidOperationException(ended, e);
             }
 
             throw;
@@ -445,15 +433,10 @@ internal static class TargetOperations
     private static TimeSpan MarkRestored(UpdateContext context, TargetRun t, int pid, CriuRestoreStatistics? statistics, long end, long start)
     {
         var took = context.TimeProvider.GetElapsedTime(start, end);
-        t.RestoreTime = took;
-        t.RestoredPid = pid;
-        t.RestoreStatistics = statistics;
-        t.RestoredTimestamp = end;
-        t.RestoredAt = context.TimeProvider.GetUtcNow();
-        t.MoveTo(TargetPhase.Restored);
-        t.Downtime = t.DumpStartedTimestamp is { } d
+        var now = context.TimeProvider.GetUtcNow();
+        t.MarkRestored(pid, statistics, took, end, now, t.DumpStartedTimestamp is { } d
             ? context.TimeProvider.GetElapsedTime(d, end)
-            : t.DumpStartedAt is { } at ? t.RestoredAt - at : null;
+            : t.DumpStartedAt is { } at ? now - at : null);
         if (t.Downtime is { } down)
         {
             RebootlessTelemetry.Downtime.Record(down.TotalSeconds, new KeyValuePair<string, object?>("mode", context.Mode.ToString()));

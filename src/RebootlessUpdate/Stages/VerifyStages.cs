@@ -83,10 +83,10 @@ internal sealed class ResumeVerifyStage(VerifyStageOptions options) : IUpdateSta
                 continue;
             }
 
-            t.MoveTo(TargetPhase.Failed);
-            t.Error = SetFiles.RefusalMessage(group.Select(o => o.Issue));
-            PipelineLog.TargetWarning(context.Logger, t.Target.Id, t.Error);
-            context.ReportProgress(Name, t.Error, t.Target.Id);
+            var why = SetFiles.RefusalMessage(group.Select(o => o.Issue));
+            t.Fail(why);
+            PipelineLog.TargetWarning(context.Logger, t.Target.Id, why);
+            context.ReportProgress(Name, why, t.Target.Id);
         }
 
         context.RequireJournal().UpdateTargets(context);

@@ -172,8 +172,8 @@ public class AfterBootStageTests
     public async Task Report_journals_resumed_with_the_longest_downtime_when_every_target_runs([Values] bool rehearsal)
     {
         using var context = Disposing(Context(rehearsal ? UpdateMode.Rehearse : UpdateMode.Resume, TargetPhase.Restored, TargetPhase.Restored));
-        Target(context.Value, A).Downtime = TimeSpan.FromMilliseconds(120);
-        Target(context.Value, B).Downtime = TimeSpan.FromMilliseconds(250);
+        Target(context.Value, A).MarkRestored(2, null, TimeSpan.FromMilliseconds(40), 0, _f.Clock.Now, TimeSpan.FromMilliseconds(120));
+        Target(context.Value, B).MarkRestored(3, null, TimeSpan.FromMilliseconds(90), 0, _f.Clock.Now, TimeSpan.FromMilliseconds(250));
 
         await Run(rehearsal ? new RehearsalReportStage() : new ResumeReportStage(Loader()), context.Value);
 

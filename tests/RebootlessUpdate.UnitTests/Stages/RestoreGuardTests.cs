@@ -10,8 +10,15 @@ namespace RebootlessUpdate.UnitTests.Stages;
 /// </summary>
 public class RestoreGuardTests
 {
-    private static TargetRun Run(TargetPhase phase) =>
-        new(new JournaledTarget("pid:7", new TargetCriuSettings()), phase) { RestoredPid = 4242, RestoredStartTime = 99, ImagesDirectory = "/nonexistent" };
+    private static TargetRun Run(TargetPhase phase) => TargetRun.FromJournal(new JournalTarget
+    {
+        Id = "pid:7",
+        Folder = "00-pid-7",
+        Settings = new TargetCriuSettings(),
+        Phase = phase,
+        RestoredPid = 4242,
+        RestoredStartTime = 99,
+    }, "/nonexistent");
 
     [TestCase(TargetPhase.Restoring)]
     [TestCase(TargetPhase.Restored)]
