@@ -45,7 +45,7 @@ internal static class CrashInjection
 
         if (point.AtRestoreAnswered)
         {
-            TargetOperations.RestoreAnswered = _ => Crash(point);
+            TargetRestore.RestoreAnswered = _ => Crash(point);
             return;
         }
 

@@ -74,7 +74,7 @@ internal sealed class PlanStage(bool checkCapacity = true) : IUpdateStage
         context.SetId = set.Id;
         for (var i = 0; i < context.Targets.Count; i++)
         {
-            context.Targets[i].Folder = TargetOperations.FolderName(i, context.Targets[i].Target);
+            context.Targets[i].Folder = TargetFolders.FolderName(i, context.Targets[i].Target);
         }
 
         context.Journal = UpdateJournal.Create(store.RootDirectory, set.Id, context.Mode,
@@ -175,10 +175,10 @@ internal sealed class PreDumpStage(PreDumpStageOptions options) : IUpdateStage
             var folder = t.Folder + "-pre";
             var dir = Path.Combine(set.ImagesDirectory, folder);
             Directory.CreateDirectory(dir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-            var dump = t.Settings!.ToDump(t.Resolved!.RootPid, dir, TargetOperations.WorkDirectory(context, t)) with { TrackMemory = true, LogFile = "pre-dump.log" };
+            var dump = t.Settings!.ToDump(t.Resolved!.RootPid, dir, TargetFolders.WorkDirectory(context, t)) with { TrackMemory = true, LogFile = "pre-dump.log" };
             await criu.SinglePreDumpAsync(dump, cancellationToken).ConfigureAwait(false);
             t.PreDumpFolder = folder;
-            var bytes = TargetOperations.FolderBytes(dir);
+            var bytes = TargetFolders.FolderBytes(dir);
             context.ReportProgress(Name, $"pre-dumped {bytes} bytes while running", t.Target.Id, bytes);
         }
 
@@ -219,8 +219,8 @@ internal sealed class DumpStage(DumpStageOptions options) : IUpdateStage
         // after its dump until all are held, so the set is consistent.
         foreach (var t in context.Targets)
         {
-            TargetOperations.StartDump(context, t, criu, set, options.OnCriuNotification, cancellationToken);
-            await TargetOperations.WaitHeldAsync(context, t, set).ConfigureAwait(false);
+            TargetDump.Start(context, t, criu, set, options.OnCriuNotification, cancellationToken);
+            await TargetDump.WaitHeldAsync(context, t, set).ConfigureAwait(false);
             if (t.Phase == TargetPhase.Failed)
             {
                 break;
@@ -242,7 +242,7 @@ internal sealed class DumpStage(DumpStageOptions options) : IUpdateStage
     }
 
     public async ValueTask CompensateAsync(UpdateContext context, CancellationToken cancellationToken) =>
-        await TargetOperations.RollBackAsync(context).ConfigureAwait(false);
+        await TargetRollback.RollBackAsync(context).ConfigureAwait(false);
 }
 
 /// <summary>Seals the set: fsyncs and hashes every image, writes the manifest (while CRIU still holds the targets).</summary>
@@ -263,7 +263,7 @@ internal sealed class CommitStage : IUpdateStage
     public string Name => "Commit";
 
     public async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken) =>
-        await TargetOperations.CommitAsync(context).ConfigureAwait(false);
+        await TargetDump.CommitAsync(context).ConfigureAwait(false);
 }
 
 /// <summary>
@@ -281,7 +281,7 @@ internal sealed class JumpStage(JumpStageOptions options) : IUpdateStage
         journal.Transition(JournalState.Jumping);
         var jump = options.Jump ?? new KexecJump();
         using var armed = jump.Arm(new JournalJumpGuard(journal));
-        await TargetOperations.CommitAsync(context).ConfigureAwait(false);
+        await TargetDump.CommitAsync(context).ConfigureAwait(false);
         context.PointOfNoReturnPassed = true;
         try
         {

@@ -44,7 +44,7 @@ internal sealed record LazyPagesDaemonVerdict(RunningLazyPagesDaemon Daemon, Laz
 
 /// <summary>
 /// Lazy-pages daemons belong to their set: the pipeline starts each one with its work folder (socket, log and pid file)
-/// in the set's logs folder (<c>STORE/journal/SET.logs/TARGET/</c>, see <see cref="TargetOperations.WorkDirectory"/>), so
+/// in the set's logs folder (<c>STORE/journal/SET.logs/TARGET/</c>, see <see cref="TargetFolders.WorkDirectory"/>), so
 /// the set's journal says whether it still serves a live target. Only such a daemon holds up a checkpoint; an orphan
 /// (left by a killed lazy restore: it waits forever for a tree that is gone) is stopped by <c>rebootless resume</c>
 /// through its pid file.

@@ -40,7 +40,7 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
             try
             {
                 var dir = root is null ? t.ImagesDirectory! : Path.Combine(root, t.Folder!);
-                await TargetOperations.RestoreAsync(context, t, dir, waitForRelease, lazy: options.LazyPages || t.Settings!.LazyPages, cancellationToken).ConfigureAwait(false);
+                await TargetRestore.RestoreAsync(context, t, dir, waitForRelease, lazy: options.LazyPages || t.Settings!.LazyPages, cancellationToken).ConfigureAwait(false);
                 t.Error = null;
                 // Durable at once: a run that crashes after this restore must not restore the target a second time.
                 journal.UpdateTargets(context);
@@ -118,7 +118,7 @@ internal sealed class RehearsalRestoreStage(RestoreStageOptions options) : Resto
     {
         foreach (var t in context.Targets.Where(t => t.Phase == TargetPhase.Dumped))
         {
-            await TargetOperations.RecoverAsync(context, t, sameBoot: true).ConfigureAwait(false);
+            await TargetRollback.RecoverAsync(context, t, sameBoot: true).ConfigureAwait(false);
         }
     }
 }

@@ -197,3 +197,9 @@ internal static class StageDefaultsValues
 {
     internal const int MaxParallelism = Pipeline.StageDefaults.MaxParallelism;
 }
+
+/// <summary>A CRIU notification during a target's dump, as passed to a dump hook.</summary>
+/// <param name="Target">The target.</param>
+/// <param name="Script">CRIU's hook name (pre-dump, network-lock, post-dump, ...).</param>
+/// <param name="Pid">The pid CRIU names, if any.</param>
+public readonly record struct TargetNotification(string Target, string Script, int? Pid);

@@ -1,0 +1,141 @@
+using RebootlessUpdate.Criu;
+using RebootlessUpdate.Images;
+using RebootlessUpdate.Pipeline;
+using RebootlessUpdate.Targets;
+
+namespace RebootlessUpdate.Stages;
+
+/// <summary>A target's dump: started, held by CRIU at post-dump, then committed (CRIU ends the processes).</summary>
+internal static class TargetDump
+{
+    private const long NearlyFullBytes = 256 * 1024;
+
+    /// <summary>
+    /// Starts the dump of <paramref name="t"/>. CRIU freezes it, writes its images and
+    /// then waits in its post-dump notification until the pipeline commits (CRIU ends
+    /// the processes) or vetoes (CRIU lets them run on, nothing to restore).
+    /// </summary>
+    internal static void Start(UpdateContext context, TargetRun t, CriuClient criu, CheckpointSet set,
+        Func<TargetNotification, CancellationToken, ValueTask>? hook, CancellationToken cancellationToken)
+    {
+        var resolved = t.Resolved ?? throw new InvalidOperationException("the Plan stage must resolve the targets first.");
+        t.ImagesDirectory = Path.Combine(set.ImagesDirectory, t.Folder!);
+        Directory.CreateDirectory(t.ImagesDirectory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        var work = TargetFolders.WorkDirectory(context, t);
+        t.Original = ProcessIdentity.Of(resolved.RootPid)
+            ?? throw new TargetNotFoundException(t.Target.Id, $"process {resolved.RootPid} exited after the plan; nothing was frozen.");
+        t.TreeProcesses = [.. ProcStat.Tree(resolved.RootPid).Select(ProcessIdentity.Of).OfType<ProcessIdentity>()];
+        t.OwnsPidNamespace = ProcStat.IsNamespaceInit(resolved.RootPid);
+        var pending = new TargetRun.Pending();
+        var options = t.Settings!.ToDump(resolved.RootPid, t.ImagesDirectory, work) with
+        {
+            LogFile = "dump.log",
+            ParentImages = t.PreDumpFolder is null ? null : "../" + t.PreDumpFolder,
+            // Without memory tracking CRIU ignores the parent and copies every page again while frozen.
+            TrackMemory = t.PreDumpFolder is not null,
+            OnNotification = async (n, ct) =>
+            {
+                if (hook is not null)
+                {
+                    await hook(new TargetNotification(t.Target.Id, n.Script, n.Pid), ct).ConfigureAwait(false);
+                }
+
+                if (n.Script == "post-dump")
+                {
+                    pending.HeldAtPostDump.TrySetResult();
+                    var commit = await pending.Decision.Task.WaitAsync(ct).ConfigureAwait(false);
+                    if (!commit)
+                    {
+                        // Failing post-dump makes CRIU resume the frozen tasks instead of killing them.
+                        throw new OperationCanceledException("the update was rolled back before the jump; the workload resumes in place");
+                    }
+                }
+            },
+        };
+        t.DumpStartedTimestamp = context.TimeProvider.GetTimestamp();
+        t.DumpStartedAt = context.TimeProvider.GetUtcNow();
+        pending.Abandon = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var abandon = pending.Abandon.Token;
+        pending.Request = Task.Run(() => criu.DumpAsync(options, abandon), CancellationToken.None);
+        t.PendingDump = pending;
+        PipelineLog.TargetEvent(context.Logger, t.Target.Id, $"dumping root {resolved.RootPid} ({t.TreeProcesses.Count} processes) into {t.ImagesDirectory}");
+    }
+
+    /// <summary>Waits until CRIU holds the target at post-dump, or its dump failed.</summary>
+    internal static async Task WaitHeldAsync(UpdateContext context, TargetRun t, CheckpointSet set)
+    {
+        var pending = t.PendingDump!;
+        var first = await Task.WhenAny(pending.HeldAtPostDump.Task, pending.Request).ConfigureAwait(false);
+        var took = context.TimeProvider.GetElapsedTime(t.DumpStartedTimestamp!.Value);
+        if (first == pending.HeldAtPostDump.Task)
+        {
+            t.Froze(took, TargetFolders.FolderBytes(t.ImagesDirectory!));
+            context.ReportProgress("Dump", $"frozen, {t.Bytes} bytes of images in {took.TotalMilliseconds:0} ms", t.Target.Id, t.Bytes);
+            return;
+        }
+
+        try
+        {
+            var result = await pending.Request.ConfigureAwait(false);
+            // No post-dump notification arrived (should not happen): CRIU ended the tree.
+            t.DumpFinished(result.Statistics, took, TargetFolders.FolderBytes(t.ImagesDirectory!));
+        }
+        catch (Exception e)
+        {
+            var error = Classify(e, set);
+            t.DumpFailed(error, took);
+            PipelineLog.TargetWarning(context.Logger, t.Target.Id, "dump failed: " + error.Message);
+        }
+    }
+
+    /// <summary>Lets CRIU finish every held dump: the frozen processes end; from here a rollback restores from the images.</summary>
+    internal static async Task CommitAsync(UpdateContext context)
+    {
+        var held = context.Targets.Where(t => t.PendingDump is not null && t.Phase == TargetPhase.Frozen).ToList();
+        foreach (var t in held)
+        {
+            t.PendingDump!.Decision.TrySetResult(true);
+        }
+
+        List<string> errors = [];
+        List<Exception> causes = [];
+        foreach (var t in held)
+        {
+            try
+            {
+                var result = await t.PendingDump!.Request.ConfigureAwait(false);
+                t.DumpFinished(result.Statistics);
+            }
+            catch (Exception e)
+            {
+                t.Fail("finishing the dump failed: " + e.Message);
+                errors.Add($"{t.Target.Id}: {t.Error}");
+                causes.Add(e);
+            }
+        }
+
+        context.Journal?.UpdateTargets(context);
+        if (errors.Count > 0)
+        {
+            // The causes stay attached: a caller tells a CRIU timeout (or a full store) from other failures by them.
+            throw new InvalidOperationException("CRIU could not finish every dump: " + string.Join("; ", errors),
+                causes.Count == 1 ? causes[0] : new AggregateException(causes));
+        }
+    }
+
+    private static Exception Classify(Exception e, CheckpointSet set)
+    {
+        if (e is CriuRequestFailedException failed)
+        {
+            var capacity = set.Store.GetCapacity();
+            if (failed.Message.Contains("No space left on device", StringComparison.Ordinal) || capacity.FreeBytes < NearlyFullBytes)
+            {
+                return new StoreFullException(
+                    $"the image store at {set.Store.RootDirectory} is full ({capacity.FreeBytes} of {capacity.TotalBytes} bytes free after the failed dump); "
+                    + $"CRIU resumed the workload. Free space or use a larger store. CRIU said: {failed.Message}", capacity.FreeBytes, null, failed);
+            }
+        }
+
+        return e;
+    }
+}

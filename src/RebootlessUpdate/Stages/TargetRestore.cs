@@ -1,0 +1,208 @@
+using RebootlessUpdate.Criu;
+using RebootlessUpdate.Images;
+using RebootlessUpdate.Pipeline;
+using RebootlessUpdate.Targets;
+
+namespace RebootlessUpdate.Stages;
+
+/// <summary>A target's restore: journaled before CRIU is asked, its root durable before it runs, judged when the answer is lost.</summary>
+internal static class TargetRestore
+{
+    /// <summary>
+    /// Raised when CRIU has answered a restore (the tree runs), before this run records it: the one instant a
+    /// journal write cannot mark. The tool's crash injection (<c>REBOOTLESS_CRASH_AT=restore-answered</c>) kills itself here.
+    /// </summary>
+    internal static Action<TargetRun>? RestoreAnswered { get; set; }
+
+    /// <summary>
+    /// Restores one target from <paramref name="imagesDirectory"/>; with <paramref name="lazy"/>, through a
+    /// lazy-pages daemon that then serves its memory on demand (see <see cref="RestoreStageOptions.LazyPages"/>).
+    /// </summary>
+    internal static async Task RestoreAsync(UpdateContext context, TargetRun t, string imagesDirectory, bool waitForRelease, bool lazy, CancellationToken cancellationToken)
+    {
+        // Before anything of the target is touched (its recorded root above all): a refused move leaves it as it was.
+        TargetTransitions.Check(t.Target.Id, t.Phase, TargetPhase.Restoring);
+        if (waitForRelease)
+        {
+            await WaitForReleaseAsync(context, t, cancellationToken).ConfigureAwait(false);
+        }
+
+        var criu = context.RequireCriu();
+        var work = TargetFolders.WorkDirectory(context, t);
+        var options = t.Settings!.ToRestore(imagesDirectory, work) with { LogFile = InterruptedRestore.LogFile };
+        // One log per attempt: a later run reads it to tell "CRIU resumed the tree" (see InterruptedRestore).
+        File.Delete(Path.Combine(work, InterruptedRestore.LogFile));
+        // Exactly once: the journal says "restoring" before CRIU gets the request (or its lazy-pages daemon starts),
+        // and names the restored root (pid and start time) before CRIU lets it run. A run that dies anywhere in
+        // between leaves enough for the next one to find the tree (InterruptedRestore) instead of restoring a second
+        // copy. A journal that cannot be written stops the restore here, before anything exists.
+        var journal = context.Journal;
+        var before = t.BeginRestoring();
+        try
+        {
+            journal?.UpdateTargets(context);
+        }
+        catch
+        {
+            t.RevertRestoring(before); // nothing was asked of CRIU
+            throw;
+        }
+
+        t.LazyPages = false;
+        t.LazyPagesDaemon = lazy ? await StartLazyPagesDaemonAsync(context, t, criu, imagesDirectory, work, cancellationToken).ConfigureAwait(false) : null;
+        if (t.LazyPagesDaemon is not null)
+        {
+            // CRIU finds the daemon's socket in the work folder; the sealed images folder stays as sealed.
+            options = options with { LazyPages = true };
+            t.LazyPages = true;
+        }
+
+        var pages = t.PendingPageVerification;
+        options = options with
+        {
+            OnNotification = async (n, ct) =>
+            {
+                if (n.Script != "post-restore")
+                {
+                    return;
+                }
+
+                if (pages is not null)
+                {
+                    // CRIU has loaded the memory but lets nothing run before post-restore: hold it there until the
+                    // pages passed their check; failing the notification makes CRIU abort and kill the restored tree.
+                    var check = await pages.WaitAsync(ct).ConfigureAwait(false);
+                    if (!check.IsValid)
+                    {
+                        throw new CheckpointSetVerificationException(check);
+                    }
+                }
+
+                var root = (n.Pid is { } restored ? ProcessIdentity.Of(restored) : null)
+                    ?? throw new InvalidOperationException($"CRIU reported the restored root as pid {n.Pid}, which does not exist");
+                t.RecordRestoredRoot(root);
+                try
+                {
+                    journal?.UpdateTargets(context);
+                }
+                catch
+                {
+                    // Not durable, so the tree must not run: failing the notification makes CRIU kill it.
+                    t.ForgetRestoredRoot();
+                    throw;
+                }
+            },
+        };
+
+        var start = context.TimeProvider.GetTimestamp();
+        CriuRestoreResult result;
+        try
+        {
+            result = await criu.RestoreAsync(options, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            // Nothing of the tree runs (CRIU killed what it had restored) unless it passed post-restore and only the
+            // answer was lost: then it runs, and it is the one copy. When CRIU answered with a failure it is done with
+            // the tree, so the recorded root tells; otherwise (the connection broke, the watchdog or a cancellation
+            // killed the worker) the outcome is unknown until no CRIU holds the images any more.
+            var outcome = e is CriuRequestFailedException
+                ? t.RestoredRoot is { IsAlive: true } ? InterruptedRestore.Outcome.Running : InterruptedRestore.Outcome.NotRunning
+                : (await InterruptedRestore.SettleAsync(t, imagesDirectory, StageDefaults.InterruptedRestoreWait,
+                    context.TimeProvider, CancellationToken.None, work).ConfigureAwait(false)).Outcome;
+            if (outcome == InterruptedRestore.Outcome.Running && t.RestoredRoot is { } adopted)
+            {
+                PipelineLog.TargetWarning(context.Logger, t.Target.Id,
+                    $"the restore request failed ({e.Message}) after CRIU let the tree run: it runs as pid {adopted.Pid}, kept as the one copy");
+                MarkRestored(context, t, adopted.Pid, null, context.TimeProvider.GetTimestamp(), start);
+                return;
+            }
+
+            if (outcome == InterruptedRestore.Outcome.NotRunning)
+            {
+                t.NothingRestored(); // a definite "nothing runs": the next attempt may restore it
+            }
+
+            if (t.LazyPagesDaemon is { } daemon)
+            {
+                await daemon.DisposeAsync().ConfigureAwait(false);
+                t.LazyPagesDaemon = null;
+                t.LazyPages = false;
+            }
+
+            if (outcome == InterruptedRestore.Outcome.RanAndExited)
+            {
+                // The answer was lost, but CRIU's log says it let the tree go, and that tree has exited since: it lived
+                // after its checkpoint, so restoring the images again would be a second life, not a recovery.
+                var ended = $"CRIU restored it as pid {t.RestoredPid} and let it run (its restore log says so), and it has "
+                    + $"exited since; not restored a second time (its images are kept in {imagesDirectory}); the request itself failed: {e.Message}";
+                t.End(ended);
+                throw new InvalidOperationException(ended, e);
+            }
+
+            throw;
+        }
+
+        RestoreAnswered?.Invoke(t);
+        var took = MarkRestored(context, t, result.Pid, result.Statistics, context.TimeProvider.GetTimestamp(), start);
+        context.ReportProgress("Restore", $"restored as pid {result.Pid} in {took.TotalMilliseconds:0} ms"
+            + (t.LazyPagesDaemon is { } served ? $"; its memory is served on demand by lazy-pages daemon {served.Pid}" : string.Empty), t.Target.Id);
+    }
+
+    /// <summary>Records a restored tree (the phase, pid, timings and downtime); returns how long the restore took.</summary>
+    private static TimeSpan MarkRestored(UpdateContext context, TargetRun t, int pid, CriuRestoreStatistics? statistics, long end, long start)
+    {
+        var took = context.TimeProvider.GetElapsedTime(start, end);
+        var now = context.TimeProvider.GetUtcNow();
+        t.MarkRestored(pid, statistics, took, end, now, t.DumpStartedTimestamp is { } d
+            ? context.TimeProvider.GetElapsedTime(d, end)
+            : t.DumpStartedAt is { } at ? now - at : null);
+        if (t.Downtime is { } down)
+        {
+            RebootlessTelemetry.Downtime.Record(down.TotalSeconds, new KeyValuePair<string, object?>("mode", context.Mode.ToString()));
+        }
+
+        return took;
+    }
+
+    /// <summary>
+    /// Starts the lazy-pages daemon of one target over its images, its socket, log and pid file in the
+    /// target's work folder. Null (the target is then restored fully, and the progress says why) when
+    /// the kernel or criu cannot: a lazy restore is an optimisation, never a reason to leave a workload down.
+    /// </summary>
+    private static async Task<CriuLazyPagesDaemon?> StartLazyPagesDaemonAsync(UpdateContext context, TargetRun t, CriuClient criu, string imagesDirectory, string work,
+        CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await criu.StartLazyPagesDaemonAsync(new CriuLazyPagesOptions { ImagesDirectory = imagesDirectory, WorkDirectory = work }, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is CriuTransportException or CriuUnavailableException or IOException)
+        {
+            var why = $"lazy restore unavailable, restoring every page now: {e.Message}";
+            PipelineLog.TargetWarning(context.Logger, t.Target.Id, why);
+            context.ReportProgress("Restore", why, t.Target.Id);
+            return null;
+        }
+    }
+
+    /// <summary>
+    /// Waits (bounded) until no process of the dumped tree holds its pid: an orphan
+    /// killed by CRIU can stay a zombie for a moment, and restoring the same pid then fails.
+    /// </summary>
+    private static async Task WaitForReleaseAsync(UpdateContext context, TargetRun t, CancellationToken cancellationToken)
+    {
+        if (t.OwnsPidNamespace)
+        {
+            // Restored into a fresh PID namespace: waiting for a slow reaper would only add downtime
+            // (measured: ~2 s for a runc container whose killed init the host's PID 1 reaped late).
+            return;
+        }
+
+        var start = context.TimeProvider.GetTimestamp();
+        while (t.TreeProcesses.Any(p => p.HoldsPid) && context.TimeProvider.GetElapsedTime(start) < StageDefaults.PidReleaseWait)
+        {
+            await Task.Delay(10, cancellationToken).ConfigureAwait(false);
+        }
+    }
+}
