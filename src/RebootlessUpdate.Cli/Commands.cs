@@ -26,6 +26,15 @@ internal static class Commands
 
     private static readonly Option<string?> Store = new("--store") { Description = $"The image store folder (default {DefaultStore}).", Recursive = true };
     private static readonly Option<string?> Pmem = new("--pmem") { Description = "Keep the store on this legacy persistent-memory device (e.g. /dev/pmem0), which survives kexec; formatted only when empty.", Recursive = true };
+    private static readonly Option<string?> ManifestKey = new("--manifest-key")
+    {
+        Description = "A root-only key file outside the store (made 0600 at the first seal when missing): every seal signs the set's "
+            + "manifest with it (HMAC-SHA256), and a set whose manifest does not carry a valid signature is refused, so rewriting a "
+            + "manifest needs the key, not only write access to the store. Give the same key to update, resume and images verify; keep it "
+            + "on the root file system so it survives the switch.",
+        Recursive = true,
+    };
+
     private static readonly Option<string?> StoreMount = new("--store-mount") { Description = "Where --pmem's store is mounted (default /run/rebootless/store).", Recursive = true };
 
     public static void AddAll(RootCommand root)
@@ -36,6 +45,7 @@ internal static class Commands
         root.Options.Add(Store);
         root.Options.Add(Pmem);
         root.Options.Add(StoreMount);
+        root.Options.Add(ManifestKey);
         root.Options.Add(TcpEstablished);
         root.Options.Add(SystemdUser);
         root.Subcommands.Add(Check());
@@ -580,7 +590,7 @@ internal static class Commands
 
         try
         {
-            return new DirectoryImageStore(new DirectoryImageStoreOptions { RootDirectory = path, ReadOnly = readOnly });
+            return new DirectoryImageStore(new DirectoryImageStoreOptions { RootDirectory = path, ReadOnly = readOnly, ManifestKeyPath = p.GetValue(ManifestKey) });
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ImageStoreException)
         {
@@ -602,7 +612,12 @@ internal static class Commands
         {
             // Formats the device only when it holds nothing; a device holding anything but our store is refused.
             // The mount is left in place: the store must stay reachable until the jump and for `resume`.
-            return PmemImageStore.Open(new PmemImageStoreOptions { Device = device, MountPoint = p.GetValue(StoreMount) ?? new PmemImageStoreOptions().MountPoint });
+            return PmemImageStore.Open(new PmemImageStoreOptions
+            {
+                Device = device,
+                MountPoint = p.GetValue(StoreMount) ?? new PmemImageStoreOptions().MountPoint,
+                ManifestKeyPath = p.GetValue(ManifestKey),
+            });
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ImageStoreException)
         {

@@ -27,6 +27,12 @@ public sealed class RebootlessUpdateOptions
 
     /// <summary>Sealed sets kept after a resume (0-100); null keeps all. Default 2.</summary>
     public int? KeepSealedSets { get; set; } = 2;
+
+    /// <summary>
+    /// A root-only key file outside the store (absolute): every seal signs the manifest with it and a set without a
+    /// valid signature is refused (see <see cref="Images.DirectoryImageStoreOptions.ManifestKeyPath"/>). Default null: none.
+    /// </summary>
+    public string? ManifestKeyPath { get; set; }
 }
 
 /// <summary>Defaults of <see cref="RebootlessUpdateOptions"/>.</summary>
@@ -61,6 +67,11 @@ internal sealed class RebootlessUpdateOptionsValidator : IValidateOptions<Reboot
         if (options.RestoreParallelism is < 1 or > 64)
         {
             failures.Add($"RebootlessUpdateOptions.RestoreParallelism must be 1-64, not {options.RestoreParallelism}.");
+        }
+
+        if (options.ManifestKeyPath is { } key && (string.IsNullOrWhiteSpace(key) || !Path.IsPathRooted(key)))
+        {
+            failures.Add($"RebootlessUpdateOptions.ManifestKeyPath must be an absolute file path (or null for none), not '{key}'.");
         }
 
         if (options.KeepSealedSets is < 0 or > 100)

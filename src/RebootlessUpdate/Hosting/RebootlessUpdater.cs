@@ -85,6 +85,7 @@ public static class RebootlessUpdateServiceCollectionExtensions
         services.TryAddSingleton<IImageStore>(sp => new DirectoryImageStore(new DirectoryImageStoreOptions
         {
             RootDirectory = sp.GetRequiredService<IOptions<RebootlessUpdateOptions>>().Value.StoreDirectory,
+            ManifestKeyPath = sp.GetRequiredService<IOptions<RebootlessUpdateOptions>>().Value.ManifestKeyPath,
             TimeProvider = sp.GetRequiredService<TimeProvider>(),
             Logger = sp.GetService<ILoggerFactory>()?.CreateLogger("RebootlessUpdate.Images"),
         }));

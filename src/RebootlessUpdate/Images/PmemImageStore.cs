@@ -28,6 +28,12 @@ public sealed record PmemImageStoreOptions
 
     /// <summary>Logger (default: none). The DAX fallback is logged as a warning.</summary>
     public ILogger? Logger { get; init; }
+    /// <summary>
+    /// A root-only key file outside the store: when set, every seal writes a keyed hash of the manifest and
+    /// verification refuses a set without a valid one (see <see cref="DirectoryImageStoreOptions.ManifestKeyPath"/>).
+    /// Default null: no keyed hash.
+    /// </summary>
+    public string? ManifestKeyPath { get; init; }
 }
 
 /// <summary>
@@ -53,7 +59,7 @@ public sealed class PmemImageStore : EngineBackedImageStore, IDisposable
         Formatted = formatted;
         _logger = logger;
         IsMounted = true;
-        Engine = new SetStoreEngine(this, mountPoint, options.TimeProvider, options.MachineIdPath, logger);
+        Engine = new SetStoreEngine(this, mountPoint, options.TimeProvider, options.MachineIdPath, logger, manifestKeyPath: options.ManifestKeyPath);
     }
 
     /// <summary>The region and device holding the store.</summary>

@@ -1,3 +1,4 @@
+using RebootlessUpdate.Images;
 using RebootlessUpdate.Pipeline;
 using RebootlessUpdate.TestSupport;
 
@@ -58,6 +59,45 @@ public partial class CrashRecoveryTests
             Assert.That(resumed.ExitCode, Is.Not.Zero, resumed.ToString());
             Assert.That(resumed.Error, Does.Contain("symbolic link"));
             Assert.That(Instances(appDir), Is.Zero, "nothing was restored through the link");
+        });
+    }
+
+    [Test]
+    public void With_a_manifest_key_same_boot_resume_of_a_set_whose_manifest_was_rewritten_for_a_flipped_page_restores_nothing()
+    {
+        var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
+        var key = Path.Combine(_dir, "keys", "manifest.key");
+        var appDir = Path.Combine(_dir, "app");
+        _workload = Workload.StartProgram(appDir, 16);
+        var crashed = Tool("sealed/dumped", "rehearse", "--pid", Pid(_workload.RootPid), "--store", store, "--criu", _testbed.Criu, "--manifest-key", key);
+        Assert.That(crashed.ExitCode, Is.EqualTo(137), crashed.ToString());
+        var journal = UpdateJournal.List(store).Single();
+        var victim = FlipAByteOfTheLargestPageImage(store, journal, journal.Targets.Single());
+        // An attacker with write access to the set vouches for the changed page: the manifest's hashes are right again.
+        var images = Path.Combine(store, "sets", journal.SetId, "images");
+        var manifestPath = Path.Combine(store, "sets", journal.SetId, "manifest.json");
+        var manifest = ManifestFormat.Read(File.ReadAllBytes(manifestPath), manifestPath);
+        var relative = Path.GetRelativePath(images, victim);
+        var hash = FileHasher.Hash(victim, CancellationToken.None).Hash;
+        File.WriteAllBytes(manifestPath, ManifestFormat.Write(manifest with
+        {
+            Files = [.. manifest.Files.Select(f => f.Path == relative ? new ManifestEntry { Path = f.Path, Size = f.Size, Xxh128 = hash } : f)],
+        }));
+
+        var unkeyed = Tool(null, "images", "verify", journal.SetId, "--store", store);
+        var keyed = Tool(null, "images", "verify", journal.SetId, "--store", store, "--manifest-key", key);
+        var resumed = Tool(null, "resume", "--store", store, "--criu", _testbed.Criu, "--manifest-key", key);
+        TestContext.Out.WriteLine($"--- verify without the key\n{unkeyed}\n--- with it\n{keyed}\n--- resume\n{resumed}");
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(unkeyed.ExitCode, Is.Zero, "without the key, write access to the set is enough to forge (why the key exists)\n" + unkeyed);
+            Assert.That(keyed.ExitCode, Is.EqualTo(1), keyed.ToString());
+            Assert.That(keyed.Output, Does.Contain("ManifestUnauthenticated"));
+            Assert.That(resumed.ExitCode, Is.Not.Zero, resumed.ToString());
+            Assert.That(resumed.Error, Does.Contain("ManifestUnauthenticated").And.Not.Contain("   at "));
+            Assert.That(Instances(appDir), Is.Zero, "nothing was restored from the forged set");
+            Assert.That(File.Exists(victim), Is.True, "the images are kept for inspection");
         });
     }
 }

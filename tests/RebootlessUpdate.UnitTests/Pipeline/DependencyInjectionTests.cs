@@ -82,6 +82,40 @@ public class DependencyInjectionTests
         }
     }
 
+    [Test]
+    public void The_manifest_key_reaches_the_store_and_a_relative_one_is_named()
+    {
+        var dir = Directory.CreateTempSubdirectory("rebootless-di-key-").FullName;
+        try
+        {
+            var services = new ServiceCollection();
+            services.AddRebootlessUpdate(o =>
+            {
+                o.StoreDirectory = Path.Combine(dir, "store");
+                o.ManifestKeyPath = Path.Combine(dir, "keys", "manifest.key");
+            });
+            using (var provider = services.BuildServiceProvider())
+            {
+                var store = provider.GetRequiredService<RebootlessUpdate.Images.IImageStore>();
+                var set = store.CreateSet(["pid:1"]);
+                File.WriteAllText(Path.Combine(set.ImagesDirectory, "pages-1.img"), "pages");
+                store.SealAsync(set, new RebootlessUpdate.Images.SealOptions { CriuVersion = "4.1.1" }).GetAwaiter().GetResult();
+                Assert.That(File.ReadAllText(Path.Combine(set.Directory, "sealed")), Does.StartWith("hmac-sha256 "), "the seal is keyed");
+                Assert.That(new FileInfo(Path.Combine(dir, "keys", "manifest.key")).Length, Is.EqualTo(32));
+            }
+
+            var invalid = new ServiceCollection();
+            invalid.AddRebootlessUpdate(o => o.ManifestKeyPath = "keys/manifest.key");
+            using var bad = invalid.BuildServiceProvider();
+            Assert.That(() => bad.GetRequiredService<RebootlessUpdater>(),
+                Throws.TypeOf<OptionsValidationException>().With.Message.Contains("ManifestKeyPath must be an absolute file path").And.Message.Contains("keys/manifest.key"));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
     [TestCase("relative/store", "criu", 4, 2, "StoreDirectory must be an absolute folder path, not 'relative/store'")]
     [TestCase("/var/lib/x", " ", 4, 2, "CriuPath must name the criu binary")]
     [TestCase("/var/lib/x", "criu", 0, 2, "RestoreParallelism must be 1-64, not 0")]

@@ -28,7 +28,7 @@ public sealed class PramFsImageStore : EngineBackedImageStore, IDisposable
         Region = region;
         Formatted = formatted;
         Check = check;
-        Engine = new SetStoreEngine(this, daemon.MountPoint, options.TimeProvider, options.MachineIdPath, logger);
+        Engine = new SetStoreEngine(this, daemon.MountPoint, options.TimeProvider, options.MachineIdPath, logger, manifestKeyPath: options.ManifestKeyPath);
     }
 
     /// <summary>The region (or comma-separated regions) holding the file system.</summary>

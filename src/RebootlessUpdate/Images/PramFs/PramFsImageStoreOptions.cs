@@ -45,6 +45,13 @@ public sealed record PramFsImageStoreOptions
 
     /// <summary>Logger (default: none).</summary>
     public ILogger? Logger { get; init; }
+
+    /// <summary>
+    /// A root-only key file outside the store: when set, every seal writes a keyed hash of the manifest and
+    /// verification refuses a set without a valid one (see <see cref="DirectoryImageStoreOptions.ManifestKeyPath"/>).
+    /// Default null: no keyed hash.
+    /// </summary>
+    public string? ManifestKeyPath { get; init; }
 }
 
 /// <summary>What fsck (libpramfs, or the <c>pramfs fsck</c> tool) said about the region before it was mounted.</summary>
