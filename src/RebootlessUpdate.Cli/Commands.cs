@@ -569,6 +569,12 @@ internal static class Commands
     private static IImageStore? OpenStore(ParseResult p, bool mustExist, out (int Code, string Message)? error, bool readOnly = false)
     {
         error = null;
+        if (p.GetValue(ManifestKey) is { } key && !Path.IsPathRooted(key))
+        {
+            error = (ExitCodes.Usage, $"--manifest-key {key}: give an absolute path (the same file for update, resume and images verify); nothing was changed.");
+            return null;
+        }
+
         if (p.GetValue(Pmem) is { } device)
         {
             return OpenPmemStore(p, device, out error);

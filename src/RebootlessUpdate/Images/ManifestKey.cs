@@ -75,6 +75,9 @@ internal sealed class ManifestKey(string path)
     internal static byte[] Mark(byte[] key, byte[] manifest) =>
         Encoding.ASCII.GetBytes($"{Scheme} {Convert.ToHexStringLower(HMACSHA256.HashData(key, manifest))}\n");
 
+    /// <summary>True when the seal mark holds a keyed hash (the set was sealed with a key).</summary>
+    internal static bool IsKeyedMark(byte[] mark) => Encoding.ASCII.GetString(mark).TrimStart().StartsWith(Scheme + " ", StringComparison.Ordinal);
+
     /// <summary>Null when <paramref name="mark"/> holds the keyed hash of <paramref name="manifest"/>, else why not.</summary>
     internal static string? Check(byte[] key, byte[] manifest, byte[] mark)
     {

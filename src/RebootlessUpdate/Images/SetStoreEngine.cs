@@ -37,12 +37,12 @@ internal sealed partial class SetStoreEngine
 
     internal SetStoreEngine(IImageStore owner, string root, TimeProvider time, string machineIdPath, ILogger logger, bool readOnly = false, string? manifestKeyPath = null)
     {
-        _key = manifestKeyPath is null ? null : new ManifestKey(Path.GetFullPath(manifestKeyPath));
         _owner = owner;
         _time = time;
         _machineIdPath = machineIdPath;
         _logger = logger;
         Root = Path.GetFullPath(root);
+        _key = manifestKeyPath is null ? null : new ManifestKey(KeyOutsideStore(manifestKeyPath, Root));
         ReadOnly = readOnly;
         if (readOnly)
         {
@@ -665,7 +665,7 @@ internal sealed partial class SetStoreEngine
         {
             var bytes = StoreFiles.ReadRegular(manifestPath, MaxManifestBytes);
             var manifest = ManifestFormat.Read(bytes, manifestPath);
-            return _key is null || CheckKeyedHash(dir, bytes) is not { } why
+            return (_key is null ? SealedWithAKey(dir) : CheckKeyedHash(dir, bytes)) is not { } why
                 ? (manifest, null)
                 : (null, new(VerificationIssueKind.ManifestUnauthenticated, ManifestFormat.FileName, why));
         }
@@ -680,6 +680,40 @@ internal sealed partial class SetStoreEngine
         catch (IOException e)
         {
             return (null, new(VerificationIssueKind.ManifestCorrupt, ManifestFormat.FileName, $"it cannot be read: {e.Message}"));
+        }
+    }
+
+    /// <summary>The key file's full path, when it is absolute and outside the store (a key the store's writers can replace proves nothing).</summary>
+    private static string KeyOutsideStore(string path, string root)
+    {
+        if (string.IsNullOrWhiteSpace(path) || !Path.IsPathRooted(path))
+        {
+            throw new ArgumentException($"the manifest key path must be absolute (the same file for every run and for resume), not '{path}'.", nameof(path));
+        }
+
+        var full = Path.GetFullPath(path);
+        if (full == root || full.StartsWith(root + "/", StringComparison.Ordinal))
+        {
+            throw new ImageStoreException($"the manifest key {full} lies inside the store {root}: whoever can write the store could replace it; "
+                + "keep it outside (e.g. /var/lib/rebootless/manifest.key)");
+        }
+
+        return full;
+    }
+
+    /// <summary>Why a set sealed with a key cannot be checked by this store (opened without one); null for a set sealed without a key.</summary>
+    private static string? SealedWithAKey(string dir)
+    {
+        try
+        {
+            return ManifestKey.IsKeyedMark(StoreFiles.ReadRegular(Path.Combine(dir, CheckpointSetLayout.SealMarkFile), 4096))
+                ? "the set was sealed with a manifest key and none was given, so nothing here can tell a rewritten manifest from ours: "
+                    + "give the same key (--manifest-key FILE, or ManifestKeyPath) to verify or restore it"
+                : null;
+        }
+        catch (IOException)
+        {
+            return null; // no readable mark: the manifest's own checks decide
         }
     }
 

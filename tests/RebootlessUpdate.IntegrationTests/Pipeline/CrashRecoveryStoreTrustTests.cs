@@ -85,13 +85,21 @@ public partial class CrashRecoveryTests
         }));
 
         var unkeyed = Tool(null, "images", "verify", journal.SetId, "--store", store);
+        var relativeKey = Tool(null, "images", "verify", journal.SetId, "--store", store, "--manifest-key", "keys/manifest.key");
         var keyed = Tool(null, "images", "verify", journal.SetId, "--store", store, "--manifest-key", key);
+        var forgotten = Tool(null, "resume", "--store", store, "--criu", _testbed.Criu);
         var resumed = Tool(null, "resume", "--store", store, "--criu", _testbed.Criu, "--manifest-key", key);
-        TestContext.Out.WriteLine($"--- verify without the key\n{unkeyed}\n--- with it\n{keyed}\n--- resume\n{resumed}");
+        TestContext.Out.WriteLine($"--- verify without the key\n{unkeyed}\n--- relative key\n{relativeKey}\n--- with it\n{keyed}\n"
+            + $"--- resume without the key\n{forgotten}\n--- resume\n{resumed}");
 
         Assert.Multiple(() =>
         {
-            Assert.That(unkeyed.ExitCode, Is.Zero, "without the key, write access to the set is enough to forge (why the key exists)\n" + unkeyed);
+            Assert.That(unkeyed.ExitCode, Is.EqualTo(1), "a set sealed with a key is never judged without it\n" + unkeyed);
+            Assert.That(unkeyed.Output, Does.Contain("sealed with a manifest key and none was given"));
+            Assert.That(relativeKey.ExitCode, Is.EqualTo(2), relativeKey.ToString());
+            Assert.That(relativeKey.Error, Does.Contain("give an absolute path"));
+            Assert.That(forgotten.ExitCode, Is.Not.Zero, forgotten.ToString());
+            Assert.That(forgotten.Error, Does.Contain("--manifest-key"));
             Assert.That(keyed.ExitCode, Is.EqualTo(1), keyed.ToString());
             Assert.That(keyed.Output, Does.Contain("ManifestUnauthenticated"));
             Assert.That(resumed.ExitCode, Is.Not.Zero, resumed.ToString());

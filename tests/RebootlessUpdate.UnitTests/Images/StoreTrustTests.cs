@@ -602,6 +602,29 @@ public class StoreTrustTests
         });
     }
 
+    [Test]
+    public async Task A_set_sealed_with_a_key_is_refused_by_a_store_given_none_and_a_key_inside_the_store_or_relative_is_refused()
+    {
+        var root = Path.Combine(_f.Dir, "keyed");
+        var keyed = OpenAt(root, manifestKey: KeyPath);
+        var set = keyed.CreateSet(["pid:1"]);
+        File.WriteAllBytes(Images(set, "pages-1.img"), new byte[4096]);
+        await keyed.SealAsync(set, new SealOptions { CriuVersion = "4.1.1", KernelRelease = "k" });
+
+        var withoutKey = await OpenAt(root).VerifyAsync(set.Id);
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(withoutKey.Issues.Select(i => i.Kind), Is.EqualTo(new[] { VerificationIssueKind.ManifestUnauthenticated }),
+                "a forgotten key fails closed: without it a rewritten manifest would pass");
+            Assert.That(withoutKey.Issues[0].Detail, Does.Contain("sealed with a manifest key and none was given").And.Contain("--manifest-key"));
+            Assert.That(() => OpenAt(root, manifestKey: Path.Combine(root, "manifest.key")),
+                Throws.TypeOf<ImageStoreException>().With.Message.Contains("lies inside the store"));
+            Assert.That(() => OpenAt(root, manifestKey: "keys/manifest.key"), Throws.ArgumentException.With.Message.Contains("must be absolute"));
+            Assert.That(File.Exists(Path.Combine(root, "manifest.key")), Is.False, "refused before anything was made");
+        });
+    }
+
     private DirectoryImageStore OpenAt(string root, bool readOnly = false, string? manifestKey = null) => new(new DirectoryImageStoreOptions
     {
         RootDirectory = root,
