@@ -127,7 +127,16 @@ internal static class TargetDump
     {
         if (e is CriuRequestFailedException failed)
         {
-            var capacity = set.Store.GetCapacity();
+            StoreCapacity capacity;
+            try
+            {
+                capacity = set.Store.GetCapacity();
+            }
+            catch (Exception probe) when (probe is IOException or UnauthorizedAccessException or ImageStoreException)
+            {
+                return e; // the store cannot say how full it is: CRIU's own error stands
+            }
+
             if (failed.Message.Contains("No space left on device", StringComparison.Ordinal) || capacity.FreeBytes < NearlyFullBytes)
             {
                 return new StoreFullException(

@@ -137,6 +137,11 @@ internal static class TargetRestore
                 var ended = $"CRIU restored it as pid {t.RestoredPid} and let it run (its restore log says so), and it has "
                     + $"exited since; not restored a second time (its images are kept in {imagesDirectory}); the request itself failed: {e.Message}";
                 t.End(ended);
+                if (e is OperationCanceledException)
+                {
+                    throw; // the caller's cancellation stays one; the target's error says what is known
+                }
+
                 throw new InvalidOperationException(ended, e);
             }
 

@@ -126,7 +126,11 @@ internal static class TargetRollback
                 if (t.Phase is TargetPhase.Restored or TargetPhase.Ended)
                 {
                     // The request failed after CRIU let the tree run: that is the one copy (running, or run and exited).
-                    t.Error = t.Phase == TargetPhase.Ended ? e.Message : null;
+                    if (t.Phase == TargetPhase.Ended)
+                    {
+                        t.Error = e.Message;
+                    }
+
                     return;
                 }
 
