@@ -40,8 +40,8 @@ public class RandomKillTests
     public void TearDown() => Directory.Delete(_dir, recursive: true);
 
     [TestCase("pid", 12, 12, TestName = "A process tree: the tool killed at 24 random instants between freeze and restored, resume leaves exactly one copy")]
-    [TestCase("lazy", 6, 6, TestName = "A lazily restored tree: the tool killed at 12 random instants between freeze and restored, resume leaves exactly one copy")]
-    [TestCase("cgroup", 6, 6, TestName = "A freezer cgroup: the tool killed at 12 random instants between freeze and restored, resume leaves exactly one copy")]
+    [TestCase("lazy", 10, 10, TestName = "A lazily restored tree: the tool killed at 20 random instants between freeze and restored, resume leaves exactly one copy")]
+    [TestCase("cgroup", 10, 10, TestName = "A freezer cgroup: the tool killed at 20 random instants between freeze and restored, resume leaves exactly one copy")]
     public void Killed_at_random_instants_then_resumed_exactly_one_copy_runs(string kind, int anywhere, int duringRestore)
     {
         // Calibration: how long the span lasts on this machine, from the journal's "dumping" to the tool's end, and its restore part.

@@ -194,6 +194,17 @@ public class LocateDecisionTests
         Assert.That(run.Phase, Is.EqualTo(TargetPhase.Restored));
     }
 
+    [Test]
+    public async Task Restored_in_a_journal_that_predates_start_times_is_judged_by_its_pid_alone()
+    {
+        // Journals written before restored roots carried a start time name only the pid.
+        var running = await DecideAsync(Target(TargetPhase.Restored, restored: Running()) with { RestoredStartTime = null });
+        var gone = await DecideAsync(Target(TargetPhase.Restored, restored: Exited()) with { RestoredStartTime = null });
+
+        Assert.That(running.Phase, Is.EqualTo(TargetPhase.Restored), "its pid runs: left alone");
+        Assert.That(gone.Phase, Is.EqualTo(TargetPhase.Ended), "its pid is gone: it ran and exited, never restored again");
+    }
+
     [TestCase(TargetPhase.Restored)]
     [TestCase(TargetPhase.Failed)]
     [TestCase(TargetPhase.Ended)]
