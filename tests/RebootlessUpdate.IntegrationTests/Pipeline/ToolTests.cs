@@ -173,7 +173,8 @@ public partial class ToolTests
         Assert.That(r.ExitCode, Is.Zero, r.ToString());
         w.RootPid = int.Parse(RestoredAs().Match(Ansi().Replace(r.Output, "")).Groups[1].Value); // first: Dispose then ends the restored tree
         Assert.That(r.Output, Does.Contain("\u001b["), "a terminal gets the live display");
-        var frame = CursorUp().Split(r.Output)[^1];
+        // The terminal ends each line with "\r\n" (the pty's output processing); a '\r' inside a line is a redraw.
+        var frame = CursorUp().Split(r.Output.Replace("\r\n", "\n", StringComparison.Ordinal))[^1];
         var rows = Ansi().Replace(frame, "").Split('\n').Select(l => l.Split('\r')[^1].TrimEnd()).Where(l => l.Length > 0).ToList();
         TestContext.Out.WriteLine("--- last frame\n" + string.Join('\n', rows));
         Assert.Multiple(() =>
