@@ -266,6 +266,17 @@ public sealed class TargetRun
     /// <summary>The pre-dump folder (relative to the set's images folder) the final dump builds on.</summary>
     internal string? PreDumpFolder { get; set; }
 
+    /// <summary>
+    /// True once CRIU was asked anything about this target's processes (a pre-dump, a dump) or it left
+    /// <see cref="TargetPhase.Planned"/>: a run that fails before that refused it, it rolled nothing back.
+    /// </summary>
+    internal bool Touched => Phase != TargetPhase.Planned || DumpStartedTimestamp is not null || _preDumpAsked;
+
+    private bool _preDumpAsked;
+
+    /// <summary>Recorded before CRIU is asked for a pre-dump (CRIU freezes the tree while it copies).</summary>
+    internal void PreDumpAsked() => _preDumpAsked = true;
+
     /// <summary>Every process of the tree when dumped (to wait for their pids to be released before a restore).</summary>
     internal IReadOnlyList<ProcessIdentity> TreeProcesses { get; set; } = [];
 

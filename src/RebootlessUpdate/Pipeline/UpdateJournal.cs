@@ -574,7 +574,7 @@ internal static class SystemInfo
 
 /// <summary>Source-generated JSON for journals and reports (no reflection: the resume path must start fast).</summary>
 [JsonSourceGenerationOptions(WriteIndented = true, PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase,
-    UseStringEnumConverter = true, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
+    UseStringEnumConverter = true, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull, Converters = [typeof(SecondsJsonConverter)])]
 [JsonSerializable(typeof(JournalRecord))]
 [JsonSerializable(typeof(UpdateResult))]
 [JsonSerializable(typeof(IReadOnlyList<JournalRecord>))]

@@ -126,7 +126,7 @@ public sealed class UpdatePipeline
             ? context.NothingToDo ? UpdateOutcome.NothingToDo : UpdateOutcome.Succeeded
             : context.PointOfNoReturnPassed || compensationFailed || context.Targets.Any(t => t.Phase is TargetPhase.Failed or TargetPhase.Dumped or TargetPhase.Frozen or TargetPhase.Restoring or TargetPhase.Ended)
                 ? UpdateOutcome.Failed
-                : UpdateOutcome.RolledBack;
+                : Refused(context) ? UpdateOutcome.Refused : UpdateOutcome.RolledBack;
         // Only a journal this run opened under the store's lock is written (a run refused by the lock has none):
         // the lock is released below, once this last record is durable.
         if (failure is not null && context.Journal is { } journal)
@@ -134,7 +134,7 @@ public sealed class UpdatePipeline
             try
             {
                 // A resume rolls nothing back: its failure leaves the journal unfinished (Failed) for the next attempt.
-                var rolledBack = outcome == UpdateOutcome.RolledBack && context.Mode != UpdateMode.Resume;
+                var rolledBack = outcome is UpdateOutcome.RolledBack or UpdateOutcome.Refused && context.Mode != UpdateMode.Resume;
                 journal.Fail(rolledBack ? JournalState.RolledBack : JournalState.Failed, failedStage, failure.Message, context);
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidOperationException)
@@ -175,6 +175,14 @@ public sealed class UpdatePipeline
         PipelineLog.RunFinished(context.Logger, context.Mode, outcome, context.SetId);
         return result;
     }
+
+    /// <summary>
+    /// True when the run failed before it touched any workload: no target was frozen, pre-dumped, dumped or restored
+    /// (a resume that found nothing it could trust has no targets). A pipeline run without targets of its own
+    /// (custom stages only) is rolled back, not refused: its stages may have changed anything.
+    /// </summary>
+    private static bool Refused(UpdateContext context) =>
+        (context.Targets.Count > 0 || context.Mode == UpdateMode.Resume) && context.Targets.All(t => !t.Touched);
 
     private async Task<int> RunStageAsync(int index, UpdateContext context, CancellationToken cancellationToken)
     {

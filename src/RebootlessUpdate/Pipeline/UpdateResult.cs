@@ -16,6 +16,12 @@ public enum UpdateOutcome
 
     /// <summary>A stage failed and the rollback was incomplete, or the failure came after the point of no return. Read the targets' errors.</summary>
     Failed,
+
+    /// <summary>
+    /// Refused before any workload was touched (a bad or missing target, criu or kexec unusable, the store locked or
+    /// full at plan, a journal that cannot be trusted): nothing was frozen, dumped or restored, every workload runs as it did.
+    /// </summary>
+    Refused,
 }
 
 /// <summary>How a stage ended.</summary>

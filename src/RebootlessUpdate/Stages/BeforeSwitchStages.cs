@@ -176,6 +176,7 @@ internal sealed class PreDumpStage(PreDumpStageOptions options) : IUpdateStage
             var dir = Path.Combine(set.ImagesDirectory, folder);
             Directory.CreateDirectory(dir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
             var dump = t.Settings!.ToDump(t.Resolved!.RootPid, dir, TargetFolders.WorkDirectory(context, t)) with { TrackMemory = true, LogFile = "pre-dump.log" };
+            t.PreDumpAsked();
             await criu.SinglePreDumpAsync(dump, cancellationToken).ConfigureAwait(false);
             t.PreDumpFolder = folder;
             var bytes = TargetFolders.FolderBytes(dir);

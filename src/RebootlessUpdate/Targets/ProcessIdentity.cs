@@ -42,6 +42,33 @@ internal readonly record struct ProcessIdentity(int Pid, ulong StartTime)
 /// <summary>The fields of <c>/proc/PID/stat</c> the targets need.</summary>
 internal sealed record ProcStat(int Pid, char State, int ParentPid, int ProcessGroup, int Session, int TtyNumber, ulong StartTime)
 {
+    // PF_KTHREAD in field 9 (flags) of /proc/PID/stat (include/linux/sched.h).
+    private const uint KernelThreadFlag = 0x00200000;
+
+    /// <summary>Field 9 of <c>/proc/PID/stat</c>: the kernel's PF_* flags.</summary>
+    public uint Flags { get; init; }
+
+    /// <summary>True for a kernel thread (kthreadd and its children): it has no user memory to checkpoint.</summary>
+    public bool IsKernelThread => (Flags & KernelThreadFlag) != 0;
+
+    /// <summary>
+    /// The process (thread group) that <paramref name="tid"/> belongs to: itself for a process, its leader for
+    /// another thread (<c>/proc/TID</c> exists for every thread, though <c>ls /proc</c> lists only processes).
+    /// Null when there is no such task.
+    /// </summary>
+    public static int? ThreadGroupOf(int tid)
+    {
+        try
+        {
+            var line = File.ReadLines($"/proc/{tid.ToString(CultureInfo.InvariantCulture)}/status").FirstOrDefault(l => l.StartsWith("Tgid:", StringComparison.Ordinal));
+            return line is not null && int.TryParse(line.AsSpan("Tgid:".Length).Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out var tgid) ? tgid : null;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+    }
+
     public static ProcStat? Read(int pid)
     {
         string text;
@@ -67,7 +94,10 @@ internal sealed record ProcStat(int Pid, char State, int ParentPid, int ProcessG
             return null;
         }
 
-        return new ProcStat(pid, f[0][0], Int(f[1]), Int(f[2]), Int(f[3]), Int(f[4]), ulong.Parse(f[19], CultureInfo.InvariantCulture));
+        return new ProcStat(pid, f[0][0], Int(f[1]), Int(f[2]), Int(f[3]), Int(f[4]), ulong.Parse(f[19], CultureInfo.InvariantCulture))
+        {
+            Flags = uint.Parse(f[6], CultureInfo.InvariantCulture),
+        };
 
         static int Int(string s) => int.Parse(s, CultureInfo.InvariantCulture);
     }

@@ -164,6 +164,16 @@ internal sealed class ProcessTreeTarget(int pid, ProcessTreeOptions options) : U
             throw new TargetNotFoundException(Id, $"there is no running process {pid} (ps -p {pid} shows nothing); name a running process tree's root.");
         }
 
+        if (stat.IsKernelThread)
+        {
+            throw new TargetNotFoundException(Id, $"{pid} is a kernel thread: it has no user memory and CRIU cannot checkpoint it; name the root of a workload's process tree.");
+        }
+
+        if (ProcStat.ThreadGroupOf(pid) is { } process && process != pid)
+        {
+            throw new TargetNotFoundException(Id, $"{pid} is a thread of process {process}, not a process; name the process ({process}) or the root of its tree.");
+        }
+
         if (pid == Environment.ProcessId)
         {
             throw new TargetNotFoundException(Id, "that is this process: it cannot checkpoint itself.");

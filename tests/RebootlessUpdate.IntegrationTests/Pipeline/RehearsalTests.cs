@@ -277,7 +277,7 @@ public class RehearsalTests
     }
 
     [Test]
-    public async Task An_update_whose_kernel_cannot_load_on_this_host_rolls_back_before_any_freeze()
+    public async Task An_update_whose_kernel_cannot_load_on_this_host_is_refused_before_any_freeze()
     {
         var w = Start("kexec");
         var pid = w.RootPid;
@@ -289,7 +289,7 @@ public class RehearsalTests
         var result = await pipeline.ExecuteAsync(Context(UpdateMode.Update, null, w));
 
         TestContext.Out.WriteLine(result.Error);
-        Assert.That(result.Outcome, Is.EqualTo(UpdateOutcome.RolledBack));
+        Assert.That(result.Outcome, Is.EqualTo(UpdateOutcome.Refused), "no workload was touched");
         Assert.That(result.FailedStage, Is.EqualTo("LoadKernel"));
         Assert.That(result.Exception, Is.TypeOf<KexecException>());
         Assert.That(result.Stages.Any(s => s.Name == "Dump"), Is.False, "nothing was frozen");

@@ -122,7 +122,7 @@ public partial class ToolTests
         using var w = Workload.Start(Path.Combine(_dir, "w"));
         // The default store lives under /var/lib: give the tool an empty private /var/lib to look at.
         var script = $"mount -t tmpfs rebootless-test /var/lib || exit 99; "
-            + $"dotnet {_tool} plan --pid {w.RootPid} --criu {_testbed.Criu}; echo \"plan-exit=$?\"; "
+            + $"dotnet {_tool} plan --pid {w.RootPid}; echo \"plan-exit=$?\"; "
             + $"dotnet {_tool} check --criu {_testbed.Criu}; echo \"check-exit=$?\"; "
             + "echo \"var-lib=[$(ls -A /var/lib)]\"";
         var r = ProcessRunner.Run("unshare", ["--mount", "--propagation", "private", "sh", "-c", script], TimeSpan.FromMinutes(2));

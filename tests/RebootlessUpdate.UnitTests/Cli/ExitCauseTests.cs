@@ -13,9 +13,9 @@ public class ExitCauseTests
     {
         Assert.Multiple(() =>
         {
-            Assert.That(Commands.CausedBy<CriuTimeoutException>(Timeout), Is.True);
-            Assert.That(Commands.CausedBy<CriuTimeoutException>(new InvalidOperationException("could not finish every dump", Timeout)), Is.True);
-            Assert.That(Commands.CausedBy<CriuTimeoutException>(new InvalidOperationException("could not finish every dump",
+            Assert.That(RunReport.CausedBy<CriuTimeoutException>(Timeout), Is.True);
+            Assert.That(RunReport.CausedBy<CriuTimeoutException>(new InvalidOperationException("could not finish every dump", Timeout)), Is.True);
+            Assert.That(RunReport.CausedBy<CriuTimeoutException>(new InvalidOperationException("could not finish every dump",
                 new AggregateException(new IOException("disk"), Timeout))), Is.True);
         });
     }
@@ -25,8 +25,8 @@ public class ExitCauseTests
     {
         Assert.Multiple(() =>
         {
-            Assert.That(Commands.CausedBy<CriuTimeoutException>(null), Is.False);
-            Assert.That(Commands.CausedBy<CriuTimeoutException>(new InvalidOperationException("could not finish every dump",
+            Assert.That(RunReport.CausedBy<CriuTimeoutException>(null), Is.False);
+            Assert.That(RunReport.CausedBy<CriuTimeoutException>(new InvalidOperationException("could not finish every dump",
                 new AggregateException(new IOException("disk"), new CriuTransportException("broken")))), Is.False);
         });
     }

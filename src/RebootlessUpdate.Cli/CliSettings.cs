@@ -1,0 +1,147 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using Mono.Unix.Native;
+using RebootlessUpdate.Criu;
+
+namespace RebootlessUpdate.Cli;
+
+/// <summary>
+/// Where criu and the store are, and how long criu may take: from the command line, else the environment
+/// (<c>REBOOTLESS_CRIU</c>, <c>REBOOTLESS_STORE</c>), else the config file (<c>/etc/rebootless/rebootless.json</c>, or
+/// <c>REBOOTLESS_CONFIG</c>), else the defaults. The config file names the criu that runs as root: one that anyone
+/// but root could have written is refused.
+/// </summary>
+internal sealed record CliSettings
+{
+    public const string DefaultStore = "/var/lib/rebootless/store";
+    public const string DefaultConfigFile = "/etc/rebootless/rebootless.json";
+    public const string CriuVariable = "REBOOTLESS_CRIU";
+    public const string StoreVariable = "REBOOTLESS_STORE";
+    public const string ConfigVariable = "REBOOTLESS_CONFIG";
+    private const int MaxCriuTimeoutSeconds = 24 * 24 * 3600;
+
+    private static readonly string[] ConfigKeys = ["criu", "criuTimeout", "store", "pmem", "storeMount", "manifestKey"];
+
+    public string CriuPath { get; init; } = "criu";
+
+    public TimeSpan CriuTimeout { get; init; } = CriuClientOptions.DefaultRequestTimeout;
+
+    /// <summary>The store folder; null for the default.</summary>
+    public string? StoreFolder { get; init; }
+
+    public string? PmemDevice { get; init; }
+
+    public string? StoreMount { get; init; }
+
+    public string? ManifestKey { get; init; }
+
+    /// <summary>The store folder to use.</summary>
+    public string StorePath => StoreFolder ?? DefaultStore;
+
+    /// <summary>Reads the settings for <paramref name="p"/>.</summary>
+    /// <exception cref="CliFailure">A bad value or config file (exit 2).</exception>
+    public static CliSettings Resolve(ParseResult p)
+    {
+        var configPath = Variable(ConfigVariable) ?? DefaultConfigFile;
+        var config = ReadConfig(configPath, explicitly: Variable(ConfigVariable) is not null);
+        var given = Given(p, CliOptions.CriuTimeout);
+        var timeoutText = given ?? (config.TryGetValue("criuTimeout", out var t) ? t : null);
+        var timeout = CriuClientOptions.DefaultRequestTimeout;
+        if (timeoutText is not null)
+        {
+            timeout = ParseCriuTimeout(timeoutText) ?? throw CliFailure.Of(ExitCodes.Usage,
+                $"{(given is null ? $"\"criuTimeout\" {timeoutText} in the config file {configPath}" : $"--criu-timeout '{timeoutText}'")} is not a whole number of seconds from 1 to {MaxCriuTimeoutSeconds}",
+                $"give the time criu may spend on one request; the default is {(int)CriuClientOptions.DefaultRequestTimeout.TotalSeconds}");
+        }
+
+        var settings = new CliSettings
+        {
+            CriuPath = Given(p, CliOptions.Criu) ?? Variable(CriuVariable) ?? config.GetValueOrDefault("criu") ?? "criu",
+            CriuTimeout = timeout,
+            StoreFolder = Given(p, CliOptions.Store) ?? Variable(StoreVariable) ?? config.GetValueOrDefault("store"),
+            PmemDevice = Given(p, CliOptions.Pmem) ?? config.GetValueOrDefault("pmem"),
+            StoreMount = Given(p, CliOptions.StoreMount) ?? config.GetValueOrDefault("storeMount"),
+            ManifestKey = Given(p, CliOptions.ManifestKey) ?? config.GetValueOrDefault("manifestKey"),
+        };
+        if (settings.ManifestKey is { } key && !Path.IsPathRooted(key))
+        {
+            throw CliFailure.Of(ExitCodes.Usage, $"--manifest-key {key}: not an absolute path; nothing was changed",
+                "give an absolute path: the same key file for update, resume and images verify");
+        }
+
+        return settings;
+    }
+
+    /// <summary>A whole number of seconds from 1 to 24 days, or null.</summary>
+    internal static TimeSpan? ParseCriuTimeout(string? text) =>
+        int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var seconds) && seconds is > 0 and <= MaxCriuTimeoutSeconds
+            ? TimeSpan.FromSeconds(seconds)
+            : null;
+
+    /// <summary>The option's value when it is on the command line of a command that has it.</summary>
+    private static string? Given(ParseResult p, Option<string?> option) =>
+        p.CommandResult.Command.Options.Contains(option) || option.Recursive ? p.GetValue(option) : null;
+
+    private static string? Variable(string name) => Environment.GetEnvironmentVariable(name) is { Length: > 0 } v ? v : null;
+
+    /// <summary>The config file's settings; none when it does not exist (unless named by <see cref="ConfigVariable"/>).</summary>
+    internal static Dictionary<string, string> ReadConfig(string path, bool explicitly)
+    {
+        if (Syscall.stat(path, out var st) != 0)
+        {
+            return explicitly
+                ? throw CliFailure.Of(ExitCodes.Usage, $"the config file {path} (${ConfigVariable}) does not exist", $"create it or unset {ConfigVariable}")
+                : [];
+        }
+
+        // Before it is opened: a FIFO would hang the read, and a file others can write could name any criu to run as root.
+        if ((st.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFREG)
+        {
+            throw CliFailure.Of(ExitCodes.Usage, $"the config file {path} is not a regular file", "replace it with a JSON file owned by root");
+        }
+
+        if ((st.st_uid != 0 && st.st_uid != Syscall.geteuid()) || (st.st_mode & (FilePermissions.S_IWGRP | FilePermissions.S_IWOTH)) != 0)
+        {
+            throw CliFailure.Of(ExitCodes.Usage,
+                $"the config file {path} is not trusted: it is owned by uid {st.st_uid} with mode {Convert.ToString((int)st.st_mode & 0xFFF, 8)}, so someone other than root could choose the criu that runs as root",
+                $"chown root {path} && chmod go-w {path}");
+        }
+
+        var result = new Dictionary<string, string>(StringComparer.Ordinal);
+        try
+        {
+            using var doc = JsonDocument.Parse(File.ReadAllBytes(path));
+            if (doc.RootElement.ValueKind != JsonValueKind.Object)
+            {
+                throw CliFailure.Of(ExitCodes.Usage, $"the config file {path} is not a JSON object", "write e.g. {\"criu\": \"/usr/sbin/criu\", \"store\": \"/var/lib/rebootless/store\"}");
+            }
+
+            foreach (var property in doc.RootElement.EnumerateObject())
+            {
+                if (!ConfigKeys.Contains(property.Name, StringComparer.Ordinal))
+                {
+                    throw CliFailure.Of(ExitCodes.Usage, $"the config file {path} has an unknown setting \"{property.Name}\"", "known settings: " + string.Join(", ", ConfigKeys));
+                }
+
+                var isTimeout = property.Name == "criuTimeout";
+                result[property.Name] = property.Value.ValueKind switch
+                {
+                    JsonValueKind.String when !isTimeout => property.Value.GetString()!,
+                    JsonValueKind.Number when isTimeout => property.Value.GetRawText(),
+                    _ => throw CliFailure.Of(ExitCodes.Usage, $"the config file {path}: \"{property.Name}\" must be a {(isTimeout ? "number of seconds" : "string")}"),
+                };
+            }
+        }
+        catch (JsonException e)
+        {
+            throw CliFailure.Of(ExitCodes.Usage, $"the config file {path} is not valid JSON: {e.Message}", "fix it or remove it");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw CliFailure.Of(ExitCodes.Usage, $"the config file {path} cannot be read: {e.Message}");
+        }
+
+        return result;
+    }
+}

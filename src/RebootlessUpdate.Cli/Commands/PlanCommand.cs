@@ -1,0 +1,67 @@
+using System.CommandLine;
+using RebootlessUpdate.Images;
+
+namespace RebootlessUpdate.Cli.Commands;
+
+/// <summary><c>rebootless plan</c>: what would be checkpointed and whether it fits. Creates and changes nothing.</summary>
+internal static class PlanCommand
+{
+    public static Command Create()
+    {
+        var cmd = new Command("plan", "What would be checkpointed, the estimated size, and whether it fits the store. Creates and changes nothing.");
+        var targets = new CliTargets(cmd);
+        CliOptions.Add(cmd, CliOptions.StoreOptions);
+        CliInvocation.SetAction(cmd, c =>
+        {
+            CliInvocation.RequireRoot("plan");
+            var resolved = targets.Resolve(c).Select(t => (t.Id, r: t.Resolve())).ToList();
+            var (processes, memory, required) = CapacityEstimator.Estimate(resolved.Select(r => r.r.RootPid));
+
+            // A store folder that does not exist yet is measured where it would be made, not created.
+            long free;
+            string where;
+            if (c.Settings.PmemDevice is null && c.Settings.StoreFolder is null && !Directory.Exists(c.Settings.StorePath))
+            {
+                where = NearestExisting(c.Settings.StorePath);
+                free = new DriveInfo(where).AvailableFreeSpace;
+            }
+            else
+            {
+                var store = CliStores.Open(c, mustExist: false, readOnly: true);
+                where = store.RootDirectory;
+                free = store.GetCapacity().FreeBytes;
+            }
+
+            var output = new PlanOutput([.. resolved.Select(r => new PlanTarget(r.Id, r.r.RootPid, r.r.Processes, r.r.Settings.ShellJob, r.r.Settings.FreezeCgroup))],
+                processes, memory, required, free, required <= free, c.Settings.PmemDevice is null ? c.Settings.StorePath : where);
+            if (c.Json)
+            {
+                CliOutput.WriteJson(output, CliJson.Default.PlanOutput);
+            }
+            else
+            {
+                foreach (var t in output.Targets)
+                {
+                    Console.WriteLine($"{t.Target}: root {t.RootPid}, {t.Processes} processes{(t.ShellJob ? ", shell job" : "")}");
+                }
+
+                Console.WriteLine($"estimate: {CliOutput.Size(required)} needed ({CliOutput.Size(memory)} of memory), "
+                    + $"{CliOutput.Size(free)} free in {output.Store}: {(output.Fits ? "fits" : "does NOT fit")}");
+            }
+
+            return output.Fits ? ExitCodes.Ok : ExitCodes.StoreFull;
+        });
+        return cmd;
+    }
+
+    private static string NearestExisting(string path)
+    {
+        var dir = Path.GetFullPath(path);
+        while (!Directory.Exists(dir))
+        {
+            dir = Path.GetDirectoryName(dir) ?? "/";
+        }
+
+        return dir;
+    }
+}

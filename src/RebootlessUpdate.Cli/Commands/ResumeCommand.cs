@@ -1,0 +1,35 @@
+using System.CommandLine;
+using RebootlessUpdate.Pipeline;
+using RebootlessUpdate.Stages;
+
+namespace RebootlessUpdate.Cli.Commands;
+
+/// <summary><c>rebootless resume</c>: after boot, verify and restore. Idempotent.</summary>
+internal static class ResumeCommand
+{
+    public static Command Create()
+    {
+        var cmd = new Command("resume", "After boot: verify the checkpoint named by the command line and restore every target. Idempotent.");
+        var setId = new Option<string?>("--set") { Description = "The set to resume (default: rebootless.resume= on the command line, else the newest unfinished one)." };
+        var lazy = UpdateCommand.LazyRestoreOption("even when the update did not ask for it (targets the update marked lazy are restored lazily anyway)");
+        CliOptions.Add(cmd, [setId, lazy, .. CliOptions.CriuOptions, .. CliOptions.StoreOptions, CliOptions.ManifestKey]);
+        CliInvocation.SetAction(cmd, async (c, ct) =>
+        {
+            CliInvocation.RequireRoot("resume");
+            if (c.Value(setId) is { } id && !UpdateJournal.IsSetId(id))
+            {
+                // Before a path is made of it: `--set ../x`, an absolute path or a link name reads nothing.
+                throw NotASetId("--set", id);
+            }
+
+            var store = CliStores.Ready(c, needKexec: false, ct, mustExist: true);
+            var pipeline = RebootlessPipelines.Resume(new LocateStageOptions { SetId = c.Value(setId) }, restore: new RestoreStageOptions { LazyPages = c.Value(lazy) }).Build();
+            // Which targets, and whether lazily, the journal says (and --lazy-restore, through the restore options).
+            return await RunReport.RunAsync(c, pipeline, UpdateMode.Resume, [], store, lazyRestore: false, ct).ConfigureAwait(false);
+        });
+        return cmd;
+    }
+
+    public static CliFailure NotASetId(string what, string id) => CliFailure.Of(ExitCodes.Usage,
+        $"{what} '{id}' is not a checkpoint set id (expected e.g. 20261126T063200Z-1a2b3c4d); nothing was read or changed", "`rebootless status` lists them");
+}
