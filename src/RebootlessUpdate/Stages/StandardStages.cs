@@ -141,9 +141,9 @@ public static class RebootlessPipelines
     /// Rehearsal: Preflight, Plan, PreDump, Dump, Seal, Verify, Commit, Restore, Report, Cleanup. A custom stage added with
     /// plain <c>AddStage</c> goes after Restore and before Report, while the sealed set still exists.
     /// </summary>
-    public static UpdatePipelineBuilder Rehearsal(DumpStageOptions? dump = null, CleanupStageOptions? cleanup = null) =>
+    public static UpdatePipelineBuilder Rehearsal(DumpStageOptions? dump = null, CleanupStageOptions? cleanup = null, RestoreStageOptions? restore = null) =>
         new UpdatePipelineBuilder(UpdateMode.Rehearse).AddPreflight().AddPlan().AddPreDump().AddDump(dump).AddSeal().AddVerify().AddCommit()
-            .AddRestore().AddReport().AddCleanup(cleanup);
+            .AddRestore(restore).AddReport().AddCleanup(cleanup);
 
     /// <summary>
     /// First half of an update: Preflight, Plan, LoadKernel, PreDump, Dump, Seal, Jump. A custom stage added with plain
