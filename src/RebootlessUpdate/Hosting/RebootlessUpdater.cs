@@ -45,16 +45,59 @@ public sealed class RebootlessUpdater
     public UpdateContext CreateContext(UpdateMode mode, IEnumerable<UpdateTarget> targets, IProgress<UpdateProgress>? progress = null) =>
         new(mode, targets) { Store = Store, Criu = Criu, TimeProvider = TimeProvider, Logger = _logger, Progress = progress };
 
-    /// <summary>Runs the standard rehearsal of <paramref name="targets"/> on this kernel.</summary>
-    public Task<UpdateResult> RehearseAsync(IEnumerable<UpdateTarget> targets, IProgress<UpdateProgress>? progress = null, CancellationToken cancellationToken = default) =>
-        RebootlessPipelines.Rehearsal().Build().ExecuteAsync(CreateContext(UpdateMode.Rehearse, targets, progress), cancellationToken);
+    /// <summary>
+    /// The standard rehearsal pipeline with the configured settings, ready for custom stages
+    /// (<c>AddStage(stage)</c> puts one after Restore, while the sealed set exists). Run it on
+    /// <c>CreateContext(UpdateMode.Rehearse, targets)</c>.
+    /// </summary>
+    public UpdatePipelineBuilder CreateRehearsalBuilder() =>
+        Configured(RebootlessPipelines.Rehearsal(restore: RestoreOptions()));
 
-    /// <summary>Runs the standard resume (after boot, or after a crash before the jump).</summary>
+    /// <summary>
+    /// The first half of an update (up to the kexec jump) with the configured settings, ready for custom stages
+    /// (<c>AddStage(stage)</c> puts one before Jump; <c>StagePosition.Before("Dump")</c> before the freeze).
+    /// </summary>
+    /// <param name="kernel">The kernel to load (checked now: the file must exist).</param>
+    public UpdatePipelineBuilder CreateUpdateBuilder(LoadKernelStageOptions kernel) =>
+        Configured(RebootlessPipelines.Update(kernel));
+
+    /// <summary>The standard resume (after boot, or after a crash before the jump) with the configured settings, ready for custom stages.</summary>
+    public UpdatePipelineBuilder CreateResumeBuilder() =>
+        Configured(RebootlessPipelines.Resume(restore: RestoreOptions(), cleanup: new CleanupStageOptions { KeepSealedSets = _options.KeepSealedSets }));
+
+    /// <summary>
+    /// Runs the standard rehearsal of <paramref name="targets"/> on this kernel: checkpoint, seal, verify, restore.
+    /// Neither a stage's failure nor cancellation throws: the run rolls back, every workload runs again, and the
+    /// result says what failed (<see cref="UpdateResult.Cancelled"/>, with the <see cref="OperationCanceledException"/>
+    /// as <see cref="UpdateResult.Exception"/>, when <paramref name="cancellationToken"/> stopped it).
+    /// </summary>
+    public Task<UpdateResult> RehearseAsync(IEnumerable<UpdateTarget> targets, IProgress<UpdateProgress>? progress = null, CancellationToken cancellationToken = default) =>
+        CreateRehearsalBuilder().Build().ExecuteAsync(CreateContext(UpdateMode.Rehearse, targets, progress), cancellationToken);
+
+    /// <summary>
+    /// Runs the first half of an update of <paramref name="targets"/>: loads <paramref name="kernel"/>, checkpoints
+    /// into the store and jumps (the process ends with this kernel); <see cref="ResumeAsync"/> restores on the new one.
+    /// Any failure before the jump puts every workload back running on this kernel.
+    /// </summary>
+    /// <param name="targets">The workloads to carry over.</param>
+    /// <param name="kernel">The kernel to load (checked before anything runs: the file must exist).</param>
+    /// <param name="progress">Stage and target progress.</param>
+    /// <param name="cancellationToken">Cancels the run before the jump (it rolls back).</param>
+    public Task<UpdateResult> UpdateAsync(IEnumerable<UpdateTarget> targets, LoadKernelStageOptions kernel, IProgress<UpdateProgress>? progress = null,
+        CancellationToken cancellationToken = default) =>
+        CreateUpdateBuilder(kernel).Build().ExecuteAsync(CreateContext(UpdateMode.Update, targets, progress), cancellationToken);
+
+    /// <summary>Runs the standard resume (after boot, or after a crash before the jump): the targets come from the store's journal.</summary>
     public Task<UpdateResult> ResumeAsync(IProgress<UpdateProgress>? progress = null, CancellationToken cancellationToken = default) =>
-        new UpdatePipelineBuilder(UpdateMode.Resume) { TimeProvider = TimeProvider }.AddPreflight().AddLocate().AddVerify()
-            .AddRestore(new RestoreStageOptions { MaxParallelism = _options.RestoreParallelism })
-            .AddReport().AddCleanup(new CleanupStageOptions { KeepSealedSets = _options.KeepSealedSets }).Build()
-            .ExecuteAsync(CreateContext(UpdateMode.Resume, [], progress), cancellationToken);
+        CreateResumeBuilder().Build().ExecuteAsync(CreateContext(UpdateMode.Resume, [], progress), cancellationToken);
+
+    private RestoreStageOptions RestoreOptions() => new() { MaxParallelism = _options.RestoreParallelism };
+
+    private UpdatePipelineBuilder Configured(UpdatePipelineBuilder builder)
+    {
+        builder.TimeProvider = TimeProvider;
+        return builder;
+    }
 }
 
 /// <summary>Registers RebootlessUpdate with Microsoft.Extensions.DependencyInjection.</summary>

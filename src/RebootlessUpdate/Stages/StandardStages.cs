@@ -15,11 +15,11 @@ public static class StandardStages
 {
     /// <summary>Root, criu, kexec (updates only) and store readiness.</summary>
     public static UpdatePipelineBuilder AddPreflight(this UpdatePipelineBuilder builder) =>
-        builder.AddStage(new PreflightStage(requireKexec: KindOf(builder, "Preflight") == UpdateMode.Update));
+        builder.AppendStage(new PreflightStage(requireKexec: KindOf(builder, "Preflight") == UpdateMode.Update));
 
     /// <summary>Resolves targets, checks capacity, locks the store, creates the set and journal.</summary>
     public static UpdatePipelineBuilder AddPlan(this UpdatePipelineBuilder builder) =>
-        For(builder, "Plan", UpdateMode.Update, UpdateMode.Rehearse).AddStage(new PlanStage());
+        For(builder, "Plan", UpdateMode.Update, UpdateMode.Rehearse).AppendStage(new PlanStage());
 
     /// <summary>Loads the next kernel while the workloads run; must come before Dump.</summary>
     public static UpdatePipelineBuilder AddLoadKernel(this UpdatePipelineBuilder builder, LoadKernelStageOptions options)
@@ -31,24 +31,24 @@ public static class StandardStages
             throw new InvalidOperationException("LoadKernel must come before Dump: loading takes seconds and none of it may fall inside the freeze.");
         }
 
-        return builder.AddStage(new LoadKernelStage(options));
+        return builder.AppendStage(new LoadKernelStage(options));
     }
 
     /// <summary>Optional pre-dump while running; skipped with a logged reason when memory tracking is unavailable (unless required).</summary>
     public static UpdatePipelineBuilder AddPreDump(this UpdatePipelineBuilder builder, PreDumpStageOptions? options = null) =>
-        For(builder, "PreDump", UpdateMode.Update, UpdateMode.Rehearse).AddStage(new PreDumpStage(options ?? new PreDumpStageOptions()));
+        For(builder, "PreDump", UpdateMode.Update, UpdateMode.Rehearse).AppendStage(new PreDumpStage(options ?? new PreDumpStageOptions()));
 
     /// <summary>Freezes and dumps every target; CRIU holds them until commit or veto.</summary>
     public static UpdatePipelineBuilder AddDump(this UpdatePipelineBuilder builder, DumpStageOptions? options = null) =>
-        For(builder, "Dump", UpdateMode.Update, UpdateMode.Rehearse).AddStage(new DumpStage(options ?? new DumpStageOptions()));
+        For(builder, "Dump", UpdateMode.Update, UpdateMode.Rehearse).AppendStage(new DumpStage(options ?? new DumpStageOptions()));
 
     /// <summary>Seals the set (hashes, manifest).</summary>
     public static UpdatePipelineBuilder AddSeal(this UpdatePipelineBuilder builder) =>
-        For(builder, "Seal", UpdateMode.Update, UpdateMode.Rehearse).AddStage(new SealStage());
+        For(builder, "Seal", UpdateMode.Update, UpdateMode.Rehearse).AppendStage(new SealStage());
 
     /// <summary>Rehearsal: lets CRIU end the held targets so Restore can prove the images.</summary>
     public static UpdatePipelineBuilder AddCommit(this UpdatePipelineBuilder builder) =>
-        For(builder, "Commit", UpdateMode.Rehearse).AddStage(new CommitStage());
+        For(builder, "Commit", UpdateMode.Rehearse).AppendStage(new CommitStage());
 
     /// <summary>Arms and performs the kexec jump; must come after Seal.</summary>
     public static UpdatePipelineBuilder AddJump(this UpdatePipelineBuilder builder, JumpStageOptions? options = null)
@@ -58,18 +58,18 @@ public static class StandardStages
             throw new InvalidOperationException("Jump must come after Seal: the jump is armed only for a sealed set.");
         }
 
-        return builder.AddStage(new JumpStage(options ?? new JumpStageOptions()));
+        return builder.AppendClosingStage(new JumpStage(options ?? new JumpStageOptions()), "Jump switches to the new kernel and does not return");
     }
 
     /// <summary>After boot: finds the set and its journal.</summary>
     public static UpdatePipelineBuilder AddLocate(this UpdatePipelineBuilder builder, LocateStageOptions? options = null) =>
-        For(builder, "Locate", UpdateMode.Resume).AddStage(new LocateStage(options ?? new LocateStageOptions()));
+        For(builder, "Locate", UpdateMode.Resume).AppendStage(new LocateStage(options ?? new LocateStageOptions()));
 
     /// <summary>Verifies every hash of the set (after boot, the page images while they are restored: see <see cref="VerifyStageOptions"/>).</summary>
     public static UpdatePipelineBuilder AddVerify(this UpdatePipelineBuilder builder, VerifyStageOptions? options = null) =>
         KindOf(builder, "Verify", UpdateMode.Rehearse, UpdateMode.Resume) == UpdateMode.Rehearse
-            ? builder.AddStage(new RehearsalVerifyStage())
-            : builder.AddStage(new ResumeVerifyStage(options ?? new VerifyStageOptions()));
+            ? builder.AppendStage(new RehearsalVerifyStage())
+            : builder.AppendStage(new ResumeVerifyStage(options ?? new VerifyStageOptions()));
 
     /// <summary>Restores the targets in parallel; retried (it skips restored targets, so repeating is safe).</summary>
     public static UpdatePipelineBuilder AddRestore(this UpdatePipelineBuilder builder, RestoreStageOptions? options = null, StageOptions? stageOptions = null)
@@ -79,23 +79,23 @@ public static class StandardStages
         RestoreStage stage = KindOf(builder, "Restore", UpdateMode.Rehearse, UpdateMode.Resume) == UpdateMode.Rehearse
             ? new RehearsalRestoreStage(options)
             : new ResumeRestoreStage(options);
-        return builder.AddStage(stage, stageOptions ?? new StageOptions { SafeToRepeat = true, MaxRetryAttempts = 2, RetryDelay = TimeSpan.FromMilliseconds(500) });
+        return builder.AppendStage(stage, stageOptions ?? new StageOptions { SafeToRepeat = true, MaxRetryAttempts = 2, RetryDelay = TimeSpan.FromMilliseconds(500) });
     }
 
     /// <summary>Records the end state in the journal.</summary>
     public static UpdatePipelineBuilder AddReport(this UpdatePipelineBuilder builder) =>
-        builder.AddStage(KindOf(builder, "Report", UpdateMode.Rehearse, UpdateMode.Resume) == UpdateMode.Rehearse
+        builder.AppendClosingStage(KindOf(builder, "Report", UpdateMode.Rehearse, UpdateMode.Resume) == UpdateMode.Rehearse
             ? new RehearsalReportStage()
-            : new ResumeReportStage());
+            : new ResumeReportStage(), "Report journals how the run ended");
 
     /// <summary>Releases the lock; deletes a rehearsal's set or applies retention.</summary>
     public static UpdatePipelineBuilder AddCleanup(this UpdatePipelineBuilder builder, CleanupStageOptions? options = null)
     {
         options ??= new CleanupStageOptions();
         options.Validate();
-        return builder.AddStage(KindOf(builder, "Cleanup", UpdateMode.Rehearse, UpdateMode.Resume) == UpdateMode.Rehearse
+        return builder.AppendClosingStage(KindOf(builder, "Cleanup", UpdateMode.Rehearse, UpdateMode.Resume) == UpdateMode.Rehearse
             ? new RehearsalCleanupStage(options)
-            : new ResumeCleanupStage(options));
+            : new ResumeCleanupStage(options), "Cleanup deletes a rehearsal's set and prunes the store");
     }
 
     /// <summary>The kind of run <paramref name="builder"/> is for, when <paramref name="stage"/> has a place in it (any kind when none is listed).</summary>
@@ -131,15 +131,24 @@ public static class StandardStages
     };
 }
 
-/// <summary>The standard pipelines, each a builder ready for more stages (e.g. a health check after restore).</summary>
+/// <summary>
+/// The standard pipelines, each a builder ready for more stages (e.g. a health check after restore): see
+/// <see cref="StagePosition"/> for where a custom stage goes.
+/// </summary>
 public static class RebootlessPipelines
 {
-    /// <summary>Rehearsal: Preflight, Plan, PreDump, Dump, Seal, Verify, Commit, Restore, Report, Cleanup.</summary>
-    public static UpdatePipelineBuilder Rehearsal(DumpStageOptions? dump = null, CleanupStageOptions? cleanup = null) =>
+    /// <summary>
+    /// Rehearsal: Preflight, Plan, PreDump, Dump, Seal, Verify, Commit, Restore, Report, Cleanup. A custom stage added with
+    /// plain <c>AddStage</c> goes after Restore and before Report, while the sealed set still exists.
+    /// </summary>
+    public static UpdatePipelineBuilder Rehearsal(DumpStageOptions? dump = null, CleanupStageOptions? cleanup = null, RestoreStageOptions? restore = null) =>
         new UpdatePipelineBuilder(UpdateMode.Rehearse).AddPreflight().AddPlan().AddPreDump().AddDump(dump).AddSeal().AddVerify().AddCommit()
-            .AddRestore().AddReport().AddCleanup(cleanup);
+            .AddRestore(restore).AddReport().AddCleanup(cleanup);
 
-    /// <summary>First half of an update: Preflight, Plan, LoadKernel, PreDump, Dump, Seal, Jump. Add custom stages before calling AddJump yourself when needed: use <see cref="UpdateBeforeJump"/>.</summary>
+    /// <summary>
+    /// First half of an update: Preflight, Plan, LoadKernel, PreDump, Dump, Seal, Jump. A custom stage added with plain
+    /// <c>AddStage</c> goes before Jump; use <c>StagePosition.Before("Dump")</c> for one that must run before the freeze.
+    /// </summary>
     public static UpdatePipelineBuilder Update(LoadKernelStageOptions kernel, DumpStageOptions? dump = null, JumpStageOptions? jump = null) =>
         UpdateBeforeJump(kernel, dump).AddJump(jump);
 
@@ -147,7 +156,7 @@ public static class RebootlessPipelines
     public static UpdatePipelineBuilder UpdateBeforeJump(LoadKernelStageOptions kernel, DumpStageOptions? dump = null) =>
         new UpdatePipelineBuilder(UpdateMode.Update).AddPreflight().AddPlan().AddLoadKernel(kernel).AddPreDump().AddDump(dump).AddSeal();
 
-    /// <summary>Second half, after boot: Preflight, Locate, Verify, Restore, Report, Cleanup.</summary>
+    /// <summary>Second half, after boot: Preflight, Locate, Verify, Restore, Report, Cleanup. A custom stage added with plain <c>AddStage</c> goes before Report.</summary>
     public static UpdatePipelineBuilder Resume(LocateStageOptions? locate = null, CleanupStageOptions? cleanup = null, RestoreStageOptions? restore = null) =>
         new UpdatePipelineBuilder(UpdateMode.Resume).AddPreflight().AddLocate(locate).AddVerify().AddRestore(restore).AddReport().AddCleanup(cleanup);
 }

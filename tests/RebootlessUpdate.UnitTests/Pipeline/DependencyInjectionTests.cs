@@ -4,6 +4,7 @@ using Microsoft.Extensions.Time.Testing;
 using RebootlessUpdate.Hosting;
 using RebootlessUpdate.Images;
 using RebootlessUpdate.Pipeline;
+using RebootlessUpdate.Stages;
 using RebootlessUpdate.Targets;
 
 namespace RebootlessUpdate.UnitTests.Pipeline;
@@ -40,6 +41,44 @@ public class DependencyInjectionTests
         Assert.That(context.TimeProvider, Is.SameAs(clock), "a registered clock wins over the system clock");
         Assert.That(context.Targets.Select(t => t.Target.Id), Is.EqualTo(new[] { "pid:1234" }));
         Assert.That(provider.GetRequiredService<IOptions<RebootlessUpdateOptions>>().Value.CriuPath, Is.EqualTo("/opt/criu/criu"));
+    }
+
+    [Test]
+    public void The_updater_offers_the_three_standard_pipelines_with_the_registered_clock()
+    {
+        var clock = new FakeTimeProvider();
+        var services = new ServiceCollection().AddSingleton<TimeProvider>(clock);
+        services.AddRebootlessUpdate(o => o.StoreDirectory = _dir);
+        using var provider = services.BuildServiceProvider();
+        var updater = provider.GetRequiredService<RebootlessUpdater>();
+        var kernel = Path.Combine(_dir, "vmlinuz");
+        File.WriteAllText(kernel, "not a kernel; the loader is not run here");
+
+        var rehearsal = updater.CreateRehearsalBuilder();
+        var update = updater.CreateUpdateBuilder(new LoadKernelStageOptions { KernelPath = kernel });
+        var resume = updater.CreateResumeBuilder();
+
+        Assert.That(rehearsal.StageNames, Is.EqualTo(RebootlessPipelines.Rehearsal().StageNames));
+        Assert.That(update.StageNames, Is.EqualTo(new[] { "Preflight", "Plan", "LoadKernel", "PreDump", "Dump", "Seal", "Jump" }));
+        Assert.That(resume.StageNames, Is.EqualTo(RebootlessPipelines.Resume().StageNames));
+        Assert.That(new[] { rehearsal.Mode, update.Mode, resume.Mode }, Is.EqualTo(new UpdateMode?[] { UpdateMode.Rehearse, UpdateMode.Update, UpdateMode.Resume }));
+        Assert.That(new[] { rehearsal, update, resume }.Select(b => b.TimeProvider), Is.All.SameAs(clock), "retry delays and timeouts use the registered clock");
+        Assert.That(rehearsal.AddStage("health", (_, _) => ValueTask.CompletedTask).StageNames.TakeLast(3), Is.EqualTo(new[] { "health", "Report", "Cleanup" }));
+    }
+
+    [Test]
+    public void UpdateAsync_refuses_a_missing_kernel_before_any_stage_runs()
+    {
+        var services = new ServiceCollection();
+        services.AddRebootlessUpdate(o => o.StoreDirectory = Path.Combine(_dir, "store"));
+        using var provider = services.BuildServiceProvider();
+        var updater = provider.GetRequiredService<RebootlessUpdater>();
+
+        Assert.That(async () => await updater.UpdateAsync([UpdateTarget.ProcessTree(Environment.ProcessId)], new LoadKernelStageOptions { KernelPath = Path.Combine(_dir, "vmlinuz-missing") }),
+            Throws.ArgumentException.With.Message.Contains("does not exist"));
+        Assert.That(async () => await updater.UpdateAsync([UpdateTarget.ProcessTree(Environment.ProcessId)], null!), Throws.ArgumentNullException);
+        Assert.That(updater.Store.ListSets(), Is.Empty, "nothing ran: no set");
+        Assert.That(Directory.Exists(Path.Combine(_dir, "store", "journal")), Is.False, "nothing ran: no journal");
     }
 
     [Test]
