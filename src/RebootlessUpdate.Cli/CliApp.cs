@@ -15,7 +15,7 @@ internal static class CliApp
         foreach (var command in new[]
         {
             CheckCommand.Create(), PlanCommand.Create(), RehearseCommand.Create(), UpdateCommand.Create(), ResumeCommand.Create(),
-            StatusCommand.Create(), ImagesCommand.Create(), VersionCommand.Create(), CompletionCommand.Create(),
+            StatusCommand.Create(), ImagesCommand.Create(), InstallUnitCommand.Create(), VersionCommand.Create(), CompletionCommand.Create(),
         })
         {
             root.Subcommands.Add(command);

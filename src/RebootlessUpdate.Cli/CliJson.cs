@@ -24,6 +24,9 @@ internal sealed record StatusLine(string SetId, string Kind, bool Readable, bool
 
 internal sealed record VerifyOutput(string SetId, bool Intact, long BytesHashed, IReadOnlyList<string> Issues);
 
+/// <summary>What <c>install-unit</c> wrote and whether it enabled the unit.</summary>
+internal sealed record InstallUnitOutput(string UnitFile, string Command, bool Changed, bool Enabled);
+
 internal sealed record VersionOutput(string Version, string RequiresCriu, string CriuPath, string? CriuVersion, string? CriuProblem);
 
 [JsonSourceGenerationOptions(WriteIndented = true, PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, UseStringEnumConverter = true,
@@ -34,5 +37,6 @@ internal sealed record VersionOutput(string Version, string RequiresCriu, string
 [JsonSerializable(typeof(RemoveOutput))]
 [JsonSerializable(typeof(VerifyOutput))]
 [JsonSerializable(typeof(VersionOutput))]
+[JsonSerializable(typeof(InstallUnitOutput))]
 [JsonSerializable(typeof(List<StatusLine>))]
 internal sealed partial class CliJson : JsonSerializerContext;

@@ -15,7 +15,7 @@ public class ToolContractTests
     private static readonly string[][] Commands =
     [
         ["check"], ["plan"], ["rehearse"], ["update"], ["resume"], ["status"], ["images"], ["images", "ls"], ["images", "verify"],
-        ["images", "rm"], ["version"], ["completion"],
+        ["images", "rm"], ["install-unit"], ["version"], ["completion"],
     ];
 
     private Testbed _testbed = null!;
