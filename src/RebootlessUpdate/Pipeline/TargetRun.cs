@@ -266,9 +266,6 @@ public sealed class TargetRun
     /// <summary>The pre-dump folder (relative to the set's images folder) the final dump builds on.</summary>
     internal string? PreDumpFolder { get; set; }
 
-    /// <summary>Every process of the tree when dumped (to wait for their pids to be released before a restore).</summary>
-    internal IReadOnlyList<ProcessIdentity> TreeProcesses { get; set; } = [];
-
     /// <summary>The root is the init of its own PID namespace: CRIU restores it into a new one, so its old pids cannot collide.</summary>
     internal bool OwnsPidNamespace { get; set; }
 

@@ -135,9 +135,9 @@ public static class StandardStages
 public static class RebootlessPipelines
 {
     /// <summary>Rehearsal: Preflight, Plan, PreDump, Dump, Seal, Verify, Commit, Restore, Report, Cleanup.</summary>
-    public static UpdatePipelineBuilder Rehearsal(DumpStageOptions? dump = null, CleanupStageOptions? cleanup = null) =>
+    public static UpdatePipelineBuilder Rehearsal(DumpStageOptions? dump = null, CleanupStageOptions? cleanup = null, RestoreStageOptions? restore = null) =>
         new UpdatePipelineBuilder(UpdateMode.Rehearse).AddPreflight().AddPlan().AddPreDump().AddDump(dump).AddSeal().AddVerify().AddCommit()
-            .AddRestore().AddReport().AddCleanup(cleanup);
+            .AddRestore(restore).AddReport().AddCleanup(cleanup);
 
     /// <summary>First half of an update: Preflight, Plan, LoadKernel, PreDump, Dump, Seal, Jump. Add custom stages before calling AddJump yourself when needed: use <see cref="UpdateBeforeJump"/>.</summary>
     public static UpdatePipelineBuilder Update(LoadKernelStageOptions kernel, DumpStageOptions? dump = null, JumpStageOptions? jump = null) =>
