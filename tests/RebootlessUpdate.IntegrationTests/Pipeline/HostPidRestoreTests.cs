@@ -112,11 +112,12 @@ public class HostPidRestoreTests
         Workload.WaitFor(() => ReadCount(counter) > before + 2 ? 1 : 0, "the restored loop to count on");
     }
 
-    [Test]
-    public async Task A_restore_whose_pid_an_orphan_still_holds_as_its_group_waits_then_names_the_holder_and_restores_nothing()
+    /// <summary>
+    /// A loop that leads its own session, and a sleep it left outside its tree by a double fork, in that session and group:
+    /// once CRIU ends the tree, the orphan still keeps the root's pid taken (as its process group and session).
+    /// </summary>
+    private (int Pid, int Orphan) StartSessionLeaderWithOrphan()
     {
-        // The root leads its own session; a double fork leaves a sleep outside the tree in that session and group.
-        // CRIU ends the tree at Commit, but the orphan keeps the root's pid taken (as its process group and session).
         var counter = Path.Combine(_dir, "leader.counter");
         var script = $"exec </dev/null >/dev/null 2>&1; (sleep 600 &); i=0; while :; do i=$((i+1)); echo $i > '{counter}'; sleep 0.05; done";
         var p = Process.Start(new ProcessStartInfo("setsid", ["sh", "-c", script]) { UseShellExecute = false })!;
@@ -126,22 +127,46 @@ public class HostPidRestoreTests
         var orphan = Workload.WaitFor(() => OrphansInSession(p.Id).FirstOrDefault(), "the orphaned sleep");
         _roots.Add(orphan);
         Assert.That(ProcStat.Read(p.Id)!.Session, Is.EqualTo(p.Id), "setsid ran in place");
+        return (p.Id, orphan);
+    }
+
+    [Test]
+    public async Task A_restore_whose_pid_an_orphan_still_holds_as_its_group_waits_then_names_the_holder_and_restores_nothing()
+    {
+        var (pid, orphan) = StartSessionLeaderWithOrphan();
 
         var sw = Stopwatch.StartNew();
         var result = await RebootlessPipelines.Rehearsal(restore: new RestoreStageOptions { PidReleaseWait = TimeSpan.FromSeconds(1) })
-            .Build().ExecuteAsync(Context(p.Id));
+            .Build().ExecuteAsync(Context(pid));
         TestContext.Out.WriteLine($"{result.Outcome} in {sw.ElapsedMilliseconds} ms: {result.Targets[0].Error}");
 
         Assert.Multiple(() =>
         {
             Assert.That(result.Outcome, Is.Not.EqualTo(UpdateOutcome.Succeeded));
             Assert.That(result.Targets[0].RestoredPid, Is.Null, "nothing restored");
-            Assert.That(Workload.IsRunning(p.Id), Is.False, "no process runs under the root's pid");
-            Assert.That(result.Targets[0].Error, Does.Contain($"pid {p.Id} (a process of the dumped tree) is still used by pid {orphan} 'sleep' as its process group and session"));
+            Assert.That(Workload.IsRunning(pid), Is.False, "no process runs under the root's pid");
+            Assert.That(result.Targets[0].Error, Does.Contain($"pid {pid} (a process of the dumped tree) is still used by pid {orphan} 'sleep' as its process group and session"));
             Assert.That(result.Targets[0].Error, Does.Not.Contain("File exists (errno"), "CRIU was never asked");
             // Restore: 3 attempts of 1 s; its compensation: 1 s; the Dump stage's rollback: the default 10 s, once.
             Assert.That(sw.Elapsed, Is.LessThan(TimeSpan.FromSeconds(25)), "each wait is bounded and not repeated by the rollback");
         });
+    }
+
+    [Test]
+    public async Task The_raw_client_says_in_plain_words_that_a_pid_the_restore_needs_is_in_use()
+    {
+        var (pid, _) = StartSessionLeaderWithOrphan();
+        var images = Directory.CreateDirectory(Path.Combine(_dir, "images")).FullName;
+        var criu = new CriuClient(new CriuClientOptions { CriuPath = _testbed.Criu });
+        await criu.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = pid });
+        Workload.WaitFor(() => Workload.IsRunning(pid) ? 0 : 1, "CRIU to end the dumped tree");
+
+        var e = Assert.ThrowsAsync<CriuRequestFailedException>(() => criu.RestoreAsync(new CriuRestoreOptions { ImagesDirectory = images }));
+
+        TestContext.Out.WriteLine(e!.Message);
+        Assert.That(e.Message, Does.StartWith(
+            $"criu RESTORE failed: pid {pid} that the restored tree needs is still in use on this host (CRIU: Can't fork for {pid}: File exists); errno"));
+        Assert.That(Workload.IsRunning(pid), Is.False, "nothing restored");
     }
 
     /// <summary>Sleeps in <paramref name="session"/> whose parent is not the session's leader (orphans of a double fork).</summary>
