@@ -50,6 +50,9 @@ public class HostPidRestoreTests
             p.Dispose();
         }
 
+        // One fixture instance serves every test: start each with empty lists.
+        _started.Clear();
+        _roots.Clear();
         Directory.Delete(_dir, recursive: true);
     }
 
