@@ -1,20 +1,22 @@
 using System.Runtime.InteropServices;
 using System.Text;
+using System.Text.RegularExpressions;
 
 namespace RebootlessUpdate.Criu;
 
 /// <summary>
 /// CRIU answered a request with failure (the request reached CRIU; CRIU says no). The message always names the request,
-/// the errno with its meaning, CRIU's own message when it sent one, and the
-/// error lines of CRIU's log with some context, so the reader can act on it.
+/// then the cause CRIU logged first (<see cref="Cause"/>), the errno with its meaning, CRIU's own message when it sent
+/// one, and the error lines of CRIU's log with some context, so the reader can act on it.
 /// </summary>
-public sealed class CriuRequestFailedException : CriuException
+public sealed partial class CriuRequestFailedException : CriuException
 {
     /// <summary>Creates the exception.</summary>
     public CriuRequestFailedException(CriuRequestType request, int errno, string? criuMessage, string? logFile,
         IReadOnlyList<string> logExcerpt, Exception? inner = null, string? criuOutput = null)
         : base(Compose(request, errno, criuMessage, logFile, logExcerpt, inner, criuOutput), inner)
     {
+        Cause = FindCause(errno, criuMessage, logExcerpt, criuOutput);
         CriuOutput = criuOutput;
         Request = request;
         Errno = errno;
@@ -61,15 +63,29 @@ public sealed class CriuRequestFailedException : CriuException
     /// <summary>The log's error lines, each with a little context before it.</summary>
     public IReadOnlyList<string> LogExcerpt { get; }
 
+    /// <summary>
+    /// What went wrong, as CRIU put it first: its first error line (from the log, else from what it printed when it
+    /// could not write a log, else its message); a pid collision ("Can't fork for N: File exists") is said in plain
+    /// words. Null when CRIU said nothing but the errno.
+    /// </summary>
+    public string? Cause { get; }
+
     private static string Compose(CriuRequestType request, int errno, string? criuMessage, string? logFile,
         IReadOnlyList<string> logExcerpt, Exception? inner, string? criuOutput)
     {
         var sb = new StringBuilder();
-        sb.Append("criu ").Append(Transport.CriuSession.Name(request)).Append(" failed");
-        sb.Append(errno != 0 ? $": errno {errno} ({Marshal.GetPInvokeErrorMessage(errno)})" : ": no errno reported");
+        sb.Append("criu ").Append(Transport.CriuSession.Name(request)).Append(" failed: ");
+        // The cause first: an errno alone ("56, Invalid request code") rarely says what to fix.
+        var cause = FindCause(errno, criuMessage, logExcerpt, criuOutput);
+        if (cause is not null)
+        {
+            sb.Append(cause).Append("; ");
+        }
+
+        sb.Append(errno != 0 ? $"errno {errno} ({Marshal.GetPInvokeErrorMessage(errno)})" : "no errno reported");
         // criu 4.1 reports its first logged error as the message; on hosts where it
         // may not raise RLIMIT_NOFILE that is a harmless line, not the failure.
-        if (!string.IsNullOrWhiteSpace(criuMessage) && !IsHarmless(criuMessage))
+        if (!string.IsNullOrWhiteSpace(criuMessage) && !IsHarmless(criuMessage) && cause?.Contains(criuMessage.Trim(), StringComparison.Ordinal) != true)
         {
             sb.Append("; criu says: ").Append(criuMessage.Trim());
         }
@@ -98,6 +114,39 @@ public sealed class CriuRequestFailedException : CriuException
     }
 
     private static bool IsHarmless(string line) => line.Contains("rlimit: Can't setup RLIMIT_NOFILE", StringComparison.Ordinal);
+
+    /// <summary>The cause CRIU gave first (see <see cref="Cause"/>), or null.</summary>
+    internal static string? FindCause(int errno, string? criuMessage, IReadOnlyList<string> logExcerpt, string? criuOutput)
+    {
+        var printed = criuOutput?.Split('\n') ?? [];
+        string[] message = string.IsNullOrWhiteSpace(criuMessage) ? [] : [criuMessage];
+        // A restore into a PID namespace where the tree's pid is taken (criu/cr-restore.c: clone3 with set_tid fails).
+        foreach (var line in logExcerpt.Concat(printed).Concat(message))
+        {
+            if (CantFork().Match(line) is { Success: true } m && (errno == 17 || line.Contains("File exists", StringComparison.Ordinal)))
+            {
+                var pid = m.Groups["pid"].Value;
+                return $"pid {pid} that the restored tree needs is still in use on this host (CRIU: Can't fork for {pid}: File exists)";
+            }
+        }
+
+        return FirstError(logExcerpt) ?? FirstError(printed) ?? message.FirstOrDefault(m => !IsHarmless(m))?.Trim();
+
+        static string? FirstError(IEnumerable<string> lines) => lines
+            .Where(l => !IsHarmless(l))
+            .Select(l => LogError().Match(l))
+            .Where(m => m.Success)
+            .Select(m => m.Groups["text"].Value.Trim())
+            .FirstOrDefault(t => t.Length > 0);
+    }
+
+    /// <summary>"Can't fork for 1234" (criu 3.x and 4.x word it so).</summary>
+    [GeneratedRegex(@"Can't fork for (?<pid>\d+)")]
+    private static partial Regex CantFork();
+
+    /// <summary>A CRIU error line: "(00.012345) Error (criu/file.c:123): text", or "Error (criu/file.c:123): text" on stderr.</summary>
+    [GeneratedRegex(@"Error \([^)]*\):\s*(?<text>.*)$")]
+    private static partial Regex LogError();
 
     /// <summary>
     /// The error lines of a CRIU log, each preceded by up to <paramref name="context"/>

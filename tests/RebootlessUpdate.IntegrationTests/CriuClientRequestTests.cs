@@ -377,7 +377,9 @@ public class CriuClientRequestTests : CriuTestFixture
         {
             var e = Assert.ThrowsAsync<CriuRequestFailedException>(() => Client.DumpAsync(new CriuDumpOptions { ImagesDirectory = images, Pid = workload.RootPid }));
 
-            Assert.That(e!.Message, Does.Contain("Read-only file system").Or.Contain("Permission denied"), e.Message);
+            TestContext.Out.WriteLine(e!.Message);
+            Assert.That(e.Cause, Does.Contain("Read-only file system").Or.Contain("Permission denied"), e.Message);
+            Assert.That(e.Message, Does.StartWith($"criu DUMP failed: {e.Cause}; errno"), "the cause CRIU printed comes before the errno");
             var before = workload.ReadCounter();
             await Task.Delay(300);
             Assert.That(workload.ReadCounter(), Is.GreaterThan(before), "the workload is not frozen");

@@ -277,9 +277,6 @@ public sealed class TargetRun
     /// <summary>Recorded before CRIU is asked for a pre-dump (CRIU freezes the tree while it copies).</summary>
     internal void PreDumpAsked() => _preDumpAsked = true;
 
-    /// <summary>Every process of the tree when dumped (to wait for their pids to be released before a restore).</summary>
-    internal IReadOnlyList<ProcessIdentity> TreeProcesses { get; set; } = [];
-
     /// <summary>The root is the init of its own PID namespace: CRIU restores it into a new one, so its old pids cannot collide.</summary>
     internal bool OwnsPidNamespace { get; set; }
 

@@ -98,7 +98,7 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
 
         foreach (var jt in journal.Record.Targets)
         {
-            var run = Load(jt, images, context.SameBoot);
+            var run = Load(jt, images);
             await DecideAsync(context, run, jt, cancellationToken).ConfigureAwait(false);
             runs.Add(run);
         }
@@ -108,17 +108,8 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
     }
 
     /// <summary>A target as its journal left it (before deciding what it needs).</summary>
-    internal static TargetRun Load(JournalTarget jt, string images, bool sameBoot)
-    {
-        var run = TargetRun.FromJournal(jt, images);
-        if (sameBoot)
-        {
-            // The original may still hold its pid: wait for it before restoring.
-            run.TreeProcesses = run.Original is { } o ? [o] : [];
-        }
-
-        return run;
-    }
+    /// <remarks>On the same boot the original may still hold its pids: the Restore stage waits for them (see <see cref="PidRelease"/>).</remarks>
+    internal static TargetRun Load(JournalTarget jt, string images) => TargetRun.FromJournal(jt, images);
 
     /// <summary>
     /// What a journaled target needs: nothing (its tree runs: never ended, or restored by an earlier run),

@@ -12,6 +12,8 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
 {
     public string Name => "Restore";
 
+    protected RestoreStageOptions Options => options;
+
     /// <summary>Whether the original tree may still be ending (same kernel): its pids must be free before CRIU restores them.</summary>
     protected abstract bool WaitForRelease(UpdateContext context);
 
@@ -31,7 +33,7 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
         }
 
         var root = context.Restorable?.ImagesDirectory;
-        var waitForRelease = WaitForRelease(context);
+        TimeSpan? releaseWait = WaitForRelease(context) ? options.PidReleaseWait : null;
         using var gate = new SemaphoreSlim(options.MaxParallelism);
         var errors = new List<Exception>();
         await Task.WhenAll(todo.Select(async t =>
@@ -40,7 +42,7 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
             try
             {
                 var dir = root is null ? t.ImagesDirectory! : Path.Combine(root, t.Folder!);
-                await TargetRestore.RestoreAsync(context, t, dir, waitForRelease, lazy: options.LazyPages || t.Settings!.LazyPages, cancellationToken).ConfigureAwait(false);
+                await TargetRestore.RestoreAsync(context, t, dir, releaseWait, lazy: options.LazyPages || t.Settings!.LazyPages, cancellationToken).ConfigureAwait(false);
                 t.Error = null;
                 // Durable at once: a run that crashes after this restore must not restore the target a second time.
                 journal.UpdateTargets(context);
@@ -118,7 +120,7 @@ internal sealed class RehearsalRestoreStage(RestoreStageOptions options) : Resto
     {
         foreach (var t in context.Targets.Where(t => t.Phase == TargetPhase.Dumped))
         {
-            await TargetRollback.RecoverAsync(context, t, sameBoot: true).ConfigureAwait(false);
+            await TargetRollback.RecoverAsync(context, t, Options.PidReleaseWait).ConfigureAwait(false);
         }
     }
 }

@@ -122,11 +122,26 @@ public sealed record RestoreStageOptions
     /// </summary>
     public bool LazyPages { get; init; }
 
+    /// <summary>
+    /// On the kernel a tree was dumped on (a rehearsal, a rollback, a resume after a crash before the jump), how long
+    /// its restore waits for every pid, thread id, process group and session recorded in its <c>pstree.img</c> to be
+    /// free: CRIU ended the original moments ago and an orphan it killed stays a zombie until the host's init reaps it.
+    /// When the wait runs out, the restore is not attempted and a <see cref="PidsInUseException"/> names each id still
+    /// in use and the process holding it. Not used for a tree restored into its own new PID namespace, nor after the
+    /// jump. 0.1 s to 10 min. Default <see cref="Pipeline.StageDefaults.PidReleaseWait"/> (10 s).
+    /// </summary>
+    public TimeSpan PidReleaseWait { get; init; } = Pipeline.StageDefaults.PidReleaseWait;
+
     internal void Validate()
     {
         if (MaxParallelism is < 1 or > 64)
         {
             throw new ArgumentException($"MaxParallelism must be 1-64, not {MaxParallelism}.");
+        }
+
+        if (PidReleaseWait < TimeSpan.FromMilliseconds(100) || PidReleaseWait > TimeSpan.FromMinutes(10))
+        {
+            throw new ArgumentException($"PidReleaseWait must be 0.1 s to 10 min, not {PidReleaseWait}.");
         }
     }
 }

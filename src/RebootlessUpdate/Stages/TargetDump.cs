@@ -24,7 +24,7 @@ internal static class TargetDump
         var work = TargetFolders.WorkDirectory(context, t);
         t.Original = ProcessIdentity.Of(resolved.RootPid)
             ?? throw new TargetNotFoundException(t.Target.Id, $"process {resolved.RootPid} exited after the plan; nothing was frozen.");
-        t.TreeProcesses = [.. ProcStat.Tree(resolved.RootPid).Select(ProcessIdentity.Of).OfType<ProcessIdentity>()];
+        var processes = ProcStat.Tree(resolved.RootPid).Count;
         t.OwnsPidNamespace = ProcStat.IsNamespaceInit(resolved.RootPid);
         var pending = new TargetRun.Pending();
         var options = t.Settings!.ToDump(resolved.RootPid, t.ImagesDirectory, work) with
@@ -58,7 +58,7 @@ internal static class TargetDump
         var abandon = pending.Abandon.Token;
         pending.Request = Task.Run(() => criu.DumpAsync(options, abandon), CancellationToken.None);
         t.PendingDump = pending;
-        PipelineLog.TargetEvent(context.Logger, t.Target.Id, $"dumping root {resolved.RootPid} ({t.TreeProcesses.Count} processes) into {t.ImagesDirectory}");
+        PipelineLog.TargetEvent(context.Logger, t.Target.Id, $"dumping root {resolved.RootPid} ({processes} processes) into {t.ImagesDirectory}");
     }
 
     /// <summary>Waits until CRIU holds the target at post-dump, or its dump failed.</summary>

@@ -17,14 +17,16 @@ internal static class TargetRestore
     /// <summary>
     /// Restores one target from <paramref name="imagesDirectory"/>; with <paramref name="lazy"/>, through a
     /// lazy-pages daemon that then serves its memory on demand (see <see cref="RestoreStageOptions.LazyPages"/>).
+    /// <paramref name="releaseWait"/> is null after a kexec (nothing holds the tree's pids); else, on the kernel the
+    /// tree was dumped on, how long to wait for its pids, process groups and sessions to be free before a <see cref="PidsInUseException"/>.
     /// </summary>
-    internal static async Task RestoreAsync(UpdateContext context, TargetRun t, string imagesDirectory, bool waitForRelease, bool lazy, CancellationToken cancellationToken)
+    internal static async Task RestoreAsync(UpdateContext context, TargetRun t, string imagesDirectory, TimeSpan? releaseWait, bool lazy, CancellationToken cancellationToken)
     {
         // Before anything of the target is touched (its recorded root above all): a refused move leaves it as it was.
         TargetTransitions.Check(t.Target.Id, t.Phase, TargetPhase.Restoring);
-        if (waitForRelease)
+        if (releaseWait is { } bound)
         {
-            await WaitForReleaseAsync(context, t, cancellationToken).ConfigureAwait(false);
+            await WaitForReleaseAsync(context, t, imagesDirectory, bound, cancellationToken).ConfigureAwait(false);
         }
 
         var criu = context.RequireCriu();
@@ -192,10 +194,10 @@ internal static class TargetRestore
     }
 
     /// <summary>
-    /// Waits (bounded) until no process of the dumped tree holds its pid: an orphan
-    /// killed by CRIU can stay a zombie for a moment, and restoring the same pid then fails.
+    /// Waits (bounded) until every id the restore needs is free (see <see cref="PidRelease"/>): CRIU ended the original
+    /// moments ago, and an orphan it killed stays a zombie until the host's init reaps it (measured: up to ~2 s here).
     /// </summary>
-    private static async Task WaitForReleaseAsync(UpdateContext context, TargetRun t, CancellationToken cancellationToken)
+    private static async Task WaitForReleaseAsync(UpdateContext context, TargetRun t, string imagesDirectory, TimeSpan bound, CancellationToken cancellationToken)
     {
         if (t.OwnsPidNamespace)
         {
@@ -204,10 +206,24 @@ internal static class TargetRestore
             return;
         }
 
-        var start = context.TimeProvider.GetTimestamp();
-        while (t.TreeProcesses.Any(p => p.HoldsPid) && context.TimeProvider.GetElapsedTime(start) < StageDefaults.PidReleaseWait)
+        IReadOnlyList<CriuProcessTreeEntry> tree;
+        try
         {
-            await Task.Delay(10, cancellationToken).ConfigureAwait(false);
+            tree = CriuProcessTree.Read(imagesDirectory);
+        }
+        catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException)
+        {
+            // CRIU reads the same file and will say what is wrong with it; nothing to wait for here.
+            PipelineLog.TargetWarning(context.Logger, t.Target.Id, $"cannot tell which pids the restore needs: {e.Message}");
+            return;
+        }
+
+        var start = context.TimeProvider.GetTimestamp();
+        await PidRelease.WaitAsync(tree, t.Settings!.ShellJob, bound, context.TimeProvider, cancellationToken).ConfigureAwait(false);
+        var waited = context.TimeProvider.GetElapsedTime(start);
+        if (waited >= TimeSpan.FromMilliseconds(100))
+        {
+            context.ReportProgress("Restore", $"waited {waited.TotalMilliseconds:0} ms for the dumped tree's pids to be free", t.Target.Id);
         }
     }
 }

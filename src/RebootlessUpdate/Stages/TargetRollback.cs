@@ -43,7 +43,7 @@ internal static class TargetRollback
 
         foreach (var t in context.Targets)
         {
-            await RecoverAsync(context, t, sameBoot: true).ConfigureAwait(false);
+            await RecoverAsync(context, t, StageDefaults.PidReleaseWait).ConfigureAwait(false);
         }
 
         TryUpdateJournal(context);
@@ -62,8 +62,11 @@ internal static class TargetRollback
         }
     }
 
-    /// <summary>Brings one target back after a failure or crash before the jump.</summary>
-    internal static async Task RecoverAsync(UpdateContext context, TargetRun t, bool sameBoot)
+    /// <summary>
+    /// Brings one target back after a failure or crash before the jump; a restore first waits up to
+    /// <paramref name="releaseWait"/> for the original's pids to be free (null: nothing of it can hold them).
+    /// </summary>
+    internal static async Task RecoverAsync(UpdateContext context, TargetRun t, TimeSpan? releaseWait)
     {
         if (t.Phase is TargetPhase.Restored or TargetPhase.Resumed or TargetPhase.Ended)
         {
@@ -116,7 +119,7 @@ internal static class TargetRollback
         {
             try
             {
-                await TargetRestore.RestoreAsync(context, t, t.ImagesDirectory!, sameBoot, lazy: false, CancellationToken.None).ConfigureAwait(false);
+                await TargetRestore.RestoreAsync(context, t, t.ImagesDirectory!, releaseWait, lazy: false, CancellationToken.None).ConfigureAwait(false);
                 PipelineLog.TargetEvent(context.Logger, t.Target.Id, $"rolled back: restored from the images as pid {t.RestoredPid}");
                 return;
             }
@@ -137,6 +140,11 @@ internal static class TargetRollback
                 if (t.Phase == TargetPhase.Restoring)
                 {
                     break; // CRIU may still be restoring it: a second request could make a second copy
+                }
+
+                if (e is PidsInUseException)
+                {
+                    break; // its bounded wait was the retry: another attempt would only wait as long again
                 }
 
                 await Task.Delay(300).ConfigureAwait(false);

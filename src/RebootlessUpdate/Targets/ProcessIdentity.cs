@@ -34,9 +34,6 @@ internal readonly record struct ProcessIdentity(int Pid, ulong StartTime)
             }
         }
     }
-
-    /// <summary>True while the pid exists at all (a zombie still holds it).</summary>
-    public bool HoldsPid => ProcStat.Read(Pid) is { } s && s.StartTime == StartTime;
 }
 
 /// <summary>The fields of <c>/proc/PID/stat</c> the targets need.</summary>
@@ -69,12 +66,18 @@ internal sealed record ProcStat(int Pid, char State, int ParentPid, int ProcessG
         }
     }
 
-    public static ProcStat? Read(int pid)
+    /// <summary>The command name (field 2, without its parentheses).</summary>
+    public string Comm { get; init; } = string.Empty;
+
+    public static ProcStat? Read(int pid) => Read(pid, "/proc");
+
+    /// <summary>Reads <c>PID/stat</c> under <paramref name="procRoot"/> (a test may give a fake /proc); null when there is none.</summary>
+    public static ProcStat? Read(int pid, string procRoot)
     {
         string text;
         try
         {
-            text = File.ReadAllText($"/proc/{pid.ToString(CultureInfo.InvariantCulture)}/stat");
+            text = File.ReadAllText(Path.Combine(procRoot, pid.ToString(CultureInfo.InvariantCulture), "stat"));
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -94,12 +97,36 @@ internal sealed record ProcStat(int Pid, char State, int ParentPid, int ProcessG
             return null;
         }
 
+        var open = text.IndexOf('(');
         return new ProcStat(pid, f[0][0], Int(f[1]), Int(f[2]), Int(f[3]), Int(f[4]), ulong.Parse(f[19], CultureInfo.InvariantCulture))
         {
             Flags = uint.Parse(f[6], CultureInfo.InvariantCulture),
+            Comm = open >= 0 && open < close ? text[(open + 1)..close] : string.Empty,
         };
 
         static int Int(string s) => int.Parse(s, CultureInfo.InvariantCulture);
+    }
+
+    /// <summary>Every process listed under <paramref name="procRoot"/> (threads are not listed, zombies are).</summary>
+    public static IEnumerable<ProcStat> All(string procRoot)
+    {
+        IEnumerable<string> entries;
+        try
+        {
+            entries = Directory.EnumerateDirectories(procRoot).ToList();
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            yield break;
+        }
+
+        foreach (var entry in entries)
+        {
+            if (int.TryParse(Path.GetFileName(entry), NumberStyles.None, CultureInfo.InvariantCulture, out var pid) && Read(pid, procRoot) is { } stat)
+            {
+                yield return stat;
+            }
+        }
     }
 
     /// <summary>True when <paramref name="pid"/> is pid 1 of a PID namespace below the caller's (its NSpid line ends in 1).</summary>

@@ -223,13 +223,42 @@ public class CriuProtocolTests
         var client = FakeCriuPeer.Client(async peer =>
         {
             await peer.ExpectAsync(criu_req_type.Restore);
-            peer.Write(new criu_resp { Type = criu_req_type.Restore, Success = false, CrErrno = 17, CrErrmsg = "Can't fork for 1234" });
+            peer.Write(new criu_resp { Type = criu_req_type.Restore, Success = false, CrErrno = 22, CrErrmsg = "Can't open images" });
         });
 
         Assert.That(() => client.RestoreAsync(new CriuRestoreOptions { ImagesDirectory = _images }),
             Throws.TypeOf<CriuRequestFailedException>()
-                .With.Message.Contains("criu RESTORE failed: errno 17 (File exists)")
-                .And.Message.Contains("criu says: Can't fork for 1234"));
+                .With.Message.StartsWith("criu RESTORE failed: Can't open images; errno 22 (Invalid argument)")
+                .And.Property(nameof(CriuRequestFailedException.Cause)).EqualTo("Can't open images"));
+    }
+
+    [Test]
+    public void A_pid_collision_is_said_in_plain_words_before_the_errno()
+    {
+        var client = FakeCriuPeer.Client(async peer =>
+        {
+            await peer.ExpectAsync(criu_req_type.Restore);
+            peer.Write(new criu_resp { Type = criu_req_type.Restore, Success = false, CrErrno = 17, CrErrmsg = "Can't fork for 1234: File exists" });
+        });
+
+        Assert.That(() => client.RestoreAsync(new CriuRestoreOptions { ImagesDirectory = _images }),
+            Throws.TypeOf<CriuRequestFailedException>().With.Message.StartsWith(
+                "criu RESTORE failed: pid 1234 that the restored tree needs is still in use on this host (CRIU: Can't fork for 1234: File exists); errno 17 (File exists)")
+                .And.Message.Not.Contains("criu says"));
+    }
+
+    [TestCase(new[] { "(00.001) Warn (criu/x.c:1): fine", "(00.002) Error (criu/log.c:57): Can't create log file: Permission denied", "(00.003) Error (criu/cr-service.c:9): later" }, "",
+        "Can't create log file: Permission denied")]
+    [TestCase(new string[0], "Error (criu/log.c:57): Can't create log file: Permission denied\nError (criu/cr-service.c:1): Can't open\n",
+        "Can't create log file: Permission denied")]
+    [TestCase(new[] { "(00.001) Error (criu/rlimit.c:1): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted", "(00.002) Error (criu/cr-restore.c:1230): Can't fork for 4242: File exists" }, "",
+        "pid 4242 that the restored tree needs is still in use on this host (CRIU: Can't fork for 4242: File exists)")]
+    public void The_cause_is_the_first_error_criu_logged_or_printed(string[] log, string printed, string cause)
+    {
+        var e = new CriuRequestFailedException(CriuRequestType.Dump, 56, null, "/x/dump.log", log, criuOutput: printed);
+
+        Assert.That(e.Cause, Is.EqualTo(cause));
+        Assert.That(e.Message, Does.StartWith($"criu DUMP failed: {cause}; errno 56 (Invalid request code)"));
     }
 
     [Test]

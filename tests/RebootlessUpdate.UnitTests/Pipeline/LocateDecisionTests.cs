@@ -53,7 +53,7 @@ public class LocateDecisionTests
             File.WriteAllText(Path.Combine(work, "restore.log"), restoreLog);
         }
 
-        var run = LocateStage.Load(jt, _images, sameBoot);
+        var run = LocateStage.Load(jt, _images);
         await Stage(waitSeconds).DecideAsync(context, run, jt, CancellationToken.None);
         return run;
     }

@@ -49,6 +49,22 @@ public class ProtoSchemaTests
     }
 
     [Test]
+    public void Pstree_schema_matches_pycriu_pstree_module_of_the_installed_criu()
+    {
+        var testbed = Testbed.Require();
+        var module = Path.Combine(testbed.RootFs, "usr/lib/python3/dist-packages/pycriu/images/pstree_pb2.py");
+        if (!File.Exists(module))
+        {
+            Testbed.Missing($"python3-pycriu's {module}");
+        }
+
+        var upstream = ProtoSchema.FromDescriptor(ProtoSchema.FromPythonModule(File.ReadAllText(module)));
+
+        Assert.That(upstream.Messages.Keys, Is.EquivalentTo(new[] { "pstree_entry" }));
+        Assert.That(Ours(PstreeReflection.Descriptor).Differences(upstream), Is.Empty);
+    }
+
+    [Test]
     public void Text_parser_reads_labels_types_and_defaults()
     {
         var schema = ProtoSchema.FromText("""

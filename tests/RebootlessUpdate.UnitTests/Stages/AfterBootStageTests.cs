@@ -53,7 +53,7 @@ public class AfterBootStageTests
         context.Journal = UpdateJournal.Create(_f.StoreRoot, _set.Id, mode, targets, context.StoreLock, _f.Clock);
         context.SetId = _set.Id;
         context.SameBoot = sameBoot;
-        context.Targets = [.. targets.Select(t => LocateStage.Load(t, _set.ImagesDirectory, sameBoot: false))];
+        context.Targets = [.. targets.Select(t => LocateStage.Load(t, _set.ImagesDirectory))];
         return context;
     }
 

@@ -250,7 +250,7 @@ public class CriuStageTests
         context.StoreLock = _f.Store.AcquireLock();
         context.Journal = UpdateJournal.Create(_f.StoreRoot, set.Id, UpdateMode.Resume, [jt], context.StoreLock, _f.Clock);
         context.SetId = set.Id;
-        context.Targets = [LocateStage.Load(jt, set.ImagesDirectory, sameBoot: false)];
+        context.Targets = [LocateStage.Load(jt, set.ImagesDirectory)];
         return context;
     }
 

@@ -28,7 +28,7 @@ public class RestoreGuardTests
         var t = Run(phase);
         var context = new UpdateContext(UpdateMode.Rehearse, []) { SetId = "20261130T000000Z-00000001" };
 
-        Assert.That(() => TargetRestore.RestoreAsync(context, t, "/nonexistent", waitForRelease: true, lazy: false, CancellationToken.None),
+        Assert.That(() => TargetRestore.RestoreAsync(context, t, "/nonexistent", releaseWait: TimeSpan.FromSeconds(1), lazy: false, CancellationToken.None),
             Throws.InvalidOperationException.With.Message.Contains("cannot become restoring"));
         Assert.Multiple(() =>
         {
@@ -44,7 +44,7 @@ public class RestoreGuardTests
         var t = Run(TargetPhase.Restoring);
         var context = new UpdateContext(UpdateMode.Rehearse, []) { SetId = "20261130T000000Z-00000001" };
 
-        await TargetRollback.RecoverAsync(context, t, sameBoot: true);
+        await TargetRollback.RecoverAsync(context, t, TimeSpan.FromSeconds(1));
 
         Assert.Multiple(() =>
         {

@@ -1,0 +1,103 @@
+using System.Buffers.Binary;
+using Google.Protobuf;
+using RebootlessUpdate.Criu.Protocol;
+
+namespace RebootlessUpdate.Criu;
+
+/// <summary>One process of a dumped tree, as CRIU recorded it in <c>pstree.img</c>.</summary>
+/// <param name="Pid">Its pid (in the dumped tree's own PID namespace when it had one).</param>
+/// <param name="ParentPid">Its parent's pid; 0 for the tree's root.</param>
+/// <param name="ProcessGroup">Its process group id.</param>
+/// <param name="Session">Its session id.</param>
+/// <param name="Threads">Every thread id, the leader's (equal to <paramref name="Pid"/>) first.</param>
+public sealed record CriuProcessTreeEntry(int Pid, int ParentPid, int ProcessGroup, int Session, IReadOnlyList<int> Threads);
+
+/// <summary>Reads the process tree of a dump (<c>pstree.img</c>): which ids a restore will ask the kernel for.</summary>
+public static class CriuProcessTree
+{
+    /// <summary>The first magic of CRIU's ordinary images.</summary>
+    public const uint CommonImageMagic = 0x54564319;
+
+    /// <summary>The magic of a process tree image.</summary>
+    public const uint PstreeMagic = 0x50273030;
+
+    /// <summary>The file name of the process tree image in an images folder.</summary>
+    public const string FileName = "pstree.img";
+
+    /// <summary>Reads <c>pstree.img</c> of <paramref name="imagesDirectory"/>; the tree's root comes first.</summary>
+    /// <exception cref="FileNotFoundException">There is no process tree image.</exception>
+    /// <exception cref="InvalidDataException">The file is not a readable process tree image.</exception>
+    public static IReadOnlyList<CriuProcessTreeEntry> Read(string imagesDirectory)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(imagesDirectory);
+        var path = Path.Combine(imagesDirectory, FileName);
+        return Parse(File.ReadAllBytes(path), path);
+    }
+
+    internal static IReadOnlyList<CriuProcessTreeEntry> Parse(ReadOnlySpan<byte> bytes, string what)
+    {
+        if (bytes.Length < 8)
+        {
+            throw new InvalidDataException($"{what}: {bytes.Length} bytes is too short for a CRIU process tree image");
+        }
+
+        var magic0 = BinaryPrimitives.ReadUInt32LittleEndian(bytes);
+        var magic1 = BinaryPrimitives.ReadUInt32LittleEndian(bytes[4..]);
+        // Images written since CRIU 1.x start with a set magic before their own (crit accepts the common and service ones).
+        if (magic0 is not (CommonImageMagic or CriuStatsImage.ImageSetMagic) || magic1 != PstreeMagic)
+        {
+            throw new InvalidDataException($"{what}: not a CRIU process tree image (magic {magic0:x8} {magic1:x8})");
+        }
+
+        var entries = new List<CriuProcessTreeEntry>();
+        var rest = bytes[8..];
+        while (rest.Length > 0)
+        {
+            if (rest.Length < 4)
+            {
+                throw new InvalidDataException($"{what}: truncated process tree image ({rest.Length} stray bytes after entry {entries.Count})");
+            }
+
+            var size = BinaryPrimitives.ReadUInt32LittleEndian(rest);
+            if (size > rest.Length - 4)
+            {
+                throw new InvalidDataException($"{what}: truncated process tree image (entry {entries.Count} announces {size} bytes, {rest.Length - 4} present)");
+            }
+
+            entries.Add(ParseEntry(rest.Slice(4, (int)size), what, entries.Count));
+            rest = rest[(4 + (int)size)..];
+        }
+
+        if (entries.Count == 0 || entries[0].ParentPid != 0)
+        {
+            throw new InvalidDataException($"{what}: the process tree image does not start with the tree's root");
+        }
+
+        return entries;
+    }
+
+    private static CriuProcessTreeEntry ParseEntry(ReadOnlySpan<byte> payload, string what, int index)
+    {
+        pstree_entry e;
+        try
+        {
+            e = pstree_entry.Parser.ParseFrom(payload);
+        }
+        catch (InvalidProtocolBufferException x)
+        {
+            throw new InvalidDataException($"{what}: corrupt process tree entry {index}: {x.Message}", x);
+        }
+
+        // Google.Protobuf does not enforce proto2 `required`.
+        if (!e.IsInitialized())
+        {
+            throw new InvalidDataException($"{what}: process tree entry {index} lacks required fields");
+        }
+
+        return new CriuProcessTreeEntry(Id(e.Pid), Id(e.Ppid), Id(e.Pgid), Id(e.Sid), [.. e.Threads.Select(Id)]);
+
+        int Id(uint id) => id <= int.MaxValue
+            ? (int)id
+            : throw new InvalidDataException($"{what}: process tree entry {index} holds the impossible id {id}");
+    }
+}
