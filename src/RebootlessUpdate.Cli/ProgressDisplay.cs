@@ -33,21 +33,6 @@ internal static class ProgressDisplay
     private static IAnsiConsole StderrConsole() =>
         AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
 
-    /// <summary>A byte count for people: <c>5.0 MiB</c>.</summary>
-    internal static string FormatBytes(long bytes)
-    {
-        string[] units = ["bytes", "KiB", "MiB", "GiB", "TiB"];
-        double value = bytes;
-        var unit = 0;
-        while (value >= 1024 && unit < units.Length - 1)
-        {
-            value /= 1024;
-            unit++;
-        }
-
-        return unit == 0 ? $"{bytes} bytes" : string.Create(CultureInfo.InvariantCulture, $"{value:0.0} {units[unit]}");
-    }
-
     /// <summary>The first line of a message (failures carry criu log excerpts; the full text comes after the run).</summary>
     internal static string FirstLine(string? message) =>
         message is null ? "" : message.Split('\n', 2)[0].TrimEnd();
@@ -74,7 +59,7 @@ internal sealed class LineProgress(TextWriter writer) : IProgress<UpdateProgress
     {
         UpdateProgressKind.StageStarted => $"[{e.Stage}] ...",
         UpdateProgressKind.Compensating => $"[{e.Stage}] rolling back",
-        UpdateProgressKind.Info => string.Join(' ', new[] { $"[{e.Stage}]", e.Target, e.Message }.Where(p => !string.IsNullOrEmpty(p))),
+        UpdateProgressKind.Info => string.Join(' ', new[] { $"[{e.Stage}]", e.Target, LiveProgress.InfoText(e) }.Where(p => !string.IsNullOrEmpty(p))),
         _ => null,
     };
 }
@@ -172,7 +157,7 @@ internal sealed class LiveProgress : IProgress<UpdateProgress>
     internal static string InfoText(UpdateProgress e)
     {
         var message = ProgressDisplay.FirstLine(e.Message);
-        return e.Bytes is { } b ? $"{message} ({ProgressDisplay.FormatBytes(b)})" : message;
+        return e.Bytes is { } b ? $"{message} ({CliOutput.Size(b)})" : message;
     }
 
     /// <summary>

@@ -43,10 +43,10 @@ public partial class ProgressDisplayTests
             "[Plan] set S: 2 target(s)",
             "[PreDump] ...",
             "[Dump] ...",
-            "[Dump] pid:41 frozen, 5242880 bytes of images in 80 ms",
-            "[Dump] cgroup:/sys/fs/cgroup/a[b] frozen, [1234] bytes of images in 20 ms",
+            "[Dump] pid:41 frozen, 5242880 bytes of images in 80 ms (5.0 MiB)",
+            "[Dump] cgroup:/sys/fs/cgroup/a[b] frozen, [1234] bytes of images in 20 ms (1.2 KiB)",
             "[Verify] ...",
-            "[Verify] 5244114 bytes verified",
+            "[Verify] 5244114 bytes verified (5.0 MiB)",
             "[Dump] rolling back",
             "[Plan] rolling back",
         }));
@@ -95,14 +95,6 @@ public partial class ProgressDisplayTests
         });
         Assert.That(screen.FindIndex(l => l.Contains("pid:41", StringComparison.Ordinal)), Is.GreaterThan(screen.FindIndex(l => l.StartsWith("Dump", StringComparison.Ordinal))), "a target's row is under its stage");
     }
-
-    [TestCase(0, "0 bytes")]
-    [TestCase(1023, "1023 bytes")]
-    [TestCase(1536, "1.5 KiB")]
-    [TestCase(5_242_880, "5.0 MiB")]
-    [TestCase(3L << 40, "3.0 TiB")]
-    public void Bytes_are_spelled_for_people(long bytes, string expected) =>
-        Assert.That(ProgressDisplay.FormatBytes(bytes), Is.EqualTo(expected));
 
     /// <summary>The last frame the live display drew (after its last cursor-up), without escape sequences, one string per row.</summary>
     private static List<string> FinalFrame(string output)
