@@ -71,7 +71,11 @@ public static class StandardStages
             ? builder.AppendStage(new RehearsalVerifyStage())
             : builder.AppendStage(new ResumeVerifyStage(options ?? new VerifyStageOptions()));
 
-    /// <summary>Restores the targets in parallel; retried (it skips restored targets, so repeating is safe).</summary>
+    /// <summary>
+    /// Restores the targets in parallel; retried (it skips restored targets, so repeating is safe), except when a
+    /// target's pids stayed in use for the whole <see cref="RestoreStageOptions.PidReleaseWait"/>: a retry would only
+    /// wait that long again.
+    /// </summary>
     public static UpdatePipelineBuilder AddRestore(this UpdatePipelineBuilder builder, RestoreStageOptions? options = null, StageOptions? stageOptions = null)
     {
         options ??= new RestoreStageOptions();
@@ -79,8 +83,22 @@ public static class StandardStages
         RestoreStage stage = KindOf(builder, "Restore", UpdateMode.Rehearse, UpdateMode.Resume) == UpdateMode.Rehearse
             ? new RehearsalRestoreStage(options)
             : new ResumeRestoreStage(options);
-        return builder.AppendStage(stage, stageOptions ?? new StageOptions { SafeToRepeat = true, MaxRetryAttempts = 2, RetryDelay = TimeSpan.FromMilliseconds(500) });
+        return builder.AppendStage(stage, stageOptions ?? new StageOptions
+        {
+            SafeToRepeat = true,
+            MaxRetryAttempts = 2,
+            RetryDelay = TimeSpan.FromMilliseconds(500),
+            ShouldRetry = e => !WaitedForPids(e),
+        });
     }
+
+    private static bool WaitedForPids(Exception? e) => e switch
+    {
+        null => false,
+        PidsInUseException => true,
+        AggregateException all => all.InnerExceptions.Any(WaitedForPids),
+        _ => WaitedForPids(e.InnerException),
+    };
 
     /// <summary>Records the end state in the journal.</summary>
     public static UpdatePipelineBuilder AddReport(this UpdatePipelineBuilder builder) =>
