@@ -271,6 +271,13 @@ public sealed class CriuClient
             req.Opts = options.ToProto();
             // Folders are descriptors on the wire: CRIU opens /proc/<client>/fd/<n>.
             req.Opts.ImagesDirFd = fds.OpenDirectory(options.ImagesDirectory, "images folder");
+            if (req.Type == criu_req_type.Dump)
+            {
+                // Always with notifications: criu then waits at post-dump for our answer before it
+                // ends the tree, so a cancellation up to there still leaves the tree running.
+                req.Opts.NotifyScripts = true;
+            }
+
             if (options.WorkDirectory is not null)
             {
                 req.Opts.WorkDirFd = fds.OpenDirectory(options.WorkDirectory, "work folder");

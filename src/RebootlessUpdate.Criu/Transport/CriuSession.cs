@@ -12,6 +12,9 @@ namespace RebootlessUpdate.Criu.Transport;
 internal sealed partial class CriuSession : IAsyncDisposable
 {
     private static readonly TimeSpan WorkerExitGrace = TimeSpan.FromSeconds(10);
+
+    /// <summary>How long a request cancelled past its point of no return waits for criu to finish.</summary>
+    private static readonly TimeSpan FinishGrace = TimeSpan.FromSeconds(5);
     private readonly CriuConnection _connection;
     private readonly ILogger _logger;
     private readonly TimeSpan _defaultTimeout;
@@ -42,18 +45,20 @@ internal sealed partial class CriuSession : IAsyncDisposable
         var kind = (CriuRequestType)(int)req.Type;
         var limit = timeout ?? _defaultTimeout;
         using var watchdog = new Watchdog(limit, _time);
-        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, watchdog.Token);
+        using var caller = new CallerCancellation(FinishGrace, _time, cancellationToken);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(caller.Token, watchdog.Token);
         using var abort = linked.Token.Register(static c => ((CriuConnection)c!).Abort(), _connection);
         try
         {
-            return await ExchangeAsync(req, kind, onNotification, logPath, watchdog, linked.Token).ConfigureAwait(false);
+            return await ExchangeAsync(req, kind, onNotification, logPath, watchdog, caller, linked.Token).ConfigureAwait(false);
         }
-        catch (Exception e) when (e is not CriuTimeoutException && (cancellationToken.IsCancellationRequested || watchdog.Expired))
+        catch (Exception e) when (e is not CriuTimeoutException && (caller.Aborted || watchdog.Expired))
         {
-            // The connection was aborted on purpose: whatever failed after that is a consequence.
+            // The connection was aborted on purpose: whatever failed after that is a consequence
+            // (typically "closed the connection, exit status 137", the worker's SIGKILL).
             // Reap the worker first, so no criu is left behind when the caller sees the outcome.
             await _connection.WaitForWorkerExitAsync(WorkerExitGrace).ConfigureAwait(false);
-            if (cancellationToken.IsCancellationRequested)
+            if (caller.Aborted)
             {
                 Log.Cancelled(_logger, kind, _connection.Description);
                 throw new OperationCanceledException($"the criu {Name(kind)} request was cancelled; {_connection.Description} was stopped.", e, cancellationToken);
@@ -68,7 +73,7 @@ internal sealed partial class CriuSession : IAsyncDisposable
     }
 
     private async Task<criu_resp> ExchangeAsync(criu_req req, CriuRequestType kind, Func<CriuNotification, CancellationToken, ValueTask>? onNotification,
-        string? logPath, Watchdog watchdog, CancellationToken cancellationToken)
+        string? logPath, Watchdog watchdog, CallerCancellation caller, CancellationToken cancellationToken)
     {
         var name = Name(kind);
         Log.RequestSent(_logger, kind, _connection.Description);
@@ -81,13 +86,6 @@ internal sealed partial class CriuSession : IAsyncDisposable
         {
             var (bytes, descriptors) = await _connection.Socket.ReceiveWithDescriptorsAsync(cancellationToken).ConfigureAwait(false);
             watchdog.Pause();
-            if (cancellationToken.IsCancellationRequested)
-            {
-                // Aborted while the message arrived: it no longer counts.
-                Close(descriptors);
-                cancellationToken.ThrowIfCancellationRequested();
-            }
-
             if (bytes is null)
             {
                 var exit = await _connection.WaitForWorkerExitAsync(WorkerExitGrace).ConfigureAwait(false);
@@ -100,11 +98,25 @@ internal sealed partial class CriuSession : IAsyncDisposable
             }
 
             var resp = ParseOrClose(bytes, name, descriptors);
+            if (cancellationToken.IsCancellationRequested && (resp.Type == criu_req_type.Notify || !resp.Success))
+            {
+                // Aborted while the message arrived: it no longer counts. A success still does:
+                // criu finished the request, and what it did is not undone by the abort.
+                Close(descriptors);
+                cancellationToken.ThrowIfCancellationRequested();
+            }
+
             if (resp.Type == criu_req_type.Notify)
             {
                 // criu waits for the answer: the handler's time is not criu's.
                 var failure = await NotifyAsync(resp, descriptors, onNotification, cancellationToken).ConfigureAwait(false);
                 handlerFailure ??= failure;
+                if (failure is null && CallerCancellation.IsPointOfNoReturn(kind, resp.Notify?.Script ?? string.Empty) && !caller.PassPointOfNoReturn())
+                {
+                    // Cancelled before criu was told to finish: the abort (the worker killed) releases the tree.
+                    cancellationToken.ThrowIfCancellationRequested();
+                }
+
                 // Anything but notify_success=true makes CRIU abort the operation
                 // ("RPC client reported script error").
                 watchdog.Start();
