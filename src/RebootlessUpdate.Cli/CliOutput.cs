@@ -56,7 +56,7 @@ internal static class CliOutput
     /// <summary>Writes <paramref name="node"/> as indented JSON on stdout.</summary>
     public static void WriteJson(JsonNode node) => Console.WriteLine(node.ToJsonString(Indented));
 
-    /// <summary>A byte count for people: <c>512 B</c>, <c>3.2 KiB</c>, <c>1.5 GiB</c>.</summary>
+    /// <summary>A byte count for people: <c>512 B</c>, <c>3.2 KiB</c>, <c>62.0 GiB</c>.</summary>
     public static string Size(long bytes)
     {
         string[] units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -70,7 +70,7 @@ internal static class CliOutput
 
         return unit == 0
             ? bytes.ToString(CultureInfo.InvariantCulture) + " B"
-            : value.ToString(value < 10 ? "0.0" : "0", CultureInfo.InvariantCulture) + " " + units[unit];
+            : value.ToString("0.0", CultureInfo.InvariantCulture) + " " + units[unit];
     }
 
     /// <summary>A duration for people: <c>850 ms</c>, <c>12.3 s</c>, <c>4 min 05 s</c>.</summary>

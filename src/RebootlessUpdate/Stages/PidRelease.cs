@@ -104,7 +104,7 @@ internal static class PidRelease
             // /proc/N resolves thread ids too, though only thread-group leaders are listed.
             if (ProcStat.Read(n.Id, procRoot) is { } task)
             {
-                var group = ThreadGroupOf(n.Id, procRoot);
+                var group = ProcStat.ThreadGroupOf(n.Id, procRoot) ?? n.Id;
                 holders.Add(group == n.Id || ProcStat.Read(group, procRoot) is not { } leader
                     ? new Holder(n, task, string.Empty)
                     : new Holder(n, leader, $" (its thread {n.Id.ToString(CultureInfo.InvariantCulture)})"));
@@ -189,20 +189,6 @@ internal static class PidRelease
 
         sb.Append(". Nothing was restored (CRIU would fail with \"Can't fork for N: File exists\"): end what holds them, or wait until its parent reaps it, and restore again");
         return sb.ToString();
-    }
-
-    private static int ThreadGroupOf(int id, string procRoot)
-    {
-        try
-        {
-            var line = File.ReadLines(Path.Combine(procRoot, id.ToString(CultureInfo.InvariantCulture), "status"))
-                .FirstOrDefault(l => l.StartsWith("Tgid:", StringComparison.Ordinal));
-            return line is not null && int.TryParse(line.AsSpan(5).Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out var tgid) ? tgid : id;
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            return id;
-        }
     }
 }
 

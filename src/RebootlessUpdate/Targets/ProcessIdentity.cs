@@ -53,11 +53,11 @@ internal sealed record ProcStat(int Pid, char State, int ParentPid, int ProcessG
     /// another thread (<c>/proc/TID</c> exists for every thread, though <c>ls /proc</c> lists only processes).
     /// Null when there is no such task.
     /// </summary>
-    public static int? ThreadGroupOf(int tid)
+    public static int? ThreadGroupOf(int tid, string procRoot = "/proc")
     {
         try
         {
-            var line = File.ReadLines($"/proc/{tid.ToString(CultureInfo.InvariantCulture)}/status").FirstOrDefault(l => l.StartsWith("Tgid:", StringComparison.Ordinal));
+            var line = File.ReadLines(Path.Combine(procRoot, tid.ToString(CultureInfo.InvariantCulture), "status")).FirstOrDefault(l => l.StartsWith("Tgid:", StringComparison.Ordinal));
             return line is not null && int.TryParse(line.AsSpan("Tgid:".Length).Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out var tgid) ? tgid : null;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)

@@ -62,7 +62,7 @@ public class RunReportTests
     [TestCase(1023, "1023 B")]
     [TestCase(1536, "1.5 KiB")]
     [TestCase(4404019, "4.2 MiB")]
-    [TestCase(66571993088, "62 GiB")]
+    [TestCase(66571993088, "62.0 GiB")]
     [TestCase(3L << 40, "3.0 TiB")]
     public void Sizes_are_for_people(long bytes, string text) => Assert.That(CliOutput.Size(bytes), Is.EqualTo(text));
 
