@@ -37,8 +37,10 @@ public class ToolInterruptTests
     {
         using var w = Workload.StartProgram(Path.Combine(_dir, "w"), 64);
         var pid = w.RootPid;
-        var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in (string[])[Tool.Path, "rehearse", "--pid", pid.ToString(), "--store", _store, "--criu", _testbed.Criu, .. json ? ["--json"] : Array.Empty<string>()])
+        // env resets the signals to their defaults: a test run started in the background (CI's nohup) hands its children
+        // SIGINT ignored, and an ignored signal stays ignored across exec, as a shell's background job expects.
+        var start = new ProcessStartInfo("env") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in (string[])["--default-signal=INT,TERM", "dotnet", Tool.Path, "rehearse", "--pid", pid.ToString(), "--store", _store, "--criu", _testbed.Criu, .. json ? ["--json"] : Array.Empty<string>()])
         {
             start.ArgumentList.Add(a);
         }
