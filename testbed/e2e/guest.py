@@ -215,9 +215,11 @@ def ts(text):
 
 
 def span(text):
-    """TimeSpan "[d.]hh:mm:ss[.fffffff]" -> seconds."""
+    """A duration -> seconds: a number of seconds (journals since 0.2), or a TimeSpan "[d.]hh:mm:ss[.fffffff]"."""
     if text is None:
         return None
+    if isinstance(text, (int, float)):
+        return float(text)
     m = re.match(r"(?:(\d+)\.)?(\d+):(\d+):(\d+(?:\.\d+)?)$", text)
     d, h, mi, s = m.groups()
     return int(d or 0) * 86400 + int(h) * 3600 + int(mi) * 60 + float(s)
