@@ -28,7 +28,8 @@ internal static class CliApp
 
     public static async Task<int> RunAsync(string[] args)
     {
-        var parse = Create().Parse(args);
+        // No response files: `@path` is an argument like any other (a set id or path from a script must not pull in options).
+        var parse = Create().Parse(args, new ParserConfiguration { ResponseFileTokenReplacer = null });
         if (parse.Errors.Count > 0 && parse.Action is not HelpWithExitCodes)
         {
             // Not System.CommandLine's own report (the whole help on stdout, exit 1): one line, exit 2.
@@ -39,7 +40,8 @@ internal static class CliApp
                 $"`rebootless {(command.Length == 0 ? "" : command + " ")}--help` lists what it takes"));
         }
 
-        using var interruption = new Interruption();
+        // Only a run has a safe point to stop at and workloads to put back; other commands end at a signal as usual.
+        using var interruption = new Interruption(graceful: parse.CommandResult.Command.Name is "rehearse" or "update" or "resume");
         return await parse.InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = null, EnableDefaultExceptionHandler = false }, interruption.Token)
             .ConfigureAwait(false);
     }

@@ -5,11 +5,14 @@ namespace RebootlessUpdate.Cli;
 
 internal sealed record CheckLine(string Name, bool Ok, string Detail);
 
-internal sealed record CheckOutput(bool Ready, string? CriuVersion, IReadOnlyList<CheckLine> Checks);
+internal sealed record CheckOutput(bool Ready, string? CriuVersion, IReadOnlyList<CheckLine> Checks, int ExitCode);
 
 internal sealed record PlanTarget(string Target, int RootPid, int Processes, bool ShellJob, string? FreezeCgroup);
 
-internal sealed record PlanOutput(IReadOnlyList<PlanTarget> Targets, int Processes, long MemoryBytes, long RequiredBytes, long FreeBytes, bool Fits, string Store);
+internal sealed record PlanOutput(IReadOnlyList<PlanTarget> Targets, int Processes, long MemoryBytes, long RequiredBytes, long FreeBytes, bool Fits, string Store)
+{
+    public int ExitCode => Fits ? ExitCodes.Ok : ExitCodes.StoreFull;
+}
 
 internal sealed record SetLine(string SetId, bool Sealed, DateTimeOffset CreatedAt, long? TotalBytes)
 {
@@ -22,7 +25,10 @@ internal sealed record RemoveOutput(string SetId, bool Deleted, string? GaveUp);
 /// <summary>One journal in `status`: its record, or why it cannot be read; <c>Advice</c> when it needs an operator.</summary>
 internal sealed record StatusLine(string SetId, string Kind, bool Readable, bool Unfinished, string? Problem, string? Advice, JournalRecord? Journal);
 
-internal sealed record VerifyOutput(string SetId, bool Intact, long BytesHashed, IReadOnlyList<string> Issues);
+internal sealed record VerifyOutput(string SetId, bool Intact, long BytesHashed, IReadOnlyList<string> Issues)
+{
+    public int ExitCode => Intact ? ExitCodes.Ok : ExitCodes.Failed;
+}
 
 /// <summary>What <c>install-unit</c> wrote and whether it enabled the unit.</summary>
 internal sealed record InstallUnitOutput(string UnitFile, string Command, bool Changed, bool Enabled);

@@ -51,7 +51,7 @@ internal static class CliOutput
         "rebootless: " + Fold(error.Message) + (error.Hint is null ? "" : " (" + Fold(error.Hint) + ")");
 
     /// <summary>Writes <paramref name="value"/> as indented JSON on stdout.</summary>
-    public static void WriteJson<T>(T value, JsonTypeInfo<T> info) => Console.WriteLine(JsonSerializer.Serialize(value, info));
+    public static void WriteJson<T>(T value, JsonTypeInfo<T> info) => WriteJson(JsonSerializer.SerializeToNode(value, info)!);
 
     /// <summary>Writes <paramref name="node"/> as indented JSON on stdout.</summary>
     public static void WriteJson(JsonNode node) => Console.WriteLine(node.ToJsonString(Indented));
@@ -83,5 +83,6 @@ internal static class CliOutput
 
     private static string Fold(string text) => string.Join("; ", text.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
 
-    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+    // Readable text: "+" and "'" as they are (it is JSON for scripts and people, never embedded in HTML).
+    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 }

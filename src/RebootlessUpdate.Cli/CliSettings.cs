@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text.Json;
 using Mono.Unix.Native;
 using RebootlessUpdate.Criu;
+using RebootlessUpdate.Images;
 
 namespace RebootlessUpdate.Cli;
 
@@ -20,6 +21,8 @@ internal sealed record CliSettings
     public const string StoreVariable = "REBOOTLESS_STORE";
     public const string ConfigVariable = "REBOOTLESS_CONFIG";
     private const int MaxCriuTimeoutSeconds = 24 * 24 * 3600;
+
+    private const long MaxConfigBytes = 64 * 1024;
 
     private static readonly string[] ConfigKeys = ["criu", "criuTimeout", "store", "pmem", "storeMount", "manifestKey"];
 
@@ -88,30 +91,53 @@ internal sealed record CliSettings
     /// <summary>The config file's settings; none when it does not exist (unless named by <see cref="ConfigVariable"/>).</summary>
     internal static Dictionary<string, string> ReadConfig(string path, bool explicitly)
     {
-        if (Syscall.stat(path, out var st) != 0)
+        if (Syscall.lstat(path, out var st) != 0)
         {
             return explicitly
                 ? throw CliFailure.Of(ExitCodes.Usage, $"the config file {path} (${ConfigVariable}) does not exist", $"create it or unset {ConfigVariable}")
                 : [];
         }
 
-        // Before it is opened: a FIFO would hang the read, and a file others can write could name any criu to run as root.
-        if ((st.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFREG)
+        // It names the criu that runs as root: only a file root (or the caller) wrote, on a way nobody else can change, is read.
+        // The checks are made on the opened file (no link followed, a FIFO never blocks), so what is checked is what is read.
+        byte[] bytes;
+        try
         {
-            throw CliFailure.Of(ExitCodes.Usage, $"the config file {path} is not a regular file", "replace it with a JSON file owned by root");
-        }
+            if ((st.st_mode & FilePermissions.S_IFMT) == FilePermissions.S_IFLNK)
+            {
+                throw CliFailure.Of(ExitCodes.Usage, $"the config file {path} is a symbolic link", "name the file itself");
+            }
 
-        if ((st.st_uid != 0 && st.st_uid != Syscall.geteuid()) || (st.st_mode & (FilePermissions.S_IWGRP | FilePermissions.S_IWOTH)) != 0)
+            var full = Path.GetFullPath(path);
+            var folder = Path.GetDirectoryName(full) ?? "/";
+            StoreFiles.CheckStorePath(folder);
+            if (Syscall.lstat(folder, out var dir) != 0 || (dir.st_uid != 0 && dir.st_uid != Syscall.geteuid())
+                || ((dir.st_mode & (FilePermissions.S_IWGRP | FilePermissions.S_IWOTH)) != 0 && (dir.st_mode & FilePermissions.S_ISVTX) == 0))
+            {
+                throw CliFailure.Of(ExitCodes.Usage, $"the config file {path} is not trusted: its folder {folder} may be changed by others",
+                    $"keep it in a folder only root may write to, like /etc/rebootless");
+            }
+
+            bytes = StoreFiles.ReadRegular(full, MaxConfigBytes, ownOnly: true, rootMayOwn: true);
+        }
+        catch (UntrustedFileException e)
         {
-            throw CliFailure.Of(ExitCodes.Usage,
-                $"the config file {path} is not trusted: it is owned by uid {st.st_uid} with mode {Convert.ToString((int)st.st_mode & 0xFFF, 8)}, so someone other than root could choose the criu that runs as root",
+            throw CliFailure.Of(ExitCodes.Usage, $"the config file {path} is not trusted: {e.Message}; someone other than root could choose the criu that runs as root",
                 $"chown root {path} && chmod go-w {path}");
+        }
+        catch (NotARegularFileException e)
+        {
+            throw CliFailure.Of(ExitCodes.Usage, $"the config file {path} is not a regular file: {e.Message}", "replace it with a JSON file owned by root");
+        }
+        catch (Exception e) when (e is UnsafeStorePathException or IOException or UnauthorizedAccessException)
+        {
+            throw CliFailure.Of(ExitCodes.Usage, $"the config file {path} cannot be used: {e.Message}");
         }
 
         var result = new Dictionary<string, string>(StringComparer.Ordinal);
         try
         {
-            using var doc = JsonDocument.Parse(File.ReadAllBytes(path));
+            using var doc = JsonDocument.Parse(bytes);
             if (doc.RootElement.ValueKind != JsonValueKind.Object)
             {
                 throw CliFailure.Of(ExitCodes.Usage, $"the config file {path} is not a JSON object", "write e.g. {\"criu\": \"/usr/sbin/criu\", \"store\": \"/var/lib/rebootless/store\"}");
@@ -133,13 +159,10 @@ internal sealed record CliSettings
                 };
             }
         }
-        catch (JsonException e)
+        catch (Exception e) when (e is JsonException or InvalidOperationException)
         {
+            // InvalidOperationException: a string that is not UTF-8.
             throw CliFailure.Of(ExitCodes.Usage, $"the config file {path} is not valid JSON: {e.Message}", "fix it or remove it");
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw CliFailure.Of(ExitCodes.Usage, $"the config file {path} cannot be read: {e.Message}");
         }
 
         return result;

@@ -34,7 +34,8 @@ internal static class CliStores
         var s = c.Settings;
         if (s.PmemDevice is { } device)
         {
-            return OpenPmem(c, device);
+            // Opening a pmem store may format and mount the device: a command that only looks uses it where it is mounted.
+            return readOnly ? OpenMountedPmem(c, device) : OpenPmem(c, device);
         }
 
         if (s.StoreMount is not null)
@@ -78,6 +79,48 @@ internal static class CliStores
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ImageStoreException)
         {
             throw CliFailure.Of(ExitCodes.BadStore, $"{device} cannot be used as a store: {e.Message}");
+        }
+        catch (ArgumentException e)
+        {
+            throw CliFailure.Of(ExitCodes.Usage, $"--pmem {device}: {e.Message}");
+        }
+    }
+
+    /// <summary>The store on <paramref name="device"/> where it is mounted now, read-only; never formats or mounts.</summary>
+    private static DirectoryImageStore OpenMountedPmem(CliInvocation c, string device)
+    {
+        if (c.Value(CliOptions.Store) is not null)
+        {
+            throw CliFailure.Of(ExitCodes.Usage, "give either --store DIR or --pmem DEVICE, not both");
+        }
+
+        var mount = Mounts.Read().LastOrDefault(m => m.Source == device)
+            ?? throw CliFailure.Of(ExitCodes.BadStore, $"the store on {device} is not mounted, so there is nothing to look at yet",
+                "rehearse, update and resume mount it (and format an empty device)");
+        try
+        {
+            return new DirectoryImageStore(new DirectoryImageStoreOptions { RootDirectory = mount.MountPoint, ReadOnly = true, ManifestKeyPath = c.Settings.ManifestKey });
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ImageStoreException)
+        {
+            throw CliFailure.Of(ExitCodes.BadStore, $"the store on {device} (mounted at {mount.MountPoint}) cannot be read: {e.Message}");
+        }
+    }
+
+    /// <summary>True when <paramref name="device"/> is mounted (its store can be looked at without mounting anything).</summary>
+    public static bool IsMounted(string device) => Mounts.Read().Any(m => m.Source == device);
+
+    /// <summary>The size of the block device <paramref name="device"/> (from /sys/class/block).</summary>
+    public static long DeviceBytes(string device)
+    {
+        try
+        {
+            var name = Path.GetFileName(new FileInfo(device).ResolveLinkTarget(returnFinalTarget: true)?.FullName ?? device);
+            return long.Parse(File.ReadAllText($"/sys/class/block/{name}/size").Trim(), System.Globalization.CultureInfo.InvariantCulture) * 512;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException)
+        {
+            throw CliFailure.Of(ExitCodes.BadStore, $"--pmem {device}: not a block device this host knows ({e.Message})", "give the persistent-memory device, e.g. /dev/pmem0");
         }
     }
 

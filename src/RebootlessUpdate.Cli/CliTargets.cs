@@ -83,17 +83,20 @@ internal sealed class CliTargets
             }
             catch (TargetNotFoundException e)
             {
-                throw CliFailure.Of(e.Problem switch
-                {
-                    TargetProblem.Inactive => ExitCodes.TargetInactive,
-                    TargetProblem.ManagerUnavailable => ExitCodes.SystemdUnavailable,
-                    _ => ExitCodes.UnknownTarget,
-                }, e.Message);
+                throw CliFailure.Of(Code(e.Problem), e.Message);
             }
         }
 
         return targets;
     }
+
+    /// <summary>The exit code of a target that cannot be checkpointed.</summary>
+    public static int Code(TargetProblem problem) => problem switch
+    {
+        TargetProblem.Inactive => ExitCodes.TargetInactive,
+        TargetProblem.ManagerUnavailable => ExitCodes.SystemdUnavailable,
+        _ => ExitCodes.UnknownTarget,
+    };
 
     private static ProcessTreeOptions TreeOptions(CliInvocation c)
     {

@@ -5,7 +5,7 @@ namespace RebootlessUpdate.Cli;
 /// <summary>
 /// SIGINT and SIGTERM cancel the run instead of ending the process: the pipeline stops at its next safe point,
 /// rolls back, and the tool prints the report and exits <see cref="ExitCodes.Interrupted"/>. A second signal
-/// does not cut the rollback short.
+/// does not cut the rollback short. Commands that run no pipeline end at the signal as any program would.
 /// </summary>
 internal sealed class Interruption : IDisposable
 {
@@ -14,8 +14,12 @@ internal sealed class Interruption : IDisposable
     private readonly PosixSignalRegistration _terminate;
     private int _signals;
 
-    public Interruption()
+    private readonly bool _graceful;
+
+    /// <summary>With <paramref name="graceful"/> false, a signal ends the tool at once, as it would any program.</summary>
+    public Interruption(bool graceful)
     {
+        _graceful = graceful;
         _interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, Handle);
         _terminate = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Handle);
     }
@@ -25,6 +29,11 @@ internal sealed class Interruption : IDisposable
 
     private void Handle(PosixSignalContext context)
     {
+        if (!_graceful)
+        {
+            return; // not cancelled: the signal's default action ends the tool
+        }
+
         context.Cancel = true; // the tool ends by itself, once every workload runs and the report is out
         if (Interlocked.Increment(ref _signals) == 1)
         {

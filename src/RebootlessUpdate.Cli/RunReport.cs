@@ -84,7 +84,7 @@ internal static class RunReport
             UpdateOutcome.RolledBack => "failed and rolled back",
             _ => "failed",
         };
-        var message = $"{mode} {what} at {result.FailedStage}: {result.Error}";
+        var message = $"{mode} {what} at {result.FailedStage}: {(result.Cancelled ? "stopped by SIGINT or SIGTERM" : result.Error)}";
         var hint = result.Outcome switch
         {
             // A resume refused changed nothing, but the workloads it was to restore may still be down: the message says what to do.
@@ -106,12 +106,7 @@ internal static class RunReport
         _ when CausedBy<ImageStoreLockedException>(result.Exception) => ExitCodes.StoreLocked,
         _ when CausedBy<CriuTimeoutException>(result.Exception) => ExitCodes.CriuTimedOut,
         { Exception: PreflightException p } when p.Report.FirstFailure is { Problem: { } problem } => CliStores.Code(problem),
-        { Exception: TargetNotFoundException t } => t.Problem switch
-        {
-            TargetProblem.Inactive => ExitCodes.TargetInactive,
-            TargetProblem.ManagerUnavailable => ExitCodes.SystemdUnavailable,
-            _ => ExitCodes.UnknownTarget,
-        },
+        { Exception: TargetNotFoundException t } => CliTargets.Code(t.Problem),
         _ => ExitCodes.Failed,
     };
 

@@ -15,7 +15,12 @@ internal static class CheckCommand
             // Not refused for non-root: the report says so (exit 3), with whatever else it could see.
             CliError? storeError = null;
             Images.IImageStore? store = null;
-            if (c.Settings.PmemDevice is null && !Directory.Exists(c.Settings.StorePath))
+            if (c.Settings.PmemDevice is { } device && !CliStores.IsMounted(device))
+            {
+                // Not formatted or mounted here: rehearse and update do that.
+                storeError = new CliError(ExitCodes.Ok, $"{device} holds no mounted store yet; rehearse or update formats it (when empty) and mounts it");
+            }
+            else if (c.Settings.PmemDevice is null && !Directory.Exists(c.Settings.StorePath))
             {
                 // A store that does not exist yet is not created: rehearse or update will.
                 storeError = new CliError(c.Settings.StoreFolder is null ? ExitCodes.Ok : ExitCodes.BadStore,
@@ -41,9 +46,11 @@ internal static class CheckCommand
                     storeError.ExitCode == ExitCodes.Ok ? null : ReadinessProblem.StoreUnusable));
             }
 
+            var failed = checks.FirstOrDefault(x => !x.Ok);
+            var code = failed is { Problem: { } problem } ? CliStores.Code(problem) : ExitCodes.Ok;
             if (c.Json)
             {
-                CliOutput.WriteJson(new CheckOutput(checks.All(x => x.Ok), report.CriuVersion, [.. checks.Select(x => new CheckLine(x.Name, x.Ok, x.Detail))]),
+                CliOutput.WriteJson(new CheckOutput(failed is null, report.CriuVersion, [.. checks.Select(x => new CheckLine(x.Name, x.Ok, x.Detail))], code),
                     CliJson.Default.CheckOutput);
             }
             else
@@ -54,7 +61,13 @@ internal static class CheckCommand
                 }
             }
 
-            return checks.FirstOrDefault(x => !x.Ok) is { Problem: { } problem } ? CliStores.Code(problem) : ExitCodes.Ok;
+            if (failed is not null)
+            {
+                Console.Error.WriteLine(CliOutput.OneLine(new CliError(code, $"not ready: {failed.Name}: {failed.Detail}",
+                    checks.Count(x => !x.Ok) > 1 ? $"{checks.Count(x => !x.Ok)} checks failed; the report lists them" : null)));
+            }
+
+            return code;
         });
         return cmd;
     }

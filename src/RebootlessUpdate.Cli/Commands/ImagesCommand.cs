@@ -71,6 +71,12 @@ internal static class ImagesCommand
                     : $"{setId}: {r.Issues.Count} problem(s)\n  " + string.Join("\n  ", r.Issues));
             }
 
+            if (!r.IsValid)
+            {
+                Console.Error.WriteLine(CliOutput.OneLine(new CliError(ExitCodes.Failed, $"set {setId} is damaged: {r.Issues.Count} problem(s), the first: {r.Issues[0]}",
+                    "it cannot be restored as it is; `rebootless images rm` deletes it")));
+            }
+
             return r.IsValid ? ExitCodes.Ok : ExitCodes.Failed;
         });
         return verify;
@@ -89,10 +95,18 @@ internal static class ImagesCommand
         CliOptions.Add(rm, [force, .. CliOptions.StoreOptions]);
         CliInvocation.SetAction(rm, c =>
         {
+            CliInvocation.RequireRoot("images rm");
             var setId = c.Parse.GetValue(id)!;
             if (!UpdateJournal.IsSetId(setId))
             {
                 throw ResumeCommand.NotASetId("the set", setId);
+            }
+
+            // Looked up read-only first: a folder holding no such set (or no store at all) is not made a store.
+            var look = OpenStore(c, readOnly: true);
+            if (!look.ListSets().Any(s => s.SetId == setId) && !UpdateJournal.Scan(look.RootDirectory).Any(j => j.SetId == setId))
+            {
+                throw NoSuchSet(look, setId);
             }
 
             var store = OpenStore(c, readOnly: false);

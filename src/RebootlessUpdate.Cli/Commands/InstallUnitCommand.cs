@@ -31,13 +31,40 @@ internal static class InstallUnitCommand
             }
 
             var command = c.Value(tool) ?? ThisTool();
-            var text = Shipped().Replace("ExecStart=" + ShippedCommand + " ", "ExecStart=" + command + " ", StringComparison.Ordinal);
+            if (command.Any(char.IsControl) || !Path.IsPathRooted(command.TrimStart('"')))
+            {
+                throw CliFailure.Of(ExitCodes.Usage, "--tool: give the command as an absolute path on one line", "e.g. --tool /usr/local/bin/rebootless");
+            }
+
+            // systemd expands % specifiers in ExecStart: a literal % is written %%.
+            var text = Shipped().Replace("ExecStart=" + ShippedCommand + " ", "ExecStart=" + command.Replace("%", "%%", StringComparison.Ordinal) + " ", StringComparison.Ordinal);
             var path = Path.Combine(dir, UnitName);
-            var changed = !File.Exists(path) || File.ReadAllText(path) != text;
+            var existing = new FileInfo(path);
+            if (existing.LinkTarget is not null || (existing.Exists && existing.Attributes.HasFlag(FileAttributes.Directory)) || Directory.Exists(path))
+            {
+                // A masked unit is a link to /dev/null: writing through it would change what it points to.
+                throw CliFailure.Of(ExitCodes.Usage, $"{path} is {(existing.LinkTarget is { } target ? $"a link to {target} (a masked unit?)" : "not a file")}; nothing was written",
+                    $"systemctl unmask {UnitName}, or remove it, then install again");
+            }
+
+            var changed = !existing.Exists || File.ReadAllText(path) != text;
             if (changed)
             {
-                File.WriteAllText(path, text);
-                File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
+                // Written beside it and renamed over it: never through whatever is at the path, never half written.
+                var temporary = path + ".rebootless-new";
+                File.Delete(temporary);
+                using (var stream = new FileStream(temporary, new FileStreamOptions
+                {
+                    Mode = FileMode.CreateNew,
+                    Access = FileAccess.Write,
+                    UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.OtherRead,
+                }))
+                using (var writer = new StreamWriter(stream))
+                {
+                    writer.Write(text);
+                }
+
+                File.Move(temporary, path, overwrite: true);
             }
 
             Systemctl(user, "daemon-reload");

@@ -25,6 +25,12 @@ internal static class PlanCommand
                 where = NearestExisting(c.Settings.StorePath);
                 free = new DriveInfo(where).AvailableFreeSpace;
             }
+            else if (c.Settings.PmemDevice is { } device && !CliStores.IsMounted(device))
+            {
+                // Not mounted yet: the whole device will hold the store (less what the file system takes).
+                where = device;
+                free = CliStores.DeviceBytes(device);
+            }
             else
             {
                 var store = CliStores.Open(c, mustExist: false, readOnly: true);
@@ -49,7 +55,13 @@ internal static class PlanCommand
                     + $"{CliOutput.Size(free)} free in {output.Store}: {(output.Fits ? "fits" : "does NOT fit")}");
             }
 
-            return output.Fits ? ExitCodes.Ok : ExitCodes.StoreFull;
+            if (!output.Fits)
+            {
+                Console.Error.WriteLine(CliOutput.OneLine(new CliError(ExitCodes.StoreFull,
+                    $"the checkpoint needs about {CliOutput.Size(required)} and {output.Store} has {CliOutput.Size(free)} free", "free space there or use a larger store")));
+            }
+
+            return output.ExitCode;
         });
         return cmd;
     }

@@ -22,6 +22,16 @@ internal static class ResumeCommand
                 throw NotASetId("--set", id);
             }
 
+            if (c.Value(setId) is { } named)
+            {
+                // Looked up read-only first: a store holding no such run is left as it is.
+                var look = CliStores.Open(c, mustExist: true, readOnly: true);
+                if (!UpdateJournal.Scan(look.RootDirectory).Any(j => j.SetId == named))
+                {
+                    throw CliFailure.Of(ExitCodes.Usage, $"--set {named}: there is no run of that set in {look.RootDirectory}; nothing was changed", "`rebootless status` lists them");
+                }
+            }
+
             var store = CliStores.Ready(c, needKexec: false, ct, mustExist: true);
             var pipeline = RebootlessPipelines.Resume(new LocateStageOptions { SetId = c.Value(setId) }, restore: new RestoreStageOptions { LazyPages = c.Value(lazy) }).Build();
             // Which targets, and whether lazily, the journal says (and --lazy-restore, through the restore options).

@@ -22,14 +22,14 @@ internal static class StoreFiles
     /// <summary>
     /// Opens <paramref name="path"/> with O_NOFOLLOW|O_NONBLOCK|O_NOCTTY (so a FIFO or tty
     /// neither blocks nor becomes ours), fstats the handle and refuses anything but a
-    /// regular file; with <paramref name="ownOnly"/> also one that is not ours (see
+    /// regular file; with <paramref name="ownOnly"/> also one that is not ours (or root's, with <paramref name="rootMayOwn"/>; see
     /// <see cref="CheckOwn"/>). Every check is made on the opened handle, so what is
     /// checked is what is read, whatever is swapped in at the path meanwhile.
     /// </summary>
     /// <exception cref="NotARegularFileException">The path is a link, FIFO, socket, device or folder.</exception>
     /// <exception cref="UntrustedFileException">With <paramref name="ownOnly"/>: another user's file, or one its group or others may write.</exception>
     /// <exception cref="IOException">open failed otherwise (the message names the path and errno).</exception>
-    internal static SafeFileHandle OpenRegular(string path, int flags = Libc.ORdOnly, int mode = 0, bool ownOnly = false)
+    internal static SafeFileHandle OpenRegular(string path, int flags = Libc.ORdOnly, int mode = 0, bool ownOnly = false, bool rootMayOwn = false)
     {
         SafeFileHandle handle;
         try
@@ -50,7 +50,7 @@ internal static class StoreFiles
                 throw new NotARegularFileException(path, type);
             }
 
-            if (ownOnly && CheckOwn(st) is { } why)
+            if (ownOnly && CheckOwn(st, rootMayOwn) is { } why)
             {
                 throw new UntrustedFileException(path, why);
             }
@@ -72,9 +72,9 @@ internal static class StoreFiles
     /// <exception cref="NotARegularFileException">The path is a link, FIFO, socket, device or folder.</exception>
     /// <exception cref="UntrustedFileException">With <paramref name="ownOnly"/>: another user's file, or one its group or others may write.</exception>
     /// <exception cref="IOException">It cannot be opened or read, is too large or shrank (the message names the path).</exception>
-    internal static byte[] ReadRegular(string path, long maxBytes, bool ownOnly = false)
+    internal static byte[] ReadRegular(string path, long maxBytes, bool ownOnly = false, bool rootMayOwn = false)
     {
-        using var handle = OpenRegular(path, ownOnly: ownOnly);
+        using var handle = OpenRegular(path, ownOnly: ownOnly, rootMayOwn: rootMayOwn);
         var length = RandomAccess.GetLength(handle);
         if (length > maxBytes)
         {
@@ -102,8 +102,9 @@ internal static class StoreFiles
     /// rebootless and not writable by its group or others. Otherwise why not, as a phrase
     /// ("belongs to uid 65534, ...").
     /// </summary>
-    internal static string? CheckOwn(in Stat st) =>
-        CheckOwner(st) ?? ((st.st_mode & WritableByOthers) != 0 ? $"is writable by {WhoMayWrite(st.st_mode)} (mode {Octal(st.st_mode)})" : null);
+    internal static string? CheckOwn(in Stat st, bool rootMayOwn = false) =>
+        (rootMayOwn && st.st_uid == 0 ? null : CheckOwner(st))
+        ?? ((st.st_mode & WritableByOthers) != 0 ? $"is writable by {WhoMayWrite(st.st_mode)} (mode {Octal(st.st_mode)})" : null);
 
     /// <summary>Null when <paramref name="st"/> belongs to the user running rebootless; otherwise why not, as a phrase.</summary>
     internal static string? CheckOwner(in Stat st)

@@ -91,6 +91,24 @@ public class InstallUnitTests
     }
 
     [Test]
+    public void A_masked_unit_a_link_is_never_written_through()
+    {
+        var victim = Path.Combine(_dir, "victim");
+        File.WriteAllText(victim, "precious\n");
+        File.SetUnixFileMode(victim, (UnixFileMode)0x1B6); // 0666, as /dev/null is
+        File.CreateSymbolicLink(Path.Combine(UnitDirectory, Unit), victim);
+
+        var r = InstallUnit("--no-enable");
+        Assert.Multiple(() =>
+        {
+            Assert.That(r.ExitCode, Is.EqualTo(2), r.ToString());
+            Assert.That(r.Error, Does.Contain("a link to " + victim).And.Contain("unmask"));
+            Assert.That(File.ReadAllText(victim), Is.EqualTo("precious\n"), "what the link points to is untouched");
+            Assert.That(File.GetUnixFileMode(victim), Is.EqualTo((UnixFileMode)0x1B6), "and keeps its mode");
+        });
+    }
+
+    [Test]
     public void A_unit_folder_that_does_not_exist_is_a_usage_error_and_nothing_is_written()
     {
         var r = _systemd!.Run("dotnet", [Tool.Path, "install-unit", "--systemd-user", "--unit-dir", Path.Combine(_dir, "nowhere")]);

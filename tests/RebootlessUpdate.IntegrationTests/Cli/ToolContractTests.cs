@@ -31,7 +31,11 @@ public class ToolContractTests
         _dir = Directory.CreateTempSubdirectory("rebootless-contract-").FullName;
         _store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
         _sleeper = Process.Start("sleep", "300");
+        _options = Path.Combine(_dir, "options");
+        File.WriteAllText(_options, "20261126T063200Z-1a2b3c4d --force\n");
     }
+
+    private string _options = null!;
 
     [TearDown]
     public void TearDown()
@@ -97,6 +101,10 @@ public class ToolContractTests
             (["resume", "--set", "../x", "--store", _store, "--criu", _testbed.Criu], 2, "not a checkpoint set id"),
             (["images", "verify", "20261126T063200Z-1a2b3c4d", "--store", _store], 2, "no set 20261126T063200Z-1a2b3c4d"),
             (["images", "rm", "nope", "--store", _store], 2, "not a checkpoint set id"),
+            (["images", "rm", "20261126T063200Z-1a2b3c4d", "--store", _store], 2, "no set 20261126T063200Z-1a2b3c4d"),
+            (["resume", "--set", "20261126T063200Z-1a2b3c4d", "--store", _store, "--criu", _testbed.Criu], 2, "--set 20261126T063200Z-1a2b3c4d: there is no run of that set"),
+            // No response files: "@file" is a plain argument, and a file of options cannot ride in on a set id.
+            (["images", "rm", "@" + _options, "--store", _store], 2, "not a checkpoint set id"),
             (["update", "--kernel", "/nonexistent/vmlinuz", "--pid", pid, "--store", _store, "--criu", _testbed.Criu], 7, "/nonexistent/vmlinuz"),
             (["update", "--pid", pid, "--store", _store], 2, "--kernel"),
             (["status", "--store", missing], 8, missing),

@@ -93,6 +93,9 @@ public class ToolSettingsTests
     [TestCase("an unknown setting")]
     [TestCase("a timeout that is text")]
     [TestCase("missing")]
+    [TestCase("a symbolic link")]
+    [TestCase("in a folder others may write")]
+    [TestCase("not UTF-8")]
     public void A_config_file_that_cannot_be_trusted_or_read_is_refused_with_exit_2_and_nothing_runs(string how)
     {
         const string Good = """{"criu": "/usr/sbin/criu"}""";
@@ -119,6 +122,18 @@ public class ToolSettingsTests
                 break;
             case "a timeout that is text":
                 WriteConfig("""{"criuTimeout": "ten"}""");
+                break;
+            case "a symbolic link":
+                File.WriteAllText(_config + ".real", Good);
+                File.CreateSymbolicLink(_config, _config + ".real");
+                break;
+            case "in a folder others may write":
+                WriteConfig(Good);
+                File.SetUnixFileMode(_dir, (UnixFileMode)0x1FF); // 0777, not sticky: anyone may swap the file
+                break;
+            case "not UTF-8":
+                File.WriteAllBytes(_config, [.. "{\"criu\": \"/"u8.ToArray(), 0xff, 0xfe, .. "\"}"u8.ToArray()]);
+                File.SetUnixFileMode(_config, UnixFileMode.UserRead | UnixFileMode.UserWrite);
                 break;
         }
 

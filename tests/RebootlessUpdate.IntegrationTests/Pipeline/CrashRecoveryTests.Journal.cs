@@ -200,7 +200,7 @@ public partial class CrashRecoveryTests
         // A well-formed id of no set in this store: a usage error that changes nothing, not a rollback.
         var journals = Directory.GetFiles(UpdateJournal.DirectoryOf(store)).Order().ToList();
         AssertOneLine(Tool(null, "resume", "--set", "20260101T000000Z-00000001", "--store", store, "--criu", _testbed.Criu), 2,
-            "resume refused", "--set 20260101T000000Z-00000001: there is no run of that set");
+            "--set 20260101T000000Z-00000001: there is no run of that set", "nothing was changed");
 
         // A new run while this one is unfinished: refused with the needs-attention code, naming the set; nothing frozen.
         using (var other = Process.Start("sleep", ["120"])!)
