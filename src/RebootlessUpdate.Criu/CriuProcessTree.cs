@@ -9,12 +9,15 @@ namespace RebootlessUpdate.Criu;
 /// <param name="ParentPid">Its parent's pid; 0 for the tree's root.</param>
 /// <param name="ProcessGroup">Its process group id.</param>
 /// <param name="Session">Its session id.</param>
-/// <param name="Threads">Every thread id, the leader's (equal to <paramref name="Pid"/>) first.</param>
+/// <param name="Threads">Every thread id, the leader's (equal to <paramref name="Pid"/>) first; empty for a zombie whose id CRIU recorded as garbage.</param>
 public sealed record CriuProcessTreeEntry(int Pid, int ParentPid, int ProcessGroup, int Session, IReadOnlyList<int> Threads);
 
 /// <summary>Reads the process tree of a dump (<c>pstree.img</c>): which ids a restore will ask the kernel for.</summary>
 public static class CriuProcessTree
 {
+    /// <summary>The kernel's PID_MAX_LIMIT on 64-bit (include/linux/threads.h): no pid or thread id is larger.</summary>
+    private const uint PidMaxLimit = 4 * 1024 * 1024;
+
     /// <summary>The first magic of CRIU's ordinary images.</summary>
     public const uint CommonImageMagic = 0x54564319;
 
@@ -94,7 +97,10 @@ public static class CriuProcessTree
             throw new InvalidDataException($"{what}: process tree entry {index} lacks required fields");
         }
 
-        return new CriuProcessTreeEntry(Id(e.Pid), Id(e.Ppid), Id(e.Pgid), Id(e.Sid), [.. e.Threads.Select(Id)]);
+        // A zombie's thread id is garbage: CRIU fills in the ids it records through its parasite, which never runs in a
+        // zombie (criu/seize.c collect_task sets only the real pid), and restores a zombie without threads. Such an id
+        // (above any kernel's PID_MAX_LIMIT, or past int) is left out rather than failing the whole image.
+        return new CriuProcessTreeEntry(Id(e.Pid), Id(e.Ppid), Id(e.Pgid), Id(e.Sid), [.. e.Threads.Where(t => t is > 0 and <= PidMaxLimit).Select(t => (int)t)]);
 
         int Id(uint id) => id <= int.MaxValue
             ? (int)id

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using Polly;
 using Polly.Retry;
 using Polly.Timeout;
@@ -66,14 +67,14 @@ public sealed class UpdatePipeline
             using var activity = RebootlessTelemetry.ActivitySource.StartActivity($"stage {name}");
             var stageStart = _time.GetTimestamp();
             var startedAt = _time.GetUtcNow();
-            var attempts = 0;
+            var attempts = new StrongBox<int>();
             try
             {
-                attempts = await RunStageAsync(i, context, cancellationToken).ConfigureAwait(false);
+                await RunStageAsync(i, context, attempts, cancellationToken).ConfigureAwait(false);
                 var skip = context.TakeSkipReason();
                 var status = skip is null ? StageStatus.Completed : StageStatus.Skipped;
                 var elapsed = _time.GetElapsedTime(stageStart);
-                results.Add(new StageResult(name, status, elapsed, attempts, skip) { StartedAt = startedAt });
+                results.Add(new StageResult(name, status, elapsed, attempts.Value, skip) { StartedAt = startedAt });
                 Record(context, name, status, elapsed);
                 if (skip is not null)
                 {
@@ -87,7 +88,7 @@ public sealed class UpdatePipeline
                 failure = Unwrap(e);
                 failedStage = name;
                 var elapsed = _time.GetElapsedTime(stageStart);
-                results.Add(new StageResult(name, StageStatus.Failed, elapsed, Math.Max(attempts, 1), failure.Message) { StartedAt = startedAt });
+                results.Add(new StageResult(name, StageStatus.Failed, elapsed, Math.Max(attempts.Value, 1), failure.Message) { StartedAt = startedAt });
                 Record(context, name, StageStatus.Failed, elapsed);
                 activity?.SetStatus(ActivityStatusCode.Error, failure.Message);
                 PipelineLog.StageFailed(context.Logger, context.Mode, name, failure);
@@ -184,28 +185,28 @@ public sealed class UpdatePipeline
     private static bool Refused(UpdateContext context) =>
         (context.Targets.Count > 0 || context.Mode == UpdateMode.Resume) && context.Targets.All(t => !t.Touched);
 
-    private async Task<int> RunStageAsync(int index, UpdateContext context, CancellationToken cancellationToken)
+    /// <summary>Runs a stage with its retries; <paramref name="attempts"/> counts them as they start, so a stage that fails in the end still reports each.</summary>
+    private async Task RunStageAsync(int index, UpdateContext context, StrongBox<int> attempts, CancellationToken cancellationToken)
     {
         var entry = _stages[index];
         var resilience = _resilience[index];
         if (resilience is null)
         {
+            attempts.Value = 1;
             await entry.Stage.ExecuteAsync(context, cancellationToken).ConfigureAwait(false);
-            return 1;
+            return;
         }
 
-        var attempts = 0;
         await resilience.ExecuteAsync(async (state, ct) =>
         {
-            attempts++;
-            if (attempts > 1)
+            var attempt = ++attempts.Value;
+            if (attempt > 1)
             {
-                state.Progress?.Report(new UpdateProgress(UpdateProgressKind.StageRetrying, entry.Stage.Name, $"attempt {attempts}"));
+                state.Progress?.Report(new UpdateProgress(UpdateProgressKind.StageRetrying, entry.Stage.Name, $"attempt {attempt}"));
             }
 
             await entry.Stage.ExecuteAsync(state, ct).ConfigureAwait(false);
         }, context, cancellationToken).ConfigureAwait(false);
-        return attempts;
     }
 
     private static ResiliencePipeline? BuildResilience(Entry entry, TimeProvider time)

@@ -133,7 +133,9 @@ public class UpdatePipelineTests
 
         Assert.That(always.Attempts, Is.EqualTo(3));
         Assert.That(r1.Outcome, Is.EqualTo(UpdateOutcome.RolledBack));
+        Assert.That(r1.Stages[0].Attempts, Is.EqualTo(3), "a stage that failed in the end reports every attempt");
         Assert.That(never.Attempts, Is.EqualTo(1));
+        Assert.That(r2.Stages[0].Attempts, Is.EqualTo(1));
         Assert.That(r2.Error, Is.EqualTo("permanent"));
     }
 

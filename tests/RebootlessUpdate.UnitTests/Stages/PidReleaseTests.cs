@@ -26,6 +26,29 @@ public class PidReleaseTests
         File.WriteAllText(Path.Combine(dir, "status"), $"Name:\t{comm}\nTgid:\t{tgid ?? pid}\nPid:\t{pid}\n");
     }
 
+    /// <summary>A pstree.img as CRIU writes it: the two magics, then each entry's size and bytes.</summary>
+    private static byte[] Image(params pstree_entry[] entries)
+    {
+        var image = new MemoryStream();
+        void U32(uint v)
+        {
+            Span<byte> b = stackalloc byte[4];
+            BinaryPrimitives.WriteUInt32LittleEndian(b, v);
+            image.Write(b);
+        }
+
+        U32(CriuProcessTree.CommonImageMagic);
+        U32(CriuProcessTree.PstreeMagic);
+        foreach (var e in entries)
+        {
+            var bytes = e.ToByteArray();
+            U32((uint)bytes.Length);
+            image.Write(bytes);
+        }
+
+        return image.ToArray();
+    }
+
     private static CriuProcessTreeEntry Entry(int pid, int ppid, int pgid, int sid, params int[] threads) =>
         new(pid, ppid, pgid, sid, threads.Length == 0 ? [pid] : threads);
 
@@ -125,28 +148,29 @@ public class PidReleaseTests
     [Test]
     public void The_process_tree_image_is_read_entry_by_entry_and_a_damaged_one_is_refused()
     {
-        var image = new MemoryStream();
-        void U32(uint v)
-        {
-            Span<byte> b = stackalloc byte[4];
-            BinaryPrimitives.WriteUInt32LittleEndian(b, v);
-            image.Write(b);
-        }
+        var image = Image(new pstree_entry { Pid = 10, Ppid = 0, Pgid = 10, Sid = 10, Threads = { 10, 12 } }, new pstree_entry { Pid = 11, Ppid = 10, Pgid = 10, Sid = 10, Threads = { 11 } });
 
-        U32(CriuProcessTree.CommonImageMagic);
-        U32(CriuProcessTree.PstreeMagic);
-        foreach (var e in new[] { new pstree_entry { Pid = 10, Ppid = 0, Pgid = 10, Sid = 10, Threads = { 10, 12 } }, new pstree_entry { Pid = 11, Ppid = 10, Pgid = 10, Sid = 10, Threads = { 11 } } })
-        {
-            var bytes = e.ToByteArray();
-            U32((uint)bytes.Length);
-            image.Write(bytes);
-        }
-
-        var tree = CriuProcessTree.Parse(image.ToArray(), "pstree.img");
+        var tree = CriuProcessTree.Parse(image, "pstree.img");
 
         Assert.That(tree.Select(e => (e.Pid, e.ParentPid, e.ProcessGroup, e.Session, string.Join(',', e.Threads))),
             Is.EqualTo(new[] { (10, 0, 10, 10, "10,12"), (11, 10, 10, 10, "11") }));
-        Assert.That(() => CriuProcessTree.Parse(image.ToArray().AsSpan(..^2), "pstree.img"), Throws.TypeOf<InvalidDataException>().With.Message.Contains("truncated"));
+        Assert.That(() => CriuProcessTree.Parse(image.AsSpan(..^2), "pstree.img"), Throws.TypeOf<InvalidDataException>().With.Message.Contains("truncated"));
         Assert.That(() => CriuProcessTree.Parse(new byte[12], "pstree.img"), Throws.TypeOf<InvalidDataException>().With.Message.Contains("not a CRIU process tree image"));
+    }
+
+    [Test]
+    public void A_zombies_garbage_thread_id_is_left_out_and_its_pid_is_still_needed()
+    {
+        // criu 4.1 dumped a loop's unreaped `sleep` with thread ids such as 0x7f6d1ee0 and, as often, past int: the
+        // latter made the whole image unreadable, so the wait was skipped and CRIU met the loop's zombie root.
+        var image = Image(
+            new pstree_entry { Pid = 6436, Ppid = 0, Pgid = 5821, Sid = 17588, Threads = { 6436 } },
+            new pstree_entry { Pid = 6529, Ppid = 6436, Pgid = 5821, Sid = 17588, Threads = { 0x9f6d1ee0 } },
+            new pstree_entry { Pid = 6530, Ppid = 6436, Pgid = 5821, Sid = 17588, Threads = { 0x7f6d1ee0 } });
+
+        var tree = CriuProcessTree.Parse(image, "pstree.img");
+
+        Assert.That(tree.Select(e => e.Threads.Count), Is.EqualTo(new[] { 1, 0, 0 }));
+        Assert.That(PidRelease.Needed(tree, shellJob: true, restorerProcessGroup: 5821).Select(n => n.Id), Is.EqualTo(new[] { 6436, 6529, 6530 }));
     }
 }
