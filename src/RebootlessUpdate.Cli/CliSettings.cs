@@ -58,12 +58,14 @@ internal sealed record CliSettings
                 $"give the time criu may spend on one request; the default is {(int)CriuClientOptions.DefaultRequestTimeout.TotalSeconds}");
         }
 
+        // A store named above the config file (command line, environment) wins over the file's pmem device too.
+        var folderAbove = Given(p, CliOptions.Store) ?? Variable(StoreVariable);
         var settings = new CliSettings
         {
             CriuPath = Given(p, CliOptions.Criu) ?? Variable(CriuVariable) ?? config.GetValueOrDefault("criu") ?? "criu",
             CriuTimeout = timeout,
-            StoreFolder = Given(p, CliOptions.Store) ?? Variable(StoreVariable) ?? config.GetValueOrDefault("store"),
-            PmemDevice = Given(p, CliOptions.Pmem) ?? config.GetValueOrDefault("pmem"),
+            StoreFolder = folderAbove ?? config.GetValueOrDefault("store"),
+            PmemDevice = Given(p, CliOptions.Pmem) ?? (folderAbove is null ? config.GetValueOrDefault("pmem") : null),
             StoreMount = Given(p, CliOptions.StoreMount) ?? config.GetValueOrDefault("storeMount"),
             ManifestKey = Given(p, CliOptions.ManifestKey) ?? config.GetValueOrDefault("manifestKey"),
         };

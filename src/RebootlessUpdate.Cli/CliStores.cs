@@ -124,8 +124,9 @@ internal static class CliStores
         }
     }
 
-    private static CliFailure MissingFolder(string path) =>
-        CliFailure.Of(ExitCodes.BadStore, $"the store folder {path} does not exist", $"create it (mkdir -p {path}) or pass --store DIR");
+    private static CliFailure MissingFolder(string path) => Path.Exists(path) || new FileInfo(path).LinkTarget is not null
+        ? CliFailure.Of(ExitCodes.BadStore, $"the store {path} is not a folder", "give a folder with --store DIR")
+        : CliFailure.Of(ExitCodes.BadStore, $"the store folder {path} does not exist", $"create it with mkdir -p {path}, or pass --store DIR");
 
     public static int Code(ReadinessProblem problem) => problem switch
     {
