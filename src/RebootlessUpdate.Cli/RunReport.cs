@@ -102,9 +102,9 @@ internal static class RunReport
         { Outcome: UpdateOutcome.Failed } when result.Exception is not JournalException => ExitCodes.NeedsAttention,
         { Exception: JournalException j } => Code(j),
         { Cancelled: true } => ExitCodes.Interrupted,
-        _ when CausedBy<StoreFullException>(result.Exception) => ExitCodes.StoreFull,
-        _ when CausedBy<ImageStoreLockedException>(result.Exception) => ExitCodes.StoreLocked,
-        _ when CausedBy<CriuTimeoutException>(result.Exception) => ExitCodes.CriuTimedOut,
+        _ when ExceptionCauses.Contains<StoreFullException>(result.Exception) => ExitCodes.StoreFull,
+        _ when ExceptionCauses.Contains<ImageStoreLockedException>(result.Exception) => ExitCodes.StoreLocked,
+        _ when ExceptionCauses.Contains<CriuTimeoutException>(result.Exception) => ExitCodes.CriuTimedOut,
         { Exception: PreflightException p } when p.Report.FirstFailure is { Problem: { } problem } => CliStores.Code(problem),
         { Exception: TargetNotFoundException t } => CliTargets.Code(t.Problem),
         _ => ExitCodes.Failed,
@@ -115,14 +115,5 @@ internal static class RunReport
         JournalProblem.BadSetId or JournalProblem.UnknownSet => ExitCodes.Usage,
         JournalProblem.UnsafeFolder => ExitCodes.BadStore,
         _ => ExitCodes.NeedsAttention,
-    };
-
-    /// <summary>True when <paramref name="e"/> or any exception it wraps (inner, or one of an aggregate's) is a <typeparamref name="T"/>.</summary>
-    internal static bool CausedBy<T>(Exception? e) where T : Exception => e switch
-    {
-        null => false,
-        T => true,
-        AggregateException all => all.InnerExceptions.Any(CausedBy<T>),
-        _ => CausedBy<T>(e.InnerException),
     };
 }

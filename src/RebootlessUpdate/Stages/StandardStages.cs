@@ -88,17 +88,9 @@ public static class StandardStages
             SafeToRepeat = true,
             MaxRetryAttempts = 2,
             RetryDelay = TimeSpan.FromMilliseconds(500),
-            ShouldRetry = e => !WaitedForPids(e),
+            ShouldRetry = e => !ExceptionCauses.Contains<PidsInUseException>(e),
         });
     }
-
-    private static bool WaitedForPids(Exception? e) => e switch
-    {
-        null => false,
-        PidsInUseException => true,
-        AggregateException all => all.InnerExceptions.Any(WaitedForPids),
-        _ => WaitedForPids(e.InnerException),
-    };
 
     /// <summary>Records the end state in the journal.</summary>
     public static UpdatePipelineBuilder AddReport(this UpdatePipelineBuilder builder) =>

@@ -1,5 +1,6 @@
 using RebootlessUpdate.Cli;
 using RebootlessUpdate.Criu;
+using RebootlessUpdate.Pipeline;
 
 namespace RebootlessUpdate.UnitTests.Cli;
 
@@ -13,9 +14,9 @@ public class ExitCauseTests
     {
         Assert.Multiple(() =>
         {
-            Assert.That(RunReport.CausedBy<CriuTimeoutException>(Timeout), Is.True);
-            Assert.That(RunReport.CausedBy<CriuTimeoutException>(new InvalidOperationException("could not finish every dump", Timeout)), Is.True);
-            Assert.That(RunReport.CausedBy<CriuTimeoutException>(new InvalidOperationException("could not finish every dump",
+            Assert.That(ExceptionCauses.Contains<CriuTimeoutException>(Timeout), Is.True);
+            Assert.That(ExceptionCauses.Contains<CriuTimeoutException>(new InvalidOperationException("could not finish every dump", Timeout)), Is.True);
+            Assert.That(ExceptionCauses.Contains<CriuTimeoutException>(new InvalidOperationException("could not finish every dump",
                 new AggregateException(new IOException("disk"), Timeout))), Is.True);
         });
     }
@@ -25,8 +26,8 @@ public class ExitCauseTests
     {
         Assert.Multiple(() =>
         {
-            Assert.That(RunReport.CausedBy<CriuTimeoutException>(null), Is.False);
-            Assert.That(RunReport.CausedBy<CriuTimeoutException>(new InvalidOperationException("could not finish every dump",
+            Assert.That(ExceptionCauses.Contains<CriuTimeoutException>(null), Is.False);
+            Assert.That(ExceptionCauses.Contains<CriuTimeoutException>(new InvalidOperationException("could not finish every dump",
                 new AggregateException(new IOException("disk"), new CriuTransportException("broken")))), Is.False);
         });
     }
