@@ -113,11 +113,11 @@ internal sealed record CliSettings
             var full = Path.GetFullPath(path);
             var folder = Path.GetDirectoryName(full) ?? "/";
             StoreFiles.CheckStorePath(folder);
-            if (Syscall.lstat(folder, out var dir) != 0 || (dir.st_uid != 0 && dir.st_uid != Syscall.geteuid())
-                || ((dir.st_mode & (FilePermissions.S_IWGRP | FilePermissions.S_IWOTH)) != 0 && (dir.st_mode & FilePermissions.S_ISVTX) == 0))
+            var folderProblem = Syscall.lstat(folder, out var dir) != 0 ? "cannot be examined" : StoreFiles.UntrustedFolder(dir, Syscall.geteuid());
+            if (folderProblem is not null)
             {
-                throw CliFailure.Of(ExitCodes.Usage, $"the config file {path} is not trusted: its folder {folder} may be changed by others",
-                    $"keep it in a folder only root may write to, like /etc/rebootless");
+                throw CliFailure.Of(ExitCodes.Usage, $"the config file {path} is not trusted: its folder {folder} {folderProblem}",
+                    "keep it in a folder only root may write to, like /etc/rebootless");
             }
 
             bytes = StoreFiles.ReadRegular(full, MaxConfigBytes, ownOnly: true, rootMayOwn: true);

@@ -274,23 +274,24 @@ internal static class StoreFiles
             return false; // the store folder itself: its owner and mode are the store's own checks
         }
 
-        if (st.st_uid != 0 && st.st_uid != euid)
+        if (UntrustedFolder(st, euid) is { } why)
         {
-            throw new UnsafeStorePathException(root, folder, $"belongs to uid {st.st_uid}, neither root nor uid {euid} that runs rebootless");
+            throw new UnsafeStorePathException(root, folder, why);
         }
 
-        if ((st.st_mode & WritableByOthers) == 0)
-        {
-            return false;
-        }
-
-        if ((st.st_mode & FilePermissions.S_ISVTX) == 0)
-        {
-            throw new UnsafeStorePathException(root, folder, $"is writable by {WhoMayWrite(st.st_mode)} (mode {Octal(st.st_mode)}) without the sticky bit, so anyone may replace what lies below it");
-        }
-
-        return true;
+        return (st.st_mode & WritableByOthers) != 0;
     }
+
+    /// <summary>
+    /// Why a folder someone relies on (the way to the store, the folder of a config file) cannot be trusted, as a phrase:
+    /// it belongs to neither root nor <paramref name="euid"/>, or others may write to it without the sticky bit. Null when it can.
+    /// </summary>
+    internal static string? UntrustedFolder(in Stat st, uint euid) =>
+        st.st_uid != 0 && st.st_uid != euid
+            ? $"belongs to uid {st.st_uid}, neither root nor uid {euid} that runs rebootless"
+            : (st.st_mode & WritableByOthers) != 0 && (st.st_mode & FilePermissions.S_ISVTX) == 0
+                ? $"is writable by {WhoMayWrite(st.st_mode)} (mode {Octal(st.st_mode)}) without the sticky bit, so anyone may replace what lies below it"
+                : null;
 
     /// <summary>The target of the symbolic link <paramref name="path"/>.</summary>
     internal static string ReadLink(string path) =>
