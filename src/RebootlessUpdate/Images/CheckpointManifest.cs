@@ -49,4 +49,25 @@ public sealed record ManifestEntry
 
     /// <summary>For a symbolic link: its target, which must resolve inside the set; null for a file.</summary>
     public string? SymlinkTarget { get; init; }
+
+    /// <summary>
+    /// For a page image (<c>pages-N.img</c>): the size of the chunks that <see cref="ChunkXxh128"/> covers
+    /// (1 MiB); null for other files and for sets sealed before chunk hashes.
+    /// </summary>
+    public int? ChunkSize { get; init; }
+
+    /// <summary>
+    /// For a page image: the XxHash128 of each <see cref="ChunkSize"/> bytes in order (the last chunk may be
+    /// shorter), so that a page served on demand is checked with its chunk, without reading the whole image.
+    /// </summary>
+    public IReadOnlyList<string>? ChunkXxh128 { get; init; }
+
+    /// <summary>Equal when every field is, the chunk hashes compared one by one.</summary>
+    public bool Equals(ManifestEntry? other) =>
+        other is not null && Path == other.Path && Size == other.Size && Xxh128 == other.Xxh128 && SymlinkTarget == other.SymlinkTarget
+        && ChunkSize == other.ChunkSize
+        && (ReferenceEquals(ChunkXxh128, other.ChunkXxh128) || (ChunkXxh128 is not null && other.ChunkXxh128 is not null && ChunkXxh128.SequenceEqual(other.ChunkXxh128)));
+
+    /// <inheritdoc/>
+    public override int GetHashCode() => HashCode.Combine(Path, Size, Xxh128, SymlinkTarget, ChunkSize, ChunkXxh128?.Count);
 }

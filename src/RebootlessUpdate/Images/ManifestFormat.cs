@@ -127,9 +127,14 @@ internal static class ManifestFormat
             }
 
             var isLink = f.SymlinkTarget is not null;
-            if (f.Size < 0 || (!isLink && (f.Xxh128 is null || f.Xxh128.Length != 32 || !f.Xxh128.All(char.IsAsciiHexDigitLower))))
+            if (f.Size < 0 || (!isLink && !IsHash(f.Xxh128)))
             {
                 throw new ManifestCorruptException(file, $"the entry of '{f.Path}' has an invalid size or hash");
+            }
+
+            if (ChunkedFiles.Check(f) is { } badChunks)
+            {
+                throw new ManifestCorruptException(file, $"the entry of '{f.Path}' {badChunks}");
             }
 
             total += f.Size;
@@ -144,6 +149,9 @@ internal static class ManifestFormat
     }
 
     internal static string Hex(ReadOnlySpan<byte> hash) => Convert.ToHexStringLower(hash);
+
+    /// <summary>An XxHash128 as the manifest writes it: 32 lowercase hex digits.</summary>
+    internal static bool IsHash(string? hash) => hash is { Length: 32 } && hash.All(char.IsAsciiHexDigitLower);
 }
 
 /// <summary>The manifest file cannot be used: not JSON, cut off, altered, or of an unknown version.</summary>

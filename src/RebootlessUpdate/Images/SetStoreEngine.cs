@@ -297,13 +297,13 @@ internal sealed partial class SetStoreEngine
                 Thread.Sleep(RacyMargin - age);
             }
 
-            var (hash, length) = FileHasher.Hash(handle, cancellationToken);
+            var digest = FileHasher.Hash(handle, ChunkedFiles.Wanted(relative), cancellationToken);
             // Written to while it was read (its identity moved): leave it to the seal.
-            if (length == identity.Size && Identity(handle, full) == identity)
+            if (digest.Length == identity.Size && Identity(handle, full) == identity)
             {
-                into[relative] = new PrehashedFile(identity, hash);
+                into[relative] = new PrehashedFile(identity, digest);
                 files++;
-                bytes += length;
+                bytes += digest.Length;
             }
         }
 
@@ -371,10 +371,14 @@ internal sealed partial class SetStoreEngine
                     using (var handle = StoreFiles.OpenRegular(full))
                     {
                         var identity = PrepareForSeal(handle, full, relative);
-                        var (hash, length) = prehashed.TryGetValue(relative, out var known) && known.Identity == identity
-                            ? (known.Xxh128, identity.Size)
-                            : FileHasher.Hash(handle, cancellationToken);
-                        entries.Add(new ManifestEntry { Path = relative, Size = length, Xxh128 = hash });
+                        var digest = prehashed.TryGetValue(relative, out var known) && known.Identity == identity
+                            ? known.Digest
+                            : FileHasher.Hash(handle, ChunkedFiles.Wanted(relative), cancellationToken);
+                        entries.Add(new ManifestEntry
+                        {
+                            Path = relative, Size = digest.Length, Xxh128 = digest.Hash,
+                            ChunkSize = digest.Chunks is null ? null : FileHasher.ChunkSize, ChunkXxh128 = digest.Chunks,
+                        });
                     }
 
                     break;
@@ -601,12 +605,18 @@ internal sealed partial class SetStoreEngine
 
         try
         {
-            var (hash, length) = FileHasher.Hash(full, cancellationToken);
+            var chunked = entry.ChunkXxh128 is not null && entry.ChunkSize == FileHasher.ChunkSize;
+            var digest = FileHasher.Hash(full, chunked, cancellationToken);
+            var length = digest.Length;
+            var badChunk = chunked ? ChunkedFiles.FirstMismatch(entry.ChunkXxh128!, digest.Chunks!) : -1;
+            var where = badChunk < 0 ? string.Empty : $"; the first altered chunk starts at offset {(long)badChunk * FileHasher.ChunkSize}";
             return length != entry.Size
                 ? (new(VerificationIssueKind.Truncated, entry.Path, $"read {length} bytes, recorded {entry.Size} (changed while verifying)"), false, length)
-                : hash != entry.Xxh128
-                    ? (new(VerificationIssueKind.ContentChanged, entry.Path, $"content hash {hash}, recorded {entry.Xxh128} (same size {entry.Size}): the bytes were altered"), false, length)
-                    : (null, false, length);
+                : digest.Hash != entry.Xxh128
+                    ? (new(VerificationIssueKind.ContentChanged, entry.Path, $"content hash {digest.Hash}, recorded {entry.Xxh128} (same size {entry.Size}): the bytes were altered{where}"), false, length)
+                    : badChunk >= 0
+                        ? (new(VerificationIssueKind.ContentChanged, entry.Path, $"its content matches the recorded hash but not the recorded chunk hashes{where}: the manifest was altered"), false, length)
+                        : (null, false, length);
         }
         catch (IOException e)
         {
@@ -914,7 +924,7 @@ internal sealed partial class SetStoreEngine
     {
         try
         {
-            return FileHasher.Hash(path, cancellationToken).Hash;
+            return FileHasher.Hash(path, chunks: false, cancellationToken).Hash;
         }
         catch (IOException)
         {
@@ -944,4 +954,4 @@ internal sealed partial class SetStoreEngine
 internal readonly record struct FileIdentity(ulong Device, ulong Inode, long Size, long MTime, long MTimeNsec, long CTime, long CTimeNsec);
 
 /// <summary>A hash computed before sealing, valid while the file keeps <see cref="Identity"/>.</summary>
-internal sealed record PrehashedFile(FileIdentity Identity, string Xxh128);
+internal sealed record PrehashedFile(FileIdentity Identity, FileDigest Digest);

@@ -18,7 +18,7 @@ public class ManifestTests
         Files =
         [
             new ManifestEntry { Path = "00-pid-42/parent", Size = 0, SymlinkTarget = "../00-pid-42-pre" },
-            new ManifestEntry { Path = "pages-1.img", Size = 12, Xxh128 = new string('a', 32) },
+            new ManifestEntry { Path = "pages-1.img", Size = 12, Xxh128 = new string('a', 32), ChunkSize = 1 << 20, ChunkXxh128 = [new string('c', 32)] },
         ],
     };
 
@@ -55,6 +55,28 @@ public class ManifestTests
     {
         Assert.That(() => ManifestFormat.Read(Encoding.UTF8.GetBytes(content), "/store/sets/x/manifest.json"),
             Throws.TypeOf<ManifestCorruptException>().With.Message.Contains(expected).And.Message.Contains("/store/sets/x/manifest.json"));
+    }
+
+    [TestCase(1 << 20, 2, "expected 1")]
+    [TestCase(1000, 1, "not a power of two")]
+    [TestCase(null, 1, "without a chunk size")]
+    [TestCase(1 << 20, 1, "not 32 lowercase hex", "ABC")]
+    public void Chunk_hashes_that_do_not_fit_the_file_are_rejected(int? chunkSize, int count, string expected, string hash = "")
+    {
+        var bad = Sample() with
+        {
+            Files =
+            [
+                new ManifestEntry
+                {
+                    Path = "pages-1.img", Size = 12, Xxh128 = new string('a', 32), ChunkSize = chunkSize,
+                    ChunkXxh128 = [.. Enumerable.Repeat(hash.Length > 0 ? hash : new string('b', 32), count)],
+                },
+            ],
+        };
+
+        Assert.That(() => ManifestFormat.Read(ManifestFormat.Write(bad), "m"),
+            Throws.TypeOf<ManifestCorruptException>().With.Message.Contains("the entry of 'pages-1.img'").And.Message.Contains(expected));
     }
 
     [Test]

@@ -41,7 +41,7 @@ public class PrehashTests
         await _f.Store.PrehashAsync(set, "sub");
         // Plant a wrong hash under the file's real identity: a seal that re-read the file would not write it.
         var entry = set.Prehashed["sub/fdinfo-2.img"];
-        set.Prehashed["sub/fdinfo-2.img"] = entry with { Xxh128 = new string('0', 32) };
+        set.Prehashed["sub/fdinfo-2.img"] = entry with { Digest = entry.Digest with { Hash = new string('0', 32) } };
 
         var manifest = await _f.Store.SealAsync(set, Seal);
         var verified = await _f.Store.VerifyAsync(set.Id);
@@ -59,7 +59,7 @@ public class PrehashTests
         var set = _f.FillSet();
         var file = Path.Combine(set.ImagesDirectory, "sub", "fdinfo-2.img");
         await _f.Store.PrehashAsync(set, "sub");
-        var before = set.Prehashed["sub/fdinfo-2.img"].Xxh128;
+        var before = set.Prehashed["sub/fdinfo-2.img"].Digest.Hash;
 
         // Same size, other content, written at once (within the file system's clock tick if it is coarse).
         using (var stream = new FileStream(file, FileMode.Open, FileAccess.Write))

@@ -62,5 +62,15 @@ internal sealed class StoreFixture : IDisposable
         return set;
     }
 
+    /// <summary>Flips one bit of the byte at <paramref name="at"/> in place (same size, other content).</summary>
+    public static void FlipByte(string file, long at)
+    {
+        using var fs = new FileStream(file, FileMode.Open, FileAccess.ReadWrite);
+        fs.Position = at;
+        var b = fs.ReadByte();
+        fs.Position = at;
+        fs.WriteByte((byte)(b ^ 0x01));
+    }
+
     public void Dispose() => Directory.Delete(Dir, recursive: true);
 }

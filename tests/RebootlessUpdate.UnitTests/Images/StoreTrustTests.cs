@@ -42,15 +42,6 @@ public class StoreTrustTests
 
     private static FilePermissions Mode(string path) => Syscall.lstat(path, out var st) == 0 ? st.st_mode & FilePermissions.ALLPERMS : throw new IOException(path);
 
-    private static void FlipByte(string file, long at)
-    {
-        using var fs = new FileStream(file, FileMode.Open, FileAccess.ReadWrite);
-        fs.Position = at;
-        var b = fs.ReadByte();
-        fs.Position = at;
-        fs.WriteByte((byte)(b ^ 0x01));
-    }
-
     // --- 1. A sealed set whose manifest is deleted is damaged, never "unsealed" ---
 
     [Test]
@@ -58,7 +49,7 @@ public class StoreTrustTests
     {
         var set = await _f.SealedSet();
         File.Delete(Manifest(set));
-        FlipByte(Images(set, "pages-1.img"), 1000);
+        StoreFixture.FlipByte(Images(set, "pages-1.img"), 1000);
 
         var issue = (await _f.Store.VerifyAsync(set.Id)).Issues.Single();
         var listed = _f.Store.ListSets().Single();
@@ -535,9 +526,9 @@ public class StoreTrustTests
     private static void ForgeManifestForAlteredPages(CheckpointSet set)
     {
         var pages = Images(set, "pages-1.img");
-        FlipByte(pages, 4242);
+        StoreFixture.FlipByte(pages, 4242);
         var manifest = ManifestFormat.Read(File.ReadAllBytes(Manifest(set)), "m");
-        var hash = FileHasher.Hash(pages, CancellationToken.None).Hash;
+        var hash = FileHasher.Hash(pages, chunks: false, CancellationToken.None).Hash;
         File.WriteAllBytes(Manifest(set), ManifestFormat.Write(manifest with
         {
             Files = [.. manifest.Files.Select(f => f.Path == "pages-1.img" ? new ManifestEntry { Path = f.Path, Size = f.Size, Xxh128 = hash } : f)],
