@@ -1,5 +1,3 @@
-using System.Buffers.Binary;
-using Google.Protobuf;
 using RebootlessUpdate.Criu.Protocol;
 
 namespace RebootlessUpdate.Criu;
@@ -19,7 +17,7 @@ public static class CriuProcessTree
     private const uint PidMaxLimit = 4 * 1024 * 1024;
 
     /// <summary>The first magic of CRIU's ordinary images.</summary>
-    public const uint CommonImageMagic = 0x54564319;
+    public const uint CommonImageMagic = CriuImageReader.CommonMagic;
 
     /// <summary>The magic of a process tree image.</summary>
     public const uint PstreeMagic = 0x50273030;
@@ -27,76 +25,42 @@ public static class CriuProcessTree
     /// <summary>The file name of the process tree image in an images folder.</summary>
     public const string FileName = "pstree.img";
 
+    private const string Kind = "process tree";
+
     /// <summary>Reads <c>pstree.img</c> of <paramref name="imagesDirectory"/>; the tree's root comes first.</summary>
     /// <exception cref="FileNotFoundException">There is no process tree image.</exception>
     /// <exception cref="InvalidDataException">The file is not a readable process tree image.</exception>
     public static IReadOnlyList<CriuProcessTreeEntry> Read(string imagesDirectory)
     {
         ArgumentException.ThrowIfNullOrEmpty(imagesDirectory);
-        var path = Path.Combine(imagesDirectory, FileName);
-        return Parse(File.ReadAllBytes(path), path);
+        using var image = CriuImageReader.Open(Path.Combine(imagesDirectory, FileName), Kind, PstreeMagic);
+        return Parse(image);
     }
 
     internal static IReadOnlyList<CriuProcessTreeEntry> Parse(ReadOnlySpan<byte> bytes, string what)
     {
-        if (bytes.Length < 8)
-        {
-            throw new InvalidDataException($"{what}: {bytes.Length} bytes is too short for a CRIU process tree image");
-        }
+        using var image = new CriuImageReader(new MemoryStream(bytes.ToArray()), what, Kind, PstreeMagic);
+        return Parse(image);
+    }
 
-        var magic0 = BinaryPrimitives.ReadUInt32LittleEndian(bytes);
-        var magic1 = BinaryPrimitives.ReadUInt32LittleEndian(bytes[4..]);
-        // Images written since CRIU 1.x start with a set magic before their own (crit accepts the common and service ones).
-        if (magic0 is not (CommonImageMagic or CriuStatsImage.ImageSetMagic) || magic1 != PstreeMagic)
-        {
-            throw new InvalidDataException($"{what}: not a CRIU process tree image (magic {magic0:x8} {magic1:x8})");
-        }
-
+    private static List<CriuProcessTreeEntry> Parse(CriuImageReader image)
+    {
         var entries = new List<CriuProcessTreeEntry>();
-        var rest = bytes[8..];
-        while (rest.Length > 0)
+        while (image.ReadNext(pstree_entry.Parser) is { } e)
         {
-            if (rest.Length < 4)
-            {
-                throw new InvalidDataException($"{what}: truncated process tree image ({rest.Length} stray bytes after entry {entries.Count})");
-            }
-
-            var size = BinaryPrimitives.ReadUInt32LittleEndian(rest);
-            if (size > rest.Length - 4)
-            {
-                throw new InvalidDataException($"{what}: truncated process tree image (entry {entries.Count} announces {size} bytes, {rest.Length - 4} present)");
-            }
-
-            entries.Add(ParseEntry(rest.Slice(4, (int)size), what, entries.Count));
-            rest = rest[(4 + (int)size)..];
+            entries.Add(ToEntry(e, image.Name, entries.Count));
         }
 
         if (entries.Count == 0 || entries[0].ParentPid != 0)
         {
-            throw new InvalidDataException($"{what}: the process tree image does not start with the tree's root");
+            throw new InvalidDataException($"{image.Name}: the process tree image does not start with the tree's root");
         }
 
         return entries;
     }
 
-    private static CriuProcessTreeEntry ParseEntry(ReadOnlySpan<byte> payload, string what, int index)
+    private static CriuProcessTreeEntry ToEntry(pstree_entry e, string what, int index)
     {
-        pstree_entry e;
-        try
-        {
-            e = pstree_entry.Parser.ParseFrom(payload);
-        }
-        catch (InvalidProtocolBufferException x)
-        {
-            throw new InvalidDataException($"{what}: corrupt process tree entry {index}: {x.Message}", x);
-        }
-
-        // Google.Protobuf does not enforce proto2 `required`.
-        if (!e.IsInitialized())
-        {
-            throw new InvalidDataException($"{what}: process tree entry {index} lacks required fields");
-        }
-
         // A zombie's thread id is garbage: CRIU fills in the ids it records through its parasite, which never runs in a
         // zombie (criu/seize.c collect_task sets only the real pid), and restores a zombie without threads. Such an id
         // (above any kernel's PID_MAX_LIMIT, or past int) is left out rather than failing the whole image.

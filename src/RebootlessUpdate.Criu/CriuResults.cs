@@ -1,5 +1,3 @@
-using Google.Protobuf;
-using System.Buffers.Binary;
 using RebootlessUpdate.Criu.Protocol;
 
 namespace RebootlessUpdate.Criu;
@@ -53,10 +51,12 @@ public sealed record CriuRestoreResult(int Pid, CriuRestoreStatistics? Statistic
 public static class CriuStatsImage
 {
     /// <summary>The image-set magic every CRIU image starts with.</summary>
-    public const uint ImageSetMagic = 0x55105940;
+    public const uint ImageSetMagic = CriuImageReader.ServiceMagic;
 
     /// <summary>The magic of a stats image.</summary>
     public const uint StatsMagic = 0x57093306;
+
+    private const string Kind = "stats";
 
     /// <summary>Reads a <c>stats-dump</c> file; null when it does not exist.</summary>
     /// <exception cref="InvalidDataException">The file is not a stats image.</exception>
@@ -75,43 +75,7 @@ public static class CriuStatsImage
             return null;
         }
 
-        var bytes = File.ReadAllBytes(path);
-        return Parse(bytes, path);
-    }
-
-    internal static stats_entry Parse(ReadOnlySpan<byte> bytes, string what)
-    {
-        if (bytes.Length < 12)
-        {
-            throw new InvalidDataException($"{what}: {bytes.Length} bytes is too short for a CRIU stats image");
-        }
-
-        var magic0 = BinaryPrimitives.ReadUInt32LittleEndian(bytes);
-        var magic1 = BinaryPrimitives.ReadUInt32LittleEndian(bytes[4..]);
-        if (magic0 != ImageSetMagic || magic1 != StatsMagic)
-        {
-            throw new InvalidDataException($"{what}: not a CRIU stats image (magic {magic0:x8} {magic1:x8})");
-        }
-
-        var size = BinaryPrimitives.ReadUInt32LittleEndian(bytes[8..]);
-        if (size > bytes.Length - 12)
-        {
-            throw new InvalidDataException($"{what}: truncated stats image ({size} bytes announced, {bytes.Length - 12} present)");
-        }
-
-        try
-        {
-            var entry = stats_entry.Parser.ParseFrom(bytes.Slice(12, (int)size));
-            if (!entry.IsInitialized())
-            {
-                throw new InvalidDataException($"{what}: stats image lacks required fields");
-            }
-
-            return entry;
-        }
-        catch (Google.Protobuf.InvalidProtocolBufferException e)
-        {
-            throw new InvalidDataException($"{what}: corrupt stats image: {e.Message}", e);
-        }
+        using var image = CriuImageReader.Open(path, Kind, StatsMagic);
+        return image.ReadRequired(stats_entry.Parser);
     }
 }
