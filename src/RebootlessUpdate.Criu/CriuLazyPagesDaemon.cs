@@ -28,6 +28,14 @@ public sealed record CriuLazyPagesOptions
     /// <summary>How long to wait for the socket. Default 30 s.</summary>
     public TimeSpan StartTimeout { get; init; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>
+    /// A page server to fetch page contents from (<c>--page-server --address A --port P</c>), e.g. a
+    /// <see cref="LazyPageServer"/>'s <see cref="LazyPageServer.Endpoint"/>, instead of the images folder's
+    /// <c>pages-*.img</c>. The daemon still reads the pagemaps and the rest of the images folder locally, and
+    /// connects only once the restore has handed it the tree. Default: none (pages come from the images folder).
+    /// </summary>
+    public CriuPageServerEndpoint? PageServer { get; init; }
+
     internal string EffectiveWorkDirectory => WorkDirectory ?? ImagesDirectory;
 
     internal void Validate()
@@ -50,6 +58,11 @@ public sealed record CriuLazyPagesOptions
         if (LogLevel is < 0 or > 4)
         {
             throw new ArgumentOutOfRangeException(nameof(LogLevel), LogLevel, "CRIU log levels are 0 to 4.");
+        }
+
+        if (PageServer is { } server && (string.IsNullOrWhiteSpace(server.Address) || server.Port is <= 0 or > 65535))
+        {
+            throw new ArgumentException($"the page server {server.Address}:{server.Port} needs an address and a port 1-65535.", nameof(PageServer));
         }
 
         if (StartTimeout <= TimeSpan.Zero)
@@ -135,6 +148,9 @@ public sealed partial class CriuLazyPagesDaemon : IAsyncDisposable
         [
             "lazy-pages", "-D", lazy.ImagesDirectory, "-W", work, "--daemon", "--pidfile", PidFileName,
             "-o", lazy.LogFile, "-v" + lazy.LogLevel.ToString(CultureInfo.InvariantCulture),
+            .. lazy.PageServer is { } server
+                ? ["--page-server", "--address", server.Address, "--port", server.Port.ToString(CultureInfo.InvariantCulture)]
+                : Array.Empty<string>(),
         ];
         ToolRun front;
         try
