@@ -18,13 +18,14 @@ public class LazyPageServerCriuTests : CriuTestFixture
         var (workload, images, work) = await DumpWorkloadAsync();
         using var dumped = workload;
         var checksum = workload.InitialChecksum;
-        var lazyPages = DumpLazyPageSource.CountLazyPages(images);
+        var lazyPages = CountLazyPages(images);
 
         // The daemon reads the pagemaps from its own copy of the images whose pages-*.img hold only zeros: any page
         // it took from there instead of from our server would break the workload's checksum.
         var daemonImages = CopyWithoutPageContents(images, NewDir("daemon-images"));
         var failures = new List<LazyPageServerFailure>();
-        await using var server = LazyPageServer.Start(new DumpLazyPageSource(images), new LazyPageServerOptions
+        using var source = new CriuImagesPageSource(images);
+        await using var server = LazyPageServer.Start(source, new LazyPageServerOptions
         {
             OnFailure = failure =>
             {
@@ -67,7 +68,8 @@ public class LazyPageServerCriuTests : CriuTestFixture
 
         var restored = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
         var treeGoneBeforeClose = false;
-        await using var server = LazyPageServer.Start(new FailingAfter(new DumpLazyPageSource(images), requests: 20), new LazyPageServerOptions
+        using var source = new CriuImagesPageSource(images);
+        await using var server = LazyPageServer.Start(new FailingAfter(source, requests: 20), new LazyPageServerOptions
         {
             OnFailure = async failure =>
             {
@@ -115,6 +117,12 @@ public class LazyPageServerCriuTests : CriuTestFixture
         Workload.WaitFor(() => workload.IsAlive ? 0 : 1, "the dumped tree to be gone");
         return (workload, images, work);
     }
+
+    /// <summary>How many pages the dump marked lazy, over every process of the tree.</summary>
+    internal static long CountLazyPages(string imagesDirectory) =>
+        Directory.GetFiles(imagesDirectory, "pagemap-*.img")
+            .Select(f => CriuPagemap.Read(imagesDirectory, int.Parse(Path.GetFileName(f)["pagemap-".Length..^".img".Length], System.Globalization.CultureInfo.InvariantCulture)))
+            .SelectMany(m => m.Entries).Where(e => e.Flags.HasFlag(CriuPageState.Lazy)).Sum(e => (long)e.PageCount);
 
     /// <summary>Copies every image, with each <c>pages-*.img</c> replaced by a file of zeros of the same size.</summary>
     private static string CopyWithoutPageContents(string from, string to)
