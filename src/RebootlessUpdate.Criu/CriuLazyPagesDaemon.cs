@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Runtime.InteropServices;
 using Mono.Unix.Native;
+using RebootlessUpdate.Criu.Interop;
 using RebootlessUpdate.Processes;
 
 namespace RebootlessUpdate.Criu;
@@ -182,7 +183,7 @@ public sealed partial class CriuLazyPagesDaemon : IAsyncDisposable
         }
 
         // Gone already (its pid may even be reused): never treat another process as the daemon.
-        var started = StartTimeOf(pid) ?? throw new CriuTransportException(
+        var started = PidfdSignal.StartTimeOf(pid) ?? throw new CriuTransportException(
             $"criu lazy-pages (pid {pid}) exited right after getting ready.\n  " + Excerpt(logFile));
         return new CriuLazyPagesDaemon(pid, started, work, logFile);
     }
@@ -199,7 +200,7 @@ public sealed partial class CriuLazyPagesDaemon : IAsyncDisposable
     /// <summary>Stops the daemon if it still runs (a lazily restored tree then faults on pages not yet copied).</summary>
     public async ValueTask DisposeAsync()
     {
-        _ = Kill(Pid, StartTime);
+        _ = PidfdSignal.Kill(Pid, StartTime);
 
         for (var i = 0; i < 250 && !HasExited; i++)
         {
@@ -242,9 +243,9 @@ public sealed partial class CriuLazyPagesDaemon : IAsyncDisposable
     /// <summary>A daemon that got forked but was not judged ready is ours to stop.</summary>
     private static void StopFromPidFile(string pidFile)
     {
-        if (ReadPid(pidFile) is { } pid && StartTimeOf(pid) is { } start && IsCriu(pid))
+        if (ReadPid(pidFile) is { } pid && PidfdSignal.StartTimeOf(pid) is { } start && IsCriu(pid))
         {
-            _ = Kill(pid, start);
+            _ = PidfdSignal.Kill(pid, start);
         }
     }
 
@@ -256,14 +257,14 @@ public sealed partial class CriuLazyPagesDaemon : IAsyncDisposable
     internal static CriuLazyPagesDaemon? Find(string workDirectory)
     {
         var work = Normalize(workDirectory);
-        if (ReadPid(Path.Combine(work, PidFileName)) is not { } pid || StartTimeOf(pid) is not { } start)
+        if (ReadPid(Path.Combine(work, PidFileName)) is not { } pid || PidfdSignal.StartTimeOf(pid) is not { } start)
         {
             return null;
         }
 
         var args = CriuArguments(pid);
         return args is not null && args.Contains("lazy-pages", StringComparer.Ordinal) && WorkDirectoryOf(args) == work
-            && StartTimeOf(pid) == start // the command line read belongs to the same process
+            && PidfdSignal.StartTimeOf(pid) == start // the command line read belongs to the same process
             ? new CriuLazyPagesDaemon(pid, start, work, Path.Combine(work, "lazy-pages.log"))
             : null;
     }
@@ -277,7 +278,7 @@ public sealed partial class CriuLazyPagesDaemon : IAsyncDisposable
         var found = new List<RunningLazyPagesDaemon>();
         foreach (var pid in FindRunning())
         {
-            if (CriuArguments(pid) is { } args && StartTimeOf(pid) is { } start)
+            if (CriuArguments(pid) is { } args && PidfdSignal.StartTimeOf(pid) is { } start)
             {
                 // Anyone can run a process whose command line claims a folder: only our own user's is taken at its word.
                 var ours = Syscall.stat($"/proc/{pid.ToString(CultureInfo.InvariantCulture)}", out var st) == 0 && st.st_uid == Syscall.geteuid();
@@ -331,47 +332,6 @@ public sealed partial class CriuLazyPagesDaemon : IAsyncDisposable
 
     private static string Normalize(string path) => Path.TrimEndingDirectorySeparator(Path.GetFullPath(path));
 
-    /// <summary>
-    /// SIGKILLs the process <paramref name="pid"/> only while it is the one that started at <paramref name="startTime"/>:
-    /// through a pidfd, which pins the process, so the signal cannot reach a later process that reused the pid.
-    /// </summary>
-    private static bool Kill(int pid, ulong startTime)
-    {
-        var pidfd = -1;
-        try
-        {
-            pidfd = PidfdOpen(pid, 0);
-        }
-        catch (EntryPointNotFoundException)
-        {
-            // A libc older than 2.36: fall back to kill after the identity check below.
-        }
-
-        try
-        {
-            if (StartTimeOf(pid) != startTime)
-            {
-                return false;
-            }
-
-            return pidfd >= 0
-                ? PidfdSendSignal(pidfd, (int)Signum.SIGKILL, 0, 0) == 0
-                : Syscall.kill(pid, Signum.SIGKILL) == 0;
-        }
-        finally
-        {
-            if (pidfd >= 0)
-            {
-                _ = Syscall.close(pidfd);
-            }
-        }
-    }
-
-    [LibraryImport("libc", EntryPoint = "pidfd_open", SetLastError = true)]
-    private static partial int PidfdOpen(int pid, uint flags);
-
-    [LibraryImport("libc", EntryPoint = "pidfd_send_signal", SetLastError = true)]
-    private static partial int PidfdSendSignal(int pidfd, int signal, nint info, uint flags);
 
     /// <summary>
     /// Pids of every <c>criu lazy-pages</c> daemon running on this host. While one runs, the tree it serves
@@ -415,26 +375,9 @@ public sealed partial class CriuLazyPagesDaemon : IAsyncDisposable
         return at < 0 ? null : argv[(at + 1)..];
     }
 
-    private static bool IsRunning(int pid, ulong startTime) => StartTimeOf(pid) is { } now && (startTime == 0 || now == startTime);
+    private static bool IsRunning(int pid, ulong startTime) => PidfdSignal.StartTimeOf(pid) is { } now && (startTime == 0 || now == startTime);
 
-    /// <summary>The start time of a live (not zombie) process, from /proc/PID/stat; null when it is gone.</summary>
-    private static ulong? StartTimeOf(int pid)
-    {
-        string stat;
-        try
-        {
-            stat = File.ReadAllText($"/proc/{pid.ToString(CultureInfo.InvariantCulture)}/stat");
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            return null;
-        }
 
-        // The command may hold spaces and parentheses: the fields follow the last ')'.
-        var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
-        return fields[0] is "Z" or "X" ? null
-            : ulong.TryParse(fields[19], NumberStyles.None, CultureInfo.InvariantCulture, out var start) ? start : null;
-    }
 }
 
 /// <summary>A <c>criu lazy-pages</c> daemon found running on this host.</summary>

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Collections.Concurrent;
 using Microsoft.Win32.SafeHandles;
+using RebootlessUpdate.Criu;
 
 namespace RebootlessUpdate.Images;
 
@@ -9,7 +10,7 @@ namespace RebootlessUpdate.Images;
 /// time any page of it is asked for, so that a page served on demand never reaches a running target unverified.
 /// A chunk found damaged stays damaged (every later ask fails the same way). Thread-safe; disposing closes the files.
 /// </summary>
-internal sealed class PageChunkVerifier : IDisposable
+internal sealed class PageChunkVerifier : IPageChunkVerifier, IDisposable
 {
     private readonly string _images;
     private readonly Dictionary<string, ManifestEntry> _entries;
@@ -61,6 +62,13 @@ internal sealed class PageChunkVerifier : IDisposable
                 throw new PageChunkDamagedException(path, chunk * size, problem);
             }
         }
+    }
+
+    /// <inheritdoc/>
+    public ValueTask VerifyAsync(string file, long offset, int length, CancellationToken cancellationToken)
+    {
+        Verify(file, offset, length, cancellationToken);
+        return ValueTask.CompletedTask;
     }
 
     /// <summary>Hashes one chunk; returns what is wrong with it, or null.</summary>

@@ -232,6 +232,15 @@ public sealed class TargetRun
     /// <summary>The daemon serving its memory after a lazy restore (not stopped when the run ends).</summary>
     internal CriuLazyPagesDaemon? LazyPagesDaemon { get; set; }
 
+    /// <summary>Our page server feeding that daemon from the set, when its memory is served from the store.</summary>
+    internal Stages.OnDemandMemory? OnDemand { get; set; }
+
+    /// <summary>With memory served from the store: the pages sent to its daemon (set when it has all of them, or failed).</summary>
+    public long? PagesServedOnDemand { get; internal set; }
+
+    /// <summary>With memory served from the store: from the restore's answer until it held all of its memory.</summary>
+    public TimeSpan? AllMemoryBackAfter { get; internal set; }
+
     /// <summary>When the dump request was sent (from the context's clock).</summary>
     internal long? DumpStartedTimestamp { get; set; }
 

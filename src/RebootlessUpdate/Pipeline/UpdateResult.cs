@@ -100,6 +100,12 @@ public sealed record TargetReport
     /// <summary>The pid of the lazy-pages daemon serving its memory (it exits by itself when done).</summary>
     public int? LazyPagesDaemonPid { get; init; }
 
+    /// <summary>With memory served from the store: the pages our page server sent its daemon.</summary>
+    public long? PagesServedOnDemand { get; init; }
+
+    /// <summary>With memory served from the store: from the restore's answer until the target held all of its memory.</summary>
+    public TimeSpan? AllMemoryBackAfter { get; init; }
+
     /// <summary>What went wrong, if anything.</summary>
     public string? Error { get; init; }
 
@@ -119,6 +125,8 @@ public sealed record TargetReport
         PagesRestored = t.RestoreStatistics?.PagesRestored,
         LazyPages = t.LazyPages,
         LazyPagesDaemonPid = t.LazyPagesDaemonPid,
+        PagesServedOnDemand = t.PagesServedOnDemand,
+        AllMemoryBackAfter = t.AllMemoryBackAfter,
         Error = t.Error,
     };
 }

@@ -1,3 +1,4 @@
+using RebootlessUpdate.Criu;
 using RebootlessUpdate.Images;
 using RebootlessUpdate.Pipeline;
 
@@ -42,7 +43,8 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
             try
             {
                 var dir = root is null ? t.ImagesDirectory! : Path.Combine(root, t.Folder!);
-                await TargetRestore.RestoreAsync(context, t, dir, releaseWait, lazy: options.LazyPages || t.Settings!.LazyPages, cancellationToken).ConfigureAwait(false);
+                await TargetRestore.RestoreAsync(context, t, dir, releaseWait, lazy: options.LazyPages || t.Settings!.LazyPages, cancellationToken,
+                    fromStore: options.ServePagesFromStore).ConfigureAwait(false);
                 t.Error = null;
                 // Durable at once: a run that crashes after this restore must not restore the target a second time.
                 journal.UpdateTargets(context);
@@ -72,6 +74,7 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
             }
         })).ConfigureAwait(false);
         journal.UpdateTargets(context);
+        await WaitAllMemoryBackAsync(context, cancellationToken).ConfigureAwait(false);
         if (errors.Count == 1)
         {
             throw errors[0];
@@ -84,6 +87,47 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
     }
 
     public abstract ValueTask CompensateAsync(UpdateContext context, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Waits until every target whose memory is served from the store holds all of it: the page servers live in this
+    /// process, so the run must not end before. A target whose pages could not be served was ended by then (its
+    /// tree stopped and killed before it got a bad or missing page): it ran after its checkpoint, so it is never
+    /// restored again, and its images are kept.
+    /// </summary>
+    private async Task WaitAllMemoryBackAsync(UpdateContext context, CancellationToken cancellationToken)
+    {
+        var served = context.Targets.Where(t => t.OnDemand is not null).ToList();
+        if (served.Count == 0)
+        {
+            return;
+        }
+
+        context.ReportProgress(Name, $"waiting for {served.Count} target(s) to hold all of their memory, served from the store");
+        await Task.WhenAll(served.Select(async t =>
+        {
+            var memory = t.OnDemand!;
+            try
+            {
+                (t.PagesServedOnDemand, t.AllMemoryBackAfter) = await memory.WaitAllBackAsync(options.AllMemoryBackWait, cancellationToken).ConfigureAwait(false);
+                context.ReportProgress(Name, $"all of its memory is back after {t.AllMemoryBackAfter.Value.TotalSeconds:0.###} s ({t.PagesServedOnDemand} pages served from the store)", t.Target.Id);
+            }
+            catch (Exception e) when (e is LazyPageServerException or TimeoutException)
+            {
+                t.PagesServedOnDemand = memory.PagesServed;
+                var why = $"ended: its memory could not be served ({e.Message}); its tree was stopped and killed before it got that page, "
+                    + "and it is not restored again (it ran after its checkpoint); its images are kept for inspection";
+                t.End(why);
+                PipelineLog.TargetWarning(context.Logger, t.Target.Id, why);
+                context.ReportProgress(Name, why, t.Target.Id);
+            }
+            finally
+            {
+                await memory.DisposeAsync().ConfigureAwait(false);
+                t.OnDemand = null;
+            }
+        })).ConfigureAwait(false);
+        context.RequireJournal().UpdateTargets(context);
+    }
 
     /// <summary>The failed page check of a target whose restore failed, if that is why (never waits for a check still running).</summary>
     private static async Task<VerificationResult?> RefusedAsync(TargetRun t)

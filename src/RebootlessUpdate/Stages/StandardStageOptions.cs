@@ -123,6 +123,25 @@ public sealed record RestoreStageOptions
     public bool LazyPages { get; init; }
 
     /// <summary>
+    /// With a lazy restore, serve each target's memory from the set through our own page server
+    /// (<see cref="Criu.LazyPageServer"/>) instead of letting CRIU's daemon read the page images: the daemon gets
+    /// page contents only from us, each 1 MiB chunk checked against the manifest's chunk hashes the first time any
+    /// page of it is asked for, so the target no longer waits at post-restore for its page images to be hashed
+    /// whole (only the chunks CRIU restores itself are checked there). A chunk that fails its check ends that
+    /// target before it gets the page (its tree is stopped and killed, its images kept), and the report names
+    /// file and offset. The Restore stage waits until every such target holds all of its memory (the run must not
+    /// end while a target still needs pages from it). Sets sealed without chunk hashes, and trees whose dump has a
+    /// pre-dump parent, keep the whole check before they run. Default false.
+    /// </summary>
+    public bool ServePagesFromStore { get; init; }
+
+    /// <summary>
+    /// With <see cref="ServePagesFromStore"/>: how long the Restore stage waits for every target to hold all of its
+    /// memory. A target still missing pages then is ended (it cannot run on without them). Default 10 min.
+    /// </summary>
+    public TimeSpan AllMemoryBackWait { get; init; } = TimeSpan.FromMinutes(10);
+
+    /// <summary>
     /// On the kernel a tree was dumped on (a rehearsal, a rollback, a resume after a crash before the jump), how long
     /// its restore waits for every pid, thread id, process group and session recorded in its <c>pstree.img</c> to be
     /// free: CRIU ended the original moments ago and an orphan it killed stays a zombie until the host's init reaps it.
@@ -142,6 +161,11 @@ public sealed record RestoreStageOptions
         if (PidReleaseWait < TimeSpan.FromMilliseconds(100) || PidReleaseWait > TimeSpan.FromMinutes(10))
         {
             throw new ArgumentException($"PidReleaseWait must be 0.1 s to 10 min, not {PidReleaseWait}.");
+        }
+
+        if (AllMemoryBackWait < TimeSpan.FromSeconds(1))
+        {
+            throw new ArgumentException($"AllMemoryBackWait must be 1 s at least, not {AllMemoryBackWait}.");
         }
     }
 }

@@ -19,8 +19,11 @@ internal static class TargetRestore
     /// lazy-pages daemon that then serves its memory on demand (see <see cref="RestoreStageOptions.LazyPages"/>).
     /// <paramref name="releaseWait"/> is null after a kexec (nothing holds the tree's pids); else, on the kernel the
     /// tree was dumped on, how long to wait for its pids, process groups and sessions to be free before a <see cref="PidsInUseException"/>.
+    /// With <paramref name="fromStore"/> (and <paramref name="lazy"/>), the daemon gets every page from our page
+    /// server, checked chunk by chunk (see <see cref="RestoreStageOptions.ServePagesFromStore"/>).
     /// </summary>
-    internal static async Task RestoreAsync(UpdateContext context, TargetRun t, string imagesDirectory, TimeSpan? releaseWait, bool lazy, CancellationToken cancellationToken)
+    internal static async Task RestoreAsync(UpdateContext context, TargetRun t, string imagesDirectory, TimeSpan? releaseWait, bool lazy,
+        CancellationToken cancellationToken, bool fromStore = false)
     {
         // Before anything of the target is touched (its recorded root above all): a refused move leaves it as it was.
         TargetTransitions.Check(t.Target.Id, t.Phase, TargetPhase.Restoring);
@@ -51,15 +54,23 @@ internal static class TargetRestore
         }
 
         t.LazyPages = false;
-        t.LazyPagesDaemon = lazy ? await StartLazyPagesDaemonAsync(context, t, criu, imagesDirectory, work, cancellationToken).ConfigureAwait(false) : null;
+        var memory = lazy && fromStore ? StartOnDemandMemory(context, t, imagesDirectory) : null;
+        t.LazyPagesDaemon = lazy ? await StartLazyPagesDaemonAsync(context, t, criu, imagesDirectory, work, memory?.Endpoint, cancellationToken).ConfigureAwait(false) : null;
         if (t.LazyPagesDaemon is not null)
         {
             // CRIU finds the daemon's socket in the work folder; the sealed images folder stays as sealed.
             options = options with { LazyPages = true };
             t.LazyPages = true;
+            t.OnDemand = memory;
+        }
+        else if (memory is not null)
+        {
+            await memory.DisposeAsync().ConfigureAwait(false);
+            memory = null;
         }
 
         var pages = t.PendingPageVerification;
+        var pids = memory is null ? [] : CriuProcessTree.Read(imagesDirectory).Select(p => p.Pid).ToList();
         options = options with
         {
             OnNotification = async (n, ct) =>
@@ -69,7 +80,10 @@ internal static class TargetRestore
                     return;
                 }
 
-                if (pages is not null)
+                // Served from the store: only the chunks CRIU restored itself are checked before the tree runs (the
+                // daemon's pages are checked as they are asked for), unless a pre-dump parent holds pages CRIU reads.
+                var whole = memory is null || !await memory.HoldAsync(pids, ct).ConfigureAwait(false);
+                if (pages is not null && whole)
                 {
                     // CRIU has loaded the memory but lets nothing run before post-restore: hold it there until the
                     // pages passed their check; failing the notification makes CRIU abort and kill the restored tree.
@@ -83,6 +97,7 @@ internal static class TargetRestore
                 var root = (n.Pid is { } restored ? ProcessIdentity.Of(restored) : null)
                     ?? throw new InvalidOperationException($"CRIU reported the restored root as pid {n.Pid}, which does not exist");
                 t.RecordRestoredRoot(root);
+                memory?.RootRestored(root);
                 try
                 {
                     journal?.UpdateTargets(context);
@@ -132,6 +147,12 @@ internal static class TargetRestore
                 t.LazyPages = false;
             }
 
+            if (t.OnDemand is { } onDemand && outcome != InterruptedRestore.Outcome.Running)
+            {
+                await onDemand.DisposeAsync().ConfigureAwait(false);
+                t.OnDemand = null;
+            }
+
             if (outcome == InterruptedRestore.Outcome.RanAndExited)
             {
                 // The answer was lost, but CRIU's log says it let the tree go, and that tree has exited since: it lived
@@ -153,7 +174,8 @@ internal static class TargetRestore
         RestoreAnswered?.Invoke(t);
         var took = MarkRestored(context, t, result.Pid, result.Statistics, context.TimeProvider.GetTimestamp(), start);
         context.ReportProgress("Restore", $"restored as pid {result.Pid} in {took.TotalMilliseconds:0} ms"
-            + (t.LazyPagesDaemon is { } served ? $"; its memory is served on demand by lazy-pages daemon {served.Pid}" : string.Empty), t.Target.Id);
+            + (t.LazyPagesDaemon is { } served ? $"; its memory is served on demand by lazy-pages daemon {served.Pid}" : string.Empty)
+            + (t.OnDemand is not null ? " from the store through our page server" : string.Empty), t.Target.Id);
     }
 
     /// <summary>Records a restored tree (the phase, pid, timings and downtime); returns how long the restore took.</summary>
@@ -178,11 +200,12 @@ internal static class TargetRestore
     /// the kernel or criu cannot: a lazy restore is an optimisation, never a reason to leave a workload down.
     /// </summary>
     private static async Task<CriuLazyPagesDaemon?> StartLazyPagesDaemonAsync(UpdateContext context, TargetRun t, CriuClient criu, string imagesDirectory, string work,
-        CancellationToken cancellationToken)
+        CriuPageServerEndpoint? pageServer, CancellationToken cancellationToken)
     {
         try
         {
-            return await criu.StartLazyPagesDaemonAsync(new CriuLazyPagesOptions { ImagesDirectory = imagesDirectory, WorkDirectory = work }, cancellationToken).ConfigureAwait(false);
+            return await criu.StartLazyPagesDaemonAsync(new CriuLazyPagesOptions { ImagesDirectory = imagesDirectory, WorkDirectory = work, PageServer = pageServer },
+                cancellationToken).ConfigureAwait(false);
         }
         catch (Exception e) when (e is CriuTransportException or CriuUnavailableException or IOException)
         {
@@ -191,6 +214,20 @@ internal static class TargetRestore
             context.ReportProgress("Restore", why, t.Target.Id);
             return null;
         }
+    }
+
+    /// <summary>Our page server for the target, or null (the daemon then reads the images itself, and the progress says why).</summary>
+    private static OnDemandMemory? StartOnDemandMemory(UpdateContext context, TargetRun t, string imagesDirectory)
+    {
+        var (memory, whyNot) = OnDemandMemory.TryStart(context, imagesDirectory);
+        if (memory is null)
+        {
+            var why = $"memory not served from the store: {whyNot}; CRIU's daemon reads the images after the whole check";
+            PipelineLog.TargetWarning(context.Logger, t.Target.Id, why);
+            context.ReportProgress("Restore", why, t.Target.Id);
+        }
+
+        return memory;
     }
 
     /// <summary>

@@ -1,0 +1,74 @@
+using System.Globalization;
+using System.Runtime.InteropServices;
+using Mono.Unix.Native;
+
+namespace RebootlessUpdate.Criu.Interop;
+
+/// <summary>Signals a process only while it is the one that started at a known time: a reused pid never gets the signal.</summary>
+internal static partial class PidfdSignal
+{
+    /// <summary>SIGKILLs <paramref name="pid"/> while it is the process that started at <paramref name="startTime"/>.</summary>
+    internal static bool Kill(int pid, ulong startTime) => Send(pid, startTime, Signum.SIGKILL);
+
+    /// <summary>
+    /// Sends <paramref name="signal"/> to <paramref name="pid"/> only while it is the process that started at
+    /// <paramref name="startTime"/> (field 22 of <c>/proc/PID/stat</c>): through a pidfd opened before the check, which
+    /// pins the process, so the signal cannot reach a later process that reused the pid.
+    /// </summary>
+    internal static bool Send(int pid, ulong startTime, Signum signal)
+    {
+        var pidfd = -1;
+        try
+        {
+            pidfd = PidfdOpen(pid, 0);
+        }
+        catch (EntryPointNotFoundException)
+        {
+            // A libc older than 2.36: fall back to kill after the identity check below.
+        }
+
+        try
+        {
+            if (StartTimeOf(pid) != startTime)
+            {
+                return false;
+            }
+
+            return pidfd >= 0
+                ? PidfdSendSignal(pidfd, (int)NativeConvert.FromSignum(signal), 0, 0) == 0
+                : Syscall.kill(pid, signal) == 0;
+        }
+        finally
+        {
+            if (pidfd >= 0)
+            {
+                _ = Syscall.close(pidfd);
+            }
+        }
+    }
+
+    /// <summary>The start time of a live process (not a zombie), or null.</summary>
+    internal static ulong? StartTimeOf(int pid)
+    {
+        string stat;
+        try
+        {
+            stat = File.ReadAllText($"/proc/{pid.ToString(CultureInfo.InvariantCulture)}/stat");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+
+        // The command may hold spaces and parentheses: the fields follow the last ')'.
+        var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+        return fields[0] is "Z" or "X" ? null
+            : ulong.TryParse(fields[19], NumberStyles.None, CultureInfo.InvariantCulture, out var start) ? start : null;
+    }
+
+    [LibraryImport("libc", EntryPoint = "pidfd_open", SetLastError = true)]
+    private static partial int PidfdOpen(int pid, uint flags);
+
+    [LibraryImport("libc", EntryPoint = "pidfd_send_signal", SetLastError = true)]
+    private static partial int PidfdSendSignal(int pidfd, int signal, nint info, uint flags);
+}

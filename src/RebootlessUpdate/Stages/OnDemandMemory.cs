@@ -1,0 +1,192 @@
+using RebootlessUpdate.Criu;
+using RebootlessUpdate.Images;
+using RebootlessUpdate.Pipeline;
+using RebootlessUpdate.Targets;
+
+namespace RebootlessUpdate.Stages;
+
+/// <summary>
+/// One target's memory served on demand from the set (<see cref="RestoreStageOptions.ServePagesFromStore"/>): our
+/// page server, reading the target's images through the manifest's chunk hashes, for the target's
+/// <c>criu lazy-pages</c> daemon. Whatever stops the server from serving ends the target's tree first: a lazily
+/// restored process whose daemon lets go would get zero pages where its memory was.
+/// </summary>
+internal sealed class OnDemandMemory : IAsyncDisposable
+{
+    /// <summary>How long the restored tree is held at post-restore for the daemon to reach the server.</summary>
+    internal static readonly TimeSpan ConnectWait = TimeSpan.FromSeconds(30);
+
+    private readonly PageChunkVerifier _verifier;
+    private readonly CriuImagesPageSource _source;
+    private readonly LazyPageServer _server;
+    private readonly string _imagesDirectory;
+    private readonly Lock _gate = new();
+    private readonly TimeProvider _time;
+    private long _restoredAt;
+    private int _disposed;
+    private ProcessIdentity? _root;
+    private LazyPageServerException? _failure;
+
+    private OnDemandMemory(string imagesDirectory, PageChunkVerifier verifier, UpdateContext context)
+    {
+        _imagesDirectory = imagesDirectory;
+        _time = context.TimeProvider;
+        _verifier = verifier;
+        _source = new CriuImagesPageSource(imagesDirectory, verifier);
+        _server = LazyPageServer.Start(_source, new LazyPageServerOptions { OnFailure = OnFailureAsync, Logger = context.Logger, TimeProvider = context.TimeProvider });
+    }
+
+    /// <summary>Where the target's daemon finds the server.</summary>
+    internal CriuPageServerEndpoint Endpoint => _server.Endpoint;
+
+    /// <summary>Completes when the daemon closed the session (every page is back), faults when serving failed.</summary>
+    internal Task<LazyPageServerResult> Completion => _server.Completion;
+
+    /// <summary>Pages served so far.</summary>
+    internal long PagesServed => _server.PagesServed;
+
+    /// <summary>
+    /// Starts serving the target whose images are in <paramref name="imagesDirectory"/>, or returns null (and the
+    /// reason) when its page images have no chunk hashes to check pages by: the set was sealed before them.
+    /// </summary>
+    internal static (OnDemandMemory? Memory, string? WhyNot) TryStart(UpdateContext context, string imagesDirectory)
+    {
+        if (context.Restorable is not { } set)
+        {
+            return (null, "the set was not verified for this run");
+        }
+
+        var verifier = new PageChunkVerifier(set.ImagesDirectory, set.Manifest);
+        var folder = Path.GetRelativePath(Path.GetFullPath(set.ImagesDirectory), Path.GetFullPath(imagesDirectory)).Replace('\\', '/');
+        var unchunked = set.Manifest.Files.Where(f => f.Path.StartsWith(folder + "/", StringComparison.Ordinal) && ChunkedFiles.Wanted(f.Path) && f.ChunkXxh128 is null).ToList();
+        if (unchunked.Count > 0 || !verifier.HasChunkHashes)
+        {
+            verifier.Dispose();
+            return (null, $"its page images have no chunk hashes (sealed by an older release): {string.Join(", ", unchunked.Select(f => f.Path))}");
+        }
+
+        return (new OnDemandMemory(imagesDirectory, verifier, context), null);
+    }
+
+    /// <summary>
+    /// At post-restore, before the tree runs: checks the chunks of every page CRIU restored itself (the pages it did
+    /// not leave to the daemon) and waits for the daemon to reach the server. Returns false when the dump has pages
+    /// in a pre-dump parent, which CRIU reads itself: those are covered only by the whole check, to wait for.
+    /// </summary>
+    /// <exception cref="LazyPageServerException">Serving failed already.</exception>
+    /// <exception cref="PageChunkDamagedException">A chunk CRIU restored from is damaged.</exception>
+    /// <exception cref="TimeoutException">The daemon never connected.</exception>
+    internal async Task<bool> HoldAsync(IEnumerable<int> pids, CancellationToken cancellationToken)
+    {
+        ThrowIfFailed();
+        var parentPages = false;
+        foreach (var pid in pids)
+        {
+            CriuPagemap map;
+            try
+            {
+                map = CriuPagemap.Read(_imagesDirectory, pid);
+            }
+            catch (FileNotFoundException)
+            {
+                continue; // no memory of its own (a zombie, or a thread group CRIU did not dump pages for)
+            }
+
+            var pages = Path.Combine(_imagesDirectory, map.PagesFileName);
+            foreach (var e in map.Entries.Where(e => !e.Flags.HasFlag(CriuPageState.Lazy)))
+            {
+                if (e.Flags.HasFlag(CriuPageState.Parent))
+                {
+                    parentPages = true;
+                }
+                else if (e.DataOffset is { } offset)
+                {
+                    _verifier.Verify(pages, offset, checked((int)(e.PageCount * ILazyPageSource.PageSize)), cancellationToken);
+                }
+            }
+        }
+
+        await _server.WaitForConnectionAsync(cancellationToken).WaitAsync(ConnectWait, cancellationToken).ConfigureAwait(false);
+        ThrowIfFailed();
+        return !parentPages;
+    }
+
+    /// <summary>The restored tree's root, known at post-restore: the one a failure ends (at once, if serving failed already).</summary>
+    internal void RootRestored(ProcessIdentity root)
+    {
+        bool failed;
+        lock (_gate)
+        {
+            _root = root;
+            _restoredAt = _time.GetTimestamp();
+            failed = _failure is not null;
+        }
+
+        if (failed)
+        {
+            TreeKill.Kill(root);
+        }
+    }
+
+    /// <summary>
+    /// Waits (up to <paramref name="bound"/>) until the target holds all of its memory; returns the pages served and
+    /// how long it took from the restore's answer. When serving failed, or the bound ran out (the server is then
+    /// stopped, which ends the tree first), throws what happened.
+    /// </summary>
+    /// <exception cref="LazyPageServerException">Serving failed: the tree was ended before it got a bad or missing page.</exception>
+    /// <exception cref="TimeoutException">The bound ran out: the tree was ended.</exception>
+    internal async Task<(long Pages, TimeSpan After)> WaitAllBackAsync(TimeSpan bound, CancellationToken cancellationToken)
+    {
+        try
+        {
+            var result = await _server.Completion.WaitAsync(bound, cancellationToken).ConfigureAwait(false);
+            return (result.PagesServed, _time.GetElapsedTime(Volatile.Read(ref _restoredAt)));
+        }
+        catch (TimeoutException)
+        {
+            await DisposeAsync().ConfigureAwait(false);
+            throw new TimeoutException($"it still needed pages after {bound.TotalSeconds:0} s ({_server.PagesServed} served); it was ended rather than left to run on zero pages");
+        }
+    }
+
+    private void ThrowIfFailed()
+    {
+        lock (_gate)
+        {
+            if (_failure is { } failure)
+            {
+                throw failure;
+            }
+        }
+    }
+
+    /// <summary>Before the server lets the daemon go: the tree is stopped and killed, so no process of it runs on zero pages.</summary>
+    private ValueTask OnFailureAsync(LazyPageServerFailure failure)
+    {
+        ProcessIdentity? root;
+        lock (_gate)
+        {
+            _failure = failure.Exception;
+            root = _root;
+        }
+
+        if (root is { } r)
+        {
+            TreeKill.Kill(r);
+        }
+
+        return ValueTask.CompletedTask;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        await _server.DisposeAsync().ConfigureAwait(false);
+        _source.Dispose();
+        _verifier.Dispose();
+    }
+}

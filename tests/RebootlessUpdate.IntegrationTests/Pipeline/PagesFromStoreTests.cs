@@ -1,0 +1,158 @@
+using Mono.Unix.Native;
+using RebootlessUpdate.Criu;
+using RebootlessUpdate.Images;
+using RebootlessUpdate.Pipeline;
+using RebootlessUpdate.Stages;
+using RebootlessUpdate.Targets;
+using RebootlessUpdate.TestSupport;
+
+namespace RebootlessUpdate.IntegrationTests.Pipeline;
+
+/// <summary>
+/// Memory served on demand from the store (issue 16): a lazy rehearsal whose daemons get every page from our page
+/// server, each 1 MiB chunk checked against the manifest the first time it is needed. The host has no soft-dirty,
+/// so these dumps have no pre-dump parent.
+/// </summary>
+[NonParallelizable]
+public class PagesFromStoreTests
+{
+    private Testbed _testbed = null!;
+    private string _dir = null!;
+    private readonly List<Workload> _workloads = [];
+    private readonly List<int> _restored = [];
+
+    [SetUp]
+    public async Task SetUp()
+    {
+        _testbed = Testbed.Require();
+        Testbed.RequireRoot();
+        _dir = Directory.CreateTempSubdirectory("rebootless-ondemand-it-").FullName;
+        var criu = new CriuClient(new CriuClientOptions { CriuPath = _testbed.Criu });
+        if (!(await criu.CheckFeaturesAsync()).LazyPages)
+        {
+            Testbed.Missing("userfaultfd lazy pages on this kernel");
+        }
+    }
+
+    [TearDown]
+    public void TearDown()
+    {
+        foreach (var pid in _restored.Where(Workload.IsRunning))
+        {
+            Syscall.kill(pid, Signum.SIGKILL);
+        }
+
+        foreach (var w in _workloads)
+        {
+            w.Dispose();
+        }
+
+        _workloads.Clear(); // one fixture instance serves every test
+        _restored.Clear();
+        Directory.Delete(_dir, recursive: true);
+    }
+
+    private Workload Start(string name)
+    {
+        var w = Workload.StartProgram(Path.Combine(_dir, name), 16);
+        _workloads.Add(w);
+        return w;
+    }
+
+    private UpdateContext Context(params Workload[] workloads) => new(UpdateMode.Rehearse, workloads.Select(w => UpdateTarget.ProcessTree(w.RootPid)))
+    {
+        Store = new DirectoryImageStore(new DirectoryImageStoreOptions { RootDirectory = Path.Combine(_dir, "store") }),
+        Criu = new CriuClient(new CriuClientOptions { CriuPath = _testbed.Criu }),
+        LazyRestore = true,
+    };
+
+    private static RestoreStageOptions FromStore => new() { LazyPages = true, ServePagesFromStore = true };
+
+    private void Adopt(UpdateResult result, params Workload[] workloads)
+    {
+        foreach (var (w, t) in workloads.Zip(result.Targets))
+        {
+            if (t.RestoredPid is { } pid)
+            {
+                _restored.Add(pid);
+                w.RootPid = pid;
+            }
+        }
+    }
+
+    [Test]
+    public async Task Two_targets_get_all_their_memory_from_the_store_and_hold_it_intact()
+    {
+        var a = Start("a");
+        var b = Start("b");
+        var checksums = new[] { a.InitialChecksum, b.InitialChecksum };
+
+        var result = await RebootlessPipelines.Rehearsal(restore: FromStore).Build().ExecuteAsync(Context(a, b));
+        Adopt(result, a, b);
+
+        foreach (var t in result.Targets)
+        {
+            TestContext.Out.WriteLine($"{t.Target}: {t.Phase}, criu restored {t.PagesRestored} pages, {t.PagesServedOnDemand} served from the store, all back after {t.AllMemoryBackAfter?.TotalSeconds:0.###} s; {t.Error}");
+        }
+
+        Assert.That(result.Outcome, Is.EqualTo(UpdateOutcome.Succeeded), result.Error);
+        var verdicts = new[] { a.Check(), b.Check() };
+        Assert.Multiple(() =>
+        {
+            for (var i = 0; i < 2; i++)
+            {
+                var t = result.Targets[i];
+                Assert.That(verdicts[i], Does.StartWith("ok").And.Contain($"mem={checksums[i]}"), verdicts[i]);
+                Assert.That(t.PagesServedOnDemand, Is.GreaterThan(16 * 256), "the 16 MiB buffer came from our server");
+                Assert.That(t.PagesRestored, Is.LessThan((t.PagesServedOnDemand ?? 0) / 10), "CRIU itself restored only what cannot be lazy");
+                Assert.That(t.AllMemoryBackAfter, Is.Not.Null);
+                Assert.That(t.LazyPages, Is.True);
+            }
+        });
+    }
+
+    [Test]
+    public async Task A_flipped_byte_in_a_chunk_ends_that_target_before_it_gets_the_page_and_the_other_runs_on()
+    {
+        var victim = Start("victim");
+        var other = Start("other");
+        var otherChecksum = other.InitialChecksum;
+        string? flipped = null;
+        long at = 0;
+        var pipeline = RebootlessPipelines.Rehearsal(restore: FromStore)
+            .AddStage("flip", StagePosition.Before("Restore"), (ctx, _) =>
+            {
+                // After the set was verified whole and the trees ended: a change only the chunk check can see.
+                var folder = ctx.Targets[0].Folder!;
+                flipped = Directory.GetFiles(Path.Combine(ctx.Restorable!.ImagesDirectory, folder), "pages-*.img").OrderByDescending(f => new FileInfo(f).Length).First();
+                at = (new FileInfo(flipped).Length / 2) + 123;
+                using var fs = new FileStream(flipped, FileMode.Open, FileAccess.ReadWrite);
+                fs.Position = at;
+                var v = fs.ReadByte();
+                fs.Position = at;
+                fs.WriteByte((byte)(v ^ 0x40));
+                return ValueTask.CompletedTask;
+            })
+            .Build();
+
+        var result = await pipeline.ExecuteAsync(Context(victim, other));
+        Adopt(result, victim, other);
+        var v = result.Targets[0];
+        var o = result.Targets[1];
+        TestContext.Out.WriteLine($"{result.Outcome}: victim {v.Phase} ({v.PagesServedOnDemand} pages served): {v.Error}\nother {o.Phase} ({o.PagesServedOnDemand} pages served)");
+
+        var chunk = at / (1 << 20) * (1 << 20);
+        var verdict = other.Check();
+        Assert.Multiple(() =>
+        {
+            Assert.That(v.Phase, Is.EqualTo(TargetPhase.Ended));
+            Assert.That(v.Error, Does.Contain($"{flipped} at offset {chunk}: the chunk's hash is").And.Contain("stopped and killed before it got that page"));
+            Assert.That(victim.IsAlive, Is.False, "the victim's restored tree is gone");
+            Assert.That(Workload.CopiesOf(victim.Directory), Is.Empty, "no process of it runs anywhere");
+            Assert.That(File.Exists(Path.Combine(victim.Directory, "check-result")), Is.False, "it never got to read its memory");
+            Assert.That(o.Phase, Is.EqualTo(TargetPhase.Restored));
+            Assert.That(verdict, Does.StartWith("ok").And.Contain($"mem={otherChecksum}"), verdict);
+            Assert.That(Directory.Exists(Path.GetDirectoryName(Path.GetDirectoryName(flipped))), Is.True, "the victim's images are kept");
+        });
+    }
+}
