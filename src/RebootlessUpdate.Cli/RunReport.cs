@@ -13,7 +13,7 @@ internal static class RunReport
 {
     /// <summary>Runs <paramref name="pipeline"/> on <paramref name="targets"/> with the store and criu the invocation names, and reports it.</summary>
     public static async Task<int> RunAsync(CliInvocation c, UpdatePipeline pipeline, UpdateMode mode, IReadOnlyList<UpdateTarget> targets, IImageStore store,
-        bool lazyRestore, CancellationToken ct)
+        bool lazyRestore, bool pagesFromStore, CancellationToken ct)
     {
         var result = await ProgressDisplay.RunAsync(c.Json, progress => pipeline.ExecuteAsync(new UpdateContext(mode, targets)
         {
@@ -21,6 +21,7 @@ internal static class RunReport
             Criu = c.Criu(),
             Progress = progress,
             LazyRestore = lazyRestore,
+            PagesFromStore = pagesFromStore,
         }, ct)).ConfigureAwait(false);
         var error = ErrorOf(result);
         if (c.Json)
@@ -62,6 +63,8 @@ internal static class RunReport
                 + (t.Bytes is { } b ? $", {CliOutput.Size(b)}" : "")
                 + (t.Downtime is { } d ? $", down {CliOutput.Duration(d)}" : "")
                 + (t.LazyPagesDaemonPid is { } daemon ? $", lazy (pages served by daemon {daemon})" : "")
+                + (t.PagesServedOnDemand is { } served ? $", {served} pages served from the store" : "")
+                + (t.AllMemoryBackAfter is { } back ? $", all memory back after {CliOutput.Duration(back)}" : "")
                 + (t.Error is null ? "" : "  " + t.Error));
         }
 

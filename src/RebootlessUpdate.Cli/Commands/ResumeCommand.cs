@@ -12,7 +12,8 @@ internal static class ResumeCommand
         var cmd = new Command("resume", "After boot: verify the checkpoint named by the command line and restore every target. Idempotent.");
         var setId = new Option<string?>("--set") { Description = "The set to resume (default: rebootless.resume= on the command line, else the newest unfinished one)." };
         var lazy = UpdateCommand.LazyRestoreOption("even when the update did not ask for it (targets the update marked lazy are restored lazily anyway)");
-        CliOptions.Add(cmd, [setId, lazy, .. CliOptions.CriuOptions, .. CliOptions.StoreOptions, CliOptions.ManifestKey]);
+        var fromStore = UpdateCommand.PagesFromStoreOption("even when the update did not ask for it");
+        CliOptions.Add(cmd, [setId, lazy, fromStore, .. CliOptions.CriuOptions, .. CliOptions.StoreOptions, CliOptions.ManifestKey]);
         CliInvocation.SetAction(cmd, async (c, ct) =>
         {
             CliInvocation.RequireRoot("resume");
@@ -33,9 +34,9 @@ internal static class ResumeCommand
             }
 
             var store = CliStores.Ready(c, needKexec: false, ct, mustExist: true);
-            var pipeline = RebootlessPipelines.Resume(new LocateStageOptions { SetId = c.Value(setId) }, restore: new RestoreStageOptions { LazyPages = c.Value(lazy) }).Build();
+            var pipeline = RebootlessPipelines.Resume(new LocateStageOptions { SetId = c.Value(setId) }, restore: new RestoreStageOptions { LazyPages = c.Value(lazy), ServePagesFromStore = c.Value(fromStore) }).Build();
             // Which targets, and whether lazily, the journal says (and --lazy-restore, through the restore options).
-            return await RunReport.RunAsync(c, pipeline, UpdateMode.Resume, [], store, lazyRestore: false, ct).ConfigureAwait(false);
+            return await RunReport.RunAsync(c, pipeline, UpdateMode.Resume, [], store, lazyRestore: false, pagesFromStore: false, ct).ConfigureAwait(false);
         });
         return cmd;
     }

@@ -15,6 +15,13 @@ internal static class UpdateCommand
             + "so the restore does not copy every page while it is down; the daemon exits by itself when every page is delivered.",
     };
 
+    public static Option<bool> PagesFromStoreOption(string what) => new("--pages-from-store")
+    {
+        Description = $"Restore lazily {what}, each target's memory served from the checkpoint store by rebootless's own page server: "
+            + "every 1 MiB of pages is checked against the sealed manifest the first time it is needed, so a target runs before its "
+            + "page images are hashed whole; one whose pages fail their check is ended before it gets them. The run ends once every target holds all of its memory.",
+    };
+
     public static Command Create()
     {
         var cmd = new Command("update", "Checkpoint the targets, load the kernel, jump; `rebootless resume` restores them after boot.");
@@ -25,7 +32,8 @@ internal static class UpdateCommand
         var memmap = new Option<string[]>("--memmap") { Description = "Persistent-memory regions (SIZE!START) the next kernel must keep.", AllowMultipleArgumentsPerToken = true };
         var noPreDump = new Option<bool>("--no-pre-dump") { Description = "Skip the pre-dump while running (the frozen dump then copies all memory)." };
         var lazy = LazyRestoreOption("after the jump (recorded in the journal; `rebootless resume` follows it)");
-        CliOptions.Add(cmd, [kernel, initrd, append, memmap, noPreDump, lazy, .. CliOptions.CriuOptions, .. CliOptions.StoreOptions, CliOptions.ManifestKey]);
+        var fromStore = PagesFromStoreOption("after the jump (recorded in the journal; `rebootless resume` follows it)");
+        CliOptions.Add(cmd, [kernel, initrd, append, memmap, noPreDump, lazy, fromStore, .. CliOptions.CriuOptions, .. CliOptions.StoreOptions, CliOptions.ManifestKey]);
         CliInvocation.SetAction(cmd, async (c, ct) =>
         {
             CliInvocation.RequireRoot("update");
@@ -57,7 +65,7 @@ internal static class UpdateCommand
             var pipeline = (c.Value(noPreDump)
                 ? new UpdatePipelineBuilder(UpdateMode.Update).AddPreflight().AddPlan().AddLoadKernel(kernelOptions).AddDump().AddSeal().AddJump()
                 : RebootlessPipelines.Update(kernelOptions)).Build();
-            return await RunReport.RunAsync(c, pipeline, UpdateMode.Update, named, store, c.Value(lazy), ct).ConfigureAwait(false);
+            return await RunReport.RunAsync(c, pipeline, UpdateMode.Update, named, store, c.Value(lazy), c.Value(fromStore), ct).ConfigureAwait(false);
         });
         return cmd;
     }

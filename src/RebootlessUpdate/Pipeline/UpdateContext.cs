@@ -72,6 +72,13 @@ public sealed class UpdateContext
     /// </summary>
     public bool LazyRestore { get; init; }
 
+    /// <summary>
+    /// Update and rehearsal: restore every target lazily with its memory served from the store through our page
+    /// server (see <see cref="Stages.RestoreStageOptions.ServePagesFromStore"/>; implies <see cref="LazyRestore"/>).
+    /// Plan records it in each target's settings in the journal, so the resume after the jump does the same. Default false.
+    /// </summary>
+    public bool PagesFromStore { get; init; }
+
     /// <summary>The checkpoint set's id once Plan (or Locate) chose it.</summary>
     public string? SetId { get; internal set; }
 

@@ -52,7 +52,9 @@ internal sealed class PlanStage(bool checkCapacity = true) : IUpdateStage
         foreach (var t in context.Targets)
         {
             t.Resolved = t.Target.Resolve();
-            t.Settings = context.LazyRestore ? t.Resolved.Settings with { LazyPages = true } : t.Resolved.Settings;
+            t.Settings = context.LazyRestore || context.PagesFromStore
+                ? t.Resolved.Settings with { LazyPages = true, PagesFromStore = context.PagesFromStore }
+                : t.Resolved.Settings;
         }
 
         var roots = context.Targets.Select(t => t.Resolved!.RootPid).ToList();

@@ -43,8 +43,9 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
             try
             {
                 var dir = root is null ? t.ImagesDirectory! : Path.Combine(root, t.Folder!);
-                await TargetRestore.RestoreAsync(context, t, dir, releaseWait, lazy: options.LazyPages || t.Settings!.LazyPages, cancellationToken,
-                    fromStore: options.ServePagesFromStore).ConfigureAwait(false);
+                var fromStore = options.ServePagesFromStore || t.Settings!.PagesFromStore;
+                await TargetRestore.RestoreAsync(context, t, dir, releaseWait, lazy: fromStore || options.LazyPages || t.Settings!.LazyPages, cancellationToken,
+                    fromStore).ConfigureAwait(false);
                 t.Error = null;
                 // Durable at once: a run that crashes after this restore must not restore the target a second time.
                 journal.UpdateTargets(context);

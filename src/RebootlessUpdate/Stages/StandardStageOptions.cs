@@ -123,7 +123,7 @@ public sealed record RestoreStageOptions
     public bool LazyPages { get; init; }
 
     /// <summary>
-    /// With a lazy restore, serve each target's memory from the set through our own page server
+    /// Restore lazily (implies <see cref="LazyPages"/>), each target's memory served from the set through our own page server
     /// (<see cref="Criu.LazyPageServer"/>) instead of letting CRIU's daemon read the page images: the daemon gets
     /// page contents only from us, each 1 MiB chunk checked against the manifest's chunk hashes the first time any
     /// page of it is asked for, so the target no longer waits at post-restore for its page images to be hashed

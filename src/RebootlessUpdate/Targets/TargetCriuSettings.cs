@@ -46,6 +46,14 @@ public sealed record TargetCriuSettings
     /// </summary>
     public bool LazyPages { get; init; }
 
+    /// <summary>
+    /// With <see cref="LazyPages"/>: the daemon gets every page from the store through our page server, each chunk
+    /// checked as it is first needed (see <see cref="Stages.RestoreStageOptions.ServePagesFromStore"/>). Chosen for the
+    /// whole run (<see cref="Pipeline.UpdateContext.PagesFromStore"/>) and kept here for the restore after the jump.
+    /// Default false.
+    /// </summary>
+    public bool PagesFromStore { get; init; }
+
     internal CriuDumpOptions ToDump(int pid, string imagesDirectory, string workDirectory) => new()
     {
         ImagesDirectory = imagesDirectory,

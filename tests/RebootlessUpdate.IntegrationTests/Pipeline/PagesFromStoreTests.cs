@@ -112,6 +112,34 @@ public class PagesFromStoreTests
     }
 
     [Test]
+    public void The_tool_rehearses_with_pages_from_the_store_and_reports_what_it_served()
+    {
+        var w = Start("tool");
+        var checksum = w.InitialChecksum;
+
+        var run = Cli.Tool.Run("rehearse", "--pid", w.RootPid.ToString(System.Globalization.CultureInfo.InvariantCulture), "--pages-from-store", "--json",
+            "--store", Directory.CreateDirectory(Path.Combine(_dir, "tool-store")).FullName, "--criu", _testbed.Criu);
+
+        TestContext.Out.WriteLine(run.ToString());
+        Assert.That(run.ExitCode, Is.Zero, run.ToString());
+        var report = System.Text.Json.Nodes.JsonNode.Parse(run.Output)!;
+        var target = report["targets"]![0]!;
+        if (target["restoredPid"]?.GetValue<int>() is { } pid)
+        {
+            _restored.Add(pid);
+            w.RootPid = pid;
+        }
+
+        var verdict = w.Check();
+        Assert.Multiple(() =>
+        {
+            Assert.That(target["pagesServedOnDemand"]!.GetValue<long>(), Is.GreaterThan(16 * 256));
+            Assert.That(target["allMemoryBackAfter"]!.GetValue<double>(), Is.GreaterThan(0));
+            Assert.That(verdict, Does.StartWith("ok").And.Contain($"mem={checksum}"), verdict);
+        });
+    }
+
+    [Test]
     public async Task A_flipped_byte_in_a_chunk_ends_that_target_before_it_gets_the_page_and_the_other_runs_on()
     {
         var victim = Start("victim");
