@@ -35,10 +35,19 @@ internal sealed class PlanStage(bool checkCapacity = true) : IUpdateStage
             throw new ArgumentException("nothing to checkpoint: name at least one target.");
         }
 
-        var daemons = LazyPagesDaemons.Judge();
-        if (daemons.FirstOrDefault(d => d.BlocksCheckpoint) is { } serving)
+        foreach (var t in context.Targets)
         {
-            // A lazily restored tree is missing the pages its daemon has not delivered yet: a dump now would lose them.
+            t.Resolved = t.Target.Resolve();
+            t.Settings = context.LazyRestore || context.PagesFromStore
+                ? t.Resolved.Settings with { LazyPages = true, PagesFromStore = context.PagesFromStore }
+                : t.Resolved.Settings;
+        }
+
+        var roots = context.Targets.Select(t => t.Resolved!.RootPid).ToList();
+        var daemons = LazyPagesDaemons.Judge();
+        if (daemons.FirstOrDefault(d => d.BlocksCheckpointOf(roots)) is { } serving)
+        {
+            // A lazily restored tree is missing the pages its daemon has not delivered yet: a dump of it now would lose them.
             throw new InvalidOperationException($"{serving.Describe()}; a checkpoint now could miss the pages it has not delivered. "
                 + "Wait until it exits (it does once every page is in) and try again; nothing was frozen.");
         }
@@ -49,15 +58,6 @@ internal sealed class PlanStage(bool checkCapacity = true) : IUpdateStage
             context.ReportProgress(Name, $"{orphan.Describe()}; it does not hold this run up (`rebootless resume --store {orphan.StoreRoot}` stops it)");
         }
 
-        foreach (var t in context.Targets)
-        {
-            t.Resolved = t.Target.Resolve();
-            t.Settings = context.LazyRestore || context.PagesFromStore
-                ? t.Resolved.Settings with { LazyPages = true, PagesFromStore = context.PagesFromStore }
-                : t.Resolved.Settings;
-        }
-
-        var roots = context.Targets.Select(t => t.Resolved!.RootPid).ToList();
         if (checkCapacity)
         {
             context.Estimate = store.EnsureCapacityFor(roots);

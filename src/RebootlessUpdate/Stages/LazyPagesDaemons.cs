@@ -27,8 +27,9 @@ internal enum LazyPagesDaemonRole
 /// <param name="StoreRoot">The store whose set it belongs to, when its work folder is a set's logs folder.</param>
 /// <param name="SetId">That set.</param>
 /// <param name="Folder">The target folder in that set.</param>
+/// <param name="ServedRoot">For a daemon serving a restored target: that target's restored root (its tree is what it serves).</param>
 internal sealed record LazyPagesDaemonVerdict(RunningLazyPagesDaemon Daemon, LazyPagesDaemonRole Role, string Reason,
-    string? StoreRoot = null, string? SetId = null, string? Folder = null)
+    string? StoreRoot = null, string? SetId = null, string? Folder = null, int? ServedRoot = null)
 {
     /// <summary>
     /// True when a checkpoint now could miss pages it has not delivered yet: it serves a live target, may serve one,
@@ -36,6 +37,27 @@ internal sealed record LazyPagesDaemonVerdict(RunningLazyPagesDaemon Daemon, Laz
     /// </summary>
     public bool BlocksCheckpoint => Role is LazyPagesDaemonRole.Serving or LazyPagesDaemonRole.Undecided
         || (Role == LazyPagesDaemonRole.Foreign && Daemon.HoldsUserfaultfd);
+
+    /// <summary>
+    /// Whether a checkpoint of the trees of <paramref name="targetRoots"/> could miss pages this daemon has not delivered:
+    /// when it serves one of those trees' processes, or a tree it cannot name (then any checkpoint could). A daemon serving
+    /// another workload's tree holds no checkpoint of these up.
+    /// </summary>
+    public bool BlocksCheckpointOf(IReadOnlyCollection<int> targetRoots)
+    {
+        if (!BlocksCheckpoint)
+        {
+            return false;
+        }
+
+        if (ServedRoot is not { } served)
+        {
+            return true;
+        }
+
+        var dumped = targetRoots.SelectMany(r => ProcStat.Tree(r)).ToHashSet();
+        return ProcStat.Tree(served).Any(dumped.Contains);
+    }
 
     /// <summary>One line naming the daemon, whose it is and why it is what it is.</summary>
     public string Describe() => $"criu lazy-pages (pid {Daemon.Pid})"
@@ -94,7 +116,7 @@ internal static class LazyPagesDaemons
             // The restored root by pid and start time (an older journal has no start time: by pid alone).
             return target.RestoredPid is { } pid
                 && (target.RestoredStartTime is { } start ? new ProcessIdentity(pid, start).IsAlive : ProcessIdentity.Of(pid) is not null)
-                ? Verdict(LazyPagesDaemonRole.Serving, $"still delivers the memory of {target.Id}, restored lazily as pid {pid}")
+                ? Verdict(LazyPagesDaemonRole.Serving, $"still delivers the memory of {target.Id}, restored lazily as pid {pid}") with { ServedRoot = pid }
                 : Verdict(LazyPagesDaemonRole.Orphan, $"serves nothing: the tree of {target.Id} it served (pid {target.RestoredPid}) is gone");
         }
 

@@ -162,15 +162,23 @@ public class LazyPagesDaemonOwnershipTests
 
         using var shell = Workload.Start(Path.Combine(_dir, "shell"));
         var other = Directory.CreateDirectory(Path.Combine(_dir, "other-store")).FullName;
-        var refused = Tool("rehearse", "--pid", Pid(shell.RootPid), "--store", other, "--criu", _testbed.Criu);
-        TestContext.Out.WriteLine($"--- rehearse elsewhere\n{refused}");
+        // A checkpoint of the tree it serves would miss the pages not delivered yet: refused, from any store.
+        var refused = Tool("rehearse", "--pid", Pid(workload.RootPid), "--store", other, "--criu", _testbed.Criu);
+        TestContext.Out.WriteLine($"--- rehearse the served tree elsewhere\n{refused}");
         Assert.Multiple(() =>
         {
             Assert.That(refused.ExitCode, Is.Not.Zero, refused.ToString());
             Assert.That(refused.Error, Does.Contain($"criu lazy-pages (pid {daemon.Pid}) of set {journal.SetId}")
                 .And.Contain($"still delivers the memory of {target.Id}").And.Contain("nothing was frozen"));
-            Assert.That(shell.IsAlive, Is.True);
+            Assert.That(workload.IsAlive, Is.True);
         });
+
+        // Another workload's checkpoint loses nothing of it: not held up.
+        var third = Directory.CreateDirectory(Path.Combine(_dir, "third-store")).FullName;
+        var unrelated = Tool("rehearse", "--pid", Pid(shell.RootPid), "--store", third, "--criu", _testbed.Criu);
+        TestContext.Out.WriteLine($"--- rehearse an unrelated tree\n{unrelated}");
+        Assert.That(unrelated.ExitCode, Is.Zero, unrelated.ToString());
+        shell.RootPid = RehearsedPid(third);
 
         var again = Tool("resume", "--store", store, "--criu", _testbed.Criu);
         Assert.That(again.ExitCode, Is.Zero, again.ToString());

@@ -44,6 +44,10 @@ public class LazyPagesDaemonsTests
         Assert.That(v.BlocksCheckpoint, Is.True);
         Assert.That((v.StoreRoot, v.SetId, v.Folder), Is.EqualTo((_root, SetId, Folder)));
         Assert.That(v.Describe(), Does.Contain("pid 777").And.Contain(SetId).And.Contain($"restored lazily as pid {Environment.ProcessId}"));
+        Assert.That(v.ServedRoot, Is.EqualTo(Environment.ProcessId));
+        Assert.That(v.BlocksCheckpointOf([Environment.ProcessId]), Is.True, "a checkpoint of the tree it serves");
+        Assert.That(v.BlocksCheckpointOf([2, Environment.ProcessId]), Is.True, "one of several targets is that tree");
+        Assert.That(v.BlocksCheckpointOf([2]), Is.False, "kthreadd's tree shares no process with the one it serves");
     }
 
     [Test]
@@ -104,6 +108,7 @@ public class LazyPagesDaemonsTests
         Assert.That(waiting.BlocksCheckpoint, Is.False);
         Assert.That(holding.Role, Is.EqualTo(LazyPagesDaemonRole.Undecided), "CRIU may have finished that restore on its own: the tree may run");
         Assert.That(holding.BlocksCheckpoint, Is.True);
+        Assert.That(holding.BlocksCheckpointOf([2]), Is.True, "the tree it holds is unknown: any checkpoint could miss its pages");
         Assert.That(holding.Reason, Does.Contain($"rebootless resume --store {_root}"));
     }
 
