@@ -130,7 +130,7 @@ internal static class TargetRestore
             // killed the worker) the outcome is unknown until no CRIU holds the images any more.
             var outcome = e is CriuRequestFailedException
                 ? t.RestoredRoot is { IsAlive: true } ? InterruptedRestore.Outcome.Running : InterruptedRestore.Outcome.NotRunning
-                : (await InterruptedRestore.SettleAsync(t, options.ImagesDirectory, StageDefaults.InterruptedRestoreWait,
+                : (await InterruptedRestore.SettleAsync(t, imagesDirectory, StageDefaults.InterruptedRestoreWait,
                     context.TimeProvider, CancellationToken.None, work).ConfigureAwait(false)).Outcome;
             if (outcome == InterruptedRestore.Outcome.Running && t.RestoredRoot is { } adopted)
             {
