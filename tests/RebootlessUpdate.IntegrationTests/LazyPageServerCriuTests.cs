@@ -7,6 +7,8 @@ namespace RebootlessUpdate.IntegrationTests;
 [NonParallelizable]
 public class LazyPageServerCriuTests : CriuTestFixture
 {
+    private const int Page = ILazyPageSource.PageSize;
+
     public LazyPageServerCriuTests()
         : base("rebootless-ps-")
     {
@@ -25,22 +27,8 @@ public class LazyPageServerCriuTests : CriuTestFixture
         var daemonImages = CopyWithoutPageContents(images, NewDir("daemon-images"));
         var failures = new List<LazyPageServerFailure>();
         using var source = new CriuImagesPageSource(images);
-        await using var server = LazyPageServer.Start(source, new LazyPageServerOptions
-        {
-            OnFailure = failure =>
-            {
-                failures.Add(failure);
-                _ = Mono.Unix.Native.Syscall.kill(workload.RootPid, Mono.Unix.Native.Signum.SIGKILL);
-                return ValueTask.CompletedTask;
-            },
-        });
-        await using var daemon = await Client.StartLazyPagesDaemonAsync(new CriuLazyPagesOptions
-        {
-            ImagesDirectory = daemonImages, WorkDirectory = work, LogLevel = 4, PageServer = server.Endpoint,
-        });
-        var restore = await Client.RestoreAsync(new CriuRestoreOptions { ImagesDirectory = images, WorkDirectory = work, LazyPages = true });
-        workload.RootPid = restore.Pid;
-        await server.WaitForConnectionAsync().WaitAsync(TimeSpan.FromSeconds(30));
+        await using var run = await RestoreThroughAsync(source, workload, failures, daemonImages, images, work);
+        var (server, daemon, restore) = (run.Server, run.Daemon, run.Restore);
 
         var verdict = workload.Check();
         var result = await server.Completion.WaitAsync(TimeSpan.FromSeconds(60));
@@ -66,10 +54,112 @@ public class LazyPageServerCriuTests : CriuTestFixture
         var (workload, images, work) = await DumpWorkloadAsync();
         using var dumped = workload;
 
+        using var source = new CriuImagesPageSource(images);
+        var (e, treeGoneBeforeClose, server, _) = await RestoreUntilServingFailsAsync(new FailingAfter(source, requests: 20), workload, images, work);
+        TestContext.Out.WriteLine($"{e.Message}; served {server.PagesServed} pages in {server.Requests} requests");
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(e.Kind, Is.EqualTo(LazyPageServerFailureKind.SourceFailed));
+            Assert.That(e.Message, Does.Contain("the store is gone"));
+            Assert.That(treeGoneBeforeClose, Is.True, "the tree died inside the handler, before the socket closed");
+            Assert.That(workload.IsAlive, Is.False);
+            Assert.That(server.Requests, Is.EqualTo(20));
+        });
+    }
+
+    [Test]
+    public async Task A_dump_on_two_pre_dumps_restored_through_a_restore_view_gets_its_parent_pages_from_our_server()
+    {
+        var (workload, images, work) = await DumpWorkloadAsync();
+        using var dumped = workload;
+        var checksum = workload.InitialChecksum;
+        // Two pre-dump levels synthesised from the real full dump: two pages of every three move up, one of those further.
+        var (pre, movedOnce) = CriuImageFiles.MovePagesToParent(images, (_, a) => a / Page % 3 != 0);
+        var (prePre, movedTwice) = CriuImageFiles.MovePagesToParent(pre, (_, a) => a / Page % 3 == 1);
+        var view = CriuRestoreView.Build(images, Path.Combine(ScratchDirectory, "view"));
+        var lazyInView = CountLazyPages(view.Directory);
+        var eagerInView = CountPages(view.Directory, lazy: false);
+
+        var failures = new List<LazyPageServerFailure>();
+        var reads = new ReadsByFolder();
+        // The original final dump: the source follows its PE_PARENT entries up the chain itself.
+        using var source = new CriuImagesPageSource(images, reads);
+        await using var run = await RestoreThroughAsync(source, workload, failures, view.Directory, view.Directory, work);
+        var (server, daemon, restore) = (run.Server, run.Daemon, run.Restore);
+
+        var verdict = workload.Check();
+        var result = await server.Completion.WaitAsync(TimeSpan.FromSeconds(60));
+        await daemon.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(60));
+        var log = File.ReadAllText(daemon.LogFile);
+        var stats = restore.Statistics!;
+        TestContext.Out.WriteLine($"moved {movedOnce} pages to {pre}, {movedTwice} of them to {prePre}; view: {view.PagesMadeLazy} made lazy, "
+            + $"{view.PagesLeftInParent} left in the parent, {lazyInView} lazy, {eagerInView} eager; criu restored {stats.PagesRestored} "
+            + $"(+{stats.PagesSkippedCow} shared); server {result}; pages read per folder: {reads}; {verdict}");
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(verdict, Does.StartWith("ok").And.Contain($"mem={checksum}"), verdict);
+            Assert.That(failures, Is.Empty);
+            Assert.That(view.PagesMadeLazy + view.PagesLeftInParent, Is.EqualTo(movedOnce), "every page moved up was looked at");
+            Assert.That(view.PagesMadeLazy, Is.GreaterThan(16 * 256 / 2), "most of the 16 MiB buffer's pages moved up and were made lazy");
+            Assert.That(result.PagesServed, Is.EqualTo(lazyInView), "every lazy page of the view, parent pages included, came from our server, once");
+            Assert.That(stats.PagesRestored + stats.PagesSkippedCow, Is.EqualTo(eagerInView), "CRIU restored only the entries it was not told to leave lazy");
+            Assert.That(stats.PagesRestored, Is.LessThan(result.PagesServed / 10));
+            Assert.That(reads.Pages(pre), Is.GreaterThan(16 * 256 / 4), "pages served from the first pre-dump");
+            Assert.That(reads.Pages(prePre), Is.GreaterThan(16 * 256 / 4), "pages served from the second pre-dump");
+            Assert.That(log, Does.Contain("UFFD transferred pages"));
+            Assert.That(log, Does.Not.Contain("Error"), "no page missing or failed in the daemon's view");
+        });
+    }
+
+    [Test]
+    public async Task A_flipped_byte_in_a_pre_dump_s_pages_ends_the_tree_restored_through_a_restore_view()
+    {
+        var (workload, images, work) = await DumpWorkloadAsync();
+        using var dumped = workload;
+        var (pre, _) = CriuImageFiles.MovePagesToParent(images, (_, a) => a / Page % 3 != 0);
+        var view = CriuRestoreView.Build(images, Path.Combine(ScratchDirectory, "view"));
+
+        // A byte in the middle of pid 1's pages in the pre-dump, in a page the view leaves to the daemon.
+        var parentMap = CriuPagemap.Read(pre, 1);
+        var flipped = Path.Combine(pre, parentMap.PagesFileName);
+        var at = new FileInfo(flipped).Length / 2;
+        var entry = parentMap.Entries.Single(e => e.DataOffset is { } o && o <= at && at < o + ((long)e.PageCount * Page));
+        var address = entry.Address + (ulong)((at - entry.DataOffset!.Value) / Page * Page);
+        var inView = CriuPagemap.Read(view.Directory, 1);
+        Assert.That(inView.Entries[inView.IndexOf(address)].Flags, Is.EqualTo(CriuPageState.Lazy), "the damaged page is one the daemon fetches");
+        var sealedBytes = File.ReadAllBytes(flipped);
+        using (var fs = new FileStream(flipped, FileMode.Open, FileAccess.ReadWrite))
+        {
+            fs.Position = at;
+            fs.WriteByte((byte)(sealedBytes[at] ^ 0x40));
+        }
+
+        using var source = new CriuImagesPageSource(images, new ComparedWith(flipped, sealedBytes));
+        var (e, treeGoneBeforeClose, server, restore) = await RestoreUntilServingFailsAsync(source, workload, view.Directory, work);
+        TestContext.Out.WriteLine($"{e.Message}; served {server.PagesServed} pages in {server.Requests} requests; criu restored {restore.Statistics?.PagesRestored}");
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(e.Kind, Is.EqualTo(LazyPageServerFailureKind.SourceFailed));
+            Assert.That(e.Message, Does.Contain($"{flipped} at {at}"));
+            Assert.That(treeGoneBeforeClose, Is.True, "the tree died inside the handler, before the socket closed");
+            Assert.That(workload.IsAlive, Is.False);
+        });
+    }
+
+    /// <summary>
+    /// A lazy restore from <paramref name="images"/> whose server over <paramref name="source"/> is expected to fail: its
+    /// failure handler kills the restored tree and waits for it to die before the daemon is let go. Returns the failure,
+    /// whether the tree was gone inside the handler, what the server had served, and the restore's answer.
+    /// </summary>
+    private async Task<(LazyPageServerException Failure, bool TreeGoneBeforeClose, (long PagesServed, long Requests) Server, CriuRestoreResult Restore)>
+        RestoreUntilServingFailsAsync(ILazyPageSource source, Workload workload, string images, string work)
+    {
         var restored = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
         var treeGoneBeforeClose = false;
-        using var source = new CriuImagesPageSource(images);
-        await using var server = LazyPageServer.Start(new FailingAfter(source, requests: 20), new LazyPageServerOptions
+        await using var server = LazyPageServer.Start(source, new LazyPageServerOptions
         {
             OnFailure = async failure =>
             {
@@ -89,16 +179,48 @@ public class LazyPageServerCriuTests : CriuTestFixture
 
         var e = Assert.ThrowsAsync<LazyPageServerException>(() => server.Completion.WaitAsync(TimeSpan.FromSeconds(60)));
         await daemon.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(60));
-        TestContext.Out.WriteLine($"{e!.Message}; served {server.PagesServed} pages in {server.Requests} requests");
+        return (e!, treeGoneBeforeClose, (server.PagesServed, server.Requests), restore);
+    }
 
-        Assert.Multiple(() =>
+    /// <summary>
+    /// Starts our server over <paramref name="source"/> (a failure is recorded and kills the workload's tree), a daemon
+    /// reading <paramref name="daemonImages"/>, and a lazy restore from <paramref name="restoreImages"/>; returns once the
+    /// daemon has reached the server.
+    /// </summary>
+    private async Task<LazyRun> RestoreThroughAsync(ILazyPageSource source, Workload workload, List<LazyPageServerFailure> failures,
+        string daemonImages, string restoreImages, string work)
+    {
+        var server = LazyPageServer.Start(source, new LazyPageServerOptions
         {
-            Assert.That(e.Kind, Is.EqualTo(LazyPageServerFailureKind.SourceFailed));
-            Assert.That(e.Message, Does.Contain("the store is gone"));
-            Assert.That(treeGoneBeforeClose, Is.True, "the tree died inside the handler, before the socket closed");
-            Assert.That(workload.IsAlive, Is.False);
-            Assert.That(server.Requests, Is.EqualTo(20));
+            OnFailure = failure =>
+            {
+                failures.Add(failure);
+                _ = Mono.Unix.Native.Syscall.kill(workload.RootPid, Mono.Unix.Native.Signum.SIGKILL);
+                return ValueTask.CompletedTask;
+            },
         });
+        CriuLazyPagesDaemon? daemon = null;
+        try
+        {
+            daemon = await Client.StartLazyPagesDaemonAsync(new CriuLazyPagesOptions
+            {
+                ImagesDirectory = daemonImages, WorkDirectory = work, LogLevel = 4, PageServer = server.Endpoint,
+            });
+            var restore = await Client.RestoreAsync(new CriuRestoreOptions { ImagesDirectory = restoreImages, WorkDirectory = work, LazyPages = true });
+            workload.RootPid = restore.Pid;
+            await server.WaitForConnectionAsync().WaitAsync(TimeSpan.FromSeconds(30));
+            return new LazyRun(server, daemon, restore);
+        }
+        catch
+        {
+            if (daemon is not null)
+            {
+                await daemon.DisposeAsync();
+            }
+
+            await server.DisposeAsync();
+            throw;
+        }
     }
 
     /// <summary>Dumps the C workload with 16 MiB of patterned memory (its tree is gone afterwards); skips without userfaultfd.</summary>
@@ -119,10 +241,13 @@ public class LazyPageServerCriuTests : CriuTestFixture
     }
 
     /// <summary>How many pages the dump marked lazy, over every process of the tree.</summary>
-    internal static long CountLazyPages(string imagesDirectory) =>
+    internal static long CountLazyPages(string imagesDirectory) => CountPages(imagesDirectory, lazy: true);
+
+    /// <summary>How many pages the processes' pagemaps in <paramref name="imagesDirectory"/> mark lazy, or not lazy.</summary>
+    private static long CountPages(string imagesDirectory, bool lazy) =>
         Directory.GetFiles(imagesDirectory, "pagemap-*.img")
             .Select(f => CriuPagemap.Read(imagesDirectory, int.Parse(Path.GetFileName(f)["pagemap-".Length..^".img".Length], System.Globalization.CultureInfo.InvariantCulture)))
-            .SelectMany(m => m.Entries).Where(e => e.Flags.HasFlag(CriuPageState.Lazy)).Sum(e => (long)e.PageCount);
+            .SelectMany(m => m.Entries).Where(e => e.Flags.HasFlag(CriuPageState.Lazy) == lazy).Sum(e => (long)e.PageCount);
 
     /// <summary>Copies every image, with each <c>pages-*.img</c> replaced by a file of zeros of the same size.</summary>
     private static string CopyWithoutPageContents(string from, string to)
@@ -153,5 +278,51 @@ public class LazyPageServerCriuTests : CriuTestFixture
             Interlocked.Increment(ref _reads) > requests
                 ? throw new LazyPageSourceException("the store is gone")
                 : inner.ReadPagesAsync(pid, address, destination, cancellationToken);
+    }
+
+    /// <summary>Counts the pages read from each folder.</summary>
+    private sealed class ReadsByFolder : IPageChunkVerifier
+    {
+        private readonly System.Collections.Concurrent.ConcurrentDictionary<string, long> _pages = new();
+
+        public long Pages(string folder) => _pages.GetValueOrDefault(Path.GetFullPath(folder));
+
+        public ValueTask VerifyAsync(string file, long offset, int length, CancellationToken cancellationToken)
+        {
+            _pages.AddOrUpdate(Path.GetDirectoryName(file)!, length / Page, (_, n) => n + (length / Page));
+            return ValueTask.CompletedTask;
+        }
+
+        public override string ToString() => string.Join(", ", _pages.Select(p => $"{Path.GetFileName(p.Key)} {p.Value}"));
+    }
+
+    /// <summary>Refuses any range of <paramref name="file"/> whose bytes differ from <paramref name="sealedBytes"/>, naming the first changed byte.</summary>
+    private sealed class ComparedWith(string file, byte[] sealedBytes) : IPageChunkVerifier
+    {
+        public ValueTask VerifyAsync(string file1, long offset, int length, CancellationToken cancellationToken)
+        {
+            if (file1 == file)
+            {
+                var now = new byte[length];
+                using var handle = File.OpenHandle(file1);
+                RandomAccess.Read(handle, now, offset);
+                var differs = now.AsSpan().CommonPrefixLength(sealedBytes.AsSpan((int)offset, length));
+                if (differs < length)
+                {
+                    throw new LazyPageSourceException($"{file1} at {offset + differs}: the byte differs from the sealed one");
+                }
+            }
+
+            return ValueTask.CompletedTask;
+        }
+    }
+
+    private sealed record LazyRun(LazyPageServer Server, CriuLazyPagesDaemon Daemon, CriuRestoreResult Restore) : IAsyncDisposable
+    {
+        public async ValueTask DisposeAsync()
+        {
+            await Daemon.DisposeAsync();
+            await Server.DisposeAsync();
+        }
     }
 }

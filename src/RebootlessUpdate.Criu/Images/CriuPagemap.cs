@@ -55,11 +55,12 @@ public sealed class CriuPagemap
 
     private readonly CriuPagemapEntry[] _entries;
 
-    private CriuPagemap(string path, uint pagesId, CriuPagemapEntry[] entries)
+    private CriuPagemap(string path, uint pagesId, CriuPagemapEntry[] entries, bool wideCounts)
     {
         Path = path;
         PagesId = pagesId;
         _entries = entries;
+        WideCounts = wideCounts;
     }
 
     /// <summary>The file this pagemap was read from.</summary>
@@ -73,6 +74,9 @@ public sealed class CriuPagemap
 
     /// <summary>The entries, sorted by address and not overlapping.</summary>
     public IReadOnlyList<CriuPagemapEntry> Entries => _entries;
+
+    /// <summary>Whether the entries carry their page counts as criu 4.2 writes them (u64 field 5), so a rewrite can do the same.</summary>
+    internal bool WideCounts { get; }
 
     /// <summary>The file name of the pagemap image of process <paramref name="pid"/>.</summary>
     /// <param name="pid">The process's pid as the images name it.</param>
@@ -117,6 +121,14 @@ public sealed class CriuPagemap
         return -1;
     }
 
+    /// <summary>
+    /// Writes a pagemap image of <paramref name="entries"/> (their addresses, counts and flags) to <paramref name="stream"/>,
+    /// the counts in criu 4.2's u64 field when <paramref name="wideCounts"/>, else in 4.1.1's u32 one.
+    /// </summary>
+    /// <exception cref="OverflowException">An entry has more pages than 4.1.1's field holds.</exception>
+    internal static void Write(Stream stream, uint pagesId, IEnumerable<CriuPagemapEntry> entries, bool wideCounts) =>
+        CriuImageWriter.Write(stream, Magic, [new pagemap_head { PagesId = pagesId }, .. entries.Select(e => ToMessage(e, wideCounts))]);
+
     internal static string PagesFileNameOf(uint pagesId) => string.Create(CultureInfo.InvariantCulture, $"pages-{pagesId}.img");
 
     internal static CriuPagemap Parse(Stream stream, string name)
@@ -130,8 +142,10 @@ public sealed class CriuPagemap
         var head = image.ReadRequired(pagemap_head.Parser);
         var entries = new List<CriuPagemapEntry>();
         var offset = 0L;
+        var wide = false;
         while (image.ReadNext(pagemap_entry.Parser) is { } e)
         {
+            wide |= e.HasNrPages;
             var entry = ToEntry(e, image.Name, entries.Count, offset);
             if (entries.Count > 0 && entry.Address < entries[^1].End)
             {
@@ -148,7 +162,23 @@ public sealed class CriuPagemap
             entries.Add(entry);
         }
 
-        return new CriuPagemap(image.Name, head.PagesId, [.. entries]);
+        return new CriuPagemap(image.Name, head.PagesId, [.. entries], wide);
+    }
+
+    private static pagemap_entry ToMessage(CriuPagemapEntry e, bool wideCounts)
+    {
+        var message = new pagemap_entry { Vaddr = e.Address, Flags = (uint)e.Flags };
+        if (wideCounts)
+        {
+            message.CompatNrPages = 0;
+            message.NrPages = e.PageCount;
+        }
+        else
+        {
+            message.CompatNrPages = checked((uint)e.PageCount);
+        }
+
+        return message;
     }
 
     private static CriuPagemapEntry ToEntry(pagemap_entry e, string name, int index, long offset)

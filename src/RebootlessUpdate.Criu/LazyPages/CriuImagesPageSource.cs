@@ -70,6 +70,27 @@ public sealed class CriuImagesPageSource : ILazyPageSource, IDisposable
         return done / PageSize;
     }
 
+    /// <summary>
+    /// Where the <paramref name="pages"/> pages of <paramref name="pid"/> from <paramref name="address"/> are: the ranges
+    /// of pages images (full path, offset, length) that hold them, down the parent chain, without reading them. For the
+    /// pages CRIU's restore reads itself, whose chunks must be checked before the tree runs.
+    /// </summary>
+    /// <exception cref="LazyPageSourceException">A page is not in the images.</exception>
+    internal List<(string File, long Offset, int Length)> Locate(int pid, ulong address, ulong pages)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        const int MaxPagesAtOnce = 1 << 18; // 1 GiB: a range's length stays an int
+        var found = new List<(string File, long Offset, int Length)>();
+        for (ulong done = 0; done < pages;)
+        {
+            var runs = Resolve(pid, address + (done * PageSize), (int)Math.Min(pages - done, MaxPagesAtOnce), whole: true);
+            found.AddRange(runs.Select(r => (r.File, r.Offset, r.Pages * PageSize)));
+            done += (ulong)runs.Sum(r => r.Pages);
+        }
+
+        return found;
+    }
+
     /// <summary>Closes the pages images. Call it once no read is in flight.</summary>
     public void Dispose()
     {
@@ -84,14 +105,15 @@ public sealed class CriuImagesPageSource : ILazyPageSource, IDisposable
     /// Where the pages from <paramref name="address"/> are: runs of contiguous bytes in pages images, merged where they
     /// follow each other in one file, covering one page at least and <paramref name="pages"/> at most.
     /// </summary>
-    private List<Run> Resolve(int pid, ulong address, int pages)
+    /// <remarks>With <paramref name="whole"/>, a page the final dump does not hold fails the lookup even past the first.</remarks>
+    private List<Run> Resolve(int pid, ulong address, int pages, bool whole = false)
     {
         var runs = new List<Run>();
         var done = 0;
         while (done < pages)
         {
             var at = address + ((ulong)done * PageSize);
-            if (ResolveOne(pid, at, pages - done, first: done == 0) is not { } run)
+            if (ResolveOne(pid, at, pages - done, first: whole || done == 0) is not { } run)
             {
                 break;
             }

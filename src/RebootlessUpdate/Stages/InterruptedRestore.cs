@@ -49,7 +49,8 @@ internal static class InterruptedRestore
     private const int LogTailBytes = 64 * 1024;
 
     /// <summary>
-    /// Waits (bounded) until no process but a lazy-pages daemon holds <paramref name="imagesDirectory"/> open, then judges;
+    /// Waits (bounded) until no process but a lazy-pages daemon holds <paramref name="imagesDirectory"/> (or the restore
+    /// view in <paramref name="workDirectory"/>) open, then judges;
     /// with <paramref name="workDirectory"/>, a recorded root that is gone is told apart by the restore log there:
     /// resumed by CRIU (it ran and exited) or never let go (CRIU killed it at post-restore).
     /// </summary>
@@ -57,8 +58,11 @@ internal static class InterruptedRestore
         TimeProvider time, CancellationToken cancellationToken, string? workDirectory = null)
     {
         var start = time.GetTimestamp();
+        // A lazy restore of a dump on a pre-dump reads a restore view in the work folder instead (see CriuRestoreView).
+        var view = workDirectory is null ? null : Path.Combine(workDirectory, TargetRestore.RestoreViewFolder);
         IReadOnlyList<int> holders;
-        while ((holders = Holders(imagesDirectory)).Count > 0 || t.RestoredRoot is { IsTraced: true })
+        while ((holders = view is null ? Holders(imagesDirectory) : [.. Holders(imagesDirectory).Union(Holders(view))]).Count > 0
+            || t.RestoredRoot is { IsTraced: true })
         {
             if (time.GetElapsedTime(start) >= wait)
             {

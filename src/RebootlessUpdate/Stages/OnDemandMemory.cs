@@ -69,35 +69,56 @@ internal sealed class OnDemandMemory : IAsyncDisposable
     }
 
     /// <summary>
+    /// The restore view CRIU restores from, whose parent pages are lazy (see <see cref="CriuRestoreView"/>); null when
+    /// CRIU restores from the dump's own folder.
+    /// </summary>
+    internal CriuRestoreView? View { get; set; }
+
+    /// <summary>
     /// At post-restore, before the tree runs: checks the chunks of every page CRIU restored itself (the pages it did
-    /// not leave to the daemon) and waits for the daemon to reach the server. Returns false when the dump has pages
-    /// in a pre-dump parent, which CRIU reads itself: those are covered only by the whole check, to wait for.
+    /// not leave to the daemon), those it read from a pre-dump parent included, and waits for the daemon to reach the
+    /// server. Returns false when the dump has pages in a pre-dump parent and CRIU restored from the dump's own folder
+    /// (no <see cref="View"/>): it read every parent page itself, and those are covered only by the whole check, to wait for.
     /// </summary>
     /// <exception cref="LazyPageServerException">Serving failed already.</exception>
     /// <exception cref="PageChunkDamagedException">A chunk CRIU restored from is damaged.</exception>
+    /// <exception cref="LazyPageSourceException">Pages CRIU restored from the parent chain are not in it.</exception>
     /// <exception cref="TimeoutException">The daemon never connected.</exception>
     internal async Task<bool> HoldAsync(IEnumerable<int> pids, CancellationToken cancellationToken)
     {
         ThrowIfFailed();
         var parentPages = false;
+        // The pagemaps CRIU restored by: the view's say which parent pages it left to the daemon.
+        var restoredFrom = View?.Directory ?? _imagesDirectory;
         foreach (var pid in pids)
         {
             CriuPagemap map;
             try
             {
-                map = CriuPagemap.Read(_imagesDirectory, pid);
+                map = CriuPagemap.Read(restoredFrom, pid);
             }
             catch (FileNotFoundException)
             {
                 continue; // no memory of its own (a zombie, or a thread group CRIU did not dump pages for)
             }
 
+            // The dump's own pages image: the view's is a link to it, and the manifest names the original.
             var pages = Path.Combine(_imagesDirectory, map.PagesFileName);
             foreach (var e in map.Entries.Where(e => !e.Flags.HasFlag(CriuPageState.Lazy)))
             {
                 if (e.Flags.HasFlag(CriuPageState.Parent))
                 {
-                    parentPages = true;
+                    if (View is null)
+                    {
+                        parentPages = true;
+                        continue;
+                    }
+
+                    // Outside lazy-capable VMAs: CRIU reads these from the pre-dumps, wherever the chain put them.
+                    foreach (var (file, offset, length) in _source.Locate(pid, e.Address, e.PageCount))
+                    {
+                        _verifier.Verify(file, offset, length, cancellationToken);
+                    }
                 }
                 else if (e.DataOffset is { } offset)
                 {

@@ -130,8 +130,11 @@ public sealed record RestoreStageOptions
     /// whole (only the chunks CRIU restores itself are checked there). A chunk that fails its check ends that
     /// target before it gets the page (its tree is stopped and killed, its images kept), and the report names
     /// file and offset. The Restore stage waits until every such target holds all of its memory (the run must not
-    /// end while a target still needs pages from it). Sets sealed without chunk hashes, and trees whose dump has a
-    /// pre-dump parent, keep the whole check before they run. Default false.
+    /// end while a target still needs pages from it). A dump on a pre-dump is restored through a restore view in
+    /// the target's work folder whose parent pages of lazy-capable memory are lazy too, so they are served the same
+    /// way (<c>Criu.CriuRestoreView</c>; the sealed folders stay as they are for a full restore). Sets sealed without
+    /// chunk hashes, and dumps whose view cannot be built (the progress says why), keep the whole check before they
+    /// run. Default false.
     /// </summary>
     public bool ServePagesFromStore { get; init; }
 

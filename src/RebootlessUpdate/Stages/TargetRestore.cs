@@ -14,6 +14,9 @@ internal static class TargetRestore
     /// </summary>
     internal static Action<TargetRun>? RestoreAnswered { get; set; }
 
+    /// <summary>The restore view's folder in a target's work folder (see <see cref="CriuRestoreView"/>).</summary>
+    internal const string RestoreViewFolder = "restore-view";
+
     /// <summary>
     /// Restores one target from <paramref name="imagesDirectory"/>; with <paramref name="lazy"/>, through a
     /// lazy-pages daemon that then serves its memory on demand (see <see cref="RestoreStageOptions.LazyPages"/>).
@@ -55,11 +58,13 @@ internal static class TargetRestore
 
         t.LazyPages = false;
         var memory = lazy && fromStore ? StartOnDemandMemory(context, t, imagesDirectory) : null;
-        t.LazyPagesDaemon = lazy ? await StartLazyPagesDaemonAsync(context, t, criu, imagesDirectory, work, memory?.Endpoint, cancellationToken).ConfigureAwait(false) : null;
+        var restoreFrom = memory is null ? imagesDirectory : RestoreFolderOf(context, t, memory, imagesDirectory, work);
+        t.LazyPagesDaemon = lazy ? await StartLazyPagesDaemonAsync(context, t, criu, restoreFrom, work, memory?.Endpoint, cancellationToken).ConfigureAwait(false) : null;
         if (t.LazyPagesDaemon is not null)
         {
-            // CRIU finds the daemon's socket in the work folder; the sealed images folder stays as sealed.
-            options = options with { LazyPages = true };
+            // CRIU finds the daemon's socket in the work folder; the sealed images folder stays as sealed. A restore
+            // view goes to this lazy restore only: never to a full one, which would read wrong bytes through it.
+            options = options with { LazyPages = true, ImagesDirectory = restoreFrom };
             t.LazyPages = true;
             t.OnDemand = memory;
         }
@@ -228,6 +233,36 @@ internal static class TargetRestore
         }
 
         return memory;
+    }
+
+    /// <summary>
+    /// The folder the lazy restore of a dump on a pre-dump reads: a restore view in the work folder whose parent pages
+    /// the daemon fetches from our server (see <see cref="CriuRestoreView"/>), so that CRIU restores and the hold checks
+    /// only the pages outside lazy-capable VMAs. The dump's own folder when it has no parent, or (and the progress says
+    /// why) when the view cannot be built: CRIU then restores every parent page itself, after the whole check.
+    /// </summary>
+    private static string RestoreFolderOf(UpdateContext context, TargetRun t, OnDemandMemory memory, string imagesDirectory, string work)
+    {
+        if (!Directory.Exists(Path.Combine(imagesDirectory, SetPaths.ParentLinkName)))
+        {
+            return imagesDirectory;
+        }
+
+        try
+        {
+            var view = CriuRestoreView.Build(imagesDirectory, Path.Combine(work, RestoreViewFolder));
+            memory.View = view;
+            context.ReportProgress("Restore", $"{view.PagesMadeLazy} pages of its pre-dump served on demand, "
+                + $"{view.PagesLeftInParent} (outside lazy-capable memory) restored by CRIU from it", t.Target.Id);
+            return view.Directory;
+        }
+        catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException or InvalidOperationException or OverflowException)
+        {
+            var why = $"its pre-dumped pages are restored by CRIU after the whole check: no restore view ({e.Message})";
+            PipelineLog.TargetWarning(context.Logger, t.Target.Id, why);
+            context.ReportProgress("Restore", why, t.Target.Id);
+            return imagesDirectory;
+        }
     }
 
     /// <summary>

@@ -10,8 +10,8 @@ namespace RebootlessUpdate.IntegrationTests.Pipeline;
 
 /// <summary>
 /// Memory served on demand from the store (issue 16): a lazy rehearsal whose daemons get every page from our page
-/// server, each 1 MiB chunk checked against the manifest the first time it is needed. The host has no soft-dirty,
-/// so these dumps have no pre-dump parent.
+/// server, each 1 MiB chunk checked against the manifest the first time it is needed. The host has no soft-dirty, so
+/// pre-dump parents are synthesised from the full dump before the set is sealed (<see cref="CriuImageFiles.MovePagesToParent"/>).
 /// </summary>
 [NonParallelizable]
 public class PagesFromStoreTests
@@ -59,8 +59,11 @@ public class PagesFromStoreTests
         return w;
     }
 
-    private UpdateContext Context(params Workload[] workloads) => new(UpdateMode.Rehearse, workloads.Select(w => UpdateTarget.ProcessTree(w.RootPid)))
+    private UpdateContext Context(params Workload[] workloads) => Context(null, workloads);
+
+    private UpdateContext Context(List<UpdateProgress>? progress, params Workload[] workloads) => new(UpdateMode.Rehearse, workloads.Select(w => UpdateTarget.ProcessTree(w.RootPid)))
     {
+        Progress = progress is null ? null : new SyncProgress(progress),
         Store = new DirectoryImageStore(new DirectoryImageStoreOptions { RootDirectory = Path.Combine(_dir, "store") }),
         Criu = new CriuClient(new CriuClientOptions { CriuPath = _testbed.Criu }),
         LazyRestore = true,
@@ -182,5 +185,121 @@ public class PagesFromStoreTests
             Assert.That(verdict, Does.StartWith("ok").And.Contain($"mem={otherChecksum}"), verdict);
             Assert.That(Directory.Exists(Path.GetDirectoryName(Path.GetDirectoryName(flipped))), Is.True, "the victim's images are kept");
         });
+    }
+
+    [Test]
+    public async Task A_dump_on_two_pre_dumps_is_restored_through_a_restore_view_and_its_parent_pages_come_from_the_store()
+    {
+        var w = Start("chain");
+        var checksum = w.InitialChecksum;
+        var (t, said) = await RehearseOneAsync(WithSynthesisedChain(RebootlessPipelines.Rehearsal(restore: FromStore)).Build(), w);
+        var verdict = w.Check();
+        Assert.Multiple(() =>
+        {
+            Assert.That(verdict, Does.StartWith("ok").And.Contain($"mem={checksum}"), verdict);
+            Assert.That(said, Has.Some.Match("^[0-9]+ pages of its pre-dump served on demand"));
+            Assert.That(t.PagesServedOnDemand, Is.GreaterThan(16 * 256), "the 16 MiB buffer, two thirds of it from the pre-dumps, came from our server");
+            Assert.That(t.PagesRestored, Is.LessThan((t.PagesServedOnDemand ?? 0) / 10), "CRIU restored no parent page of lazy-capable memory");
+        });
+    }
+
+    [Test]
+    public async Task When_the_restore_view_cannot_be_built_criu_restores_the_parent_pages_after_the_whole_check_and_says_why()
+    {
+        var w = Start("noview");
+        var checksum = w.InitialChecksum;
+        var pipeline = WithSynthesisedChain(RebootlessPipelines.Rehearsal(restore: FromStore))
+            .AddStage("block-view", StagePosition.Before("Restore"), (ctx, _) =>
+            {
+                // A file where the view's folder goes: the view cannot be made.
+                var work = Directory.CreateDirectory(Path.Combine(UpdateJournal.LogDirectoryOf(ctx.RequireStore().RootDirectory, ctx.SetId!), ctx.Targets[0].Folder!));
+                File.WriteAllText(Path.Combine(work.FullName, TargetRestore.RestoreViewFolder), "not a folder");
+                return ValueTask.CompletedTask;
+            })
+            .Build();
+
+        var (t, said) = await RehearseOneAsync(pipeline, w);
+        var verdict = w.Check();
+        Assert.Multiple(() =>
+        {
+            Assert.That(verdict, Does.StartWith("ok").And.Contain($"mem={checksum}"), verdict);
+            Assert.That(said, Has.Some.Contains("its pre-dumped pages are restored by CRIU after the whole check: no restore view"));
+            Assert.That(t.PagesRestored, Is.GreaterThan(16 * 256 / 2), "CRIU read the parent pages itself");
+        });
+    }
+
+    [Test]
+    public async Task A_flipped_byte_in_a_parent_page_that_criu_restores_itself_fails_the_restore_at_post_restore()
+    {
+        var w = Start("eager-parent");
+        string? flipped = null;
+        long at = 0;
+        var pipeline = WithSynthesisedChain(RebootlessPipelines.Rehearsal(restore: FromStore))
+            .AddStage("flip-eager-parent-page", StagePosition.Before("Restore"), async (ctx, ct) =>
+            {
+                // A page the view keeps PE_PARENT (outside lazy-capable memory): CRIU reads it from a pre-dump itself.
+                var final = Path.Combine(ctx.Restorable!.ImagesDirectory, ctx.Targets[0].Folder!);
+                var kept = CriuLazyParentRewrite.Rewrite(CriuPagemap.Read(final, 1).Entries, CriuVmas.Read(final, 1)).Entries.First(e => e.Flags == CriuPageState.Parent);
+                using var source = new CriuImagesPageSource(final);
+                (flipped, at, _) = source.Locate(1, kept.Address, 1).Single();
+                at += 17;
+                await using var fs = new FileStream(flipped, FileMode.Open, FileAccess.ReadWrite);
+                fs.Position = at;
+                var v = fs.ReadByte();
+                fs.Position = at;
+                fs.WriteByte((byte)(v ^ 0x40));
+            })
+            .Build();
+
+        var result = await pipeline.ExecuteAsync(Context(w));
+        Adopt(result, w);
+        var t = result.Targets[0];
+        TestContext.Out.WriteLine($"{result.Outcome}: {t.Phase}, criu restored {t.PagesRestored}, {t.PagesServedOnDemand} served: {t.Error}");
+
+        var chunk = at / (1 << 20) * (1 << 20);
+        Assert.Multiple(() =>
+        {
+            // Held at post-restore (by the check of the chunk, or by the server that met it first): CRIU killed the restored tree.
+            Assert.That(t.Error, Does.Contain("a notification handler failed").And.Contain($"{flipped} at offset {chunk}: the chunk's hash is"));
+            Assert.That(result.Outcome, Is.EqualTo(UpdateOutcome.RolledBack), "the rehearsal puts the original back");
+        });
+    }
+
+    /// <summary>Rehearses <paramref name="w"/> alone, which must succeed; returns its report and the progress said of it.</summary>
+    private async Task<(TargetReport Target, List<string?> Said)> RehearseOneAsync(UpdatePipeline pipeline, Workload w)
+    {
+        var progress = new List<UpdateProgress>();
+        var result = await pipeline.ExecuteAsync(Context(progress, w));
+        Adopt(result, w);
+        var t = result.Targets[0];
+        var said = progress.Where(p => p.Target == t.Target).Select(p => p.Message).ToList();
+        TestContext.Out.WriteLine($"{t.Phase}: criu restored {t.PagesRestored} pages, {t.PagesServedOnDemand} served from the store; {t.Error}\n{string.Join("\n", said)}");
+        Assert.That(result.Outcome, Is.EqualTo(UpdateOutcome.Succeeded), result.Error);
+        return (t, said);
+    }
+
+    /// <summary>Before the seal, turns each target's full dump into a final dump on two synthesised pre-dumps.</summary>
+    private static UpdatePipelineBuilder WithSynthesisedChain(UpdatePipelineBuilder builder) =>
+        builder.AddStage("synthesise-chain", StagePosition.Before("Seal"), (ctx, _) =>
+        {
+            foreach (var t in ctx.Targets)
+            {
+                var (pre, _) = CriuImageFiles.MovePagesToParent(t.ImagesDirectory!, (_, a) => a / ILazyPageSource.PageSize % 3 != 0);
+                CriuImageFiles.MovePagesToParent(pre, (_, a) => a / ILazyPageSource.PageSize % 3 == 1);
+            }
+
+            return ValueTask.CompletedTask;
+        });
+
+    /// <summary>Records progress as it is reported (Progress&lt;T&gt; would post it to the thread pool, out of order).</summary>
+    private sealed class SyncProgress(List<UpdateProgress> into) : IProgress<UpdateProgress>
+    {
+        public void Report(UpdateProgress value)
+        {
+            lock (into)
+            {
+                into.Add(value);
+            }
+        }
     }
 }

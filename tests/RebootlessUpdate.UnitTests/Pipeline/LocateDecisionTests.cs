@@ -35,7 +35,7 @@ public class LocateDecisionTests
     private static LocateStage Stage(double waitSeconds = 5) =>
         new(new LocateStageOptions { InterruptedRestoreWait = TimeSpan.FromSeconds(waitSeconds) });
 
-    private async Task<TargetRun> DecideAsync(JournalTarget jt, bool sameBoot = false, double waitSeconds = 5, string? restoreLog = null)
+    private async Task<TargetRun> DecideAsync(JournalTarget jt, bool sameBoot = false, double waitSeconds = 5, string? restoreLog = null, Action<string>? inWork = null)
     {
         Directory.CreateDirectory(Path.Combine(_images, jt.Folder));
         var context = new UpdateContext(UpdateMode.Resume, []) { SameBoot = sameBoot };
@@ -51,6 +51,7 @@ public class LocateDecisionTests
             };
             var work = Directory.CreateDirectory(Path.Combine(UpdateJournal.LogDirectoryOf(store, SetId), jt.Folder)).FullName;
             File.WriteAllText(Path.Combine(work, "restore.log"), restoreLog);
+            inWork?.Invoke(work);
         }
 
         var run = LocateStage.Load(jt, _images);
@@ -172,6 +173,24 @@ public class LocateDecisionTests
             Assert.That(run.Phase, Is.EqualTo(TargetPhase.Restoring), "left for a later resume");
             Assert.That(run.Error, Does.Contain(holder.Pid.ToString(System.Globalization.CultureInfo.InvariantCulture)).And.Contain("not restored a second time"));
             Assert.That(sw.Elapsed, Is.GreaterThanOrEqualTo(TimeSpan.FromSeconds(0.9)), "it waited for the holder first");
+        });
+    }
+
+    [Test]
+    public async Task Restoring_while_a_process_holds_its_restore_view_open_waits_and_then_neither_adopts_nor_restores()
+    {
+        // A lazy restore of a dump on a pre-dump reads the view in the work folder, not the images folder.
+        ProcessIdentity? holder = null;
+        var run = await DecideAsync(Target(TargetPhase.Restoring), waitSeconds: 1, restoreLog: "(00.000001) Version: 4.1.1\n", inWork: work =>
+        {
+            var view = Directory.CreateDirectory(Path.Combine(work, TargetRestore.RestoreViewFolder)).FullName;
+            holder = Running($"exec 3<'{view}'; sleep 60");
+            Thread.Sleep(200);
+        });
+        Assert.Multiple(() =>
+        {
+            Assert.That(run.Phase, Is.EqualTo(TargetPhase.Restoring), "left for a later resume");
+            Assert.That(run.Error, Does.Contain(holder!.Value.Pid.ToString(System.Globalization.CultureInfo.InvariantCulture)).And.Contain("not restored a second time"));
         });
     }
 
