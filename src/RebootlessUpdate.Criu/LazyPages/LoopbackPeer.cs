@@ -43,11 +43,25 @@ internal static class LoopbackPeer
         return null;
     }
 
-    /// <summary>True when the peer's socket belongs to this process's effective user.</summary>
-    internal static bool IsOurUser(IPEndPoint ours, IPEndPoint peer) => OwnerOf(ours, peer) == Syscall.geteuid();
+    /// <summary>
+    /// True when the peer's socket belongs to this process's effective user. A dual-stack peer (an IPv6 socket that
+    /// reached 127.0.0.1) is listed in <c>/proc/net/tcp6</c> with IPv4-mapped addresses.
+    /// </summary>
+    internal static bool IsOurUser(IPEndPoint ours, IPEndPoint peer) =>
+        (OwnerOf(ours, peer) ?? OwnerOf(Mapped(ours), Mapped(peer), "/proc/net/tcp6")) == Syscall.geteuid();
 
-    /// <summary>An IPv4 end point as <c>/proc/net/tcp</c> prints it: the address as a native-order word, the port, both in hex.</summary>
-    private static string Format(IPEndPoint endPoint) =>
-        BitConverter.ToUInt32(endPoint.Address.MapToIPv4().GetAddressBytes()).ToString("X8", CultureInfo.InvariantCulture) + ":"
-        + endPoint.Port.ToString("X4", CultureInfo.InvariantCulture);
+    private static IPEndPoint Mapped(IPEndPoint endPoint) => new(endPoint.Address.MapToIPv6(), endPoint.Port);
+
+    /// <summary>An end point as <c>/proc/net/tcp</c>(6) prints it: the address as native-order 32-bit words, the port, all in hex.</summary>
+    private static string Format(IPEndPoint endPoint)
+    {
+        var bytes = endPoint.Address.GetAddressBytes();
+        var text = new System.Text.StringBuilder();
+        for (var i = 0; i < bytes.Length; i += 4)
+        {
+            text.Append(BitConverter.ToUInt32(bytes, i).ToString("X8", CultureInfo.InvariantCulture));
+        }
+
+        return text.Append(':').Append(endPoint.Port.ToString("X4", CultureInfo.InvariantCulture)).ToString();
+    }
 }

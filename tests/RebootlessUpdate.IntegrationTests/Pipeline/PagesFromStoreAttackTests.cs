@@ -1,0 +1,159 @@
+using Mono.Unix.Native;
+using RebootlessUpdate.Criu;
+using RebootlessUpdate.Images;
+using RebootlessUpdate.Pipeline;
+using RebootlessUpdate.Stages;
+using RebootlessUpdate.Targets;
+using RebootlessUpdate.TestSupport;
+
+namespace RebootlessUpdate.IntegrationTests.Pipeline;
+
+/// <summary>
+/// Attacks on memory served from the store (issue 16) through the lazy-pages daemon: it dies, it hangs, the operator
+/// cancels the run while it waits. Whatever happens, no restored tree may be left running without its daemon.
+/// </summary>
+[NonParallelizable]
+public class PagesFromStoreAttackTests
+{
+    private Testbed _testbed = null!;
+    private string _dir = null!;
+    private readonly List<Workload> _workloads = [];
+    private readonly List<int> _pids = [];
+
+    [SetUp]
+    public async Task SetUp()
+    {
+        _testbed = Testbed.Require();
+        Testbed.RequireRoot();
+        _dir = Directory.CreateTempSubdirectory("rebootless-ondemand-attack-").FullName;
+        var criu = new CriuClient(new CriuClientOptions { CriuPath = _testbed.Criu });
+        if (!(await criu.CheckFeaturesAsync()).LazyPages)
+        {
+            Testbed.Missing("userfaultfd lazy pages on this kernel");
+        }
+    }
+
+    [TearDown]
+    public void TearDown()
+    {
+        TargetRestore.RestoreAnswered = null;
+        foreach (var pid in _pids.Where(Workload.IsRunning))
+        {
+            Syscall.kill(pid, Signum.SIGCONT);
+            Syscall.kill(pid, Signum.SIGKILL);
+        }
+
+        foreach (var w in _workloads)
+        {
+            w.Dispose();
+        }
+
+        _workloads.Clear();
+        _pids.Clear();
+        Directory.Delete(_dir, recursive: true);
+    }
+
+    private Workload Start(string name)
+    {
+        var w = Workload.StartProgram(Path.Combine(_dir, name), 16);
+        _workloads.Add(w);
+        return w;
+    }
+
+    private UpdateContext Context(Workload w) => new(UpdateMode.Rehearse, [UpdateTarget.ProcessTree(w.RootPid)])
+    {
+        Store = new DirectoryImageStore(new DirectoryImageStoreOptions { RootDirectory = Path.Combine(_dir, "store") }),
+        Criu = new CriuClient(new CriuClientOptions { CriuPath = _testbed.Criu }),
+        LazyRestore = true,
+    };
+
+    /// <summary>At the restore's answer: <paramref name="signals"/> go to the target's lazy-pages daemon, in order.</summary>
+    private void AtRestoreAnswer(params Signum[] signals) => TargetRestore.RestoreAnswered = t =>
+    {
+        var daemon = t.LazyPagesDaemonPid ?? throw new InvalidOperationException("no daemon");
+        _pids.Add(daemon);
+        if (t.RestoredPid is { } root)
+        {
+            _pids.Add(root);
+        }
+
+        foreach (var s in signals)
+        {
+            _ = Syscall.kill(daemon, s);
+        }
+    };
+
+    private static void AssertEndedAndGone(UpdateResult result, Workload w)
+    {
+        var t = result.Targets[0];
+        TestContext.Out.WriteLine($"{result.Outcome}: {t.Phase}, {t.PagesServedOnDemand} pages served; {t.Error}");
+        if (t.RestoredPid is { } pid)
+        {
+            w.RootPid = pid;
+        }
+
+        Workload.WaitFor(() => Workload.CopiesOf(w.Directory).Count == 0 ? 1 : 0, "no copy of the target to run");
+        Assert.Multiple(() =>
+        {
+            Assert.That(t.Phase, Is.EqualTo(TargetPhase.Ended), "a tree whose memory could not be served is recorded as ended");
+            Assert.That(w.IsAlive, Is.False);
+            Assert.That(Workload.CopiesOf(w.Directory), Is.Empty);
+        });
+    }
+
+    [Test]
+    public async Task The_daemon_killed_mid_stream_ends_the_tree_and_the_target()
+    {
+        var w = Start("killed");
+        AtRestoreAnswer(Signum.SIGSTOP, Signum.SIGKILL);
+
+        var result = await RebootlessPipelines.Rehearsal(restore: new RestoreStageOptions { LazyPages = true, ServePagesFromStore = true })
+            .Build().ExecuteAsync(Context(w)).WaitAsync(TimeSpan.FromSeconds(120));
+
+        AssertEndedAndGone(result, w);
+        Assert.That(result.Targets[0].Error, Does.Contain("without PS_IOV_CLOSE").Or.Contain("the connection to the daemon broke"));
+    }
+
+    [Test]
+    public async Task A_stopped_daemon_ends_the_tree_when_the_wait_runs_out_and_the_run_does_not_hang()
+    {
+        var w = Start("stopped");
+        AtRestoreAnswer(Signum.SIGSTOP);
+        var options = new RestoreStageOptions { LazyPages = true, ServePagesFromStore = true, AllMemoryBackWait = TimeSpan.FromSeconds(3) };
+
+        var result = await RebootlessPipelines.Rehearsal(restore: options).Build().ExecuteAsync(Context(w)).WaitAsync(TimeSpan.FromSeconds(120));
+
+        AssertEndedAndGone(result, w);
+        Assert.That(result.Targets[0].Error, Does.Contain("still needed pages after 3 s"));
+    }
+
+    [Test]
+    public async Task Cancelling_the_run_while_a_stopped_daemon_still_needs_pages_ends_the_tree_and_records_it_ended()
+    {
+        var w = Start("cancelled");
+        using var cts = new CancellationTokenSource();
+        AtRestoreAnswer(Signum.SIGSTOP);
+        var inner = TargetRestore.RestoreAnswered!;
+        TargetRestore.RestoreAnswered = t =>
+        {
+            inner(t);
+            cts.CancelAfter(TimeSpan.FromSeconds(1)); // the operator's Ctrl+C while the Restore stage waits for the pages
+        };
+        var options = new RestoreStageOptions { LazyPages = true, ServePagesFromStore = true };
+
+        UpdateResult? result = null;
+        Exception? thrown = null;
+        try
+        {
+            result = await RebootlessPipelines.Rehearsal(restore: options).Build().ExecuteAsync(Context(w), cts.Token).WaitAsync(TimeSpan.FromSeconds(120));
+        }
+        catch (OperationCanceledException e)
+        {
+            thrown = e;
+        }
+
+        TestContext.Out.WriteLine($"thrown: {thrown?.GetType().Name}");
+        Assert.That(result, Is.Not.Null, "the run reports what it did to each target");
+        AssertEndedAndGone(result!, w);
+    }
+}
