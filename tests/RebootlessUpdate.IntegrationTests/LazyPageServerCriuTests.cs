@@ -25,15 +25,7 @@ public class LazyPageServerCriuTests : CriuTestFixture
         var daemonImages = CopyWithoutPageContents(images, NewDir("daemon-images"));
         var failures = new List<LazyPageServerFailure>();
         using var source = new CriuImagesPageSource(images);
-        await using var server = LazyPageServer.Start(source, new LazyPageServerOptions
-        {
-            OnFailure = failure =>
-            {
-                failures.Add(failure);
-                _ = Mono.Unix.Native.Syscall.kill(workload.RootPid, Mono.Unix.Native.Signum.SIGKILL);
-                return ValueTask.CompletedTask;
-            },
-        });
+        await using var server = StartKillingOnFailure(source, workload, failures);
         await using var daemon = await Client.StartLazyPagesDaemonAsync(new CriuLazyPagesOptions
         {
             ImagesDirectory = daemonImages, WorkDirectory = work, LogLevel = 4, PageServer = server.Endpoint,
@@ -113,15 +105,7 @@ public class LazyPageServerCriuTests : CriuTestFixture
         var lazyPages = CountLazyPages(images);
         var failures = new List<LazyPageServerFailure>();
         using var source = new CriuImagesPageSource(images);
-        await using var server = LazyPageServer.Start(source, new LazyPageServerOptions
-        {
-            OnFailure = failure =>
-            {
-                failures.Add(failure);
-                _ = Mono.Unix.Native.Syscall.kill(workload.RootPid, Mono.Unix.Native.Signum.SIGKILL);
-                return ValueTask.CompletedTask;
-            },
-        });
+        await using var server = StartKillingOnFailure(source, workload, failures);
         using var stranger = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("setpriv",
             ["--reuid=65534", "--regid=65534", "--clear-groups", "bash", "-c",
                 $"exec 3<>/dev/tcp/127.0.0.1/{server.Endpoint.Port} && echo connected && sleep 60"])
@@ -156,6 +140,18 @@ public class LazyPageServerCriuTests : CriuTestFixture
             stranger.Kill();
         }
     }
+
+    /// <summary>Starts a server whose failure handler records the failure and kills the workload's restored root.</summary>
+    private static LazyPageServer StartKillingOnFailure(ILazyPageSource source, Workload workload, List<LazyPageServerFailure> failures) =>
+        LazyPageServer.Start(source, new LazyPageServerOptions
+        {
+            OnFailure = failure =>
+            {
+                failures.Add(failure);
+                _ = Mono.Unix.Native.Syscall.kill(workload.RootPid, Mono.Unix.Native.Signum.SIGKILL);
+                return ValueTask.CompletedTask;
+            },
+        });
 
     /// <summary>Dumps the C workload with 16 MiB of patterned memory (its tree is gone afterwards); skips without userfaultfd.</summary>
     private async Task<(Workload Workload, string Images, string Work)> DumpWorkloadAsync()

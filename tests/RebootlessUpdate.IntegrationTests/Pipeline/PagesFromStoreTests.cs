@@ -14,7 +14,7 @@ namespace RebootlessUpdate.IntegrationTests.Pipeline;
 /// so these dumps have no pre-dump parent.
 /// </summary>
 [NonParallelizable]
-public class PagesFromStoreTests
+public partial class PagesFromStoreTests
 {
     private Testbed _testbed = null!;
     private string _dir = null!;
@@ -37,8 +37,10 @@ public class PagesFromStoreTests
     [TearDown]
     public void TearDown()
     {
+        TargetRestore.RestoreAnswered = null;
         foreach (var pid in _restored.Where(Workload.IsRunning))
         {
+            Syscall.kill(pid, Signum.SIGCONT);
             Syscall.kill(pid, Signum.SIGKILL);
         }
 

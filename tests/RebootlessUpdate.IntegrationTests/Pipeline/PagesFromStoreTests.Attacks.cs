@@ -1,80 +1,24 @@
 using Mono.Unix.Native;
-using RebootlessUpdate.Criu;
-using RebootlessUpdate.Images;
 using RebootlessUpdate.Pipeline;
 using RebootlessUpdate.Stages;
-using RebootlessUpdate.Targets;
 using RebootlessUpdate.TestSupport;
 
 namespace RebootlessUpdate.IntegrationTests.Pipeline;
 
 /// <summary>
-/// Attacks on memory served from the store (issue 16) through the lazy-pages daemon: it dies, it hangs, the operator
-/// cancels the run while it waits. Whatever happens, no restored tree may be left running without its daemon.
+/// Attacks on memory served from the store through the lazy-pages daemon: it dies, it hangs, the operator cancels the
+/// run while it waits. Whatever happens, no restored tree may be left running without its daemon.
 /// </summary>
-[NonParallelizable]
-public class PagesFromStoreAttackTests
+public partial class PagesFromStoreTests
 {
-    private Testbed _testbed = null!;
-    private string _dir = null!;
-    private readonly List<Workload> _workloads = [];
-    private readonly List<int> _pids = [];
-
-    [SetUp]
-    public async Task SetUp()
-    {
-        _testbed = Testbed.Require();
-        Testbed.RequireRoot();
-        _dir = Directory.CreateTempSubdirectory("rebootless-ondemand-attack-").FullName;
-        var criu = new CriuClient(new CriuClientOptions { CriuPath = _testbed.Criu });
-        if (!(await criu.CheckFeaturesAsync()).LazyPages)
-        {
-            Testbed.Missing("userfaultfd lazy pages on this kernel");
-        }
-    }
-
-    [TearDown]
-    public void TearDown()
-    {
-        TargetRestore.RestoreAnswered = null;
-        foreach (var pid in _pids.Where(Workload.IsRunning))
-        {
-            Syscall.kill(pid, Signum.SIGCONT);
-            Syscall.kill(pid, Signum.SIGKILL);
-        }
-
-        foreach (var w in _workloads)
-        {
-            w.Dispose();
-        }
-
-        _workloads.Clear();
-        _pids.Clear();
-        Directory.Delete(_dir, recursive: true);
-    }
-
-    private Workload Start(string name)
-    {
-        var w = Workload.StartProgram(Path.Combine(_dir, name), 16);
-        _workloads.Add(w);
-        return w;
-    }
-
-    private UpdateContext Context(Workload w) => new(UpdateMode.Rehearse, [UpdateTarget.ProcessTree(w.RootPid)])
-    {
-        Store = new DirectoryImageStore(new DirectoryImageStoreOptions { RootDirectory = Path.Combine(_dir, "store") }),
-        Criu = new CriuClient(new CriuClientOptions { CriuPath = _testbed.Criu }),
-        LazyRestore = true,
-    };
-
     /// <summary>At the restore's answer: <paramref name="signals"/> go to the target's lazy-pages daemon, in order.</summary>
     private void AtRestoreAnswer(params Signum[] signals) => TargetRestore.RestoreAnswered = t =>
     {
         var daemon = t.LazyPagesDaemonPid ?? throw new InvalidOperationException("no daemon");
-        _pids.Add(daemon);
+        _restored.Add(daemon);
         if (t.RestoredPid is { } root)
         {
-            _pids.Add(root);
+            _restored.Add(root);
         }
 
         foreach (var s in signals)
@@ -107,7 +51,7 @@ public class PagesFromStoreAttackTests
         var w = Start("killed");
         AtRestoreAnswer(Signum.SIGSTOP, Signum.SIGKILL);
 
-        var result = await RebootlessPipelines.Rehearsal(restore: new RestoreStageOptions { LazyPages = true, ServePagesFromStore = true })
+        var result = await RebootlessPipelines.Rehearsal(restore: FromStore)
             .Build().ExecuteAsync(Context(w)).WaitAsync(TimeSpan.FromSeconds(120));
 
         AssertEndedAndGone(result, w);
@@ -119,7 +63,7 @@ public class PagesFromStoreAttackTests
     {
         var w = Start("stopped");
         AtRestoreAnswer(Signum.SIGSTOP);
-        var options = new RestoreStageOptions { LazyPages = true, ServePagesFromStore = true, AllMemoryBackWait = TimeSpan.FromSeconds(3) };
+        var options = FromStore with { AllMemoryBackWait = TimeSpan.FromSeconds(3) };
 
         var result = await RebootlessPipelines.Rehearsal(restore: options).Build().ExecuteAsync(Context(w)).WaitAsync(TimeSpan.FromSeconds(120));
 
@@ -139,7 +83,7 @@ public class PagesFromStoreAttackTests
             inner(t);
             cts.CancelAfter(TimeSpan.FromSeconds(1)); // the operator's Ctrl+C while the Restore stage waits for the pages
         };
-        var options = new RestoreStageOptions { LazyPages = true, ServePagesFromStore = true };
+        var options = FromStore;
 
         UpdateResult? result = null;
         Exception? thrown = null;
