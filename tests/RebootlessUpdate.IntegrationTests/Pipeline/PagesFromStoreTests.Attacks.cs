@@ -100,4 +100,29 @@ public partial class PagesFromStoreTests
         Assert.That(result, Is.Not.Null, "the run reports what it did to each target");
         AssertEndedAndGone(result!, w);
     }
+
+    [Test]
+    public async Task A_pstree_damaged_after_the_check_fails_the_restore_cleanly_and_never_ends_a_target_that_never_ran()
+    {
+        var w = Start("pstree");
+        var pipeline = RebootlessPipelines.Rehearsal(restore: FromStore with { AllMemoryBackWait = TimeSpan.FromSeconds(5) })
+            .AddStage("damage", StagePosition.Before("Restore"), (ctx, _) =>
+            {
+                // After the set was verified whole: whoever can write the store's folder rewrites the process tree.
+                File.WriteAllBytes(Path.Combine(ctx.Restorable!.ImagesDirectory, ctx.Targets[0].Folder!, "pstree.img"), [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+                return ValueTask.CompletedTask;
+            })
+            .Build();
+
+        var result = await pipeline.ExecuteAsync(Context(w)).WaitAsync(TimeSpan.FromSeconds(120));
+        var t = result.Targets[0];
+        TestContext.Out.WriteLine($"{result.Outcome}: {t.Phase}, daemon {t.LazyPagesDaemonPid}; {t.Error}\n{result.Error}");
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(t.Phase, Is.Not.EqualTo(TargetPhase.Ended), "nothing of it ever ran: it is not ended for want of pages");
+            Assert.That(t.Error ?? string.Empty, Does.Not.Contain("it ran after its checkpoint"));
+            Assert.That(t.LazyPagesDaemonPid, Is.Null, "no daemon is left behind");
+        });
+    }
 }
