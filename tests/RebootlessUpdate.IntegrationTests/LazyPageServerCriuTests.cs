@@ -223,6 +223,66 @@ public class LazyPageServerCriuTests : CriuTestFixture
         }
     }
 
+    [Test]
+    public async Task A_stranger_connecting_to_the_port_first_is_refused_and_the_daemon_still_gets_every_page()
+    {
+        // Attack: any local user can connect to 127.0.0.1:port between Start and the daemon's connect. Before the fix
+        // the server took the stranger as "the daemon", closed the port, and the real daemon was refused: the restored
+        // tree ran on zero pages (and the stranger could have asked for the tree's memory with GETs).
+        var (workload, images, work) = await DumpWorkloadAsync();
+        using var dumped = workload;
+        var checksum = workload.InitialChecksum;
+        var lazyPages = CountLazyPages(images);
+        var failures = new List<LazyPageServerFailure>();
+        using var source = new CriuImagesPageSource(images);
+        await using var server = StartKillingOnFailure(source, workload, failures);
+        using var stranger = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("setpriv",
+            ["--reuid=65534", "--regid=65534", "--clear-groups", "bash", "-c",
+                $"exec 3<>/dev/tcp/127.0.0.1/{server.Endpoint.Port} && echo connected && sleep 60"])
+        {
+            RedirectStandardOutput = true,
+        })!;
+        try
+        {
+            Assert.That(await stranger.StandardOutput.ReadLineAsync().WaitAsync(TimeSpan.FromSeconds(10)), Is.EqualTo("connected"));
+            Assert.That(server.WaitForConnectionAsync().Wait(TimeSpan.FromMilliseconds(500)), Is.False, "the stranger is not taken for the daemon");
+
+            await using var daemon = await Client.StartLazyPagesDaemonAsync(new CriuLazyPagesOptions
+            {
+                ImagesDirectory = images, WorkDirectory = work, PageServer = server.Endpoint,
+            });
+            var restore = await Client.RestoreAsync(new CriuRestoreOptions { ImagesDirectory = images, WorkDirectory = work, LazyPages = true });
+            workload.RootPid = restore.Pid;
+            await server.WaitForConnectionAsync().WaitAsync(TimeSpan.FromSeconds(30));
+
+            var verdict = workload.Check();
+            var result = await server.Completion.WaitAsync(TimeSpan.FromSeconds(60));
+            TestContext.Out.WriteLine($"server {result}; {verdict}");
+            Assert.Multiple(() =>
+            {
+                Assert.That(verdict, Does.StartWith("ok").And.Contain($"mem={checksum}"), verdict);
+                Assert.That(failures, Is.Empty);
+                Assert.That(result.PagesServed, Is.EqualTo(lazyPages));
+            });
+        }
+        finally
+        {
+            stranger.Kill();
+        }
+    }
+
+    /// <summary>Starts a server whose failure handler records the failure and kills the workload's restored root.</summary>
+    private static LazyPageServer StartKillingOnFailure(ILazyPageSource source, Workload workload, List<LazyPageServerFailure> failures) =>
+        LazyPageServer.Start(source, new LazyPageServerOptions
+        {
+            OnFailure = failure =>
+            {
+                failures.Add(failure);
+                _ = Mono.Unix.Native.Syscall.kill(workload.RootPid, Mono.Unix.Native.Signum.SIGKILL);
+                return ValueTask.CompletedTask;
+            },
+        });
+
     /// <summary>Dumps the C workload with 16 MiB of patterned memory (its tree is gone afterwards); skips without userfaultfd.</summary>
     private async Task<(Workload Workload, string Images, string Work)> DumpWorkloadAsync()
     {

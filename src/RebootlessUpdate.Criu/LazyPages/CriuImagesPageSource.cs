@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using Microsoft.Win32.SafeHandles;
+using Mono.Unix.Native;
 
 namespace RebootlessUpdate.Criu;
 
@@ -221,7 +222,7 @@ public sealed class CriuImagesPageSource : ILazyPageSource, IDisposable
     {
         try
         {
-            var handle = _files.GetOrAdd(run.File, static f => new Lazy<SafeFileHandle>(() => File.OpenHandle(f, FileMode.Open, FileAccess.Read, FileShare.Read))).Value;
+            var handle = _files.GetOrAdd(run.File, static f => new Lazy<SafeFileHandle>(() => OpenPages(f))).Value;
             if (_verifier is not null)
             {
                 await _verifier.VerifyAsync(run.File, run.Offset, destination.Length, cancellationToken).ConfigureAwait(false);
@@ -242,6 +243,31 @@ public sealed class CriuImagesPageSource : ILazyPageSource, IDisposable
         {
             throw new LazyPageSourceException($"pid {pid}, page {at:x}: {run.File} at {run.Offset} ({destination.Length} bytes): {e.Message}", e);
         }
+    }
+
+    /// <summary>
+    /// Opens a pages image without following a link and without blocking: a FIFO planted in its place would hang
+    /// open(2) on the server's session for good (no cancellation reaches it), so only a regular file is read.
+    /// </summary>
+    private static SafeFileHandle OpenPages(string path)
+    {
+        var fd = Syscall.open(path, OpenFlags.O_RDONLY | OpenFlags.O_NOFOLLOW | OpenFlags.O_NONBLOCK | OpenFlags.O_CLOEXEC);
+        if (fd < 0)
+        {
+            var errno = Stdlib.GetLastError();
+            throw new IOException(errno == Errno.ELOOP
+                ? $"{path} is a symbolic link, not a pages image"
+                : $"{path} cannot be opened: {Stdlib.strerror(errno)}");
+        }
+
+        var handle = new SafeFileHandle(fd, ownsHandle: true);
+        if (Syscall.fstat(fd, out var st) != 0 || (st.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFREG)
+        {
+            handle.Dispose();
+            throw new IOException($"{path} is not a regular file, not a pages image");
+        }
+
+        return handle;
     }
 
     private static LazyPageSourceException Absent(int pid, ulong at, string why) =>

@@ -12,7 +12,8 @@ namespace RebootlessUpdate.Criu;
 /// its PS_IOV_GET requests from an <see cref="ILazyPageSource"/>, in request order, until the daemon sends
 /// PS_IOV_CLOSE once the tree holds every page. It listens on 127.0.0.1 at a port of the kernel's choosing and
 /// serves exactly one connection (a GET names only a pid, so one server belongs to one tree): once the daemon
-/// has connected, the port is closed. If it cannot serve to the end it calls
+/// has connected, the port is closed. A connection from a socket of another user than this process's is closed
+/// at once and the server waits on for the daemon. If it cannot serve to the end it calls
 /// <see cref="LazyPageServerOptions.OnFailure"/> before it lets the daemon go.
 /// </summary>
 public sealed partial class LazyPageServer : IAsyncDisposable
@@ -111,7 +112,19 @@ public sealed partial class LazyPageServer : IAsyncDisposable
         Socket connection;
         try
         {
-            connection = await _listener.AcceptAsync(_stop.Token).ConfigureAwait(false);
+            while (true)
+            {
+                connection = await _listener.AcceptAsync(_stop.Token).ConfigureAwait(false);
+                if (connection.LocalEndPoint is IPEndPoint ours && connection.RemoteEndPoint is IPEndPoint peer && LoopbackPeer.IsOurUser(ours, peer))
+                {
+                    break;
+                }
+
+                // Any local user can connect to 127.0.0.1: a stranger taken for the daemon would close the port on
+                // the real one (its tree then faults in zero pages) and could read the tree's memory with GETs.
+                Log.StrangerRefused(_logger, Endpoint.Port, connection.RemoteEndPoint?.ToString() ?? "?");
+                connection.Dispose();
+            }
         }
         catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException)
         {
@@ -285,6 +298,9 @@ public sealed partial class LazyPageServer : IAsyncDisposable
 
         [LoggerMessage(23, LogLevel.Error, "page server on port {Port}: the failure handler failed")]
         public static partial void FailureHandlerFailed(ILogger logger, int port, Exception exception);
+
+        [LoggerMessage(25, LogLevel.Warning, "page server on port {Port}: refused a connection from {Peer}, a socket of another user than ours")]
+        public static partial void StrangerRefused(ILogger logger, int port, string peer);
 
         [LoggerMessage(24, LogLevel.Trace, "page server: pid {Pid} at 0x{Address:x}, {Asked} pages asked, {Served} served")]
         public static partial void Served(ILogger logger, int pid, ulong address, int asked, int served);

@@ -16,6 +16,9 @@ internal sealed class OnDemandMemory : IAsyncDisposable
     /// <summary>How long the restored tree is held at post-restore for the daemon to reach the server.</summary>
     internal static readonly TimeSpan ConnectWait = TimeSpan.FromSeconds(30);
 
+    /// <summary>The most bytes of one pagemap entry checked in one call at post-restore (a whole number of chunks).</summary>
+    private const int VerifyPiece = 1 << 30;
+
     private readonly PageChunkVerifier _verifier;
     private readonly CriuImagesPageSource _source;
     private readonly LazyPageServer _server;
@@ -122,7 +125,12 @@ internal sealed class OnDemandMemory : IAsyncDisposable
                 }
                 else if (e.DataOffset is { } offset)
                 {
-                    _verifier.Verify(pages, offset, checked((int)(e.PageCount * ILazyPageSource.PageSize)), cancellationToken);
+                    // In pieces: one region CRIU restores itself (hugetlb, say) may be larger than an int counts.
+                    var length = checked((long)e.PageCount * ILazyPageSource.PageSize);
+                    for (var done = 0L; done < length; done += VerifyPiece)
+                    {
+                        _verifier.Verify(pages, offset + done, (int)Math.Min(VerifyPiece, length - done), cancellationToken);
+                    }
                 }
             }
         }

@@ -104,30 +104,55 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
         }
 
         context.ReportProgress(Name, $"waiting for {served.Count} target(s) to hold all of their memory, served from the store");
-        await Task.WhenAll(served.Select(async t =>
+        try
         {
-            var memory = t.OnDemand!;
-            try
-            {
-                (t.PagesServedOnDemand, t.AllMemoryBackAfter) = await memory.WaitAllBackAsync(options.AllMemoryBackWait, cancellationToken).ConfigureAwait(false);
-                context.ReportProgress(Name, $"all of its memory is back after {t.AllMemoryBackAfter.Value.TotalSeconds:0.###} s ({t.PagesServedOnDemand} pages served from the store)", t.Target.Id);
-            }
-            catch (Exception e) when (e is LazyPageServerException or TimeoutException)
+            await Task.WhenAll(served.Select(t => WaitMemoryBackAsync(context, t, cancellationToken))).ConfigureAwait(false);
+        }
+        finally
+        {
+            // Cancelled too: a tree ended for want of its pages must be on record as ended before the run goes on.
+            context.RequireJournal().UpdateTargets(context);
+        }
+    }
+
+    /// <summary>One target of <see cref="WaitAllMemoryBackAsync"/>: it holds all of its memory, or it is ended.</summary>
+    private async Task WaitMemoryBackAsync(UpdateContext context, TargetRun t, CancellationToken cancellationToken)
+    {
+        var memory = t.OnDemand!;
+        try
+        {
+            (t.PagesServedOnDemand, t.AllMemoryBackAfter) = await memory.WaitAllBackAsync(options.AllMemoryBackWait, cancellationToken).ConfigureAwait(false);
+            context.ReportProgress(Name, $"all of its memory is back after {t.AllMemoryBackAfter.Value.TotalSeconds:0.###} s ({t.PagesServedOnDemand} pages served from the store)", t.Target.Id);
+        }
+        catch (Exception e) when (e is LazyPageServerException or TimeoutException)
+        {
+            t.PagesServedOnDemand = memory.PagesServed;
+            var why = $"ended: its memory could not be served ({e.Message}); its tree was stopped and killed before it got that page, "
+                + "and it is not restored again (it ran after its checkpoint); its images are kept for inspection";
+            t.End(why);
+            PipelineLog.TargetWarning(context.Logger, t.Target.Id, why);
+            context.ReportProgress(Name, why, t.Target.Id);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            // Stopping the server ends a tree that still needs pages (the daemon would let it fault in zeros).
+            await memory.DisposeAsync().ConfigureAwait(false);
+            if (!memory.Completion.IsCompletedSuccessfully)
             {
                 t.PagesServedOnDemand = memory.PagesServed;
-                var why = $"ended: its memory could not be served ({e.Message}); its tree was stopped and killed before it got that page, "
-                    + "and it is not restored again (it ran after its checkpoint); its images are kept for inspection";
+                var why = "ended: the run was cancelled while it still needed pages served from the store; its tree was stopped and killed "
+                    + "rather than left to run on zero pages, and it is not restored again (it ran after its checkpoint); its images are kept for inspection";
                 t.End(why);
                 PipelineLog.TargetWarning(context.Logger, t.Target.Id, why);
-                context.ReportProgress(Name, why, t.Target.Id);
             }
-            finally
-            {
-                await memory.DisposeAsync().ConfigureAwait(false);
-                t.OnDemand = null;
-            }
-        })).ConfigureAwait(false);
-        context.RequireJournal().UpdateTargets(context);
+
+            throw;
+        }
+        finally
+        {
+            await memory.DisposeAsync().ConfigureAwait(false);
+            t.OnDemand = null;
+        }
     }
 
     /// <summary>The failed page check of a target whose restore failed, if that is why (never waits for a check still running).</summary>

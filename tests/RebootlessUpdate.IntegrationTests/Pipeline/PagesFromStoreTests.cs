@@ -14,7 +14,7 @@ namespace RebootlessUpdate.IntegrationTests.Pipeline;
 /// pre-dump parents are synthesised from the full dump before the set is sealed (<see cref="CriuImageFiles.MovePagesToParent"/>).
 /// </summary>
 [NonParallelizable]
-public class PagesFromStoreTests
+public partial class PagesFromStoreTests
 {
     private Testbed _testbed = null!;
     private string _dir = null!;
@@ -37,8 +37,10 @@ public class PagesFromStoreTests
     [TearDown]
     public void TearDown()
     {
+        TargetRestore.RestoreAnswered = null;
         foreach (var pid in _restored.Where(Workload.IsRunning))
         {
+            Syscall.kill(pid, Signum.SIGCONT);
             Syscall.kill(pid, Signum.SIGKILL);
         }
 
