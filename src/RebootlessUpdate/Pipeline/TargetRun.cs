@@ -252,6 +252,12 @@ public sealed class TargetRun
 
     internal Pending? PendingDump { get; set; }
 
+    /// <summary>
+    /// Why its pages failed their check at this run's restore (held at post-restore, before it ran), if they did: a
+    /// rollback then never restores it from the same images.
+    /// </summary>
+    internal string? PagesRefused { get; set; }
+
     /// <summary>The check of the target's page images, still running while CRIU restores it (awaited at post-restore).</summary>
     internal Task<VerificationResult>? PendingPageVerification { get; set; }
 

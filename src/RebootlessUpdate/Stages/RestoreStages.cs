@@ -52,10 +52,22 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
             }
             catch (Exception e) when (e is not OperationCanceledException)
             {
+                if (t.PagesRefused is { } damaged && TargetTransitions.IsAllowed(t.Phase, TargetPhase.Failed))
+                {
+                    // Its pages failed their chunk check while it was held at post-restore: CRIU killed the tree before it ran.
+                    var why = $"not restored: its pages failed their check ({damaged}); nothing of it ran; its images are kept for inspection";
+                    t.Fail(why);
+                    PipelineLog.TargetWarning(context.Logger, t.Target.Id, why);
+                    context.ReportProgress(Name, why, t.Target.Id);
+                    journal.UpdateTargets(context);
+                    return;
+                }
+
                 if (await RefusedAsync(t).ConfigureAwait(false) is { } refused && TargetTransitions.IsAllowed(t.Phase, TargetPhase.Failed))
                 {
                     // Its pages failed their check while CRIU loaded them: CRIU aborted at post-restore and killed the tree.
                     var why = SetFiles.RefusalMessage(refused.Issues);
+                    t.PagesRefused = why;
                     t.Fail(why);
                     PipelineLog.TargetWarning(context.Logger, t.Target.Id, why);
                     context.ReportProgress(Name, why, t.Target.Id);

@@ -87,7 +87,19 @@ internal static class TargetRestore
 
                 // Served from the store: only the chunks CRIU restored itself are checked before the tree runs (the
                 // daemon's pages are checked as they are asked for), unless a pre-dump parent holds pages CRIU reads.
-                var whole = memory is null || !await memory.HoldAsync(pids, ct).ConfigureAwait(false);
+                bool whole;
+                try
+                {
+                    whole = memory is null || !await memory.HoldAsync(pids, ct).ConfigureAwait(false);
+                }
+                catch (Exception e) when (e is PageChunkDamagedException or LazyPageServerException { Kind: LazyPageServerFailureKind.SourceFailed })
+                {
+                    // Its pages failed their check before it ran: failing the notification makes CRIU kill the tree.
+                    t.PagesRefused = e.Message;
+                    throw;
+                }
+
+
                 if (pages is not null && whole)
                 {
                     // CRIU has loaded the memory but lets nothing run before post-restore: hold it there until the

@@ -73,6 +73,13 @@ internal static class TargetRollback
             return;
         }
 
+        if (t.Phase == TargetPhase.Failed && t.PagesRefused is not null)
+        {
+            // Its pages failed their check at this run's restore: restoring it again from the same images would give a
+            // process damaged memory. It stays down, its images kept, as the restore that refused it said.
+            return;
+        }
+
         if (t.Phase == TargetPhase.Restoring)
         {
             // An earlier restore's outcome is unknown (the watchdog, a broken connection): its CRIU may still bring the

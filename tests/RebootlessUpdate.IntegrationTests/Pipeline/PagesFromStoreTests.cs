@@ -261,9 +261,14 @@ public partial class PagesFromStoreTests
         var chunk = at / (1 << 20) * (1 << 20);
         Assert.Multiple(() =>
         {
-            // Held at post-restore (by the check of the chunk, or by the server that met it first): CRIU killed the restored tree.
-            Assert.That(t.Error, Does.Contain("a notification handler failed").And.Contain($"{flipped} at offset {chunk}: the chunk's hash is"));
-            Assert.That(result.Outcome, Is.EqualTo(UpdateOutcome.RolledBack), "the rehearsal puts the original back");
+            // Held at post-restore (by the check of the chunk, or by the server that met it first): CRIU killed the restored
+            // tree before it ran, and nothing is restored from the damaged images afterwards either.
+            Assert.That(t.Phase, Is.EqualTo(TargetPhase.Failed));
+            Assert.That(t.Error, Does.StartWith("not restored: its pages failed their check").And.Contain($"{flipped} at offset {chunk}: the chunk's hash is")
+                .And.Contain("nothing of it ran"));
+            Assert.That(result.Outcome, Is.Not.EqualTo(UpdateOutcome.Succeeded));
+            Assert.That(t.RestoredPid, Is.Null);
+            Assert.That(Workload.CopiesOf(w.Directory), Is.Empty, "no copy of it runs, none restored from the damaged images");
         });
     }
 
