@@ -99,7 +99,18 @@ public class CgroupTargetTests
         var w = StartInCgroup();
         var pid = w.RootPid;
 
-        var crashed = ProcessRunner.Run("env", ["REBOOTLESS_CRASH_AT=sealed", "REBOOTLESS_TEST_HOOKS=1", "dotnet", tool, "rehearse", "--cgroup", _cgroup, "--store", store, "--criu", _testbed.Criu], TimeSpan.FromMinutes(2));
+        ProcessResult Crash() => ProcessRunner.Run("env", ["REBOOTLESS_CRASH_AT=sealed", "REBOOTLESS_TEST_HOOKS=1", "dotnet", tool, "rehearse", "--cgroup", _cgroup, "--store", store, "--criu", _testbed.Criu], TimeSpan.FromMinutes(2));
+        var crashed = Crash();
+        if (crashed.ExitCode == 1 && crashed.Output.Contains("Timeout reached", StringComparison.Ordinal) && crashed.Output.Contains("Unseizable non-zombie", StringComparison.Ordinal))
+        {
+            // Seen once in CI: the v1 freezer never settles while a task of the loop exits (CRIU: "Unseizable non-zombie
+            // N found, state D" after its 10 s freeze timeout). The dump failed and the workload ran on, as it must;
+            // this test is about a crash after the seal, so it tries once more.
+            TestContext.Out.WriteLine($"the freeze timed out on an exiting task; once more:\n{crashed}");
+            Assert.That(w.IsAlive, Is.True, "a failed freeze leaves the workload running");
+            crashed = Crash();
+        }
+
         TestContext.Out.WriteLine($"{crashed}\nfreezer after the crash: {FreezerState}");
         Assert.That(crashed.ExitCode, Is.EqualTo(137), crashed.ToString());
 
