@@ -56,12 +56,20 @@ public class HostPidRestoreTests
         Directory.Delete(_dir, recursive: true);
     }
 
-    /// <summary>A shell loop in the host PID namespace and the test runner's session that forks a child every 10 ms and counts.</summary>
+    /// <summary>
+    /// A shell loop in the host PID namespace that forks a child every 10 ms and counts: in the test runner's session
+    /// where that session's leader is visible here, otherwise (a runner started from outside this PID namespace, as in
+    /// CI's container: its session reads as 0 and CRIU refuses such a tree) in a session of its own.
+    /// </summary>
     private (int Pid, string Counter) StartForkingLoop(string name)
     {
         var counter = Path.Combine(_dir, name + ".counter");
         var script = $"exec </dev/null >/dev/null 2>&1; i=0; while :; do i=$((i+1)); echo $i > '{counter}'; sleep 0.01 & wait; done";
-        var p = Process.Start(new ProcessStartInfo("sh", ["-c", script]) { UseShellExecute = false })!;
+        var ownSession = ProcStat.Read(Environment.ProcessId)!.Session == 0;
+        TestContext.Out.WriteLine(ownSession ? "the runner's session leader is outside this PID namespace: the loop leads its own" : "the loop runs in the runner's session");
+        var p = Process.Start(ownSession
+            ? new ProcessStartInfo("setsid", ["sh", "-c", script]) { UseShellExecute = false }
+            : new ProcessStartInfo("sh", ["-c", script]) { UseShellExecute = false })!;
         _started.Add(p);
         _roots.Add(p.Id);
         Workload.WaitFor(() => ReadCount(counter) > 0 ? 1 : 0, "the loop's first count");
