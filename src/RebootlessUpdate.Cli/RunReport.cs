@@ -65,6 +65,7 @@ internal static class RunReport
                 + (t.LazyPagesDaemonPid is { } daemon ? $", lazy (pages served by daemon {daemon})" : "")
                 + (t.PagesServedOnDemand is { } served ? $", {served} pages served from the store" : "")
                 + (t.AllMemoryBackAfter is { } back ? $", all memory back after {CliOutput.Duration(back)}" : "")
+                + (t.PreDumpRefused is null ? "" : ", dumped whole in the freeze (CRIU refused its pre-dump)")
                 + (t.Error is null ? "" : "  " + t.Error));
         }
 

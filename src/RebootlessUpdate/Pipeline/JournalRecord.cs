@@ -90,6 +90,9 @@ public sealed record JournalTarget
     /// <summary>The pid of the lazy-pages daemon serving its memory, when it was restored lazily.</summary>
     public int? LazyPagesDaemonPid { get; init; }
 
+    /// <summary>Why CRIU refused its pre-dump, when it did (it was dumped whole inside the freeze).</summary>
+    public string? PreDumpRefused { get; init; }
+
     /// <summary>What went wrong, if anything.</summary>
     public string? Error { get; init; }
 }

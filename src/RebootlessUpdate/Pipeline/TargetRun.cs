@@ -79,6 +79,7 @@ public sealed class TargetRun
         RestoredPid = jt.RestoredPid,
         RestoredStartTime = jt.RestoredStartTime,
         Original = jt.RootStartTime == 0 ? null : new ProcessIdentity(jt.RootPid, jt.RootStartTime),
+        PreDumpRefused = jt.PreDumpRefused,
     };
 
     // The moves that carry data: each is the only writer of what it records, and moves first (a refused move changes nothing).
@@ -280,6 +281,12 @@ public sealed class TargetRun
 
     /// <summary>The pre-dump folder (relative to the set's images folder) the final dump builds on.</summary>
     internal string? PreDumpFolder { get; set; }
+
+    /// <summary>
+    /// Why CRIU refused this target's pre-dump, when it did: the target is then dumped whole inside the freeze (and
+    /// first, before any other target freezes), the others keep their pre-dumps.
+    /// </summary>
+    public string? PreDumpRefused { get; internal set; }
 
     /// <summary>
     /// True once CRIU was asked anything about this target's processes (a pre-dump, a dump) or it left

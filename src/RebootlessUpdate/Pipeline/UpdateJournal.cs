@@ -323,6 +323,7 @@ public sealed class UpdateJournal
             // (and of one being restored: if the run dies after CRIU let the tree run, the next one adopts tree and daemon).
             LazyPagesDaemonPid = run.Phase is TargetPhase.Restored or TargetPhase.Restoring ? run.LazyPagesDaemonPid ?? t.LazyPagesDaemonPid : null,
             Error = run.Error,
+            PreDumpRefused = run.PreDumpRefused ?? t.PreDumpRefused,
             RootPid = run.Original?.Pid ?? t.RootPid,
             RootStartTime = run.Original?.StartTime ?? t.RootStartTime,
         };

@@ -106,6 +106,9 @@ public sealed record TargetReport
     /// <summary>With memory served from the store: from the restore's answer until the target held all of its memory.</summary>
     public TimeSpan? AllMemoryBackAfter { get; init; }
 
+    /// <summary>Why CRIU refused its pre-dump, when it did: it was dumped whole inside the freeze.</summary>
+    public string? PreDumpRefused { get; init; }
+
     /// <summary>What went wrong, if anything.</summary>
     public string? Error { get; init; }
 
@@ -127,6 +130,7 @@ public sealed record TargetReport
         LazyPagesDaemonPid = t.LazyPagesDaemonPid,
         PagesServedOnDemand = t.PagesServedOnDemand,
         AllMemoryBackAfter = t.AllMemoryBackAfter,
+        PreDumpRefused = t.PreDumpRefused,
         Error = t.Error,
     };
 }

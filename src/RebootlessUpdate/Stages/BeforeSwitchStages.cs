@@ -179,7 +179,19 @@ internal sealed class PreDumpStage(PreDumpStageOptions options) : IUpdateStage
             Directory.CreateDirectory(dir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
             var dump = t.Settings!.ToDump(t.Resolved!.RootPid, dir, TargetFolders.WorkDirectory(context, t)) with { TrackMemory = true, LogFile = "pre-dump.log" };
             t.PreDumpAsked();
-            await criu.SinglePreDumpAsync(dump, cancellationToken).ConfigureAwait(false);
+            try
+            {
+                await criu.SinglePreDumpAsync(dump, cancellationToken).ConfigureAwait(false);
+            }
+            catch (CriuRequestFailedException e)
+            {
+                // CRIU answered and let the tree run on: a pre-dump is an optimisation, never a reason to fail. This
+                // target is dumped whole inside the freeze, first (see DumpStage); the others keep their pre-dumps.
+                // A lost worker or a timeout is not an answer (the tree may still be held) and fails the stage.
+                RefusePreDump(context, t, dir, e);
+                continue;
+            }
+
             t.PreDumpFolder = folder;
             var bytes = TargetFolders.FolderBytes(dir);
             context.ReportProgress(Name, $"pre-dumped {bytes} bytes while running", t.Target.Id, bytes);
@@ -199,6 +211,16 @@ internal sealed class PreDumpStage(PreDumpStageOptions options) : IUpdateStage
                 PipelineLog.TargetWarning(context.Logger, t.Target.Id, $"pre-dump images not hashed ahead ({e.Message}); the seal hashes them");
             }
         }
+    }
+
+    private void RefusePreDump(UpdateContext context, TargetRun t, string dir, CriuRequestFailedException e)
+    {
+        var reason = e.Message.Split('\n', 2)[0];
+        t.PreDumpRefused = reason;
+        // Its log stays in the work folder; a partial pre-dump would only be read by a later dump that names it.
+        Directory.Delete(dir, recursive: true);
+        PipelineLog.TargetWarning(context.Logger, t.Target.Id, $"CRIU refused its pre-dump ({reason}); it is dumped whole inside the freeze, before the other targets");
+        context.ReportProgress(Name, $"pre-dump refused by CRIU ({reason}): dumped whole inside the freeze, first", t.Target.Id);
     }
 }
 
@@ -220,7 +242,8 @@ internal sealed class DumpStage(DumpStageOptions options) : IUpdateStage
         // One target after the other: concurrent criu dumps on one host collide (criu 4.1.1's
         // parasite fails with EEXIST creating its /proc folder). Each target stays frozen
         // after its dump until all are held, so the set is consistent.
-        foreach (var t in context.Targets)
+        // Those CRIU refused a pre-dump are dumped whole, first: if that fails too, no other target was frozen yet.
+        foreach (var t in context.Targets.OrderBy(t => t.PreDumpRefused is null))
         {
             TargetDump.Start(context, t, criu, set, options.OnCriuNotification, cancellationToken);
             await TargetDump.WaitHeldAsync(context, t, set).ConfigureAwait(false);

@@ -61,13 +61,14 @@ public class CriuStageTests
 
     // ---- Dump ----
 
-    private async Task<UpdateContext> Planned(CriuClient criu, int targets)
+    private async Task<UpdateContext> Planned(CriuClient criu, int targets, IProgress<UpdateProgress>? progress = null)
     {
         var context = new UpdateContext(UpdateMode.Rehearse, Enumerable.Range(0, targets).Select(_ => UpdateTarget.ProcessTree(Sleeper().Id)))
         {
             Store = _f.Store,
             TimeProvider = _f.Clock,
             Criu = criu,
+            Progress = progress,
         };
         context.CriuVersion = "4.1.1";
         await new PlanStage(checkCapacity: false).ExecuteAsync(context, CancellationToken.None);
@@ -235,6 +236,144 @@ public class CriuStageTests
         finally
         {
             context.ReleaseLock();
+        }
+    }
+
+    /// <summary>
+    /// A CRIU whose pre-dump of the target with root <paramref name="refusedPid"/> fails (it answers, the tree runs on),
+    /// whose other pre-dumps succeed, and whose dumps are held (or, for <paramref name="refusedPid"/> when
+    /// <paramref name="dumpFailsToo"/>, refused as well). Records every pre-dump and dump request in order.
+    /// </summary>
+    private static Func<FakeCriuPeer, Task> PreDumpRefusedFor(Func<UpdateContext> context, int refusedTarget, List<criu_req> requests, List<bool> decisions, bool dumpFailsToo = false) => async peer =>
+    {
+        var req = await peer.NextAsync();
+        switch (req.Type)
+        {
+            case criu_req_type.FeatureCheck:
+                peer.Write(new criu_resp { Type = req.Type, Success = true, Features = new criu_features { MemTrack = true } });
+                return;
+            case criu_req_type.Version:
+                peer.Write(new criu_resp { Type = req.Type, Success = true, Version = new criu_version { MajorNumber = 4, MinorNumber = 1, Sublevel = 1 } });
+                return;
+        }
+
+        lock (requests)
+        {
+            requests.Add(req);
+        }
+
+        var target = context().Targets.Single(t => t.Resolved!.RootPid == req.Opts.Pid);
+        var refused = target == context().Targets[refusedTarget];
+        if (req.Type == criu_req_type.SinglePreDump)
+        {
+            // What CRIU leaves of a pre-dump, even one it gave up on: an image in the folder it was given.
+            await File.WriteAllBytesAsync(Path.Combine(context().CheckpointSet!.ImagesDirectory, target.Folder + "-pre", "pages-1.img"), new byte[4096]);
+            peer.Write(refused ? Failure(req.Type, "Pre-dumping FAILED.") : FakeCriuPeer.Ok(req.Type));
+            return;
+        }
+
+        Assert.That(req.Type, Is.EqualTo(criu_req_type.Dump));
+        if (refused && dumpFailsToo)
+        {
+            peer.Write(Failure(req.Type, "Dumping FAILED."));
+            return;
+        }
+
+        peer.Write(new criu_resp { Type = criu_req_type.Notify, Success = true, Notify = new criu_notify { Script = "post-dump" } });
+        var commit = (await peer.ExpectAsync(criu_req_type.Notify)).NotifySuccess;
+        lock (decisions)
+        {
+            decisions.Add(commit);
+        }
+
+        peer.Write(commit ? FakeCriuPeer.Ok(criu_req_type.Dump) : Failure(criu_req_type.Dump, "post-dump script failed: resumed"));
+    };
+
+    [Test]
+    public async Task A_pre_dump_criu_refuses_is_no_failure_that_target_is_dumped_whole_and_first_and_the_other_keeps_its_pre_dump()
+    {
+        var requests = new List<criu_req>();
+        var decisions = new List<bool>();
+        var events = new List<UpdateProgress>();
+        UpdateContext context = null!;
+        context = await Planned(Scripted(PreDumpRefusedFor(() => context, 1, requests, decisions)), 2, new ListProgress(events));
+        var (first, second) = (context.Targets[0], context.Targets[1]);
+        try
+        {
+            await new PreDumpStage(new PreDumpStageOptions()).ExecuteAsync(context, CancellationToken.None);
+
+            Assert.Multiple(() =>
+            {
+                Assert.That(second.PreDumpRefused, Does.Contain("Pre-dumping FAILED."));
+                Assert.That(second.PreDumpFolder, Is.Null, "its final dump has no parent");
+                Assert.That(Directory.Exists(Path.Combine(context.CheckpointSet!.ImagesDirectory, second.Folder + "-pre")), Is.False, "the partial pre-dump is gone");
+                Assert.That(first.PreDumpRefused, Is.Null);
+                Assert.That(first.PreDumpFolder, Is.EqualTo(first.Folder + "-pre"), "the other target keeps its pre-dump");
+                Assert.That(events.Select(e => (e.Target, e.Message)), Has.Some.Matches<(string? Target, string Message)>(e =>
+                    e.Target == second.Target.Id && e.Message.StartsWith("pre-dump refused by CRIU (", StringComparison.Ordinal) && e.Message.Contains("dumped whole inside the freeze")));
+            });
+
+            requests.Clear();
+            await new DumpStage(new DumpStageOptions()).ExecuteAsync(context, CancellationToken.None);
+
+            Assert.Multiple(() =>
+            {
+                Assert.That(requests.Select(r => r.Opts.Pid), Is.EqualTo(new[] { second.Resolved!.RootPid, first.Resolved!.RootPid }), "the target without a pre-dump froze first");
+                Assert.That(requests[0].Opts.HasParentImg, Is.False, "dumped whole");
+                Assert.That(requests[0].Opts.TrackMem, Is.False);
+                Assert.That(requests[1].Opts.ParentImg, Is.EqualTo("../" + first.Folder + "-pre"), "the other builds on its pre-dump");
+                Assert.That(Journaled(context, 1).PreDumpRefused, Does.Contain("Pre-dumping FAILED."), "journaled: the report after the jump says so too");
+                Assert.That(Journaled(context, 0).PreDumpRefused, Is.Null);
+                Assert.That(TargetReport.From(second).PreDumpRefused, Is.EqualTo(second.PreDumpRefused));
+            });
+
+            await new CommitStage().ExecuteAsync(context, CancellationToken.None);
+            await Task.WhenAll(_scripts);
+            Assert.That(decisions, Is.EqualTo(new[] { true, true }));
+        }
+        finally
+        {
+            context.ReleaseLock();
+        }
+    }
+
+    [Test]
+    public async Task When_the_whole_dump_of_a_target_whose_pre_dump_was_refused_fails_too_no_other_target_was_frozen()
+    {
+        var requests = new List<criu_req>();
+        var decisions = new List<bool>();
+        UpdateContext context = null!;
+        context = await Planned(Scripted(PreDumpRefusedFor(() => context, 1, requests, decisions, dumpFailsToo: true)), 2);
+        try
+        {
+            await new PreDumpStage(new PreDumpStageOptions()).ExecuteAsync(context, CancellationToken.None);
+            requests.Clear();
+
+            var e = Assert.ThrowsAsync<CriuRequestFailedException>(async () => await new DumpStage(new DumpStageOptions()).ExecuteAsync(context, CancellationToken.None));
+
+            Assert.Multiple(() =>
+            {
+                Assert.That(e!.Message, Does.Contain("Dumping FAILED."), "CRIU's reason");
+                Assert.That(requests.Select(r => (r.Type, r.Opts.Pid)), Is.EqualTo(new[] { (criu_req_type.Dump, context.Targets[1].Resolved!.RootPid) }),
+                    "the other target was never asked to freeze");
+                Assert.That(context.Targets[0].Phase, Is.EqualTo(TargetPhase.Planned));
+                Assert.That(decisions, Is.Empty);
+            });
+        }
+        finally
+        {
+            context.ReleaseLock();
+        }
+    }
+
+    private sealed class ListProgress(List<UpdateProgress> events) : IProgress<UpdateProgress>
+    {
+        public void Report(UpdateProgress value)
+        {
+            lock (events)
+            {
+                events.Add(value);
+            }
         }
     }
 
