@@ -6,9 +6,13 @@
  * offset, a unix socket pair with unread data, a pipe to a child process, and
  * a second thread. Every 50 ms it writes an increasing counter to DIR/counter.
  * When DIR/check-request appears it re-verifies all of that state and writes
- * DIR/check-result ("ok ..." or "bad ..."). DIR/ready holds the memory
- * checksum computed at start. Writes go through rename so readers never see a
- * partial file. Runs until killed. */
+ * DIR/check-result ("ok ..." or "bad ..."). When DIR/touch-request appears,
+ * holding "FROM_MIB MIB", it writes every page of that part of its memory back
+ * with the value it holds (the contents and checksum stay; the kernel's
+ * soft-dirty tracking sees the pages written) and writes DIR/touch-result
+ * ("touched N pages"). DIR/ready holds the memory checksum computed at start.
+ * Writes go through rename so readers never see a partial file. Runs until
+ * killed. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -127,6 +131,26 @@ int main(int argc, char **argv)
         put("counter", text);
         if (dprintf(pp[1], "%lu\n", counter) < 0) {
             put("check-result", "bad pipe write failed\n");
+        }
+
+        snprintf(path, sizeof path, "%s/touch-request", dir);
+        FILE *touch = fopen(path, "r");
+        if (touch) {
+            unsigned long from = 0, mib = 0;
+            int fields = fscanf(touch, "%lu %lu", &from, &mib);
+            fclose(touch);
+            unlink(path);
+            size_t start = (size_t)from << 20, end = start + ((size_t)mib << 20);
+            if (fields == 2 && from <= len >> 20 && mib <= (len >> 20) - from) {
+                volatile uint8_t *v = mem;
+                unsigned long pages = 0;
+                for (size_t i = start; i < end; i += 4096, pages++)
+                    v[i] = v[i];
+                snprintf(text, sizeof text, "touched %lu pages\n", pages);
+            } else {
+                snprintf(text, sizeof text, "bad touch request\n");
+            }
+            put("touch-result", text);
         }
 
         snprintf(path, sizeof path, "%s/check-request", dir);
