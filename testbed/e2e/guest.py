@@ -19,6 +19,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -291,6 +292,8 @@ def update_args(ws, kernel=None):
         args += ["--no-pre-dump"]
     if CFG.get("lazyRestore"):
         args += ["--lazy-restore"]
+    if CFG.get("pagesFromStore"):
+        args += ["--pages-from-store"]
     if kernel is None:
         args += ["--initrd", f"/boot/rebootless-initrd-{new}.img"]
     return args
@@ -374,6 +377,7 @@ def scenario_update_boot2():
                 r = memory_check(w)
                 checks.append([r.startswith("ok"), f"memory: {CFG.get('memMiB', 256)} MiB pattern, file offset, socket, thread: {r}"])
     lazy = check_lazy_daemons(j, ws, flipped, checks) if CFG.get("lazyRestore") else None
+    served = check_pages_from_store(out, ws, flipped, checks) if CFG.get("pagesFromStore") else None
     b = breakdown(j, T0, UPTIME0, stage_starts(out), t_resume)
     sets = f"{STORE}/sets/{set_id}/images"
     pre = sum(folder_bytes(p) for p in glob.glob(f"{sets}/*-pre"))
@@ -384,10 +388,18 @@ def scenario_update_boot2():
     result = {"verdict": "PASS" if ok else "FAIL", "scenario": "flip" if flipped else "update", "setId": set_id,
               "oldKernel": j["kernelRelease"], "newKernel": kernel, "breakdown": b, "sizes": sizes,
               "checks": checks, "resumeExitCode": code, "resumeSeconds": secs, "memMiB": CFG.get("memMiB", 256),
-              "lazyRestore": lazy, "journal": j}
+              "lazyRestore": lazy, "pagesFromStore": served, "journal": j}
     save("result.json", result)
     write_report(result)
+    keep_logs(set_id)
     return 0 if ok else 1
+
+
+def keep_logs(set_id):
+    """The set's CRIU and daemon logs (in the store, which lives in the guest's memory) go to the job folder."""
+    logs = f"{STORE}/journal/{set_id}.logs"
+    if os.path.isdir(logs):
+        shutil.copytree(logs, f"{JOB}/store-logs", ignore=shutil.ignore_patterns("*.socket"), dirs_exist_ok=True)
 
 
 def check_lazy_daemons(j, ws, flipped, checks):
@@ -416,6 +428,34 @@ def check_lazy_daemons(j, ws, flipped, checks):
         checks.append([target in gone, f"{target}: lazy-pages daemon {pid} exited by itself after delivering every page"
                        + (f" ({gone[target]:.1f} s after the checks)" if target in gone else " (still running after 180 s)")])
     return {target: {"daemonPid": pid, "exitedAfterChecksSeconds": gone.get(target)} for target, pid in daemons.items()}
+
+
+def check_pages_from_store(out, ws, flipped, checks):
+    """Pages from the store: every restored target got its memory from our page server after it resumed, and
+    `rebootless resume` waited until each held all of it. The memory workload's buffer was pre-dumped while it ran,
+    so its pages sit in the pre-dump parent: they must come from the server too, not from CRIU's restore.
+    Returns, per target, what the resume reported."""
+    try:
+        doc = json.loads(out[out.index("{"):out.rindex("}") + 1])
+    except ValueError:
+        checks.append([False, "pages from the store: rebootless resume printed no JSON report"])
+        return None
+    by_target = {t["target"]: t for t in doc.get("targets", [])}
+    result = {}
+    for w in ws:
+        t = by_target.get(w["target"], {})
+        served, back, restored = t.get("pagesServedOnDemand"), t.get("allMemoryBackAfter"), t.get("pagesRestored")
+        result[w["target"]] = {"pagesServedOnDemand": served, "allMemoryBackAfterSeconds": back, "pagesRestoredByCriu": restored}
+        if flipped and w["name"] == "memory":
+            continue
+        checks.append([bool(served) and back is not None,
+                       f"{w['name']}: memory served from the store on demand ({served} pages; all back {back} s after its restore; CRIU restored {restored} pages itself)"])
+        if w["name"] == "memory":
+            buffer_pages = CFG.get("memMiB", 256) * 256
+            checks.append([(served or 0) >= buffer_pages and (restored or 0) < (served or 0) // 10,
+                           f"memory: its {CFG.get('memMiB', 256)} MiB buffer came from the server ({served} pages served >= {buffer_pages}), "
+                           f"not from CRIU's restore ({restored} pages < a tenth of that)"])
+    return result
 
 
 def alive_not_zombie(pid):
@@ -452,10 +492,16 @@ def write_report(r):
             f"preflight + locate + verify {fmt(b['stagesBeforeRestore']).strip()})" if "toolStart" in b
             else "dotnet start, criu check, verify)"),
         f"  restore           {fmt(b['restore'])}   (CRIU restores every target in parallel; the page images are hashed meanwhile"
-        + ("; lazily: memory served on demand by lazy-pages daemons after the targets resumed)" if r.get("lazyRestore") is not None else ")"),
+        + ("; lazily: memory served on demand by lazy-pages daemons after the targets resumed)" if r.get("lazyRestore") is not None
+           else "; until each runs: its memory is served on demand from the store afterwards)" if r.get("pagesFromStore") is not None else ")"),
         f"before the freeze, while the workloads ran: kernel load {fmt(b['kernelLoad'])}, pre-dump {fmt(b['preDump'])}",
         f"sizes: images {mb(s['imagesBytes'])} (pre-dump while running {mb(s['preDumpBytes'])}, frozen dump {mb(s['finalDumpBytes'])}); "
         + ", ".join(f"{k} {mb(v) if v else '-'}" for k, v in s["perTarget"].items()),
+    ] + ([
+        "memory served from the store after the targets ran: " + ", ".join(
+            f"{k} {v['pagesServedOnDemand']} pages, all back after {fmt(v['allMemoryBackAfterSeconds']).strip()}"
+            for k, v in r["pagesFromStore"].items())
+    ] if r.get("pagesFromStore") else []) + [
         "checks:",
     ] + [f"  {'ok  ' if ok else 'FAIL'} {text}" for ok, text in r["checks"]] + [
         "(times across the jump use the guest's wall clock, which the new kernel reads from the 1-second RTC: +-1 s)",

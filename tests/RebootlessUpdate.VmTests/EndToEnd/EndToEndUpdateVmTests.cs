@@ -30,6 +30,26 @@ public class EndToEndUpdateVmTests
     }
 
     [Test]
+    public void Main_command_with_pages_from_the_store_runs_every_workload_before_its_memory_is_copied()
+    {
+        var (result, report, json) = RunUpdate("--pages-from-store");
+
+        Assert.That(result.ExitCode, Is.Zero, report + result);
+        var r = json.RootElement;
+        var checks = Checks(json);
+        var served = r.GetProperty("pagesFromStore");
+        Assert.Multiple(() =>
+        {
+            Assert.That(r.GetProperty("verdict").GetString(), Is.EqualTo("PASS"), report);
+            Assert.That(r.GetProperty("newKernel").GetString(), Is.EqualTo(Testbed.Require().NewKernel));
+            Assert.That(report, Does.Contain("memory: 256 MiB pattern").And.Contain("tcp: no reset, no lost or reordered message"));
+            Assert.That(checks, Has.Some.StartsWith("ok memory: its 256 MiB buffer came from the server"));
+            Assert.That(served.EnumerateObject().Select(t => t.Value.GetProperty("pagesServedOnDemand").GetInt64()), Has.All.GreaterThan(0).And.Count.EqualTo(3));
+            Assert.That(served.EnumerateObject().Select(t => t.Value.GetProperty("allMemoryBackAfterSeconds").GetDouble()), Has.All.GreaterThanOrEqualTo(0));
+        });
+    }
+
+    [Test]
     public void A_byte_flipped_between_the_kernels_refuses_that_target_only_and_restores_the_others()
     {
         var (result, report, json) = RunUpdate("--flip");
