@@ -158,23 +158,37 @@ internal sealed class OnDemandMemory : IAsyncDisposable
     }
 
     /// <summary>
-    /// Waits (up to <paramref name="bound"/>) until the target holds all of its memory; returns the pages served and
-    /// how long it took from the restore's answer. When serving failed, or the bound ran out (the server is then
-    /// stopped, which ends the tree first), throws what happened.
+    /// Waits until the target holds all of its memory, for as long as its daemon keeps asking for pages; returns the
+    /// pages served and how long it took from the restore's answer. When serving failed, or the daemon asked for
+    /// nothing for <paramref name="stallLimit"/> (the server is then stopped, which ends the tree first), throws what happened.
     /// </summary>
     /// <exception cref="LazyPageServerException">Serving failed: the tree was ended before it got a bad or missing page.</exception>
-    /// <exception cref="TimeoutException">The bound ran out: the tree was ended.</exception>
-    internal async Task<(long Pages, TimeSpan After)> WaitAllBackAsync(TimeSpan bound, CancellationToken cancellationToken)
+    /// <exception cref="TimeoutException">The stream stood still for <paramref name="stallLimit"/>: the tree was ended.</exception>
+    internal async Task<(long Pages, TimeSpan After)> WaitAllBackAsync(TimeSpan stallLimit, CancellationToken cancellationToken)
     {
-        try
+        var poll = stallLimit < TimeSpan.FromSeconds(1) ? stallLimit : TimeSpan.FromSeconds(1);
+        var requests = _server.Requests;
+        var stillSince = _time.GetTimestamp();
+        while (true)
         {
-            var result = await _server.Completion.WaitAsync(bound, cancellationToken).ConfigureAwait(false);
-            return (result.PagesServed, _time.GetElapsedTime(Volatile.Read(ref _restoredAt)));
-        }
-        catch (TimeoutException)
-        {
-            await DisposeAsync().ConfigureAwait(false);
-            throw new TimeoutException($"it still needed pages after {bound.TotalSeconds:0} s ({_server.PagesServed} served); it was ended rather than left to run on zero pages");
+            try
+            {
+                var result = await _server.Completion.WaitAsync(poll, _time, cancellationToken).ConfigureAwait(false);
+                return (result.PagesServed, _time.GetElapsedTime(Volatile.Read(ref _restoredAt)));
+            }
+            catch (TimeoutException)
+            {
+                if (_server.Requests != requests)
+                {
+                    (requests, stillSince) = (_server.Requests, _time.GetTimestamp());
+                }
+                else if (_time.GetElapsedTime(stillSince) >= stallLimit)
+                {
+                    await DisposeAsync().ConfigureAwait(false);
+                    throw new TimeoutException($"its daemon asked for no page for {stallLimit.TotalSeconds:0} s while pages were still missing "
+                        + $"({_server.PagesServed} served); it was ended rather than left to hang or run on zero pages");
+                }
+            }
         }
     }
 

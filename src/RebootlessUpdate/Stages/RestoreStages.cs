@@ -133,7 +133,7 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
         var memory = t.OnDemand!;
         try
         {
-            (t.PagesServedOnDemand, t.AllMemoryBackAfter) = await memory.WaitAllBackAsync(options.AllMemoryBackWait, cancellationToken).ConfigureAwait(false);
+            (t.PagesServedOnDemand, t.AllMemoryBackAfter) = await memory.WaitAllBackAsync(options.PageStreamStallLimit, cancellationToken).ConfigureAwait(false);
             context.ReportProgress(Name, $"all of its memory is back after {t.AllMemoryBackAfter.Value.TotalSeconds:0.###} s ({t.PagesServedOnDemand} pages served from the store)", t.Target.Id);
         }
         catch (Exception e) when (e is LazyPageServerException or TimeoutException)

@@ -139,10 +139,12 @@ public sealed record RestoreStageOptions
     public bool ServePagesFromStore { get; init; }
 
     /// <summary>
-    /// With <see cref="ServePagesFromStore"/>: how long the Restore stage waits for every target to hold all of its
-    /// memory. A target still missing pages then is ended (it cannot run on without them). Default 10 min.
+    /// With <see cref="ServePagesFromStore"/>: the Restore stage waits for every target to hold all of its memory, for
+    /// as long as the pages keep flowing (a slow machine or a large target only takes longer). A target whose daemon
+    /// asks for no page for this long while pages are still missing is ended (a stuck daemon would leave it hanging
+    /// on its next fault). Default 2 min.
     /// </summary>
-    public TimeSpan AllMemoryBackWait { get; init; } = TimeSpan.FromMinutes(10);
+    public TimeSpan PageStreamStallLimit { get; init; } = TimeSpan.FromMinutes(2);
 
     /// <summary>
     /// On the kernel a tree was dumped on (a rehearsal, a rollback, a resume after a crash before the jump), how long
@@ -166,9 +168,9 @@ public sealed record RestoreStageOptions
             throw new ArgumentException($"PidReleaseWait must be 0.1 s to 10 min, not {PidReleaseWait}.");
         }
 
-        if (AllMemoryBackWait < TimeSpan.FromSeconds(1))
+        if (PageStreamStallLimit < TimeSpan.FromSeconds(1))
         {
-            throw new ArgumentException($"AllMemoryBackWait must be 1 s at least, not {AllMemoryBackWait}.");
+            throw new ArgumentException($"PageStreamStallLimit must be 1 s at least, not {PageStreamStallLimit}.");
         }
     }
 }

@@ -59,16 +59,56 @@ public partial class PagesFromStoreTests
     }
 
     [Test]
-    public async Task A_stopped_daemon_ends_the_tree_when_the_wait_runs_out_and_the_run_does_not_hang()
+    public async Task A_stopped_daemon_ends_the_tree_once_the_page_stream_stalls_and_the_run_does_not_hang()
     {
         var w = Start("stopped");
         AtRestoreAnswer(Signum.SIGSTOP);
-        var options = FromStore with { AllMemoryBackWait = TimeSpan.FromSeconds(3) };
+        var options = FromStore with { PageStreamStallLimit = TimeSpan.FromSeconds(3) };
 
         var result = await RebootlessPipelines.Rehearsal(restore: options).Build().ExecuteAsync(Context(w)).WaitAsync(TimeSpan.FromSeconds(120));
 
         AssertEndedAndGone(result, w);
-        Assert.That(result.Targets[0].Error, Does.Contain("still needed pages after 3 s"));
+        Assert.That(result.Targets[0].Error, Does.Contain("its daemon asked for no page for 3 s while pages were still missing"));
+    }
+
+    [Test]
+    public async Task A_slow_stream_that_keeps_moving_is_waited_for_well_past_the_stall_limit()
+    {
+        var w = Start("slow");
+        var checksum = w.InitialChecksum;
+        Task throttle = Task.CompletedTask;
+        TargetRestore.RestoreAnswered = t =>
+        {
+            var daemon = t.LazyPagesDaemonPid ?? throw new InvalidOperationException("no daemon");
+            _restored.Add(daemon);
+            _restored.Add(t.RestoredPid!.Value);
+            // The daemon runs 10 ms in every 1.2 s until it is gone: each pause well under the limit, the whole far over it.
+            _ = Syscall.kill(daemon, Signum.SIGSTOP);
+            throttle = Task.Run(async () =>
+            {
+                while (Syscall.kill(daemon, Signum.SIGCONT) == 0)
+                {
+                    await Task.Delay(10);
+                    _ = Syscall.kill(daemon, Signum.SIGSTOP);
+                    await Task.Delay(1200);
+                }
+            });
+        };
+        var options = FromStore with { PageStreamStallLimit = TimeSpan.FromSeconds(4) };
+
+        var result = await RebootlessPipelines.Rehearsal(restore: options).Build().ExecuteAsync(Context(w)).WaitAsync(TimeSpan.FromSeconds(180));
+        var t = result.Targets[0];
+        w.RootPid = t.RestoredPid ?? w.RootPid;
+        TestContext.Out.WriteLine($"{result.Outcome}: {t.Phase}, {t.PagesServedOnDemand} pages served, all back after {t.AllMemoryBackAfter}; {t.Error}");
+        var verdict = w.Check();
+        await throttle.WaitAsync(TimeSpan.FromSeconds(10));
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(t.Phase, Is.EqualTo(TargetPhase.Restored), "a stream that moves is never taken for a stuck one");
+            Assert.That(t.AllMemoryBackAfter, Is.GreaterThan(TimeSpan.FromSeconds(4)), "it took longer than the stall limit in all");
+            Assert.That(verdict, Does.StartWith("ok").And.Contain($"mem={checksum}"), verdict);
+        });
     }
 
     [Test]
@@ -105,7 +145,7 @@ public partial class PagesFromStoreTests
     public async Task A_pstree_damaged_after_the_check_fails_the_restore_cleanly_and_never_ends_a_target_that_never_ran()
     {
         var w = Start("pstree");
-        var pipeline = RebootlessPipelines.Rehearsal(restore: FromStore with { AllMemoryBackWait = TimeSpan.FromSeconds(5) })
+        var pipeline = RebootlessPipelines.Rehearsal(restore: FromStore with { PageStreamStallLimit = TimeSpan.FromSeconds(5) })
             .AddStage("damage", StagePosition.Before("Restore"), (ctx, _) =>
             {
                 // After the set was verified whole: whoever can write the store's folder rewrites the process tree.
