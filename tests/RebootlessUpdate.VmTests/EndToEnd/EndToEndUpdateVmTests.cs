@@ -93,14 +93,14 @@ public class EndToEndUpdateVmTests
         Testbed.RequireRoot();
         var script = Path.Combine(Testbed.RepositoryRoot, "testbed", "run-update");
         var job = Directory.CreateTempSubdirectory("rebootless-e2e-").FullName;
-        var result = ProcessRunner.Run(script, ["--no-provision", "--no-build", "--keep", job, .. extra], TimeSpan.FromMinutes(12));
+        var result = ProcessRunner.Run(script, ["--no-provision", "--no-build", "--keep", job, .. extra], TimeSpan.FromMinutes(20));
         if (VmRun.IsEmulationCrash(result))
         {
             // qemu's TCG ran a half-patched instruction (a guest "Oops: int3", also seen at boot before any job): the
             // emulator, not the update. Once more in a fresh VM and job folder, as VmRun does for its runs.
             TestContext.Out.WriteLine($"the VM hit an emulation crash (guest kernel Oops: int3); running the update once more. First result:\n{result}");
             job = Directory.CreateTempSubdirectory("rebootless-e2e-").FullName;
-            result = ProcessRunner.Run(script, ["--no-provision", "--no-build", "--keep", job, .. extra], TimeSpan.FromMinutes(12));
+            result = ProcessRunner.Run(script, ["--no-provision", "--no-build", "--keep", job, .. extra], TimeSpan.FromMinutes(20));
         }
 
         var reportFile = Path.Combine(job, "report.txt");
