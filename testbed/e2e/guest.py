@@ -28,7 +28,7 @@ import time
 JOB = "/job"
 CFG = json.load(open(f"{JOB}/config.json"))
 HERE = os.path.dirname(os.path.abspath(__file__))
-TOOL = [CFG.get("dotnet", "dotnet"), CFG["tool"]]
+TOOL = [CFG["tool"]]  # the native executable (testbed/run-update publishes it NativeAOT)
 # The tool's options belong to the commands that use them; the criu every command here runs comes from the environment.
 os.environ["REBOOTLESS_CRIU"] = "/usr/sbin/criu"
 STORE_ARGS = ["--pmem", "/dev/pmem0", "--store-mount", "/run/rebootless/store"]

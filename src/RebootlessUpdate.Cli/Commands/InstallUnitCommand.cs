@@ -100,9 +100,11 @@ internal static class InstallUnitCommand
     /// <summary>This tool as it was started: its own binary, or the dotnet host and the tool's dll (quoted where needed).</summary>
     private static string ThisTool()
     {
+        // Started by the dotnet host, the first argument is the tool's dll (a native or apphost binary is its own command).
+        // Not Assembly.Location: it is empty in a single-file or native executable.
         var process = Environment.ProcessPath ?? ShippedCommand;
-        var dll = typeof(InstallUnitCommand).Assembly.Location;
-        return Path.GetFileName(process) == "dotnet" && dll.Length > 0 ? Quote(process) + " " + Quote(dll) : Quote(process);
+        var dll = Environment.GetCommandLineArgs() is [{ Length: > 0 } first, ..] ? Path.GetFullPath(first) : "";
+        return Path.GetFileName(process) == "dotnet" && dll.EndsWith(".dll", StringComparison.Ordinal) ? Quote(process) + " " + Quote(dll) : Quote(process);
     }
 
     private static string Quote(string path) => path.Any(char.IsWhiteSpace) ? "\"" + path + "\"" : path;
