@@ -217,8 +217,17 @@ internal sealed class PreDumpStage(PreDumpStageOptions options) : IUpdateStage
     {
         var reason = e.Message.Split('\n', 2)[0];
         t.PreDumpRefused = reason;
-        // Its log stays in the work folder; a partial pre-dump would only be read by a later dump that names it.
-        Directory.Delete(dir, recursive: true);
+        // Its log stays in the work folder; a partial pre-dump would only be read by a later dump that names it, so
+        // one that cannot be removed is left for the seal to hash (and Cleanup to remove), not a reason to fail.
+        try
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+        catch (Exception io) when (io is IOException or UnauthorizedAccessException)
+        {
+            PipelineLog.TargetWarning(context.Logger, t.Target.Id, $"its refused pre-dump's folder {dir} stays: {io.Message}");
+        }
+
         PipelineLog.TargetWarning(context.Logger, t.Target.Id, $"CRIU refused its pre-dump ({reason}); it is dumped whole inside the freeze, before the other targets");
         context.ReportProgress(Name, $"pre-dump refused by CRIU ({reason}): dumped whole inside the freeze, first", t.Target.Id);
     }
