@@ -84,6 +84,12 @@ public class CriuStageTests
             seen!.Add(stateAtRequest());
         }
 
+        await HoldAtPostDumpAsync(peer, decisions);
+    };
+
+    /// <summary>A dump request already read: CRIU holds the tree at post-dump, then acts on the run's decision.</summary>
+    private static async Task HoldAtPostDumpAsync(FakeCriuPeer peer, List<bool> decisions)
+    {
         peer.Write(new criu_resp { Type = criu_req_type.Notify, Success = true, Notify = new criu_notify { Script = "post-dump" } });
         var commit = (await peer.ExpectAsync(criu_req_type.Notify)).NotifySuccess;
         lock (decisions)
@@ -92,7 +98,7 @@ public class CriuStageTests
         }
 
         peer.Write(commit ? FakeCriuPeer.Ok(criu_req_type.Dump) : Failure(criu_req_type.Dump, "post-dump script failed: resumed"));
-    };
+    }
 
     [Test]
     public async Task Dump_journals_dumping_before_criu_is_asked_and_holds_every_target_until_commit()
@@ -279,14 +285,7 @@ public class CriuStageTests
             return;
         }
 
-        peer.Write(new criu_resp { Type = criu_req_type.Notify, Success = true, Notify = new criu_notify { Script = "post-dump" } });
-        var commit = (await peer.ExpectAsync(criu_req_type.Notify)).NotifySuccess;
-        lock (decisions)
-        {
-            decisions.Add(commit);
-        }
-
-        peer.Write(commit ? FakeCriuPeer.Ok(criu_req_type.Dump) : Failure(criu_req_type.Dump, "post-dump script failed: resumed"));
+        await HoldAtPostDumpAsync(peer, decisions);
     };
 
     [Test]
