@@ -280,6 +280,47 @@ def breakdown(j, boot2_t0, boot2_uptime0, starts=None, t_resume=None):
     return b
 
 
+def counter_samples(boot):
+    """name -> [(guest time, counter)] sampled every half second by the job's sample-counters (see testbed/run-update)."""
+    out = {}
+    try:
+        lines = open(f"{JOB}/counter-samples.{boot}").read().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            t, name, c = line.split()
+            out.setdefault(name, []).append((float(t), int(c)))
+        except ValueError:
+            continue  # a line cut by the jump
+    return out
+
+
+def rate(samples, start, seconds=10.0):
+    """Counter increments per second over [start, start + seconds], from the last sample at or before each end."""
+    def at(t):
+        before = [c for s, c in samples if s <= t]
+        return before[-1] if before and any(t - 3 <= s <= t for s, _ in samples) else None
+    a, b = at(start), at(start + seconds)
+    return None if a is None or b is None else (b - a) / seconds
+
+
+def progress(j, ws, seconds=10.0):
+    """Each workload's counter rate in the 10 s after its target ran again, against the 10 s before the first freeze."""
+    freeze = min(ts(t["dumpStartedAt"]) for t in j["targets"])
+    by_id = {t["id"]: t for t in j["targets"]}
+    ran = {w["name"]: ts(by_id[w["target"]]["restoredAt"]) for w in ws if by_id[w["target"]].get("restoredAt")}
+    if ran:
+        time.sleep(max(0.0, max(ran.values()) + seconds + 1 - time.time()))
+    old, new = counter_samples(1), counter_samples(2)
+    out = {}
+    for name, t_run in ran.items():
+        before, after = rate(old.get(name, []), freeze - seconds, seconds), rate(new.get(name, []), t_run, seconds)
+        out[name] = {"beforePerSecond": before, "afterPerSecond": after,
+                     "ratio": after / before if before and after is not None else None}
+    return out
+
+
 # ---- scenarios -------------------------------------------------------------
 
 def update_args(ws, kernel=None):
@@ -378,6 +419,7 @@ def scenario_update_boot2():
                 checks.append([r.startswith("ok"), f"memory: {CFG.get('memMiB', 256)} MiB pattern, file offset, socket, thread: {r}"])
     lazy = check_lazy_daemons(j, ws, flipped, checks) if CFG.get("lazyRestore") else None
     served = check_pages_from_store(out, ws, flipped, checks) if CFG.get("pagesFromStore") else None
+    moved = progress(j, ws)
     b = breakdown(j, T0, UPTIME0, stage_starts(out), t_resume)
     sets = f"{STORE}/sets/{set_id}/images"
     pre = sum(folder_bytes(p) for p in glob.glob(f"{sets}/*-pre"))
@@ -388,7 +430,7 @@ def scenario_update_boot2():
     result = {"verdict": "PASS" if ok else "FAIL", "scenario": "flip" if flipped else "update", "setId": set_id,
               "oldKernel": j["kernelRelease"], "newKernel": kernel, "breakdown": b, "sizes": sizes,
               "checks": checks, "resumeExitCode": code, "resumeSeconds": secs, "memMiB": CFG.get("memMiB", 256),
-              "lazyRestore": lazy, "pagesFromStore": served, "journal": j}
+              "lazyRestore": lazy, "pagesFromStore": served, "progress": moved, "journal": j}
     save("result.json", result)
     write_report(result)
     keep_logs(set_id)
@@ -501,7 +543,11 @@ def write_report(r):
         "memory served from the store after the targets ran: " + ", ".join(
             f"{k} {v['pagesServedOnDemand']} pages, all back after {fmt(v['allMemoryBackAfterSeconds']).strip()}"
             for k, v in r["pagesFromStore"].items())
-    ] if r.get("pagesFromStore") else []) + [
+    ] if r.get("pagesFromStore") else []) + ([
+        "progress (counter increments per second) in the 10 s after each target ran again, against the 10 s before the freeze: "
+        + ", ".join(f"{k} {v['beforePerSecond']:.1f} -> {v['afterPerSecond']:.1f} ({v['ratio']:.2f}x)" if v["ratio"] is not None
+                    else f"{k} -" for k, v in r["progress"].items())
+    ] if r.get("progress") else []) + [
         "checks:",
     ] + [f"  {'ok  ' if ok else 'FAIL'} {text}" for ok, text in r["checks"]] + [
         "(times across the jump use the guest's wall clock, which the new kernel reads from the 1-second RTC: +-1 s)",
