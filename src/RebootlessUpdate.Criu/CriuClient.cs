@@ -20,6 +20,7 @@ public sealed class CriuClient
     private readonly Func<IReadOnlyCollection<int>, CriuConnection> _connect;
     private readonly Lazy<Task<CriuVersion>> _version;
     private readonly Lazy<Task<CriuFeatures>> _features;
+    private readonly Lazy<Task> _kernelProbe;
 
     /// <summary>Creates a client; nothing is started until a request is made.</summary>
     public CriuClient(CriuClientOptions? options = null)
@@ -39,6 +40,7 @@ public sealed class CriuClient
         _connect = connect ?? Connect;
         _version = new Lazy<Task<CriuVersion>>(() => QueryVersionAsync(CancellationToken.None));
         _features = new Lazy<Task<CriuFeatures>>(() => CheckFeaturesAsync(CancellationToken.None));
+        _kernelProbe = new Lazy<Task>(() => Task.Run(() => KernelProbeCache.PrimeAsync(_options, _logger)));
     }
 
     private CriuConnection Connect(IReadOnlyCollection<int> inheritFds)
@@ -65,6 +67,14 @@ public sealed class CriuClient
         var v = resp.Version ?? throw new CriuTransportException("criu answered VERSION without a version");
         return new CriuVersion(v.MajorNumber, v.MinorNumber, v.HasSublevel ? v.Sublevel : 0, v.HasGitid ? v.Gitid : null);
     }
+
+    /// <summary>
+    /// Has criu probe this kernel's features once and cache the result for the rest of the boot (criu's
+    /// <c>/run/criu.kdat</c>), in the background: restores and lazy-pages daemons started afterwards load it instead of
+    /// each probing the kernel, which on a kernel just booted costs seconds under emulation. Started on the first call,
+    /// the same task after that; it never faults (a failed probe only means each criu probes on its own, as without it).
+    /// </summary>
+    public Task PrimeKernelProbeAsync() => _kernelProbe.Value;
 
     /// <summary>Runs CRIU's kernel check (CHECK); throws <see cref="CriuRequestFailedException"/> when the kernel lacks something.</summary>
     public async Task CheckAsync(CancellationToken cancellationToken = default) =>

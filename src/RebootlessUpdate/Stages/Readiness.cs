@@ -68,6 +68,8 @@ public static class Readiness
         try
         {
             var v = await criu.GetVersionAsync(cancellationToken).ConfigureAwait(false);
+            // In the background from here: the restores after a jump find criu's kernel probe done (see TargetRestore).
+            _ = criu.PrimeKernelProbeAsync();
             version = v.ToString();
             checks.Add(v < RebootlessInfo.MinimumCriuVersion
                 ? new ReadinessCheck("criu", false, $"criu {v} is too old: {RebootlessInfo.MinimumCriuVersion} or newer is required (older releases fail on current kernels); install a newer criu or pass --criu PATH", ReadinessProblem.CriuTooOld)

@@ -36,6 +36,7 @@ internal static class TargetRestore
         }
 
         var criu = context.RequireCriu();
+        await WaitForKernelProbeAsync(criu, cancellationToken).ConfigureAwait(false);
         var work = TargetFolders.WorkDirectory(context, t);
         var options = t.Settings!.ToRestore(imagesDirectory, work) with { LogFile = InterruptedRestore.LogFile };
         // One log per attempt: a later run reads it to tell "CRIU resumed the tree" (see InterruptedRestore).
@@ -216,6 +217,24 @@ internal static class TargetRestore
     /// target's work folder. Null (the target is then restored fully, and the progress says why) when
     /// the kernel or criu cannot: a lazy restore is an optimisation, never a reason to leave a workload down.
     /// </summary>
+    /// <summary>
+    /// criu's kernel probe (started at Preflight, or here) is done before this target's criu processes start, so they
+    /// load it instead of each probing the freshly booted kernel side by side; given up after <see cref="KernelProbeWait"/>.
+    /// </summary>
+    private static async Task WaitForKernelProbeAsync(CriuClient criu, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await criu.PrimeKernelProbeAsync().WaitAsync(KernelProbeWait, cancellationToken).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            // Slower than a probe of its own: each criu probes for itself, as without it.
+        }
+    }
+
+    private static readonly TimeSpan KernelProbeWait = TimeSpan.FromSeconds(20);
+
     private static async Task<CriuLazyPagesDaemon?> StartLazyPagesDaemonAsync(UpdateContext context, TargetRun t, CriuClient criu, string imagesDirectory, string work,
         CriuPageServerEndpoint? pageServer, CancellationToken cancellationToken)
     {
