@@ -164,7 +164,7 @@ print("Restore mode: full (CRIU copies every page before the targets run), lazy 
       "targets run, pre-dumped pages included, each 1 MiB checked first). Resume start is split as (guest job before the "
       "tool + the tool's start + Preflight, Locate and Verify). \"all back\" is from the first freeze until every target "
       "held all of its memory. \"progress\" is the memory workload's counter rate in the 10 s after its target ran again "
-      "against the 10 s before the freeze (sampled every 0.5 s in the guest).\n")
+      "against 10 s before the update started (sampled every 0.5 s on the new kernel).\n")
 print("| row | memory | pre-dump | mode | passed | downtime s | x bare jump | freeze+dump | seal | commit | kexec+boot | "
       "resume start | restore | all back s | progress | images MiB (pre / frozen) |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")

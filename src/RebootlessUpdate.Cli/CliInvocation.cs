@@ -29,7 +29,13 @@ internal sealed class CliInvocation(ParseResult parse)
         }
     }
 
-    public CriuClient Criu() => new(new CriuClientOptions { CriuPath = Settings.CriuPath, RequestTimeout = Settings.CriuTimeout });
+    /// <summary>
+    /// The command's one CRIU client: what it learns once (criu's version, its features, the kernel probe started at
+    /// the readiness check) serves every stage after, instead of a second criu worker asking again.
+    /// </summary>
+    public CriuClient Criu() => _criu ??= new(new CriuClientOptions { CriuPath = Settings.CriuPath, RequestTimeout = Settings.CriuTimeout });
+
+    private CriuClient? _criu;
 
     /// <summary>
     /// Sets <paramref name="command"/>'s action: runs <paramref name="body"/> and turns what it throws into one

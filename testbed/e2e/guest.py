@@ -280,11 +280,19 @@ def breakdown(j, boot2_t0, boot2_uptime0, starts=None, t_resume=None):
     return b
 
 
-def counter_samples(boot):
-    """name -> [(guest time, counter)] sampled every half second by the job's sample-counters (see testbed/run-update)."""
+def rates_before(ws, seconds=10.0):
+    """Each workload's counter increments per second over 10 s while it runs undisturbed (before the update starts)."""
+    c0, t0 = {w["name"]: counter(w) for w in ws}, time.time()
+    time.sleep(seconds)
+    c1, t1 = {w["name"]: counter(w) for w in ws}, time.time()
+    return {n: (c1[n] - c0[n]) / (t1 - t0) for n in c0 if c0[n] is not None and c1[n] is not None}
+
+
+def counter_samples():
+    """name -> [(guest time, counter)] sampled every half second on the new kernel by the job's sample-counters."""
     out = {}
     try:
-        lines = open(f"{JOB}/counter-samples.{boot}").read().splitlines()
+        lines = open(f"{JOB}/counter-samples.2").read().splitlines()
     except OSError:
         return out
     for line in lines:
@@ -305,17 +313,16 @@ def rate(samples, start, seconds=10.0):
     return None if a is None or b is None else (b - a) / seconds
 
 
-def progress(j, ws, seconds=10.0):
-    """Each workload's counter rate in the 10 s after its target ran again, against the 10 s before the first freeze."""
-    freeze = min(ts(t["dumpStartedAt"]) for t in j["targets"])
+def progress(ws, j, seconds=10.0):
+    """Each workload's counter rate in the 10 s after its target ran again, against 10 s before the update started."""
     by_id = {t["id"]: t for t in j["targets"]}
     ran = {w["name"]: ts(by_id[w["target"]]["restoredAt"]) for w in ws if by_id[w["target"]].get("restoredAt")}
     if ran:
         time.sleep(max(0.0, max(ran.values()) + seconds + 1 - time.time()))
-    old, new = counter_samples(1), counter_samples(2)
+    old, new = load("rates-before.json", {}), counter_samples()
     out = {}
     for name, t_run in ran.items():
-        before, after = rate(old.get(name, []), freeze - seconds, seconds), rate(new.get(name, []), t_run, seconds)
+        before, after = old.get(name), rate(new.get(name, []), t_run, seconds)
         out[name] = {"beforePerSecond": before, "afterPerSecond": after,
                      "ratio": after / before if before and after is not None else None}
     return out
@@ -346,6 +353,7 @@ def scenario_update_boot1():
     ws = start_workloads(names)
     save("workloads.json", ws)
     log("workloads: " + ", ".join(f"{w['name']}=pid {w['root']} {len(w['tree'])} processes" for w in ws))
+    save("rates-before.json", rates_before(ws))
     env = dict(os.environ, REBOOTLESS_ALLOW_KEXEC_JUMP="1")
     code, out, secs = run(update_args(ws), env=env, logname="update.log")
     # Only a failed update comes back here.
@@ -419,7 +427,7 @@ def scenario_update_boot2():
                 checks.append([r.startswith("ok"), f"memory: {CFG.get('memMiB', 256)} MiB pattern, file offset, socket, thread: {r}"])
     lazy = check_lazy_daemons(j, ws, flipped, checks) if CFG.get("lazyRestore") else None
     served = check_pages_from_store(out, ws, flipped, checks) if CFG.get("pagesFromStore") else None
-    moved = progress(j, ws)
+    moved = progress(ws, j)
     b = breakdown(j, T0, UPTIME0, stage_starts(out), t_resume)
     sets = f"{STORE}/sets/{set_id}/images"
     pre = sum(folder_bytes(p) for p in glob.glob(f"{sets}/*-pre"))
@@ -544,7 +552,7 @@ def write_report(r):
             f"{k} {v['pagesServedOnDemand']} pages, all back after {fmt(v['allMemoryBackAfterSeconds']).strip()}"
             for k, v in r["pagesFromStore"].items())
     ] if r.get("pagesFromStore") else []) + ([
-        "progress (counter increments per second) in the 10 s after each target ran again, against the 10 s before the freeze: "
+        "progress (counter increments per second) in the 10 s after each target ran again, against 10 s before the update: "
         + ", ".join(f"{k} {v['beforePerSecond']:.1f} -> {v['afterPerSecond']:.1f} ({v['ratio']:.2f}x)" if v["ratio"] is not None
                     else f"{k} -" for k, v in r["progress"].items())
     ] if r.get("progress") else []) + [
