@@ -213,12 +213,7 @@ internal static class TargetRestore
     }
 
     /// <summary>
-    /// Starts the lazy-pages daemon of one target over its images, its socket, log and pid file in the
-    /// target's work folder. Null (the target is then restored fully, and the progress says why) when
-    /// the kernel or criu cannot: a lazy restore is an optimisation, never a reason to leave a workload down.
-    /// </summary>
-    /// <summary>
-    /// criu's kernel probe (started at Preflight, or here) is done before this target's criu processes start, so they
+    /// criu's kernel probe (started by the readiness check, or here) is done before this target's criu processes start, so they
     /// load it instead of each probing the freshly booted kernel side by side; given up after <see cref="KernelProbeWait"/>.
     /// </summary>
     private static async Task WaitForKernelProbeAsync(CriuClient criu, CancellationToken cancellationToken)
@@ -235,6 +230,11 @@ internal static class TargetRestore
 
     private static readonly TimeSpan KernelProbeWait = TimeSpan.FromSeconds(20);
 
+    /// <summary>
+    /// Starts the lazy-pages daemon of one target over its images, its socket, log and pid file in the
+    /// target's work folder. Null (the target is then restored fully, and the progress says why) when
+    /// the kernel or criu cannot: a lazy restore is an optimisation, never a reason to leave a workload down.
+    /// </summary>
     private static async Task<CriuLazyPagesDaemon?> StartLazyPagesDaemonAsync(UpdateContext context, TargetRun t, CriuClient criu, string imagesDirectory, string work,
         CriuPageServerEndpoint? pageServer, CancellationToken cancellationToken)
     {
