@@ -66,6 +66,9 @@ public static class CapacityEstimator
         return (seen.Count, memory, required);
     }
 
+    /// <summary>The errno of "No such process", which .NET carries as the HResult of the IOException.</summary>
+    private const int Esrch = 3;
+
     /// <summary>Anonymous + Swap + Pss_Shmem of one process, in bytes (0 when it exited meanwhile).</summary>
     internal static long ReadRollup(string proc, int pid, int root)
     {
@@ -78,9 +81,11 @@ public static class CapacityEstimator
         {
             return 0; // exited while we walked the tree
         }
-        catch (IOException) when (Gone(proc, pid))
+        catch (IOException e) when (e.HResult == Esrch || Gone(proc, pid))
         {
-            return 0; // exited (or is a zombie, which holds no memory): ESRCH
+            // ESRCH: the process has no memory any more. It exited, is a zombie, or is between releasing its memory
+            // and becoming a zombie (the state in stat still says R or D then); a kernel thread never had any.
+            return 0;
         }
         catch (Exception e) when (e is UnauthorizedAccessException or IOException)
         {
