@@ -94,8 +94,11 @@ public sealed class UpdateContext
     /// </summary>
     public bool PointOfNoReturnPassed { get; internal set; }
 
-    /// <summary>True when a resume found nothing to do (the set was already resumed).</summary>
-    public bool NothingToDo { get; internal set; }
+    /// <summary>True when a resume found nothing to do (no unfinished run, or the set was already resumed).</summary>
+    public bool NothingToDo => Recovery == RecoveryKind.NothingToDo;
+
+    /// <summary>What the run after boot does, as Locate decided it (a resume until it decides otherwise).</summary>
+    internal RecoveryKind Recovery { get; set; } = RecoveryKind.Resume;
 
     /// <summary>A place for custom stages to pass values to each other.</summary>
     public IDictionary<string, object?> Items => _items;
@@ -122,9 +125,6 @@ public sealed class UpdateContext
     internal bool KernelLoaded { get; set; }
 
     internal RestorableSet? Restorable { get; set; }
-
-    /// <summary>A resume found its journal written in this very boot: a crash before the jump, to be rolled back.</summary>
-    internal bool SameBoot { get; set; }
 
     /// <summary>The capacity estimate Plan made.</summary>
     public CapacityEstimate? Estimate { get; internal set; }

@@ -41,6 +41,9 @@ public sealed class UpdatePipelineBuilder
     /// <summary>The names of the stages added so far, in order.</summary>
     public IReadOnlyList<string> StageNames => [.. _stages.Select(s => s.Stage.Name)];
 
+    /// <summary>The stage named <paramref name="name"/>, as added.</summary>
+    internal IUpdateStage Stage(string name) => _stages.Single(s => s.Stage.Name == name).Stage;
+
     /// <summary>
     /// Adds a stage before the pipeline's closing stages (see <see cref="StagePosition.Default"/>): after Restore and
     /// before Report and Cleanup in a rehearsal or resume, before Jump in an update; at the end when there are none.

@@ -24,7 +24,7 @@ internal abstract class CleanupStage(CleanupStageOptions options) : IUpdateStage
         {
             var store = context.RequireStore();
             await CleanRunAsync(context, store, cancellationToken).ConfigureAwait(false);
-            if (context.StoreLock is not null && !context.NothingToDo)
+            if (context.StoreLock is not null && Prunes)
             {
                 await ApplyRetentionAsync(context, store).ConfigureAwait(false);
             }
@@ -38,6 +38,9 @@ internal abstract class CleanupStage(CleanupStageOptions options) : IUpdateStage
 
     /// <summary>Removes what this kind of run leaves that nothing needs any more.</summary>
     protected abstract Task CleanRunAsync(UpdateContext context, IImageStore store, CancellationToken cancellationToken);
+
+    /// <summary>Whether this kind of run applies retention once it cleaned up after itself.</summary>
+    protected virtual bool Prunes => true;
 
     /// <summary>How many sealed sets retention keeps (null: it prunes none).</summary>
     protected abstract int? KeepSealedSets { get; }
@@ -113,10 +116,10 @@ internal sealed class RehearsalCleanupStage(CleanupStageOptions options) : Clean
 }
 
 /// <summary>
-/// A resume's Cleanup: stops lazy-pages daemons orphaned by killed restores, deletes the set of a
-/// crash before the jump once every workload runs again, and prunes sealed sets beyond the kept number.
+/// A resume's Cleanup: stops lazy-pages daemons orphaned by killed restores, and prunes sealed sets beyond the kept
+/// number (the set just resumed from is the newest, so it is kept).
 /// </summary>
-internal sealed class ResumeCleanupStage(CleanupStageOptions options) : CleanupStage(options)
+internal class ResumeCleanupStage(CleanupStageOptions options) : CleanupStage(options)
 {
     protected override int? KeepSealedSets => Options.KeepSealedSets;
 
@@ -134,12 +137,30 @@ internal sealed class ResumeCleanupStage(CleanupStageOptions options) : CleanupS
         {
             context.ReportProgress(Name, $"could not stop orphaned lazy-pages daemons (the next resume tries again): {e.Message}");
         }
+    }
+}
 
-        if (context.SameBoot && !context.NothingToDo && context.SetId is { } rolledBack
-            && context.Targets.All(t => t.Phase is TargetPhase.Resumed or TargetPhase.Restored))
+/// <summary>
+/// A rollback's Cleanup, after a crash before the jump: a resume's, and the set is deleted once every workload runs
+/// again (its images have no further use).
+/// </summary>
+internal sealed class RollbackCleanupStage(CleanupStageOptions options) : ResumeCleanupStage(options)
+{
+    protected override async Task CleanRunAsync(UpdateContext context, IImageStore store, CancellationToken cancellationToken)
+    {
+        await base.CleanRunAsync(context, store, cancellationToken).ConfigureAwait(false);
+        if (context.SetId is { } rolledBack && context.Targets.All(t => t.Phase is TargetPhase.Resumed or TargetPhase.Restored))
         {
-            // A crash before the jump, recovered: every workload runs again, the images have no further use.
             store.DeleteSet(rolledBack);
         }
     }
+}
+
+/// <summary>
+/// The Cleanup of a resume that found nothing to do (every boot's resume unit, mostly): orphaned lazy-pages daemons
+/// are still stopped, but nothing is pruned.
+/// </summary>
+internal sealed class NothingToResumeCleanupStage(CleanupStageOptions options) : ResumeCleanupStage(options)
+{
+    protected override bool Prunes => false;
 }

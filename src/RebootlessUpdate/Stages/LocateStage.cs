@@ -37,7 +37,7 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
             var unfinished = all.Count == 0 ? null : all[^1];
             if (unfinished is null)
             {
-                context.NothingToDo = true;
+                context.Recovery = RecoveryKind.NothingToDo;
                 context.SkipStage($"no resume marker ({RebootlessInfo.ResumeParameter}=) on the command line and no unfinished journal in {store.RootDirectory}");
                 return;
             }
@@ -70,7 +70,7 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
         {
             context.Journal = journal;
             context.SetId = setId;
-            context.NothingToDo = true;
+            context.Recovery = RecoveryKind.NothingToDo;
             context.SkipStage($"set {setId} is already {journal.State.ToString().ToLowerInvariant()}; nothing to do");
             return;
         }
@@ -85,10 +85,11 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
         // Retrying a failed run (--set): the targets that run (restored earlier, or never ended) are left alone below.
         context.Journal = journal;
         context.SetId = setId;
-        context.SameBoot = journal.Record.BootId == SystemInfo.BootId();
+        var rollback = journal.Record.BootId == SystemInfo.BootId();
+        context.Recovery = rollback ? RecoveryKind.Rollback : RecoveryKind.Resume;
         var images = Path.Combine(store.RootDirectory, "sets", setId, "images");
         var runs = new List<TargetRun>();
-        if (context.SameBoot)
+        if (rollback)
         {
             // A crash before the jump: a CRIU worker of the dead run may still hold a tree
             // (frozen at post-dump until it notices its client is gone, then it resumes it).
@@ -104,7 +105,7 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
         }
 
         context.Targets = runs;
-        context.ReportProgress(Name, $"set {setId}: journal state {journal.State}, {(context.SameBoot ? "same boot (rolling back)" : "new boot")}");
+        context.ReportProgress(Name, $"set {setId}: journal state {journal.State}, {(rollback ? "same boot (rolling back)" : "new boot")}");
     }
 
     /// <summary>A target as its journal left it (before deciding what it needs).</summary>
@@ -183,7 +184,7 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
                 return;
         }
 
-        if (context.SameBoot && run.Original is { IsAlive: true })
+        if (context.Recovery == RecoveryKind.Rollback && run.Original is { IsAlive: true })
         {
             run.MoveTo(TargetPhase.Resumed); // never ended: a crash before the jump let it run on
         }

@@ -3,18 +3,28 @@ using RebootlessUpdate.Pipeline;
 
 namespace RebootlessUpdate.Stages;
 
-/// <summary>Records how the run ended in the journal: every target running again (with the longest downtime), or which ones need an operator.</summary>
-internal abstract class ReportStage : IUpdateStage
+/// <summary>
+/// The Report of a rehearsal and of a resume: journals the run as resumed, with the longest downtime, once every
+/// target runs again; otherwise fails naming the targets that need an operator (the journal stays unfinished, so a
+/// later resume retries them).
+/// </summary>
+internal class ReportStage : IUpdateStage
 {
     public string Name => "Report";
 
-    public abstract ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken);
+    public virtual ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
+    {
+        var journal = context.RequireJournal();
+        journal.UpdateTargets(context);
+        Finish(context, journal, NotRunning(context));
+        return ValueTask.CompletedTask;
+    }
 
     /// <summary>The targets not running again (refused, failed, or an interrupted restore still under way): they need an operator.</summary>
     protected static List<TargetRun> NotRunning(UpdateContext context) =>
         [.. context.Targets.Where(t => t.Phase is not (TargetPhase.Restored or TargetPhase.Resumed))];
 
-    /// <summary>Journals the run as resumed, or fails it naming the targets not running (the journal stays unfinished so a later resume retries them).</summary>
+    /// <summary>Journals the run as resumed, or fails it naming the targets not running.</summary>
     protected static void Finish(UpdateContext context, UpdateJournal journal, List<TargetRun> notRunning)
     {
         if (notRunning.Count > 0)
@@ -28,49 +38,29 @@ internal abstract class ReportStage : IUpdateStage
     }
 }
 
-/// <summary>A rehearsal's Report: every workload was restored from the checked images, or the run fails naming those that were not.</summary>
-internal sealed class RehearsalReportStage : ReportStage
-{
-    public override ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
-    {
-        var journal = context.RequireJournal();
-        journal.UpdateTargets(context);
-        Finish(context, journal, NotRunning(context));
-        return ValueTask.CompletedTask;
-    }
-}
-
 /// <summary>
-/// A resume's Report. After the jump: resumed. After a crash before the jump (same boot):
-/// the kernel loaded for the jump is unloaded, and the run is journaled as rolled back.
+/// A rollback's Report, after a crash before the jump (same boot): the kernel loaded for the jump is unloaded, and
+/// the run is journaled as rolled back once every target runs again (else it fails naming those that do not).
 /// </summary>
-internal sealed class ResumeReportStage(KexecLoader? loader = null) : ReportStage
+internal sealed class RollbackReportStage(KexecLoader? loader = null) : ReportStage
 {
     public override async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
     {
-        if (context.NothingToDo)
-        {
-            context.SkipStage("nothing to resume");
-            return;
-        }
-
         var journal = context.RequireJournal();
         journal.UpdateTargets(context);
-        var notRunning = NotRunning(context);
-        if (context.SameBoot)
-        {
-            // The jump never happened: a kernel it loaded must not be jumped into by a later `systemctl kexec`.
-            var kexec = loader ?? new KexecLoader();
-            if (kexec.IsLoaded)
-            {
-                await kexec.UnloadAsync(cancellationToken: cancellationToken).ConfigureAwait(false);
-            }
 
-            if (notRunning.Count == 0)
-            {
-                journal.Transition(JournalState.RolledBack, "a crash before the jump was recovered on the same kernel");
-                return;
-            }
+        // The jump never happened: a kernel it loaded must not be jumped into by a later `systemctl kexec`.
+        var kexec = loader ?? new KexecLoader();
+        if (kexec.IsLoaded)
+        {
+            await kexec.UnloadAsync(cancellationToken: cancellationToken).ConfigureAwait(false);
+        }
+
+        var notRunning = NotRunning(context);
+        if (notRunning.Count == 0)
+        {
+            journal.Transition(JournalState.RolledBack, "a crash before the jump was recovered on the same kernel");
+            return;
         }
 
         Finish(context, journal, notRunning);

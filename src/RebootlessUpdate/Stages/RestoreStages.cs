@@ -16,16 +16,10 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
     protected RestoreStageOptions Options => options;
 
     /// <summary>Whether the original tree may still be ending (same kernel): its pids must be free before CRIU restores them.</summary>
-    protected abstract bool WaitForRelease(UpdateContext context);
+    protected abstract bool WaitForRelease { get; }
 
     public async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
     {
-        if (context.NothingToDo)
-        {
-            context.SkipStage("nothing to resume");
-            return;
-        }
-
         var journal = context.RequireJournal();
         var todo = context.Targets.Where(t => t.Phase == TargetPhase.Dumped).ToList();
         if (journal.State != JournalState.Resuming)
@@ -34,7 +28,7 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
         }
 
         var root = context.Restorable?.ImagesDirectory;
-        TimeSpan? releaseWait = WaitForRelease(context) ? options.PidReleaseWait : null;
+        TimeSpan? releaseWait = WaitForRelease ? options.PidReleaseWait : null;
         using var gate = new SemaphoreSlim(options.MaxParallelism);
         var errors = new List<Exception>();
         await Task.WhenAll(todo.Select(async t =>
@@ -196,7 +190,7 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
 /// </summary>
 internal sealed class RehearsalRestoreStage(RestoreStageOptions options) : RestoreStage(options)
 {
-    protected override bool WaitForRelease(UpdateContext context) => true;
+    protected override bool WaitForRelease => true;
 
     public override async ValueTask CompensateAsync(UpdateContext context, CancellationToken cancellationToken)
     {
@@ -208,13 +202,23 @@ internal sealed class RehearsalRestoreStage(RestoreStageOptions options) : Resto
 }
 
 /// <summary>
-/// A resume's Restore: after the jump nothing of the old kernel holds a pid; after a crash
-/// before the jump (same boot) the original may still be ending, so its pids are waited for.
-/// A target that cannot be restored keeps its images and its unfinished journal for the next resume.
+/// A resume's Restore, after the jump: nothing of the old kernel holds a pid. A target that cannot be
+/// restored keeps its images and its unfinished journal for the next resume.
 /// </summary>
 internal sealed class ResumeRestoreStage(RestoreStageOptions options) : RestoreStage(options)
 {
-    protected override bool WaitForRelease(UpdateContext context) => context.SameBoot;
+    protected override bool WaitForRelease => false;
+
+    public override ValueTask CompensateAsync(UpdateContext context, CancellationToken cancellationToken) => ValueTask.CompletedTask;
+}
+
+/// <summary>
+/// A rollback's Restore, after a crash before the jump (same boot): the original may still be ending, so its pids
+/// are waited for. Like a resume's, a target that cannot be restored keeps its images and its unfinished journal.
+/// </summary>
+internal sealed class RollbackRestoreStage(RestoreStageOptions options) : RestoreStage(options)
+{
+    protected override bool WaitForRelease => true;
 
     public override ValueTask CompensateAsync(UpdateContext context, CancellationToken cancellationToken) => ValueTask.CompletedTask;
 }

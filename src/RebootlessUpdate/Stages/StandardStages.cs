@@ -6,7 +6,9 @@ namespace RebootlessUpdate.Stages;
 /// Adds the standard stages to a pipeline. Before the switch:
 /// Preflight → Plan → LoadKernel → PreDump → Dump → Seal → Jump;
 /// a rehearsal replaces LoadKernel/Jump by Verify → Commit → Restore → Report → Cleanup;
-/// after boot: Preflight → Locate → Verify → Restore → Report → Cleanup.
+/// after boot: Preflight → Locate → Verify → Restore → Report → Cleanup, where Locate decides whether the run is a
+/// resume (after the jump), a rollback (a crash before the jump, same boot) or has nothing to do, and each of the
+/// four steps after it is done by that kind's own stage (<see cref="RecoveryStep"/>).
 /// A standard stage does one kind of run's work: the builder must be made for that kind
 /// (<c>new UpdatePipelineBuilder(UpdateMode.Resume)</c>), and a stage that has no place in
 /// it (a Jump in a rehearsal, a Locate before a dump) is refused when added.
@@ -66,10 +68,13 @@ public static class StandardStages
         For(builder, "Locate", UpdateMode.Resume).AppendStage(new LocateStage(options ?? new LocateStageOptions()));
 
     /// <summary>Verifies every hash of the set (after boot, the page images while they are restored: see <see cref="VerifyStageOptions"/>).</summary>
-    public static UpdatePipelineBuilder AddVerify(this UpdatePipelineBuilder builder, VerifyStageOptions? options = null) =>
-        KindOf(builder, "Verify", UpdateMode.Rehearse, UpdateMode.Resume) == UpdateMode.Rehearse
-            ? builder.AppendStage(new RehearsalVerifyStage())
-            : builder.AppendStage(new ResumeVerifyStage(options ?? new VerifyStageOptions()));
+    public static UpdatePipelineBuilder AddVerify(this UpdatePipelineBuilder builder, VerifyStageOptions? options = null)
+    {
+        options ??= new VerifyStageOptions();
+        return builder.AppendStage(KindOf(builder, "Verify", UpdateMode.Rehearse, UpdateMode.Resume) == UpdateMode.Rehearse
+            ? new RehearsalVerifyStage()
+            : new RecoveryStep("Verify", new ResumeVerifyStage(options), new RollbackVerifyStage(options)));
+    }
 
     /// <summary>
     /// Restores the targets in parallel; retried (it skips restored targets, so repeating is safe), except when a
@@ -80,9 +85,9 @@ public static class StandardStages
     {
         options ??= new RestoreStageOptions();
         options.Validate();
-        RestoreStage stage = KindOf(builder, "Restore", UpdateMode.Rehearse, UpdateMode.Resume) == UpdateMode.Rehearse
+        IUpdateStage stage = KindOf(builder, "Restore", UpdateMode.Rehearse, UpdateMode.Resume) == UpdateMode.Rehearse
             ? new RehearsalRestoreStage(options)
-            : new ResumeRestoreStage(options);
+            : new RecoveryStep("Restore", new ResumeRestoreStage(options), new RollbackRestoreStage(options));
         return builder.AppendStage(stage, stageOptions ?? new StageOptions
         {
             SafeToRepeat = true,
@@ -95,8 +100,8 @@ public static class StandardStages
     /// <summary>Records the end state in the journal.</summary>
     public static UpdatePipelineBuilder AddReport(this UpdatePipelineBuilder builder) =>
         builder.AppendClosingStage(KindOf(builder, "Report", UpdateMode.Rehearse, UpdateMode.Resume) == UpdateMode.Rehearse
-            ? new RehearsalReportStage()
-            : new ResumeReportStage(), "Report journals how the run ended");
+            ? new ReportStage()
+            : new RecoveryStep("Report", new ReportStage(), new RollbackReportStage()), "Report journals how the run ended");
 
     /// <summary>Releases the lock; deletes a rehearsal's set or applies retention.</summary>
     public static UpdatePipelineBuilder AddCleanup(this UpdatePipelineBuilder builder, CleanupStageOptions? options = null)
@@ -105,7 +110,8 @@ public static class StandardStages
         options.Validate();
         return builder.AppendClosingStage(KindOf(builder, "Cleanup", UpdateMode.Rehearse, UpdateMode.Resume) == UpdateMode.Rehearse
             ? new RehearsalCleanupStage(options)
-            : new ResumeCleanupStage(options), "Cleanup deletes a rehearsal's set and prunes the store");
+            : new RecoveryStep("Cleanup", new ResumeCleanupStage(options), new RollbackCleanupStage(options), new NothingToResumeCleanupStage(options)),
+            "Cleanup deletes a rehearsal's set and prunes the store");
     }
 
     /// <summary>The kind of run <paramref name="builder"/> is for, when <paramref name="stage"/> has a place in it (any kind when none is listed).</summary>

@@ -20,23 +20,20 @@ internal sealed class RehearsalVerifyStage : IUpdateStage
 }
 
 /// <summary>
-/// A resume's Verify: every hash of the set before anything restored from it runs. The
+/// Verify after boot: every hash of the set before anything restored from it runs. The
 /// page images of each target are, by default, hashed while CRIU restores them (the
 /// Restore stage holds each target at post-restore until its check passed). Damage in
 /// one target's folder refuses that target only; damage anywhere else refuses the set.
 /// </summary>
-internal sealed class ResumeVerifyStage(VerifyStageOptions options) : IUpdateStage
+internal abstract class AfterBootVerifyStage(VerifyStageOptions options) : IUpdateStage
 {
     public string Name => "Verify";
 
+    /// <summary>Why this kind of run restores from the set without verifying it, if it may.</summary>
+    protected abstract string? Unverified(UpdateContext context, IImageStore store);
+
     public async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
     {
-        if (context.NothingToDo)
-        {
-            context.SkipStage("nothing to resume");
-            return;
-        }
-
         var store = context.RequireStore();
         if (!context.Targets.Any(t => t.Phase == TargetPhase.Dumped))
         {
@@ -44,13 +41,9 @@ internal sealed class ResumeVerifyStage(VerifyStageOptions options) : IUpdateSta
             return;
         }
 
-        if (context.SameBoot && store.ListSets().Any(s => s.SetId == context.SetId && s.IsNeverSealed)
-            && !context.RequireJournal().Record.History.Any(h => h.State == JournalState.Sealed))
+        if (Unverified(context, store) is { } unverified)
         {
-            // A crash before sealing, on this very boot: the images are this boot's own; CRIU checks them as it reads.
-            // Only a set that positively never began sealing: one whose manifest was deleted (it keeps its seal mark),
-            // or whose folder cannot be trusted, is verified and refused.
-            context.SkipStage("the set was never sealed (a crash before sealing); restoring this boot's own images");
+            context.SkipStage(unverified);
             return;
         }
 
@@ -127,6 +120,29 @@ internal sealed class ResumeVerifyStage(VerifyStageOptions options) : IUpdateSta
             }
         });
     }
+}
+
+/// <summary>A resume's Verify, after the jump: the set is always verified.</summary>
+internal sealed class ResumeVerifyStage(VerifyStageOptions options) : AfterBootVerifyStage(options)
+{
+    protected override string? Unverified(UpdateContext context, IImageStore store) => null;
+}
+
+/// <summary>
+/// A rollback's Verify, after a crash before the jump (same boot): like a resume's, except for a set that positively
+/// never began sealing, whose images are this boot's own (CRIU checks them as it reads).
+/// </summary>
+internal sealed class RollbackVerifyStage(VerifyStageOptions options) : AfterBootVerifyStage(options)
+{
+    /// <remarks>
+    /// Only a set that never began sealing: one whose manifest was deleted keeps its seal mark, and the journal's
+    /// history says whether sealing began, so either is verified (and refused).
+    /// </remarks>
+    protected override string? Unverified(UpdateContext context, IImageStore store) =>
+        store.ListSets().Any(s => s.SetId == context.SetId && s.IsNeverSealed)
+        && !context.RequireJournal().Record.History.Any(h => h.State == JournalState.Sealed)
+            ? "the set was never sealed (a crash before sealing); restoring this boot's own images"
+            : null;
 }
 
 /// <summary>Which target a file of a set belongs to, and what a target refused for its files is told.</summary>

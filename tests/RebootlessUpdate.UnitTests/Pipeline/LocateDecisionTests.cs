@@ -38,14 +38,14 @@ public class LocateDecisionTests
     private async Task<TargetRun> DecideAsync(JournalTarget jt, bool sameBoot = false, double waitSeconds = 5, string? restoreLog = null, Action<string>? inWork = null)
     {
         Directory.CreateDirectory(Path.Combine(_images, jt.Folder));
-        var context = new UpdateContext(UpdateMode.Resume, []) { SameBoot = sameBoot };
+        var context = new UpdateContext(UpdateMode.Resume, []) { Recovery = sameBoot ? RecoveryKind.Rollback : RecoveryKind.Resume };
         if (restoreLog is not null)
         {
             // A store whose journal logs hold the interrupted attempt's restore log, as RestoreAsync leaves it.
             var store = Directory.CreateDirectory(Path.Combine(_images, "store")).FullName;
             context = new UpdateContext(UpdateMode.Resume, [])
             {
-                SameBoot = sameBoot,
+                Recovery = sameBoot ? RecoveryKind.Rollback : RecoveryKind.Resume,
                 Store = new DirectoryImageStore(new DirectoryImageStoreOptions { RootDirectory = store }),
                 SetId = SetId,
             };

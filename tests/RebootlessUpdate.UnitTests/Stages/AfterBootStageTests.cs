@@ -52,7 +52,7 @@ public class AfterBootStageTests
         context.StoreLock = _f.Store.AcquireLock();
         context.Journal = UpdateJournal.Create(_f.StoreRoot, _set.Id, mode, targets, context.StoreLock, _f.Clock);
         context.SetId = _set.Id;
-        context.SameBoot = sameBoot;
+        context.Recovery = sameBoot ? RecoveryKind.Rollback : RecoveryKind.Resume;
         context.Targets = [.. targets.Select(t => LocateStage.Load(t, _set.ImagesDirectory))];
         return context;
     }
@@ -155,17 +155,76 @@ public class AfterBootStageTests
     }
 
     [Test]
-    public async Task A_resume_with_nothing_to_do_verifies_restores_and_reports_nothing()
+    public async Task A_resume_with_nothing_to_do_verifies_restores_reports_and_prunes_nothing()
     {
         using var context = Disposing(Context(UpdateMode.Resume, TargetPhase.Dumped, TargetPhase.Dumped));
-        context.Value.NothingToDo = true;
+        context.Value.Recovery = RecoveryKind.NothingToDo;
         Flip("00-pid-101/core-1.img");
+        var resume = RebootlessPipelines.Resume(cleanup: new CleanupStageOptions { KeepJournals = 0, KeepSealedSets = 0 });
+        var finished = await _f.SealedSet(); // a finished run's set: what retention would prune
+        UpdateJournal.Create(_f.StoreRoot, finished.Id, UpdateMode.Update, [Journaled(A, "00-pid-101", TargetPhase.Restored)], context.Value.StoreLock!, _f.Clock)
+            .Transition(JournalState.Resumed);
 
-        Assert.That(await Run(new ResumeVerifyStage(new VerifyStageOptions()), context.Value), Is.EqualTo("nothing to resume"));
-        Assert.That(await Run(new ResumeRestoreStage(new RestoreStageOptions()), context.Value), Is.EqualTo("nothing to resume"));
-        Assert.That(await Run(new ResumeReportStage(Loader()), context.Value), Is.EqualTo("nothing to resume"));
+        foreach (var step in new[] { "Verify", "Restore", "Report" })
+        {
+            Assert.That(await Run(resume.Stage(step), context.Value), Is.EqualTo("nothing to resume"), step);
+        }
+
+        Assert.That(await Run(resume.Stage("Cleanup"), context.Value), Is.Null);
         Assert.That(Reread(context.Value).State, Is.EqualTo(JournalState.Planned), "nothing was journaled");
+        Assert.That(context.Value.Targets.Select(t => t.Phase), Is.All.EqualTo(TargetPhase.Dumped), "nothing was verified or refused");
         Assert.That(_kexec.Loaded, Is.True, "nothing was unloaded");
+        Assert.That(Directory.Exists(finished.Directory), Is.True, "nothing was pruned");
+
+        context.Value.Recovery = RecoveryKind.Resume;
+        await Run(resume.Stage("Cleanup"), context.Value);
+        Assert.That(Directory.Exists(finished.Directory), Is.False, "a resume's Cleanup prunes it");
+    }
+
+    [TestCase("Resume", "Verify", typeof(ResumeVerifyStage))]
+    [TestCase("Rollback", "Verify", typeof(RollbackVerifyStage))]
+    [TestCase("NothingToDo", "Verify", null)]
+    [TestCase("Resume", "Restore", typeof(ResumeRestoreStage))]
+    [TestCase("Rollback", "Restore", typeof(RollbackRestoreStage))]
+    [TestCase("NothingToDo", "Restore", null)]
+    [TestCase("Resume", "Report", typeof(ReportStage))]
+    [TestCase("Rollback", "Report", typeof(RollbackReportStage))]
+    [TestCase("NothingToDo", "Report", null)]
+    [TestCase("Resume", "Cleanup", typeof(ResumeCleanupStage))]
+    [TestCase("Rollback", "Cleanup", typeof(RollbackCleanupStage))]
+    [TestCase("NothingToDo", "Cleanup", typeof(NothingToResumeCleanupStage))]
+    public void Each_step_after_boot_is_done_by_the_stage_of_the_kind_of_run_locate_decided_on(string kind, string step, Type? expected)
+    {
+        var stage = (RecoveryStep)RebootlessPipelines.Resume().Stage(step);
+
+        Assert.That(stage.For(Enum.Parse<RecoveryKind>(kind))?.GetType(), Is.EqualTo(expected));
+    }
+
+    [Test]
+    public async Task Rollback_verify_restores_a_set_that_never_began_sealing_without_verifying_it_and_resume_verify_refuses_it()
+    {
+        var unsealed = _f.Store.CreateSet([A]);
+        File.WriteAllText(Path.Combine(Directory.CreateDirectory(Path.Combine(unsealed.ImagesDirectory, "00-pid-101")).FullName, "core-1.img"), "core");
+        foreach (var kind in new[] { RecoveryKind.Rollback, RecoveryKind.Resume })
+        {
+            var targets = new[] { Journaled(A, "00-pid-101", TargetPhase.Dumped) };
+            using var context = Disposing(new UpdateContext(UpdateMode.Resume, []) { Store = _f.Store, TimeProvider = _f.Clock, Recovery = kind });
+            context.Value.StoreLock = _f.Store.AcquireLock();
+            context.Value.Journal = UpdateJournal.Create(_f.StoreRoot, unsealed.Id, UpdateMode.Update, targets, context.Value.StoreLock, _f.Clock);
+            context.Value.SetId = unsealed.Id;
+            context.Value.Targets = [.. targets.Select(t => LocateStage.Load(t, unsealed.ImagesDirectory))];
+            var verify = RebootlessPipelines.Resume().Stage("Verify");
+
+            if (kind == RecoveryKind.Rollback)
+            {
+                Assert.That(await Run(verify, context.Value), Does.StartWith("the set was never sealed"), "this boot's own images, CRIU checks them");
+            }
+            else
+            {
+                Assert.That(async () => await Run(verify, context.Value), Throws.TypeOf<CheckpointSetVerificationException>(),
+                    "after a jump, a set that was never sealed is never restored from");
+            }
+        }
     }
 
     [Test]
@@ -175,7 +234,7 @@ public class AfterBootStageTests
         Target(context.Value, A).MarkRestored(2, null, TimeSpan.FromMilliseconds(40), 0, _f.Clock.Now, TimeSpan.FromMilliseconds(120));
         Target(context.Value, B).MarkRestored(3, null, TimeSpan.FromMilliseconds(90), 0, _f.Clock.Now, TimeSpan.FromMilliseconds(250));
 
-        await Run(rehearsal ? new RehearsalReportStage() : new ResumeReportStage(Loader()), context.Value);
+        await Run(new ReportStage(), context.Value);
 
         var record = Reread(context.Value);
         Assert.That(record.State, Is.EqualTo(JournalState.Resumed));
@@ -189,7 +248,7 @@ public class AfterBootStageTests
         using var context = Disposing(Context(rehearsal ? UpdateMode.Rehearse : UpdateMode.Resume, TargetPhase.Restored, TargetPhase.Failed));
         Target(context.Value, B).Error = "restore failed: criu said no";
 
-        Assert.That(async () => await Run(rehearsal ? new RehearsalReportStage() : new ResumeReportStage(Loader()), context.Value),
+        Assert.That(async () => await Run(new ReportStage(), context.Value),
             Throws.InvalidOperationException.With.Message.EqualTo("1 of 2 target(s) not restored: pid:202: restore failed: criu said no"));
         Assert.That(Reread(context.Value).State, Is.EqualTo(JournalState.Planned), "a later resume retries B");
     }
@@ -199,7 +258,7 @@ public class AfterBootStageTests
     {
         using var context = Disposing(Context(UpdateMode.Resume, TargetPhase.Resumed, TargetPhase.Restored, sameBoot: true));
 
-        await Run(new ResumeReportStage(Loader()), context.Value);
+        await Run(new RollbackReportStage(Loader()), context.Value);
 
         Assert.That(_kexec.Loaded, Is.False, "a later `systemctl kexec` must not jump into the abandoned kernel");
         Assert.That(_kexec.KexecFileLoadCalls.Single().Flags & 1, Is.EqualTo(1UL), "KEXEC_FILE_UNLOAD");
@@ -211,19 +270,19 @@ public class AfterBootStageTests
     {
         using var context = Disposing(Context(UpdateMode.Resume, TargetPhase.Resumed, TargetPhase.Failed, sameBoot: true));
 
-        Assert.That(async () => await Run(new ResumeReportStage(Loader()), context.Value), Throws.InvalidOperationException.With.Message.Contains(B));
+        Assert.That(async () => await Run(new RollbackReportStage(Loader()), context.Value), Throws.InvalidOperationException.With.Message.Contains(B));
         Assert.That(_kexec.Loaded, Is.False);
         Assert.That(Reread(context.Value).State, Is.Not.EqualTo(JournalState.RolledBack));
     }
 
-    [TestCase(true, TargetPhase.Restored, false, TestName = "Resume cleanup deletes the set of a recovered crash before the jump")]
-    [TestCase(true, TargetPhase.Failed, true, TestName = "Resume cleanup keeps the set while a target of the crash is not back")]
+    [TestCase(true, TargetPhase.Restored, false, TestName = "Rollback cleanup deletes the set of a recovered crash before the jump")]
+    [TestCase(true, TargetPhase.Failed, true, TestName = "Rollback cleanup keeps the set while a target of the crash is not back")]
     [TestCase(false, TargetPhase.Restored, true, TestName = "Resume cleanup keeps the set after the jump")]
     public async Task Resume_cleanup(bool sameBoot, TargetPhase b, bool kept)
     {
         using var context = Disposing(Context(UpdateMode.Resume, TargetPhase.Resumed, b, sameBoot));
 
-        await Run(new ResumeCleanupStage(new CleanupStageOptions()), context.Value);
+        await Run(sameBoot ? new RollbackCleanupStage(new CleanupStageOptions()) : new ResumeCleanupStage(new CleanupStageOptions()), context.Value);
 
         Assert.That(Directory.Exists(_set.Directory), Is.EqualTo(kept));
     }
