@@ -120,6 +120,12 @@ public sealed class UpdateContext
 
     internal ImageStoreLock? StoreLock { get; set; }
 
+    /// <summary>The host's processes, as the stages see them (a scripted table in unit tests).</summary>
+    internal IProcessTable Processes { get; set; } = HostProcessTable.Instance;
+
+    /// <summary>The cgroup freezer, as the stages use it (a recording one in unit tests).</summary>
+    internal ICgroupFreezer Freezer { get; set; } = HostCgroupFreezer.Instance;
+
     internal string? CriuVersion { get; set; }
 
     internal bool KernelLoaded { get; set; }

@@ -87,7 +87,7 @@ internal sealed class PlanStage(bool checkCapacity = true) : IUpdateStage
                 Folder = t.Folder!,
                 Settings = t.Settings!,
                 RootPid = t.Resolved!.RootPid,
-                RootStartTime = ProcessIdentity.Of(t.Resolved.RootPid)?.StartTime ?? 0,
+                RootStartTime = context.Processes.IdentityOf(t.Resolved.RootPid)?.StartTime ?? 0,
             })],
             context.StoreLock,
             context.TimeProvider);

@@ -55,14 +55,14 @@ internal static class InterruptedRestore
     /// resumed by CRIU (it ran and exited) or never let go (CRIU killed it at post-restore).
     /// </summary>
     internal static async Task<(Outcome Outcome, IReadOnlyList<int> Holders)> SettleAsync(TargetRun t, string imagesDirectory, TimeSpan wait,
-        TimeProvider time, CancellationToken cancellationToken, string? workDirectory = null)
+        TimeProvider time, IProcessTable processes, CancellationToken cancellationToken, string? workDirectory = null)
     {
         var start = time.GetTimestamp();
         // A lazy restore of a dump on a pre-dump reads a restore view in the work folder instead (see CriuRestoreView).
         var view = workDirectory is null ? null : Path.Combine(workDirectory, TargetRestore.RestoreViewFolder);
         IReadOnlyList<int> holders;
-        while ((holders = view is null ? Holders(imagesDirectory) : [.. Holders(imagesDirectory).Union(Holders(view))]).Count > 0
-            || t.RestoredRoot is { IsTraced: true })
+        while ((holders = view is null ? processes.HoldersOf(imagesDirectory) : [.. processes.HoldersOf(imagesDirectory).Union(processes.HoldersOf(view))]).Count > 0
+            || (t.RestoredRoot is { } traced && processes.IsTraced(traced)))
         {
             if (time.GetElapsedTime(start) >= wait)
             {
@@ -74,7 +74,7 @@ internal static class InterruptedRestore
 
         return (t.RestoredRoot switch
         {
-            { IsAlive: true } => Outcome.Running,
+            { } root when processes.IsAlive(root) => Outcome.Running,
             not null when workDirectory is not null && CriuResumedTree(workDirectory) => Outcome.RanAndExited,
             _ => Outcome.NotRunning,
         }, []);

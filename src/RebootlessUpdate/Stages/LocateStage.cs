@@ -127,7 +127,7 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
                     ? Path.Combine(UpdateJournal.LogDirectoryOf(store.RootDirectory, setId), jt.Folder)
                     : null;
                 var (outcome, holders) = await InterruptedRestore.SettleAsync(run, run.ImagesDirectory!, options.InterruptedRestoreWait,
-                    context.TimeProvider, cancellationToken, work).ConfigureAwait(false);
+                    context.TimeProvider, context.Processes, cancellationToken, work).ConfigureAwait(false);
                 switch (outcome)
                 {
                     case InterruptedRestore.Outcome.Running:
@@ -169,8 +169,8 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
                     ? $"an interrupted restore had let the tree run: adopted as pid {run.RestoredPid}"
                     : $"interrupted restore: {outcome}");
                 return;
-            case TargetPhase.Restored when run.RestoredRoot is { IsAlive: true }
-                || (run.RestoredStartTime is null && jt.RestoredPid is { } pid && ProcessIdentity.Of(pid) is not null):
+            case TargetPhase.Restored when (run.RestoredRoot is { } restored && context.Processes.IsAlive(restored))
+                || (run.RestoredStartTime is null && jt.RestoredPid is { } pid && context.Processes.IdentityOf(pid) is not null):
                 run.MoveTo(TargetPhase.Restored); // restored by an earlier, interrupted run (an older journal has no start time)
                 return;
             case TargetPhase.Restored:
@@ -184,7 +184,7 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
                 return;
         }
 
-        if (context.Recovery == RecoveryKind.Rollback && run.Original is { IsAlive: true })
+        if (context.Recovery == RecoveryKind.Rollback && run.Original is { } original && context.Processes.IsAlive(original))
         {
             run.MoveTo(TargetPhase.Resumed); // never ended: a crash before the jump let it run on
         }
@@ -208,7 +208,7 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
         var start = context.TimeProvider.GetTimestamp();
         foreach (var jt in targets)
         {
-            while (jt.RootStartTime != 0 && new ProcessIdentity(jt.RootPid, jt.RootStartTime).IsTraced
+            while (jt.RootStartTime != 0 && context.Processes.IsTraced(new ProcessIdentity(jt.RootPid, jt.RootStartTime))
                 && context.TimeProvider.GetElapsedTime(start) < options.CriuReleaseWait)
             {
                 await Task.Delay(20, cancellationToken).ConfigureAwait(false);
@@ -219,7 +219,7 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
                 // A CRIU that died while freezing through the cgroup leaves it frozen; nobody else will thaw it.
                 try
                 {
-                    CgroupTarget.Thaw(cgroup);
+                    context.Freezer.Thaw(cgroup);
                 }
                 catch (Exception e) when (e is IOException or UnauthorizedAccessException)
                 {

@@ -22,10 +22,10 @@ internal static class TargetDump
         t.ImagesDirectory = Path.Combine(set.ImagesDirectory, t.Folder!);
         Directory.CreateDirectory(t.ImagesDirectory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         var work = TargetFolders.WorkDirectory(context, t);
-        t.Original = ProcessIdentity.Of(resolved.RootPid)
+        t.Original = context.Processes.IdentityOf(resolved.RootPid)
             ?? throw new TargetNotFoundException(t.Target.Id, $"process {resolved.RootPid} exited after the plan; nothing was frozen.");
-        var processes = ProcStat.Tree(resolved.RootPid).Count;
-        t.OwnsPidNamespace = ProcStat.IsNamespaceInit(resolved.RootPid);
+        var processes = context.Processes.Tree(resolved.RootPid).Count;
+        t.OwnsPidNamespace = context.Processes.IsNamespaceInit(resolved.RootPid);
         var pending = new TargetRun.Pending();
         var options = t.Settings!.ToDump(resolved.RootPid, t.ImagesDirectory, work) with
         {

@@ -112,7 +112,7 @@ internal static class TargetRestore
                     }
                 }
 
-                var root = (n.Pid is { } restored ? ProcessIdentity.Of(restored) : null)
+                var root = (n.Pid is { } restored ? context.Processes.IdentityOf(restored) : null)
                     ?? throw new InvalidOperationException($"CRIU reported the restored root as pid {n.Pid}, which does not exist");
                 t.RecordRestoredRoot(root);
                 memory?.RootRestored(root);
@@ -142,9 +142,9 @@ internal static class TargetRestore
             // the tree, so the recorded root tells; otherwise (the connection broke, the watchdog or a cancellation
             // killed the worker) the outcome is unknown until no CRIU holds the images any more.
             var outcome = e is CriuRequestFailedException
-                ? t.RestoredRoot is { IsAlive: true } ? InterruptedRestore.Outcome.Running : InterruptedRestore.Outcome.NotRunning
+                ? t.RestoredRoot is { } root && context.Processes.IsAlive(root) ? InterruptedRestore.Outcome.Running : InterruptedRestore.Outcome.NotRunning
                 : (await InterruptedRestore.SettleAsync(t, imagesDirectory, StageDefaults.InterruptedRestoreWait,
-                    context.TimeProvider, CancellationToken.None, work).ConfigureAwait(false)).Outcome;
+                    context.TimeProvider, context.Processes, CancellationToken.None, work).ConfigureAwait(false)).Outcome;
             if (outcome == InterruptedRestore.Outcome.Running && t.RestoredRoot is { } adopted)
             {
                 PipelineLog.TargetWarning(context.Logger, t.Target.Id,

@@ -93,7 +93,7 @@ internal static class TargetRollback
             // A CRIU that died while freezing through the cgroup leaves it frozen.
             try
             {
-                CgroupTarget.Thaw(cgroup);
+                context.Freezer.Thaw(cgroup);
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
@@ -101,7 +101,7 @@ internal static class TargetRollback
             }
         }
 
-        if (t.Original is { } original && original.IsAlive)
+        if (t.Original is { } original && context.Processes.IsAlive(original))
         {
             t.MoveTo(TargetPhase.Resumed);
             PipelineLog.TargetEvent(context.Logger, t.Target.Id, "running in place (never ended): nothing to restore");
