@@ -4,39 +4,50 @@ using RebootlessUpdate.Targets;
 
 namespace RebootlessUpdate.Pipeline;
 
-/// <summary>Where a target is in a run.</summary>
+/// <summary>
+/// Where a target is in a run; <see cref="TargetTransitions"/> lists every move. A run that is rolled back leaves each
+/// target <see cref="Resumed"/> (in place) or <see cref="Restored"/> (from its images, on the same kernel); a target
+/// refused for damaged images is <see cref="Failed"/> with its images kept. The numbers are those of earlier versions
+/// (journals name the phases).
+/// </summary>
 public enum TargetPhase
 {
     /// <summary>Resolved, nothing done yet.</summary>
-    Planned,
+    Planned = 0,
+
+    /// <summary>CRIU copied its memory while it ran (a pre-dump); nothing of it changed, the final dump builds on that copy.</summary>
+    PreDumped = 8,
 
     /// <summary>CRIU holds it frozen after writing its images (it can still be resumed in place).</summary>
-    Frozen,
+    Frozen = 1,
 
-    /// <summary>Its images are complete and CRIU ended the original processes.</summary>
-    Dumped,
+    /// <summary>Still held frozen by CRIU, and its images are sealed (hashed into the manifest): ready for the jump.</summary>
+    Sealed = 9,
+
+    /// <summary>Committed: its images are complete and CRIU ended the original processes.</summary>
+    Dumped = 2,
 
     /// <summary>
     /// CRIU has (or may have) been asked to restore it: journaled before the request, and again with the restored
     /// root's pid and start time before CRIU lets the tree run. A later run looks for that tree and never restores
     /// a second copy.
     /// </summary>
-    Restoring,
+    Restoring = 3,
 
     /// <summary>Restored from the images.</summary>
-    Restored,
+    Restored = 4,
 
     /// <summary>Running in place again after a rollback that needed no restore.</summary>
-    Resumed,
+    Resumed = 5,
 
     /// <summary>Something failed; see the error.</summary>
-    Failed,
+    Failed = 6,
 
     /// <summary>
     /// It ran again after its checkpoint (restored, or resumed in place) and has exited since: its images are older
     /// than what it did, so it is never restored from them again. Needs an operator, like <see cref="Failed"/>.
     /// </summary>
-    Ended,
+    Ended = 7,
 }
 
 /// <summary>
@@ -83,6 +94,19 @@ public sealed class TargetRun
     };
 
     // The moves that carry data: each is the only writer of what it records, and moves first (a refused move changes nothing).
+
+    /// <summary>CRIU pre-dumped it into <paramref name="folder"/> (relative to the set's images folder) while it ran.</summary>
+    internal void PreDumped(string folder)
+    {
+        MoveTo(TargetPhase.PreDumped);
+        PreDumpFolder = folder;
+    }
+
+    /// <summary>Held by CRIU, its images are now in the sealed manifest.</summary>
+    internal void MarkSealed() => MoveTo(TargetPhase.Sealed);
+
+    /// <summary>True while CRIU holds it frozen at post-dump (sealed or not): it waits for a commit or a veto.</summary>
+    internal bool IsHeld => Phase is TargetPhase.Frozen or TargetPhase.Sealed;
 
     /// <summary>CRIU holds it at post-dump, <paramref name="bytes"/> of images written after <paramref name="dumpTime"/>.</summary>
     internal void Froze(TimeSpan dumpTime, long bytes)
@@ -280,7 +304,7 @@ public sealed class TargetRun
     internal string? Folder { get; set; }
 
     /// <summary>The pre-dump folder (relative to the set's images folder) the final dump builds on.</summary>
-    internal string? PreDumpFolder { get; set; }
+    internal string? PreDumpFolder { get; private set; }
 
     /// <summary>
     /// Why CRIU refused this target's pre-dump, when it did: the target is then dumped whole inside the freeze (and

@@ -11,10 +11,18 @@ internal static class TargetTransitions
     {
         // Frozen when CRIU holds it at post-dump; dumped when CRIU ended it without a hold; resumed when the run
         // ended before its dump began.
-        [TargetPhase.Planned] = [TargetPhase.Frozen, TargetPhase.Dumped, TargetPhase.Failed, TargetPhase.Resumed],
+        // Pre-dumped first when CRIU copies its memory while it runs.
+        [TargetPhase.Planned] = [TargetPhase.PreDumped, TargetPhase.Frozen, TargetPhase.Dumped, TargetPhase.Failed, TargetPhase.Resumed],
 
-        // Committed (dumped), vetoed (resumed in place), or, when the held tree died with it, restored from its images.
-        [TargetPhase.Frozen] = [TargetPhase.Dumped, TargetPhase.Failed, TargetPhase.Resumed, TargetPhase.Restoring],
+        // A pre-dump changes nothing of the target: the same ways on as from planned.
+        [TargetPhase.PreDumped] = [TargetPhase.Frozen, TargetPhase.Dumped, TargetPhase.Failed, TargetPhase.Resumed],
+
+        // Sealed while held; committed (dumped), vetoed (resumed in place), or, when the held tree died with it,
+        // restored from its images.
+        [TargetPhase.Frozen] = [TargetPhase.Sealed, TargetPhase.Dumped, TargetPhase.Failed, TargetPhase.Resumed, TargetPhase.Restoring],
+
+        // As frozen: only a commit, a veto or a tree that died with its CRIU moves it on.
+        [TargetPhase.Sealed] = [TargetPhase.Dumped, TargetPhase.Failed, TargetPhase.Resumed, TargetPhase.Restoring],
 
         // Restored, refused (its pages failed their check), or found running in place after a crash before the jump.
         [TargetPhase.Dumped] = [TargetPhase.Restoring, TargetPhase.Failed, TargetPhase.Resumed],

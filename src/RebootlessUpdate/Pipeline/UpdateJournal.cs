@@ -238,6 +238,10 @@ public sealed class UpdateJournal
         TransitionWritten?.Invoke(state);
     }
 
+    /// <summary>Records <paramref name="state"/> and, in the same write, the targets of <paramref name="context"/> (phases, pids).</summary>
+    internal void Transition(JournalState state, string? detail, UpdateContext context) =>
+        Transition(state, detail, r => r with { Targets = [.. r.Targets.Select(t => Merge(t, context))] });
+
     /// <summary>Rewrites the targets (phases, pids) without changing the state.</summary>
     internal void UpdateTargets(UpdateContext context)
     {

@@ -125,7 +125,7 @@ public sealed class UpdatePipeline
 
         var outcome = failure is null
             ? context.NothingToDo ? UpdateOutcome.NothingToDo : UpdateOutcome.Succeeded
-            : context.PointOfNoReturnPassed || compensationFailed || context.Targets.Any(t => t.Phase is TargetPhase.Failed or TargetPhase.Dumped or TargetPhase.Frozen or TargetPhase.Restoring or TargetPhase.Ended)
+            : context.PointOfNoReturnPassed || compensationFailed || context.Targets.Any(t => t.Phase is TargetPhase.Failed or TargetPhase.Dumped or TargetPhase.Frozen or TargetPhase.Sealed or TargetPhase.Restoring or TargetPhase.Ended)
                 ? UpdateOutcome.Failed
                 : Refused(context) ? UpdateOutcome.Refused : UpdateOutcome.RolledBack;
         // Only a journal this run opened under the store's lock is written (a run refused by the lock has none):

@@ -192,7 +192,7 @@ internal sealed class PreDumpStage(PreDumpStageOptions options) : IUpdateStage
                 continue;
             }
 
-            t.PreDumpFolder = folder;
+            t.PreDumped(folder);
             var bytes = TargetFolders.FolderBytes(dir);
             context.ReportProgress(Name, $"pre-dumped {bytes} bytes while running", t.Target.Id, bytes);
         }
@@ -288,7 +288,13 @@ internal sealed class SealStage : IUpdateStage
     public async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
     {
         var manifest = await context.RequireStore().SealAsync(context.RequireSet(), new SealOptions { CriuVersion = context.CriuVersion ?? "unknown" }, cancellationToken).ConfigureAwait(false);
-        context.RequireJournal().Transition(JournalState.Sealed, $"{manifest.Files.Count} files, {manifest.TotalBytes} bytes");
+        foreach (var t in context.Targets.Where(t => t.Phase == TargetPhase.Frozen))
+        {
+            t.MarkSealed();
+        }
+
+        // One record: the set sealed and its held targets with it (the jump is armed only for sealed targets).
+        context.RequireJournal().Transition(JournalState.Sealed, $"{manifest.Files.Count} files, {manifest.TotalBytes} bytes", context);
     }
 }
 
@@ -331,7 +337,7 @@ internal sealed class JumpStage(JumpStageOptions options) : IUpdateStage
     }
 }
 
-/// <summary>Arms the jump only when the journal shows a sealed set whose every target is held or dumped.</summary>
+/// <summary>Arms the jump only when the journal shows a sealed set whose every target is sealed (held) or dumped.</summary>
 internal sealed class JournalJumpGuard(UpdateJournal journal) : IJumpGuard
 {
     public bool IsCheckpointSealed(out string reason)
@@ -343,7 +349,7 @@ internal sealed class JournalJumpGuard(UpdateJournal journal) : IJumpGuard
             return false;
         }
 
-        var notReady = record.Targets.Where(t => t.Phase is not (TargetPhase.Frozen or TargetPhase.Dumped)).ToList();
+        var notReady = record.Targets.Where(t => t.Phase is not (TargetPhase.Sealed or TargetPhase.Dumped)).ToList();
         if (notReady.Count > 0)
         {
             reason = "targets not checkpointed: " + string.Join(", ", notReady.Select(t => $"{t.Id} ({t.Phase})"));

@@ -193,7 +193,7 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
             // It ran on in place after a rollback and has ended since: its checkpoint is older than what it did.
             run.End($"it ran on in place (pid {jt.RootPid}) after the rollback and has exited since; not restored from the older checkpoint");
         }
-        else if (jt.Phase is TargetPhase.Frozen or TargetPhase.Dumped or TargetPhase.Failed)
+        else if (jt.Phase is TargetPhase.Frozen or TargetPhase.Sealed or TargetPhase.Dumped or TargetPhase.Failed)
         {
             run.MoveTo(TargetPhase.Dumped);
         }

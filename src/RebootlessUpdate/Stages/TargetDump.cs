@@ -91,7 +91,7 @@ internal static class TargetDump
     /// <summary>Lets CRIU finish every held dump: the frozen processes end; from here a rollback restores from the images.</summary>
     internal static async Task CommitAsync(UpdateContext context)
     {
-        var held = context.Targets.Where(t => t.PendingDump is not null && t.Phase == TargetPhase.Frozen).ToList();
+        var held = context.Targets.Where(t => t.PendingDump is not null && t.IsHeld).ToList();
         foreach (var t in held)
         {
             t.PendingDump!.Decision.TrySetResult(true);

@@ -173,6 +173,6 @@ internal static class TargetRollback
         $"a CRIU may still be restoring it from its images, so it was not asked again; run `rebootless resume --set {context.SetId}` once that CRIU has ended";
 
     private static bool HasImages(TargetRun t) =>
-        t.ImagesDirectory is { } dir && t.Phase is TargetPhase.Frozen or TargetPhase.Dumped or TargetPhase.Failed
+        t.ImagesDirectory is { } dir && t.Phase is TargetPhase.Frozen or TargetPhase.Sealed or TargetPhase.Dumped or TargetPhase.Failed
         && File.Exists(Path.Combine(dir, "pstree.img")) && File.Exists(Path.Combine(dir, "inventory.img"));
 }

@@ -66,6 +66,10 @@ public class JournalTests
         Assert.That(reason, Does.Contain("pid:5 (Planned)"));
 
         journal.Transition(JournalState.Jumping, null, r => r with { Targets = [r.Targets[0] with { Phase = TargetPhase.Frozen }] });
+        Assert.That(guard.IsCheckpointSealed(out reason), Is.False, "held, but its images are not in the manifest");
+        Assert.That(reason, Does.Contain("pid:5 (Frozen)"));
+
+        journal.Transition(JournalState.Jumping, null, r => r with { Targets = [r.Targets[0] with { Phase = TargetPhase.Sealed }] });
         Assert.That(guard.IsCheckpointSealed(out _), Is.True);
     }
 

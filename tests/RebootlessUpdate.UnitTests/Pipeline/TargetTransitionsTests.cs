@@ -11,10 +11,14 @@ public class TargetTransitionsTests
     /// <summary>Every move the stages make, and nothing else.</summary>
     private static readonly (TargetPhase From, TargetPhase To)[] Expected =
     [
-        (TargetPhase.Planned, TargetPhase.Frozen), (TargetPhase.Planned, TargetPhase.Dumped),
+        (TargetPhase.Planned, TargetPhase.PreDumped), (TargetPhase.Planned, TargetPhase.Frozen), (TargetPhase.Planned, TargetPhase.Dumped),
         (TargetPhase.Planned, TargetPhase.Failed), (TargetPhase.Planned, TargetPhase.Resumed),
-        (TargetPhase.Frozen, TargetPhase.Dumped), (TargetPhase.Frozen, TargetPhase.Failed),
+        (TargetPhase.PreDumped, TargetPhase.Frozen), (TargetPhase.PreDumped, TargetPhase.Dumped),
+        (TargetPhase.PreDumped, TargetPhase.Failed), (TargetPhase.PreDumped, TargetPhase.Resumed),
+        (TargetPhase.Frozen, TargetPhase.Sealed), (TargetPhase.Frozen, TargetPhase.Dumped), (TargetPhase.Frozen, TargetPhase.Failed),
         (TargetPhase.Frozen, TargetPhase.Resumed), (TargetPhase.Frozen, TargetPhase.Restoring),
+        (TargetPhase.Sealed, TargetPhase.Dumped), (TargetPhase.Sealed, TargetPhase.Failed),
+        (TargetPhase.Sealed, TargetPhase.Resumed), (TargetPhase.Sealed, TargetPhase.Restoring),
         (TargetPhase.Dumped, TargetPhase.Restoring), (TargetPhase.Dumped, TargetPhase.Failed), (TargetPhase.Dumped, TargetPhase.Resumed),
         (TargetPhase.Restoring, TargetPhase.Restored), (TargetPhase.Restoring, TargetPhase.Dumped), (TargetPhase.Restoring, TargetPhase.Failed),
         (TargetPhase.Restoring, TargetPhase.Ended),

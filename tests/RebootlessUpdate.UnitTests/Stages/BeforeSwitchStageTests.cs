@@ -226,11 +226,13 @@ public class BeforeSwitchStageTests
     }
 
     [Test]
-    public async Task Seal_writes_the_manifest_and_then_journals_sealed()
+    public async Task Seal_writes_the_manifest_and_then_journals_sealed_with_the_held_targets_in_the_same_record()
     {
-        var context = await Planned();
+        var context = await Planned(targets: 2);
         try
         {
+            var held = Held(context.Targets[0]);
+            context.Targets[1].DumpFinished(null); // CRIU ended it without a hold
             var dir = Directory.CreateDirectory(Path.Combine(context.CheckpointSet!.ImagesDirectory, context.Targets[0].Folder!)).FullName;
             File.WriteAllText(Path.Combine(dir, "pstree.img"), "tree");
             File.WriteAllText(Path.Combine(dir, "pages-1.img"), "pages");
@@ -239,6 +241,10 @@ public class BeforeSwitchStageTests
 
             Assert.That(Reread(context).State, Is.EqualTo(JournalState.Sealed));
             Assert.That(Reread(context).History[^1].Detail, Does.StartWith("2 files"));
+            Assert.That(context.Targets.Select(t => t.Phase), Is.EqualTo(new[] { TargetPhase.Sealed, TargetPhase.Dumped }));
+            Assert.That(Reread(context).Targets.Select(t => t.Phase), Is.EqualTo(new[] { TargetPhase.Sealed, TargetPhase.Dumped }),
+                "the jump guard reads the targets' phases from the sealed record");
+            Assert.That(held.Decision.Task.IsCompleted, Is.False, "sealing decides nothing for a held target");
             Assert.That((await _f.Store.VerifyAsync(context.SetId!)).IsValid, Is.True);
         }
         finally
@@ -343,8 +349,8 @@ public class BeforeSwitchStageTests
         {
             _kexec.Loaded = true;
             var pending = Held(context.Targets[0]);
-            context.RequireJournal().Transition(JournalState.Sealed);
-            context.RequireJournal().UpdateTargets(context);
+            context.Targets[0].MarkSealed();
+            context.RequireJournal().Transition(JournalState.Sealed, null, context);
 
             var e = Assert.ThrowsAsync<KexecException>(async () => await Jump().ExecuteAsync(context, CancellationToken.None));
 

@@ -237,7 +237,7 @@ public class CriuStageTests
             Assert.That(requests.Select(r => (r.Opts.Pid, r.Opts.TrackMem, r.Opts.LogFile)),
                 Is.EqualTo(_started.Select(p => (p.Id, true, "pre-dump.log"))), "one pre-dump per target, each tracking memory");
             Assert.That(context.Targets.Select(t => t.PreDumpFolder), Is.EqualTo(context.Targets.Select(t => t.Folder + "-pre")));
-            Assert.That(context.Targets.Select(t => t.Phase), Is.All.EqualTo(TargetPhase.Planned), "nothing was frozen for long: the targets run on");
+            Assert.That(context.Targets.Select(t => t.Phase), Is.All.EqualTo(TargetPhase.PreDumped), "pre-dumped, nothing frozen for long: the targets run on");
         }
         finally
         {
@@ -355,7 +355,7 @@ public class CriuStageTests
                 Assert.That(e!.Message, Does.Contain("Dumping FAILED."), "CRIU's reason");
                 Assert.That(requests.Select(r => (r.Type, r.Opts.Pid)), Is.EqualTo(new[] { (criu_req_type.Dump, context.Targets[1].Resolved!.RootPid) }),
                     "the other target was never asked to freeze");
-                Assert.That(context.Targets[0].Phase, Is.EqualTo(TargetPhase.Planned));
+                Assert.That(context.Targets[0].Phase, Is.EqualTo(TargetPhase.PreDumped), "pre-dumped while it ran, never frozen");
                 Assert.That(decisions, Is.Empty);
             });
         }
