@@ -93,6 +93,54 @@ public sealed class TargetRun
         PreDumpRefused = jt.PreDumpRefused,
     };
 
+    // What the stages learn of a target without a move: each is the only writer of what it records.
+
+    /// <summary>Plan resolved it: its root, the CRIU settings of this run, its folder in the set.</summary>
+    internal void Resolve(ResolvedTarget resolved, TargetCriuSettings settings, string folder)
+    {
+        Resolved = resolved;
+        Settings = settings;
+        Folder = folder;
+    }
+
+    /// <summary>CRIU refused its pre-dump (<paramref name="reason"/>): it is dumped whole inside the freeze.</summary>
+    internal void PreDumpWasRefused(string reason) => PreDumpRefused = reason;
+
+    /// <summary>
+    /// Its dump is being asked of CRIU: into <paramref name="imagesDirectory"/>, of the tree whose root is
+    /// <paramref name="original"/>, from the context's clock <paramref name="timestamp"/> (wall clock <paramref name="at"/>).
+    /// </summary>
+    internal void DumpRequested(string imagesDirectory, ProcessIdentity original, bool ownsPidNamespace, long timestamp, DateTimeOffset at, Pending pending)
+    {
+        ImagesDirectory = imagesDirectory;
+        Original = original;
+        OwnsPidNamespace = ownsPidNamespace;
+        DumpStartedTimestamp = timestamp;
+        DumpStartedAt = at;
+        PendingDump = pending;
+    }
+
+    /// <summary>Its page images are being checked by <paramref name="check"/> while CRIU restores it (awaited at post-restore).</summary>
+    internal void CheckPagesWith(Task<VerificationResult> check) => PendingPageVerification = check;
+
+    /// <summary>Its pages failed their check at this run's restore (<paramref name="why"/>): never restored from these images again.</summary>
+    internal void PagesFailedCheck(string why) => PagesRefused = why;
+
+    /// <summary>Its memory is served by <paramref name="daemon"/> (null: restored whole), fed from the store by <paramref name="onDemand"/> when it is.</summary>
+    internal void ServedBy(CriuLazyPagesDaemon? daemon, Stages.OnDemandMemory? onDemand)
+    {
+        LazyPagesDaemon = daemon;
+        OnDemand = daemon is null ? null : onDemand;
+    }
+
+    /// <summary>Our page server for it stopped: it holds all of its memory (<paramref name="after"/> set), or it was ended without it.</summary>
+    internal void OnDemandEnded(long pagesServed, TimeSpan? after = null)
+    {
+        OnDemand = null;
+        PagesServedOnDemand = pagesServed;
+        AllMemoryBackAfter = after ?? AllMemoryBackAfter;
+    }
+
     // The moves that carry data: each is the only writer of what it records, and moves first (a refused move changes nothing).
 
     /// <summary>CRIU pre-dumped it into <paramref name="folder"/> (relative to the set's images folder) while it ran.</summary>
@@ -213,7 +261,7 @@ public sealed class TargetRun
     }
 
     /// <summary>The target's images folder (inside the set's images folder), once dumping started.</summary>
-    public string? ImagesDirectory { get; internal set; }
+    public string? ImagesDirectory { get; private set; }
 
     /// <summary>Root pid of the restored tree, once restored.</summary>
     public int? RestoredPid { get; private set; }
@@ -246,7 +294,7 @@ public sealed class TargetRun
     public string? Error { get; internal set; }
 
     /// <summary>True when it was restored lazily: its memory is served on demand by a lazy-pages daemon.</summary>
-    public bool LazyPages { get; internal set; }
+    public bool LazyPages => LazyPagesDaemon is not null;
 
     /// <summary>
     /// The pid of the <c>criu lazy-pages</c> daemon serving its memory, when restored lazily. The daemon
@@ -255,36 +303,36 @@ public sealed class TargetRun
     public int? LazyPagesDaemonPid => LazyPagesDaemon?.Pid;
 
     /// <summary>The daemon serving its memory after a lazy restore (not stopped when the run ends).</summary>
-    internal CriuLazyPagesDaemon? LazyPagesDaemon { get; set; }
+    internal CriuLazyPagesDaemon? LazyPagesDaemon { get; private set; }
 
     /// <summary>Our page server feeding that daemon from the set, when its memory is served from the store.</summary>
-    internal Stages.OnDemandMemory? OnDemand { get; set; }
+    internal Stages.OnDemandMemory? OnDemand { get; private set; }
 
     /// <summary>With memory served from the store: the pages sent to its daemon (set when it has all of them, or failed).</summary>
-    public long? PagesServedOnDemand { get; internal set; }
+    public long? PagesServedOnDemand { get; private set; }
 
     /// <summary>With memory served from the store: from the restore's answer until it held all of its memory.</summary>
-    public TimeSpan? AllMemoryBackAfter { get; internal set; }
+    public TimeSpan? AllMemoryBackAfter { get; private set; }
 
     /// <summary>When the dump request was sent (from the context's clock).</summary>
-    internal long? DumpStartedTimestamp { get; set; }
+    internal long? DumpStartedTimestamp { get; private set; }
 
     /// <summary>The wall-clock time of the dump request (survives the jump in the journal).</summary>
-    internal DateTimeOffset? DumpStartedAt { get; set; }
+    internal DateTimeOffset? DumpStartedAt { get; private set; }
 
     /// <summary>The process identity recorded before dumping (to tell "still running" from "pid reused").</summary>
-    internal ProcessIdentity? Original { get; set; }
+    internal ProcessIdentity? Original { get; private set; }
 
-    internal Pending? PendingDump { get; set; }
+    internal Pending? PendingDump { get; private set; }
 
     /// <summary>
     /// Why its pages failed their check at this run's restore (held at post-restore, before it ran), if they did: a
     /// rollback then never restores it from the same images.
     /// </summary>
-    internal string? PagesRefused { get; set; }
+    internal string? PagesRefused { get; private set; }
 
     /// <summary>The check of the target's page images, still running while CRIU restores it (awaited at post-restore).</summary>
-    internal Task<VerificationResult>? PendingPageVerification { get; set; }
+    internal Task<VerificationResult>? PendingPageVerification { get; private set; }
 
     internal Exception? DumpException { get; private set; }
 
@@ -295,13 +343,13 @@ public sealed class TargetRun
     internal long? RestoredTimestamp { get; private set; }
 
     /// <summary>What Plan found: root pid and CRIU settings.</summary>
-    internal ResolvedTarget? Resolved { get; set; }
+    internal ResolvedTarget? Resolved { get; private set; }
 
     /// <summary>CRIU settings (from Plan, or from the journal after the jump).</summary>
-    internal TargetCriuSettings? Settings { get; set; }
+    internal TargetCriuSettings? Settings { get; private set; }
 
     /// <summary>The target's folder name inside the set's images folder.</summary>
-    internal string? Folder { get; set; }
+    internal string? Folder { get; private set; }
 
     /// <summary>The pre-dump folder (relative to the set's images folder) the final dump builds on.</summary>
     internal string? PreDumpFolder { get; private set; }
@@ -310,7 +358,7 @@ public sealed class TargetRun
     /// Why CRIU refused this target's pre-dump, when it did: the target is then dumped whole inside the freeze (and
     /// first, before any other target freezes), the others keep their pre-dumps.
     /// </summary>
-    public string? PreDumpRefused { get; internal set; }
+    public string? PreDumpRefused { get; private set; }
 
     /// <summary>
     /// True once CRIU was asked anything about this target's processes (a pre-dump, a dump) or it left
@@ -324,7 +372,7 @@ public sealed class TargetRun
     internal void PreDumpAsked() => _preDumpAsked = true;
 
     /// <summary>The root is the init of its own PID namespace: CRIU restores it into a new one, so its old pids cannot collide.</summary>
-    internal bool OwnsPidNamespace { get; set; }
+    internal bool OwnsPidNamespace { get; private set; }
 
     /// <summary>A dump CRIU holds at its post-dump notification until the pipeline commits or vetoes it.</summary>
     internal sealed class Pending

@@ -35,12 +35,13 @@ internal sealed class PlanStage(bool checkCapacity = true) : IUpdateStage
             throw new ArgumentException("nothing to checkpoint: name at least one target.");
         }
 
-        foreach (var t in context.Targets)
+        for (var i = 0; i < context.Targets.Count; i++)
         {
-            t.Resolved = t.Target.Resolve();
-            t.Settings = context.LazyRestore || context.PagesFromStore
-                ? t.Resolved.Settings with { LazyPages = true, PagesFromStore = context.PagesFromStore }
-                : t.Resolved.Settings;
+            var t = context.Targets[i];
+            var resolved = t.Target.Resolve();
+            t.Resolve(resolved, context.LazyRestore || context.PagesFromStore
+                ? resolved.Settings with { LazyPages = true, PagesFromStore = context.PagesFromStore }
+                : resolved.Settings, TargetFolders.FolderName(i, t.Target));
         }
 
         var roots = context.Targets.Select(t => t.Resolved!.RootPid).ToList();
@@ -74,10 +75,6 @@ internal sealed class PlanStage(bool checkCapacity = true) : IUpdateStage
         var set = store.CreateSet([.. context.Targets.Select(t => t.Target.Id)]);
         context.CheckpointSet = set;
         context.SetId = set.Id;
-        for (var i = 0; i < context.Targets.Count; i++)
-        {
-            context.Targets[i].Folder = TargetFolders.FolderName(i, context.Targets[i].Target);
-        }
 
         context.Journal = UpdateJournal.Create(store.RootDirectory, set.Id, context.Mode,
             // The root's start time from the start: after a crash, the next run tells "still running" from "gone" (or a reused pid).
@@ -216,7 +213,7 @@ internal sealed class PreDumpStage(PreDumpStageOptions options) : IUpdateStage
     private void RefusePreDump(UpdateContext context, TargetRun t, string dir, CriuRequestFailedException e)
     {
         var reason = e.Message.Split('\n', 2)[0];
-        t.PreDumpRefused = reason;
+        t.PreDumpWasRefused(reason);
         // Its log stays in the work folder; a partial pre-dump would only be read by a later dump that names it, so
         // one that cannot be removed is left for the seal to hash (and Cleanup to remove), not a reason to fail.
         try

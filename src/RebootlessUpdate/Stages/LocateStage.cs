@@ -161,8 +161,7 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
                 if (outcome == InterruptedRestore.Outcome.Running && work is not null)
                 {
                     // A lazily restored tree still gets pages from the daemon started for it: it is this tree's, not an orphan.
-                    run.LazyPagesDaemon = Criu.CriuLazyPagesDaemon.Find(work);
-                    run.LazyPages = run.LazyPagesDaemon is not null;
+                    run.ServedBy(Criu.CriuLazyPagesDaemon.Find(work), null);
                 }
 
                 PipelineLog.TargetEvent(context.Logger, jt.Id, outcome == InterruptedRestore.Outcome.Running

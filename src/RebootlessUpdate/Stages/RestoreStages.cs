@@ -61,7 +61,7 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
                 {
                     // Its pages failed their check while CRIU loaded them: CRIU aborted at post-restore and killed the tree.
                     var why = SetFiles.RefusalMessage(refused.Issues);
-                    t.PagesRefused = why;
+                    t.PagesFailedCheck(why);
                     t.Fail(why);
                     PipelineLog.TargetWarning(context.Logger, t.Target.Id, why);
                     context.ReportProgress(Name, why, t.Target.Id);
@@ -127,12 +127,13 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
         var memory = t.OnDemand!;
         try
         {
-            (t.PagesServedOnDemand, t.AllMemoryBackAfter) = await memory.WaitAllBackAsync(options.PageStreamStallLimit, cancellationToken).ConfigureAwait(false);
-            context.ReportProgress(Name, $"all of its memory is back after {t.AllMemoryBackAfter.Value.TotalSeconds:0.###} s ({t.PagesServedOnDemand} pages served from the store)", t.Target.Id);
+            var (pages, after) = await memory.WaitAllBackAsync(options.PageStreamStallLimit, cancellationToken).ConfigureAwait(false);
+            t.OnDemandEnded(pages, after);
+            context.ReportProgress(Name, $"all of its memory is back after {after.TotalSeconds:0.###} s ({pages} pages served from the store)", t.Target.Id);
         }
         catch (Exception e) when (e is LazyPageServerException or TimeoutException)
         {
-            t.PagesServedOnDemand = memory.PagesServed;
+            t.OnDemandEnded(memory.PagesServed);
             var why = $"ended: its memory could not be served ({e.Message}); its tree was stopped and killed before it got that page, "
                 + "and it is not restored again (it ran after its checkpoint); its images are kept for inspection";
             t.End(why);
@@ -145,7 +146,7 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
             await memory.DisposeAsync().ConfigureAwait(false);
             if (!memory.Completion.IsCompletedSuccessfully)
             {
-                t.PagesServedOnDemand = memory.PagesServed;
+                t.OnDemandEnded(memory.PagesServed);
                 var why = "ended: the run was cancelled while it still needed pages served from the store; its tree was stopped and killed "
                     + "rather than left to run on zero pages, and it is not restored again (it ran after its checkpoint); its images are kept for inspection";
                 t.End(why);
@@ -157,7 +158,10 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
         finally
         {
             await memory.DisposeAsync().ConfigureAwait(false);
-            t.OnDemand = null;
+            if (t.OnDemand is not null)
+            {
+                t.OnDemandEnded(memory.PagesServed);
+            }
         }
     }
 

@@ -19,15 +19,14 @@ internal static class TargetDump
         Func<TargetNotification, CancellationToken, ValueTask>? hook, CancellationToken cancellationToken)
     {
         var resolved = t.Resolved ?? throw new InvalidOperationException("the Plan stage must resolve the targets first.");
-        t.ImagesDirectory = Path.Combine(set.ImagesDirectory, t.Folder!);
-        Directory.CreateDirectory(t.ImagesDirectory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        var images = Path.Combine(set.ImagesDirectory, t.Folder!);
+        Directory.CreateDirectory(images, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         var work = TargetFolders.WorkDirectory(context, t);
-        t.Original = context.Processes.IdentityOf(resolved.RootPid)
+        var original = context.Processes.IdentityOf(resolved.RootPid)
             ?? throw new TargetNotFoundException(t.Target.Id, $"process {resolved.RootPid} exited after the plan; nothing was frozen.");
         var processes = context.Processes.Tree(resolved.RootPid).Count;
-        t.OwnsPidNamespace = context.Processes.IsNamespaceInit(resolved.RootPid);
         var pending = new TargetRun.Pending();
-        var options = t.Settings!.ToDump(resolved.RootPid, t.ImagesDirectory, work) with
+        var options = t.Settings!.ToDump(resolved.RootPid, images, work) with
         {
             LogFile = "dump.log",
             ParentImages = t.PreDumpFolder is null ? null : "../" + t.PreDumpFolder,
@@ -52,12 +51,11 @@ internal static class TargetDump
                 }
             },
         };
-        t.DumpStartedTimestamp = context.TimeProvider.GetTimestamp();
-        t.DumpStartedAt = context.TimeProvider.GetUtcNow();
         pending.Abandon = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        t.DumpRequested(images, original, context.Processes.IsNamespaceInit(resolved.RootPid), context.TimeProvider.GetTimestamp(),
+            context.TimeProvider.GetUtcNow(), pending);
         var abandon = pending.Abandon.Token;
         pending.Request = Task.Run(() => criu.DumpAsync(options, abandon), CancellationToken.None);
-        t.PendingDump = pending;
         PipelineLog.TargetEvent(context.Logger, t.Target.Id, $"dumping root {resolved.RootPid} ({processes} processes) into {t.ImagesDirectory}");
     }
 

@@ -57,17 +57,15 @@ internal static class TargetRestore
             throw;
         }
 
-        t.LazyPages = false;
         var memory = lazy && fromStore ? StartOnDemandMemory(context, t, imagesDirectory) : null;
         var restoreFrom = memory is null ? imagesDirectory : RestoreFolderOf(context, t, memory, imagesDirectory, work);
-        t.LazyPagesDaemon = lazy ? await StartLazyPagesDaemonAsync(context, t, criu, restoreFrom, work, memory?.Endpoint, cancellationToken).ConfigureAwait(false) : null;
-        if (t.LazyPagesDaemon is not null)
+        var daemon = lazy ? await StartLazyPagesDaemonAsync(context, t, criu, restoreFrom, work, memory?.Endpoint, cancellationToken).ConfigureAwait(false) : null;
+        t.ServedBy(daemon, memory);
+        if (daemon is not null)
         {
             // CRIU finds the daemon's socket in the work folder; the sealed images folder stays as sealed. A restore
             // view goes to this lazy restore only: never to a full one, which would read wrong bytes through it.
             options = options with { LazyPages = true, ImagesDirectory = restoreFrom };
-            t.LazyPages = true;
-            t.OnDemand = memory;
         }
         else if (memory is not null)
         {
@@ -96,7 +94,7 @@ internal static class TargetRestore
                 catch (Exception e) when (e is PageChunkDamagedException or LazyPageServerException { Kind: LazyPageServerFailureKind.SourceFailed })
                 {
                     // Its pages failed their check before it ran: failing the notification makes CRIU kill the tree.
-                    t.PagesRefused = e.Message;
+                    t.PagesFailedCheck(e.Message);
                     throw;
                 }
 
@@ -158,17 +156,17 @@ internal static class TargetRestore
                 t.NothingRestored(); // a definite "nothing runs": the next attempt may restore it
             }
 
-            if (t.LazyPagesDaemon is { } daemon)
+            // Nothing of this attempt runs (a tree that runs was adopted above): its daemon, then our page server, go.
+            var onDemand = t.OnDemand;
+            if (t.LazyPagesDaemon is { } started)
             {
-                await daemon.DisposeAsync().ConfigureAwait(false);
-                t.LazyPagesDaemon = null;
-                t.LazyPages = false;
+                await started.DisposeAsync().ConfigureAwait(false);
+                t.ServedBy(null, null);
             }
 
-            if (t.OnDemand is { } onDemand && outcome != InterruptedRestore.Outcome.Running)
+            if (onDemand is not null)
             {
                 await onDemand.DisposeAsync().ConfigureAwait(false);
-                t.OnDemand = null;
             }
 
             if (outcome == InterruptedRestore.Outcome.RanAndExited)

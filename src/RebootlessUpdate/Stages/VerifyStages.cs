@@ -101,7 +101,7 @@ internal abstract class AfterBootVerifyStage(VerifyStageOptions options) : IUpda
             .ToList();
         foreach (var (t, done) in order)
         {
-            t.PendingPageVerification = done.Task;
+            t.CheckPagesWith(done.Task);
         }
 
         _ = Task.Run(async () =>

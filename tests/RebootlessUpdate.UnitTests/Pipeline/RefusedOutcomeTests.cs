@@ -25,7 +25,7 @@ public class RefusedOutcomeTests
     public async Task A_failure_after_a_pre_dump_or_a_dump_was_asked_for_is_rolled_back()
     {
         var preDumped = await Failing(c => c.Targets[0].PreDumpAsked()).ExecuteAsync(new UpdateContext(UpdateMode.Rehearse, [UpdateTarget.ProcessTree(4242)]));
-        var dumped = await Failing(c => c.Targets[0].DumpStartedTimestamp = 1).ExecuteAsync(new UpdateContext(UpdateMode.Update, [UpdateTarget.ProcessTree(4242)]));
+        var dumped = await Failing(c => c.Targets[0].DumpRequested("/nonexistent", new ProcessIdentity(4242, 1), false, 1, DateTimeOffset.UnixEpoch, new TargetRun.Pending())).ExecuteAsync(new UpdateContext(UpdateMode.Update, [UpdateTarget.ProcessTree(4242)]));
         Assert.Multiple(() =>
         {
             Assert.That(preDumped.Outcome, Is.EqualTo(UpdateOutcome.RolledBack));

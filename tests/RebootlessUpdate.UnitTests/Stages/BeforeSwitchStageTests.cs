@@ -70,16 +70,20 @@ public class BeforeSwitchStageTests
     }
 
     /// <summary>Plays CRIU holding a target frozen at post-dump: the request ends when the run decides (commit: done; veto: resumed in place).</summary>
-    private static TargetRun.Pending Held(TargetRun t, Exception? commitFails = null)
+    private TargetRun.Pending Held(TargetRun t, Exception? commitFails = null, ProcessIdentity? original = null)
     {
         var pending = new TargetRun.Pending();
         pending.Request = pending.Decision.Task.ContinueWith(d => d.Result
             ? commitFails is null ? new CriuDumpResult(null, "dump.log") : throw commitFails
             : throw new InvalidOperationException("vetoed at post-dump: resumed in place"), TaskScheduler.Default);
-        t.PendingDump = pending;
+        DumpRequested(t, original ?? ProcessIdentity.Of(t.Resolved!.RootPid) ?? new ProcessIdentity(t.Resolved.RootPid, 1), pending);
         t.MoveTo(TargetPhase.Frozen);
         return pending;
     }
+
+    /// <summary>As the Dump stage records a target whose dump it asks for.</summary>
+    private void DumpRequested(TargetRun t, ProcessIdentity original, TargetRun.Pending pending) =>
+        t.DumpRequested(Path.Combine(_f.StoreRoot, "sets", t.Folder!), original, false, _f.Clock.GetTimestamp(), _f.Clock.GetUtcNow(), pending);
 
     private JournalRecord Reread(UpdateContext context) =>
         UpdateJournal.Open(_f.StoreRoot, context.SetId!, context.StoreLock!, _f.Clock)!.Record;
@@ -285,10 +289,8 @@ public class BeforeSwitchStageTests
         try
         {
             var (held, gone, restoring) = (context.Targets[0], context.Targets[1], context.Targets[2]);
-            held.Original = ProcessIdentity.Of(_started[0].Id);
-            var pending = Held(held);
-            gone.Original = Exited();
-            gone.ImagesDirectory = Path.Combine(context.CheckpointSet!.ImagesDirectory, gone.Folder!);
+            var pending = Held(held, original: ProcessIdentity.Of(_started[0].Id));
+            gone.DumpRequested(Path.Combine(context.CheckpointSet!.ImagesDirectory, gone.Folder!), Exited(), false, 0, _f.Clock.GetUtcNow(), new TargetRun.Pending());
             gone.MoveTo(TargetPhase.Frozen);
             gone.MoveTo(TargetPhase.Dumped);
             restoring.MoveTo(TargetPhase.Frozen);

@@ -451,7 +451,7 @@ public class CriuStageTests
             peer.Write(Failure(criu_req_type.Restore, "post-restore script failed"));
         }));
         var issue = new VerificationIssue(VerificationIssueKind.ContentChanged, "00-pid-77/pages-1.img", "hash differs");
-        context.Targets[0].PendingPageVerification = Task.FromResult(new VerificationResult(context.SetId!, "", VerificationMode.Full, null, [issue], 0));
+        context.Targets[0].CheckPagesWith(Task.FromResult(new VerificationResult(context.SetId!, "", VerificationMode.Full, null, [issue], 0)));
         try
         {
             await new ResumeRestoreStage(new RestoreStageOptions()).ExecuteAsync(context, CancellationToken.None);

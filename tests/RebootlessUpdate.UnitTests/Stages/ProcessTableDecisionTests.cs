@@ -165,7 +165,23 @@ public class ProcessTableDecisionTests
     private static TargetRun Held(TargetPhase phase, ProcessIdentity? original, string? cgroup = Cgroup)
     {
         var settings = new TargetCriuSettings { FreezeCgroup = cgroup };
-        var run = new TargetRun(new JournaledTarget("pid:500", settings), phase) { Settings = settings, Original = original };
+        var run = new TargetRun(new JournaledTarget("pid:500", settings), TargetPhase.Planned);
+        run.Resolve(new ResolvedTarget(500, 1, settings), settings, "00-pid-500");
+        if (original is { } o)
+        {
+            run.DumpRequested("/nonexistent/00-pid-500", o, false, 0, DateTimeOffset.UnixEpoch, new TargetRun.Pending());
+        }
+
+        foreach (var step in phase switch
+        {
+            TargetPhase.Frozen => new[] { TargetPhase.Frozen },
+            TargetPhase.Dumped => [TargetPhase.Frozen, TargetPhase.Dumped],
+            _ => [],
+        })
+        {
+            run.MoveTo(step);
+        }
+
         return run;
     }
 
