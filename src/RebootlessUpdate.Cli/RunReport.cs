@@ -109,6 +109,7 @@ internal static class RunReport
         _ when ExceptionCauses.Contains<StoreFullException>(result.Exception) => ExitCodes.StoreFull,
         _ when ExceptionCauses.Contains<ImageStoreLockedException>(result.Exception) => ExitCodes.StoreLocked,
         _ when ExceptionCauses.Contains<CriuTimeoutException>(result.Exception) => ExitCodes.CriuTimedOut,
+        _ when ExceptionCauses.Contains<UnsafeStorePathException>(result.Exception) => ExitCodes.BadStore,
         { Exception: PreflightException p } when p.Report.FirstFailure is { Problem: { } problem } => CliStores.Code(problem),
         { Exception: TargetNotFoundException t } => CliTargets.Code(t.Problem),
         _ => ExitCodes.Failed,

@@ -63,6 +63,38 @@ public partial class CrashRecoveryTests
     }
 
     [Test]
+    public void Same_boot_resume_of_a_set_whose_page_image_is_swapped_for_a_symlink_to_an_identical_copy_restores_nothing()
+    {
+        var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
+        var appDir = Path.Combine(_dir, "app");
+        _workload = Workload.StartProgram(appDir, 16);
+        var crashed = Tool("sealed/dumped", "rehearse", "--pid", Pid(_workload.RootPid), "--store", store, "--criu", _testbed.Criu);
+        Assert.That(crashed.ExitCode, Is.EqualTo(137), crashed.ToString());
+        var journal = UpdateJournal.List(store).Single();
+        var folder = Path.Combine(store, "sets", journal.SetId, "images", journal.Targets.Single().Folder);
+        var pages = new DirectoryInfo(folder).GetFiles("pages-*.img").OrderByDescending(f => f.Length).First().FullName;
+        // The same bytes, so every hash in the manifest still matches, but in a file anyone could own and rewrite later.
+        var outside = Path.Combine(_dir, "outside-pages.img");
+        File.Copy(pages, outside);
+        File.Delete(pages);
+        File.CreateSymbolicLink(pages, outside);
+
+        var resumed = Tool(null, "resume", "--store", store, "--criu", _testbed.Criu);
+        var verify = Tool(null, "images", "verify", journal.SetId, "--store", store);
+        TestContext.Out.WriteLine($"--- resume\n{resumed}\n--- images verify\n{verify}");
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(resumed.ExitCode, Is.Not.Zero, resumed.ToString());
+            Assert.That(resumed.Output + resumed.Error, Does.Contain("symbolic link").And.Contain(Path.GetFileName(pages)));
+            Assert.That(Instances(appDir), Is.Zero, "nothing was restored from bytes outside the store");
+            Assert.That(verify.ExitCode, Is.EqualTo(1), verify.ToString());
+            Assert.That(verify.Output, Does.Contain(Path.GetFileName(pages)));
+            Assert.That(File.ReadAllBytes(outside), Has.Length.GreaterThan(0), "the link's target is left alone");
+        });
+    }
+
+    [Test]
     public void With_a_manifest_key_same_boot_resume_of_a_set_whose_manifest_was_rewritten_for_a_flipped_page_restores_nothing()
     {
         var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;

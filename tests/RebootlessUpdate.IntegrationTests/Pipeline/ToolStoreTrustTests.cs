@@ -116,6 +116,53 @@ public partial class ToolTests
         });
     }
 
+    [TestCase("fifo")]
+    [TestCase("symlink")]
+    public void A_fifo_or_a_symlink_in_place_of_the_store_lock_is_refused_at_once_and_nothing_it_points_to_is_touched(string kind)
+    {
+        var store = new DirectoryImageStore(new DirectoryImageStoreOptions { RootDirectory = Path.Combine(_dir, "store") }).RootDirectory;
+        var lockFile = Path.Combine(store, ".lock");
+        File.Delete(lockFile);
+        var victim = Path.Combine(_dir, "victim");
+        File.WriteAllText(victim, "precious\n");
+        Assert.That(Syscall.chmod(victim, FilePermissions.S_IRUSR | FilePermissions.S_IWUSR | FilePermissions.S_IRGRP | FilePermissions.S_IROTH), Is.Zero);
+        if (kind == "fifo")
+        {
+            Assert.That(Syscall.mkfifo(lockFile, FilePermissions.S_IRUSR | FilePermissions.S_IWUSR), Is.Zero);
+        }
+        else
+        {
+            File.CreateSymbolicLink(lockFile, victim);
+        }
+
+        using var w = Workload.Start(Path.Combine(_dir, "w"));
+        var sw = Stopwatch.StartNew();
+        var rehearse = Run("rehearse", "--pid", w.RootPid.ToString(), "--store", store, "--criu", _testbed.Criu);
+        var resume = Run("resume", "--store", store, "--criu", _testbed.Criu);
+        TestContext.Out.WriteLine($"{sw.ElapsedMilliseconds} ms\n{rehearse}\n{resume}");
+
+        Assert.That(Syscall.lstat(lockFile, out var after), Is.Zero);
+        Assert.Multiple(() =>
+        {
+            foreach (var r in new[] { rehearse, resume })
+            {
+                Assert.That(r.ExitCode, Is.EqualTo(8), "ExitCodes.BadStore\n" + r);
+                Assert.That(r.Error.Trim().Split('\n')[^1], Does.StartWith("rebootless: ").And.Contain(lockFile)
+                    .And.Contain(kind == "fifo" ? "is a named pipe" : "is a symbolic link"), "the last line names the file and what is wrong with it");
+                Assert.That(r.Error, Does.Not.Contain("   at "), "no stack trace");
+            }
+
+            Assert.That(sw.Elapsed, Is.LessThan(TimeSpan.FromSeconds(60)), "neither blocked on the pipe");
+            Assert.That(File.ReadAllText(victim), Is.EqualTo("precious\n"), "the link's target was not truncated or written");
+            Assert.That(Syscall.stat(victim, out var st) == 0 && (st.st_mode & FilePermissions.ACCESSPERMS) == (FilePermissions.S_IRUSR | FilePermissions.S_IWUSR | FilePermissions.S_IRGRP | FilePermissions.S_IROTH),
+                Is.True, "nor chmod'ed");
+            Assert.That(after.st_mode & FilePermissions.S_IFMT, Is.EqualTo(kind == "fifo" ? FilePermissions.S_IFIFO : FilePermissions.S_IFLNK), "left as the attacker made it");
+            Assert.That(Directory.Exists(Path.Combine(store, "sets")) && Directory.EnumerateFileSystemEntries(Path.Combine(store, "sets")).Any(), Is.False,
+                "no set was created");
+            Assert.That(w.IsAlive, Is.True, "nothing was frozen");
+        });
+    }
+
     [Test]
     public void Check_and_plan_do_not_create_the_default_store()
     {

@@ -36,6 +36,8 @@ public class RunReportTests
             Assert.That(RunReport.CodeOf(Result(UpdateOutcome.Refused, full)), Is.EqualTo(ExitCodes.StoreFull));
             Assert.That(RunReport.CodeOf(Result(UpdateOutcome.Refused, preflight)), Is.EqualTo(ExitCodes.CriuMissing));
             Assert.That(RunReport.CodeOf(Result(UpdateOutcome.Refused, new TargetNotFoundException("pid:9", "gone"))), Is.EqualTo(ExitCodes.UnknownTarget));
+            Assert.That(RunReport.CodeOf(Result(UpdateOutcome.Refused, new UnsafeStorePathException("/s", "/s/.lock", "is a named pipe"))), Is.EqualTo(ExitCodes.BadStore),
+                "a store that cannot be trusted is 8 wherever the run finds it out");
             Assert.That(RunReport.CodeOf(Result(UpdateOutcome.RolledBack, new OperationCanceledException(), cancelled: true)), Is.EqualTo(ExitCodes.Interrupted));
             Assert.That(RunReport.CodeOf(Result(UpdateOutcome.Failed, new OperationCanceledException(), cancelled: true)), Is.EqualTo(ExitCodes.NeedsAttention),
                 "an interruption that could not put everything back needs attention first");
