@@ -7,15 +7,24 @@ namespace RebootlessUpdate.IntegrationTests.Pipeline;
 /// <summary>Same-boot recovery over a set an attacker changed after it was sealed.</summary>
 public partial class CrashRecoveryTests
 {
-    [Test]
-    public void Same_boot_resume_of_a_sealed_set_whose_manifest_was_deleted_and_a_page_flipped_restores_nothing()
+    /// <summary>
+    /// A rehearsal of a 16 MiB workload in <c>_dir/app</c> killed once CRIU ended the tree after sealing, so the sealed
+    /// set is all that is left of it: the store, the workload's folder and the journal.
+    /// </summary>
+    private (string Store, string AppDir, JournalRecord Journal) CrashedAfterSealing(params string[] extra)
     {
         var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
         var appDir = Path.Combine(_dir, "app");
         _workload = Workload.StartProgram(appDir, 16);
-        var crashed = Tool("sealed/dumped", "rehearse", "--pid", Pid(_workload.RootPid), "--store", store, "--criu", _testbed.Criu);
+        var crashed = Tool("sealed/dumped", ["rehearse", "--pid", Pid(_workload.RootPid), "--store", store, "--criu", _testbed.Criu, .. extra]);
         Assert.That(crashed.ExitCode, Is.EqualTo(137), crashed.ToString());
-        var journal = UpdateJournal.List(store).Single();
+        return (store, appDir, UpdateJournal.List(store).Single());
+    }
+
+    [Test]
+    public void Same_boot_resume_of_a_sealed_set_whose_manifest_was_deleted_and_a_page_flipped_restores_nothing()
+    {
+        var (store, appDir, journal) = CrashedAfterSealing();
         Assert.That(journal.State, Is.EqualTo(JournalState.Sealed));
         var victim = FlipAByteOfTheLargestPageImage(store, journal, journal.Targets.Single());
         // Without its manifest the set used to pass as "never sealed": restored unverified.
@@ -36,12 +45,7 @@ public partial class CrashRecoveryTests
     [Test]
     public void Same_boot_resume_of_a_set_folder_swapped_for_a_symlink_to_a_tampered_copy_restores_nothing()
     {
-        var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
-        var appDir = Path.Combine(_dir, "app");
-        _workload = Workload.StartProgram(appDir, 16);
-        var crashed = Tool("sealed/dumped", "rehearse", "--pid", Pid(_workload.RootPid), "--store", store, "--criu", _testbed.Criu);
-        Assert.That(crashed.ExitCode, Is.EqualTo(137), crashed.ToString());
-        var journal = UpdateJournal.List(store).Single();
+        var (store, appDir, journal) = CrashedAfterSealing();
         // The attacker's copy outside the store, without manifest or seal mark, with a flipped page, linked in place of the set.
         var setDir = Path.Combine(store, "sets", journal.SetId);
         var outside = Path.Combine(_dir, "outside-set");
@@ -65,12 +69,7 @@ public partial class CrashRecoveryTests
     [Test]
     public void Same_boot_resume_of_a_set_whose_page_image_is_swapped_for_a_symlink_to_an_identical_copy_restores_nothing()
     {
-        var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
-        var appDir = Path.Combine(_dir, "app");
-        _workload = Workload.StartProgram(appDir, 16);
-        var crashed = Tool("sealed/dumped", "rehearse", "--pid", Pid(_workload.RootPid), "--store", store, "--criu", _testbed.Criu);
-        Assert.That(crashed.ExitCode, Is.EqualTo(137), crashed.ToString());
-        var journal = UpdateJournal.List(store).Single();
+        var (store, appDir, journal) = CrashedAfterSealing();
         var folder = Path.Combine(store, "sets", journal.SetId, "images", journal.Targets.Single().Folder);
         var pages = new DirectoryInfo(folder).GetFiles("pages-*.img").OrderByDescending(f => f.Length).First().FullName;
         // The same bytes, so every hash in the manifest still matches, but in a file anyone could own and rewrite later.
@@ -97,13 +96,8 @@ public partial class CrashRecoveryTests
     [Test]
     public void With_a_manifest_key_same_boot_resume_of_a_set_whose_manifest_was_rewritten_for_a_flipped_page_restores_nothing()
     {
-        var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
         var key = Path.Combine(_dir, "keys", "manifest.key");
-        var appDir = Path.Combine(_dir, "app");
-        _workload = Workload.StartProgram(appDir, 16);
-        var crashed = Tool("sealed/dumped", "rehearse", "--pid", Pid(_workload.RootPid), "--store", store, "--criu", _testbed.Criu, "--manifest-key", key);
-        Assert.That(crashed.ExitCode, Is.EqualTo(137), crashed.ToString());
-        var journal = UpdateJournal.List(store).Single();
+        var (store, appDir, journal) = CrashedAfterSealing("--manifest-key", key);
         var victim = FlipAByteOfTheLargestPageImage(store, journal, journal.Targets.Single());
         // An attacker with write access to the set vouches for the changed page: the manifest's hashes are right again.
         var images = Path.Combine(store, "sets", journal.SetId, "images");
