@@ -133,7 +133,6 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
         }
         catch (Exception e) when (e is LazyPageServerException or TimeoutException)
         {
-            t.OnDemandEnded(memory.PagesServed);
             var why = $"ended: its memory could not be served ({e.Message}); its tree was stopped and killed before it got that page, "
                 + "and it is not restored again (it ran after its checkpoint); its images are kept for inspection";
             t.End(why);
@@ -146,7 +145,6 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
             await memory.DisposeAsync().ConfigureAwait(false);
             if (!memory.Completion.IsCompletedSuccessfully)
             {
-                t.OnDemandEnded(memory.PagesServed);
                 var why = "ended: the run was cancelled while it still needed pages served from the store; its tree was stopped and killed "
                     + "rather than left to run on zero pages, and it is not restored again (it ran after its checkpoint); its images are kept for inspection";
                 t.End(why);
@@ -160,7 +158,7 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
             await memory.DisposeAsync().ConfigureAwait(false);
             if (t.OnDemand is not null)
             {
-                t.OnDemandEnded(memory.PagesServed);
+                t.OnDemandEnded(memory.PagesServed); // every way but "all back" (which recorded its time too)
             }
         }
     }
