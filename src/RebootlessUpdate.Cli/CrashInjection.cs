@@ -11,6 +11,8 @@ namespace RebootlessUpdate.Cli;
 /// tool kill itself with SIGKILL right after the journal durably records that point,
 /// exactly as a power cut of the orchestrator would. <c>restore-answered</c> kills it when CRIU has
 /// answered a restore and the tree runs, before the run has recorded that (no journal write marks it).
+/// <c>REBOOTLESS_STOP_AT</c> takes the same points and stops the tool with SIGSTOP instead, so that a test can
+/// change the world at that exact point (fill the store, hold a lock) and let the tool go on with SIGCONT.
 /// </summary>
 /// <remarks>
 /// A production tool must not crash because a stray variable is set: the hook acts only when
@@ -20,58 +22,81 @@ namespace RebootlessUpdate.Cli;
 internal static class CrashInjection
 {
     internal const string Variable = "REBOOTLESS_CRASH_AT";
+    internal const string StopVariable = "REBOOTLESS_STOP_AT";
     internal const string Gate = "REBOOTLESS_TEST_HOOKS";
     internal const string RestoreAnswered = "restore-answered";
 
     /// <summary>Where to crash: a journal state, and optionally the phase every target must be in.</summary>
-    internal sealed record CrashPoint(string Spec, JournalState State, TargetPhase? Phase, bool AtRestoreAnswered = false)
+    internal sealed record CrashPoint(string Spec, JournalState State, TargetPhase? Phase, bool AtRestoreAnswered = false, bool StopOnly = false)
     {
+        public string Variable => StopOnly ? StopVariable : CrashInjection.Variable;
+
+        public string Action => StopOnly ? "stop itself with SIGSTOP (SIGCONT lets it go on)" : "kill itself with SIGKILL";
+
         public bool Matches(JournalRecord record) =>
             record.State == State && (Phase is null || (record.Targets.Count > 0 && record.Targets.All(t => t.Phase == Phase)));
     }
 
     public static void InstallFromEnvironment()
     {
-        var point = Parse(Environment.GetEnvironmentVariable(Variable), Environment.GetEnvironmentVariable(Gate), out var warning);
-        if (warning is not null)
+        var gate = Environment.GetEnvironmentVariable(Gate);
+        List<CrashPoint> points = [];
+        foreach (var stop in (bool[])[false, true])
         {
-            Console.Error.WriteLine(warning);
-        }
-
-        if (point is null)
-        {
-            return;
-        }
-
-        if (point.AtRestoreAnswered)
-        {
-            TargetRestore.RestoreAnswered = _ => Crash(point);
-            return;
-        }
-
-        UpdateJournal.Written = record =>
-        {
-            if (point.Matches(record))
+            var point = Parse(Environment.GetEnvironmentVariable(stop ? StopVariable : Variable), gate, out var warning, stop);
+            if (warning is not null)
             {
-                Crash(point);
+                Console.Error.WriteLine(warning);
             }
-        };
+
+            if (point is not null)
+            {
+                points.Add(point);
+            }
+        }
+
+        // Each point acts once: a later record in the same state (the targets' phases after commit) passes it by.
+        HashSet<CrashPoint> acted = [];
+        bool First(CrashPoint p)
+        {
+            lock (acted)
+            {
+                return acted.Add(p);
+            }
+        }
+
+        var answered = points.Where(p => p.AtRestoreAnswered).ToList();
+        if (answered.Count > 0)
+        {
+            TargetRestore.RestoreAnswered = _ => answered.Where(First).ToList().ForEach(Act);
+        }
+
+        var written = points.Where(p => !p.AtRestoreAnswered).ToList();
+        if (written.Count > 0)
+        {
+            UpdateJournal.Written = record => written.Where(p => p.Matches(record) && First(p)).ToList().ForEach(Act);
+        }
     }
 
-    private static void Crash(CrashPoint point)
+    private static void Act(CrashPoint point)
     {
-        Console.Error.WriteLine($"rebootless: {Variable}: killing this process (pid {Environment.ProcessId}) at {point.Spec}");
+        Console.Error.WriteLine($"rebootless: {point.Variable}: {(point.StopOnly ? "stopping" : "killing")} this process (pid {Environment.ProcessId}) at {point.Spec}");
         Console.Error.Flush();
-        Syscall.kill(Environment.ProcessId, Signum.SIGKILL);
-        Thread.Sleep(Timeout.Infinite);
+        Syscall.kill(Environment.ProcessId, point.StopOnly ? Signum.SIGSTOP : Signum.SIGKILL);
+        if (!point.StopOnly)
+        {
+            Thread.Sleep(Timeout.Infinite);
+        }
     }
 
     /// <summary>
-    /// The crash point the two variables ask for, or null when none is armed; <paramref name="warning"/>
-    /// is the line to write on stderr (null when neither variable asks for anything).
+    /// The point a hook variable and the gate ask for, or null when none is armed; <paramref name="warning"/>
+    /// is the line to write on stderr (null when neither variable asks for anything). <paramref name="stop"/>:
+    /// the spec is <c>REBOOTLESS_STOP_AT</c>'s.
     /// </summary>
-    internal static CrashPoint? Parse(string? spec, string? gate, out string? warning)
+    internal static CrashPoint? Parse(string? spec, string? gate, out string? warning, bool stop = false)
     {
+        var variable = stop ? StopVariable : Variable;
         warning = null;
         if (string.IsNullOrWhiteSpace(spec))
         {
@@ -80,26 +105,28 @@ internal static class CrashInjection
 
         if (gate?.Trim() != "1")
         {
-            warning = $"rebootless: warning: {Variable} is set but ignored: it is a test hook, active only with {Gate}=1.";
+            warning = $"rebootless: warning: {variable} is set but ignored: it is a test hook, active only with {Gate}=1.";
             return null;
         }
 
         if (spec.Trim().Equals(RestoreAnswered, StringComparison.OrdinalIgnoreCase))
         {
-            warning = $"rebootless: warning: test hook armed ({Variable}={spec}, {Gate}=1): this process will kill itself with SIGKILL when CRIU has answered a restore.";
-            return new CrashPoint(RestoreAnswered, JournalState.Resuming, TargetPhase.Restoring, AtRestoreAnswered: true);
+            var answered = new CrashPoint(RestoreAnswered, JournalState.Resuming, TargetPhase.Restoring, AtRestoreAnswered: true, StopOnly: stop);
+            warning = $"rebootless: warning: test hook armed ({variable}={spec}, {Gate}=1): this process will {answered.Action} when CRIU has answered a restore.";
+            return answered;
         }
 
         var parts = spec.Trim().Split('/', 2);
         if (!Enum.TryParse<JournalState>(parts[0], ignoreCase: true, out var state) || !Enum.IsDefined(state)
             || (parts.Length == 2 && (!Enum.TryParse<TargetPhase>(parts[1], ignoreCase: true, out var p) || !Enum.IsDefined(p))))
         {
-            warning = $"rebootless: warning: {Variable}={spec} is not STATE, STATE/PHASE or {RestoreAnswered} (states: {string.Join(", ", Enum.GetNames<JournalState>())}; phases: {string.Join(", ", Enum.GetNames<TargetPhase>())}); ignored.";
+            warning = $"rebootless: warning: {variable}={spec} is not STATE, STATE/PHASE or {RestoreAnswered} (states: {string.Join(", ", Enum.GetNames<JournalState>())}; phases: {string.Join(", ", Enum.GetNames<TargetPhase>())}); ignored.";
             return null;
         }
 
         TargetPhase? phase = parts.Length == 2 ? Enum.Parse<TargetPhase>(parts[1], ignoreCase: true) : null;
-        warning = $"rebootless: warning: test hook armed ({Variable}={spec}, {Gate}=1): this process will kill itself with SIGKILL when the journal reaches {spec}.";
-        return new CrashPoint(spec.Trim(), state, phase);
+        var point = new CrashPoint(spec.Trim(), state, phase, StopOnly: stop);
+        warning = $"rebootless: warning: test hook armed ({variable}={spec}, {Gate}=1): this process will {point.Action} when the journal reaches {spec}.";
+        return point;
     }
 }

@@ -106,7 +106,7 @@ internal static class RunReport
         { Outcome: UpdateOutcome.Failed } when result.Exception is not JournalException => ExitCodes.NeedsAttention,
         { Exception: JournalException j } => Code(j),
         { Cancelled: true } => ExitCodes.Interrupted,
-        _ when ExceptionCauses.Contains<StoreFullException>(result.Exception) => ExitCodes.StoreFull,
+        _ when ExceptionCauses.IsOutOfSpace(result.Exception) => ExitCodes.StoreFull,
         _ when ExceptionCauses.Contains<ImageStoreLockedException>(result.Exception) => ExitCodes.StoreLocked,
         _ when ExceptionCauses.Contains<CriuTimeoutException>(result.Exception) => ExitCodes.CriuTimedOut,
         _ when ExceptionCauses.Contains<UnsafeStorePathException>(result.Exception) => ExitCodes.BadStore,

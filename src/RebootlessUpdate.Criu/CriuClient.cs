@@ -186,7 +186,7 @@ public sealed class CriuClient
 
         var resp = await ExecuteAsync(new criu_req { Type = criu_req_type.Restore }, options, cancellationToken).ConfigureAwait(false);
         var pid = resp.Restore?.Pid ?? throw new CriuTransportException("criu answered RESTORE without the restored pid");
-        var stats = CriuStatsImage.ReadRestore(Path.Combine(options.StatsDirectory, "stats-restore"));
+        var stats = CriuStatsImage.TryRead(() => CriuStatsImage.ReadRestore(Path.Combine(options.StatsDirectory, "stats-restore")));
         return new CriuRestoreResult(pid, stats, options.LogPath);
     }
 

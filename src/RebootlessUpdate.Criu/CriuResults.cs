@@ -33,17 +33,17 @@ public sealed record CriuRestoreStatistics(TimeSpan Forking, TimeSpan Restore, u
 }
 
 /// <summary>The outcome of a successful dump.</summary>
-/// <param name="Statistics">CRIU's statistics, when it wrote them.</param>
+/// <param name="Statistics">CRIU's statistics, when it wrote them and they can be read (a full file system cuts them short).</param>
 /// <param name="LogFile">The request's CRIU log.</param>
 public sealed record CriuDumpResult(CriuDumpStatistics? Statistics, string LogFile)
 {
     internal static CriuDumpResult Read(CriuProcessOptions options) =>
-        new(CriuStatsImage.ReadDump(Path.Combine(options.StatsDirectory, "stats-dump")), options.LogPath);
+        new(CriuStatsImage.TryRead(() => CriuStatsImage.ReadDump(Path.Combine(options.StatsDirectory, "stats-dump"))), options.LogPath);
 }
 
 /// <summary>The outcome of a successful restore.</summary>
 /// <param name="Pid">The restored tree's root pid, as the caller sees it.</param>
-/// <param name="Statistics">CRIU's statistics, when it wrote them.</param>
+/// <param name="Statistics">CRIU's statistics, when it wrote them and they can be read (a full file system cuts them short).</param>
 /// <param name="LogFile">The request's CRIU log.</param>
 public sealed record CriuRestoreResult(int Pid, CriuRestoreStatistics? Statistics, string LogFile);
 
@@ -67,6 +67,23 @@ public static class CriuStatsImage
     /// <exception cref="InvalidDataException">The file is not a stats image.</exception>
     public static CriuRestoreStatistics? ReadRestore(string path) =>
         Read(path)?.Restore is { } r ? CriuRestoreStatistics.From(r) : null;
+
+    /// <summary>
+    /// The statistics of a request CRIU said succeeded, or null when they are missing or unreadable: CRIU writes them
+    /// last and ignores a failed write (on a full store the file is left empty), and the request's outcome is CRIU's answer.
+    /// </summary>
+    internal static T? TryRead<T>(Func<T?> read)
+        where T : class
+    {
+        try
+        {
+            return read();
+        }
+        catch (Exception e) when (e is InvalidDataException or IOException)
+        {
+            return null;
+        }
+    }
 
     internal static stats_entry? Read(string path)
     {

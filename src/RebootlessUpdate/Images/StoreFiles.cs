@@ -20,6 +20,42 @@ internal static class StoreFiles
     private const int MaxLinks = 40;
 
     /// <summary>
+    /// Writes <paramref name="content"/> to <paramref name="path"/> whole or not at all: into a new file beside it
+    /// (<c>PATH.tmp</c>; a stale one, or a link or FIFO planted there, is removed, never followed), fsynced, then renamed
+    /// over the path (onto nothing unless <paramref name="overwrite"/>); with <paramref name="syncDirectory"/> the folder
+    /// is fsynced too, so that the rename survives a kexec (which does not flush the page cache). A failure leaves no
+    /// partial file behind: it must not keep the space a retry needs.
+    /// </summary>
+    internal static void WriteAtomically(string path, ReadOnlySpan<byte> content, bool overwrite = true, bool syncDirectory = true, int mode = Libc.Mode0600)
+    {
+        var temp = path + ".tmp";
+        File.Delete(temp);
+        try
+        {
+            WriteNew(temp, content, mode);
+            File.Move(temp, path, overwrite);
+        }
+        catch
+        {
+            File.Delete(temp);
+            throw;
+        }
+
+        if (syncDirectory)
+        {
+            Libc.FsyncDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
+        }
+    }
+
+    /// <summary>Creates <paramref name="path"/> with <paramref name="content"/>, fsynced; refuses anything already there and never follows a link.</summary>
+    internal static void WriteNew(string path, ReadOnlySpan<byte> content, int mode = Libc.Mode0600)
+    {
+        using var handle = Libc.Open(path, Libc.OWrOnly | Libc.OCreat | Libc.OExcl | Libc.ONoFollow, mode);
+        RandomAccess.Write(handle, content, 0);
+        Libc.FsyncOrThrow(handle, path);
+    }
+
+    /// <summary>
     /// Opens <paramref name="path"/> with O_NOFOLLOW|O_NONBLOCK|O_NOCTTY (so a FIFO or tty
     /// neither blocks nor becomes ours), fstats the handle and refuses anything but a
     /// regular file; with <paramref name="ownOnly"/> also one that is not ours (or root's, with <paramref name="rootMayOwn"/>; see

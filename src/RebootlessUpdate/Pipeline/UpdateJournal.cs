@@ -29,8 +29,9 @@ namespace RebootlessUpdate.Pipeline;
 /// <para>
 /// The journal can always record what happened, even on a full store: <see cref="Create"/> keeps
 /// space aside (<c>SETID.reserve</c>, allocated with posix_fallocate); a write that hits ENOSPC
-/// releases it and is retried, so a rollback after CRIU filled the store still records that the
-/// workloads run again (otherwise the next `resume` would restore a second copy).
+/// releases a record's worth of it and is retried, so a rollback after CRIU filled the store still records that the
+/// workloads run again (otherwise the next `resume` would restore a second copy), and so do the records after
+/// it when another writer (CRIU's restore log) takes every byte freed between two records.
 /// </para>
 /// </remarks>
 public sealed class UpdateJournal
@@ -349,14 +350,20 @@ public sealed class UpdateJournal
             throw new InvalidOperationException($"the journal of set {record.SetId} would be {bytes.Length} bytes, more than the {MaxBytes} a journal may have; nothing was written");
         }
 
-        try
+        // The store filled up (CRIU's images, its logs, another writer): the space kept aside pays for this record,
+        // a record's worth at a time, so that what is left still pays for the records after it (CRIU's log takes
+        // whatever is free between two records).
+        while (true)
         {
-            WriteAtomically(bytes);
-        }
-        catch (IOException e) when (e.HResult == Libc.ENoSpc && ReleaseReserve())
-        {
-            // The store filled up (CRIU's images, most likely): the space kept aside pays for this record.
-            WriteAtomically(bytes);
+            try
+            {
+                // The rename is durable only once the folder is synced (kexec does not flush page cache).
+                StoreFiles.WriteAtomically(FilePath, bytes);
+                break;
+            }
+            catch (IOException e) when (e.HResult == Libc.ENoSpc && ReleaseReserve(ReleaseStep(bytes.Length)))
+            {
+            }
         }
 
         Record = record;
@@ -366,30 +373,6 @@ public sealed class UpdateJournal
         }
 
         Written?.Invoke(record);
-    }
-
-    private void WriteAtomically(byte[] bytes)
-    {
-        var dir = Path.GetDirectoryName(FilePath)!;
-        var tmp = FilePath + ".tmp";
-        File.Delete(tmp); // a leftover of a crash (a link or FIFO there is removed, never followed)
-        try
-        {
-            using (var handle = Libc.Open(tmp, Libc.OWrOnly | Libc.OCreat | Libc.OExcl | Libc.ONoFollow, Libc.Mode0600))
-            {
-                RandomAccess.Write(handle, bytes, 0);
-                Libc.FsyncOrThrow(handle, tmp);
-            }
-
-            File.Move(tmp, FilePath, overwrite: true);
-            // The rename is durable only once the folder is synced (kexec does not flush page cache).
-            Libc.FsyncDirectory(dir);
-        }
-        catch
-        {
-            File.Delete(tmp); // a partial record must not take the space the retry needs
-            throw;
-        }
     }
 
     private void KeepSpaceAside(long bytes)
@@ -416,16 +399,30 @@ public sealed class UpdateJournal
         // fallocate is unsupported): the run goes on as runs did before there was a reserve.
     }
 
-    /// <summary>Frees the space kept aside; false when there was none left to free.</summary>
-    private bool ReleaseReserve()
+    /// <summary>What one ENOSPC frees of the space kept aside: room for the record's new copy and its folder entry.</summary>
+    internal static long ReleaseStep(long recordBytes) => ((recordBytes + 4095) / 4096 * 4096) + 8192;
+
+    /// <summary>
+    /// Frees <paramref name="bytes"/> of the space kept aside by cutting the reserve file short (all that is left when
+    /// less; null: all of it); false when there was none left to free.
+    /// </summary>
+    private bool ReleaseReserve(long? bytes = null)
     {
         var path = ReservePath;
-        if (Syscall.lstat(path, out _) != 0)
+        if (Syscall.lstat(path, out var st) != 0)
         {
             return false;
         }
 
-        File.Delete(path);
+        var left = (st.st_mode & FilePermissions.S_IFMT) == FilePermissions.S_IFREG && bytes is { } b ? st.st_size - b : 0;
+        if (left <= 0)
+        {
+            File.Delete(path);
+            return true;
+        }
+
+        using var handle = StoreFiles.OpenRegular(path, Libc.OWrOnly);
+        RandomAccess.SetLength(handle, left);
         return true;
     }
 

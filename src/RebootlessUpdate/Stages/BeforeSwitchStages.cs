@@ -1,5 +1,6 @@
 using RebootlessUpdate.Criu;
 using RebootlessUpdate.Images;
+using RebootlessUpdate.Images.Interop;
 using RebootlessUpdate.Kexec;
 using RebootlessUpdate.Pipeline;
 using RebootlessUpdate.Targets;
@@ -284,7 +285,16 @@ internal sealed class SealStage : IUpdateStage
 
     public async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
     {
-        var manifest = await context.RequireStore().SealAsync(context.RequireSet(), new SealOptions { CriuVersion = context.CriuVersion ?? "unknown" }, cancellationToken).ConfigureAwait(false);
+        CheckpointManifest manifest;
+        try
+        {
+            manifest = await context.RequireStore().SealAsync(context.RequireSet(), new SealOptions { CriuVersion = context.CriuVersion ?? "unknown" }, cancellationToken).ConfigureAwait(false);
+        }
+        catch (IOException e) when (e.HResult == Libc.ENoSpc)
+        {
+            throw new StoreFullException($"the store filled up while sealing set {context.RequireSet().Id} (its manifest could not be written): free space in the store and try again", 0, null, e);
+        }
+
         foreach (var t in context.Targets.Where(t => t.Phase == TargetPhase.Frozen))
         {
             t.MarkSealed();

@@ -272,23 +272,14 @@ public class JournalFullStoreTests
     {
         var store = Directory.CreateDirectory(Path.Combine(_mount, "store")).FullName;
         using var held = RebootlessUpdate.Images.StoreLock.Acquire(Path.Combine(store, ".lock"));
-        JournalTarget[] targets = [new JournalTarget { Id = "pid:77", Folder = "00-pid-77", Settings = new TargetCriuSettings(), Phase = TargetPhase.Dumped }];
-        var journal = UpdateJournal.Create(store, "20260101T000000Z-0000aaaa", UpdateMode.Rehearse, targets, held, TimeProvider.System);
-        var bare = UpdateJournal.Create(store, "20260101T000000Z-0000bbbb", UpdateMode.Rehearse, targets, held, TimeProvider.System);
+        var journal = UpdateJournal.Create(store, "20260101T000000Z-0000aaaa", UpdateMode.Rehearse, OneTarget(TargetPhase.Dumped), held, TimeProvider.System);
+        var bare = UpdateJournal.Create(store, "20260101T000000Z-0000bbbb", UpdateMode.Rehearse, OneTarget(TargetPhase.Dumped), held, TimeProvider.System);
         File.Delete(bare.ReservePath); // as every journal was before: nothing kept aside
 
         // CRIU's images fill the store.
         using (var filler = new FileStream(Path.Combine(store, "images.img"), FileMode.CreateNew))
         {
-            var chunk = new byte[64 * 1024];
-            Assert.That(() =>
-            {
-                while (true)
-                {
-                    filler.Write(chunk);
-                    filler.Flush();
-                }
-            }, Throws.InstanceOf<IOException>());
+            TakeEverything(filler);
         }
 
         Assert.That(() => File.WriteAllBytes(Path.Combine(store, "probe"), new byte[8192]), Throws.InstanceOf<IOException>(), "the store is full");
@@ -305,5 +296,56 @@ public class JournalFullStoreTests
         Assert.That(onDisk.Targets.Single().RestoredPid, Is.EqualTo(4242));
         Assert.That(File.Exists(journal.ReservePath), Is.False, "the reserve paid for it");
         Assert.That(Directory.GetFiles(UpdateJournal.DirectoryOf(store), "*.tmp"), Is.Empty, "no partial record left behind");
+    }
+
+    [Test]
+    public void On_a_store_another_writer_keeps_full_the_space_kept_aside_pays_for_one_record_after_another()
+    {
+        var store = Directory.CreateDirectory(Path.Combine(_mount, "store")).FullName;
+        using var held = RebootlessUpdate.Images.StoreLock.Acquire(Path.Combine(store, ".lock"));
+        var journal = UpdateJournal.Create(store, "20260101T000000Z-0000cccc", UpdateMode.Rehearse, OneTarget(TargetPhase.Sealed), held, TimeProvider.System);
+        var reserve = new FileInfo(journal.ReservePath).Length;
+
+        // CRIU's restore log takes every byte the journal frees between two records (as on a store filled at commit).
+        using var log = new FileStream(Path.Combine(store, "restore.log"), FileMode.CreateNew);
+        var written = 0;
+        foreach (var (state, phase) in new[]
+        {
+            (JournalState.Sealed, TargetPhase.Dumped), (JournalState.Resuming, TargetPhase.Dumped), (JournalState.Resuming, TargetPhase.Restoring),
+            (JournalState.Resuming, TargetPhase.Restored), (JournalState.Resuming, TargetPhase.Restored),
+        })
+        {
+            TakeEverything(log);
+            journal.Transition(state, $"record {written}", r => r with { Targets = [r.Targets[0] with { Phase = phase, RestoredPid = 4242 }] });
+            written++;
+            Assert.That(UpdateJournal.List(store).Single().Targets.Single().Phase, Is.EqualTo(phase), $"record {written} is on disk");
+        }
+
+        TestContext.Out.WriteLine($"{written} records on a full store; the reserve went from {reserve} to {(File.Exists(journal.ReservePath) ? new FileInfo(journal.ReservePath).Length : 0)} bytes");
+        Assert.That(File.Exists(journal.ReservePath), Is.True, "each record took a record's worth of the reserve, not all of it");
+        TakeEverything(log);
+        journal.Transition(JournalState.RolledBack, "every workload runs again");
+        Assert.That(UpdateJournal.List(store).Single().State, Is.EqualTo(JournalState.RolledBack));
+        Assert.That(File.Exists(journal.ReservePath), Is.False, "a finished run keeps nothing aside");
+    }
+
+    private static JournalTarget[] OneTarget(TargetPhase phase) =>
+        [new JournalTarget { Id = "pid:77", Folder = "00-pid-77", Settings = new TargetCriuSettings(), Phase = phase }];
+
+    /// <summary>Writes until the file system answers ENOSPC.</summary>
+    private static void TakeEverything(FileStream writer)
+    {
+        var chunk = new byte[4096];
+        try
+        {
+            while (true)
+            {
+                writer.Write(chunk);
+                writer.Flush();
+            }
+        }
+        catch (IOException e) when (e.HResult == 28)
+        {
+        }
     }
 }

@@ -38,6 +38,18 @@ public class CrashInjectionTests
     }
 
     [Test]
+    public void The_stop_hook_takes_the_same_points_and_says_it_stops_the_tool()
+    {
+        var point = CrashInjection.Parse("sealed", "1", out var warning, stop: true);
+        var ignored = CrashInjection.Parse("sealed", null, out var ignoredWarning, stop: true);
+
+        Assert.That(point, Is.EqualTo(new CrashInjection.CrashPoint("sealed", JournalState.Sealed, null, StopOnly: true)));
+        Assert.That(warning, Does.Contain("REBOOTLESS_STOP_AT=sealed").And.Contain("SIGSTOP").And.Not.Contain("SIGKILL"));
+        Assert.That(ignored, Is.Null);
+        Assert.That(ignoredWarning, Does.Contain("REBOOTLESS_STOP_AT is set but ignored"));
+    }
+
+    [Test]
     public void With_the_gate_a_state_and_phase_is_armed()
     {
         var point = CrashInjection.Parse("dumping/frozen", "1", out _);

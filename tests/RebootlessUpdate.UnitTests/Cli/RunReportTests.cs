@@ -34,6 +34,9 @@ public class RunReportTests
             Assert.That(RunReport.CodeOf(Result(UpdateOutcome.RolledBack, new InvalidOperationException("could not finish every dump", full))), Is.EqualTo(ExitCodes.StoreFull),
                 "a store that filled during the dump is 10 however the dump wrapped it");
             Assert.That(RunReport.CodeOf(Result(UpdateOutcome.Refused, full)), Is.EqualTo(ExitCodes.StoreFull));
+            Assert.That(RunReport.CodeOf(Result(UpdateOutcome.RolledBack, new AggregateException(new IOException("No space left on device") { HResult = 28 }))), Is.EqualTo(ExitCodes.StoreFull),
+                "ENOSPC is a full store even where no stage named it so");
+            Assert.That(RunReport.CodeOf(Result(UpdateOutcome.RolledBack, new IOException("Input/output error") { HResult = 5 })), Is.EqualTo(ExitCodes.Failed));
             Assert.That(RunReport.CodeOf(Result(UpdateOutcome.Refused, preflight)), Is.EqualTo(ExitCodes.CriuMissing));
             Assert.That(RunReport.CodeOf(Result(UpdateOutcome.Refused, new TargetNotFoundException("pid:9", "gone"))), Is.EqualTo(ExitCodes.UnknownTarget));
             Assert.That(RunReport.CodeOf(Result(UpdateOutcome.Refused, new UnsafeStorePathException("/s", "/s/.lock", "is a named pipe"))), Is.EqualTo(ExitCodes.BadStore),

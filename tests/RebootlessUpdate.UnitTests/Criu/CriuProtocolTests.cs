@@ -69,6 +69,29 @@ public class CriuProtocolTests
         Assert.That(seen.Opts.ImagesDirFd, Is.GreaterThanOrEqualTo(0), "the images folder goes as a descriptor");
     }
 
+    [TestCase(0)]
+    [TestCase(7)]
+    public async Task A_successful_dump_whose_statistics_a_full_store_cut_short_succeeds_without_statistics(int length)
+    {
+        var client = FakeCriuPeer.Client(async peer =>
+        {
+            var req = await peer.ExpectAsync(criu_req_type.Dump);
+            WriteStats(req, 100);
+            var stats = $"/proc/{Environment.ProcessId}/fd/{req.Opts.ImagesDirFd}/stats-dump";
+            using (var f = File.OpenWrite(stats))
+            {
+                f.SetLength(length); // what CRIU leaves when its write hits ENOSPC
+            }
+
+            peer.Write(FakeCriuPeer.Ok(criu_req_type.Dump));
+        });
+
+        var result = await client.DumpAsync(new CriuDumpOptions { ImagesDirectory = _images, Pid = 42 });
+
+        Assert.That(result.Statistics, Is.Null, "CRIU's answer decides the outcome; the statistics are only a report");
+        Assert.That(() => CriuStatsImage.ReadDump(Path.Combine(_images, "stats-dump")), Throws.InstanceOf<InvalidDataException>(), "reading them directly still says why");
+    }
+
     [Test]
     public void A_reply_of_the_wrong_type_is_a_transport_error()
     {

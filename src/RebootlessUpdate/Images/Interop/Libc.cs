@@ -19,6 +19,7 @@ internal static partial class Libc
     internal const int ONoCtty = 0x100;
     internal const int ONonBlock = 0x800;
     internal const int Mode0600 = 0x180;
+    internal const int Mode0644 = 0x1a4;
     internal const int ODirectory = 0x10000;
     internal const int ONoFollow = 0x20000;
     internal const int OCloExec = 0x80000;
