@@ -1,4 +1,6 @@
 using System.CommandLine;
+using RebootlessUpdate.Images;
+using RebootlessUpdate.Images.Interop;
 using RebootlessUpdate.Processes;
 
 namespace RebootlessUpdate.Cli.Commands;
@@ -51,20 +53,7 @@ internal static class InstallUnitCommand
             if (changed)
             {
                 // Written beside it and renamed over it: never through whatever is at the path, never half written.
-                var temporary = path + ".rebootless-new";
-                File.Delete(temporary);
-                using (var stream = new FileStream(temporary, new FileStreamOptions
-                {
-                    Mode = FileMode.CreateNew,
-                    Access = FileAccess.Write,
-                    UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.OtherRead,
-                }))
-                using (var writer = new StreamWriter(stream))
-                {
-                    writer.Write(text);
-                }
-
-                File.Move(temporary, path, overwrite: true);
+                StoreFiles.WriteAtomically(path, System.Text.Encoding.UTF8.GetBytes(text), mode: Libc.Mode0644);
             }
 
             Systemctl(user, "daemon-reload");

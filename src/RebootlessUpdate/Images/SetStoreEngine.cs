@@ -242,7 +242,7 @@ internal sealed partial class SetStoreEngine
         };
 
         var bytes = ManifestFormat.Write(manifest);
-        WriteAtomically(checkpointSet.Directory, manifestPath, bytes, markPath, key is null ? [] : ManifestKey.Mark(key, bytes));
+        WriteSealed(checkpointSet.Directory, manifestPath, bytes, markPath, key is null ? [] : ManifestKey.Mark(key, bytes));
         Log.SetSealed(_logger, checkpointSet.Id, entries.Count, manifest.TotalBytes);
         return manifest;
     }
@@ -412,22 +412,10 @@ internal sealed partial class SetStoreEngine
     /// Temp file, fsync, rename, then the seal mark, fsync the folder: the manifest appears whole
     /// or not at all, and once it has, the mark says so even if the manifest is later deleted.
     /// </summary>
-    private static void WriteAtomically(string directory, string path, byte[] content, string markPath, byte[] markContent)
+    private static void WriteSealed(string directory, string path, byte[] content, string markPath, byte[] markContent)
     {
-        var temp = path + ".tmp";
-        File.Delete(temp);
-        using (var handle = Libc.Open(temp, Libc.OWrOnly | Libc.OCreat | Libc.OExcl | Libc.ONoFollow, Libc.Mode0600))
-        {
-            RandomAccess.Write(handle, content, 0);
-            Libc.FsyncOrThrow(handle, temp);
-        }
-
-        File.Move(temp, path, overwrite: false);
-        using (var mark = Libc.Open(markPath, Libc.OWrOnly | Libc.OCreat | Libc.OExcl | Libc.ONoFollow, Libc.Mode0600))
-        {
-            RandomAccess.Write(mark, markContent, 0);
-            Libc.FsyncOrThrow(mark, markPath);
-        }
+        StoreFiles.WriteAtomically(path, content, overwrite: false, syncDirectory: false);
+        StoreFiles.WriteNew(markPath, markContent);
 
         // One folder fsync for both (the seal runs inside the freeze). Should a crash keep the
         // mark without the manifest, the set reads as damaged: refused, never restored unchecked.
