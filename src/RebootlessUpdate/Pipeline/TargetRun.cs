@@ -91,6 +91,7 @@ public sealed class TargetRun
         RestoredStartTime = jt.RestoredStartTime,
         Original = jt.RootStartTime == 0 ? null : new ProcessIdentity(jt.RootPid, jt.RootStartTime),
         PreDumpRefused = jt.PreDumpRefused,
+        Error = jt.Phase == TargetPhase.Ended ? jt.Error : null, // why it ended stays with it; other phases are settled anew
     };
 
     // What the stages learn of a target without a move: each is the only writer of what it records.
@@ -189,11 +190,36 @@ public sealed class TargetRun
         Error = error;
     }
 
-    /// <summary>It ran after its checkpoint and has exited since: never restored again (<paramref name="error"/> says what is known).</summary>
+    /// <summary>
+    /// It ran after its checkpoint and has exited since: never restored again (<paramref name="error"/> says what is known;
+    /// an ended target only learns more).
+    /// </summary>
     internal void End(string? error)
     {
-        MoveTo(TargetPhase.Ended);
+        if (Phase != TargetPhase.Ended)
+        {
+            MoveTo(TargetPhase.Ended);
+        }
+
         Error = error;
+    }
+
+    /// <summary>A restore of it failed (<paramref name="why"/>); where it stands (its phase) is what the attempt left.</summary>
+    internal void RestoreFailed(string why) => Error = why;
+
+    /// <summary>
+    /// A CRIU may still be restoring it, so it is not asked again: <paramref name="why"/> says so and what to run
+    /// (after what was known of it, with <paramref name="afterEarlier"/>).
+    /// </summary>
+    /// <exception cref="InvalidOperationException">It is not being restored.</exception>
+    internal void LeftRestoring(string why, bool afterEarlier = false)
+    {
+        if (Phase != TargetPhase.Restoring)
+        {
+            throw new InvalidOperationException($"{Target.Id}: only a target being restored is left so, not a {Phase} target.");
+        }
+
+        Error = afterEarlier && Error is not null ? $"{Error}; {why}" : why;
     }
 
     /// <summary>
@@ -205,6 +231,7 @@ public sealed class TargetRun
         var before = Phase;
         MoveTo(TargetPhase.Restoring);
         ForgetRestoredRoot();
+        Error = null; // a new attempt: what an earlier one met no longer describes it
         return before;
     }
 
@@ -291,7 +318,7 @@ public sealed class TargetRun
     public CriuRestoreStatistics? RestoreStatistics { get; private set; }
 
     /// <summary>What went wrong for this target, if anything.</summary>
-    public string? Error { get; internal set; }
+    public string? Error { get; private set; }
 
     /// <summary>True when it was restored lazily: its memory is served on demand by a lazy-pages daemon.</summary>
     public bool LazyPages => LazyPagesDaemon is not null;

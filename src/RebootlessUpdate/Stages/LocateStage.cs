@@ -142,9 +142,9 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
                         break;
                     default:
                         // Still restoring: it stays so, and is not asked for again.
-                        run.Error = $"an interrupted restore is still under way after {options.InterruptedRestoreWait.TotalSeconds:0} s "
+                        run.LeftRestoring($"an interrupted restore is still under way after {options.InterruptedRestoreWait.TotalSeconds:0} s "
                             + $"(process(es) {string.Join(", ", holders)} hold its images {run.ImagesDirectory}); not restored a second time: "
-                            + $"run `rebootless resume --set {context.SetId}` once they have ended";
+                            + $"run `rebootless resume --set {context.SetId}` once they have ended");
                         break;
                 }
 
@@ -179,7 +179,6 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
                 run.End($"it was restored as pid {jt.RestoredPid} and has exited since; not restored a second time (its images are kept in {run.ImagesDirectory})");
                 return;
             case TargetPhase.Ended:
-                run.Error = jt.Error;
                 return;
         }
 

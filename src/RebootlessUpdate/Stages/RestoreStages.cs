@@ -40,7 +40,6 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
                 var fromStore = options.ServePagesFromStore || t.Settings!.PagesFromStore;
                 await TargetRestore.RestoreAsync(context, t, dir, releaseWait, lazy: fromStore || options.LazyPages || t.Settings!.LazyPages, cancellationToken,
                     fromStore).ConfigureAwait(false);
-                t.Error = null;
                 // Durable at once: a run that crashes after this restore must not restore the target a second time.
                 journal.UpdateTargets(context);
             }
@@ -69,7 +68,7 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
                     return;
                 }
 
-                t.Error = "restore failed: " + e.Message;
+                t.RestoreFailed("restore failed: " + e.Message);
                 lock (errors)
                 {
                     errors.Add(e);

@@ -84,7 +84,7 @@ internal static class TargetRollback
         {
             // An earlier restore's outcome is unknown (the watchdog, a broken connection): its CRIU may still bring the
             // tree up. Asking again could make a second copy; the recorded root lets a later resume find the first.
-            t.Error = $"{t.Error}{(t.Error is null ? "" : "; ")}{StillRestoring(context)}";
+            t.LeftRestoring(StillRestoring(context), afterEarlier: true);
             return;
         }
 
@@ -138,7 +138,7 @@ internal static class TargetRollback
                     // The request failed after CRIU let the tree run: that is the one copy (running, or run and exited).
                     if (t.Phase == TargetPhase.Ended)
                     {
-                        t.Error = e.Message;
+                        t.End(e.Message);
                     }
 
                     return;
@@ -161,7 +161,7 @@ internal static class TargetRollback
         var error = $"rollback restore failed: {last!.Message}; ";
         if (t.Phase == TargetPhase.Restoring)
         {
-            t.Error = error + StillRestoring(context);
+            t.LeftRestoring(error + StillRestoring(context));
         }
         else
         {

@@ -246,7 +246,7 @@ public class AfterBootStageTests
     public async Task Report_fails_naming_every_target_not_running_and_leaves_the_journal_unfinished([Values] bool rehearsal)
     {
         using var context = Disposing(Context(rehearsal ? UpdateMode.Rehearse : UpdateMode.Resume, TargetPhase.Restored, TargetPhase.Failed));
-        Target(context.Value, B).Error = "restore failed: criu said no";
+        Target(context.Value, B).RestoreFailed("restore failed: criu said no");
 
         Assert.That(async () => await Run(new ReportStage(), context.Value),
             Throws.InvalidOperationException.With.Message.EqualTo("1 of 2 target(s) not restored: pid:202: restore failed: criu said no"));
