@@ -47,6 +47,24 @@ internal static class StoreFiles
         }
     }
 
+    /// <summary>
+    /// Opens a file of ours that has no other name (<see cref="OpenRegular"/> with <c>ownOnly</c>, and one link):
+    /// what the tool writes in place or cuts short, so that a hard link planted at its path never carries the
+    /// change to someone else's file.
+    /// </summary>
+    /// <exception cref="IOException">It is not such a file (<see cref="NotARegularFileException"/>, <see cref="UntrustedFileException"/>), or open failed.</exception>
+    internal static SafeFileHandle OpenOwnSingle(string path, int flags)
+    {
+        var handle = OpenRegular(path, flags, ownOnly: true);
+        if (FStat(handle, out var st) != 0 || st.st_nlink != 1)
+        {
+            handle.Dispose();
+            throw new UntrustedFileException(path, $"has {st.st_nlink} names: another may be someone else's file");
+        }
+
+        return handle;
+    }
+
     /// <summary>Creates <paramref name="path"/> with <paramref name="content"/>, fsynced; refuses anything already there and never follows a link.</summary>
     internal static void WriteNew(string path, ReadOnlySpan<byte> content, int mode = Libc.Mode0600)
     {

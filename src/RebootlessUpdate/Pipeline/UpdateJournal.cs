@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using Microsoft.Win32.SafeHandles;
 using Mono.Unix.Native;
 using RebootlessUpdate.Images;
 using RebootlessUpdate.Images.Interop;
@@ -196,6 +197,15 @@ public sealed class UpdateJournal
         var journal = new UpdateJournal(Path.Combine(dir, setId + Extension), record, storeLock, time);
         journal.KeepSpaceAside(Math.Max(MinReserveBytes, 16L * Serialize(record).Length));
         journal.Write(record);
+        try
+        {
+            StoreFiles.WriteNew(journal.SparePath, []); // the inode every later record is written into
+        }
+        catch (IOException)
+        {
+            // No inode to spare now: the second record makes one of the first.
+        }
+
         return journal;
     }
 
@@ -307,6 +317,8 @@ public sealed class UpdateJournal
         // rename(2) moves the entry itself, whatever it is (a link or a FIFO is not followed).
         File.Move(path, aside);
         File.Delete(Path.Combine(dir, setId + ReserveExtension));
+        File.Delete(path + ".spare");
+        File.Delete(path + ".prev");
         Libc.FsyncDirectory(dir);
         return aside;
     }
@@ -357,8 +369,7 @@ public sealed class UpdateJournal
         {
             try
             {
-                // The rename is durable only once the folder is synced (kexec does not flush page cache).
-                StoreFiles.WriteAtomically(FilePath, bytes);
+                Replace(bytes);
                 break;
             }
             catch (IOException e) when (e.HResult == Libc.ENoSpc && ReleaseReserve(ReleaseStep(bytes.Length)))
@@ -369,11 +380,86 @@ public sealed class UpdateJournal
         Record = record;
         if (record.State is JournalState.Resumed or JournalState.RolledBack or JournalState.Abandoned)
         {
-            ReleaseReserve(); // finished: nothing more to record that matters as much
+            // Finished: nothing more to record that matters as much. The record is durable: what cannot be released
+            // (a folder planted in place of the reserve) stays, and the run's outcome is what the record says.
+            try
+            {
+                ReleaseReserve();
+                File.Delete(SparePath);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+            }
         }
 
         Written?.Invoke(record);
     }
+
+    /// <summary>
+    /// Replaces the journal with <paramref name="bytes"/>, whole or not at all, and durably (the folder is fsynced: kexec
+    /// does not flush the page cache). No new inode is needed once the journal has a spare (<c>SETID.json.spare</c>,
+    /// ours, one name): the record is written into it, the old journal gets a second name, the spare is renamed over
+    /// the journal and the old journal becomes the next spare, so a store whose inodes ran out still takes the record.
+    /// Without a spare the record goes through a new temporary file, and the old journal becomes the spare.
+    /// </summary>
+    private void Replace(byte[] bytes)
+    {
+        var dir = Path.GetDirectoryName(FilePath)!;
+        string source;
+        SafeFileHandle? spare = null;
+        try
+        {
+            spare = StoreFiles.OpenOwnSingle(SparePath, Libc.OWrOnly);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            if (Syscall.lstat(SparePath, out _) == 0)
+            {
+                File.Delete(SparePath); // not a spare of ours (a link, a FIFO, another's file): removed, never written through
+            }
+        }
+
+        if (spare is not null)
+        {
+            using (spare)
+            {
+                RandomAccess.Write(spare, bytes, 0);
+                RandomAccess.SetLength(spare, bytes.Length);
+                Libc.FsyncOrThrow(spare, SparePath);
+            }
+
+            source = SparePath;
+        }
+        else
+        {
+            source = FilePath + ".tmp";
+            File.Delete(source); // a leftover of a crash (a link or FIFO there is removed, never followed)
+            try
+            {
+                StoreFiles.WriteNew(source, bytes);
+            }
+            catch
+            {
+                File.Delete(source); // a partial record must not take the space the retry needs
+                throw;
+            }
+        }
+
+        var previous = FilePath + ".prev";
+        File.Delete(previous);
+        var kept = Syscall.lstat(FilePath, out var old) == 0 && (old.st_mode & FilePermissions.S_IFMT) == FilePermissions.S_IFREG
+            && Syscall.link(FilePath, previous) == 0;
+        File.Move(source, FilePath, overwrite: true);
+        if (kept)
+        {
+            File.Move(previous, SparePath, overwrite: false);
+        }
+
+        Libc.FsyncDirectory(dir);
+    }
+
+    /// <summary>The journal's spare inode (see <see cref="Replace"/>).</summary>
+    internal string SparePath => FilePath + ".spare";
 
     private void KeepSpaceAside(long bytes)
     {
@@ -404,25 +490,36 @@ public sealed class UpdateJournal
 
     /// <summary>
     /// Frees <paramref name="bytes"/> of the space kept aside by cutting the reserve file short (all that is left when
-    /// less; null: all of it); false when there was none left to free.
+    /// less; null: all of it); false when there was none left to free. Only a reserve of ours with no other name is cut;
+    /// anything else at its path (a link, a FIFO, a hard link to another file) is removed, never written through.
     /// </summary>
     private bool ReleaseReserve(long? bytes = null)
     {
         var path = ReservePath;
-        if (Syscall.lstat(path, out var st) != 0)
+        if (Syscall.lstat(path, out var st) != 0 || (st.st_mode & FilePermissions.S_IFMT) == FilePermissions.S_IFDIR)
         {
-            return false;
+            return false; // none, or a folder planted there: nothing of ours to free
         }
 
-        var left = (st.st_mode & FilePermissions.S_IFMT) == FilePermissions.S_IFREG && bytes is { } b ? st.st_size - b : 0;
-        if (left <= 0)
+        if (bytes is { } b)
         {
-            File.Delete(path);
-            return true;
+            try
+            {
+                using var handle = StoreFiles.OpenOwnSingle(path, Libc.OWrOnly);
+                var left = RandomAccess.GetLength(handle) - b;
+                if (left > 0)
+                {
+                    RandomAccess.SetLength(handle, left);
+                    return true;
+                }
+            }
+            catch (IOException)
+            {
+                // Not a reserve of ours: removed below.
+            }
         }
 
-        using var handle = StoreFiles.OpenRegular(path, Libc.OWrOnly);
-        RandomAccess.SetLength(handle, left);
+        File.Delete(path);
         return true;
     }
 

@@ -2,6 +2,7 @@ using System.Globalization;
 using Mono.Unix.Native;
 using RebootlessUpdate.Criu;
 using RebootlessUpdate.Images;
+using RebootlessUpdate.Images.Interop;
 using RebootlessUpdate.Pipeline;
 using RebootlessUpdate.Targets;
 
@@ -78,6 +79,40 @@ internal static class InterruptedRestore
             not null when workDirectory is not null && CriuResumedTree(workDirectory) => Outcome.RanAndExited,
             _ => Outcome.NotRunning,
         }, []);
+    }
+
+    /// <summary>
+    /// Makes the (empty) restore log while the store has room, at the dump: every later attempt reuses its inode, so
+    /// CRIU can open its log on a store whose inodes ran out (it refuses a restore it cannot log).
+    /// </summary>
+    internal static void KeepLogInode(string workDirectory)
+    {
+        var path = Path.Combine(workDirectory, LogFile);
+        if (Syscall.lstat(path, out _) != 0)
+        {
+            StoreFiles.WriteNew(path, []);
+        }
+    }
+
+    /// <summary>
+    /// Empties the restore log for a new attempt (a later run reads it to tell "CRIU resumed the tree"), keeping its inode;
+    /// anything but a log of ours with one name (a link, a FIFO, a hard link to another file) is removed, never written through.
+    /// </summary>
+    internal static void ClearLog(string workDirectory)
+    {
+        var path = Path.Combine(workDirectory, LogFile);
+        try
+        {
+            using var handle = StoreFiles.OpenOwnSingle(path, Libc.OWrOnly);
+            RandomAccess.SetLength(handle, 0);
+            return;
+        }
+        catch (IOException)
+        {
+            // Missing, or not ours to write: removed below.
+        }
+
+        File.Delete(path);
     }
 
     /// <summary>

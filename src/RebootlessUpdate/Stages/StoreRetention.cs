@@ -126,7 +126,10 @@ internal static class StoreRetention
 
         foreach (var id in doomedJournals)
         {
-            File.Delete(Path.Combine(logsDir, id + ".json"));
+            foreach (var file in (string[])[".json", ".json.spare", ".json.prev", ".reserve"])
+            {
+                File.Delete(Path.Combine(logsDir, id + file));
+            }
         }
 
         if (doomedJournals.Count > 0)

@@ -22,6 +22,7 @@ internal static class TargetDump
         var images = Path.Combine(set.ImagesDirectory, t.Folder!);
         Directory.CreateDirectory(images, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         var work = TargetFolders.WorkDirectory(context, t);
+        InterruptedRestore.KeepLogInode(work);
         var original = context.Processes.IdentityOf(resolved.RootPid)
             ?? throw new TargetNotFoundException(t.Target.Id, $"process {resolved.RootPid} exited after the plan; nothing was frozen.");
         var processes = context.Processes.Tree(resolved.RootPid).Count;

@@ -40,7 +40,7 @@ internal static class TargetRestore
         var work = TargetFolders.WorkDirectory(context, t);
         var options = t.Settings!.ToRestore(imagesDirectory, work) with { LogFile = InterruptedRestore.LogFile };
         // One log per attempt: a later run reads it to tell "CRIU resumed the tree" (see InterruptedRestore).
-        File.Delete(Path.Combine(work, InterruptedRestore.LogFile));
+        InterruptedRestore.ClearLog(work);
         // Exactly once: the journal says "restoring" before CRIU gets the request (or its lazy-pages daemon starts),
         // and names the restored root (pid and start time) before CRIU lets it run. A run that dies anywhere in
         // between leaves enough for the next one to find the tree (InterruptedRestore) instead of restoring a second

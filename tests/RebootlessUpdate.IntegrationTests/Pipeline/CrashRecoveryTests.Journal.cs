@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Mono.Unix.Native;
 using RebootlessUpdate.Pipeline;
 using RebootlessUpdate.Targets;
 using RebootlessUpdate.TestSupport;
@@ -327,6 +328,50 @@ public class JournalFullStoreTests
         journal.Transition(JournalState.RolledBack, "every workload runs again");
         Assert.That(UpdateJournal.List(store).Single().State, Is.EqualTo(JournalState.RolledBack));
         Assert.That(File.Exists(journal.ReservePath), Is.False, "a finished run keeps nothing aside");
+    }
+
+    [Test]
+    public void What_is_planted_at_the_reserve_or_the_spare_is_never_written_through_and_a_folder_there_fails_nothing()
+    {
+        var store = Directory.CreateDirectory(Path.Combine(_mount, "store")).FullName;
+        using var held = RebootlessUpdate.Images.StoreLock.Acquire(Path.Combine(store, ".lock"));
+        var journal = UpdateJournal.Create(store, "20260101T000000Z-0000dddd", UpdateMode.Rehearse, OneTarget(TargetPhase.Sealed), held, TimeProvider.System);
+        Assert.That(File.Exists(journal.SparePath), Is.True, "a new journal has its spare inode");
+
+        // Someone else's files on the same file system, hard-linked in place of the reserve and the spare.
+        var victims = new[] { Path.Combine(_mount, "victim-reserve"), Path.Combine(_mount, "victim-spare") };
+        var content = new byte[256 << 10];
+        Random.Shared.NextBytes(content);
+        foreach (var (victim, planted) in victims.Zip([journal.ReservePath, journal.SparePath]))
+        {
+            File.WriteAllBytes(victim, content);
+            File.Delete(planted);
+            Assert.That(Syscall.link(victim, planted), Is.Zero);
+        }
+
+        // On a full store the planted reserve pays for nothing (it is removed, not cut short), so the record fails...
+        var logPath = Path.Combine(store, "restore.log");
+        using (var log = new FileStream(logPath, FileMode.CreateNew))
+        {
+            TakeEverything(log);
+            Assert.That(() => journal.Transition(JournalState.Resuming, "on a full store"),
+                Throws.InstanceOf<IOException>().With.Property(nameof(IOException.HResult)).EqualTo(28));
+        }
+
+        // ... and once there is room it is written, without a spare of ours (the planted one is removed, not written into).
+        File.Delete(logPath);
+        journal.Transition(JournalState.Resuming, "with room again");
+        Assert.That(UpdateJournal.List(store).Single().State, Is.EqualTo(JournalState.Resuming));
+        foreach (var victim in victims)
+        {
+            Assert.That(File.ReadAllBytes(victim), Is.EqualTo(content), $"{victim} was not written through its planted link");
+        }
+
+        // A folder in place of the reserve: the finished record is durable and the run does not fail on what it cannot release.
+        File.Delete(journal.ReservePath);
+        Directory.CreateDirectory(Path.Combine(journal.ReservePath, "inside"));
+        Assert.That(() => journal.Transition(JournalState.RolledBack, "every workload runs again"), Throws.Nothing);
+        Assert.That(UpdateJournal.List(store).Single().State, Is.EqualTo(JournalState.RolledBack));
     }
 
     private static JournalTarget[] OneTarget(TargetPhase phase) =>

@@ -13,15 +13,19 @@ namespace RebootlessUpdate.IntegrationTests.Pipeline;
 /// </summary>
 public partial class CrashRecoveryTests
 {
-    // where the store fills, and what the run does: refuses to seal and resumes the tree in place (exit 10, "store full"),
-    // or finishes (the space kept aside pays for the journal's records while CRIU's logs take every byte freed between them)
-    [TestCase("dumping/frozen", 10, JournalState.RolledBack)] // while CRIU holds the tree, before the manifest is written
-    [TestCase("sealed", 0, JournalState.Resumed)] // after seal, before commit lets CRIU end the workload
-    [TestCase("resuming/restoring", 0, JournalState.Resumed)] // once restoring is journaled, before CRIU is asked
-    public void A_store_that_fills_during_the_run_leaves_exactly_one_copy_and_a_journal_that_says_so(string stopAt, int exitCode, JournalState end)
+    // where the store fills (its blocks, or its inodes), and what the run does: refuses to seal and resumes the tree in
+    // place (exit 10, "store full"), or finishes (the space kept aside pays for the journal's records while CRIU's logs
+    // take every byte freed between them; the journal's spare inode and the restore log made at the dump need no new inode)
+    [TestCase("dumping/frozen", false, 10, JournalState.RolledBack)] // while CRIU holds the tree, before the manifest is written
+    [TestCase("sealed", false, 0, JournalState.Resumed)] // after seal, before commit lets CRIU end the workload
+    [TestCase("resuming/restoring", false, 0, JournalState.Resumed)] // once restoring is journaled, before CRIU is asked
+    [TestCase("dumping/frozen", true, 10, JournalState.RolledBack)]
+    [TestCase("sealed", true, 0, JournalState.Resumed)]
+    [TestCase("resuming/restoring", true, 0, JournalState.Resumed)]
+    public void A_store_that_fills_during_the_run_leaves_exactly_one_copy_and_a_journal_that_says_so(string stopAt, bool inodes, int exitCode, JournalState end)
     {
         var mount = Directory.CreateDirectory(Path.Combine(_dir, "fs")).FullName;
-        var mounted = ProcessRunner.Run("mount", ["-t", "tmpfs", "-o", "size=96m,mode=0700", "rebootless-test", mount], TimeSpan.FromSeconds(30));
+        var mounted = ProcessRunner.Run("mount", ["-t", "tmpfs", "-o", "size=96m,mode=0700" + (inodes ? ",nr_inodes=400" : ""), "rebootless-test", mount], TimeSpan.FromSeconds(30));
         Assert.That(mounted.ExitCode, Is.Zero, mounted.ToString());
         try
         {
@@ -34,9 +38,11 @@ public partial class CrashRecoveryTests
                 [$"REBOOTLESS_STOP_AT={stopAt}", "REBOOTLESS_TEST_HOOKS=1", "dotnet", _tool, "rehearse", "--pid", Pid(originalPid), "--store", store, "--criu", _testbed.Criu, "--json"],
                 TimeSpan.FromMinutes(3)));
             var tool = StoppedTool(store, run);
-            var filled = Fill(Path.Combine(mount, "filler"));
-            TestContext.Out.WriteLine($"tool pid {tool} stopped at {stopAt}; {filled >> 20} MiB more filled the store");
+            var filler = Path.Combine(mount, "filler");
+            var filled = inodes ? TakeEveryInode(filler) : Fill(filler);
+            TestContext.Out.WriteLine($"tool pid {tool} stopped at {stopAt}; {(inodes ? $"{filled} more files" : $"{filled >> 20} MiB more")} filled the store");
             Assert.That(() => File.WriteAllBytes(Path.Combine(mount, "probe"), new byte[64 << 10]), Throws.InstanceOf<IOException>(), "the store is full");
+            File.Delete(Path.Combine(mount, "probe"));
             Assert.That(Syscall.kill(tool, Signum.SIGCONT), Is.Zero);
             var rehearsed = run.Result;
             TestContext.Out.WriteLine($"--- rehearse on a store filled at {stopAt}\n{rehearsed}");
@@ -68,7 +74,15 @@ public partial class CrashRecoveryTests
             TestContext.Out.WriteLine($"--- resume\n{resumed}");
             Assert.That(resumed.ExitCode, Is.Zero, resumed.ToString());
             Assert.That(Instances(appDir), Is.EqualTo(1), "resume restored nothing a second time");
-            File.Delete(Path.Combine(mount, "filler"));
+            if (inodes)
+            {
+                Directory.Delete(filler, recursive: true);
+            }
+            else
+            {
+                File.Delete(filler);
+            }
+
             Assert.That(Tool(null, "resume", "--store", store, "--criu", _testbed.Criu).ExitCode, Is.Zero);
             Assert.That(Instances(appDir), Is.EqualTo(1));
             var before = _workload.ReadCounter();
@@ -106,6 +120,25 @@ public partial class CrashRecoveryTests
         catch (IOException)
         {
             return false;
+        }
+    }
+
+    /// <summary>Makes empty files in the new folder <paramref name="folder"/> until the file system has no inode left; returns how many.</summary>
+    private static long TakeEveryInode(string folder)
+    {
+        Directory.CreateDirectory(folder);
+        var n = 0L;
+        try
+        {
+            while (true)
+            {
+                File.WriteAllBytes(Path.Combine(folder, n.ToString(CultureInfo.InvariantCulture)), []);
+                n++;
+            }
+        }
+        catch (IOException e) when (e.HResult == 28)
+        {
+            return n;
         }
     }
 

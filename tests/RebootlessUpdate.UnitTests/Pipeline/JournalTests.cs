@@ -48,10 +48,31 @@ public class JournalTests
         Assert.That(read.Record.History.Select(h => h.State), Is.EqualTo(new[] { JournalState.Planned, JournalState.Dumping, JournalState.Sealed }));
         Assert.That(read.Record.Targets[0].Settings.ShellJob, Is.True);
         Assert.That(read.Record.BootId, Is.EqualTo(File.ReadAllText("/proc/sys/kernel/random/boot_id").Trim()));
-        Assert.That(Directory.GetFiles(UpdateJournal.DirectoryOf(_dir)).Select(Path.GetFileName), Is.EquivalentTo(new[] { SetId + ".json", SetId + ".reserve" }), "no temporary file left");
+        Assert.That(Directory.GetFiles(UpdateJournal.DirectoryOf(_dir)).Select(Path.GetFileName), Is.EquivalentTo(new[] { SetId + ".json", SetId + ".json.spare", SetId + ".reserve" }), "no temporary file left: the journal, its spare inode and the space kept aside");
         Assert.That(File.ReadAllText(journal.FilePath), Does.Contain("\"state\": \"Sealed\""));
         Assert.That(UpdateJournal.List(_dir), Has.Count.EqualTo(1));
     }
+
+    [Test]
+    public void Every_record_after_the_first_goes_into_the_spare_inode_so_a_store_without_free_inodes_still_takes_it()
+    {
+        var journal = Create();
+        var inodes = Inodes(journal);
+
+        foreach (var state in new[] { JournalState.Dumping, JournalState.Sealed, JournalState.Resuming, JournalState.Resuming })
+        {
+            journal.Transition(state);
+            Assert.That(Inodes(journal), Is.EquivalentTo(inodes), "the journal and its spare swap inodes; none is made or freed");
+            Assert.That(UpdateJournal.Open(_dir, SetId)!.State, Is.EqualTo(state));
+        }
+
+        Assert.That(File.Exists(journal.FilePath + ".prev"), Is.False);
+        journal.Transition(JournalState.RolledBack);
+        Assert.That(File.Exists(journal.SparePath), Is.False, "a finished journal keeps no spare");
+    }
+
+    private static ulong[] Inodes(UpdateJournal journal) =>
+        [.. new[] { journal.FilePath, journal.SparePath }.Select(p => Mono.Unix.Native.Syscall.lstat(p, out var st) == 0 ? st.st_ino : 0)];
 
     [Test]
     public void The_jump_guard_reads_the_journal()
