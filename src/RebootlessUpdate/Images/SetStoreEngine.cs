@@ -573,7 +573,7 @@ internal sealed partial class SetStoreEngine
 
         if (StoreFiles.CheckOwn(st) is { } notOurs)
         {
-            return (new(VerificationIssueKind.UntrustedFile, entry.Path, notOurs + ": its owner could change it after the check"), false, 0);
+            return (new(VerificationIssueKind.UntrustedFile, entry.Path, notOurs + ": someone other than us could change it after the check"), false, 0);
         }
 
         if (st.st_size < entry.Size)

@@ -73,7 +73,7 @@ public enum VerificationIssueKind
     ManifestUnauthenticated,
 
     /// <summary>
-    /// An image file belongs to another user or its group or others may write it: its owner could change it
+    /// An image file belongs to another user or its group or others may write it: someone other than us could change it
     /// between the check and CRIU reading it, so its matching hash vouches for nothing.
     /// </summary>
     UntrustedFile,

@@ -66,6 +66,32 @@ public partial class CrashRecoveryTests
         });
     }
 
+    // Same bytes, so every hash still matches, but the file is no longer only ours: its owner, or anyone, may rewrite it later.
+    [TestCase("chown", "nobody", "belongs to uid 65534")]
+    [TestCase("chmod", "o+w", "is writable by others")]
+    [TestCase("chmod", "g+w", "is writable by its group")]
+    public void Same_boot_resume_of_a_set_whose_page_image_another_user_may_rewrite_restores_nothing(string command, string argument, string why)
+    {
+        var (store, appDir, journal) = CrashedAfterSealing();
+        var folder = Path.Combine(store, "sets", journal.SetId, "images", journal.Targets.Single().Folder);
+        var pages = new DirectoryInfo(folder).GetFiles("pages-*.img").OrderByDescending(f => f.Length).First().FullName;
+        var changed = ProcessRunner.Run(command, [argument, pages], TimeSpan.FromSeconds(10));
+        Assert.That(changed.ExitCode, Is.Zero, changed.ToString());
+
+        var resumed = Tool(null, "resume", "--store", store, "--criu", _testbed.Criu);
+        var verify = Tool(null, "images", "verify", journal.SetId, "--store", store);
+        TestContext.Out.WriteLine($"--- resume\n{resumed}\n--- images verify\n{verify}");
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(resumed.ExitCode, Is.EqualTo(12), resumed.ToString());
+            Assert.That(resumed.Output + resumed.Error, Does.Contain(Path.GetFileName(pages)).And.Contain(why));
+            Assert.That(Instances(appDir), Is.Zero, "nothing was restored from a file someone else may have rewritten");
+            Assert.That(verify.ExitCode, Is.EqualTo(1), verify.ToString());
+            Assert.That(verify.Output, Does.Contain(Path.GetFileName(pages)));
+        });
+    }
+
     [Test]
     public void Same_boot_resume_of_a_set_whose_page_image_is_swapped_for_a_symlink_to_an_identical_copy_restores_nothing()
     {
