@@ -452,7 +452,15 @@ public sealed class UpdateJournal
         File.Move(source, FilePath, overwrite: true);
         if (kept)
         {
-            File.Move(previous, SparePath, overwrite: false);
+            try
+            {
+                File.Move(previous, SparePath, overwrite: false);
+            }
+            catch (IOException)
+            {
+                // The record is in place: without a spare the next one goes through a new file (and the .prev name
+                // is removed before that one is kept).
+            }
         }
 
         Libc.FsyncDirectory(dir);
