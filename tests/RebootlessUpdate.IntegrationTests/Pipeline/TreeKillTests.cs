@@ -24,7 +24,9 @@ public class TreeKillTests
         using var root = Process.Start(start)!;
         try
         {
-            Workload.WaitFor(() => Survivors(marker).Count >= 21 ? 1 : 0, "every level to start its sleepers", 30);
+            // 7 levels (each a bash whose command line holds the marker) and their 21 sleepers: all of them, or the
+            // count below races the deepest level's start.
+            Workload.WaitFor(() => Survivors(marker).Count >= 7 + 21 ? 1 : 0, "every level to start its sleepers", 30);
             var identity = ProcessIdentity.Of(root.Id)!.Value;
 
             var killed = TreeKill.Kill(identity);
