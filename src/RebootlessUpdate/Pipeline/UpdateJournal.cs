@@ -51,6 +51,8 @@ public sealed class UpdateJournal
 
     private const string Extension = ".json";
     private const string ReserveExtension = ".reserve";
+    private const string SpareSuffix = ".spare";
+    private const string PreviousSuffix = ".prev";
     private readonly Lock _lock = new();
     private readonly TimeProvider _time;
     private readonly ImageStoreLock? _storeLock;
@@ -316,9 +318,11 @@ public sealed class UpdateJournal
 
         // rename(2) moves the entry itself, whatever it is (a link or a FIFO is not followed).
         File.Move(path, aside);
-        File.Delete(Path.Combine(dir, setId + ReserveExtension));
-        File.Delete(path + ".spare");
-        File.Delete(path + ".prev");
+        foreach (var companion in CompanionsOf(dir, setId))
+        {
+            File.Delete(companion);
+        }
+
         Libc.FsyncDirectory(dir);
         return aside;
     }
@@ -445,7 +449,7 @@ public sealed class UpdateJournal
             }
         }
 
-        var previous = FilePath + ".prev";
+        var previous = FilePath + PreviousSuffix;
         File.Delete(previous);
         var kept = Syscall.lstat(FilePath, out var old) == 0 && (old.st_mode & FilePermissions.S_IFMT) == FilePermissions.S_IFREG
             && Syscall.link(FilePath, previous) == 0;
@@ -467,7 +471,17 @@ public sealed class UpdateJournal
     }
 
     /// <summary>The journal's spare inode (see <see cref="Replace"/>).</summary>
-    internal string SparePath => FilePath + ".spare";
+    internal string SparePath => FilePath + SpareSuffix;
+
+    /// <summary>
+    /// The files a journal keeps beside it in <paramref name="journalDirectory"/> (the space kept aside, the spare
+    /// inode, a previous record a crash left named): they go with it.
+    /// </summary>
+    internal static IEnumerable<string> CompanionsOf(string journalDirectory, string setId)
+    {
+        var journal = Path.Combine(journalDirectory, setId + Extension);
+        return [Path.Combine(journalDirectory, setId + ReserveExtension), journal + SpareSuffix, journal + PreviousSuffix];
+    }
 
     private void KeepSpaceAside(long bytes)
     {

@@ -126,9 +126,9 @@ internal static class StoreRetention
 
         foreach (var id in doomedJournals)
         {
-            foreach (var file in (string[])[".json", ".json.spare", ".json.prev", ".reserve"])
+            foreach (var file in UpdateJournal.CompanionsOf(logsDir, id).Prepend(Path.Combine(logsDir, id + ".json")))
             {
-                File.Delete(Path.Combine(logsDir, id + file));
+                File.Delete(file);
             }
         }
 
