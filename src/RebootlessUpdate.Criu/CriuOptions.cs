@@ -153,7 +153,9 @@ public abstract record CriuProcessOptions
     /// pre-resume, post-resume, post-restore, status-ready, query-ext-files, ...).
     /// Throwing answers CRIU with failure and becomes the request's inner
     /// exception: for <c>post-dump</c> that makes the frozen tasks resume instead
-    /// of being killed. Time spent here counts as frozen time. Default none.
+    /// of being killed. Time spent here counts as frozen time. The token is cancelled
+    /// when the request is; once it is, the handler is no longer called and every
+    /// notification is answered with failure. Default none.
     /// </summary>
     public Func<CriuNotification, CancellationToken, ValueTask>? OnNotification { get; init; }
 

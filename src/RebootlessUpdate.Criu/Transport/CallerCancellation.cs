@@ -1,28 +1,49 @@
 namespace RebootlessUpdate.Criu.Transport;
 
 /// <summary>
-/// The caller's cancellation of one request, as far as it may stop criu. Until criu passes the
-/// request's point of no return it aborts the connection at once. After that (a DUMP answered
-/// "go on" at post-dump, when criu ends the dumped tree itself) it gives criu a short grace to
-/// finish first: a dump that finished is reported as done, never as a cancellation that would
-/// claim the tree still runs; a criu that does not finish within the grace is still aborted.
+/// The caller's cancellation of one request, as far as it may stop criu.
+/// <para>
+/// A request that has criu hold a seized tree (DUMP, PRE_DUMP, SINGLE_PRE_DUMP) is not aborted
+/// at once: killing criu while its parasite is inside a task (from the infection to the cure) can
+/// leave that task running half-injected code, and it dies. Instead criu is stopped at its word:
+/// the next notification is answered with failure, so criu cures the parasite, resumes the tree
+/// and answers the request with a failure that is reported as the cancellation. Only a criu that
+/// sends nothing within <c>settleGrace</c> is aborted (killed).
+/// </para>
+/// <para>
+/// After a DUMP's point of no return (post-dump answered "go on", when criu ends the dumped tree
+/// itself) criu gets <c>finishGrace</c> to finish: a dump that finished is reported as done, never
+/// as a cancellation that would claim the tree still runs. Every other request (restore among
+/// them) is aborted at once.
+/// </para>
 /// </summary>
 internal sealed class CallerCancellation : IDisposable
 {
     private readonly CancellationTokenSource _cancelled;
+    private readonly TimeSpan _settleGrace;
     private readonly TimeSpan _finishGrace;
     private CancellationTokenRegistration _caller;
 
-    public CallerCancellation(TimeSpan finishGrace, TimeProvider time, CancellationToken caller)
+    public CallerCancellation(CriuRequestType request, TimeSpan settleGrace, TimeSpan finishGrace, TimeProvider time, CancellationToken caller)
     {
         Caller = caller;
+        _settleGrace = settleGrace;
         _finishGrace = finishGrace;
         _cancelled = new CancellationTokenSource(Timeout.InfiniteTimeSpan, time);
-        _caller = caller.Register(static c => ((CancellationTokenSource)c!).Cancel(), _cancelled);
+        Settles = HoldsSeizedTree(request);
+        _caller = Settles
+            ? caller.Register(static c => ((CallerCancellation)c!).AbortAfter(((CallerCancellation)c!)._settleGrace), this)
+            : caller.Register(static c => ((CancellationTokenSource)c!).Cancel(), _cancelled);
     }
 
     /// <summary>The caller's token, for the <see cref="OperationCanceledException"/> it is owed.</summary>
     public CancellationToken Caller { get; }
+
+    /// <summary>True when a cancellation is first told to criu at its next message rather than by aborting.</summary>
+    public bool Settles { get; }
+
+    /// <summary>True once the caller cancelled: criu must be told to stop at its next notification.</summary>
+    public bool Requested => Caller.IsCancellationRequested;
 
     /// <summary>Cancelled when the caller's cancellation aborts the request.</summary>
     public CancellationToken Token => _cancelled.Token;
@@ -31,25 +52,42 @@ internal sealed class CallerCancellation : IDisposable
     public bool Aborted => _cancelled.IsCancellationRequested;
 
     /// <summary>
-    /// Called before criu is told to finish: from now on a cancellation waits the grace before it
-    /// aborts. Returns false when the caller cancelled first: then criu must not be told to go on.
+    /// Called before criu is told to finish: from now on a cancellation waits the finish grace
+    /// before it aborts. Returns false when the caller cancelled first: then criu must not be
+    /// told to go on.
     /// </summary>
     public bool PassPointOfNoReturn()
     {
-        // Dispose waits for a callback already running, so Aborted is final afterwards.
+        // Dispose waits for a callback already running, so Requested and Aborted are final afterwards.
         _caller.Dispose();
-        if (Aborted)
+        if (Requested || Aborted)
         {
             return false;
         }
 
-        _caller = Caller.Register(() => _cancelled.CancelAfter(_finishGrace));
+        _caller = Caller.Register(static c => ((CallerCancellation)c!).AbortAfter(((CallerCancellation)c!)._finishGrace), this);
         return true;
     }
 
     /// <summary>True for the notification after whose successful answer criu finishes <paramref name="request"/> on its own.</summary>
     public static bool IsPointOfNoReturn(CriuRequestType request, string script) =>
         request == CriuRequestType.Dump && script == "post-dump";
+
+    /// <summary>The requests during which criu holds a seized (ptraced, later infected) tree that it releases itself.</summary>
+    private static bool HoldsSeizedTree(CriuRequestType request) =>
+        request is CriuRequestType.Dump or CriuRequestType.PreDump or CriuRequestType.SinglePreDump;
+
+    private void AbortAfter(TimeSpan grace)
+    {
+        try
+        {
+            _cancelled.CancelAfter(grace);
+        }
+        catch (ObjectDisposedException)
+        {
+            // The request ended while the caller cancelled: nothing left to abort.
+        }
+    }
 
     public void Dispose()
     {

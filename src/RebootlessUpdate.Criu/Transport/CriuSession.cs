@@ -15,6 +15,13 @@ internal sealed partial class CriuSession : IAsyncDisposable
 
     /// <summary>How long a request cancelled past its point of no return waits for criu to finish.</summary>
     private static readonly TimeSpan FinishGrace = TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// How long a cancelled request that holds a seized tree waits for criu's next message, which
+    /// stops criu at its word, before criu is killed. It covers the parasite's infection, the
+    /// window in which a kill could leave a task running half-injected code.
+    /// </summary>
+    private static readonly TimeSpan SettleGrace = TimeSpan.FromSeconds(30);
     private readonly CriuConnection _connection;
     private readonly ILogger _logger;
     private readonly TimeSpan _defaultTimeout;
@@ -33,10 +40,12 @@ internal sealed partial class CriuSession : IAsyncDisposable
     /// <summary>
     /// Sends <paramref name="req"/> and returns CRIU's final response. A watchdog of
     /// <paramref name="timeout"/> (default: the client's) runs while criu has the turn;
-    /// when it expires, or when <paramref name="cancellationToken"/> is cancelled, the
-    /// connection is aborted (a swrk worker is killed, which wakes every wait here) and
-    /// the request ends with <see cref="CriuTimeoutException"/> or
-    /// <see cref="OperationCanceledException"/>, after the worker is reaped.
+    /// when it expires the connection is aborted (a swrk worker is killed, which wakes every
+    /// wait here) and the request ends with <see cref="CriuTimeoutException"/> after the worker
+    /// is reaped. A cancellation by <paramref name="cancellationToken"/> ends it with
+    /// <see cref="OperationCanceledException"/>: at once by the same abort, or, for a request
+    /// that holds a seized tree, by answering criu's next notification with failure
+    /// (<see cref="CallerCancellation"/>).
     /// </summary>
     public async Task<criu_resp> RequestAsync(criu_req req, Func<CriuNotification, CancellationToken, ValueTask>? onNotification,
         string? logPath, TimeSpan? timeout, CancellationToken cancellationToken)
@@ -45,7 +54,7 @@ internal sealed partial class CriuSession : IAsyncDisposable
         var kind = (CriuRequestType)(int)req.Type;
         var limit = timeout ?? _defaultTimeout;
         using var watchdog = new Watchdog(limit, _time);
-        using var caller = new CallerCancellation(FinishGrace, _time, cancellationToken);
+        using var caller = new CallerCancellation(kind, SettleGrace, FinishGrace, _time, cancellationToken);
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(caller.Token, watchdog.Token);
         using var abort = linked.Token.Register(static c => ((CriuConnection)c!).Abort(), _connection);
         try
@@ -76,6 +85,8 @@ internal sealed partial class CriuSession : IAsyncDisposable
         string? logPath, Watchdog watchdog, CallerCancellation caller, CancellationToken cancellationToken)
     {
         var name = Name(kind);
+        // A handler stops when the caller cancels, even while criu is only told to stop at its word.
+        using var handlerToken = CancellationTokenSource.CreateLinkedTokenSource(caller.Caller, cancellationToken);
         Log.RequestSent(_logger, kind, _connection.Description);
         // criu's turn starts with the send: a send blocked on a stopped criu is ended by the abort too.
         watchdog.Start();
@@ -108,13 +119,17 @@ internal sealed partial class CriuSession : IAsyncDisposable
 
             if (resp.Type == criu_req_type.Notify)
             {
-                // criu waits for the answer: the handler's time is not criu's.
-                var failure = await NotifyAsync(resp, descriptors, onNotification, cancellationToken).ConfigureAwait(false);
+                // criu waits for the answer: the handler's time is not criu's. Once the caller
+                // cancelled, no handler runs: every notification is answered with failure.
+                var failure = caller.Requested
+                    ? Refuse(descriptors, resp)
+                    : await NotifyAsync(resp, descriptors, onNotification, handlerToken.Token, cancellationToken).ConfigureAwait(false);
                 handlerFailure ??= failure;
                 if (failure is null && CallerCancellation.IsPointOfNoReturn(kind, resp.Notify?.Script ?? string.Empty) && !caller.PassPointOfNoReturn())
                 {
-                    // Cancelled before criu was told to finish: the abort (the worker killed) releases the tree.
+                    // Cancelled before criu was told to finish: told to stop instead, criu resumes the tree.
                     cancellationToken.ThrowIfCancellationRequested();
+                    failure = Refuse([], resp);
                 }
 
                 // Anything but notify_success=true makes CRIU abort the operation
@@ -131,6 +146,16 @@ internal sealed partial class CriuSession : IAsyncDisposable
                 throw new CriuTransportException($"{_connection.Description} answered a {name} request with a {Name((CriuRequestType)(int)resp.Type)} response");
             }
 
+            if (!resp.Success && caller.Requested)
+            {
+                // criu stopped at our word and released the tree before it answered: nothing is
+                // left for the worker to do, so ending it now harms nothing.
+                _connection.Abort();
+                await _connection.WaitForWorkerExitAsync(WorkerExitGrace).ConfigureAwait(false);
+                Log.Cancelled(_logger, kind, _connection.Description);
+                throw new OperationCanceledException($"the criu {name} request was cancelled; {_connection.Description} stopped and released the processes.", caller.Caller);
+            }
+
             if (!resp.Success)
             {
                 await _connection.DrainOutputAsync(TimeSpan.FromSeconds(2)).ConfigureAwait(false);
@@ -145,9 +170,21 @@ internal sealed partial class CriuSession : IAsyncDisposable
         }
     }
 
-    /// <summary>Calls the handler; returns its failure (null when it succeeded). The caller answers criu.</summary>
+    /// <summary>The failure a notification is answered with once the caller cancelled; its descriptors are closed unread.</summary>
+    private OperationCanceledException Refuse(IReadOnlyList<int> descriptors, criu_resp resp)
+    {
+        Close(descriptors);
+        Log.Refused(_logger, resp.Notify?.Script ?? string.Empty);
+        return new OperationCanceledException("the request was cancelled; criu was told to stop at this notification.");
+    }
+
+    /// <summary>
+    /// Calls the handler with <paramref name="handlerToken"/>; returns its failure (null when it
+    /// succeeded). Only the abort of the connection (<paramref name="aborted"/>) escapes as an
+    /// exception. The caller answers criu.
+    /// </summary>
     private async Task<Exception?> NotifyAsync(criu_resp resp, IReadOnlyList<int> descriptors,
-        Func<CriuNotification, CancellationToken, ValueTask>? onNotification, CancellationToken cancellationToken)
+        Func<CriuNotification, CancellationToken, ValueTask>? onNotification, CancellationToken handlerToken, CancellationToken aborted)
     {
         // The first descriptor goes to the handler as an owned handle; any others are closed.
         Microsoft.Win32.SafeHandles.SafeFileHandle? handle = null;
@@ -168,9 +205,9 @@ internal sealed partial class CriuSession : IAsyncDisposable
         {
             try
             {
-                await onNotification(n, cancellationToken).ConfigureAwait(false);
+                await onNotification(n, handlerToken).ConfigureAwait(false);
             }
-            catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+            catch (Exception e) when (!aborted.IsCancellationRequested)
             {
                 failure = e;
                 Log.NotificationFailed(_logger, n.Script, e);
@@ -320,5 +357,8 @@ internal sealed partial class CriuSession : IAsyncDisposable
 
         [LoggerMessage(7, LogLevel.Warning, "criu {Request} cancelled; {Peer} was stopped")]
         public static partial void Cancelled(ILogger logger, CriuRequestType request, string peer);
+
+        [LoggerMessage(8, LogLevel.Information, "criu notification {Script} answered with failure: the request was cancelled")]
+        public static partial void Refused(ILogger logger, string script);
     }
 }

@@ -5,11 +5,13 @@ using RebootlessUpdate.Criu.Protocol;
 namespace RebootlessUpdate.UnitTests.Criu;
 
 /// <summary>
-/// Where a DUMP's cancellation stops counting, against an in-memory peer: until criu is told to
-/// go on at post-dump, a cancellation aborts the request and criu never hears "go on" (the tree
-/// resumes); once told, criu ends the tree itself, so the request is let finish and its result is
-/// returned rather than a cancellation that would claim the tree still runs, unless criu does not
-/// finish within a short grace: then it is aborted after all.
+/// How a DUMP's cancellation reaches criu, against an in-memory peer. Until criu is told to go on
+/// at post-dump, a cancellation is told to criu at its next notification (answered with failure,
+/// so criu cures its parasite and resumes the tree) and reported once criu answers; a criu that
+/// sends nothing within the settle grace is aborted. Once told to go on, criu ends the tree
+/// itself, so the request is let finish and its result is returned rather than a cancellation
+/// that would claim the tree still runs, unless criu does not finish within a short grace: then
+/// it is aborted after all. A request that holds no tree (here FEATURE_CHECK) is aborted at once.
 /// </summary>
 public class CriuCancellationTests
 {
@@ -21,6 +23,8 @@ public class CriuCancellationTests
 
     [TearDown]
     public void TearDown() => Directory.Delete(_images, recursive: true);
+
+    private static criu_resp Failed(criu_req_type type) => new() { Type = type, Success = false, CrErrno = 0 };
 
     private static criu_resp Notify(string script) => new() { Type = criu_req_type.Notify, Success = true, Notify = new criu_notify { Script = script, Pid = 7 } };
 
@@ -107,15 +111,9 @@ public class CriuCancellationTests
         {
             await peer.ExpectAsync(criu_req_type.Dump);
             peer.Write(Notify("post-dump"));
-            try
-            {
-                var answer = await peer.NextAsync();
-                peerSaw.SetResult($"{answer.Type} success={answer.NotifySuccess}");
-            }
-            catch (InvalidOperationException)
-            {
-                peerSaw.SetResult("closed");
-            }
+            var answer = await peer.NextAsync();
+            peerSaw.SetResult($"{answer.Type} success={answer.NotifySuccess}");
+            peer.Write(Failed(criu_req_type.Dump));
         });
         using var cts = new CancellationTokenSource();
 
@@ -140,7 +138,152 @@ public class CriuCancellationTests
         Assert.Multiple(() =>
         {
             Assert.That(((OperationCanceledException)e).CancellationToken, Is.EqualTo(cts.Token));
-            Assert.That(saw, Is.EqualTo("closed"), "no answer to post-dump: the connection was aborted");
+            Assert.That(saw, Is.EqualTo("Notify success=False"), "post-dump answered with failure: criu resumes the tree");
         });
+    }
+
+    [Test]
+    public async Task Cancelling_before_post_dump_stops_criu_at_its_next_notification_without_calling_the_handler()
+    {
+        var received = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var cancelled = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var answers = new List<bool>();
+        var client = FakeCriuPeer.Client(async peer =>
+        {
+            await peer.ExpectAsync(criu_req_type.Dump);
+            received.SetResult();
+            await cancelled.Task; // criu is busy with the seized tree meanwhile
+            peer.Write(Notify("post-dump"));
+            answers.Add((await peer.ExpectAsync(criu_req_type.Notify)).NotifySuccess);
+            // While criu winds down it may notify again (network-unlock): still no handler, still "no".
+            peer.Write(Notify("network-unlock"));
+            answers.Add((await peer.ExpectAsync(criu_req_type.Notify)).NotifySuccess);
+            peer.Write(Failed(criu_req_type.Dump));
+        });
+        using var cts = new CancellationTokenSource();
+        var handled = new List<string>();
+
+        var dump = client.DumpAsync(new CriuDumpOptions
+        {
+            ImagesDirectory = _images,
+            Pid = 42,
+            OnNotification = (n, _) =>
+            {
+                handled.Add(n.Script);
+                return ValueTask.CompletedTask;
+            },
+        }, cts.Token);
+        await received.Task.WaitAsync(Bound);
+        await cts.CancelAsync();
+        await Task.Delay(200);
+        Assert.That(dump.IsCompleted, Is.False, "criu is not killed while it holds the tree: it is told at its next message");
+        cancelled.SetResult();
+
+        var e = Assert.CatchAsync<Exception>(async () => await dump.WaitAsync(Bound));
+        Assert.Multiple(() =>
+        {
+            Assert.That(e, Is.InstanceOf<OperationCanceledException>(), e!.ToString());
+            Assert.That(((OperationCanceledException)e).CancellationToken, Is.EqualTo(cts.Token), "the caller's token");
+            Assert.That(answers, Is.EqualTo(new[] { false, false }), "every notification after the cancellation is answered with failure");
+            Assert.That(handled, Is.Empty, "no handler runs once the caller cancelled");
+        });
+    }
+
+    [Test]
+    public async Task A_criu_that_sends_nothing_after_a_cancellation_is_aborted_when_the_settle_grace_ends()
+    {
+        var received = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var peerSaw = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var clock = new FakeTimeProvider();
+        var client = FakeCriuPeer.Client(async peer =>
+        {
+            await peer.ExpectAsync(criu_req_type.Dump);
+            received.SetResult();
+            try
+            {
+                await peer.NextAsync(); // a stuck criu: nothing until the client aborts
+                peerSaw.SetResult("a message");
+            }
+            catch (InvalidOperationException)
+            {
+                peerSaw.SetResult("closed");
+            }
+        }, options: new CriuClientOptions { TimeProvider = clock, RequestTimeout = Timeout.InfiniteTimeSpan });
+        using var cts = new CancellationTokenSource();
+
+        var dump = client.DumpAsync(new CriuDumpOptions { ImagesDirectory = _images, Pid = 42 }, cts.Token);
+        await received.Task.WaitAsync(Bound);
+        await cts.CancelAsync();
+        clock.Advance(TimeSpan.FromSeconds(29));
+        await Task.Delay(200);
+        Assert.That(dump.IsCompleted, Is.False, "within the settle grace criu may still reach its next message");
+
+        clock.Advance(TimeSpan.FromSeconds(2));
+        var e = Assert.CatchAsync<Exception>(async () => await dump.WaitAsync(Bound));
+        Assert.Multiple(async () =>
+        {
+            Assert.That(e, Is.InstanceOf<OperationCanceledException>(), e!.ToString());
+            Assert.That(((OperationCanceledException)e).CancellationToken, Is.EqualTo(cts.Token));
+            Assert.That(await peerSaw.Task.WaitAsync(Bound), Is.EqualTo("closed"), "aborted");
+        });
+    }
+
+    [Test]
+    public async Task A_pre_dump_that_finishes_after_a_cancellation_reports_its_result()
+    {
+        var received = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var cancelled = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var client = FakeCriuPeer.Client(async peer =>
+        {
+            var req = await peer.NextAsync();
+            if (req.Type == criu_req_type.FeatureCheck)
+            {
+                peer.Write(new criu_resp { Type = criu_req_type.FeatureCheck, Success = true, Features = new criu_features { MemTrack = true } });
+                return;
+            }
+
+            Assert.That(req.Type, Is.EqualTo(criu_req_type.PreDump));
+            received.SetResult();
+            await cancelled.Task;
+            peer.Write(FakeCriuPeer.Ok(criu_req_type.PreDump));
+        });
+        using var cts = new CancellationTokenSource();
+        await using var session = await client.StartPreDumpSessionAsync().WaitAsync(Bound);
+
+        var preDump = session.PreDumpAsync(new CriuDumpOptions { ImagesDirectory = _images, Pid = 42 }, cts.Token);
+        await received.Task.WaitAsync(Bound);
+        await cts.CancelAsync();
+        await Task.Delay(200);
+        Assert.That(preDump.IsCompleted, Is.False, "a pre-dump holds the tree too: criu is let reach its answer");
+        cancelled.SetResult();
+
+        Assert.That(await preDump.WaitAsync(Bound), Is.Not.Null, "criu finished and resumed the tree: its result counts");
+    }
+
+    [Test]
+    public async Task A_request_that_holds_no_tree_is_aborted_at_once()
+    {
+        var received = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var client = FakeCriuPeer.Client(async peer =>
+        {
+            await peer.ExpectAsync(criu_req_type.FeatureCheck);
+            received.SetResult();
+            try
+            {
+                await peer.NextAsync();
+            }
+            catch (InvalidOperationException)
+            {
+            }
+        });
+        using var cts = new CancellationTokenSource();
+
+        var check = client.CheckFeaturesAsync(cts.Token);
+        await received.Task.WaitAsync(Bound);
+        await cts.CancelAsync();
+
+        var e = Assert.CatchAsync<Exception>(async () => await check.WaitAsync(Bound));
+        Assert.That(e, Is.InstanceOf<OperationCanceledException>(), e!.ToString());
+        Assert.That(((OperationCanceledException)e).CancellationToken, Is.EqualTo(cts.Token));
     }
 }
