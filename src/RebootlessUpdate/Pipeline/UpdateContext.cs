@@ -126,6 +126,9 @@ public sealed class UpdateContext
     /// <summary>The cgroup freezer, as the stages use it (a recording one in unit tests).</summary>
     internal ICgroupFreezer Freezer { get; set; } = HostCgroupFreezer.Instance;
 
+    /// <summary>The service manager of service targets, as the stages use it (a recording one in unit tests).</summary>
+    internal IServiceManager Services { get; set; } = SystemctlServiceManager.Host;
+
     internal string? CriuVersion { get; set; }
 
     internal bool KernelLoaded { get; set; }

@@ -16,8 +16,18 @@ internal class ReportStage : IUpdateStage
     {
         var journal = context.RequireJournal();
         journal.UpdateTargets(context);
+        HandBackServices(context);
         Finish(context, journal, NotRunning(context));
         return ValueTask.CompletedTask;
+    }
+
+    /// <summary>Every service target's unit gets its tree or its own configuration back, whichever path the run took (safe to repeat).</summary>
+    protected static void HandBackServices(UpdateContext context)
+    {
+        foreach (var t in context.Targets)
+        {
+            ServiceHandback.HandBack(context, t);
+        }
     }
 
     /// <summary>The targets not running again (refused, failed, or an interrupted restore still under way): they need an operator.</summary>
@@ -48,6 +58,7 @@ internal sealed class RollbackReportStage(KexecLoader? loader = null) : ReportSt
     {
         var journal = context.RequireJournal();
         journal.UpdateTargets(context);
+        HandBackServices(context);
 
         // The jump never happened: a kernel it loaded must not be jumped into by a later `systemctl kexec`.
         var kexec = loader ?? new KexecLoader();

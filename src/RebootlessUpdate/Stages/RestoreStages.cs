@@ -42,6 +42,7 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
                     fromStore).ConfigureAwait(false);
                 // Durable at once: a run that crashes after this restore must not restore the target a second time.
                 journal.UpdateTargets(context);
+                ServiceHandback.HandBack(context, t);
             }
             catch (Exception e) when (e is not OperationCanceledException)
             {

@@ -33,6 +33,7 @@ internal static class TargetRestore
         if (releaseWait is { } bound)
         {
             await WaitForReleaseAsync(context, t, imagesDirectory, bound, cancellationToken).ConfigureAwait(false);
+            await ServiceHandback.WaitSettledAsync(context, t, cancellationToken).ConfigureAwait(false);
         }
 
         var criu = context.RequireCriu();

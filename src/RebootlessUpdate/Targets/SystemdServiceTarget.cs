@@ -27,18 +27,17 @@ public sealed record SystemdServiceOptions
 /// <remarks>
 /// <para>Restore: CRIU puts every process back with its pid into the cgroups it was dumped in,
 /// so the processes are again in the unit's cgroup (CRIU creates the folder when it is missing,
-/// as after a jump before systemd started anything). systemd's tracking of them is through
-/// that cgroup only.</para>
-/// <para>What systemd sees. Before the jump CRIU holds the tree frozen until the kernel switches
-/// (and a rollback resumes it in place): systemd sees nothing. When the tree was ended (a
-/// rehearsal, or a rollback from the images) systemd saw its main process killed: the unit
-/// turns <c>failed</c> (Result=signal, MainPID=0) while the restored processes run on in its
-/// cgroup, unsupervised: <c>systemctl stop</c> of a failed unit does not reach them, a
-/// <c>Restart=</c> policy would start a second copy next to them (not tested). After a jump, systemd of the
-/// new kernel knows nothing of the unit: it must not start it (order it after
-/// rebootless-resume.service, or keep it disabled); it again does not supervise the restored
-/// processes. Re-attaching them as the unit's main process needs systemd's D-Bus API and is
-/// not done.</para>
+/// as after a jump before systemd started anything).</para>
+/// <para>What systemd sees (<see cref="Stages.ServiceHandback"/>). Before the dump the unit gets a
+/// runtime drop-in that makes the end of its main process nothing to act on (no <c>Restart=</c>,
+/// no <c>ExecStop=</c> or <c>ExecStopPost=</c>, no watchdog). Held at post-dump and resumed in
+/// place, the tree never ended and the drop-in is removed. When CRIU ended the tree (a rehearsal,
+/// an update) systemd marks the unit failed and does nothing else; once the tree is restored into
+/// its cgroup the unit is started through a second drop-in (<c>Type=forking</c>, a no-op
+/// <c>ExecStart=</c>, <c>PIDFile=</c> naming the restored root), so systemd takes the restored root
+/// as its main process; then both drop-ins go and the unit has its own configuration again,
+/// active with the restored main pid: <c>systemctl stop</c> stops it, a <c>Restart=</c> policy
+/// applies from then on.</para>
 /// </remarks>
 internal sealed partial class SystemdServiceTarget(string unit, ProcessTreeOptions options, SystemdServiceOptions systemd) : UpdateTarget
 {
@@ -86,7 +85,7 @@ internal sealed partial class SystemdServiceTarget(string unit, ProcessTreeOptio
             throw new TargetNotFoundException(Id, $"the processes of {Unit} form a tree rooted at {resolved.RootPid}, not at its main process {mainPid}; rebootless restores a service as one tree under its main process.");
         }
 
-        return resolved;
+        return resolved with { Settings = resolved.Settings with { Service = new ServiceUnit { Name = Unit, UserManager = systemd.UserManager } } };
     }
 
     private string Systemctl => systemd.UserManager ? "systemctl --user" : "systemctl";

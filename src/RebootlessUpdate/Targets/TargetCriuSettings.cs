@@ -54,6 +54,13 @@ public sealed record TargetCriuSettings
     /// </summary>
     public bool PagesFromStore { get; init; }
 
+    /// <summary>
+    /// The systemd service the tree is (a service target's): before CRIU may end the tree systemd is told to take the
+    /// end of its main process as nothing to act on, and once the tree is restored it becomes the unit's main process
+    /// again (see <see cref="Stages.ServiceHandback"/>). Default none.
+    /// </summary>
+    public ServiceUnit? Service { get; init; }
+
     internal CriuDumpOptions ToDump(int pid, string imagesDirectory, string workDirectory) => new()
     {
         ImagesDirectory = imagesDirectory,

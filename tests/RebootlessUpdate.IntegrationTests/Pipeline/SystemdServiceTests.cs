@@ -30,6 +30,8 @@ public class SystemdServiceTests
     private string _dir = null!;
     private string _tool = null!;
     private PrivateSystemd? _systemd;
+    private string _app = null!;
+    private string _marks = null!;
 
     [SetUp]
     public void SetUp()
@@ -39,9 +41,17 @@ public class SystemdServiceTests
         _dir = Directory.CreateTempSubdirectory("rebootless-systemd-it-").FullName;
         _tool = BuiltTool.Path;
 
+        _app = Directory.CreateDirectory(Path.Combine(_dir, "app")).FullName;
+        _marks = Path.Combine(_dir, "stop-actions");
+        var program = Path.Combine(_dir, "counter.py");
+        File.WriteAllText(program, CounterProgram);
         _systemd = PrivateSystemd.Start(Path.Combine(_dir, "systemd"), new Dictionary<string, string>
         {
             ["idle.service"] = "[Service]\nExecStart=/bin/sleep 600\n",
+            // A service whose stop actions leave marks and that systemd restarts whenever its main process ends:
+            // the tree's end at the dump must trigger neither, and no second copy may start next to the restored one.
+            ["counter.service"] = $"[Service]\nExecStart=/usr/bin/python3 {program} {_app}\nRestart=always\nRestartSec=200ms\n"
+                + $"ExecStop=/bin/sh -c 'echo stop >> {_marks}'\nExecStopPost=/bin/sh -c 'echo stop-post >> {_marks}'\n",
         });
     }
 
@@ -58,13 +68,11 @@ public class SystemdServiceTests
         _systemd!.Run("dotnet", [_tool, .. args, "--systemd-user", .. args[0] == "plan" ? Array.Empty<string>() : ["--criu", _testbed.Criu]]);
 
     [Test]
-    public void Rehearse_of_a_running_service_restores_its_tree_into_the_units_cgroup_where_it_counts_on_and_systemd_no_longer_supervises_it()
+    public void Rehearse_of_a_running_service_hands_the_restored_tree_back_to_its_unit_with_no_stop_action_and_no_second_copy()
     {
         var systemd = _systemd!;
-        var app = Directory.CreateDirectory(Path.Combine(_dir, "app")).FullName;
-        var mainPid = systemd.StartService("counter", "python3", "-c", CounterProgram, app);
+        var mainPid = StartCounter();
         var cgroup = systemd.CgroupFolder("counter");
-        Workload.WaitFor(() => File.Exists(Path.Combine(app, "counter")) && File.Exists(Path.Combine(app, "child")) ? 1 : 0, "the service to count");
         var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
 
         var plan = Tool("plan", "--service", "counter", "--store", store, "--json");
@@ -93,51 +101,78 @@ public class SystemdServiceTests
 
         // CRIU restores pids: the same main pid, back in the unit's cgroup, counting on.
         Assert.That(restored, Is.EqualTo(mainPid));
-        var procs = File.ReadAllLines(Path.Combine(cgroup, "cgroup.procs")).Select(l => int.Parse(l, CultureInfo.InvariantCulture)).ToList();
-        Assert.That(procs, Does.Contain(restored).And.Count.EqualTo(2), "both processes are back in the unit's cgroup");
-        foreach (var file in new[] { "counter", "child" })
-        {
-            var before = ReadCounter(app, file);
-            Workload.WaitFor(() => ReadCounter(app, file) > before + 2 ? 1 : 0, $"the restored {file} to count on");
-        }
-
-        // What systemd makes of it (documented on the target): it saw its main process killed at the dump.
-        var state = $"{systemd.Property("counter", "ActiveState")} {systemd.Property("counter", "Result")} {systemd.Property("counter", "MainPID")}";
-        TestContext.Out.WriteLine("systemd after the rehearsal: " + state);
-        Assert.That(state, Is.EqualTo("failed signal 0"));
-        _ = systemd.Systemctl("stop", "counter");
-        Assert.That(Workload.IsRunning(restored), Is.True, "systemctl stop of the failed unit does not reach the restored processes");
-        Syscall.kill(restored, Signum.SIGKILL);
+        AssertHandedBack(restored, cgroup);
+        StopEndsTheRestoredTree(restored);
     }
 
-    [Test]
-    public void Unknown_inactive_and_mainless_units_and_an_unreachable_systemd_get_one_line_and_their_exit_codes()
+    [TestCase("sealed", "active", TestName = "A rehearsal killed while its tree is held: resume hands the unit back its own configuration")]
+    [TestCase("resuming", "failed", TestName = "A rehearsal killed after its tree ended: resume restores it and the unit gets the restored tree")]
+    public void A_rehearsal_killed_midway_is_resumed_and_leaves_the_unit_active_with_its_tree(string point, string stateAfterCrash)
     {
         var systemd = _systemd!;
-        Assert.That(systemd.Run("systemd-run", ["--user", "--unit", "done", "-p", "RemainAfterExit=yes", "--", "true"]).ExitCode, Is.Zero);
+        var mainPid = StartCounter();
+        var cgroup = systemd.CgroupFolder("counter");
         var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
-        (string Unit, int Code, string Says)[] cases =
-        [
-            ("no-such-unit", 6, "systemd knows no unit no-such-unit.service"),
-            ("idle", 14, "service idle.service is inactive (dead), not running"),
-            ("done", 14, "has no main process"),
-            ("x.slice", 2, "not a service"),
-        ];
-        foreach (var (unit, code, says) in cases)
+
+        // Killed while CRIU holds the tree at post-dump (sealed), CRIU resumes it in place; killed once CRIU ended it
+        // (resuming), only the runtime drop-in keeps systemd from restarting the unit or running its stop actions.
+        var crash = systemd.Run("env", [$"REBOOTLESS_CRASH_AT={point}", "REBOOTLESS_TEST_HOOKS=1", "dotnet", _tool, "rehearse", "--service", "counter",
+            "--systemd-user", "--store", store, "--criu", _testbed.Criu]);
+        TestContext.Out.WriteLine(crash.ToString());
+        Assert.That(crash.ExitCode, Is.EqualTo(137), "killed at the crash point");
+        Thread.Sleep(1000); // five times the unit's RestartSec
+        Assert.That($"{systemd.Property("counter", "ActiveState")} {systemd.Property("counter", "NRestarts")}", Is.EqualTo($"{stateAfterCrash} 0"),
+            "systemd started nothing");
+        Assert.That(systemd.Property("counter", "DropInPaths"), Does.Contain("rebootless-release"), "the release outlives the killed tool");
+
+        var resumed = systemd.Run("dotnet", [_tool, "resume", "--store", store, "--criu", _testbed.Criu]);
+        TestContext.Out.WriteLine(resumed.ToString());
+        Assert.That(resumed.ExitCode, Is.Zero, resumed.ToString());
+        AssertHandedBack(mainPid, cgroup);
+        StopEndsTheRestoredTree(mainPid);
+    }
+
+    /// <summary>Starts counter.service; returns its main pid once it and its child count.</summary>
+    private int StartCounter()
+    {
+        var start = _systemd!.Systemctl("start", "counter");
+        Assert.That(start.ExitCode, Is.Zero, start.ToString());
+        Workload.WaitFor(() => File.Exists(Path.Combine(_app, "counter")) && File.Exists(Path.Combine(_app, "child")) ? 1 : 0, "the service to count");
+        return int.Parse(_systemd.Property("counter", "MainPID"), CultureInfo.InvariantCulture);
+    }
+
+    /// <summary>The unit runs the restored tree as its own: active, its main pid, both processes counting in its cgroup, its own configuration, nothing else started or run.</summary>
+    private void AssertHandedBack(int restored, string cgroup)
+    {
+        var systemd = _systemd!;
+        foreach (var file in new[] { "counter", "child" })
         {
-            var r = Tool("rehearse", "--service", unit, "--store", store);
-            TestContext.Out.WriteLine($"{code} <- --service {unit}: {r.Error.Trim()}");
-            Assert.That(r.ExitCode, Is.EqualTo(code), r.ToString());
-            Assert.That(r.Error.Trim().Split('\n'), Has.Length.EqualTo(1).And.All.StartsWith("rebootless: ").And.All.Contains(says));
+            var before = ReadCounter(_app, file);
+            Workload.WaitFor(() => ReadCounter(_app, file) > before + 2 ? 1 : 0, $"the restored {file} to count on");
         }
 
-        // No manager behind XDG_RUNTIME_DIR: systemctl --user cannot connect.
-        var empty = Directory.CreateDirectory(Path.Combine(_dir, "empty-run")).FullName;
-        var none = ProcessRunner.Run("env", [$"XDG_RUNTIME_DIR={empty}", "dotnet", _tool, "plan", "--service", "idle", "--systemd-user", "--store", store], TimeSpan.FromMinutes(1));
-        TestContext.Out.WriteLine($"15 <- no manager: {none.Error.Trim()}");
-        Assert.That(none.ExitCode, Is.EqualTo(15), none.ToString());
-        Assert.That(none.Error.Trim().Split('\n'), Has.Length.EqualTo(1).And.All.Contains("systemd cannot be asked about idle.service"));
-        Assert.That(Directory.GetFileSystemEntries(store), Is.Empty, "nothing was written to the store");
+        Thread.Sleep(1000); // time for a wrongly triggered restart (RestartSec=200ms) to show
+        var state = string.Join(' ', new[] { "ActiveState", "SubState", "MainPID", "NRestarts", "Restart" }.Select(p => systemd.Property("counter", p)));
+        TestContext.Out.WriteLine("systemd after the restore: " + state);
+        var procs = File.ReadAllLines(Path.Combine(cgroup, "cgroup.procs")).Select(l => int.Parse(l, CultureInfo.InvariantCulture)).ToList();
+        Assert.Multiple(() =>
+        {
+            Assert.That(state, Is.EqualTo($"active running {restored} 0 always"), "active, the restored root as main pid, never restarted, its own Restart= again");
+            Assert.That(procs, Does.Contain(restored).And.Count.EqualTo(2), "the two restored processes and no second copy in the unit's cgroup");
+            Assert.That(systemd.Property("counter", "DropInPaths"), Is.Empty, "rebootless's drop-ins are gone");
+            Assert.That(File.Exists(_marks) ? File.ReadAllText(_marks) : "", Is.Empty, "no stop action ran for the tree's end at the dump");
+        });
+    }
+
+    /// <summary>systemctl stop reaches the restored processes and runs the unit's stop actions, as for any service.</summary>
+    private void StopEndsTheRestoredTree(int restored)
+    {
+        var procs = File.ReadAllLines(Path.Combine(_systemd!.CgroupFolder("counter"), "cgroup.procs")).Select(l => int.Parse(l, CultureInfo.InvariantCulture)).ToList();
+        var stop = _systemd.Systemctl("stop", "counter");
+        Assert.That(stop.ExitCode, Is.Zero, stop.ToString());
+        Workload.WaitFor(() => procs.All(p => !Workload.IsRunning(p)) ? 1 : 0, "systemctl stop to end the restored processes");
+        Assert.That(File.ReadAllText(_marks), Is.EqualTo("stop\nstop-post\n"));
+        Assert.That(restored, Is.AnyOf(procs.ToArray()));
     }
 
     private static int ReadCounter(string dir, string name)
