@@ -3,12 +3,12 @@ namespace RebootlessUpdate.Criu.Transport;
 /// <summary>
 /// The caller's cancellation of one request, as far as it may stop criu.
 /// <para>
-/// A request that has criu hold a seized tree (DUMP, PRE_DUMP, SINGLE_PRE_DUMP) is not aborted
-/// at once: killing criu while its parasite is inside a task (from the infection to the cure) can
-/// leave that task running half-injected code, and it dies. Instead criu is stopped at its word:
-/// the next notification is answered with failure, so criu cures the parasite, resumes the tree
-/// and answers the request with a failure that is reported as the cancellation. Only a criu that
-/// sends nothing within <c>settleGrace</c> is aborted (killed).
+/// A request that has criu hold a seized tree (DUMP, PRE_DUMP, SINGLE_PRE_DUMP) is never aborted by
+/// a cancellation: killing criu while its parasite is inside a task (from the infection to the cure)
+/// can leave that task running half-injected code, and it dies. Instead criu is stopped at its word:
+/// its next notification is answered with failure, so criu cures the parasite, resumes the tree and
+/// answers the request with a failure that is reported as the cancellation. A criu that never gets
+/// there is hung, and the request's watchdog (criu's time budget) kills it as for any request.
 /// </para>
 /// <para>
 /// After a DUMP's point of no return (post-dump answered "go on", when criu ends the dumped tree
@@ -20,26 +20,25 @@ namespace RebootlessUpdate.Criu.Transport;
 internal sealed class CallerCancellation : IDisposable
 {
     private readonly CancellationTokenSource _cancelled;
-    private readonly TimeSpan _settleGrace;
     private readonly TimeSpan _finishGrace;
     private CancellationTokenRegistration _caller;
 
-    public CallerCancellation(CriuRequestType request, TimeSpan settleGrace, TimeSpan finishGrace, TimeProvider time, CancellationToken caller)
+    public CallerCancellation(CriuRequestType request, TimeSpan finishGrace, TimeProvider time, CancellationToken caller)
     {
         Caller = caller;
-        _settleGrace = settleGrace;
         _finishGrace = finishGrace;
         _cancelled = new CancellationTokenSource(Timeout.InfiniteTimeSpan, time);
         Settles = HoldsSeizedTree(request);
-        _caller = Settles
-            ? caller.Register(static c => ((CallerCancellation)c!).AbortAfter(((CallerCancellation)c!)._settleGrace), this)
-            : caller.Register(static c => ((CancellationTokenSource)c!).Cancel(), _cancelled);
+        if (!Settles)
+        {
+            _caller = caller.Register(static c => ((CancellationTokenSource)c!).Cancel(), _cancelled);
+        }
     }
 
     /// <summary>The caller's token, for the <see cref="OperationCanceledException"/> it is owed.</summary>
     public CancellationToken Caller { get; }
 
-    /// <summary>True when a cancellation is first told to criu at its next message rather than by aborting.</summary>
+    /// <summary>True when a cancellation is told to criu at its next message rather than by aborting.</summary>
     public bool Settles { get; }
 
     /// <summary>True once the caller cancelled: criu must be told to stop at its next notification.</summary>

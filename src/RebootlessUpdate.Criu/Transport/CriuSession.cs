@@ -16,12 +16,6 @@ internal sealed partial class CriuSession : IAsyncDisposable
     /// <summary>How long a request cancelled past its point of no return waits for criu to finish.</summary>
     private static readonly TimeSpan FinishGrace = TimeSpan.FromSeconds(5);
 
-    /// <summary>
-    /// How long a cancelled request that holds a seized tree waits for criu's next message, which
-    /// stops criu at its word, before criu is killed. It covers the parasite's infection, the
-    /// window in which a kill could leave a task running half-injected code.
-    /// </summary>
-    private static readonly TimeSpan SettleGrace = TimeSpan.FromSeconds(30);
     private readonly CriuConnection _connection;
     private readonly ILogger _logger;
     private readonly TimeSpan _defaultTimeout;
@@ -44,8 +38,8 @@ internal sealed partial class CriuSession : IAsyncDisposable
     /// wait here) and the request ends with <see cref="CriuTimeoutException"/> after the worker
     /// is reaped. A cancellation by <paramref name="cancellationToken"/> ends it with
     /// <see cref="OperationCanceledException"/>: at once by the same abort, or, for a request
-    /// that holds a seized tree, by answering criu's next notification with failure
-    /// (<see cref="CallerCancellation"/>).
+    /// that holds a seized tree, by answering criu's next notification with failure and never by
+    /// a kill (<see cref="CallerCancellation"/>).
     /// </summary>
     public async Task<criu_resp> RequestAsync(criu_req req, Func<CriuNotification, CancellationToken, ValueTask>? onNotification,
         string? logPath, TimeSpan? timeout, CancellationToken cancellationToken)
@@ -54,7 +48,7 @@ internal sealed partial class CriuSession : IAsyncDisposable
         var kind = (CriuRequestType)(int)req.Type;
         var limit = timeout ?? _defaultTimeout;
         using var watchdog = new Watchdog(limit, _time);
-        using var caller = new CallerCancellation(kind, SettleGrace, FinishGrace, _time, cancellationToken);
+        using var caller = new CallerCancellation(kind, FinishGrace, _time, cancellationToken);
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(caller.Token, watchdog.Token);
         using var abort = linked.Token.Register(static c => ((CriuConnection)c!).Abort(), _connection);
         try
@@ -77,6 +71,12 @@ internal sealed partial class CriuSession : IAsyncDisposable
             var error = new CriuTimeoutException(kind, limit, _connection.WorkerPid, _connection.Description, logPath,
                 CriuTimeoutException.TailLog(logPath), _connection.Output);
             Log.TimedOut(_logger, kind, error.Message);
+            if (caller.Requested)
+            {
+                // Cancelled, but criu never reached a message to be told at: it was taken for hung and killed.
+                throw new OperationCanceledException($"the criu {Name(kind)} request was cancelled; {_connection.Description} did not stop at its word and was killed when its watchdog expired.", error, cancellationToken);
+            }
+
             throw error;
         }
     }
@@ -153,7 +153,11 @@ internal sealed partial class CriuSession : IAsyncDisposable
                 _connection.Abort();
                 await _connection.WaitForWorkerExitAsync(WorkerExitGrace).ConfigureAwait(false);
                 Log.Cancelled(_logger, kind, _connection.Description);
-                throw new OperationCanceledException($"the criu {name} request was cancelled; {_connection.Description} stopped and released the processes.", caller.Caller);
+                // criu's own answer stays inside: after a cancellation it is usually "a script failed" (our refusal),
+                // but it may be a failure of its own that came first.
+                var answer = new CriuRequestFailedException(kind, resp.CrErrno, resp.HasCrErrmsg ? resp.CrErrmsg : null,
+                    logPath, CriuRequestFailedException.ExcerptLog(logPath), handlerFailure, _connection.Output);
+                throw new OperationCanceledException($"the criu {name} request was cancelled; {_connection.Description} stopped and released the processes.", answer, caller.Caller);
             }
 
             if (!resp.Success)

@@ -8,7 +8,7 @@ namespace RebootlessUpdate.UnitTests.Criu;
 /// How a DUMP's cancellation reaches criu, against an in-memory peer. Until criu is told to go on
 /// at post-dump, a cancellation is told to criu at its next notification (answered with failure,
 /// so criu cures its parasite and resumes the tree) and reported once criu answers; a criu that
-/// sends nothing within the settle grace is aborted. Once told to go on, criu ends the tree
+/// never sends anything is killed by the request's watchdog, never by the cancellation. Once told to go on, criu ends the tree
 /// itself, so the request is let finish and its result is returned rather than a cancellation
 /// that would claim the tree still runs, unless criu does not finish within a short grace: then
 /// it is aborted after all. A request that holds no tree (here FEATURE_CHECK) is aborted at once.
@@ -186,11 +186,12 @@ public class CriuCancellationTests
             Assert.That(((OperationCanceledException)e).CancellationToken, Is.EqualTo(cts.Token), "the caller's token");
             Assert.That(answers, Is.EqualTo(new[] { false, false }), "every notification after the cancellation is answered with failure");
             Assert.That(handled, Is.Empty, "no handler runs once the caller cancelled");
+            Assert.That(e.InnerException, Is.TypeOf<CriuRequestFailedException>(), "criu's own answer is kept inside");
         });
     }
 
     [Test]
-    public async Task A_criu_that_sends_nothing_after_a_cancellation_is_aborted_when_the_settle_grace_ends()
+    public async Task A_criu_that_sends_nothing_after_a_cancellation_is_killed_by_its_watchdog_not_by_the_cancellation()
     {
         var received = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var peerSaw = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -208,22 +209,24 @@ public class CriuCancellationTests
             {
                 peerSaw.SetResult("closed");
             }
-        }, options: new CriuClientOptions { TimeProvider = clock, RequestTimeout = Timeout.InfiniteTimeSpan });
+        }, options: new CriuClientOptions { TimeProvider = clock, RequestTimeout = TimeSpan.FromMinutes(10) });
         using var cts = new CancellationTokenSource();
 
         var dump = client.DumpAsync(new CriuDumpOptions { ImagesDirectory = _images, Pid = 42 }, cts.Token);
         await received.Task.WaitAsync(Bound);
+        clock.Advance(TimeSpan.FromMinutes(1));
         await cts.CancelAsync();
-        clock.Advance(TimeSpan.FromSeconds(29));
+        clock.Advance(TimeSpan.FromMinutes(8));
         await Task.Delay(200);
-        Assert.That(dump.IsCompleted, Is.False, "within the settle grace criu may still reach its next message");
+        Assert.That(dump.IsCompleted, Is.False, "a dump under way may take as long as its watchdog allows: the cancellation waits for criu's word");
 
-        clock.Advance(TimeSpan.FromSeconds(2));
+        clock.Advance(TimeSpan.FromMinutes(2));
         var e = Assert.CatchAsync<Exception>(async () => await dump.WaitAsync(Bound));
         Assert.Multiple(async () =>
         {
             Assert.That(e, Is.InstanceOf<OperationCanceledException>(), e!.ToString());
             Assert.That(((OperationCanceledException)e).CancellationToken, Is.EqualTo(cts.Token));
+            Assert.That(e.InnerException, Is.TypeOf<CriuTimeoutException>(), "killed as hung, when its watchdog expired");
             Assert.That(await peerSaw.Task.WaitAsync(Bound), Is.EqualTo("closed"), "aborted");
         });
     }
