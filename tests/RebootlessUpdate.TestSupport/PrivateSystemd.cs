@@ -38,7 +38,7 @@ public sealed class PrivateSystemd : IDisposable
 
     /// <summary>
     /// Starts a manager in <paramref name="directory"/>, with the user unit files of
-    /// <paramref name="units"/> (name → content) installed before it starts; waits until it answers.
+    /// <paramref name="units"/> (name → content; <c>UNIT.d/NAME.conf</c> for a drop-in) installed before it starts; waits until it answers.
     /// </summary>
     public static PrivateSystemd Start(string directory, IReadOnlyDictionary<string, string>? units = null)
     {
@@ -53,7 +53,10 @@ public sealed class PrivateSystemd : IDisposable
         var unitDir = System.IO.Directory.CreateDirectory(Path.Combine(directory, "config", "systemd", "user")).FullName;
         foreach (var (name, content) in units ?? new Dictionary<string, string>())
         {
-            File.WriteAllText(Path.Combine(unitDir, name), content);
+            // A name may be a drop-in: "UNIT.d/NAME.conf".
+            var path = Path.Combine(unitDir, name);
+            System.IO.Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+            File.WriteAllText(path, content);
         }
 
         var name2 = "rebootless-systemd-" + Guid.NewGuid().ToString("N")[..8];

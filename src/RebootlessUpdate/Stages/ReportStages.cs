@@ -15,18 +15,18 @@ internal class ReportStage : IUpdateStage
     public virtual ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
     {
         var journal = context.RequireJournal();
-        journal.UpdateTargets(context);
         HandBackServices(context);
+        journal.UpdateTargets(context);
         Finish(context, journal, NotRunning(context));
         return ValueTask.CompletedTask;
     }
 
-    /// <summary>Every service target's unit gets its tree or its own configuration back, whichever path the run took (safe to repeat).</summary>
+    /// <summary>Every service target's unit gets its tree or its own configuration back, whichever path the run took (safe to repeat; journaled after).</summary>
     protected static void HandBackServices(UpdateContext context)
     {
         foreach (var t in context.Targets)
         {
-            ServiceHandback.HandBack(context, t);
+            _ = ServiceHandback.HandBack(context, t);
         }
     }
 
@@ -57,8 +57,8 @@ internal sealed class RollbackReportStage(KexecLoader? loader = null) : ReportSt
     public override async ValueTask ExecuteAsync(UpdateContext context, CancellationToken cancellationToken)
     {
         var journal = context.RequireJournal();
-        journal.UpdateTargets(context);
         HandBackServices(context);
+        journal.UpdateTargets(context);
 
         // The jump never happened: a kernel it loaded must not be jumped into by a later `systemctl kexec`.
         var kexec = loader ?? new KexecLoader();

@@ -42,7 +42,10 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
                     fromStore).ConfigureAwait(false);
                 // Durable at once: a run that crashes after this restore must not restore the target a second time.
                 journal.UpdateTargets(context);
-                ServiceHandback.HandBack(context, t);
+                if (ServiceHandback.HandBack(context, t))
+                {
+                    journal.UpdateTargets(context);
+                }
             }
             catch (Exception e) when (e is not OperationCanceledException)
             {

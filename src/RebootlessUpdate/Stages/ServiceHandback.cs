@@ -38,8 +38,10 @@ internal static class ServiceHandback
     /// <summary>
     /// Before a restore on the kernel the tree was dumped on: waits until systemd has settled the end of the unit's
     /// main process, so that nothing it still does for that end (killing what is left in the cgroup) meets the
-    /// restored processes. Gives up quietly after <see cref="SettleLimit"/>; the hand-back then says what it finds.
+    /// restored processes. A unit that runs again (someone or something started it while the tree was away) is not
+    /// restored into: that would make two copies.
     /// </summary>
+    /// <exception cref="InvalidOperationException">systemd runs the unit again, or is still ending it after <see cref="SettleLimit"/>.</exception>
     internal static async Task WaitSettledAsync(UpdateContext context, TargetRun t, CancellationToken cancellationToken)
     {
         if (t.Settings?.Service is not { } unit)
@@ -48,19 +50,29 @@ internal static class ServiceHandback
         }
 
         var started = context.TimeProvider.GetTimestamp();
-        while (context.TimeProvider.GetElapsedTime(started) < SettleLimit)
+        while (true)
         {
+            ServiceStatus status;
             try
             {
-                if (!context.Services.Status(unit).Busy)
-                {
-                    return;
-                }
+                status = context.Services.Status(unit);
             }
             catch (ServiceManagerException e)
             {
-                PipelineLog.TargetWarning(context.Logger, t.Target.Id, $"could not ask systemd about {unit.Name}: {e.Message}");
+                PipelineLog.TargetWarning(context.Logger, t.Target.Id, $"could not ask systemd about {unit.Name} before the restore: {e.Message}");
                 return;
+            }
+
+            if (!status.Busy)
+            {
+                return;
+            }
+
+            if (status.ActiveState != "deactivating" || context.TimeProvider.GetElapsedTime(started) >= SettleLimit)
+            {
+                throw new InvalidOperationException($"systemd runs {unit.Name} again ({status.ActiveState}, main pid {status.MainPid}) while its checkpointed tree "
+                    + $"is down: restoring the tree next to it would make two copies, so it is not restored; its images are kept. "
+                    + $"Stop the unit ({SystemctlServiceManager.Command(unit)} stop {unit.Name}) and run rebootless resume to restore the checkpoint instead");
             }
 
             await Task.Delay(TimeSpan.FromMilliseconds(50), context.TimeProvider, cancellationToken).ConfigureAwait(false);
@@ -70,13 +82,15 @@ internal static class ServiceHandback
     /// <summary>
     /// After the target settled (restored, resumed in place, or failed): a restored tree that runs becomes the unit's
     /// main process; otherwise the unit just gets its own configuration back. Never throws: a unit that cannot be
-    /// given its tree is reported, and the tree runs on unsupervised in the unit's cgroup. Safe to repeat.
+    /// given its tree is reported, and the tree runs on unsupervised in the unit's cgroup, unless systemd ended it when
+    /// it refused it: then the target is ended. Safe to repeat. Returns true when it changed the target (the caller
+    /// journals it).
     /// </summary>
-    internal static void HandBack(UpdateContext context, TargetRun t)
+    internal static bool HandBack(UpdateContext context, TargetRun t)
     {
         if (t.Settings?.Service is not { } unit)
         {
-            return;
+            return false;
         }
 
         if (t.Phase != TargetPhase.Restored || t.RestoredPid is not { } pid || context.Processes.IdentityOf(pid) is not { } root
@@ -88,21 +102,20 @@ internal static class ServiceHandback
             }
             catch (Exception e) when (e is ServiceManagerException or IOException or UnauthorizedAccessException)
             {
-                Warn(context, t, $"{unit.Name} keeps rebootless's runtime drop-ins ({e.Message}): remove its *-rebootless-*.conf drop-ins "
-                    + "and run systemctl daemon-reload");
+                Warn(context, t, $"{unit.Name} keeps rebootless's runtime drop-ins ({e.Message}): remove its zz-rebootless-*.conf drop-ins "
+                    + $"and run {SystemctlServiceManager.Command(unit)} daemon-reload");
             }
 
-            return;
+            return false;
         }
 
         try
         {
-
             var status = context.Services.Status(unit);
             if (status.MainPid == pid && status.ActiveState == "active")
             {
                 context.Services.Return(unit); // handed back by an earlier run
-                return;
+                return false;
             }
 
             if (status.Busy)
@@ -110,18 +123,30 @@ internal static class ServiceHandback
                 // Something started the unit while its tree was away: two copies now run, and only systemd's is supervised.
                 context.Services.Return(unit);
                 Warn(context, t, $"systemd runs {unit.Name} again (main pid {status.MainPid}, {status.ActiveState}) next to its restored tree (pid {pid}): "
-                    + $"stop one of them (kill {pid}, or systemctl stop {unit.Name})");
-                return;
+                    + $"stop one of them (kill {pid}, or {SystemctlServiceManager.Command(unit)} stop {unit.Name})");
+                return false;
             }
 
-            context.Services.Adopt(unit, pid, Path.Combine(TargetFolders.WorkDirectory(context, t), "main.pid"));
+            context.Services.Adopt(unit, pid);
             PipelineLog.TargetEvent(context.Logger, t.Target.Id, $"handed back to systemd: {unit.Name} is active with main pid {pid}");
             context.ReportProgress("Restore", $"{unit.Name} is active again with the restored main pid {pid}", t.Target.Id);
+            return false;
         }
         catch (Exception e) when (e is ServiceManagerException or IOException or UnauthorizedAccessException)
         {
+            if (!context.Processes.IsAlive(root))
+            {
+                // A start that fails makes systemd clean up the unit's cgroup: the restored tree with it.
+                var why = $"ended: systemd did not take the restored tree as {unit.Name}'s main process ({e.Message}) and ended it; "
+                    + $"it ran after its checkpoint, so it is not restored again; start the unit afresh ({SystemctlServiceManager.Command(unit)} start {unit.Name})";
+                t.End(why);
+                Warn(context, t, why);
+                return true;
+            }
+
             Warn(context, t, $"its tree runs (pid {pid}) but {unit.Name} could not be given it back ({e.Message}); "
-                + $"systemd does not supervise it: stop it by pid, then systemctl start {unit.Name}");
+                + $"systemd does not supervise it: stop it by pid, then {SystemctlServiceManager.Command(unit)} start {unit.Name}");
+            return false;
         }
     }
 

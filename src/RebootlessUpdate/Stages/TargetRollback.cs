@@ -44,7 +44,7 @@ internal static class TargetRollback
         foreach (var t in context.Targets)
         {
             await RecoverAsync(context, t, StageDefaults.PidReleaseWait).ConfigureAwait(false);
-            ServiceHandback.HandBack(context, t);
+            _ = ServiceHandback.HandBack(context, t); // journaled below
         }
 
         TryUpdateJournal(context);

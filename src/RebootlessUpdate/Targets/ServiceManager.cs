@@ -35,11 +35,12 @@ internal interface IServiceManager
 
     /// <summary>
     /// Makes the running process <paramref name="mainPid"/> (in the unit's cgroup already) the main process of the
-    /// unit, which must not be running: systemd starts the unit by reading <paramref name="pidFile"/> instead of
-    /// starting anything. Then the unit has its own configuration again (<see cref="Return"/>).
+    /// unit, which must not be running: systemd starts the unit by reading a pid file instead of starting anything.
+    /// Then the unit has its own configuration again (<see cref="Return"/>).
     /// </summary>
-    /// <exception cref="ServiceManagerException">systemd did not take it; the unit has its own configuration again.</exception>
-    void Adopt(ServiceUnit unit, int mainPid, string pidFile);
+    /// <exception cref="ServiceManagerException">systemd did not take it (or it was not asked, when the unit's start would
+    /// not be the no-op); the unit has its own configuration again.</exception>
+    void Adopt(ServiceUnit unit, int mainPid);
 
     /// <summary>The unit's own configuration again: what <see cref="Release"/> and <see cref="Adopt"/> added is removed, if anything.</summary>
     /// <exception cref="ServiceManagerException">systemd could not reload.</exception>
@@ -53,8 +54,12 @@ internal interface IServiceManager
 /// </summary>
 internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout) : IServiceManager
 {
-    private const string ReleaseFile = "90-rebootless-release.conf";
-    private const string AdoptFile = "91-rebootless-adopt.conf";
+    // systemd reads a unit's drop-ins in the order of their file names, over every folder, and the last setting wins:
+    // these sort after the usual names (NN-*.conf, override.conf); what a drop-in sorting later changes is caught by
+    // reading the settings back.
+    private const string ReleaseFile = "zz-rebootless-1-release.conf";
+    private const string AdoptFile = "zz-rebootless-2-adopt.conf";
+    private const string PidFile = "rebootless-main.pid";
     private static readonly string[] NoOps = ["/usr/bin/true", "/bin/true"];
 
     /// <summary>The host's systemd, through <c>systemctl</c> on PATH.</summary>
@@ -65,8 +70,9 @@ internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout
         WriteDropIn(unit, ReleaseFile,
             "# rebootless checkpoints this service: CRIU ends its processes and they are restored later.\n" +
             "# Removed when the restored tree is handed back (or the processes resume in place).\n" +
-            "[Service]\nRestart=no\nExecStop=\nExecStopPost=\nWatchdogSec=0\n");
+            "[Unit]\nFailureAction=none\n[Service]\nRestart=no\nExecStop=\nExecStopPost=\nWatchdogSec=0\n");
         Systemctl(unit, "daemon-reload");
+        RequireSettings(unit, "release", new() { ["Restart"] = "no", ["ExecStop"] = "", ["ExecStopPost"] = "", ["FailureAction"] = "none" });
     }
 
     public ServiceStatus Status(ServiceUnit unit)
@@ -77,25 +83,40 @@ internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout
             int.TryParse(p.GetValueOrDefault("MainPID"), NumberStyles.None, CultureInfo.InvariantCulture, out var pid) ? pid : 0);
     }
 
-    public void Adopt(ServiceUnit unit, int mainPid, string pidFile)
+    public void Adopt(ServiceUnit unit, int mainPid)
     {
-        if (pidFile.Contains('\n', StringComparison.Ordinal) || !Path.IsPathFullyQualified(pidFile))
+        var jobs = Systemctl(unit, "list-jobs", "--no-legend", "--plain", "--", Name(unit)).Stdout.Trim();
+        if (jobs.Length > 0)
         {
-            throw new ServiceManagerException($"cannot name {pidFile} in a unit file");
+            // A queued start would take the adoption's start in (systemd merges the two) and run the unit's own
+            // command after it: a second copy. Cancelling it would fail the jobs of every unit that requires this one.
+            throw new ServiceManagerException($"a job for {Name(unit)} is already queued ({jobs.Split('\n')[0].Trim()}); "
+                + "systemd would start the unit's own command after it");
         }
 
-        var noOp = NoOps.FirstOrDefault(File.Exists)
-            ?? throw new ServiceManagerException("no true(1) to start the unit with (/usr/bin/true, /bin/true)");
-        StoreFiles.WriteAtomically(pidFile, Encoding.ASCII.GetBytes(mainPid.ToString(CultureInfo.InvariantCulture) + "\n"), mode: Libc.Mode0644);
+        var noOp = NoOps.FirstOrDefault(File.Exists) ?? throw new ServiceManagerException("no true(1) to start the unit with (/usr/bin/true, /bin/true)");
+        var pidFile = Path.Combine(DropInFolder(unit), PidFile);
         try
         {
             // systemd runs the no-op, reads the pid file and takes that pid, already in the unit's cgroup, as the
-            // main process; nothing of the unit's own start runs. "%" is the one character unit files expand.
+            // main process; nothing of the unit's own start runs. "%" is the one character unit files expand. The
+            // pid file sits in the manager's own runtime folder, which a user's manager can read.
             WriteDropIn(unit, AdoptFile,
                 "# rebootless hands the restored processes back to this unit; removed once the unit runs them.\n" +
                 $"[Service]\nType=forking\nPIDFile={pidFile.Replace("%", "%%", StringComparison.Ordinal)}\n" +
                 $"ExecCondition=\nExecStartPre=\nExecStart=\nExecStart={noOp}\nExecStartPost=\nGuessMainPID=no\n");
+            StoreFiles.WriteAtomically(pidFile, Encoding.ASCII.GetBytes(mainPid.ToString(CultureInfo.InvariantCulture) + "\n"), mode: Libc.Mode0644);
             Systemctl(unit, "daemon-reload");
+            RequireSettings(unit, "adoption", new()
+            {
+                ["Type"] = "forking", ["PIDFile"] = pidFile, ["ExecCondition"] = "", ["ExecStartPre"] = "", ["ExecStartPost"] = "",
+            });
+            var start = Show(unit, "ExecStart")["ExecStart"];
+            if (start.Split("path=").Length != 2 || !start.Contains($"path={noOp} ", StringComparison.Ordinal))
+            {
+                throw new ServiceManagerException($"a drop-in read after rebootless's sets ExecStart={start}: the unit's own command would start; not started");
+            }
+
             try
             {
                 _ = Systemctl(unit, "reset-failed", "--", Name(unit));
@@ -105,12 +126,13 @@ internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout
                 // Not failed, or not loaded yet (after a jump): start says what matters.
             }
 
-            Systemctl(unit, "start", "--", Name(unit));
+            // Without its dependencies: they ran with the tree before, and an order after a unit whose job is running
+            // (the resume unit itself, at boot) would make this start wait for its own caller.
+            Systemctl(unit, "start", "--job-mode=ignore-dependencies", "--", Name(unit));
         }
         finally
         {
             Return(unit);
-            File.Delete(pidFile);
         }
 
         var status = Status(unit);
@@ -123,6 +145,12 @@ internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout
     public void Return(ServiceUnit unit)
     {
         var folder = DropInFolder(unit);
+        if (!Directory.Exists(folder))
+        {
+            return;
+        }
+
+        File.Delete(Path.Combine(folder, PidFile));
         var removed = false;
         foreach (var name in new[] { ReleaseFile, AdoptFile })
         {
@@ -159,6 +187,41 @@ internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout
             : "/run/systemd/system";
         return Path.Combine(root, Name(unit) + ".d");
     }
+
+    /// <summary>The unit's current <paramref name="properties"/>, as systemctl show gives them (a missing one is empty).</summary>
+    private Dictionary<string, string> Show(ServiceUnit unit, params string[] properties)
+    {
+        var args = new List<string> { "show", "--no-pager" };
+        foreach (var p in properties)
+        {
+            args.AddRange(["-p", p]);
+        }
+
+        args.AddRange(["--", Name(unit)]);
+        var shown = SystemdServiceTarget.ParseProperties(Systemctl(unit, [.. args]).Stdout);
+        return properties.ToDictionary(p => p, p => shown.GetValueOrDefault(p) ?? "", StringComparer.Ordinal);
+    }
+
+    /// <summary>
+    /// Reads back what a drop-in set: a drop-in that sorts later (or a unit systemd did not reload) can undo it. When
+    /// anything differs, the drop-ins are removed again and nothing is done.
+    /// </summary>
+    private void RequireSettings(ServiceUnit unit, string what, Dictionary<string, string> expected)
+    {
+        var shown = Show(unit, [.. expected.Keys]);
+        var wrong = expected.Where(e => shown[e.Key] != e.Value).Select(e => $"{e.Key}={shown[e.Key]}").ToList();
+        if (wrong.Count == 0)
+        {
+            return;
+        }
+
+        Return(unit);
+        throw new ServiceManagerException($"rebootless's {what} drop-in did not take: {Name(unit)} still has {string.Join(", ", wrong)} "
+            + $"(a drop-in read after it? {Command(unit)} cat {Name(unit)} shows them in order)");
+    }
+
+    /// <summary>How an operator reaches the unit's manager: <c>systemctl</c> or <c>systemctl --user</c>.</summary>
+    internal static string Command(ServiceUnit unit) => unit.UserManager ? "systemctl --user" : "systemctl";
 
     private static string Name(ServiceUnit unit)
     {

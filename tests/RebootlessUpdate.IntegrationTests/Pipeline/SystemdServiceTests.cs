@@ -32,6 +32,7 @@ public class SystemdServiceTests
     private PrivateSystemd? _systemd;
     private string _app = null!;
     private string _marks = null!;
+    private string _program = null!;
 
     [SetUp]
     public void SetUp()
@@ -43,16 +44,35 @@ public class SystemdServiceTests
 
         _app = Directory.CreateDirectory(Path.Combine(_dir, "app")).FullName;
         _marks = Path.Combine(_dir, "stop-actions");
-        var program = Path.Combine(_dir, "counter.py");
-        File.WriteAllText(program, CounterProgram);
-        _systemd = PrivateSystemd.Start(Path.Combine(_dir, "systemd"), new Dictionary<string, string>
+        _program = Path.Combine(_dir, "counter.py");
+        File.WriteAllText(_program, CounterProgram);
+    }
+
+    /// <summary>
+    /// Starts the manager with idle.service and counter.service: a service whose stop actions leave marks and that
+    /// systemd restarts whenever its main process ends. The tree's end at the dump must trigger neither, and no second
+    /// copy may start next to the restored one. The policy is in the unit file, or in <c>override.conf</c> (what
+    /// <c>systemctl edit</c> writes, and a drop-in read after most names); <paramref name="dropIns"/> adds more.
+    /// </summary>
+    private void StartManager(bool policyInOverride = false, params (string Name, string Content)[] dropIns)
+    {
+        var policy = $"Restart=always\nRestartSec=200ms\nExecStop=/bin/sh -c 'echo stop >> {_marks}'\nExecStopPost=/bin/sh -c 'echo stop-post >> {_marks}'\n";
+        var units = new Dictionary<string, string>
         {
             ["idle.service"] = "[Service]\nExecStart=/bin/sleep 600\n",
-            // A service whose stop actions leave marks and that systemd restarts whenever its main process ends:
-            // the tree's end at the dump must trigger neither, and no second copy may start next to the restored one.
-            ["counter.service"] = $"[Service]\nExecStart=/usr/bin/python3 {program} {_app}\nRestart=always\nRestartSec=200ms\n"
-                + $"ExecStop=/bin/sh -c 'echo stop >> {_marks}'\nExecStopPost=/bin/sh -c 'echo stop-post >> {_marks}'\n",
-        });
+            ["counter.service"] = $"[Service]\nExecStart=/usr/bin/python3 {_program} {_app}\n" + (policyInOverride ? "" : policy),
+        };
+        if (policyInOverride)
+        {
+            units["counter.service.d/override.conf"] = "[Service]\n" + policy;
+        }
+
+        foreach (var (name, content) in dropIns)
+        {
+            units["counter.service.d/" + name] = content;
+        }
+
+        _systemd = PrivateSystemd.Start(Path.Combine(_dir, "systemd"), units);
     }
 
     [TearDown]
@@ -67,9 +87,11 @@ public class SystemdServiceTests
     private ProcessResult Tool(params string[] args) =>
         _systemd!.Run("dotnet", [_tool, .. args, "--systemd-user", .. args[0] == "plan" ? Array.Empty<string>() : ["--criu", _testbed.Criu]]);
 
-    [Test]
-    public void Rehearse_of_a_running_service_hands_the_restored_tree_back_to_its_unit_with_no_stop_action_and_no_second_copy()
+    [TestCase(false, TestName = "Rehearse of a running service hands the restored tree back to its unit, with no stop action and no second copy")]
+    [TestCase(true, TestName = "The same when Restart= and the stop actions come from override.conf")]
+    public void Rehearse_of_a_running_service_hands_the_restored_tree_back_to_its_unit(bool policyInOverride)
     {
+        StartManager(policyInOverride);
         var systemd = _systemd!;
         var mainPid = StartCounter();
         var cgroup = systemd.CgroupFolder("counter");
@@ -109,6 +131,7 @@ public class SystemdServiceTests
     [TestCase("resuming", "failed", TestName = "A rehearsal killed after its tree ended: resume restores it and the unit gets the restored tree")]
     public void A_rehearsal_killed_midway_is_resumed_and_leaves_the_unit_active_with_its_tree(string point, string stateAfterCrash)
     {
+        StartManager();
         var systemd = _systemd!;
         var mainPid = StartCounter();
         var cgroup = systemd.CgroupFolder("counter");
@@ -123,13 +146,90 @@ public class SystemdServiceTests
         Thread.Sleep(1000); // five times the unit's RestartSec
         Assert.That($"{systemd.Property("counter", "ActiveState")} {systemd.Property("counter", "NRestarts")}", Is.EqualTo($"{stateAfterCrash} 0"),
             "systemd started nothing");
-        Assert.That(systemd.Property("counter", "DropInPaths"), Does.Contain("rebootless-release"), "the release outlives the killed tool");
+        Assert.That(systemd.Property("counter", "DropInPaths"), Does.Contain("rebootless-1-release"), "the release outlives the killed tool");
 
         var resumed = systemd.Run("dotnet", [_tool, "resume", "--store", store, "--criu", _testbed.Criu]);
         TestContext.Out.WriteLine(resumed.ToString());
         Assert.That(resumed.ExitCode, Is.Zero, resumed.ToString());
         AssertHandedBack(mainPid, cgroup);
         StopEndsTheRestoredTree(mainPid);
+    }
+
+    [Test]
+    public void A_drop_in_read_after_rebootless_that_keeps_restart_on_refuses_the_service_before_anything_freezes()
+    {
+        // Named to sort after rebootless's own drop-ins: its Restart=always would win over the release.
+        StartManager(false, ("zzzz-late.conf", "[Service]\nRestart=always\n"));
+        var mainPid = StartCounter();
+        var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
+
+        var r = Tool("rehearse", "--service", "counter", "--store", store);
+        TestContext.Out.WriteLine(r.ToString());
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(r.ExitCode, Is.EqualTo(15), r.ToString());
+            Assert.That(r.Error, Does.Contain("rebootless's release drop-in did not take: counter.service still has Restart=always")
+                .And.Contains("systemctl --user cat counter.service"));
+            Assert.That($"{_systemd!.Property("counter", "ActiveState")} {_systemd.Property("counter", "MainPID")} {_systemd.Property("counter", "NRestarts")}",
+                Is.EqualTo($"active {mainPid} 0"), "the workload never froze or ended");
+            Assert.That(_systemd.Property("counter", "DropInPaths"), Does.Not.Contain("zz-rebootless"), "the release was taken back");
+        });
+    }
+
+    [Test]
+    public void An_adoption_a_later_drop_in_would_undo_is_not_started_and_the_tree_runs_on()
+    {
+        // A start command read after rebootless's adoption drop-in would run at the adoption: systemd fails the start
+        // and cleans up the cgroup, the restored tree with it. So the adoption is not started at all.
+        var marker = Path.Combine(_dir, "no-more-starts");
+        StartManager(false, ("zzzz-late.conf", $"[Service]\nExecStartPre=/bin/sh -c 'test ! -e {marker}'\n"));
+        var mainPid = StartCounter();
+        File.WriteAllText(marker, "");
+        var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
+
+        var r = Tool("rehearse", "--service", "counter", "--store", store);
+        TestContext.Out.WriteLine(r.ToString());
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(r.ExitCode, Is.Zero, r.ToString());
+            Assert.That(r.Output + r.Error, Does.Contain("could not be given it back (rebootless's adoption drop-in did not take: counter.service still has ExecStartPre="));
+            Assert.That(Workload.IsRunning(mainPid), Is.True, "the restored tree runs on, unsupervised");
+            Assert.That(_systemd!.Property("counter", "DropInPaths"), Does.Not.Contain("zz-rebootless"));
+        });
+        Syscall.kill(mainPid, Signum.SIGKILL);
+    }
+
+    [Test]
+    public void Unknown_inactive_and_mainless_units_and_an_unreachable_systemd_get_one_line_and_their_exit_codes()
+    {
+        StartManager();
+        var systemd = _systemd!;
+        Assert.That(systemd.Run("systemd-run", ["--user", "--unit", "done", "-p", "RemainAfterExit=yes", "--", "true"]).ExitCode, Is.Zero);
+        var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
+        (string Unit, int Code, string Says)[] cases =
+        [
+            ("no-such-unit", 6, "systemd knows no unit no-such-unit.service"),
+            ("idle", 14, "service idle.service is inactive (dead), not running"),
+            ("done", 14, "has no main process"),
+            ("x.slice", 2, "not a service"),
+        ];
+        foreach (var (unit, code, says) in cases)
+        {
+            var r = Tool("rehearse", "--service", unit, "--store", store);
+            TestContext.Out.WriteLine($"{code} <- --service {unit}: {r.Error.Trim()}");
+            Assert.That(r.ExitCode, Is.EqualTo(code), r.ToString());
+            Assert.That(r.Error.Trim().Split('\n'), Has.Length.EqualTo(1).And.All.StartsWith("rebootless: ").And.All.Contains(says));
+        }
+
+        // No manager behind XDG_RUNTIME_DIR: systemctl --user cannot connect.
+        var empty = Directory.CreateDirectory(Path.Combine(_dir, "empty-run")).FullName;
+        var none = ProcessRunner.Run("env", [$"XDG_RUNTIME_DIR={empty}", "dotnet", _tool, "plan", "--service", "idle", "--systemd-user", "--store", store], TimeSpan.FromMinutes(1));
+        TestContext.Out.WriteLine($"15 <- no manager: {none.Error.Trim()}");
+        Assert.That(none.ExitCode, Is.EqualTo(15), none.ToString());
+        Assert.That(none.Error.Trim().Split('\n'), Has.Length.EqualTo(1).And.All.Contains("systemd cannot be asked about idle.service"));
+        Assert.That(Directory.GetFileSystemEntries(store), Is.Empty, "nothing was written to the store");
     }
 
     /// <summary>Starts counter.service; returns its main pid once it and its child count.</summary>
@@ -159,7 +259,7 @@ public class SystemdServiceTests
         {
             Assert.That(state, Is.EqualTo($"active running {restored} 0 always"), "active, the restored root as main pid, never restarted, its own Restart= again");
             Assert.That(procs, Does.Contain(restored).And.Count.EqualTo(2), "the two restored processes and no second copy in the unit's cgroup");
-            Assert.That(systemd.Property("counter", "DropInPaths"), Is.Empty, "rebootless's drop-ins are gone");
+            Assert.That(systemd.Property("counter", "DropInPaths"), Does.Not.Contain("zz-rebootless"), "rebootless's drop-ins are gone");
             Assert.That(File.Exists(_marks) ? File.ReadAllText(_marks) : "", Is.Empty, "no stop action ran for the tree's end at the dump");
         });
     }

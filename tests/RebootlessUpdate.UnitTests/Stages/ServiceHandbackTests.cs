@@ -60,7 +60,7 @@ public class ServiceHandbackTests
 
         Assert.That(_manager.Calls, Has.Count.EqualTo(2));
         Assert.That(_manager.Calls[0], Is.EqualTo("status web.service"));
-        Assert.That(_manager.Calls[1], Does.StartWith("adopt web.service 4242 ").And.EndWith("/00-service-web.service/main.pid"));
+        Assert.That(_manager.Calls[1], Is.EqualTo("adopt web.service 4242"));
         Assert.That(_progress.Select(p => p.Message), Has.One.Contains("web.service is active again with the restored main pid 4242"));
     }
 
@@ -119,9 +119,54 @@ public class ServiceHandbackTests
         _manager.Status = new ServiceStatus("failed", "failed", 0);
         _manager.AdoptFails = true;
 
-        Assert.That(() => ServiceHandback.HandBack(Context(), Run(TargetPhase.Restored)), Throws.Nothing);
+        var t = Run(TargetPhase.Restored);
+        Assert.That(ServiceHandback.HandBack(Context(), t), Is.False, "nothing to journal");
+        Assert.That(t.Phase, Is.EqualTo(TargetPhase.Restored), "the tree runs on, unsupervised");
         Assert.That(_progress.Select(p => p.Message), Has.One.Contains("its tree runs (pid 4242) but web.service could not be given it back (no)")
             .And.Contains("systemctl start web.service"));
+    }
+
+    [Test]
+    public void A_refused_adoption_that_took_the_tree_down_ends_the_target_and_says_so()
+    {
+        _processes.Start(4242, startTime: 99);
+        _manager.Status = new ServiceStatus("failed", "failed", 0);
+        _manager.AdoptFails = true;
+        _manager.OnAdopt = () => _processes.Exit(4242); // a failed start: systemd cleans up the unit's cgroup
+        var t = Run(TargetPhase.Restored);
+
+        Assert.That(ServiceHandback.HandBack(Context(), t), Is.True, "the caller journals the change");
+        Assert.That(t.Phase, Is.EqualTo(TargetPhase.Ended));
+        Assert.That(t.Error, Does.Contain("systemd did not take the restored tree as web.service's main process (no) and ended it")
+            .And.Contains("not restored again").And.Contains("systemctl start web.service"));
+    }
+
+    [TestCase("active")]
+    [TestCase("activating")]
+    [TestCase("reloading")]
+    public void A_restore_is_refused_when_systemd_runs_the_unit_again(string state)
+    {
+        _manager.Status = new ServiceStatus(state, "running", 777);
+
+        var e = Assert.ThrowsAsync<InvalidOperationException>(() => ServiceHandback.WaitSettledAsync(Context(), Run(TargetPhase.Dumped), CancellationToken.None));
+
+        Assert.That(e!.Message, Does.Contain($"systemd runs web.service again ({state}, main pid 777)").And.Contains("would make two copies").And.Contains("images are kept"));
+    }
+
+    [Test]
+    public async Task A_unit_systemd_is_still_ending_after_the_limit_is_not_restored_into()
+    {
+        var clock = new Microsoft.Extensions.Time.Testing.FakeTimeProvider();
+        _manager.Status = new ServiceStatus("deactivating", "stop-sigterm", 0);
+
+        var wait = ServiceHandback.WaitSettledAsync(Context(clock), Run(TargetPhase.Dumped), CancellationToken.None);
+        for (var i = 0; i < 700 && !wait.IsCompleted; i++)
+        {
+            clock.Advance(TimeSpan.FromMilliseconds(50));
+            await Task.Yield();
+        }
+
+        Assert.That(async () => await wait.WaitAsync(TimeSpan.FromSeconds(10)), Throws.InvalidOperationException.With.Message.Contains("deactivating"));
     }
 
     [Test]
@@ -190,14 +235,17 @@ public class ServiceHandbackTests
             return Status;
         }
 
-        public void Adopt(ServiceUnit unit, int mainPid, string pidFile)
+        public void Adopt(ServiceUnit unit, int mainPid)
         {
-            Calls.Add($"adopt {unit.Name} {mainPid} {pidFile}");
+            Calls.Add($"adopt {unit.Name} {mainPid}");
+            OnAdopt?.Invoke();
             if (AdoptFails)
             {
                 throw new ServiceManagerException("no");
             }
         }
+
+        public Action? OnAdopt { get; set; }
 
         public void Return(ServiceUnit unit) => Calls.Add($"return {unit.Name}");
     }
