@@ -4,11 +4,14 @@ namespace RebootlessUpdate.Criu.Transport;
 /// The caller's cancellation of one request, as far as it may stop criu.
 /// <para>
 /// A request that has criu hold a seized tree (DUMP, PRE_DUMP, SINGLE_PRE_DUMP) is never aborted by
-/// a cancellation: killing criu while its parasite is inside a task (from the infection to the cure)
-/// can leave that task running half-injected code, and it dies. Instead criu is stopped at its word:
-/// its next notification is answered with failure, so criu cures the parasite, resumes the tree and
-/// answers the request with a failure that is reported as the cancellation. A criu that never gets
-/// there is hung, and the request's watchdog (criu's time budget) kills it as for any request.
+/// a cancellation before criu is told to stop: killing criu while its parasite is inside a task (from
+/// the infection to the cure) can leave that task running half-injected code, and it dies. Instead
+/// criu is stopped at its word: its next notification is answered with failure, so criu cures the
+/// parasite, resumes the tree and answers the request with a failure that is reported as the
+/// cancellation. A criu that never gets there is hung, and the request's watchdog (criu's time
+/// budget) kills it as for any request. Once criu was answered "no" at a notification (a point where
+/// no parasite is inside a task), a cancellation that comes later aborts at once: it is how a caller
+/// ends a criu that does not act on a veto.
 /// </para>
 /// <para>
 /// After a DUMP's point of no return (post-dump answered "go on", when criu ends the dumped tree
@@ -66,6 +69,26 @@ internal sealed class CallerCancellation : IDisposable
 
         _caller = Caller.Register(static c => ((CallerCancellation)c!).AbortAfter(((CallerCancellation)c!)._finishGrace), this);
         return true;
+    }
+
+    /// <summary>
+    /// Called when criu is answered "no" at a notification: it winds down from a point where no parasite is inside a
+    /// task. A cancellation that came first keeps waiting for criu's answer (criu resumes the tree at its word). One
+    /// that comes later (criu told to stop and still not done: a veto it does not act on) aborts at once.
+    /// </summary>
+    public void CriuToldToStop()
+    {
+        if (!Settles)
+        {
+            return;
+        }
+
+        // Dispose waits for a callback already running, so Requested is final afterwards.
+        _caller.Dispose();
+        if (!Requested)
+        {
+            _caller = Caller.Register(static c => ((CancellationTokenSource)c!).Cancel(), _cancelled);
+        }
     }
 
     /// <summary>True for the notification after whose successful answer criu finishes <paramref name="request"/> on its own.</summary>

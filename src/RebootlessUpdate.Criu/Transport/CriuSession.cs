@@ -132,6 +132,11 @@ internal sealed partial class CriuSession : IAsyncDisposable
                     failure = Refuse([], resp);
                 }
 
+                if (failure is not null)
+                {
+                    caller.CriuToldToStop();
+                }
+
                 // Anything but notify_success=true makes CRIU abort the operation
                 // ("RPC client reported script error").
                 watchdog.Start();

@@ -80,6 +80,13 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
             }
             finally
             {
+                if (t.Phase != TargetPhase.Restored)
+                {
+                    // Not restored (failed, refused, or left restoring): its unit gets its own configuration back now,
+                    // not only when a later run settles it; the unit stays failed until an operator or a resume acts.
+                    _ = ServiceHandback.HandBack(context, t);
+                }
+
                 gate.Release();
             }
         })).ConfigureAwait(false);

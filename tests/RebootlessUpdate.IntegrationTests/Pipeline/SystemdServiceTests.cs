@@ -156,6 +156,35 @@ public class SystemdServiceTests
     }
 
     [Test]
+    public void A_unit_started_again_while_its_tree_was_down_is_not_restored_into()
+    {
+        StartManager();
+        var systemd = _systemd!;
+        var mainPid = StartCounter();
+        var store = Directory.CreateDirectory(Path.Combine(_dir, "store")).FullName;
+        var crash = systemd.Run("env", ["REBOOTLESS_CRASH_AT=resuming", "REBOOTLESS_TEST_HOOKS=1", "dotnet", _tool, "rehearse", "--service", "counter",
+            "--systemd-user", "--store", store, "--criu", _testbed.Criu]);
+        Assert.That(crash.ExitCode, Is.EqualTo(137), crash.ToString());
+
+        // An operator (or a socket, a timer) starts the unit while its checkpointed tree is down.
+        var start = systemd.Systemctl("start", "counter");
+        Assert.That(start.ExitCode, Is.Zero, start.ToString());
+        var fresh = int.Parse(systemd.Property("counter", "MainPID"), CultureInfo.InvariantCulture);
+
+        var resumed = systemd.Run("dotnet", [_tool, "resume", "--store", store, "--criu", _testbed.Criu]);
+        TestContext.Out.WriteLine(resumed.ToString());
+        var procs = File.ReadAllLines(Path.Combine(systemd.CgroupFolder("counter"), "cgroup.procs")).Select(l => int.Parse(l, CultureInfo.InvariantCulture)).ToList();
+        Assert.Multiple(() =>
+        {
+            Assert.That(resumed.ExitCode, Is.EqualTo(12), "the target is not restored: it needs an operator");
+            Assert.That(resumed.Error, Does.Contain("systemd runs counter.service again").And.Contains("would make two copies").And.Contains("images are kept"));
+            Assert.That(procs, Has.Count.EqualTo(2).And.Not.Contains(mainPid), "only the copy systemd started runs");
+            Assert.That($"{systemd.Property("counter", "ActiveState")} {systemd.Property("counter", "MainPID")}", Is.EqualTo($"active {fresh}"));
+            Assert.That(systemd.Property("counter", "DropInPaths"), Does.Not.Contain("zz-rebootless"));
+        });
+    }
+
+    [Test]
     public void A_drop_in_read_after_rebootless_that_keeps_restart_on_refuses_the_service_before_anything_freezes()
     {
         // Named to sort after rebootless's own drop-ins: its Restart=always would win over the release.

@@ -232,6 +232,48 @@ public class CriuCancellationTests
     }
 
     [Test]
+    public async Task A_cancellation_after_criu_was_told_no_aborts_a_criu_that_does_not_act_on_it()
+    {
+        var answered = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var peerSaw = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var client = FakeCriuPeer.Client(async peer =>
+        {
+            await peer.ExpectAsync(criu_req_type.Dump);
+            peer.Write(Notify("post-dump"));
+            answered.SetResult((await peer.ExpectAsync(criu_req_type.Notify)).NotifySuccess);
+            try
+            {
+                await peer.NextAsync(); // told "no" at post-dump, but stuck: never resumes the tree nor answers
+                peerSaw.SetResult("a message");
+            }
+            catch (InvalidOperationException)
+            {
+                peerSaw.SetResult("closed");
+            }
+        });
+        using var cts = new CancellationTokenSource();
+
+        var dump = client.DumpAsync(new CriuDumpOptions
+        {
+            ImagesDirectory = _images,
+            Pid = 42,
+            OnNotification = (_, _) => throw new InvalidOperationException("vetoed"), // the pipeline's rollback at post-dump
+        }, cts.Token);
+        Assert.That(await answered.Task.WaitAsync(Bound), Is.False, "criu was told no");
+        await Task.Delay(200);
+        Assert.That(dump.IsCompleted, Is.False);
+        await cts.CancelAsync();
+
+        var e = Assert.CatchAsync<Exception>(async () => await dump.WaitAsync(Bound));
+        Assert.Multiple(async () =>
+        {
+            Assert.That(e, Is.InstanceOf<OperationCanceledException>(), e!.ToString());
+            Assert.That(((OperationCanceledException)e).CancellationToken, Is.EqualTo(cts.Token));
+            Assert.That(await peerSaw.Task.WaitAsync(Bound), Is.EqualTo("closed"), "aborted at once: no parasite is inside a task any more");
+        });
+    }
+
+    [Test]
     public async Task A_pre_dump_that_finishes_after_a_cancellation_reports_its_result()
     {
         var received = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
