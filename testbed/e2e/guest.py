@@ -41,7 +41,11 @@ UPTIME0 = float(os.environ.get("JOB_UPTIME0", open("/proc/uptime").read().split(
 
 
 def log(text):
-    print(f"guest[{BOOT}]: {text}", flush=True)
+    """To the console and to /job/steps.log: if the VM hangs, the host names the last step (testbed/run-update)."""
+    line = f"guest[{BOOT}]: {text}"
+    print(line, flush=True)
+    with open(f"{JOB}/steps.log", "a") as f:
+        f.write(f"{time.monotonic():9.1f} {line}\n")
 
 
 def save(name, value):
@@ -59,15 +63,24 @@ def load(name, default=None):
 
 
 def run(argv, timeout=600, env=None, logname=None):
+    """Runs a command bounded by the VM's deadline; its output, kept as it comes on the guest's own disk (a write to
+    the 9p share in flight at the jump holds the jump up), then goes to /job/LOGNAME and to the console."""
     log("$ " + " ".join(argv))
     start = time.time()
-    p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       timeout=timeout, env=env, text=True)
-    if logname:
-        with open(f"{JOB}/{logname}", "a") as f:
-            f.write(p.stdout)
-    print(p.stdout, end="", flush=True)
-    return p.returncode, p.stdout, time.time() - start
+    # What is left of the host's budget for the VM (run-update's deadline), so that a hang ends here with a result.
+    timeout = max(10, min(timeout, CFG.get("deadline", start + timeout) - start))
+    with open("/tmp/guest-command.log", "w+") as f:
+        try:
+            code = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                                  timeout=timeout, env=env).returncode
+        finally:
+            f.seek(0)
+            out = f.read()
+            with open(f"{JOB}/{logname or 'commands.log'}", "a") as j:
+                j.write(out)
+            print(out, end="", flush=True)
+    log(f"exit {code} after {time.time() - start:.1f} s")
+    return code, out, time.time() - start
 
 
 def modprobe_pmem():
