@@ -13,7 +13,7 @@ internal static class RunReport
 {
     /// <summary>Runs <paramref name="pipeline"/> on <paramref name="targets"/> with the store and criu the invocation names, and reports it.</summary>
     public static async Task<int> RunAsync(CliInvocation c, UpdatePipeline pipeline, UpdateMode mode, IReadOnlyList<UpdateTarget> targets, IImageStore store,
-        bool lazyRestore, bool pagesFromStore, CancellationToken ct)
+        bool lazyRestore, bool pagesFromStore, CancellationToken ct, IBootGate? bootGate = null)
     {
         var result = await ProgressDisplay.RunAsync(c.Json, progress => pipeline.ExecuteAsync(new UpdateContext(mode, targets)
         {
@@ -22,6 +22,7 @@ internal static class RunReport
             Progress = progress,
             LazyRestore = lazyRestore,
             PagesFromStore = pagesFromStore,
+            BootGate = bootGate ?? SystemdNotifyGate.None,
         }, ct)).ConfigureAwait(false);
         var error = ErrorOf(result);
         if (c.Json)

@@ -2,6 +2,7 @@ using System.CommandLine;
 using RebootlessUpdate.Images;
 using RebootlessUpdate.Images.Interop;
 using RebootlessUpdate.Processes;
+using RebootlessUpdate.Targets;
 
 namespace RebootlessUpdate.Cli.Commands;
 
@@ -12,7 +13,7 @@ namespace RebootlessUpdate.Cli.Commands;
 /// </summary>
 internal static class InstallUnitCommand
 {
-    public const string UnitName = "rebootless-resume.service";
+    public const string UnitName = SystemctlServiceManager.ResumeUnit;
     private const string ShippedCommand = "/usr/local/bin/rebootless";
 
     public static Command Create()

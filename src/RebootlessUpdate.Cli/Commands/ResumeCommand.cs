@@ -1,6 +1,7 @@
 using System.CommandLine;
 using RebootlessUpdate.Pipeline;
 using RebootlessUpdate.Stages;
+using RebootlessUpdate.Targets;
 
 namespace RebootlessUpdate.Cli.Commands;
 
@@ -13,7 +14,12 @@ internal static class ResumeCommand
         var setId = new Option<string?>("--set") { Description = "The set to resume (default: rebootless.resume= on the command line, else the newest unfinished one)." };
         var lazy = UpdateCommand.LazyRestoreOption("even when the update did not ask for it (targets the update marked lazy are restored lazily anyway)");
         var fromStore = UpdateCommand.PagesFromStoreOption("even when the update did not ask for it");
-        CliOptions.Add(cmd, [setId, lazy, fromStore, .. CliOptions.CriuOptions, .. CliOptions.StoreOptions, CliOptions.ManifestKey]);
+        var notify = new Option<bool>("--systemd-notify")
+        {
+            Description = "Run as the resume unit (Type=notify): say READY=1 to systemd once every tree is back, so the units ordered after it start "
+                + "(a service's queued start then takes its restored process), and check them before exiting.",
+        };
+        CliOptions.Add(cmd, [setId, lazy, fromStore, notify, .. CliOptions.CriuOptions, .. CliOptions.StoreOptions, CliOptions.ManifestKey]);
         CliInvocation.SetAction(cmd, async (c, ct) =>
         {
             CliInvocation.RequireRoot("resume");
@@ -36,7 +42,20 @@ internal static class ResumeCommand
             var store = CliStores.Ready(c, needKexec: false, ct, mustExist: true);
             var pipeline = RebootlessPipelines.Resume(new LocateStageOptions { SetId = c.Value(setId) }, restore: new RestoreStageOptions { LazyPages = c.Value(lazy), ServePagesFromStore = c.Value(fromStore) }).Build();
             // Which targets, and whether lazily, the journal says (and --lazy-restore, through the restore options).
-            return await RunReport.RunAsync(c, pipeline, UpdateMode.Resume, [], store, lazyRestore: false, pagesFromStore: false, ct).ConfigureAwait(false);
+            // Only when asked: a NOTIFY_SOCKET inherited from some other unit is not the resume unit's.
+            var gate = c.Value(notify) ? SystemdNotifyGate.Process : SystemdNotifyGate.None;
+            try
+            {
+                return await RunReport.RunAsync(c, pipeline, UpdateMode.Resume, [], store, lazyRestore: false, pagesFromStore: false, ct, gate).ConfigureAwait(false);
+            }
+            finally
+            {
+                // A resume that ended before its restores (nothing to do, or a failure) still lets the boot go on.
+                if (gate.TryRelease() is { } notReleased)
+                {
+                    Console.Error.WriteLine("rebootless: " + notReleased);
+                }
+            }
         });
         return cmd;
     }

@@ -37,4 +37,7 @@ internal static partial class PipelineLog
 
     [LoggerMessage(7012, LogLevel.Information, "journal {SetId}: {State}")]
     public static partial void JournalTransition(ILogger logger, string setId, JournalState state);
+
+    [LoggerMessage(7013, LogLevel.Warning, "{Message}")]
+    public static partial void RunWarning(ILogger logger, string message);
 }

@@ -129,6 +129,15 @@ public sealed class UpdateContext
     /// <summary>The service manager of service targets, as the stages use it (a recording one in unit tests).</summary>
     internal IServiceManager Services { get; set; } = SystemctlServiceManager.Host;
 
+    /// <summary>
+    /// The boot that waits for this resume: the resume unit's readiness (<c>rebootless resume --systemd-notify</c>).
+    /// None by default: a run never speaks for a unit that merely started it.
+    /// </summary>
+    internal IBootGate BootGate { get; set; } = SystemdNotifyGate.None;
+
+    /// <summary>Restored service trees whose units' queued boot starts were made their adoption: checked once the boot goes on.</summary>
+    internal List<(TargetRun Target, int Pid)> QueuedAdoptions { get; } = [];
+
     internal string? CriuVersion { get; set; }
 
     internal bool KernelLoaded { get; set; }

@@ -329,6 +329,7 @@ internal sealed class JumpStage(JumpStageOptions options) : IUpdateStage
         journal.Transition(JournalState.Jumping);
         var jump = options.Jump ?? new KexecJump();
         using var armed = jump.Arm(new JournalJumpGuard(journal));
+        ServiceHandback.OrderResumeFirst(context);
         await TargetDump.CommitAsync(context).ConfigureAwait(false);
         context.PointOfNoReturnPassed = true;
         try
@@ -339,6 +340,7 @@ internal sealed class JumpStage(JumpStageOptions options) : IUpdateStage
         {
             // Still on this kernel: the rollback restores the targets from the images.
             context.PointOfNoReturnPassed = false;
+            ServiceHandback.ClearResumeOrder(context);
             throw;
         }
     }

@@ -91,6 +91,12 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
             }
         })).ConfigureAwait(false);
         journal.UpdateTargets(context);
+        // Every tree is back or given up: the boot may go on (the services' queued starts run), before any wait below.
+        if (await ServiceHandback.ReleaseBootAsync(context, cancellationToken).ConfigureAwait(false))
+        {
+            journal.UpdateTargets(context);
+        }
+
         await WaitAllMemoryBackAsync(context, cancellationToken).ConfigureAwait(false);
         if (errors.Count == 1)
         {

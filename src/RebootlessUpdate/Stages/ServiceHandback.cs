@@ -36,7 +36,44 @@ internal static class ServiceHandback
     }
 
     /// <summary>
-    /// Before a restore on the kernel the tree was dumped on: waits until systemd has settled the end of the unit's
+    /// Before the jump, while every tree is still held: on the next boot the checkpointed services start only after
+    /// the resume unit, so none starts afresh next to the tree the resume restores. Throws when that cannot be
+    /// written (nothing has ended yet: the run rolls back).
+    /// </summary>
+    internal static void OrderResumeFirst(UpdateContext context)
+    {
+        var units = context.Targets.Select(t => t.Settings?.Service).OfType<ServiceUnit>().ToList();
+        if (units.Count == 0)
+        {
+            return;
+        }
+
+        try
+        {
+            context.Services.OrderResumeBefore(units);
+        }
+        catch (ServiceManagerException e)
+        {
+            throw new InvalidOperationException($"the checkpointed services cannot be ordered after {SystemctlServiceManager.ResumeUnit} on the next boot "
+                + $"({e.Message}); a service started by the boot would run next to its restored tree, so nothing jumps");
+        }
+    }
+
+    /// <summary>The jump did not happen: the next boot needs no order after the resume.</summary>
+    internal static void ClearResumeOrder(UpdateContext context)
+    {
+        try
+        {
+            context.Services.ClearResumeOrder();
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            PipelineLog.RunWarning(context.Logger, $"could not remove the order of the checkpointed services after {SystemctlServiceManager.ResumeUnit} ({e.Message}); it only orders them");
+        }
+    }
+
+    /// <summary>
+    /// Before every restore (on the kernel the tree was dumped on, or after a jump): waits until systemd has settled the end of the unit's
     /// main process, so that nothing it still does for that end (killing what is left in the cgroup) meets the
     /// restored processes. A unit that runs again (someone or something started it while the tree was away) is not
     /// restored into: that would make two copies.
@@ -96,16 +133,7 @@ internal static class ServiceHandback
         if (t.Phase != TargetPhase.Restored || t.RestoredPid is not { } pid || context.Processes.IdentityOf(pid) is not { } root
             || (t.RestoredStartTime is { } started && root.StartTime != started))
         {
-            try
-            {
-                context.Services.Return(unit);
-            }
-            catch (Exception e) when (e is ServiceManagerException or IOException or UnauthorizedAccessException)
-            {
-                Warn(context, t, $"{unit.Name} keeps rebootless's runtime drop-ins ({e.Message}): remove its zz-rebootless-*.conf drop-ins "
-                    + $"and run {SystemctlServiceManager.Command(unit)} daemon-reload");
-            }
-
+            ReturnOrWarn(context, t, unit);
             return false;
         }
 
@@ -127,27 +155,184 @@ internal static class ServiceHandback
                 return false;
             }
 
-            context.Services.Adopt(unit, pid);
-            PipelineLog.TargetEvent(context.Logger, t.Target.Id, $"handed back to systemd: {unit.Name} is active with main pid {pid}");
-            context.ReportProgress("Restore", $"{unit.Name} is active again with the restored main pid {pid}", t.Target.Id);
+            // Only the system manager's boot waits for the resume unit; a user's manager starts its units on its own.
+            if (context.Services.Adopt(unit, pid, context.BootGate.Holding && !unit.UserManager))
+            {
+                lock (context.QueuedAdoptions)
+                {
+                    context.QueuedAdoptions.Add((t, pid));
+                }
+
+                PipelineLog.TargetEvent(context.Logger, t.Target.Id, $"{unit.Name}'s start, queued by the boot, will take the restored main pid {pid}");
+                return false;
+            }
+
+            HandedBack(context, t, unit, pid);
             return false;
+        }
+        catch (ServiceManagerException e) when (e.StartQueued)
+        {
+            // A start of the unit is queued and will run the unit's own command: the restored tree must not run next to it.
+            return EndForFreshStart(context, t, unit, root, e.Message);
         }
         catch (Exception e) when (e is ServiceManagerException or IOException or UnauthorizedAccessException)
         {
-            if (!context.Processes.IsAlive(root))
+            return NotHandedBack(context, t, unit, root, e.Message);
+        }
+    }
+
+    private static bool EndForFreshStart(UpdateContext context, TargetRun t, ServiceUnit unit, ProcessIdentity root, string why)
+    {
+        context.Processes.KillTree(root);
+        var ended = $"ended: {unit.Name} could not take the restored tree ({why}), and the start systemd has queued runs the unit's own "
+            + "command: so that two copies never run, the restored tree was ended and the unit starts afresh";
+        t.End(ended);
+        Warn(context, t, ended);
+        return true;
+    }
+
+    /// <summary>How long a unit's queued boot start may take to run once the boot goes on.</summary>
+    internal static readonly TimeSpan QueuedStartLimit = TimeSpan.FromMinutes(3);
+
+    /// <summary>
+    /// After the restores of a resume run by the resume unit: the next boot's order after the resume is removed, the
+    /// boot goes on, and each unit whose queued start was made an adoption is checked (active, with the restored main
+    /// pid) and gets its own configuration back. Returns true when a target's phase changed (journal it).
+    /// </summary>
+    internal static async Task<bool> ReleaseBootAsync(UpdateContext context, CancellationToken cancellationToken)
+    {
+        if (context.Mode == UpdateMode.Resume && context.Targets.Any(t => t.Settings?.Service is not null))
+        {
+            ClearResumeOrder(context);
+        }
+
+        var changed = false;
+        if (context.BootGate.Holding)
+        {
+            // Once the boot goes on it starts the units whose trees are not back, afresh: none of those trees may be
+            // restored later in this run (a retry), or by a later run that reads the journal, next to that fresh start.
+            foreach (var t in context.Targets.Where(t => t.Phase == TargetPhase.Dumped && t.Settings?.Service is { UserManager: false }))
             {
-                // A start that fails makes systemd clean up the unit's cgroup: the restored tree with it.
-                var why = $"ended: systemd did not take the restored tree as {unit.Name}'s main process ({e.Message}) and ended it; "
-                    + $"it ran after its checkpoint, so it is not restored again; start the unit afresh ({SystemctlServiceManager.Command(unit)} start {unit.Name})";
-                t.End(why);
+                var unit = t.Settings!.Service!;
+                var why = $"not restored before the boot went on ({t.Error ?? "no restore finished"}): systemd starts {unit.Name} afresh, as the boot "
+                    + $"asks, so its checkpoint is not restored next to it; its images are kept (to run the checkpoint instead: "
+                    + $"{SystemctlServiceManager.Command(unit)} stop {unit.Name}, then rebootless resume)";
+                t.Fail(why);
                 Warn(context, t, why);
-                return true;
+                changed = true;
             }
 
-            Warn(context, t, $"its tree runs (pid {pid}) but {unit.Name} could not be given it back ({e.Message}); "
-                + $"systemd does not supervise it: stop it by pid, then {SystemctlServiceManager.Command(unit)} start {unit.Name}");
-            return false;
+            if (changed)
+            {
+                context.Journal?.UpdateTargets(context);
+            }
+
+            if (context.BootGate.TryRelease() is { } notReleased)
+            {
+                PipelineLog.RunWarning(context.Logger, notReleased);
+            }
         }
+
+        List<(TargetRun Target, int Pid)> queued;
+        lock (context.QueuedAdoptions)
+        {
+            queued = [.. context.QueuedAdoptions];
+            context.QueuedAdoptions.Clear();
+        }
+
+        foreach (var (t, pid) in queued)
+        {
+            changed |= await AwaitQueuedStartAsync(context, t, t.Settings!.Service!, pid, cancellationToken).ConfigureAwait(false);
+        }
+
+        return changed;
+    }
+
+    private static async Task<bool> AwaitQueuedStartAsync(UpdateContext context, TargetRun t, ServiceUnit unit, int pid, CancellationToken cancellationToken)
+    {
+        var started = context.TimeProvider.GetTimestamp();
+        string seen;
+        try
+        {
+            while (true)
+            {
+                var status = context.Services.Status(unit);
+                if (status.ActiveState == "active" && status.MainPid == pid)
+                {
+                    HandedBack(context, t, unit, pid);
+                    ReturnOrWarn(context, t, unit);
+                    return false;
+                }
+
+                seen = $"{status.ActiveState} ({status.SubState}) with main pid {status.MainPid}";
+                if (status.ActiveState is "failed" || (status.ActiveState == "active" && status.MainPid != pid))
+                {
+                    break;
+                }
+
+                if (context.TimeProvider.GetElapsedTime(started) >= QueuedStartLimit)
+                {
+                    if (context.Services.StartQueued(unit))
+                    {
+                        // Taking the drop-ins away now would let the waiting start run the unit's own command next to the tree.
+                        Warn(context, t, $"{unit.Name}'s queued start has not run after {QueuedStartLimit.TotalMinutes:0} minutes (it waits for other units); "
+                            + $"rebootless's runtime drop-ins stay, so that it takes the restored main pid {pid} when it runs. Once the unit is active, remove "
+                            + $"its zz-rebootless-*.conf drop-ins and run {SystemctlServiceManager.Command(unit)} daemon-reload");
+                        return false;
+                    }
+
+                    break;
+                }
+
+                await Task.Delay(TimeSpan.FromMilliseconds(200), context.TimeProvider, cancellationToken).ConfigureAwait(false);
+            }
+
+            context.Services.Return(unit);
+        }
+        catch (Exception e) when (e is ServiceManagerException or IOException or UnauthorizedAccessException)
+        {
+            seen = e.Message;
+        }
+
+        var root = context.Processes.IdentityOf(pid);
+        return NotHandedBack(context, t, unit, root, $"its queued start left it {seen}");
+    }
+
+    private static void ReturnOrWarn(UpdateContext context, TargetRun t, ServiceUnit unit)
+    {
+        try
+        {
+            context.Services.Return(unit);
+        }
+        catch (Exception e) when (e is ServiceManagerException or IOException or UnauthorizedAccessException)
+        {
+            Warn(context, t, $"{unit.Name} keeps rebootless's runtime drop-ins ({e.Message}): remove its zz-rebootless-*.conf drop-ins "
+                + $"and run {SystemctlServiceManager.Command(unit)} daemon-reload");
+        }
+    }
+
+    private static void HandedBack(UpdateContext context, TargetRun t, ServiceUnit unit, int pid)
+    {
+        PipelineLog.TargetEvent(context.Logger, t.Target.Id, $"handed back to systemd: {unit.Name} is active with main pid {pid}");
+        context.ReportProgress("Restore", $"{unit.Name} is active again with the restored main pid {pid}", t.Target.Id);
+    }
+
+    /// <summary>The unit did not take the restored tree: ended with it (returns true: journal it), or left unsupervised.</summary>
+    private static bool NotHandedBack(UpdateContext context, TargetRun t, ServiceUnit unit, ProcessIdentity? root, string why)
+    {
+        if (root is not { } alive || !context.Processes.IsAlive(alive))
+        {
+            // A start that fails makes systemd clean up the unit's cgroup: the restored tree with it.
+            var ended = $"ended: systemd did not take the restored tree as {unit.Name}'s main process ({why}) and ended it; "
+                + $"it ran after its checkpoint, so it is not restored again; start the unit afresh ({SystemctlServiceManager.Command(unit)} start {unit.Name})";
+            t.End(ended);
+            Warn(context, t, ended);
+            return true;
+        }
+
+        Warn(context, t, $"its tree runs (pid {alive.Pid}) but {unit.Name} could not be given it back ({why}); "
+            + $"systemd does not supervise it: stop it by pid, then {SystemctlServiceManager.Command(unit)} start {unit.Name}");
+        return false;
     }
 
     private static void Warn(UpdateContext context, TargetRun t, string why)

@@ -33,8 +33,11 @@ internal static class TargetRestore
         if (releaseWait is { } bound)
         {
             await WaitForReleaseAsync(context, t, imagesDirectory, bound, cancellationToken).ConfigureAwait(false);
-            await ServiceHandback.WaitSettledAsync(context, t, cancellationToken).ConfigureAwait(false);
         }
+
+        // On the same kernel and after a jump alike: a unit that runs (started afresh by the boot, or by anyone) is
+        // never restored into.
+        await ServiceHandback.WaitSettledAsync(context, t, cancellationToken).ConfigureAwait(false);
 
         var criu = context.RequireCriu();
         await WaitForKernelProbeAsync(criu, cancellationToken).ConfigureAwait(false);

@@ -24,6 +24,9 @@ internal interface IProcessTable
 
     /// <summary>The processes that hold <paramref name="directory"/> or a file in it open (their cwd included).</summary>
     IReadOnlyList<int> HoldersOf(string directory);
+
+    /// <summary>Stops, then kills, the tree under <paramref name="root"/> (this very process, not a reused pid).</summary>
+    void KillTree(ProcessIdentity root);
 }
 
 /// <summary>The host's process table, read from <c>/proc</c>.</summary>
@@ -47,4 +50,6 @@ internal sealed class HostProcessTable : IProcessTable
     public bool IsNamespaceInit(int pid) => ProcStat.IsNamespaceInit(pid);
 
     public IReadOnlyList<int> HoldersOf(string directory) => Stages.InterruptedRestore.Holders(directory);
+
+    public void KillTree(ProcessIdentity root) => TreeKill.Kill(root);
 }

@@ -14,7 +14,11 @@ internal sealed record ServiceStatus(string ActiveState, string SubState, int Ma
 }
 
 /// <summary>systemctl failed, timed out or could not be run; the message says which command and what it printed.</summary>
-internal sealed class ServiceManagerException(string message) : Exception(message);
+internal sealed class ServiceManagerException(string message) : Exception(message)
+{
+    /// <summary>The boot has queued a start of the unit: left alone, it runs the unit's own command.</summary>
+    public bool StartQueued { get; init; }
+}
 
 /// <summary>
 /// What the stages ask of the service manager of a service target (see <see cref="Stages.ServiceHandback"/>).
@@ -29,6 +33,10 @@ internal interface IServiceManager
     /// <exception cref="ServiceManagerException">systemd could not be told.</exception>
     void Release(ServiceUnit unit);
 
+    /// <summary>True while a job of the unit (the boot's start, say) is queued.</summary>
+    /// <exception cref="ServiceManagerException">systemd could not be asked.</exception>
+    bool StartQueued(ServiceUnit unit);
+
     /// <summary>The unit's state now.</summary>
     /// <exception cref="ServiceManagerException">systemd could not be asked.</exception>
     ServiceStatus Status(ServiceUnit unit);
@@ -36,11 +44,25 @@ internal interface IServiceManager
     /// <summary>
     /// Makes the running process <paramref name="mainPid"/> (in the unit's cgroup already) the main process of the
     /// unit, which must not be running: systemd starts the unit by reading a pid file instead of starting anything.
-    /// Then the unit has its own configuration again (<see cref="Return"/>).
+    /// Then the unit has its own configuration again (<see cref="Return"/>). When the boot queued a start of the unit
+    /// that waits for this resume and <paramref name="mayLeaveToQueuedStart"/>, that start is made the adoption
+    /// instead and left to run once the boot goes on: then this returns true, and the caller checks the outcome and
+    /// calls <see cref="Return"/>.
     /// </summary>
     /// <exception cref="ServiceManagerException">systemd did not take it (or it was not asked, when the unit's start would
     /// not be the no-op); the unit has its own configuration again.</exception>
-    void Adopt(ServiceUnit unit, int mainPid);
+    bool Adopt(ServiceUnit unit, int mainPid, bool mayLeaveToQueuedStart);
+
+    /// <summary>
+    /// Before a jump: the system manager's checkpointed <paramref name="units"/> start, on the next boot, only after
+    /// the resume unit (which hands them their restored trees, or lets them start afresh). Written to the host's
+    /// unit configuration, which outlives the jump; a unit of a user's manager is left out.
+    /// </summary>
+    /// <exception cref="ServiceManagerException">The order could not be written.</exception>
+    void OrderResumeBefore(IReadOnlyCollection<ServiceUnit> units);
+
+    /// <summary>Removes what <see cref="OrderResumeBefore"/> wrote, if anything (the boot that read it has its order already).</summary>
+    void ClearResumeOrder();
 
     /// <summary>The unit's own configuration again: what <see cref="Release"/> and <see cref="Adopt"/> added is removed, if anything.</summary>
     /// <exception cref="ServiceManagerException">systemd could not reload.</exception>
@@ -52,8 +74,11 @@ internal interface IServiceManager
 /// <c>$XDG_RUNTIME_DIR/systemd/user/UNIT.d</c> for a user manager) and <c>daemon-reload</c>. Runtime drop-ins live
 /// in memory: a jump or a reboot ends them with the manager that read them.
 /// </summary>
-internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout) : IServiceManager
+internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout, string unitConfiguration = "/etc/systemd/system") : IServiceManager
 {
+    /// <summary>The shipped unit that runs <c>rebootless resume</c> after the jump.</summary>
+    internal const string ResumeUnit = "rebootless-resume.service";
+    private const string ResumeOrderFile = "zz-rebootless-checkpointed.conf";
     // systemd reads a unit's drop-ins in the order of their file names, over every folder, and the last setting wins:
     // these sort after the usual names (NN-*.conf, override.conf); what a drop-in sorting later changes is caught by
     // reading the settings back.
@@ -75,6 +100,9 @@ internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout
         RequireSettings(unit, "release", new() { ["Restart"] = "no", ["ExecStop"] = "", ["ExecStopPost"] = "", ["FailureAction"] = "none" });
     }
 
+    public bool StartQueued(ServiceUnit unit) =>
+        Systemctl(unit, "list-jobs", "--no-legend", "--plain", "--", Name(unit)).Stdout.Trim().Length > 0;
+
     public ServiceStatus Status(ServiceUnit unit)
     {
         var run = Systemctl(unit, "show", "--no-pager", "-p", "ActiveState", "-p", "SubState", "-p", "MainPID", "--", Name(unit));
@@ -83,19 +111,23 @@ internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout
             int.TryParse(p.GetValueOrDefault("MainPID"), NumberStyles.None, CultureInfo.InvariantCulture, out var pid) ? pid : 0);
     }
 
-    public void Adopt(ServiceUnit unit, int mainPid)
+    public bool Adopt(ServiceUnit unit, int mainPid, bool mayLeaveToQueuedStart)
     {
         var jobs = Systemctl(unit, "list-jobs", "--no-legend", "--plain", "--", Name(unit)).Stdout.Trim();
-        if (jobs.Length > 0)
+        // JOB UNIT TYPE STATE: the boot's start of the unit, held back by its order after the resume.
+        var queued = jobs.Length > 0;
+        if (queued && !(mayLeaveToQueuedStart && jobs.Split('\n', StringSplitOptions.RemoveEmptyEntries) is [var job]
+            && job.Split(' ', StringSplitOptions.RemoveEmptyEntries) is [_, _, "start", "waiting"]))
         {
             // A queued start would take the adoption's start in (systemd merges the two) and run the unit's own
             // command after it: a second copy. Cancelling it would fail the jobs of every unit that requires this one.
             throw new ServiceManagerException($"a job for {Name(unit)} is already queued ({jobs.Split('\n')[0].Trim()}); "
-                + "systemd would start the unit's own command after it");
+                + "systemd would start the unit's own command after it") { StartQueued = true };
         }
 
         var noOp = NoOps.FirstOrDefault(File.Exists) ?? throw new ServiceManagerException("no true(1) to start the unit with (/usr/bin/true, /bin/true)");
         var pidFile = Path.Combine(DropInFolder(unit), PidFile);
+        var leftToQueuedStart = false;
         try
         {
             // systemd runs the no-op, reads the pid file and takes that pid, already in the unit's cgroup, as the
@@ -117,6 +149,13 @@ internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout
                 throw new ServiceManagerException($"a drop-in read after rebootless's sets ExecStart={start}: the unit's own command would start; not started");
             }
 
+            if (queued)
+            {
+                // The boot's own start job runs the no-op and reads the pid file once the boot goes on.
+                leftToQueuedStart = true;
+                return true;
+            }
+
             try
             {
                 _ = Systemctl(unit, "reset-failed", "--", Name(unit));
@@ -130,15 +169,65 @@ internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout
             // (the resume unit itself, at boot) would make this start wait for its own caller.
             Systemctl(unit, "start", "--job-mode=ignore-dependencies", "--", Name(unit));
         }
+        catch (ServiceManagerException e) when (queued)
+        {
+            throw new ServiceManagerException(e.Message) { StartQueued = true };
+        }
         finally
         {
-            Return(unit);
+            if (!leftToQueuedStart)
+            {
+                Return(unit);
+            }
         }
 
         var status = Status(unit);
         if (status.MainPid != mainPid || status.ActiveState != "active")
         {
             throw new ServiceManagerException($"systemd started {Name(unit)} but shows it {status.ActiveState} ({status.SubState}) with main pid {status.MainPid}, not {mainPid}");
+        }
+
+        return false;
+    }
+
+    public void OrderResumeBefore(IReadOnlyCollection<ServiceUnit> units)
+    {
+        var names = units.Where(u => !u.UserManager).Select(Name).Distinct(StringComparer.Ordinal).ToList();
+        if (names.Count == 0)
+        {
+            return;
+        }
+
+        var folder = Path.Combine(unitConfiguration, ResumeUnit + ".d");
+        try
+        {
+            Directory.CreateDirectory(folder, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute |
+                UnixFileMode.GroupRead | UnixFileMode.GroupExecute | UnixFileMode.OtherRead | UnixFileMode.OtherExecute);
+            // Read by the next boot's systemd as it starts: no reload here.
+            StoreFiles.WriteAtomically(Path.Combine(folder, ResumeOrderFile), Encoding.UTF8.GetBytes(
+                "# rebootless update checkpointed these services before its jump: on the next boot they start only after the\n" +
+                "# resume, which hands each its restored processes (or, when it cannot, lets the unit start afresh).\n" +
+                "# rebootless resume removes this file.\n" +
+                $"[Unit]\nBefore={string.Join(' ', names)}\n"), mode: Libc.Mode0644);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new ServiceManagerException($"cannot write {Path.Combine(folder, ResumeOrderFile)}: {e.Message}");
+        }
+    }
+
+    public void ClearResumeOrder()
+    {
+        var folder = Path.Combine(unitConfiguration, ResumeUnit + ".d");
+        if (!Directory.Exists(folder))
+        {
+            return;
+        }
+
+        File.Delete(Path.Combine(folder, ResumeOrderFile));
+        if (!Directory.EnumerateFileSystemEntries(folder).Any())
+        {
+            Directory.Delete(folder);
         }
     }
 

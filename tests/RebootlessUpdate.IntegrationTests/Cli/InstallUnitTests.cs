@@ -61,7 +61,7 @@ public class InstallUnitTests
             Assert.That(json.RootElement.GetProperty("changed").GetBoolean(), Is.True);
             Assert.That(again.Output, Does.StartWith("unchanged "), "installing twice changes nothing");
             Assert.That(_systemd!.Systemctl("is-enabled", Unit).Output.Trim(), Is.EqualTo("enabled"));
-            Assert.That(_systemd.Systemctl("cat", Unit).Output, Does.Contain($"ExecStart={command} resume $REBOOTLESS_OPTIONS").And.Contain("ConditionKernelCommandLine=rebootless.resume"));
+            Assert.That(_systemd.Systemctl("cat", Unit).Output, Does.Contain($"ExecStart={command} resume --systemd-notify $REBOOTLESS_OPTIONS").And.Contain("ConditionKernelCommandLine=rebootless.resume"));
         });
 
         // Without rebootless.resume= on the command line the unit is skipped (this host was not reached by a jump).

@@ -30,6 +30,15 @@ internal sealed class FakeProcessTable : IProcessTable
     /// <summary>Ends <paramref name="pid"/>.</summary>
     public void Exit(int pid) => _running.Remove(pid);
 
+    /// <summary>The roots <see cref="KillTree"/> was asked to end (they exit).</summary>
+    public List<int> Killed { get; } = [];
+
+    public void KillTree(ProcessIdentity root)
+    {
+        Killed.Add(root.Pid);
+        Exit(root.Pid);
+    }
+
     /// <summary><paramref name="process"/> is traced for the next <paramref name="looks"/> questions about it.</summary>
     public void TraceFor(ProcessIdentity process, int looks) => _tracedLooks[process.Pid] = looks;
 

@@ -30,7 +30,7 @@ public class ServiceHandbackTests
     [TearDown]
     public void TearDown() => _f.Dispose();
 
-    private UpdateContext Context(TimeProvider? clock = null) => new(UpdateMode.Rehearse, [])
+    private UpdateContext Context(TimeProvider? clock = null, UpdateMode mode = UpdateMode.Rehearse) => new(mode, [])
     {
         TimeProvider = clock ?? TimeProvider.System,
         Store = _f.Store,
@@ -209,6 +209,188 @@ public class ServiceHandbackTests
         await wait.WaitAsync(TimeSpan.FromSeconds(10));
     }
 
+    [Test]
+    public async Task After_a_jump_a_queued_boot_start_becomes_the_adoption_once_the_boot_goes_on()
+    {
+        _processes.Start(4242, startTime: 99);
+        _manager.QueuedStart = true;
+        var boot = new HeldBoot();
+        // systemd runs the queued start (the no-op reading the pid file) only once the resume says it is ready.
+        boot.OnRelease = () => _manager.Status = new ServiceStatus("active", "running", 4242);
+        var context = Context(mode: UpdateMode.Resume);
+        context.BootGate = boot;
+        var t = Run(TargetPhase.Restored);
+        context.Targets = [t];
+
+        ServiceHandback.HandBack(context, t);
+        Assert.That(_manager.Calls, Is.EqualTo(new[] { "status web.service", "adopt web.service 4242 left to the queued start" }));
+        Assert.That(boot.Holding, Is.True, "nothing released the boot yet");
+
+        var changed = await ServiceHandback.ReleaseBootAsync(context, CancellationToken.None);
+
+        Assert.That(changed, Is.False);
+        Assert.That(boot.Holding, Is.False);
+        Assert.That(_manager.Calls.Skip(2), Is.EqualTo(new[] { "clear resume order", "status web.service", "return web.service" }));
+        Assert.That(t.Phase, Is.EqualTo(TargetPhase.Restored));
+        Assert.That(_progress.Select(p => p.Message), Has.One.Contains("web.service is active again with the restored main pid 4242"));
+    }
+
+    [Test]
+    public async Task A_queued_start_that_fails_and_takes_the_tree_with_it_ends_the_target()
+    {
+        _processes.Start(4242, startTime: 99);
+        _manager.QueuedStart = true;
+        var boot = new HeldBoot();
+        boot.OnRelease = () =>
+        {
+            _manager.Status = new ServiceStatus("failed", "failed", 0);
+            _processes.Exit(4242);
+        };
+        var context = Context(mode: UpdateMode.Resume);
+        context.BootGate = boot;
+        var t = Run(TargetPhase.Restored);
+        ServiceHandback.HandBack(context, t);
+
+        var changed = await ServiceHandback.ReleaseBootAsync(context, CancellationToken.None);
+
+        Assert.That(changed, Is.True, "the target's end is journaled");
+        Assert.That(t.Phase, Is.EqualTo(TargetPhase.Ended));
+        Assert.That(t.Error, Does.Contain("its queued start left it failed"));
+        Assert.That(_manager.Calls.Last(), Is.EqualTo("return web.service"));
+    }
+
+    [Test]
+    public async Task A_queued_start_that_never_runs_is_given_up_after_the_limit_with_the_tree_left_running()
+    {
+        var clock = new Microsoft.Extensions.Time.Testing.FakeTimeProvider();
+        _processes.Start(4242, startTime: 99);
+        _manager.QueuedStart = true;
+        var context = Context(clock, UpdateMode.Resume);
+        context.BootGate = new HeldBoot();
+        var t = Run(TargetPhase.Restored);
+        ServiceHandback.HandBack(context, t);
+
+        var release = ServiceHandback.ReleaseBootAsync(context, CancellationToken.None);
+        for (var i = 0; i < 100 && !release.IsCompleted; i++)
+        {
+            clock.Advance(TimeSpan.FromSeconds(5));
+            await Task.Delay(1);
+        }
+
+        Assert.That(await release.WaitAsync(TimeSpan.FromSeconds(10)), Is.False);
+        Assert.That(t.Phase, Is.EqualTo(TargetPhase.Restored), "the tree runs; its start has not run yet");
+        Assert.That(_progress.Select(p => p.Message), Has.Some.Contains("queued start has not run after 3 minutes"));
+        Assert.That(_manager.Calls.Last(), Is.EqualTo("jobs web.service"));
+        Assert.That(_manager.Calls, Has.None.EqualTo("return web.service"), "the drop-ins stay while the start waits: it must take the restored pid");
+    }
+
+    [Test]
+    public async Task A_queued_start_gone_without_taking_the_tree_leaves_it_running_unsupervised()
+    {
+        var clock = new Microsoft.Extensions.Time.Testing.FakeTimeProvider();
+        _processes.Start(4242, startTime: 99);
+        _manager.QueuedStart = true;
+        var boot = new HeldBoot();
+        var context = Context(clock, UpdateMode.Resume);
+        context.BootGate = boot;
+        var t = Run(TargetPhase.Restored);
+        ServiceHandback.HandBack(context, t);
+        boot.OnRelease = () => _manager.QueuedStart = false; // the job went away (cancelled by someone) and the unit stayed down
+
+        var release = ServiceHandback.ReleaseBootAsync(context, CancellationToken.None);
+        for (var i = 0; i < 100 && !release.IsCompleted; i++)
+        {
+            clock.Advance(TimeSpan.FromSeconds(5));
+            await Task.Delay(1);
+        }
+
+        Assert.That(await release.WaitAsync(TimeSpan.FromSeconds(10)), Is.False);
+        Assert.That(t.Phase, Is.EqualTo(TargetPhase.Restored));
+        Assert.That(_manager.Calls.Last(), Is.EqualTo("return web.service"));
+        Assert.That(_progress.Select(p => p.Message), Has.Some.Contains("could not be given it back (its queued start left it inactive"));
+    }
+
+    [Test]
+    public async Task Once_the_boot_goes_on_a_service_whose_tree_is_not_back_is_never_restored_in_this_run()
+    {
+        var context = Context(mode: UpdateMode.Resume);
+        context.BootGate = new HeldBoot();
+        var notBack = Run(TargetPhase.Dumped);
+        notBack.RestoreFailed("restore failed: criu could not open a file");
+        context.Targets = [notBack];
+
+        var changed = await ServiceHandback.ReleaseBootAsync(context, CancellationToken.None);
+
+        Assert.That(changed, Is.True);
+        Assert.That(notBack.Phase, Is.EqualTo(TargetPhase.Failed), "a retry of the stage finds nothing to restore");
+        Assert.That(notBack.Error, Does.Contain("criu could not open a file").And.Contains("systemd starts web.service afresh"));
+    }
+
+    [Test]
+    public async Task Without_a_boot_waiting_a_tree_not_back_stays_restorable()
+    {
+        var context = Context(mode: UpdateMode.Resume);
+        context.BootGate = SystemdNotifyGate.None;
+        var notBack = Run(TargetPhase.Dumped);
+        context.Targets = [notBack];
+
+        Assert.That(await ServiceHandback.ReleaseBootAsync(context, CancellationToken.None), Is.False);
+        Assert.That(notBack.Phase, Is.EqualTo(TargetPhase.Dumped));
+    }
+
+    [Test]
+    public void A_queued_start_that_cannot_be_made_the_adoption_ends_the_restored_tree_so_that_it_starts_afresh_alone()
+    {
+        _processes.Start(4242, startTime: 99);
+        _manager.QueuedStart = true;
+        var context = Context(mode: UpdateMode.Resume);
+        context.BootGate = SystemdNotifyGate.None; // nobody waits for this run: its start would run the unit's own command
+        var t = Run(TargetPhase.Restored);
+
+        var changed = ServiceHandback.HandBack(context, t);
+
+        Assert.That(changed, Is.True);
+        Assert.That(_manager.Calls, Does.Contain("adopt web.service 4242"));
+        Assert.That(context.QueuedAdoptions, Is.Empty);
+        Assert.That(_processes.Killed, Is.EqualTo(new[] { 4242 }), "never two copies");
+        Assert.That(t.Phase, Is.EqualTo(TargetPhase.Ended));
+        Assert.That(t.Error, Does.Contain("the unit starts afresh"));
+    }
+
+    [Test]
+    public void A_users_unit_is_never_left_to_a_queued_start_the_resume_does_not_hold()
+    {
+        _processes.Start(4242, startTime: 99);
+        _manager.QueuedStart = true;
+        var context = Context(mode: UpdateMode.Resume);
+        context.BootGate = new HeldBoot();
+
+        ServiceHandback.HandBack(context, Run(TargetPhase.Restored, new ServiceUnit { Name = "web.service", UserManager = true }));
+
+        Assert.That(_manager.Calls, Does.Contain("adopt web.service 4242"), "not left to the queued start");
+        Assert.That(context.QueuedAdoptions, Is.Empty);
+    }
+
+    [Test]
+    public void No_run_speaks_for_a_unit_unless_told_to()
+    {
+        Assert.That(new UpdateContext(UpdateMode.Rehearse, []).BootGate, Is.SameAs(SystemdNotifyGate.None));
+        Assert.That(new UpdateContext(UpdateMode.Resume, []).BootGate, Is.SameAs(SystemdNotifyGate.None));
+    }
+
+    [Test]
+    public void Before_the_jump_the_services_are_ordered_after_the_resume_and_a_failure_to_do_so_stops_the_jump()
+    {
+        var context = Context();
+        context.Targets = [Run(TargetPhase.Sealed)];
+        ServiceHandback.OrderResumeFirst(context);
+        Assert.That(_manager.Calls, Is.EqualTo(new[] { "order resume before web.service" }));
+
+        _manager.OrderFails = true;
+        var e = Assert.Throws<InvalidOperationException>(() => ServiceHandback.OrderResumeFirst(context));
+        Assert.That(e!.Message, Does.Contain("read-only file system").And.Contains("nothing jumps"));
+    }
+
     /// <summary>Records what it is asked; answers with <see cref="Status"/>; fails on demand.</summary>
     private sealed class RecordingServiceManager : IServiceManager
     {
@@ -235,19 +417,58 @@ public class ServiceHandbackTests
             return Status;
         }
 
-        public void Adopt(ServiceUnit unit, int mainPid)
+        /// <summary>The boot queued a start of the unit that waits for the resume.</summary>
+        public bool QueuedStart { get; set; }
+
+        bool IServiceManager.StartQueued(ServiceUnit unit)
         {
-            Calls.Add($"adopt {unit.Name} {mainPid}");
+            Calls.Add($"jobs {unit.Name}");
+            return QueuedStart;
+        }
+
+        public bool OrderFails { get; set; }
+
+        public bool Adopt(ServiceUnit unit, int mainPid, bool mayLeaveToQueuedStart)
+        {
+            var leave = QueuedStart && mayLeaveToQueuedStart;
+            Calls.Add($"adopt {unit.Name} {mainPid}" + (leave ? " left to the queued start" : ""));
             OnAdopt?.Invoke();
-            if (AdoptFails)
+            if (AdoptFails || (QueuedStart && !mayLeaveToQueuedStart))
             {
-                throw new ServiceManagerException("no");
+                throw new ServiceManagerException("no") { StartQueued = QueuedStart };
             }
+
+            return leave;
         }
 
         public Action? OnAdopt { get; set; }
 
         public void Return(ServiceUnit unit) => Calls.Add($"return {unit.Name}");
+
+        public void OrderResumeBefore(IReadOnlyCollection<ServiceUnit> units)
+        {
+            Calls.Add("order resume before " + string.Join(' ', units.Select(u => u.Name)));
+            if (OrderFails)
+            {
+                throw new ServiceManagerException("read-only file system");
+            }
+        }
+
+        public void ClearResumeOrder() => Calls.Add("clear resume order");
+    }
+
+    /// <summary>A boot that waits until released.</summary>
+    private sealed class HeldBoot : IBootGate
+    {
+        public bool Holding { get; private set; } = true;
+
+        public Action? OnRelease { get; set; }
+
+        public void Release()
+        {
+            Holding = false;
+            OnRelease?.Invoke();
+        }
     }
 
     private sealed class SynchronousProgress<T>(Action<T> report) : IProgress<T>

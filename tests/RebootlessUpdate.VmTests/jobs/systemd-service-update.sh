@@ -1,79 +1,111 @@
 # Guest job for SystemdHostVmTests, run on each boot as systemd's job service (testbed/vm with
-# rebootless.init=systemd: systemd is PID 1). Boot 1: a service with Restart=always keeps an in-memory
-# counter; `rebootless install-unit` installs the shipped resume unit; `rebootless update --service`
-# checkpoints the service and jumps through `systemctl kexec`. Boot 2 (the new kernel): the resume unit
-# has run before multi-user.target; the job writes what systemd shows to /job/after.txt, then stops the
-# service through systemd. The host test reads the files this leaves in /job.
+# rebootless.init=systemd: systemd is PID 1). Boot 1: two enabled services with Restart=always keep
+# in-memory counters; `rebootless install-unit` installs the shipped resume unit; `rebootless update`
+# checkpoints both and jumps through `systemctl kexec`. Boot 2 (the new kernel): before the resume unit runs,
+# a unit removes a file service b holds open, so b cannot be restored; the boot's queued starts wait for the
+# resume, which hands a its restored tree and lets b start afresh. The job writes what systemd shows to
+# /job/after.txt and stops a through systemd. The host test reads the files this leaves in /job.
 set -eu
-UNIT=rebootless-counter.service
 STORE="--pmem /dev/pmem0 --store-mount /run/rebootless/store --criu /usr/sbin/criu"
 tool() { dotnet "$(cat /job/tool)" "$@"; }
-show() { systemctl show "$1" -p ActiveState -p SubState -p MainPID -p NRestarts -p Result; }
+show() { systemctl show "$1" -p ActiveState -p SubState -p MainPID -p NRestarts -p Result | sed "s/^/$2/"; }
+copies() { pgrep -c -f "/job/svc/counter.py /job/svc/$1\$" || true; }
 # Files kept in /job/persist are this guest's disk: vm-init copies them into / on every boot.
 persist() { for f in "$@"; do mkdir -p "/job/persist$(dirname "$f")"; cp -a "$f" "/job/persist$f"; done; }
 
 if ! grep -q 'rebootless.resume=' /proc/cmdline; then
   uname -r >/job/kernel1
-  mkdir -p /job/svc
-  # The counter keeps its file open (CRIU restores it) and its state in memory only: a fresh start would
-  # show a new token and begin again at 1.
+  mkdir -p /job/svc/a /job/svc/b
+  # Each counter keeps its file open (CRIU restores it) and its state in memory only: a fresh start shows
+  # a new token and begins again at 1.
   cat >/job/svc/counter.py <<'PY'
-import os, time
+import os, sys, time
 token, i = os.urandom(4).hex(), 0
-f = open("/job/svc/counter", "w")
+f = open(os.path.join(sys.argv[1], "counter"), "w")
 while True:
     i += 1
     f.seek(0); f.write(f"{token} {i:08d}\n"); f.flush()
     time.sleep(0.2)
 PY
-  cat >/etc/systemd/system/$UNIT <<'UNITFILE'
+  for s in a b; do
+    cat >/etc/systemd/system/rebootless-counter-$s.service <<UNITFILE
 [Unit]
-Description=rebootless test service: an in-memory counter
+Description=rebootless test service $s: an in-memory counter
 
 [Service]
 Type=simple
-ExecStart=/usr/bin/python3 /job/svc/counter.py
-WorkingDirectory=/job/svc
+ExecStart=/usr/bin/python3 /job/svc/counter.py /job/svc/$s
 StandardOutput=null
 StandardError=null
 Restart=always
 RestartSec=1
+
+[Install]
+WantedBy=multi-user.target
+UNITFILE
+  done
+  # On the next boot, before the resume: b's open file is gone, so CRIU cannot restore b.
+  cat >/etc/systemd/system/rebootless-testbreak.service <<'UNITFILE'
+[Unit]
+Description=rebootless test: make service b's restore fail
+DefaultDependencies=no
+After=local-fs.target
+Before=rebootless-resume.service
+ConditionKernelCommandLine=rebootless.resume
+
+[Service]
+Type=oneshot
+ExecStart=/bin/rm -f /job/svc/b/counter
+
+[Install]
+WantedBy=multi-user.target
 UNITFILE
   printf 'REBOOTLESS_OPTIONS="%s"\n' "$STORE" >/etc/default/rebootless
   systemctl daemon-reload
-  systemctl start $UNIT
+  systemctl enable rebootless-counter-a.service rebootless-counter-b.service rebootless-testbreak.service 2>/dev/null
+  systemctl start rebootless-counter-a.service rebootless-counter-b.service
   tool install-unit >/job/install-unit.log 2>&1
-  persist /etc/systemd/system/$UNIT /etc/default/rebootless /etc/systemd/system/rebootless-resume.service \
-    /etc/systemd/system/multi-user.target.wants/rebootless-resume.service
-  i=0; until [ -s /job/svc/counter ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i + 1)); done
+  w=/etc/systemd/system/multi-user.target.wants
+  persist /etc/default/rebootless /etc/systemd/system/rebootless-resume.service /etc/systemd/system/rebootless-testbreak.service \
+    /etc/systemd/system/rebootless-counter-a.service /etc/systemd/system/rebootless-counter-b.service \
+    $w/rebootless-resume.service $w/rebootless-testbreak.service $w/rebootless-counter-a.service $w/rebootless-counter-b.service
+  i=0; until [ -s /job/svc/a/counter ] && [ -s /job/svc/b/counter ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i + 1)); done
   sleep 2
-  show $UNIT >/job/before.txt
-  echo "Cgroup=$(cat "/proc/$(systemctl show $UNIT -p MainPID --value)/cgroup")" >>/job/before.txt
-  cat /job/svc/counter >/job/counter-before
+  { show rebootless-counter-a.service A; show rebootless-counter-b.service B
+    echo "ACgroup=$(cat "/proc/$(systemctl show rebootless-counter-a.service -p MainPID --value)/cgroup")"; } >/job/before.txt
+  cat /job/svc/a/counter >/job/counter-a-before
+  cat /job/svc/b/counter >/job/counter-b-before
   new=$(cat /job/new-kernel)
+  # The update writes the resume unit's order before the services; on this guest's disk, that is /job/persist.
+  mkdir -p /job/persist/etc/systemd/system/rebootless-resume.service.d
+  ln -s /job/persist/etc/systemd/system/rebootless-resume.service.d /etc/systemd/system/rebootless-resume.service.d
   # Jumps: systemd stops this job like every service, so nothing below runs unless the update failed.
-  tool update --service $UNIT --kernel "/boot/vmlinuz-$new" --initrd "/boot/rebootless-initrd-$new.img" \
-    --append rebootless.boot=2 $STORE >/job/update.log 2>&1 || echo "update exited $?" >>/job/update.log
-  show $UNIT >>/job/update.log
+  tool update --service rebootless-counter-a.service --service rebootless-counter-b.service --kernel "/boot/vmlinuz-$new" \
+    --initrd "/boot/rebootless-initrd-$new.img" --append rebootless.boot=2 $STORE >/job/update.log 2>&1 || echo "update exited $?" >>/job/update.log
   exit 11
 fi
 
 uname -r >/job/kernel2
+# The resume lets the boot go on (READY=1) before it checks the adoptions and reports: wait until it has ended.
+i=0; while [ "$(systemctl show rebootless-resume.service -p SubState --value)" = running ] && [ $i -lt 600 ]; do sleep 0.5; i=$((i + 1)); done
 {
   echo "Kernel=$(uname -r)"
   echo "Pid1=$(cat /proc/1/comm)"
   systemctl show rebootless-resume.service -p ActiveState -p Result -p ExecMainStatus | sed 's/^/Resume/'
-  show $UNIT
-  pid=$(systemctl show $UNIT -p MainPID --value)
-  echo "Cgroup=$(cat "/proc/$pid/cgroup" 2>/dev/null)"
-  echo "Copies=$(pgrep -c -f /job/svc/counter.py || true)"
-  echo "Counter=$(cat /job/svc/counter)"
-  sleep 1
-  echo "CounterLater=$(cat /job/svc/counter)"
-  echo "Failed=$(systemctl --failed --no-legend --plain | tr '\n' ' ')"
+  echo "OrderLeft=$(ls /etc/systemd/system/rebootless-resume.service.d/ 2>/dev/null | tr '\n' ' ')"
+  show rebootless-counter-a.service A
+  show rebootless-counter-b.service B
+  echo "ACgroup=$(cat "/proc/$(systemctl show rebootless-counter-a.service -p MainPID --value)/cgroup" 2>/dev/null)"
+  echo "ACopies=$(copies a)"
+  echo "BCopies=$(copies b)"
+  echo "ACounter=$(cat /job/svc/a/counter)"
+  sleep 2
+  echo "BCounter=$(cat /job/svc/b/counter 2>/dev/null)"
+  echo "ACounterLater=$(cat /job/svc/a/counter)"
+  echo "Failed=$(systemctl --failed --no-legend --plain | awk '{print $1}' | tr '\n' ' ')"
   echo "System=$(systemctl is-system-running || true)"
-  systemctl stop $UNIT
-  echo "AfterStop=$(systemctl show $UNIT -p ActiveState --value) $(pgrep -c -f /job/svc/counter.py || true)"
+  systemctl stop rebootless-counter-a.service
+  echo "AAfterStop=$(systemctl show rebootless-counter-a.service -p ActiveState --value) $(copies a)"
 } >/job/after.txt 2>&1
-journalctl -b -u rebootless-resume.service -u $UNIT --no-pager >/job/journal.log 2>&1 || true
+journalctl -b -u rebootless-resume.service -u rebootless-counter-a.service -u rebootless-counter-b.service --no-pager >/job/journal.log 2>&1 || true
 cat /job/after.txt
