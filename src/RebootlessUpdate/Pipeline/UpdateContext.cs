@@ -138,6 +138,9 @@ public sealed class UpdateContext
     /// <summary>Restored service trees whose units' queued boot starts were made their adoption: checked once the boot goes on.</summary>
     internal List<(TargetRun Target, int Pid)> QueuedAdoptions { get; } = [];
 
+    /// <summary>Targets whose units' queued starts had not run when this run stopped waiting: their adoption drop-ins stay, untouched.</summary>
+    internal HashSet<string> AdoptionsLeftQueued { get; } = new(StringComparer.Ordinal);
+
     internal string? CriuVersion { get; set; }
 
     internal bool KernelLoaded { get; set; }

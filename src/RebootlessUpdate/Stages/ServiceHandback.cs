@@ -125,8 +125,9 @@ internal static class ServiceHandback
     /// </summary>
     internal static bool HandBack(UpdateContext context, TargetRun t)
     {
-        if (t.Settings?.Service is not { } unit)
+        if (t.Settings?.Service is not { } unit || context.AdoptionsLeftQueued.Contains(t.Target.Id))
         {
+            // (Left to a start still queued: its drop-ins must stay until it runs.)
             return false;
         }
 
@@ -278,6 +279,7 @@ internal static class ServiceHandback
                         Warn(context, t, $"{unit.Name}'s queued start has not run after {QueuedStartLimit.TotalMinutes:0} minutes (it waits for other units); "
                             + $"rebootless's runtime drop-ins stay, so that it takes the restored main pid {pid} when it runs. Once the unit is active, remove "
                             + $"its zz-rebootless-*.conf drop-ins and run {SystemctlServiceManager.Command(unit)} daemon-reload");
+                        context.AdoptionsLeftQueued.Add(t.Target.Id);
                         return false;
                     }
 

@@ -282,6 +282,12 @@ public class ServiceHandbackTests
         Assert.That(_progress.Select(p => p.Message), Has.Some.Contains("queued start has not run after 3 minutes"));
         Assert.That(_manager.Calls.Last(), Is.EqualTo("jobs web.service"));
         Assert.That(_manager.Calls, Has.None.EqualTo("return web.service"), "the drop-ins stay while the start waits: it must take the restored pid");
+
+        // The Report stage hands every target back once more: this one is left alone (no adoption again, no kill).
+        var calls = _manager.Calls.Count;
+        Assert.That(ServiceHandback.HandBack(context, t), Is.False);
+        Assert.That(_manager.Calls, Has.Count.EqualTo(calls));
+        Assert.That(_processes.Killed, Is.Empty);
     }
 
     [Test]
