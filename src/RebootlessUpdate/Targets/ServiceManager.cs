@@ -101,7 +101,10 @@ internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout
     }
 
     public bool StartQueued(ServiceUnit unit) =>
-        Systemctl(unit, "list-jobs", "--no-legend", "--plain", "--", Name(unit)).Stdout.Trim().Length > 0;
+        Jobs(unit).Length > 0;
+
+    /// <summary>The unit's queued jobs, one line each: JOB UNIT TYPE STATE (empty when none).</summary>
+    private string Jobs(ServiceUnit unit) => Systemctl(unit, "list-jobs", "--no-legend", "--plain", "--", Name(unit)).Stdout.Trim();
 
     public ServiceStatus Status(ServiceUnit unit)
     {
@@ -113,8 +116,8 @@ internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout
 
     public bool Adopt(ServiceUnit unit, int mainPid, bool mayLeaveToQueuedStart)
     {
-        var jobs = Systemctl(unit, "list-jobs", "--no-legend", "--plain", "--", Name(unit)).Stdout.Trim();
-        // JOB UNIT TYPE STATE: the boot's start of the unit, held back by its order after the resume.
+        // One "start waiting" job: the boot's start of the unit, held back by its order after the resume.
+        var jobs = Jobs(unit);
         var queued = jobs.Length > 0;
         if (queued && !(mayLeaveToQueuedStart && jobs.Split('\n', StringSplitOptions.RemoveEmptyEntries) is [var job]
             && job.Split(' ', StringSplitOptions.RemoveEmptyEntries) is [_, _, "start", "waiting"]))
@@ -201,14 +204,12 @@ internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout
         var folder = Path.Combine(unitConfiguration, ResumeUnit + ".d");
         try
         {
-            Directory.CreateDirectory(folder, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute |
-                UnixFileMode.GroupRead | UnixFileMode.GroupExecute | UnixFileMode.OtherRead | UnixFileMode.OtherExecute);
             // Read by the next boot's systemd as it starts: no reload here.
-            StoreFiles.WriteAtomically(Path.Combine(folder, ResumeOrderFile), Encoding.UTF8.GetBytes(
+            WriteUnitFile(folder, ResumeOrderFile,
                 "# rebootless update checkpointed these services before its jump: on the next boot they start only after the\n" +
                 "# resume, which hands each its restored processes (or, when it cannot, lets the unit start afresh).\n" +
                 "# rebootless resume removes this file.\n" +
-                $"[Unit]\nBefore={string.Join(' ', names)}\n"), mode: Libc.Mode0644);
+                $"[Unit]\nBefore={string.Join(' ', names)}\n");
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -324,9 +325,11 @@ internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout
         }
     }
 
-    private static void WriteDropIn(ServiceUnit unit, string file, string content)
+    private static void WriteDropIn(ServiceUnit unit, string file, string content) => WriteUnitFile(DropInFolder(unit), file, content);
+
+    /// <summary>A unit configuration file as systemd expects it: in a 0755 folder, 0644, written whole.</summary>
+    private static void WriteUnitFile(string folder, string file, string content)
     {
-        var folder = DropInFolder(unit);
         Directory.CreateDirectory(folder, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute |
             UnixFileMode.GroupRead | UnixFileMode.GroupExecute | UnixFileMode.OtherRead | UnixFileMode.OtherExecute);
         StoreFiles.WriteAtomically(Path.Combine(folder, file), Encoding.UTF8.GetBytes(content), mode: Libc.Mode0644);
