@@ -11,6 +11,10 @@ Scenarios:
             With "flip": true one byte of the memory workload's pages image
             is flipped before resume: that target must be refused, the
             others restored.
+            With "init": "systemd" (run-update --init systemd) systemd is
+            PID 1: the workloads are services, the shipped resume unit
+            restores them, and the checks add what systemd shows
+            (systemd_host.py).
   negative  one boot, no jump may happen: an undumpable target (rolled
             back), a bad kernel image (refused), the orchestrator killed
             after the jump was armed (the next resume rolls back).
@@ -25,6 +29,8 @@ import subprocess
 import sys
 import time
 
+import systemd_host
+
 JOB = "/job"
 CFG = json.load(open(f"{JOB}/config.json"))
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -36,6 +42,8 @@ STORE = "/run/rebootless/store"
 WL = f"{JOB}/wl"
 CMDLINE = open("/proc/cmdline").read().split()
 BOOT = next((a.split("=", 1)[1] for a in CMDLINE if a.startswith("rebootless.boot=")), "1")
+# testbed/run-update --init systemd: systemd is PID 1, the workloads are its services, the resume is its unit.
+SYSTEMD = CFG.get("init") == "systemd"
 T0 = float(os.environ.get("JOB_T0", time.time()))
 UPTIME0 = float(os.environ.get("JOB_UPTIME0", open("/proc/uptime").read().split()[0]))
 
@@ -121,19 +129,26 @@ def wait_ready(w, timeout=180):
     raise SystemExit(f"workload {w['name']} not ready after {timeout}s")
 
 
-def start_workloads(names):
-    py = ["python3", f"{HERE}/workloads.py"]
-    ws = []
+def start_services(names, argvs):
+    """Under systemd: each workload is an enabled service whose main process is the init of its own PID namespace."""
+    specs = []
     for n in names:
-        if n == "memory":
-            ws.append(start_workload(n, [CFG["workload"], f"{WL}/memory", str(CFG.get("memMiB", 256))]))
-        else:
-            ws.append(start_workload(n, py + [n, f"{WL}/{n}"]))
+        os.makedirs(f"{WL}/{n}", exist_ok=True)
+        specs.append((n, f"{WL}/{n}", argvs[n]))
+    pids = systemd_host.start_services(specs)
+    return [{"name": n, "dir": f"{WL}/{n}", "unit": systemd_host.unit_of(n), "root": pids[systemd_host.unit_of(n)]} for n in names]
+
+
+def start_workloads(names, as_services=False):
+    py = ["/usr/bin/python3", f"{HERE}/workloads.py"]
+    argvs = {n: [CFG["workload"], f"{WL}/memory", str(CFG.get("memMiB", 256))] if n == "memory" else py + [n, f"{WL}/{n}"]
+             for n in names}
+    ws = start_services(names, argvs) if as_services else [start_workload(n, argvs[n]) for n in names]
     for w in ws:
         wait_ready(w)
     for w in ws:
         w["tree"] = tree(w["root"])
-        w["target"] = f"pid:{w['root']}"
+        w["target"] = f"service:{w['unit']}" if "unit" in w else f"pid:{w['root']}"
     return ws
 
 
@@ -144,8 +159,8 @@ def status_field(pid, key):
     return []
 
 
-def tree(root):
-    """[(pid inside its namespace, command)] of the tree under root, threads excluded."""
+def descendants(root):
+    """The host pids of root and every process under it, threads excluded, sorted."""
     children = {}
     for s in glob.glob("/proc/[0-9]*/stat"):
         try:
@@ -158,11 +173,20 @@ def tree(root):
     out, todo = [], [root]
     while todo:
         p = todo.pop()
+        if os.path.exists(f"/proc/{p}"):
+            out.append(p)
+            todo.extend(children.get(p, []))
+    return sorted(out)
+
+
+def tree(root):
+    """[(pid inside its namespace, command)] of the tree under root, threads excluded."""
+    out = []
+    for p in descendants(root):
         try:
             out.append([int(status_field(p, "NSpid")[-1]), open(f"/proc/{p}/comm").read().strip()])
         except (OSError, IndexError):
             continue
-        todo.extend(children.get(p, []))
     return sorted(out)
 
 
@@ -346,7 +370,7 @@ def progress(ws, j, seconds=10.0):
 def update_args(ws, kernel=None):
     args = TOOL + ["update"] + STORE_ARGS + ["--tcp-established"]
     for w in ws:
-        args += ["--pid", str(w["root"])]
+        args += ["--service", w["unit"]] if "unit" in w else ["--pid", str(w["root"])]
     new = CFG["newKernel"]
     args += ["--kernel", kernel or f"/boot/vmlinuz-{new}", "--append", "rebootless.boot=2"]
     if not CFG.get("preDump", True):
@@ -363,9 +387,12 @@ def update_args(ws, kernel=None):
 def scenario_update_boot1():
     modprobe_pmem()
     names = CFG.get("workloads", ["pipes", "memory", "tcp"])
-    ws = start_workloads(names)
+    ws = start_workloads(names, as_services=SYSTEMD)
     save("workloads.json", ws)
     log("workloads: " + ", ".join(f"{w['name']}=pid {w['root']} {len(w['tree'])} processes" for w in ws))
+    if SYSTEMD:
+        save("systemd-before.json", {w["unit"]: systemd_host.view(w["unit"]) for w in ws})
+        log(systemd_host.prepare_resume(CFG["tool"], ["--json", "--criu", "/usr/sbin/criu"] + STORE_ARGS, f"{JOB}/sample-counters"))
     save("rates-before.json", rates_before(ws))
     env = dict(os.environ, REBOOTLESS_ALLOW_KEXEC_JUMP="1")
     code, out, secs = run(update_args(ws), env=env, logname="update.log")
@@ -393,14 +420,23 @@ def scenario_update_boot2():
     ws = load("workloads.json")
     set_id = next(a.split("=", 1)[1] for a in CMDLINE if a.startswith("rebootless.resume="))
     early = os.environ.get("RESUME_T0")
-    c0 = {w["name"]: counter(w, "counter.at-boot" if early else "counter") for w in ws}
+    # The counters as the new kernel found them: kept by the job script before its early resume, or under systemd by
+    # the harness's unit ordered before the resume unit.
+    c0 = {w["name"]: counter(w, "counter.at-boot" if early or SYSTEMD else "counter") for w in ws}
     flipped = None
     if CFG.get("flip"):
         # Damage one image between the kernels (mounted by hand: resume mounts it itself otherwise).
         os.makedirs(STORE, exist_ok=True)
         subprocess.run(["mount", "-o", "dax", "/dev/pmem0", STORE], check=True)
         flipped = flip_byte(set_id, next(w for w in ws if w["name"] == "memory"))
-    if early:
+    resume_unit = None
+    if SYSTEMD:
+        # The shipped resume unit ran before multi-user.target (before this job); it may still be checking adoptions.
+        resume_unit = systemd_host.resume_outcome()
+        code, out, t_resume, t_after = resume_unit["exitStatus"], resume_unit["output"], resume_unit["startedAt"], resume_unit["endedAt"]
+        secs = t_after - t_resume
+        log(f"{systemd_host.RESUME_UNIT} exited {code} after {secs:.1f} s ({resume_unit['ActiveState']}, {resume_unit['Result']})")
+    elif early:
         # The job script already ran `rebootless resume` before starting python (see testbed/run-update).
         t_resume, t_after = float(early), float(os.environ["RESUME_T1"])
         code, out, secs = int(open(f"{JOB}/resume.rc").read()), open(f"{JOB}/resume.log").read(), t_after - t_resume
@@ -438,10 +474,19 @@ def scenario_update_boot2():
             if w["name"] == "memory":
                 r = memory_check(w)
                 checks.append([r.startswith("ok"), f"memory: {CFG.get('memMiB', 256)} MiB pattern, file offset, socket, thread: {r}"])
+    units_after = systemd_host.check_units(ws, by_id, descendants, checks) if SYSTEMD else None
     lazy = check_lazy_daemons(j, ws, flipped, checks) if CFG.get("lazyRestore") else None
     served = check_pages_from_store(out, ws, flipped, checks) if CFG.get("pagesFromStore") else None
     moved = progress(ws, j)
-    b = breakdown(j, T0, UPTIME0, stage_starts(out), t_resume)
+    if SYSTEMD:
+        # Boot 2 starts when systemd starts the resume unit; the new kernel's own part ends when it starts PID 1.
+        b = breakdown(j, t_resume, resume_unit["startedUptime"], stage_starts(out), t_resume)
+        b["newKernelBootToInit"] = systemd_host.uptime_of_pid1()
+        b["initToResumeUnit"] = resume_unit["startedUptime"] - b["newKernelBootToInit"]
+        systemd_host.check_system(checks)
+        systemd_host.check_stop(next(w for w in ws if w["name"] == "pipes"), descendants, checks)
+    else:
+        b = breakdown(j, T0, UPTIME0, stage_starts(out), t_resume)
     sets = f"{STORE}/sets/{set_id}/images"
     pre = sum(folder_bytes(p) for p in glob.glob(f"{sets}/*-pre"))
     total = folder_bytes(sets)
@@ -451,10 +496,14 @@ def scenario_update_boot2():
     result = {"verdict": "PASS" if ok else "FAIL", "scenario": "flip" if flipped else "update", "setId": set_id,
               "oldKernel": j["kernelRelease"], "newKernel": kernel, "breakdown": b, "sizes": sizes,
               "checks": checks, "resumeExitCode": code, "resumeSeconds": secs, "memMiB": CFG.get("memMiB", 256),
-              "lazyRestore": lazy, "pagesFromStore": served, "progress": moved, "journal": j}
+              "lazyRestore": lazy, "pagesFromStore": served, "progress": moved, "journal": j,
+              "systemd": {"before": load("systemd-before.json"), "after": units_after,
+                          "resumeUnit": {k: v for k, v in resume_unit.items() if k != "output"}} if SYSTEMD else None}
     save("result.json", result)
     write_report(result)
     keep_logs(set_id)
+    if SYSTEMD:
+        systemd_host.keep_logs()
     return 0 if ok else 1
 
 
@@ -549,9 +598,11 @@ def write_report(r):
         f"  freeze + dump     {fmt(b['freezeAndDump'])}   ({len(r['journal']['targets'])} targets, one after the other)",
         f"  seal              {fmt(b['seal'])}   (fsync + hash the frozen dump's images; the pre-dump's were hashed before the freeze)",
         f"  commit + sync     {fmt(b['sealToJump'])}   (CRIU ends the frozen tasks; the jump is armed)",
-        f"  kexec + boot      {fmt(b['kexecAndBoot'])}   (of which the new kernel to init: {b['newKernelBootToInit']:.2f} s)",
+        f"  kexec + boot      {fmt(b['kexecAndBoot'])}   (of which the new kernel to init: {b['newKernelBootToInit']:.2f} s"
+        + (f", systemd to the resume unit: {b['initToResumeUnit']:.2f} s)" if "initToResumeUnit" in b else ")"),
         f"  resume start      {fmt(b['resumeStart'])}   (" + (
-            f"guest job {fmt(b['guestBeforeTool']).strip()}, tool start {fmt(b['toolStart']).strip()}, "
+            ("" if "initToResumeUnit" in b else f"guest job {fmt(b['guestBeforeTool']).strip()}, ")
+            + f"tool start {fmt(b['toolStart']).strip()}, "
             f"preflight + locate + verify {fmt(b['stagesBeforeRestore']).strip()})" if "toolStart" in b
             else "dotnet start, criu check, verify)"),
         f"  restore           {fmt(b['restore'])}   (CRIU restores every target in parallel; the page images are hashed meanwhile"
@@ -568,7 +619,7 @@ def write_report(r):
         "progress (counter increments per second) in the 10 s after each target ran again, against 10 s before the update: "
         + ", ".join(f"{k} {v['beforePerSecond']:.1f} -> {v['afterPerSecond']:.1f} ({v['ratio']:.2f}x)" if v["ratio"] is not None
                     else f"{k} -" for k, v in r["progress"].items())
-    ] if r.get("progress") else []) + [
+    ] if r.get("progress") else []) + (systemd_lines(r["systemd"]) if r.get("systemd") else []) + [
         "checks:",
     ] + [f"  {'ok  ' if ok else 'FAIL'} {text}" for ok, text in r["checks"]] + [
         "(times across the jump use the guest's wall clock, which the new kernel reads from the 1-second RTC: +-1 s)",
@@ -578,6 +629,21 @@ def write_report(r):
     with open(f"{JOB}/report.txt", "w") as f:
         f.write(text)
     print(text, flush=True)
+
+
+def systemd_lines(sd):
+    """What systemd showed of each workload's unit before the update and after the resume."""
+    def one(v):
+        return (f"{v['ActiveState']} ({v['SubState']}), MainPID {v['MainPID']}, NRestarts {v['NRestarts']}, "
+                f"{len(v['processes'])} processes in {v['ControlGroup']}")
+    ru = sd["resumeUnit"]
+    lines = [f"systemd: {systemd_host.RESUME_UNIT} {ru['ActiveState']} ({ru['SubState']}), result {ru['Result']}, exit {ru['exitStatus']}"]
+    for unit, before in (sd["before"] or {}).items():
+        lines.append(f"  {unit}")
+        lines.append(f"    before: {one(before)}")
+        if unit in (sd["after"] or {}):
+            lines.append(f"    after:  {one(sd['after'][unit])}")
+    return lines
 
 
 def scenario_negative():

@@ -87,6 +87,13 @@ internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout
     private const string PidFile = "rebootless-main.pid";
     private static readonly string[] NoOps = ["/usr/bin/true", "/bin/true"];
 
+    /// <summary>
+    /// How long a reload or a start may take: systemctl's own bound for a reload is 3 minutes (twice systemd's default
+    /// timeout), and a start queues behind reloads. A reload took 20-25 s each in the testbed VM while a 256 MiB
+    /// restore ran; a bound of 30 s failed the adoption of a restored tree.
+    /// </summary>
+    internal static readonly TimeSpan SlowCallLimit = TimeSpan.FromSeconds(200);
+
     /// <summary>The host's systemd, through <c>systemctl</c> on PATH.</summary>
     public static SystemctlServiceManager Host { get; } = new("systemctl", TimeSpan.FromSeconds(30));
 
@@ -131,6 +138,7 @@ internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout
         var noOp = NoOps.FirstOrDefault(File.Exists) ?? throw new ServiceManagerException("no true(1) to start the unit with (/usr/bin/true, /bin/true)");
         var pidFile = Path.Combine(DropInFolder(unit), PidFile);
         var leftToQueuedStart = false;
+        var failed = true;
         try
         {
             // systemd runs the no-op, reads the pid file and takes that pid, already in the unit's cgroup, as the
@@ -156,6 +164,7 @@ internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout
             {
                 // The boot's own start job runs the no-op and reads the pid file once the boot goes on.
                 leftToQueuedStart = true;
+                failed = false;
                 return true;
             }
 
@@ -171,16 +180,25 @@ internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout
             // Without its dependencies: they ran with the tree before, and an order after a unit whose job is running
             // (the resume unit itself, at boot) would make this start wait for its own caller.
             Systemctl(unit, "start", "--job-mode=ignore-dependencies", "--", Name(unit));
+            failed = false;
         }
-        catch (ServiceManagerException e) when (queued)
+        catch (Exception e) when (queued && e is ServiceManagerException or IOException or UnauthorizedAccessException)
         {
+            // The queued start runs the unit's own command once the boot goes on: the caller must end the tree.
             throw new ServiceManagerException(e.Message) { StartQueued = true };
         }
         finally
         {
             if (!leftToQueuedStart)
             {
-                Return(unit);
+                try
+                {
+                    Return(unit);
+                }
+                catch (ServiceManagerException) when (failed)
+                {
+                    // What failed first says what matters, and a queued start must still be reported as such (above).
+                }
             }
         }
 
@@ -338,10 +356,11 @@ internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout
     private ToolRun Systemctl(ServiceUnit unit, params string[] args)
     {
         var command = unit.UserManager ? ["--user", .. args] : args;
+        var limit = args[0] is "daemon-reload" or "start" && timeout < SlowCallLimit ? SlowCallLimit : timeout;
         ToolRun run;
         try
         {
-            run = ProcessRunner.Run(systemctl, command, timeout);
+            run = ProcessRunner.Run(systemctl, command, limit);
         }
         catch (ToolNotStartedException e)
         {
@@ -349,7 +368,7 @@ internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout
         }
 
         var shown = $"{systemctl} {string.Join(' ', command)}";
-        return run.TimedOut ? throw new ServiceManagerException($"{shown} did not finish within {timeout.TotalSeconds:0} s")
+        return run.TimedOut ? throw new ServiceManagerException($"{shown} did not finish within {limit.TotalSeconds:0} s")
             : run.ExitCode != 0 ? throw new ServiceManagerException($"{shown} failed: {run.FirstLine}")
             : run;
     }

@@ -15,7 +15,7 @@ public class EndToEndUpdateVmTests
     [Test]
     public void Main_command_updates_the_kernel_and_every_workload_continues()
     {
-        var (result, report, json) = RunUpdate();
+        var (result, report, json) = RunUpdate("--init", "reaper");
 
         Assert.That(result.ExitCode, Is.Zero, report + result);
         var r = json.RootElement;
@@ -26,6 +26,39 @@ public class EndToEndUpdateVmTests
             Assert.That(r.GetProperty("oldKernel").GetString(), Is.EqualTo(Testbed.Require().OldKernel));
             Assert.That(r.GetProperty("breakdown").GetProperty("downtime").GetDouble(), Is.GreaterThan(0));
             Assert.That(report, Does.Contain("memory: 256 MiB pattern").And.Contain("tcp: no reset, no lost or reordered message"));
+        });
+    }
+
+    [Test]
+    public void Main_command_on_a_systemd_host_restores_every_service_as_its_unit()
+    {
+        // 64 MiB: what this run adds is systemd's view; the 256 MiB restore is the other runs' (and takes a minute more).
+        var (result, report, json) = RunUpdate("--init", "systemd", "--mem-mib", "64");
+
+        Assert.That(result.ExitCode, Is.Zero, report + result);
+        var r = json.RootElement;
+        var checks = Checks(json);
+        var after = r.GetProperty("systemd").GetProperty("after");
+        var resumeUnit = r.GetProperty("systemd").GetProperty("resumeUnit");
+        Assert.Multiple(() =>
+        {
+            Assert.That(r.GetProperty("verdict").GetString(), Is.EqualTo("PASS"), report);
+            Assert.That(r.GetProperty("newKernel").GetString(), Is.EqualTo(Testbed.Require().NewKernel));
+            Assert.That(report, Does.Contain("memory: 64 MiB pattern").And.Contain("tcp: no reset, no lost or reordered message"));
+            // The shipped resume unit restored the services; each is its unit again, once.
+            Assert.That(resumeUnit.GetProperty("Result").GetString(), Is.EqualTo("success"), report);
+            Assert.That(after.EnumerateObject().Select(u => u.Name),
+                Is.EquivalentTo(new[] { "rebootless-wl-pipes.service", "rebootless-wl-memory.service", "rebootless-wl-tcp.service" }));
+            foreach (var unit in after.EnumerateObject())
+            {
+                Assert.That(checks, Has.Some.StartsWith($"ok {unit.Name}: active (running), MainPID"), unit.Name);
+                Assert.That(checks, Has.Some.StartsWith($"ok {unit.Name}: its cgroup holds the restored tree and nothing else"), unit.Name);
+                Assert.That(checks, Has.Some.StartsWith($"ok {unit.Name}: never restarted (NRestarts 0)"), unit.Name);
+            }
+
+            Assert.That(checks, Has.Some.StartsWith("ok systemctl stop rebootless-wl-pipes.service: exit 0, inactive"));
+            Assert.That(checks, Has.Some.EqualTo("ok systemctl --failed lists nothing"));
+            Assert.That(checks, Has.Some.EqualTo("ok systemctl is-system-running: running"));
         });
     }
 
