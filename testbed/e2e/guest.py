@@ -432,7 +432,7 @@ def scenario_update_boot2():
     resume_unit = None
     if SYSTEMD:
         # The shipped resume unit ran before multi-user.target (before this job); it may still be checking adoptions.
-        resume_unit = systemd_host.resume_outcome()
+        resume_unit = systemd_host.resume_outcome(CFG.get("deadline", time.time() + 900) - 120)
         code, out, t_resume, t_after = resume_unit["exitStatus"], resume_unit["output"], resume_unit["startedAt"], resume_unit["endedAt"]
         secs = t_after - t_resume
         log(f"{systemd_host.RESUME_UNIT} exited {code} after {secs:.1f} s ({resume_unit['ActiveState']}, {resume_unit['Result']})")

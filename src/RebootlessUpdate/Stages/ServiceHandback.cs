@@ -138,9 +138,21 @@ internal static class ServiceHandback
             return false;
         }
 
+        // Only the system manager's boot waits for the resume unit; a user's manager starts its units on its own.
+        var bootWaits = context.BootGate.Holding && !unit.UserManager;
         try
         {
-            var status = context.Services.Status(unit);
+            ServiceStatus status;
+            try
+            {
+                status = context.Services.Status(unit);
+            }
+            catch (ServiceManagerException e) when (bootWaits)
+            {
+                // While the boot waits, the unit's start may be queued; not knowing, the tree must not run next to it.
+                throw new ServiceManagerException($"systemd did not say how {unit.Name} stands ({e.Message})") { StartQueued = true };
+            }
+
             if (status.MainPid == pid && status.ActiveState == "active")
             {
                 context.Services.Return(unit); // handed back by an earlier run
@@ -156,8 +168,7 @@ internal static class ServiceHandback
                 return false;
             }
 
-            // Only the system manager's boot waits for the resume unit; a user's manager starts its units on its own.
-            if (context.Services.Adopt(unit, pid, context.BootGate.Holding && !unit.UserManager))
+            if (context.Services.Adopt(unit, pid, bootWaits))
             {
                 lock (context.QueuedAdoptions)
                 {

@@ -88,9 +88,11 @@ internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout
     private static readonly string[] NoOps = ["/usr/bin/true", "/bin/true"];
 
     /// <summary>
-    /// How long a reload or a start may take: systemctl's own bound for a reload is 3 minutes (twice systemd's default
-    /// timeout), and a start queues behind reloads. A reload took 20-25 s each in the testbed VM while a 256 MiB
-    /// restore ran; a bound of 30 s failed the adoption of a restored tree.
+    /// How long a systemctl call may take once a tree is restored (handing it back, giving the unit its configuration
+    /// back): systemctl's own bound for a reload is 3 minutes (twice systemd's default timeout), and a query or a start
+    /// queues behind reloads. A reload took 6-25 s each in the testbed VM while a 256 MiB restore ran; a bound of 30 s
+    /// failed the adoption of a restored tree. Only <see cref="Release"/>'s reload, before the dump while other targets
+    /// are frozen, keeps the manager's own bound.
     /// </summary>
     internal static readonly TimeSpan SlowCallLimit = TimeSpan.FromSeconds(200);
 
@@ -103,7 +105,9 @@ internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout
             "# rebootless checkpoints this service: CRIU ends its processes and they are restored later.\n" +
             "# Removed when the restored tree is handed back (or the processes resume in place).\n" +
             "[Unit]\nFailureAction=none\n[Service]\nRestart=no\nExecStop=\nExecStopPost=\nWatchdogSec=0\n");
-        Systemctl(unit, "daemon-reload");
+        // Before the dump, with the targets dumped before it frozen: a slow systemd fails the update (rolled back)
+        // rather than holding them.
+        Run(unit, timeout, ["daemon-reload"]);
         RequireSettings(unit, "release", new() { ["Restart"] = "no", ["ExecStop"] = "", ["ExecStopPost"] = "", ["FailureAction"] = "none" });
     }
 
@@ -124,7 +128,17 @@ internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout
     public bool Adopt(ServiceUnit unit, int mainPid, bool mayLeaveToQueuedStart)
     {
         // One "start waiting" job: the boot's start of the unit, held back by its order after the resume.
-        var jobs = Jobs(unit);
+        string jobs;
+        try
+        {
+            jobs = Jobs(unit);
+        }
+        catch (ServiceManagerException e) when (mayLeaveToQueuedStart)
+        {
+            // Not knowing whether the boot's start is queued, the caller must assume it is.
+            throw new ServiceManagerException($"systemd did not say whether a start of {Name(unit)} is queued ({e.Message})") { StartQueued = true };
+        }
+
         var queued = jobs.Length > 0;
         if (queued && !(mayLeaveToQueuedStart && jobs.Split('\n', StringSplitOptions.RemoveEmptyEntries) is [var job]
             && job.Split(' ', StringSplitOptions.RemoveEmptyEntries) is [_, _, "start", "waiting"]))
@@ -135,71 +149,33 @@ internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout
                 + "systemd would start the unit's own command after it") { StartQueued = true };
         }
 
-        var noOp = NoOps.FirstOrDefault(File.Exists) ?? throw new ServiceManagerException("no true(1) to start the unit with (/usr/bin/true, /bin/true)");
-        var pidFile = Path.Combine(DropInFolder(unit), PidFile);
-        var leftToQueuedStart = false;
-        var failed = true;
+        // Whatever fails from here, the drop-ins go again; while a start is queued, the failure is reported as such:
+        // that start runs the unit's own command once the boot goes on, so the caller must end the tree.
+        Exception? failure = null;
         try
         {
-            // systemd runs the no-op, reads the pid file and takes that pid, already in the unit's cgroup, as the
-            // main process; nothing of the unit's own start runs. "%" is the one character unit files expand. The
-            // pid file sits in the manager's own runtime folder, which a user's manager can read.
-            WriteDropIn(unit, AdoptFile,
-                "# rebootless hands the restored processes back to this unit; removed once the unit runs them.\n" +
-                $"[Service]\nType=forking\nPIDFile={pidFile.Replace("%", "%%", StringComparison.Ordinal)}\n" +
-                $"ExecCondition=\nExecStartPre=\nExecStart=\nExecStart={noOp}\nExecStartPost=\nGuessMainPID=no\n");
-            StoreFiles.WriteAtomically(pidFile, Encoding.ASCII.GetBytes(mainPid.ToString(CultureInfo.InvariantCulture) + "\n"), mode: Libc.Mode0644);
-            Systemctl(unit, "daemon-reload");
-            RequireSettings(unit, "adoption", new()
+            if (AdoptThroughDropIn(unit, mainPid, queued))
             {
-                ["Type"] = "forking", ["PIDFile"] = pidFile, ["ExecCondition"] = "", ["ExecStartPre"] = "", ["ExecStartPost"] = "",
-            });
-            var start = Show(unit, "ExecStart")["ExecStart"];
-            if (start.Split("path=").Length != 2 || !start.Contains($"path={noOp} ", StringComparison.Ordinal))
-            {
-                throw new ServiceManagerException($"a drop-in read after rebootless's sets ExecStart={start}: the unit's own command would start; not started");
-            }
-
-            if (queued)
-            {
-                // The boot's own start job runs the no-op and reads the pid file once the boot goes on.
-                leftToQueuedStart = true;
-                failed = false;
                 return true;
             }
-
-            try
-            {
-                _ = Systemctl(unit, "reset-failed", "--", Name(unit));
-            }
-            catch (ServiceManagerException)
-            {
-                // Not failed, or not loaded yet (after a jump): start says what matters.
-            }
-
-            // Without its dependencies: they ran with the tree before, and an order after a unit whose job is running
-            // (the resume unit itself, at boot) would make this start wait for its own caller.
-            Systemctl(unit, "start", "--job-mode=ignore-dependencies", "--", Name(unit));
-            failed = false;
         }
-        catch (Exception e) when (queued && e is ServiceManagerException or IOException or UnauthorizedAccessException)
+        catch (Exception e) when (e is ServiceManagerException or IOException or UnauthorizedAccessException)
         {
-            // The queued start runs the unit's own command once the boot goes on: the caller must end the tree.
-            throw new ServiceManagerException(e.Message) { StartQueued = true };
+            failure = e;
         }
-        finally
+
+        try
         {
-            if (!leftToQueuedStart)
-            {
-                try
-                {
-                    Return(unit);
-                }
-                catch (ServiceManagerException) when (failed)
-                {
-                    // What failed first says what matters, and a queued start must still be reported as such (above).
-                }
-            }
+            Return(unit);
+        }
+        catch (Exception e) when (e is ServiceManagerException or IOException or UnauthorizedAccessException)
+        {
+            failure = failure is null ? e : new ServiceManagerException($"{failure.Message}; and rebootless's drop-ins of {Name(unit)} are still loaded ({e.Message})");
+        }
+
+        if (failure is not null)
+        {
+            throw new ServiceManagerException(failure.Message) { StartQueued = queued };
         }
 
         var status = Status(unit);
@@ -208,6 +184,54 @@ internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout
             throw new ServiceManagerException($"systemd started {Name(unit)} but shows it {status.ActiveState} ({status.SubState}) with main pid {status.MainPid}, not {mainPid}");
         }
 
+        return false;
+    }
+
+    /// <summary>
+    /// The adoption drop-in and its pid file; then, when <paramref name="queued"/>, nothing more (returns true: the boot's
+    /// own start job runs the no-op and reads the pid file once the boot goes on), else the unit is started (false).
+    /// </summary>
+    private bool AdoptThroughDropIn(ServiceUnit unit, int mainPid, bool queued)
+    {
+        var noOp = NoOps.FirstOrDefault(File.Exists) ?? throw new ServiceManagerException("no true(1) to start the unit with (/usr/bin/true, /bin/true)");
+        var pidFile = Path.Combine(DropInFolder(unit), PidFile);
+
+        // systemd runs the no-op, reads the pid file and takes that pid, already in the unit's cgroup, as the main
+        // process; nothing of the unit's own start runs. "%" is the one character unit files expand. The pid file sits
+        // in the manager's own runtime folder, which a user's manager can read.
+        WriteDropIn(unit, AdoptFile,
+            "# rebootless hands the restored processes back to this unit; removed once the unit runs them.\n" +
+            $"[Service]\nType=forking\nPIDFile={pidFile.Replace("%", "%%", StringComparison.Ordinal)}\n" +
+            $"ExecCondition=\nExecStartPre=\nExecStart=\nExecStart={noOp}\nExecStartPost=\nGuessMainPID=no\n");
+        StoreFiles.WriteAtomically(pidFile, Encoding.ASCII.GetBytes(mainPid.ToString(CultureInfo.InvariantCulture) + "\n"), mode: Libc.Mode0644);
+        Systemctl(unit, "daemon-reload");
+        RequireSettings(unit, "adoption", new()
+        {
+            ["Type"] = "forking", ["PIDFile"] = pidFile, ["ExecCondition"] = "", ["ExecStartPre"] = "", ["ExecStartPost"] = "",
+        });
+        var start = Show(unit, "ExecStart")["ExecStart"];
+        if (start.Split("path=").Length != 2 || !start.Contains($"path={noOp} ", StringComparison.Ordinal))
+        {
+            throw new ServiceManagerException($"a drop-in read after rebootless's sets ExecStart={start}: the unit's own command would start; not started");
+        }
+
+        if (queued)
+        {
+            return true;
+        }
+
+        try
+        {
+            _ = Systemctl(unit, "reset-failed", "--", Name(unit));
+        }
+        catch (ServiceManagerException)
+        {
+            // Not failed, or not loaded yet (after a jump): start says what matters.
+        }
+
+        // Without its dependencies: they ran with the tree before, and an order after a unit whose job is running
+        // (the resume unit itself, at boot) would make this start wait for its own caller.
+        Systemctl(unit, "start", "--job-mode=ignore-dependencies", "--", Name(unit));
         return false;
     }
 
@@ -353,10 +377,11 @@ internal sealed class SystemctlServiceManager(string systemctl, TimeSpan timeout
         StoreFiles.WriteAtomically(Path.Combine(folder, file), Encoding.UTF8.GetBytes(content), mode: Libc.Mode0644);
     }
 
-    private ToolRun Systemctl(ServiceUnit unit, params string[] args)
+    private ToolRun Systemctl(ServiceUnit unit, params string[] args) => Run(unit, timeout < SlowCallLimit ? SlowCallLimit : timeout, args);
+
+    private ToolRun Run(ServiceUnit unit, TimeSpan limit, string[] args)
     {
         var command = unit.UserManager ? ["--user", .. args] : args;
-        var limit = args[0] is "daemon-reload" or "start" && timeout < SlowCallLimit ? SlowCallLimit : timeout;
         ToolRun run;
         try
         {

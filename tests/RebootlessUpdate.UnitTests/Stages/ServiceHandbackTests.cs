@@ -364,6 +364,37 @@ public class ServiceHandbackTests
     }
 
     [Test]
+    public void While_the_boot_waits_a_unit_systemd_says_nothing_about_does_not_keep_its_tree_next_to_a_start_that_may_be_queued()
+    {
+        _processes.Start(4242, startTime: 99);
+        _manager.StatusFails = true;
+        var context = Context(mode: UpdateMode.Resume);
+        context.BootGate = new HeldBoot();
+        var t = Run(TargetPhase.Restored);
+
+        Assert.That(ServiceHandback.HandBack(context, t), Is.True);
+
+        Assert.That(_processes.Killed, Is.EqualTo(new[] { 4242 }), "the boot's start of the unit may be queued: never two copies");
+        Assert.That(t.Phase, Is.EqualTo(TargetPhase.Ended));
+        Assert.That(t.Error, Does.Contain("did not finish within 200 s").And.Contain("the unit starts afresh"));
+        Assert.That(_manager.Calls, Has.None.StartsWith("adopt"));
+    }
+
+    [Test]
+    public void Outside_a_held_boot_a_unit_systemd_says_nothing_about_keeps_its_tree_and_is_reported()
+    {
+        _processes.Start(4242, startTime: 99);
+        _manager.StatusFails = true;
+        var t = Run(TargetPhase.Restored);
+
+        Assert.That(ServiceHandback.HandBack(Context(), t), Is.False);
+
+        Assert.That(_processes.Killed, Is.Empty);
+        Assert.That(t.Phase, Is.EqualTo(TargetPhase.Restored));
+        Assert.That(_progress.Select(p => p.Message), Has.Some.Contains("could not be given it back"));
+    }
+
+    [Test]
     public void A_users_unit_is_never_left_to_a_queued_start_the_resume_does_not_hold()
     {
         _processes.Start(4242, startTime: 99);
@@ -417,10 +448,13 @@ public class ServiceHandbackTests
             }
         }
 
+        /// <summary>systemd does not answer (a query that outlasted its bound).</summary>
+        public bool StatusFails { get; set; }
+
         ServiceStatus IServiceManager.Status(ServiceUnit unit)
         {
             Calls.Add($"status {unit.Name}");
-            return Status;
+            return StatusFails ? throw new ServiceManagerException("systemctl show did not finish within 200 s") : Status;
         }
 
         /// <summary>The boot queued a start of the unit that waits for the resume.</summary>
