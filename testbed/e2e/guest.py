@@ -475,6 +475,8 @@ def scenario_update_boot2():
                 r = memory_check(w)
                 checks.append([r.startswith("ok"), f"memory: {CFG.get('memMiB', 256)} MiB pattern, file offset, socket, thread: {r}"])
     units_after = systemd_host.check_units(ws, by_id, descendants, checks) if SYSTEMD else None
+    if SYSTEMD:
+        systemd_host.check_no_stop_actions(ws, checks)
     lazy = check_lazy_daemons(j, ws, flipped, checks) if CFG.get("lazyRestore") else None
     served = check_pages_from_store(out, ws, flipped, checks) if CFG.get("pagesFromStore") else None
     moved = progress(ws, j)

@@ -88,6 +88,9 @@ Description=rebootless testbed workload {name}
 Type=forking
 PIDFile=/run/{unit}.pid
 ExecStart=/usr/bin/python3 {launch} /run/{unit}.pid {folder}/out.log {' '.join(argv)}
+# Marks: the jump's shutdown must run neither against the checkpointed (already ended) service.
+ExecStop=/bin/sh -c 'echo stop >>{folder}/stop-actions'
+ExecStopPost=/bin/sh -c 'echo stop-post >>{folder}/stop-actions'
 WorkingDirectory={folder}
 Restart=always
 RestartSec=1
@@ -201,15 +204,31 @@ def check_units(ws, by_id, host_pids, checks):
     return after
 
 
+def stop_actions(w):
+    try:
+        return open(f"{w['dir']}/stop-actions").read().split()
+    except FileNotFoundError:
+        return []
+
+
+def check_no_stop_actions(ws, checks):
+    """The jump's shutdown ran no ExecStop= or ExecStopPost= of a checkpointed service (CRIU had ended its tree)."""
+    for w in ws:
+        ran = stop_actions(w)
+        checks.append([ran == [], f"{w['unit']}: no stop action ran across the jump" + (f" (ran: {' '.join(ran)})" if ran else "")])
+
+
 def check_stop(w, host_pids, checks):
-    """systemctl stop of a restored service ends its restored processes."""
+    """systemctl stop of a restored service ends its restored processes, through its own stop actions again."""
     pid = int(show(w["unit"]).get("MainPID") or 0)
     tree = host_pids(pid) if pid else []
     code, out = systemctl("stop", w["unit"])
     left = [p for p in tree if os.path.exists(f"/proc/{p}")]
     state = show(w["unit"]).get("ActiveState")
-    checks.append([code == 0 and state == "inactive" and bool(tree) and not left,
-                   f"systemctl stop {w['unit']}: exit {code}, {state}; of its {len(tree)} restored processes {len(left)} left {out}".strip()])
+    ran = stop_actions(w)
+    checks.append([code == 0 and state == "inactive" and bool(tree) and not left and ran == ["stop", "stop-post"],
+                   f"systemctl stop {w['unit']}: exit {code}, {state}; of its {len(tree)} restored processes {len(left)} left; "
+                   f"stop actions run: {' '.join(ran) or 'none'} {out}".strip()])
 
 
 def check_system(checks):

@@ -54,9 +54,11 @@ public class EndToEndUpdateVmTests
                 Assert.That(checks, Has.Some.StartsWith($"ok {unit.Name}: active (running), MainPID"), unit.Name);
                 Assert.That(checks, Has.Some.StartsWith($"ok {unit.Name}: its cgroup holds the restored tree and nothing else"), unit.Name);
                 Assert.That(checks, Has.Some.StartsWith($"ok {unit.Name}: not restarted by its Restart=always since the boot (NRestarts 0)"), unit.Name);
+                Assert.That(checks, Has.Some.EqualTo($"ok {unit.Name}: no stop action ran across the jump"), unit.Name);
             }
 
-            Assert.That(checks, Has.Some.StartsWith("ok systemctl stop rebootless-wl-pipes.service: exit 0, inactive"));
+            Assert.That(checks, Has.Some.StartsWith("ok systemctl stop rebootless-wl-pipes.service: exit 0, inactive")
+                .And.Some.Contains("stop actions run: stop stop-post"), "a stop through systemd runs the unit's own stop actions again");
             Assert.That(checks, Has.Some.EqualTo("ok systemctl --failed lists nothing"));
             Assert.That(checks, Has.Some.EqualTo("ok systemctl is-system-running: running"));
         });
