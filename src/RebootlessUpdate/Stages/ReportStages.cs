@@ -21,12 +21,20 @@ internal class ReportStage : IUpdateStage
         return ValueTask.CompletedTask;
     }
 
-    /// <summary>Every service target's unit gets its tree or its own configuration back, whichever path the run took (safe to repeat; journaled after).</summary>
+    /// <summary>
+    /// Every service target's unit gets its tree or its own configuration back, whichever path the run took, and runc
+    /// knows every restored container again (a run that died between a restore and its hand-back is mended here).
+    /// Safe to repeat; journaled after.
+    /// </summary>
     protected static void HandBackServices(UpdateContext context)
     {
         foreach (var t in context.Targets)
         {
             _ = ServiceHandback.HandBack(context, t);
+            if (t.Settings?.Container is not null && t.Phase == TargetPhase.Restored)
+            {
+                ContainerHandback.HandBack(context, t, ContainerHandback.ImagesOf(context, t));
+            }
         }
     }
 

@@ -54,6 +54,7 @@ internal static class TargetDump
         };
         // Before anything freezes: systemd must not act on the end CRIU gives the unit's processes.
         ServiceHandback.Release(context, t);
+        ContainerHandback.Capture(t, images);
         pending.Abandon = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         t.DumpRequested(images, original, context.Processes.IsNamespaceInit(resolved.RootPid), context.TimeProvider.GetTimestamp(),
             context.TimeProvider.GetUtcNow(), pending);

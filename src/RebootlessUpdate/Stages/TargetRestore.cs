@@ -38,6 +38,7 @@ internal static class TargetRestore
         // On the same kernel and after a jump alike: a unit that runs (started afresh by the boot, or by anyone) is
         // never restored into.
         await ServiceHandback.WaitSettledAsync(context, t, cancellationToken).ConfigureAwait(false);
+        ContainerHandback.CheckFree(t, imagesDirectory);
 
         var criu = context.RequireCriu();
         await WaitForKernelProbeAsync(criu, cancellationToken).ConfigureAwait(false);
@@ -152,6 +153,7 @@ internal static class TargetRestore
                 PipelineLog.TargetWarning(context.Logger, t.Target.Id,
                     $"the restore request failed ({e.Message}) after CRIU let the tree run: it runs as pid {adopted.Pid}, kept as the one copy");
                 MarkRestored(context, t, adopted.Pid, null, context.TimeProvider.GetTimestamp(), start);
+                ContainerHandback.HandBack(context, t, imagesDirectory);
                 return;
             }
 
@@ -193,6 +195,7 @@ internal static class TargetRestore
 
         RestoreAnswered?.Invoke(t);
         var took = MarkRestored(context, t, result.Pid, result.Statistics, context.TimeProvider.GetTimestamp(), start);
+        ContainerHandback.HandBack(context, t, imagesDirectory);
         context.ReportProgress("Restore", $"restored as pid {result.Pid} in {took.TotalMilliseconds:0} ms"
             + (t.LazyPagesDaemon is { } served ? $"; its memory is served on demand by lazy-pages daemon {served.Pid}" : string.Empty)
             + (t.OnDemand is not null ? " from the store through our page server" : string.Empty), t.Target.Id);

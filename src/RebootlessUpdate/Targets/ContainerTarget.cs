@@ -28,9 +28,9 @@ public sealed record ContainerOptions
 /// A runc/crun container by id. <c>runtime state ID</c> gives its init pid and rootfs; every
 /// mount of its mount namespace that comes from the host (bind mounts, cgroup v1 mounts)
 /// becomes a CRIU external mount, mapped back to the same host path at restore, with the
-/// rootfs as the restore root. CRIU restores it with those options; the runtime's own state
-/// then still names the old init pid (it shows the container stopped) — a restore through
-/// the runtime (<c>runc restore</c>) is not implemented.
+/// rootfs as the restore root. CRIU restores it with those options; runc's own state of it is
+/// kept with the images and written back naming the restored init, so runc knows the container
+/// again (see <see cref="Stages.ContainerHandback"/>). crun's state is not carried.
 /// </summary>
 internal sealed class ContainerTarget(string id, ContainerOptions options) : UpdateTarget
 {
@@ -51,9 +51,15 @@ internal sealed class ContainerTarget(string id, ContainerOptions options) : Upd
             Root = rootfs,
             // A container has its own network namespace; this host has no iptables, nftables works.
             NetworkLock = CriuNetworkLock.Nftables,
+            Container = RuncState(),
         };
         return new ResolvedTarget(pid, ProcStat.Tree(pid).Count, settings);
     }
+
+    /// <summary>runc's state is carried across the checkpoint; crun keeps its own, in another form, which is not.</summary>
+    private ContainerRuntime? RuncState() => Path.GetFileName(options.Runtime) == "runc"
+        ? new ContainerRuntime { Id = id, StateRoot = options.RuntimeRoot ?? "/run/runc" }
+        : null;
 
     private (int Pid, string Rootfs) State()
     {

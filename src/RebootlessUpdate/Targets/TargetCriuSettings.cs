@@ -61,6 +61,13 @@ public sealed record TargetCriuSettings
     /// </summary>
     public ServiceUnit? Service { get; init; }
 
+    /// <summary>
+    /// The runc container the tree is (a container target's, when runc runs it): runc's state of it is kept with the
+    /// images and, once the tree is restored, written back naming the restored init (see
+    /// <see cref="Stages.ContainerHandback"/>). Default none.
+    /// </summary>
+    public ContainerRuntime? Container { get; init; }
+
     internal CriuDumpOptions ToDump(int pid, string imagesDirectory, string workDirectory) => new()
     {
         ImagesDirectory = imagesDirectory,

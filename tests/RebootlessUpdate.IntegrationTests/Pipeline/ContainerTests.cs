@@ -1,5 +1,3 @@
-using System.Globalization;
-using System.Text.Json.Nodes;
 using Mono.Unix.Native;
 using RebootlessUpdate.Criu;
 using RebootlessUpdate.Images;
@@ -24,16 +22,7 @@ public class ContainerTests
     {
         _testbed = Testbed.Require();
         Testbed.RequireRoot();
-        if (ProcessRunner.Run("runc", ["--version"], TimeSpan.FromSeconds(30)) is not { ExitCode: 0 })
-        {
-            Testbed.Missing("runc is not installed (testbed/provision installs it)");
-        }
-
-        if (!File.Exists("/bin/busybox"))
-        {
-            Testbed.Missing("/bin/busybox (busybox-static) is not installed (testbed/provision installs it)");
-        }
-
+        RuncContainer.Require();
         _dir = Directory.CreateTempSubdirectory("rebootless-container-it-").FullName;
         _id = "rebootless-it-" + Guid.NewGuid().ToString("N")[..8];
     }
@@ -46,36 +35,17 @@ public class ContainerTests
             Syscall.kill(pid, Signum.SIGKILL);
         }
 
-        ProcessRunner.Run("runc", ["delete", "-f", _id], TimeSpan.FromSeconds(30));
+        RuncContainer.Runc("delete", "-f", _id);
         Directory.Delete(_dir, recursive: true);
     }
 
-    /// <summary>A minimal OCI bundle: static busybox, `runc spec` defaults, a counter loop writing to a bind-mounted host folder.</summary>
+    private RuncContainer _container = null!;
+
     private string StartContainer()
     {
-        var bundle = Path.Combine(_dir, "bundle");
-        var data = Directory.CreateDirectory(Path.Combine(_dir, "data")).FullName;
-        Directory.CreateDirectory(Path.Combine(bundle, "rootfs", "bin"));
-        Directory.CreateDirectory(Path.Combine(bundle, "rootfs", "data"));
-        File.Copy("/bin/busybox", Path.Combine(bundle, "rootfs", "bin", "busybox"));
-        var spec = ProcessRunner.Run("runc", ["spec", "--bundle", bundle], TimeSpan.FromSeconds(30));
-        Assert.That(spec.ExitCode, Is.Zero, spec.ToString());
-        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(bundle, "config.json")))!;
-        config["process"]!["terminal"] = false;
-        // Its stdio is the container's own /dev/null: a host file would be outside its mounts.
-        config["process"]!["args"] = new JsonArray("/bin/busybox", "sh", "-c",
-            "exec </dev/null >/dev/null 2>&1; i=0; while :; do i=$((i+1)); echo $i > /data/c.tmp; /bin/busybox mv /data/c.tmp /data/counter; /bin/busybox sleep 0.05; done");
-        config["root"]!["readonly"] = false;
-        config["mounts"]!.AsArray().Add(new JsonObject { ["destination"] = "/data", ["type"] = "bind", ["source"] = data, ["options"] = new JsonArray("rbind", "rw") });
-        File.WriteAllText(Path.Combine(bundle, "config.json"), config.ToJsonString());
-        var run = ProcessRunner.Run("runc", ["run", "-d", "--bundle", bundle, _id], TimeSpan.FromSeconds(60));
-        Assert.That(run.ExitCode, Is.Zero, run.ToString());
-        Workload.WaitFor(() => Counter(data) > 0 ? 1 : 0, "the container's first count");
-        return data;
+        _container = RuncContainer.Start(_dir, _id);
+        return _container.Data;
     }
-
-    private static long Counter(string data) =>
-        long.TryParse(File.Exists(Path.Combine(data, "counter")) ? File.ReadAllText(Path.Combine(data, "counter")).Trim() : "0", NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : 0;
 
     [Test]
     public async Task Rehearsal_of_a_runc_container_restores_it_and_it_counts_on_in_its_bind_mount()
@@ -107,10 +77,27 @@ public class ContainerTests
         Assert.That(t.Restorable, Is.True);
         Assert.That(_restored, Is.Not.EqualTo(resolved.RootPid));
         Assert.That(Workload.NamespacePid(_restored!.Value), Is.EqualTo(1), "restored as the init of its own PID namespace");
-        var before = Counter(data);
-        Workload.WaitFor(() => Counter(data) > before + 2 ? 1 : 0, "the restored container to count on");
+        var before = _container.Counter();
+        Workload.WaitFor(() => _container.Counter() > before + 2 ? 1 : 0, "the restored container to count on");
         Assert.That(File.ReadAllText($"/proc/{_restored}/root/data/counter").Trim(), Is.Not.Empty,
             "its /data is the host folder again");
+
+        // runc knows it again: running, as the restored init; its kill reaches it and its delete forgets it (its exec: RuncContainerVmTests).
+        var state = RuncContainer.Runc("state", _id);
+        TestContext.Out.WriteLine(state.ToString());
+        Assert.That(state.ExitCode, Is.Zero, state.ToString());
+        using (var json = System.Text.Json.JsonDocument.Parse(state.Output))
+        {
+            Assert.That(json.RootElement.GetProperty("status").GetString(), Is.EqualTo("running"));
+            Assert.That(json.RootElement.GetProperty("pid").GetInt32(), Is.EqualTo(_restored));
+        }
+
+        var kill = RuncContainer.Runc("kill", _id, "KILL");
+        Assert.That(kill.ExitCode, Is.Zero, kill.ToString());
+        Workload.WaitFor(() => Workload.IsRunning(_restored!.Value) ? 0 : 1, "runc kill to end the restored init");
+        var delete = RuncContainer.Runc("delete", _id);
+        Assert.That(delete.ExitCode, Is.Zero, delete.ToString());
+        Assert.That(Directory.Exists(Path.Combine("/run/runc", _id)), Is.False, "runc delete forgot it");
     }
 
     [Test]
@@ -130,8 +117,8 @@ public class ContainerTests
             _restored = target.GetProperty("restoredPid").GetInt32();
         }
 
-        var before = Counter(data);
-        Workload.WaitFor(() => Counter(data) > before + 2 ? 1 : 0, "the restored container to count on");
+        var before = _container.Counter();
+        Workload.WaitFor(() => _container.Counter() > before + 2 ? 1 : 0, "the restored container to count on");
 
         var unknown = ProcessRunner.Run("dotnet", [tool, "rehearse", "--container", "rebootless-no-such-container", "--store", store, "--criu", _testbed.Criu], TimeSpan.FromMinutes(1));
         Assert.That(unknown.ExitCode, Is.EqualTo(6), unknown.ToString());

@@ -17,21 +17,12 @@ public class SystemdHostVmTests
     {
         var testbed = Testbed.Require();
         Testbed.RequireRoot();
-        var job = Directory.CreateTempSubdirectory("rebootless-vmjob-").FullName;
-        File.Copy(Path.Combine(AppContext.BaseDirectory, "jobs", "systemd-service-update.sh"), Path.Combine(job, "run"));
-        File.WriteAllText(Path.Combine(job, "new-kernel"), testbed.NewKernel);
-        File.WriteAllText(Path.Combine(job, "tool"), ToolInGuest());
-
-        (job, var result) = VmRun.RunRetryingEmulationCrash(testbed,
-            ["--kernel", "old", "--memmap", "1G!4G", "--mem", "6144", "--append", "rebootless.init=systemd", "--dotnet", "--repo", Testbed.RepositoryRoot,
-             "--timeout", "900", "--job", job],
-            TimeSpan.FromMinutes(16));
-
-        string Read(string name) => File.Exists(Path.Combine(job, name)) ? File.ReadAllText(Path.Combine(job, name)).Trim() : $"({name} missing)";
+        var (job, result) = GuestTool.RunOnSystemd(testbed, "systemd-service-update.sh");
+        string Read(string name) => GuestTool.Read(job, name);
         var diagnostics = $"\nupdate.log:\n{Read("update.log")}\njournal.log:\n{Read("journal.log")}\n{result}";
         Assert.That(result.ExitCode, Is.Zero, "the guest job failed" + diagnostics);
-        var beforeFields = Fields(Read("before.txt"));
-        var afterFields = Fields(Read("after.txt"));
+        var beforeFields = GuestTool.Fields(Read("before.txt"));
+        var afterFields = GuestTool.Fields(Read("after.txt"));
         string Before(string key) => beforeFields.GetValueOrDefault(key, $"({key} missing)");
         string After(string key) => afterFields.GetValueOrDefault(key, $"({key} missing)");
         var (tokenA, countA) = Counter(Read("counter-a-before"));
@@ -71,21 +62,6 @@ public class SystemdHostVmTests
             Assert.That(After("OrderLeft"), Is.Empty, "the resume removed the order after it");
         });
     }
-
-    /// <summary>The tool as the guest runs it: the CLI's build output, through the shared .NET runtime.</summary>
-    private static string ToolInGuest()
-    {
-        var dll = Path.Combine(Testbed.RepositoryRoot, "src", "RebootlessUpdate.Cli", "bin", "Debug", "net10.0", "rebootless.dll");
-        if (!File.Exists(dll))
-        {
-            throw new InvalidOperationException($"the tool is not built ({dll}); build the solution first");
-        }
-
-        return "/repo/" + Path.GetRelativePath(Testbed.RepositoryRoot, dll);
-    }
-
-    private static Dictionary<string, string> Fields(string text) =>
-        text.Split('\n').Select(l => l.Split('=', 2)).Where(p => p.Length == 2).GroupBy(p => p[0]).ToDictionary(g => g.Key, g => g.Last()[1].Trim());
 
     private static (string Token, long Count) Counter(string line) =>
         line.Split(' ', StringSplitOptions.RemoveEmptyEntries) is [var token, var n] && long.TryParse(n, out var count) ? (token, count) : ("(unreadable: " + line + ")", -1);

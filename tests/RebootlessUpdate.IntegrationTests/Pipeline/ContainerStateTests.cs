@@ -1,0 +1,170 @@
+using System.Text.Json.Nodes;
+using Mono.Unix.Native;
+using RebootlessUpdate.Pipeline;
+using RebootlessUpdate.Stages;
+using RebootlessUpdate.Targets;
+using RebootlessUpdate.TestSupport;
+
+namespace RebootlessUpdate.IntegrationTests.Pipeline;
+
+/// <summary>
+/// runc's state of a container target, kept with its images and given back after the restore, against a real runc:
+/// never two copies of a container, never someone else's state overwritten, never a link or FIFO followed.
+/// </summary>
+[NonParallelizable]
+public class ContainerStateTests
+{
+    private string _dir = null!;
+    private string _id = null!;
+    private string _images = null!;
+    private readonly List<RuncContainer> _started = [];
+
+    [SetUp]
+    public void SetUp()
+    {
+        Testbed.Require();
+        Testbed.RequireRoot();
+        RuncContainer.Require();
+        _dir = Directory.CreateTempSubdirectory("rebootless-runc-state-it-").FullName;
+        _id = "rebootless-it-" + Guid.NewGuid().ToString("N")[..8];
+        _images = Directory.CreateDirectory(Path.Combine(_dir, "images")).FullName;
+    }
+
+    [TearDown]
+    public void TearDown()
+    {
+        foreach (var c in _started)
+        {
+            c.Dispose();
+        }
+
+        var folder = Path.Combine("/run/runc", _id);
+        if (Syscall.lstat(folder, out var st) == 0 && (st.st_mode & FilePermissions.S_IFMT) == FilePermissions.S_IFLNK)
+        {
+            File.Delete(folder); // a link a test planted
+        }
+
+        RuncContainer.Runc("delete", "-f", _id);
+        Directory.Delete(_dir, recursive: true);
+    }
+
+    private RuncContainer Start()
+    {
+        var c = RuncContainer.Start(_dir, _id);
+        _started.Add(c);
+        return c;
+    }
+
+    /// <summary>A run of the container's target resolved as the plan does, its runc state kept in the images folder as the dump does.</summary>
+    private TargetRun Captured(TargetPhase phase = TargetPhase.Planned)
+    {
+        var target = UpdateTarget.Container(_id);
+        var resolved = target.Resolve();
+        var t = new TargetRun(target, phase);
+        t.Resolve(resolved, resolved.Settings, "t0");
+        ContainerHandback.Capture(t, _images);
+        return t;
+    }
+
+    [Test]
+    public void The_kept_state_is_runcs_own_and_a_restore_is_refused_while_runc_runs_a_container_of_that_id_again()
+    {
+        var first = Start();
+        var t = Captured();
+        var kept = JsonNode.Parse(File.ReadAllText(Path.Combine(_images, ContainerHandback.StateFile)))!;
+        Assert.That(kept["id"]!.GetValue<string>(), Is.EqualTo(_id));
+        Assert.That(kept["init_process_pid"]!.GetValue<int>(), Is.EqualTo(first.State()!.Value.Pid));
+
+        // Its own state with its init gone (a rehearsal on the same kernel): free.
+        var ownPid = first.State()!.Value.Pid;
+        Syscall.kill(ownPid, Signum.SIGKILL);
+        Workload.WaitFor(() => Workload.IsRunning(ownPid) ? 0 : 1, "the first container's init to end");
+        Assert.That(first.State()?.Status, Is.EqualTo("stopped"));
+        Assert.DoesNotThrow(() => ContainerHandback.CheckFree(t, _images));
+
+        // Someone deleted it and ran a container of the same id: restoring next to it would make two.
+        first.Stop();
+        var second = Start();
+        var e = Assert.Throws<InvalidOperationException>(() => ContainerHandback.CheckFree(t, _images));
+        TestContext.Out.WriteLine(e!.Message);
+        Assert.That(e.Message, Does.Contain($"runc runs a container {_id} again (init pid {second.State()!.Value.Pid})").And.Contain("not restored"));
+
+        // That one stopped, but it is another container under the id: its state is not ours to overwrite.
+        var secondPid = second.State()!.Value.Pid;
+        Syscall.kill(secondPid, Signum.SIGKILL);
+        Workload.WaitFor(() => Workload.IsRunning(secondPid) ? 0 : 1, "the second container's init to end");
+        e = Assert.Throws<InvalidOperationException>(() => ContainerHandback.CheckFree(t, _images));
+        TestContext.Out.WriteLine(e!.Message);
+        Assert.That(e.Message, Does.Contain($"runc holds another container under the id {_id}").And.Contain("runc --root /run/runc delete"));
+    }
+
+    [Test]
+    public void A_link_planted_as_the_containers_state_folder_is_neither_restored_into_nor_written_through()
+    {
+        Start();
+        var t = Captured(TargetPhase.Restoring);
+        _started[0].Stop();
+        var folder = Path.Combine("/run/runc", _id);
+        if (Directory.Exists(folder))
+        {
+            Directory.Delete(folder, recursive: true); // (runc's delete now and then leaves it a moment longer)
+        }
+
+        var elsewhere = Directory.CreateDirectory(Path.Combine(_dir, "elsewhere")).FullName;
+        File.WriteAllText(Path.Combine(elsewhere, "state.json"), "someone else's");
+        File.CreateSymbolicLink(folder, elsewhere);
+
+        var e = Assert.Throws<InvalidOperationException>(() => ContainerHandback.CheckFree(t, _images));
+        TestContext.Out.WriteLine(e!.Message);
+        Assert.That(e.Message, Does.Contain("is a symbolic link").And.Contain("not restored"));
+
+        // Planted after the check, while CRIU restores: the hand-back refuses it too and says so; the tree runs on.
+        using var stand = Workload.Start(Path.Combine(_dir, "stand-in"));
+        t.MarkRestored(stand.RootPid, null, TimeSpan.Zero, 0, DateTimeOffset.UtcNow, null);
+        var progress = new Said();
+        var context = new UpdateContext(UpdateMode.Rehearse, [t.Target]) { Progress = progress };
+        ContainerHandback.HandBack(context, t, _images);
+        TestContext.Out.WriteLine(string.Join("\n", progress.Messages));
+        Assert.That(File.ReadAllText(Path.Combine(elsewhere, "state.json")), Is.EqualTo("someone else's"), "nothing written through the link");
+        Assert.That(progress.Messages, Has.One.Contains($"runc does not know the restored container {_id}").And.Contains($"it runs as pid {stand.RootPid}"));
+        Assert.That(Workload.IsRunning(stand.RootPid), Is.True);
+    }
+
+    [Test]
+    public void A_fifo_in_place_of_runcs_state_is_refused_at_the_dump_at_once_and_nothing_is_frozen()
+    {
+        var c = Start();
+        var target = UpdateTarget.Container(_id);
+        var resolved = target.Resolve();
+        var t = new TargetRun(target);
+        t.Resolve(resolved, resolved.Settings, "t0");
+        var state = Path.Combine("/run/runc", _id, "state.json");
+        var saved = File.ReadAllBytes(state);
+        File.Delete(state);
+        Assert.That(Syscall.mkfifo(state, FilePermissions.S_IRUSR | FilePermissions.S_IWUSR), Is.Zero);
+        try
+        {
+            var started = DateTime.UtcNow;
+            var e = Assert.Throws<TargetNotFoundException>(() => ContainerHandback.Capture(t, _images));
+            TestContext.Out.WriteLine(e!.Message);
+            Assert.That(e.Message, Does.Contain("runc's state of the container cannot be kept").And.Contain("nothing was frozen"));
+            Assert.That(DateTime.UtcNow - started, Is.LessThan(TimeSpan.FromSeconds(5)), "the FIFO was not read (a read would block)");
+            Assert.That(File.Exists(Path.Combine(_images, ContainerHandback.StateFile)), Is.False);
+        }
+        finally
+        {
+            File.Delete(state);
+            File.WriteAllBytes(state, saved);
+        }
+
+        Assert.That(c.State()?.Status, Is.EqualTo("running"), "the container runs on");
+    }
+
+    /// <summary>What a run reported, in order, as it reported it.</summary>
+    private sealed class Said : IProgress<UpdateProgress>
+    {
+        public List<string> Messages { get; } = [];
+
+        public void Report(UpdateProgress value) => Messages.Add(value.Message ?? string.Empty);
+    }
+}

@@ -1,0 +1,52 @@
+using RebootlessUpdate.TestSupport;
+
+namespace RebootlessUpdate.VmTests.Systemd;
+
+/// <summary>The tool as a guest job runs it: the CLI's build output, through the shared .NET runtime, from the /repo share.</summary>
+internal static class GuestTool
+{
+    public static string Path
+    {
+        get
+        {
+            var dll = System.IO.Path.Combine(Testbed.RepositoryRoot, "src", "RebootlessUpdate.Cli", "bin", "Debug", "net10.0", "rebootless.dll");
+            if (!File.Exists(dll))
+            {
+                throw new InvalidOperationException($"the tool is not built ({dll}); build the solution first");
+            }
+
+            return "/repo/" + System.IO.Path.GetRelativePath(Testbed.RepositoryRoot, dll);
+        }
+    }
+
+    /// <summary>
+    /// Runs jobs/<paramref name="script"/> as the guest job of a VM booted with systemd as PID 1 on the old kernel (1 GiB
+    /// of pmem at 4 GiB, the .NET runtime and this repository shared), with the new kernel's version in /job/new-kernel,
+    /// the tool's path in /job/tool, and <paramref name="files"/> (name → host file) copied into the job folder.
+    /// Returns the job folder (a fresh one when the run was retried) and the run.
+    /// </summary>
+    public static (string Job, ProcessResult Result) RunOnSystemd(Testbed testbed, string script, IReadOnlyDictionary<string, string>? files = null)
+    {
+        var job = Directory.CreateTempSubdirectory("rebootless-vmjob-").FullName;
+        File.Copy(System.IO.Path.Combine(AppContext.BaseDirectory, "jobs", script), System.IO.Path.Combine(job, "run"));
+        File.WriteAllText(System.IO.Path.Combine(job, "new-kernel"), testbed.NewKernel);
+        File.WriteAllText(System.IO.Path.Combine(job, "tool"), Path);
+        foreach (var (name, source) in files ?? new Dictionary<string, string>())
+        {
+            File.Copy(source, System.IO.Path.Combine(job, name));
+        }
+
+        return VmRun.RunRetryingEmulationCrash(testbed,
+            ["--kernel", "old", "--memmap", "1G!4G", "--mem", "6144", "--append", "rebootless.init=systemd", "--dotnet", "--repo", Testbed.RepositoryRoot,
+             "--timeout", "900", "--job", job],
+            TimeSpan.FromMinutes(16));
+    }
+
+    /// <summary>What the job left in <paramref name="job"/>/<paramref name="name"/>, trimmed, or "(NAME missing)".</summary>
+    public static string Read(string job, string name) =>
+        File.Exists(System.IO.Path.Combine(job, name)) ? File.ReadAllText(System.IO.Path.Combine(job, name)).Trim() : $"({name} missing)";
+
+    /// <summary>KEY=VALUE lines (the last of a key wins), as the guest jobs write what they saw.</summary>
+    public static Dictionary<string, string> Fields(string text) =>
+        text.Split('\n').Select(l => l.Split('=', 2)).Where(p => p.Length == 2).GroupBy(p => p[0]).ToDictionary(g => g.Key, g => g.Last()[1].Trim());
+}

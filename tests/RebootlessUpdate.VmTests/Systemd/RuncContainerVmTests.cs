@@ -1,0 +1,66 @@
+using RebootlessUpdate.TestSupport;
+
+namespace RebootlessUpdate.VmTests.Systemd;
+
+/// <summary>
+/// A runc container on a host whose PID 1 is systemd, cgroup v2 through runc's systemd cgroup driver, updated across
+/// the real jump through <c>systemctl kexec</c> with <c>rebootless update --container</c>. On the new kernel the
+/// shipped resume unit restores it, and runc knows it again: <c>runc state</c> shows it running as the restored init,
+/// <c>runc exec</c> enters it, <c>runc kill</c> and <c>runc delete</c> end and forget it. The guest side is
+/// jobs/runc-container-update.sh.
+/// </summary>
+[NonParallelizable]
+public class RuncContainerVmTests
+{
+    [Test]
+    public void A_runc_container_crosses_systemctl_kexec_and_runc_knows_it_again_as_the_restored_init()
+    {
+        var testbed = Testbed.Require();
+        Testbed.RequireRoot();
+        if (!File.Exists("/bin/busybox"))
+        {
+            Testbed.Missing("/bin/busybox (busybox-static) is not installed (testbed/provision installs it)");
+        }
+
+        var (job, result) = GuestTool.RunOnSystemd(testbed, "runc-container-update.sh", new Dictionary<string, string> { ["busybox"] = "/bin/busybox" });
+        string Read(string name) => GuestTool.Read(job, name);
+        var diagnostics = $"\nupdate.log:\n{Read("update.log")}\njournal.log:\n{Read("journal.log")}\n{result}";
+        Assert.That(result.ExitCode, Is.Zero, "the guest job failed" + diagnostics);
+        var before = GuestTool.Fields(Read("before.txt"));
+        var after = GuestTool.Fields(Read("after.txt"));
+        string Before(string key) => before.GetValueOrDefault(key, $"({key} missing)");
+        string After(string key) => after.GetValueOrDefault(key, $"({key} missing)");
+        var (token, count) = Counter(Read("counter-before"));
+        var (tokenAfter, countAfter) = Counter(After("CtrCounter"));
+        var (_, countLater) = Counter(After("CtrCounterLater"));
+        TestContext.Out.WriteLine($"before:\n{Read("before.txt")}\nafter:\n{Read("after.txt")}\njournal:\n{Read("journal.log")}");
+        Assert.Multiple(() =>
+        {
+            Assert.That(Read("kernel1"), Is.EqualTo(testbed.OldKernel));
+            Assert.That(After("Kernel"), Is.EqualTo(testbed.NewKernel), "the jump happened" + diagnostics);
+            Assert.That(After("Pid1"), Is.EqualTo("systemd"));
+            Assert.That(Before("CtrStatus"), Is.EqualTo("running"));
+            Assert.That(Before("CtrCgroup"), Does.EndWith("/system.slice/runc-rebootless-ctr.scope"), "runc's systemd driver put it in its scope");
+            Assert.That(After("ResumeResult"), Is.EqualTo("success"), "the resume unit restored it" + diagnostics);
+
+            // runc knows the restored container: running, as the restored init, in the cgroup it had.
+            Assert.That(After("CtrStatus"), Is.EqualTo("running"), "runc state after the jump" + diagnostics);
+            Assert.That(After("CtrPid"), Is.Not.EqualTo(Before("CtrPid")).And.Not.EqualTo("0"), "the restored init, a new host pid");
+            Assert.That(After("CtrCgroup"), Is.EqualTo(Before("CtrCgroup")), "restored into the cgroup it had");
+            Assert.That(After("CtrCopies"), Is.EqualTo("1"), "one copy, never two");
+            Assert.That(tokenAfter, Is.EqualTo(token), "the process checkpointed (its in-memory token), not a fresh start");
+            Assert.That(countAfter, Is.GreaterThanOrEqualTo(count), "its counter continued from where it was");
+            Assert.That(countLater, Is.GreaterThan(countAfter), "the restored container keeps running");
+            Assert.That(After("CtrExec"), Does.StartWith(token), "runc exec enters the restored container");
+            Assert.That(After("Failed"), Is.Empty, "systemctl --failed lists nothing");
+
+            // runc's kill reaches the restored init and its delete forgets the container.
+            Assert.That(After("Kill"), Is.EqualTo("ok"));
+            Assert.That(After("Delete"), Is.EqualTo("ok"));
+            Assert.That(After("AfterDelete"), Is.EqualTo("unknown 0"), "runc forgot it and nothing of it runs");
+        });
+    }
+
+    private static (string Token, long Count) Counter(string line) =>
+        line.Split(' ', StringSplitOptions.RemoveEmptyEntries) is [var token, var n] && long.TryParse(n, out var count) ? (token, count) : ("(unreadable: " + line + ")", -1);
+}

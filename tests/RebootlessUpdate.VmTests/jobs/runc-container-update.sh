@@ -1,0 +1,90 @@
+# Guest job for RuncContainerVmTests, run on each boot as systemd's job service (testbed/vm with
+# rebootless.init=systemd: systemd is PID 1). Boot 1: a runc container (static busybox, its own namespaces,
+# cgroup v2 through runc's systemd cgroup driver, so systemd holds it in runc-rebootless-ctr.scope) keeps a
+# counter in memory and writes it to a bind-mounted folder; `rebootless install-unit` installs the shipped
+# resume unit; `rebootless update --container` checkpoints it and jumps through `systemctl kexec`. Boot 2 (the
+# new kernel): the resume unit restores it; the job writes what runc and systemd show to /job/after.txt, then
+# stops the container through runc. The host test reads the files this leaves in /job.
+set -eu
+STORE="--pmem /dev/pmem0 --store-mount /run/rebootless/store --criu /usr/sbin/criu"
+ID=rebootless-ctr
+tool() { dotnet "$(cat /job/tool)" "$@"; }
+# Files kept in /job/persist are this guest's disk: vm-init copies them into / on every boot.
+persist() { for f in "$@"; do mkdir -p "/job/persist$(dirname "$f")"; cp -a "$f" "/job/persist$f"; done; }
+# What runc says of the container, as KEY=VALUE lines: its status and init pid (or what runc said).
+state() {
+  if runc state "$ID" >/tmp/runc-state.json 2>&1; then
+    python3 -c 'import json, sys
+s = json.load(open("/tmp/runc-state.json"))
+print(sys.argv[1] + "Status=" + s["status"])
+print(sys.argv[1] + "Pid=" + str(s["pid"]))' "$1"
+  else
+    echo "$1Status=unknown: $(tr '\n' ' ' </tmp/runc-state.json)"
+  fi
+}
+scope() { systemctl show "runc-$ID.scope" -p LoadState -p ActiveState -p ControlGroup | sed "s/^/Scope/"; }
+
+if ! grep -q 'rebootless.resume=' /proc/cmdline; then
+  uname -r >/job/kernel1
+  # The bundle lives on the job share: the guest's own root is a tmpfs overlay that the jump loses.
+  b=/job/ctr/bundle
+  mkdir -p $b/rootfs/bin $b/rootfs/data /job/ctr/data
+  cp /job/busybox $b/rootfs/bin/busybox
+  (cd $b && runc spec)
+  python3 - $b/config.json <<'PY'
+import json, sys
+path = sys.argv[1]
+c = json.load(open(path))
+c["process"]["terminal"] = False
+# A token drawn at start and a count, both in memory only: a fresh start shows a new token and begins at 1.
+c["process"]["args"] = ["/bin/busybox", "sh", "-c",
+    "exec </dev/null >/dev/null 2>&1; t=$(/bin/busybox cat /proc/sys/kernel/random/uuid); i=0; "
+    "while :; do i=$((i+1)); echo \"$t $i\" >/data/c.tmp; /bin/busybox mv /data/c.tmp /data/counter; /bin/busybox sleep 0.2; done"]
+c["root"]["readonly"] = False
+c["mounts"].append({"destination": "/data", "type": "bind", "source": "/job/ctr/data", "options": ["rbind", "rw"]})
+c["linux"]["cgroupsPath"] = "system.slice:runc:rebootless-ctr"
+json.dump(c, open(path, "w"))
+PY
+  # (Bounded: once in the VM a start without --debug waited on systemd for minutes.)
+  timeout 120 runc --debug --systemd-cgroup run -d --bundle $b "$ID" >/job/runc-run.log 2>&1
+  printf 'REBOOTLESS_OPTIONS="%s"\n' "$STORE" >/etc/default/rebootless
+  tool install-unit >/job/install-unit.log 2>&1
+  w=/etc/systemd/system/multi-user.target.wants
+  persist /etc/default/rebootless /etc/systemd/system/rebootless-resume.service $w/rebootless-resume.service
+  i=0; until [ -s /job/ctr/data/counter ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i + 1)); done
+  sleep 1
+  { state Ctr; scope
+    echo "CtrCgroup=$(cat "/proc/$(runc state "$ID" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')/cgroup")"; } >/job/before.txt
+  cat /job/ctr/data/counter >/job/counter-before
+  new=$(cat /job/new-kernel)
+  # Jumps: systemd stops this job like every service, so nothing below runs unless the update failed.
+  tool update --container "$ID" --kernel "/boot/vmlinuz-$new" --initrd "/boot/rebootless-initrd-$new.img" --append rebootless.boot=2 $STORE \
+    >/job/update.log 2>&1 || echo "update exited $?" >>/job/update.log
+  exit 11
+fi
+
+uname -r >/job/kernel2
+i=0; while [ "$(systemctl show rebootless-resume.service -p SubState --value)" != exited ] \
+  && [ "$(systemctl show rebootless-resume.service -p ActiveState --value)" != failed ] && [ $i -lt 600 ]; do sleep 0.5; i=$((i + 1)); done
+{
+  echo "Kernel=$(uname -r)"
+  echo "Pid1=$(cat /proc/1/comm)"
+  systemctl show rebootless-resume.service -p ActiveState -p Result -p ExecMainStatus | sed 's/^/Resume/'
+  state Ctr
+  pid=$(runc state "$ID" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])' || echo 0)
+  echo "CtrCgroup=$(cat "/proc/$pid/cgroup" 2>/dev/null)"
+  echo "CtrCopies=$(pgrep -c -f 'while :; do i=' || true)"
+  scope
+  echo "CtrCounter=$(cat /job/ctr/data/counter)"
+  echo "CtrExec=$(runc exec "$ID" /bin/busybox cat /data/counter 2>&1 | tr '\n' ' ')"
+  sleep 2
+  echo "CtrCounterLater=$(cat /job/ctr/data/counter)"
+  echo "Failed=$(systemctl --failed --no-legend --plain | awk '{print $1}' | tr '\n' ' ')"
+  echo "System=$(systemctl is-system-running || true)"
+  echo "Kill=$(runc kill "$ID" KILL 2>&1 && echo ok)"
+  i=0; while [ -d "/proc/$pid" ] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  echo "Delete=$(runc delete "$ID" 2>&1 && echo ok)"
+  echo "AfterDelete=$(runc state "$ID" >/dev/null 2>&1 && echo known || echo unknown) $(pgrep -c -f 'while :; do i=' || true)"
+} >/job/after.txt 2>&1
+journalctl -b -u rebootless-resume.service --no-pager >/job/journal.log 2>&1 || true
+cat /job/after.txt
