@@ -22,8 +22,8 @@ internal class ReportStage : IUpdateStage
     }
 
     /// <summary>
-    /// Every service target's unit gets its tree or its own configuration back, whichever path the run took, and runc
-    /// knows every restored container again (a run that died between a restore and its hand-back is mended here).
+    /// Every service target's unit gets its tree or its own configuration back, whichever path the run took, systemd
+    /// holds every restored tree of a scope in it again, and runc knows every restored container again (a run that died between a restore and its hand-back is mended here).
     /// Safe to repeat; journaled after.
     /// </summary>
     protected static void HandBackServices(UpdateContext context)
@@ -31,6 +31,7 @@ internal class ReportStage : IUpdateStage
         foreach (var t in context.Targets)
         {
             _ = ServiceHandback.HandBack(context, t);
+            ScopeHandback.HandBack(context, t);
             if (t.Settings?.Container is not null && t.Phase == TargetPhase.Restored)
             {
                 ContainerHandback.HandBack(context, t, ContainerHandback.ImagesOf(context, t));

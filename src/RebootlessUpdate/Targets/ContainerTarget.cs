@@ -52,6 +52,7 @@ internal sealed class ContainerTarget(string id, ContainerOptions options) : Upd
             // A container has its own network namespace; this host has no iptables, nftables works.
             NetworkLock = CriuNetworkLock.Nftables,
             Container = RuncState(),
+            Scope = Stages.ScopeHandback.Of(pid),
         };
         return new ResolvedTarget(pid, ProcStat.Tree(pid).Count, settings);
     }

@@ -68,6 +68,13 @@ public sealed record TargetCriuSettings
     /// </summary>
     public ContainerRuntime? Container { get; init; }
 
+    /// <summary>
+    /// The systemd scope the tree runs in (a container's, when runc's systemd cgroup driver made it): once the tree
+    /// is restored into the scope's cgroup, systemd holds it in that scope again (see <see cref="Stages.ScopeHandback"/>).
+    /// Default none.
+    /// </summary>
+    public ScopeUnit? Scope { get; init; }
+
     internal CriuDumpOptions ToDump(int pid, string imagesDirectory, string workDirectory) => new()
     {
         ImagesDirectory = imagesDirectory,

@@ -90,17 +90,45 @@ internal sealed class RuncContainer : IDisposable
         return (json.RootElement.GetProperty("status").GetString()!, json.RootElement.GetProperty("pid").GetInt32());
     }
 
-    /// <summary>Kills the container's init (by the pid runc names, when that process is this container's) and deletes it from runc.</summary>
+    /// <summary>
+    /// Ends the container and deletes it from runc: its init by the pid runc names, and every process still in its
+    /// cgroup (named after its unique id: this test's processes only), then <c>runc delete -f</c>.
+    /// </summary>
     public void Stop()
     {
-        if (State() is { Status: "running" } s && Workload.IsRunning(s.Pid))
+        Runc("kill", Id, "KILL");
+        var pids = new List<int>();
+        if (State() is { } s)
         {
-            Syscall.kill(s.Pid, Signum.SIGKILL);
-            Workload.WaitFor(() => Workload.IsRunning(s.Pid) ? 0 : 1, $"container {Id}'s init {s.Pid} to end");
+            pids.Add(s.Pid);
+        }
+
+        pids.AddRange(Directory.EnumerateDirectories("/proc").Select(Path.GetFileName).Select(n => int.TryParse(n, out var pid) ? pid : 0)
+            .Where(pid => pid > 0 && InOurCgroup(pid)));
+        foreach (var pid in pids.Distinct().Where(Workload.IsRunning))
+        {
+            Syscall.kill(pid, Signum.SIGKILL);
+        }
+
+        foreach (var pid in pids.Distinct())
+        {
+            Workload.WaitFor(() => Workload.IsRunning(pid) ? 0 : 1, $"container {Id}'s process {pid} to end");
         }
 
         var delete = Runc("delete", "-f", Id);
         TestContext.Out.WriteLine($"runc delete -f {Id}: {delete}");
+    }
+
+    private bool InOurCgroup(int pid)
+    {
+        try
+        {
+            return File.ReadAllText($"/proc/{pid}/cgroup").Contains("/" + Id + "\n", StringComparison.Ordinal);
+        }
+        catch (IOException)
+        {
+            return false;
+        }
     }
 
     public void Dispose() => Stop();

@@ -5,8 +5,8 @@ namespace RebootlessUpdate.VmTests.Systemd;
 /// <summary>
 /// A runc container on a host whose PID 1 is systemd, cgroup v2 through runc's systemd cgroup driver, updated across
 /// the real jump through <c>systemctl kexec</c> with <c>rebootless update --container</c>. On the new kernel the
-/// shipped resume unit restores it, and runc knows it again: <c>runc state</c> shows it running as the restored init,
-/// <c>runc exec</c> enters it, <c>runc kill</c> and <c>runc delete</c> end and forget it. The guest side is
+/// shipped resume unit restores it, systemd holds it in its scope again, and runc knows it again: <c>runc state</c> shows
+/// it running as the restored init, <c>runc exec</c> enters it, <c>runc kill</c> and <c>runc delete</c> end and forget it. The guest side is
 /// jobs/runc-container-update.sh.
 /// </summary>
 [NonParallelizable]
@@ -54,10 +54,17 @@ public class RuncContainerVmTests
             Assert.That(After("CtrExec"), Does.StartWith(token), "runc exec enters the restored container");
             Assert.That(After("Failed"), Is.Empty, "systemctl --failed lists nothing");
 
+            // systemd holds it in its scope again, as runc's systemd driver had it.
+            Assert.That(Before("ScopeActiveState"), Is.EqualTo("active"));
+            Assert.That(After("ScopeLoadState"), Is.EqualTo("loaded"), "systemd knows runc-rebootless-ctr.scope again" + diagnostics);
+            Assert.That(After("ScopeActiveState"), Is.EqualTo("active"));
+            Assert.That(After("ScopeControlGroup"), Is.EqualTo(Before("ScopeControlGroup")), "the scope is the restored tree's cgroup");
+
             // runc's kill reaches the restored init and its delete forgets the container.
             Assert.That(After("Kill"), Is.EqualTo("ok"));
             Assert.That(After("Delete"), Is.EqualTo("ok"));
             Assert.That(After("AfterDelete"), Is.EqualTo("unknown 0"), "runc forgot it and nothing of it runs");
+            Assert.That(After("ScopeAfterDelete"), Is.EqualTo("inactive"), "runc's delete stopped the scope through systemd");
         });
     }
 

@@ -3,7 +3,8 @@
 # cgroup v2 through runc's systemd cgroup driver, so systemd holds it in runc-rebootless-ctr.scope) keeps a
 # counter in memory and writes it to a bind-mounted folder; `rebootless install-unit` installs the shipped
 # resume unit; `rebootless update --container` checkpoints it and jumps through `systemctl kexec`. Boot 2 (the
-# new kernel): the resume unit restores it; the job writes what runc and systemd show to /job/after.txt, then
+# new kernel): the resume unit restores it into its scope again; the job writes what runc and systemd show to
+# /job/after.txt, then
 # stops the container through runc. The host test reads the files this leaves in /job.
 set -eu
 STORE="--pmem /dev/pmem0 --store-mount /run/rebootless/store --criu /usr/sbin/criu"
@@ -85,6 +86,7 @@ i=0; while [ "$(systemctl show rebootless-resume.service -p SubState --value)" !
   i=0; while [ -d "/proc/$pid" ] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
   echo "Delete=$(runc delete "$ID" 2>&1 && echo ok)"
   echo "AfterDelete=$(runc state "$ID" >/dev/null 2>&1 && echo known || echo unknown) $(pgrep -c -f 'while :; do i=' || true)"
+  echo "ScopeAfterDelete=$(systemctl show "runc-$ID.scope" -p ActiveState --value)"
 } >/job/after.txt 2>&1
 journalctl -b -u rebootless-resume.service --no-pager >/job/journal.log 2>&1 || true
 cat /job/after.txt

@@ -1,0 +1,21 @@
+namespace RebootlessUpdate.Targets;
+
+/// <summary>
+/// The systemd scope a target's tree runs in (runc's systemd cgroup driver puts a container in <c>runc-ID.scope</c>):
+/// kept with the target's settings (and so in the journal), so that every run that restores the tree, on this kernel
+/// or the next, has systemd hold it in that scope again (see <see cref="Stages.ScopeHandback"/>).
+/// </summary>
+public sealed record ScopeUnit
+{
+    /// <summary>The scope's name, e.g. <c>runc-web.scope</c>.</summary>
+    public required string Name { get; init; }
+
+    /// <summary>The slice it is in, e.g. <c>system.slice</c>.</summary>
+    public required string Slice { get; init; }
+
+    /// <summary>Its description, as <c>systemctl status</c> shows it.</summary>
+    public string? Description { get; init; }
+
+    /// <summary>Its cgroup is delegated to the processes in it (runc's scopes are).</summary>
+    public bool Delegate { get; init; }
+}
