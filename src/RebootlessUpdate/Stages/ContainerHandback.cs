@@ -45,18 +45,20 @@ internal static partial class ContainerHandback
 
         var path = StatePath(container);
         JsonObject state;
+        int pid;
         try
         {
             state = Parse(StoreFiles.ReadRegular(path, MaxStateBytes, ownOnly: true), path);
+            pid = Pid(state);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             throw new TargetNotFoundException(t.Target.Id, $"runc's state of the container cannot be kept ({e.Message}); nothing was frozen.");
         }
 
-        if (Pid(state) != resolved.RootPid)
+        if (pid != resolved.RootPid)
         {
-            throw new TargetNotFoundException(t.Target.Id, $"runc's state ({path}) names process {Pid(state)}, not the container's init {resolved.RootPid}; nothing was frozen.");
+            throw new TargetNotFoundException(t.Target.Id, $"runc's state ({path}) names process {pid}, not the container's init {resolved.RootPid}; nothing was frozen.");
         }
 
         StoreFiles.WriteAtomically(Path.Combine(imagesDirectory, StateFile), Encoding.UTF8.GetBytes(state.ToJsonString()), syncDirectory: false);
@@ -74,6 +76,18 @@ internal static partial class ContainerHandback
             return;
         }
 
+        try
+        {
+            CheckFree(container, imagesDirectory);
+        }
+        catch (IOException e)
+        {
+            throw new InvalidOperationException($"runc's state of container {container.Id} cannot be checked ({e.Message}): the container is not restored, its images are kept", e);
+        }
+    }
+
+    private static void CheckFree(ContainerRuntime container, string imagesDirectory)
+    {
         var kept = Kept(container, imagesDirectory);
         var folder = Path.Combine(container.StateRoot, container.Id);
         var type = StoreFiles.TypeOf(folder);
@@ -121,8 +135,25 @@ internal static partial class ContainerHandback
     }
 
     /// <summary>
+    /// After a restore, once it is journaled: systemd holds the restored tree in its scope again and runc knows the
+    /// container again (see <see cref="ScopeHandback"/>). Never throws; safe to repeat. <paramref name="imagesDirectory"/>
+    /// defaults to the folder the target was restored from.
+    /// </summary>
+    internal static void AfterRestore(UpdateContext context, TargetRun t, string? imagesDirectory = null)
+    {
+        if (t.Phase != TargetPhase.Restored || (t.Settings?.Scope is null && t.Settings?.Container is null))
+        {
+            return;
+        }
+
+        ScopeHandback.HandBack(context, t);
+        HandBack(context, t, imagesDirectory ?? ImagesOf(context, t));
+    }
+
+    /// <summary>
     /// After a restore: runc's state names the restored init (its pid, start time and namespaces). Never throws: a
-    /// state that cannot be written is reported, and the container runs on without runc knowing it. Safe to repeat.
+    /// state that cannot be written, or another container's that runc holds under the id by now, is reported, and the
+    /// container runs on without runc knowing it. Safe to repeat.
     /// </summary>
     internal static void HandBack(UpdateContext context, TargetRun t, string imagesDirectory)
     {
@@ -134,12 +165,22 @@ internal static partial class ContainerHandback
 
         try
         {
-            if (Written(container) is { } there && Alive(there) == root.Pid)
+            var state = Kept(container, imagesDirectory);
+            if (Written(container) is { } there)
             {
-                return; // handed back already (a run's Report repeats it)
+                var running = Alive(there);
+                if (running == root.Pid)
+                {
+                    return; // handed back already (a run's Report repeats it)
+                }
+
+                // Someone else's by now (a container started under the id while this one was restored): never overwritten.
+                if (running is not null || Created(there) != Created(state))
+                {
+                    throw new InvalidOperationException($"runc holds another container under the id by now ({(running is { } p ? $"running as init pid {p}" : $"created {Created(there)}")}), left as it is");
+                }
             }
 
-            var state = Kept(container, imagesDirectory);
             var old = Pid(state);
             state["init_process_pid"] = root.Pid;
             state["init_process_start"] = root.StartTime;
@@ -160,7 +201,7 @@ internal static partial class ContainerHandback
             PipelineLog.TargetEvent(context.Logger, t.Target.Id, $"handed back to runc: container {container.Id} runs as init pid {root.Pid}");
             context.ReportProgress("Restore", $"runc knows container {container.Id} again, running as init pid {root.Pid}", t.Target.Id);
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidOperationException)
+        catch (Exception e) when (e is not OperationCanceledException)
         {
             var why = $"runc does not know the restored container {container.Id} ({e.Message}): it runs as pid {root.Pid}, but runc state, kill and delete "
                 + $"do not reach it; end it with kill {root.Pid} and start the container afresh";

@@ -31,11 +31,7 @@ internal class ReportStage : IUpdateStage
         foreach (var t in context.Targets)
         {
             _ = ServiceHandback.HandBack(context, t);
-            ScopeHandback.HandBack(context, t);
-            if (t.Settings?.Container is not null && t.Phase == TargetPhase.Restored)
-            {
-                ContainerHandback.HandBack(context, t, ContainerHandback.ImagesOf(context, t));
-            }
+            ContainerHandback.AfterRestore(context, t, ContainerHandback.ImagesOf(context, t));
         }
     }
 

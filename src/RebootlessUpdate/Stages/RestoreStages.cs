@@ -42,6 +42,7 @@ internal abstract class RestoreStage(RestoreStageOptions options) : IUpdateStage
                     fromStore).ConfigureAwait(false);
                 // Durable at once: a run that crashes after this restore must not restore the target a second time.
                 journal.UpdateTargets(context);
+                ContainerHandback.AfterRestore(context, t, dir);
                 if (ServiceHandback.HandBack(context, t))
                 {
                     journal.UpdateTargets(context);

@@ -34,7 +34,7 @@ internal static class ScopeHandback
         var show = Show(name, "LoadState", "ControlGroup", "Slice", "Description", "Delegate");
         return show is not null && show.GetValueOrDefault("LoadState") == "loaded" && show.GetValueOrDefault("ControlGroup") == cgroup
             && show.GetValueOrDefault("Slice") is { Length: > 0 } slice
-            ? new ScopeUnit { Name = name, Slice = slice, Description = show.GetValueOrDefault("Description"), Delegate = show.GetValueOrDefault("Delegate") == "yes" }
+            ? new ScopeUnit { Name = name, ControlGroup = cgroup!, Slice = slice, Description = show.GetValueOrDefault("Description"), Delegate = show.GetValueOrDefault("Delegate") == "yes" }
             : null;
     }
 
@@ -50,10 +50,22 @@ internal static class ScopeHandback
             return;
         }
 
-        var cgroup = CgroupOf(root.Pid);
-        if (cgroup is null || Path.GetFileName(cgroup) != scope.Name)
+        try
         {
-            Warn(context, t, $"the restored tree (root {root.Pid}) is in cgroup {cgroup ?? "(unknown)"}, not in {scope.Name}'s: systemd does not hold it in that scope");
+            HandBack(context, t, scope, root.Pid);
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            Warn(context, t, $"systemd does not hold the restored tree in {scope.Name} ({e.Message}): it runs in its cgroup without a unit");
+        }
+    }
+
+    private static void HandBack(UpdateContext context, TargetRun t, ScopeUnit scope, int root)
+    {
+        var cgroup = CgroupOf(root);
+        if (cgroup != scope.ControlGroup)
+        {
+            Warn(context, t, $"the restored tree (root {root}) is in cgroup {cgroup ?? "(unknown)"}, not in {scope.Name}'s {scope.ControlGroup}: systemd does not hold it in that scope");
             return;
         }
 

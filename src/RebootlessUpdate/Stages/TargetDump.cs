@@ -52,9 +52,10 @@ internal static class TargetDump
                 }
             },
         };
+        // Before anything freezes (and before systemd is told anything): runc's state of a container goes with its images.
+        ContainerHandback.Capture(t, images);
         // Before anything freezes: systemd must not act on the end CRIU gives the unit's processes.
         ServiceHandback.Release(context, t);
-        ContainerHandback.Capture(t, images);
         pending.Abandon = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         t.DumpRequested(images, original, context.Processes.IsNamespaceInit(resolved.RootPid), context.TimeProvider.GetTimestamp(),
             context.TimeProvider.GetUtcNow(), pending);

@@ -153,8 +153,6 @@ internal static class TargetRestore
                 PipelineLog.TargetWarning(context.Logger, t.Target.Id,
                     $"the restore request failed ({e.Message}) after CRIU let the tree run: it runs as pid {adopted.Pid}, kept as the one copy");
                 MarkRestored(context, t, adopted.Pid, null, context.TimeProvider.GetTimestamp(), start);
-                ScopeHandback.HandBack(context, t);
-                ContainerHandback.HandBack(context, t, imagesDirectory);
                 return;
             }
 
@@ -196,8 +194,6 @@ internal static class TargetRestore
 
         RestoreAnswered?.Invoke(t);
         var took = MarkRestored(context, t, result.Pid, result.Statistics, context.TimeProvider.GetTimestamp(), start);
-        ScopeHandback.HandBack(context, t);
-        ContainerHandback.HandBack(context, t, imagesDirectory);
         context.ReportProgress("Restore", $"restored as pid {result.Pid} in {took.TotalMilliseconds:0} ms"
             + (t.LazyPagesDaemon is { } served ? $"; its memory is served on demand by lazy-pages daemon {served.Pid}" : string.Empty)
             + (t.OnDemand is not null ? " from the store through our page server" : string.Empty), t.Target.Id);

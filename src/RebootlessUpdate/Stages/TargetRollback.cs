@@ -128,6 +128,7 @@ internal static class TargetRollback
             try
             {
                 await TargetRestore.RestoreAsync(context, t, t.ImagesDirectory!, releaseWait, lazy: false, CancellationToken.None).ConfigureAwait(false);
+                ContainerHandback.AfterRestore(context, t, t.ImagesDirectory!);
                 PipelineLog.TargetEvent(context.Logger, t.Target.Id, $"rolled back: restored from the images as pid {t.RestoredPid}");
                 return;
             }

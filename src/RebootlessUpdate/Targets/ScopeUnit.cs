@@ -10,6 +10,9 @@ public sealed record ScopeUnit
     /// <summary>The scope's name, e.g. <c>runc-web.scope</c>.</summary>
     public required string Name { get; init; }
 
+    /// <summary>Its cgroup, e.g. <c>/system.slice/runc-web.scope</c>: the restored tree must be there again.</summary>
+    public required string ControlGroup { get; init; }
+
     /// <summary>The slice it is in, e.g. <c>system.slice</c>.</summary>
     public required string Slice { get; init; }
 

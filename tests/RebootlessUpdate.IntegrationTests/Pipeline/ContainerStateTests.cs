@@ -131,6 +131,45 @@ public class ContainerStateTests
     }
 
     [Test]
+    public void A_container_runc_runs_under_the_id_by_the_hand_back_keeps_its_state_and_the_run_says_so()
+    {
+        var first = Start();
+        var t = Captured(TargetPhase.Restoring);
+        first.Stop();
+
+        // While the checkpointed one was restored, someone ran a container of the same id.
+        var second = Start();
+        var state = Path.Combine("/run/runc", _id, "state.json");
+        var theirs = File.ReadAllBytes(state);
+        using var stand = Workload.Start(Path.Combine(_dir, "stand-in"));
+        t.MarkRestored(stand.RootPid, null, TimeSpan.Zero, 0, DateTimeOffset.UtcNow, null);
+        var progress = new Said();
+        ContainerHandback.HandBack(new UpdateContext(UpdateMode.Rehearse, [t.Target]) { Progress = progress }, t, _images);
+        TestContext.Out.WriteLine(string.Join("\n", progress.Messages));
+
+        Assert.That(File.ReadAllBytes(state), Is.EqualTo(theirs), "the other container's state is left as it is");
+        Assert.That(second.State(), Is.EqualTo(("running", second.State()!.Value.Pid)), "runc still reaches the other container");
+        Assert.That(progress.Messages, Has.One.Contains("runc holds another container under the id by now").And.Contains($"it runs as pid {stand.RootPid}"));
+    }
+
+    [Test]
+    public void Runcs_state_with_a_duplicate_key_makes_the_hand_back_report_not_throw()
+    {
+        Start();
+        var t = Captured(TargetPhase.Restoring);
+        _started[0].Stop();
+        var folder = Directory.CreateDirectory(Path.Combine("/run/runc", _id)).FullName;
+        File.WriteAllText(Path.Combine(folder, "state.json"), "{\"id\": \"x\", \"init_process_pid\": 1, \"init_process_pid\": 2}");
+        using var stand = Workload.Start(Path.Combine(_dir, "stand-in"));
+        t.MarkRestored(stand.RootPid, null, TimeSpan.Zero, 0, DateTimeOffset.UtcNow, null);
+        var progress = new Said();
+        Assert.DoesNotThrow(() => ContainerHandback.AfterRestore(new UpdateContext(UpdateMode.Rehearse, [t.Target]) { Progress = progress }, t, _images));
+        TestContext.Out.WriteLine(string.Join("\n", progress.Messages));
+        Assert.That(progress.Messages, Has.One.Contains($"runc does not know the restored container {_id}"));
+        Assert.That(Workload.IsRunning(stand.RootPid), Is.True);
+    }
+
+    [Test]
     public void A_fifo_in_place_of_runcs_state_is_refused_at_the_dump_at_once_and_nothing_is_frozen()
     {
         var c = Start();

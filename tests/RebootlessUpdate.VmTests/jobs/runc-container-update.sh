@@ -4,8 +4,8 @@
 # counter in memory and writes it to a bind-mounted folder; `rebootless install-unit` installs the shipped
 # resume unit; `rebootless update --container` checkpoints it and jumps through `systemctl kexec`. Boot 2 (the
 # new kernel): the resume unit restores it into its scope again; the job writes what runc and systemd show to
-# /job/after.txt, then
-# stops the container through runc. The host test reads the files this leaves in /job.
+# /job/after.txt, then stops the container through its scope and deletes it through runc. The host test reads
+# the files this leaves in /job.
 set -eu
 STORE="--pmem /dev/pmem0 --store-mount /run/rebootless/store --criu /usr/sbin/criu"
 ID=rebootless-ctr
@@ -38,8 +38,9 @@ path = sys.argv[1]
 c = json.load(open(path))
 c["process"]["terminal"] = False
 # A token drawn at start and a count, both in memory only: a fresh start shows a new token and begins at 1.
+# It ends on SIGTERM (a PID namespace's init gets none it has no handler for), so a stop needs no SIGKILL.
 c["process"]["args"] = ["/bin/busybox", "sh", "-c",
-    "exec </dev/null >/dev/null 2>&1; t=$(/bin/busybox cat /proc/sys/kernel/random/uuid); i=0; "
+    "exec </dev/null >/dev/null 2>&1; trap 'exit 0' TERM; t=$(/bin/busybox cat /proc/sys/kernel/random/uuid); i=0; "
     "while :; do i=$((i+1)); echo \"$t $i\" >/data/c.tmp; /bin/busybox mv /data/c.tmp /data/counter; /bin/busybox sleep 0.2; done"]
 c["root"]["readonly"] = False
 c["mounts"].append({"destination": "/data", "type": "bind", "source": "/job/ctr/data", "options": ["rbind", "rw"]})
@@ -82,11 +83,13 @@ i=0; while [ "$(systemctl show rebootless-resume.service -p SubState --value)" !
   echo "CtrCounterLater=$(cat /job/ctr/data/counter)"
   echo "Failed=$(systemctl --failed --no-legend --plain | awk '{print $1}' | tr '\n' ' ')"
   echo "System=$(systemctl is-system-running || true)"
-  echo "Kill=$(runc kill "$ID" KILL 2>&1 && echo ok)"
+  # systemd holds the tree: stopping the scope ends it. Then runc sees it stopped and its delete forgets it.
+  echo "StopScope=$(systemctl stop "runc-$ID.scope" 2>&1 && echo ok)"
   i=0; while [ -d "/proc/$pid" ] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  echo "AfterStop=$(systemctl show "runc-$ID.scope" -p ActiveState --value) $(pgrep -c -f 'while :; do i=' || true)"
+  state AfterStop
   echo "Delete=$(runc delete "$ID" 2>&1 && echo ok)"
-  echo "AfterDelete=$(runc state "$ID" >/dev/null 2>&1 && echo known || echo unknown) $(pgrep -c -f 'while :; do i=' || true)"
-  echo "ScopeAfterDelete=$(systemctl show "runc-$ID.scope" -p ActiveState --value)"
+  echo "AfterDelete=$(runc state "$ID" >/dev/null 2>&1 && echo known || echo unknown)"
 } >/job/after.txt 2>&1
 journalctl -b -u rebootless-resume.service --no-pager >/job/journal.log 2>&1 || true
 cat /job/after.txt
