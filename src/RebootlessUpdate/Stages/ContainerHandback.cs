@@ -80,8 +80,9 @@ internal static partial class ContainerHandback
         {
             CheckFree(container, imagesDirectory);
         }
-        catch (IOException e)
+        catch (Exception e) when (e is IOException or ArgumentException)
         {
+            // (ArgumentException: a JSON object with a duplicate key, on its first read.)
             throw new InvalidOperationException($"runc's state of container {container.Id} cannot be checked ({e.Message}): the container is not restored, its images are kept", e);
         }
     }

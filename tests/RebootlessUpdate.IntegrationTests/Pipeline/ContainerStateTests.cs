@@ -153,7 +153,7 @@ public class ContainerStateTests
     }
 
     [Test]
-    public void Runcs_state_with_a_duplicate_key_makes_the_hand_back_report_not_throw()
+    public void Runcs_state_with_a_duplicate_key_makes_the_hand_back_report_and_the_check_refuse_not_throw_otherwise()
     {
         Start();
         var t = Captured(TargetPhase.Restoring);
@@ -167,6 +167,10 @@ public class ContainerStateTests
         TestContext.Out.WriteLine(string.Join("\n", progress.Messages));
         Assert.That(progress.Messages, Has.One.Contains($"runc does not know the restored container {_id}"));
         Assert.That(Workload.IsRunning(stand.RootPid), Is.True);
+
+        // Before a restore the same state refuses it with the check's own error.
+        var e = Assert.Throws<InvalidOperationException>(() => ContainerHandback.CheckFree(t, _images));
+        Assert.That(e!.Message, Does.Contain($"runc's state of container {_id} cannot be checked").And.Contain("not restored"));
     }
 
     [Test]
