@@ -45,6 +45,11 @@ public class ContainerStateTests
         }
 
         RuncContainer.Runc("delete", "-f", _id);
+        if (Directory.Exists(folder))
+        {
+            Directory.Delete(folder, recursive: true); // a state a test wrote, which runc cannot load to delete
+        }
+
         Directory.Delete(_dir, recursive: true);
     }
 
