@@ -128,18 +128,17 @@ internal static class ScopeHandback
     /// <summary><c>systemctl show</c>'s properties of a unit, or null when systemd cannot be asked.</summary>
     private static Dictionary<string, string>? Show(string unit, params string[] properties)
     {
-        var args = new List<string> { "show", unit };
+        var args = new List<string> { "show", "--no-pager" };
         foreach (var p in properties)
         {
             args.AddRange(["-p", p]);
         }
 
+        args.AddRange(["--", unit]);
         try
         {
             var run = ProcessRunner.Run("systemctl", args, Limit);
-            return run.ExitCode != 0 || run.TimedOut
-                ? null
-                : run.Stdout.Split('\n').Select(l => l.Split('=', 2)).Where(p => p.Length == 2).ToDictionary(p => p[0], p => p[1].Trim());
+            return run.ExitCode != 0 || run.TimedOut ? null : SystemdServiceTarget.ParseProperties(run.Stdout);
         }
         catch (ToolNotStartedException)
         {
