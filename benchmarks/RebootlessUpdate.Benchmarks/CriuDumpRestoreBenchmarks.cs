@@ -84,7 +84,9 @@ public class CriuDumpRestoreBenchmarks
 
     private static void Run(string file, params string[] args)
     {
-        var r = ProcessRunner.Run(file, args, TimeSpan.FromMinutes(5));
+        // The command line gets what the library gives its workers, so both stop processes the same way here.
+        var environment = HardwareBreakpointProbe.WorkerEnvironment(CriuBreakpoints.Auto, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+        var r = ProcessRunner.Run(file, args, TimeSpan.FromMinutes(5), environment);
         if (r.ExitCode != 0)
         {
             throw new InvalidOperationException($"{file} {string.Join(' ', args)}: {r}");

@@ -33,7 +33,7 @@ internal sealed class CliInvocation(ParseResult parse)
     /// The command's one CRIU client: what it learns once (criu's version, its features, the kernel probe started at
     /// the readiness check) serves every stage after, instead of a second criu worker asking again.
     /// </summary>
-    public CriuClient Criu() => _criu ??= new(new CriuClientOptions { CriuPath = Settings.CriuPath, RequestTimeout = Settings.CriuTimeout });
+    public CriuClient Criu() => _criu ??= new(new CriuClientOptions { CriuPath = Settings.CriuPath, RequestTimeout = Settings.CriuTimeout, Breakpoints = Settings.CriuBreakpoints });
 
     private CriuClient? _criu;
 

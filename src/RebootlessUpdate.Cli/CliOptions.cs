@@ -19,6 +19,12 @@ internal static class CliOptions
             + $"(the workloads run on). Default: the config file's \"criuTimeout\", else {(int)CriuClientOptions.DefaultRequestTimeout.TotalSeconds}.",
     };
 
+    public static readonly Option<string?> CriuBreakpoints = new("--criu-breakpoints")
+    {
+        Description = "Whether criu may stop processes with hardware breakpoints: auto (probe whether they fire here; some VMs never "
+            + "fire them and criu would hang), use, or avoid. Default: the config file's \"criuBreakpoints\", else auto.",
+    };
+
     public static readonly Option<string?> Store = new("--store")
     {
         Description = $"The image store folder (default: ${CliSettings.StoreVariable}, else the config file's \"store\", else {CliSettings.DefaultStore}).",
@@ -51,7 +57,7 @@ internal static class CliOptions
     };
 
     /// <summary>The options that say which criu to run and how long it may take.</summary>
-    public static Option[] CriuOptions => [Criu, CriuTimeout];
+    public static Option[] CriuOptions => [Criu, CriuTimeout, CriuBreakpoints];
 
     /// <summary>The options that say where the store is.</summary>
     public static Option[] StoreOptions => [Store, Pmem, StoreMount];

@@ -24,11 +24,13 @@ internal sealed record CliSettings
 
     private const long MaxConfigBytes = 64 * 1024;
 
-    private static readonly string[] ConfigKeys = ["criu", "criuTimeout", "store", "pmem", "storeMount", "manifestKey"];
+    private static readonly string[] ConfigKeys = ["criu", "criuTimeout", "criuBreakpoints", "store", "pmem", "storeMount", "manifestKey"];
 
     public string CriuPath { get; init; } = "criu";
 
     public TimeSpan CriuTimeout { get; init; } = CriuClientOptions.DefaultRequestTimeout;
+
+    public CriuBreakpoints CriuBreakpoints { get; init; } = CriuBreakpoints.Auto;
 
     /// <summary>The store folder; null for the default.</summary>
     public string? StoreFolder { get; init; }
@@ -58,12 +60,23 @@ internal sealed record CliSettings
                 $"give the time criu may spend on one request; the default is {(int)CriuClientOptions.DefaultRequestTimeout.TotalSeconds}");
         }
 
+        var breakpointsGiven = Given(p, CliOptions.CriuBreakpoints);
+        var breakpointsText = breakpointsGiven ?? config.GetValueOrDefault("criuBreakpoints");
+        var breakpoints = CriuBreakpoints.Auto;
+        if (breakpointsText is not null)
+        {
+            breakpoints = ParseCriuBreakpoints(breakpointsText) ?? throw CliFailure.Of(ExitCodes.Usage,
+                $"{(breakpointsGiven is null ? $"\"criuBreakpoints\" {breakpointsText} in the config file {configPath}" : $"--criu-breakpoints '{breakpointsText}'")} is not auto, use or avoid",
+                "give auto (the default: probe this machine), use or avoid");
+        }
+
         // A store named above the config file (command line, environment) wins over the file's pmem device too.
         var folderAbove = Given(p, CliOptions.Store) ?? Variable(StoreVariable);
         var settings = new CliSettings
         {
             CriuPath = Given(p, CliOptions.Criu) ?? Variable(CriuVariable) ?? config.GetValueOrDefault("criu") ?? "criu",
             CriuTimeout = timeout,
+            CriuBreakpoints = breakpoints,
             StoreFolder = folderAbove ?? config.GetValueOrDefault("store"),
             PmemDevice = Given(p, CliOptions.Pmem) ?? (folderAbove is null ? config.GetValueOrDefault("pmem") : null),
             StoreMount = Given(p, CliOptions.StoreMount) ?? config.GetValueOrDefault("storeMount"),
@@ -83,6 +96,15 @@ internal sealed record CliSettings
         int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var seconds) && seconds is > 0 and <= MaxCriuTimeoutSeconds
             ? TimeSpan.FromSeconds(seconds)
             : null;
+
+    /// <summary>auto, use or avoid; null for anything else.</summary>
+    internal static CriuBreakpoints? ParseCriuBreakpoints(string? text) => text switch
+    {
+        "auto" => CriuBreakpoints.Auto,
+        "use" => CriuBreakpoints.Use,
+        "avoid" => CriuBreakpoints.Avoid,
+        _ => null,
+    };
 
     /// <summary>The option's value when it is on the command line of a command that has it.</summary>
     private static string? Given(ParseResult p, Option<string?> option) =>

@@ -21,6 +21,7 @@ public sealed class CriuClient
     private readonly Lazy<Task<CriuVersion>> _version;
     private readonly Lazy<Task<CriuFeatures>> _features;
     private readonly Lazy<Task> _kernelProbe;
+    private readonly Lazy<IReadOnlyList<KeyValuePair<string, string>>> _workerEnvironment;
 
     /// <summary>Creates a client; nothing is started until a request is made.</summary>
     public CriuClient(CriuClientOptions? options = null)
@@ -40,7 +41,12 @@ public sealed class CriuClient
         _connect = connect ?? Connect;
         _version = new Lazy<Task<CriuVersion>>(() => QueryVersionAsync(CancellationToken.None));
         _features = new Lazy<Task<CriuFeatures>>(() => CheckFeaturesAsync(CancellationToken.None));
-        _kernelProbe = new Lazy<Task>(() => Task.Run(() => KernelProbeCache.PrimeAsync(_options, _logger)));
+        _workerEnvironment = new(() => HardwareBreakpointProbe.WorkerEnvironment(_options.Breakpoints, _logger));
+        _kernelProbe = new Lazy<Task>(() => Task.Run(() =>
+        {
+            _ = _workerEnvironment.Value;
+            return KernelProbeCache.PrimeAsync(_options, _logger);
+        }));
     }
 
     private CriuConnection Connect(IReadOnlyCollection<int> inheritFds)
@@ -50,7 +56,7 @@ public sealed class CriuClient
             return ServiceConnector.Connect(address);
         }
 
-        var worker = SwrkWorker.Start(_options.ResolveCriuPath(), inheritFds);
+        var worker = SwrkWorker.Start(_options.ResolveCriuPath(), inheritFds, _workerEnvironment.Value);
         return new CriuConnection(worker.Socket, worker, $"criu swrk worker {worker.Pid}");
     }
 
@@ -73,6 +79,7 @@ public sealed class CriuClient
     /// <c>/run/criu.kdat</c>), in the background: restores and lazy-pages daemons started afterwards load it instead of
     /// each probing the kernel, which on a kernel just booted costs seconds under emulation. Started on the first call,
     /// the same task after that; it never faults (a failed probe only means each criu probes on its own, as without it).
+    /// It also settles whether criu may use hardware breakpoints here (<see cref="CriuClientOptions.Breakpoints"/>).
     /// </summary>
     public Task PrimeKernelProbeAsync() => _kernelProbe.Value;
 

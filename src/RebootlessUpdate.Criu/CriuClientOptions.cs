@@ -39,6 +39,14 @@ public sealed record CriuClientOptions
     /// </summary>
     public TimeSpan RequestTimeout { get; init; } = DefaultRequestTimeout;
 
+    /// <summary>
+    /// Whether the criu workers this client starts may use hardware breakpoints (see <see cref="CriuBreakpoints"/>).
+    /// Default <see cref="CriuBreakpoints.Auto"/>: probed once per process. A <c>criu service</c> at
+    /// <see cref="ServiceAddress"/> is not started by the client: where breakpoints do not fire, start it with
+    /// <c>CRIU_FAULT=130</c> in its environment.
+    /// </summary>
+    public CriuBreakpoints Breakpoints { get; init; } = CriuBreakpoints.Auto;
+
     /// <summary>The clock of the request watchdog. Default <see cref="TimeProvider.System"/>.</summary>
     public TimeProvider TimeProvider { get; init; } = TimeProvider.System;
 

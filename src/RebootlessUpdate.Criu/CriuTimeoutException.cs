@@ -96,8 +96,13 @@ public sealed class CriuTimeoutException : CriuException
             : "did not finish it; the connection was shut down (the service's worker is not ours to kill: check it)";
         // One line (the tool prints it as one): the last few log lines joined; all of them are in LogExcerpt.
         var log = logExcerpt.Count > 0 ? " criu's log ends: " + string.Join(" | ", logExcerpt.TakeLast(3).Select(l => l.Trim())) : string.Empty;
+        // criu's parasite prints new_sp just before its final sigreturn, where criu waits for a hardware breakpoint.
+        var breakpoint = logExcerpt.Count > 0 && logExcerpt[^1].Contains("new_sp=", StringComparison.Ordinal)
+            ? " It stopped where criu waits for a hardware breakpoint: on a machine that does not fire them, have criu avoid "
+                + "them (CriuClientOptions.Breakpoints, the tool's --criu-breakpoints avoid; a criu service needs CRIU_FAULT=130)."
+            : string.Empty;
         return $"criu {name} timed out after {limit} s: {peer} {what}. "
             + "If criu is only slow (a large dump), raise the timeout (CriuClientOptions.RequestTimeout, the tool's --criu-timeout); "
-            + $"otherwise find out what stopped criu{(logFile is null ? "" : $" (its log: {logFile})")}.{log}";
+            + $"otherwise find out what stopped criu{(logFile is null ? "" : $" (its log: {logFile})")}.{breakpoint}{log}";
     }
 }

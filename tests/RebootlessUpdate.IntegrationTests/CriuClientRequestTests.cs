@@ -292,7 +292,14 @@ public class CriuClientRequestTests : CriuTestFixture
     public async Task Criu_service_transport_dumps_and_restores()
     {
         var socket = Path.Combine(ScratchDirectory, "criu.sock");
-        using var service = Process.Start(new ProcessStartInfo(TestbedInfo.Criu) { ArgumentList = { "service", "--address", socket, "-o", Path.Combine(ScratchDirectory, "service.log"), "-v4" }, UseShellExecute = false })!;
+        var start = new ProcessStartInfo(TestbedInfo.Criu) { ArgumentList = { "service", "--address", socket, "-o", Path.Combine(ScratchDirectory, "service.log"), "-v4" }, UseShellExecute = false };
+        // The client does not start a service: as the README says, where breakpoints do not fire it is started without them.
+        foreach (var (name, value) in HardwareBreakpointProbe.WorkerEnvironment(CriuBreakpoints.Auto, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance))
+        {
+            start.Environment[name] = value;
+        }
+
+        using var service = Process.Start(start)!;
         try
         {
             Workload.WaitFor(() => File.Exists(socket) ? 1 : 0, "the criu service socket");

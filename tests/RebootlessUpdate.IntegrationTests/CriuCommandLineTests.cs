@@ -13,6 +13,10 @@ public class CriuCommandLineTests
 {
     private static readonly TimeSpan Limit = TimeSpan.FromMinutes(2);
 
+    /// <summary>What our client gives its criu workers here: criu's command line needs the same where breakpoints do not fire.</summary>
+    private static IReadOnlyList<KeyValuePair<string, string>> CriuEnvironment =>
+        Criu.HardwareBreakpointProbe.WorkerEnvironment(Criu.CriuBreakpoints.Auto, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+
     [Test]
     public void Criu_check_looks_good()
     {
@@ -50,7 +54,7 @@ public class CriuCommandLineTests
         var subshellsBefore = workload.SubshellNamespacePids();
         Assert.That(subshellsBefore, Is.Not.Empty, "the workload has a subshell child");
 
-        var dump = ProcessRunner.Run(testbed.Criu, ["dump", "-t", oldRoot.ToString(CultureInfo.InvariantCulture), "-D", images, "-o", "dump.log", "-v4"], Limit);
+        var dump = ProcessRunner.Run(testbed.Criu, ["dump", "-t", oldRoot.ToString(CultureInfo.InvariantCulture), "-D", images, "-o", "dump.log", "-v4"], Limit, CriuEnvironment);
         Assert.That(dump.ExitCode, Is.Zero, $"{dump}\n{Tail(Path.Combine(images, "dump.log"))}");
         var countAtDump = workload.ReadCounter();
         Workload.WaitFor(() => Workload.IsRunning(oldRoot) ? 0 : 1, "the dumped tree to be gone");
@@ -58,7 +62,7 @@ public class CriuCommandLineTests
         Assert.That(workload.ReadCounter(), Is.EqualTo(countAtDump), "the tree must stop counting once dumped");
 
         var pidFile = Path.Combine(dir, "restored.pid");
-        var restore = ProcessRunner.Run(testbed.Criu, ["restore", "-d", "-D", images, "-o", "restore.log", "-v4", "--pidfile", pidFile], Limit);
+        var restore = ProcessRunner.Run(testbed.Criu, ["restore", "-d", "-D", images, "-o", "restore.log", "-v4", "--pidfile", pidFile], Limit, CriuEnvironment);
         Assert.That(restore.ExitCode, Is.Zero, $"{restore}\n{Tail(Path.Combine(images, "restore.log"))}");
         workload.RootPid = int.Parse(File.ReadAllText(pidFile).Trim(), CultureInfo.InvariantCulture);
 

@@ -19,11 +19,12 @@ public static class ProcessRunner
     /// <summary>
     /// Runs <paramref name="file"/> with <paramref name="args"/>; kills its whole
     /// process tree and throws <see cref="TimeoutException"/> after <paramref name="timeout"/>.
+    /// <paramref name="environment"/> is set on top of ours.
     /// </summary>
-    public static ProcessResult Run(string file, IEnumerable<string> args, TimeSpan timeout)
+    public static ProcessResult Run(string file, IEnumerable<string> args, TimeSpan timeout, IReadOnlyList<KeyValuePair<string, string>>? environment = null)
     {
         var list = args.ToList();
-        var run = Processes.ProcessRunner.Run(file, list, timeout);
+        var run = Processes.ProcessRunner.Run(file, list, timeout, environment);
         if (run.TimedOut)
         {
             throw new TimeoutException($"{file} {string.Join(' ', list)} did not finish within {timeout}; killed.\n{run.Stdout}\n{run.Stderr}");

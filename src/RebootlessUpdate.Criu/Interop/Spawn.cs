@@ -30,9 +30,13 @@ internal static unsafe partial class Spawn
         public static FdAction Open(int fd, string path, int flags) => new(fd, -1, path, flags);
     }
 
-    /// <summary>Starts <paramref name="path"/> with <paramref name="argv"/>; returns the pid.</summary>
+    /// <summary>
+    /// Starts <paramref name="path"/> with <paramref name="argv"/> and our environment, with
+    /// <paramref name="environment"/> set on top; returns the pid.
+    /// </summary>
     /// <exception cref="IOException">posix_spawn failed (e.g. the file is not executable).</exception>
-    public static int Start(string path, IReadOnlyList<string> argv, IReadOnlyList<FdAction> actions)
+    public static int Start(string path, IReadOnlyList<string> argv, IReadOnlyList<FdAction> actions,
+        IReadOnlyList<KeyValuePair<string, string>>? environment = null)
     {
         var fileActions = NativeMemory.AllocZeroed(FileActionsSize);
         var strings = new List<IntPtr>();
@@ -64,12 +68,22 @@ internal static unsafe partial class Spawn
                 strings.Add(args[i]);
             }
 
-            var vars = Environment.GetEnvironmentVariables();
+            var vars = new SortedDictionary<string, string>(StringComparer.Ordinal);
+            foreach (System.Collections.DictionaryEntry e in Environment.GetEnvironmentVariables())
+            {
+                vars[(string)e.Key] = (string?)e.Value ?? string.Empty;
+            }
+
+            foreach (var (name, value) in environment ?? [])
+            {
+                vars[name] = value;
+            }
+
             var env = new IntPtr[vars.Count + 1];
             var n = 0;
-            foreach (System.Collections.DictionaryEntry e in vars)
+            foreach (var (name, value) in vars)
             {
-                env[n] = Marshal.StringToCoTaskMemUTF8($"{e.Key}={e.Value}");
+                env[n] = Marshal.StringToCoTaskMemUTF8($"{name}={value}");
                 strings.Add(env[n++]);
             }
 

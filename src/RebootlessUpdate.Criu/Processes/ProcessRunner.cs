@@ -48,10 +48,15 @@ internal static class ProcessRunner
     /// <summary>Runs <paramref name="file"/> to its end or until <paramref name="timeout"/>.</summary>
     /// <exception cref="ToolNotStartedException">The file cannot be started.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled; the tool was killed.</exception>
-    public static ToolRun Run(string file, IEnumerable<string> args, TimeSpan timeout, CancellationToken cancellationToken = default)
+    public static ToolRun Run(string file, IEnumerable<string> args, TimeSpan timeout, CancellationToken cancellationToken = default) =>
+        Run(file, args, timeout, null, cancellationToken);
+
+    /// <summary>As <see cref="Run(string, IEnumerable{string}, TimeSpan, CancellationToken)"/>, with <paramref name="environment"/> set on top of ours.</summary>
+    public static ToolRun Run(string file, IEnumerable<string> args, TimeSpan timeout, IReadOnlyList<KeyValuePair<string, string>>? environment,
+        CancellationToken cancellationToken = default)
     {
         cancellationToken.ThrowIfCancellationRequested();
-        using var process = Start(file, args, redirectInput: true);
+        using var process = Start(file, args, redirectInput: true, environment);
         process.StandardInput.Close();
         var started = Stopwatch.GetTimestamp();
         var stdout = new Output(process.StandardOutput);
@@ -81,7 +86,7 @@ internal static class ProcessRunner
         return new ToolRun(process.ExitCode, stdout.Text, stderr.Text, TimedOut: false);
     }
 
-    /// <inheritdoc cref="Run"/>
+    /// <inheritdoc cref="Run(string, IEnumerable{string}, TimeSpan, CancellationToken)"/>
     public static Task<ToolRun> RunAsync(string file, IReadOnlyList<string> args, TimeSpan timeout, CancellationToken cancellationToken) =>
         Task.Factory.StartNew(() => Run(file, args, timeout, cancellationToken), cancellationToken,
             TaskCreationOptions.LongRunning | TaskCreationOptions.DenyChildAttach, TaskScheduler.Default);
@@ -90,7 +95,8 @@ internal static class ProcessRunner
     /// Starts a long-running tool (a daemon the caller owns): its outputs are redirected, the caller reads them.
     /// </summary>
     /// <exception cref="ToolNotStartedException">The file cannot be started.</exception>
-    public static Process Start(string file, IEnumerable<string> args, bool redirectInput = false)
+    public static Process Start(string file, IEnumerable<string> args, bool redirectInput = false,
+        IReadOnlyList<KeyValuePair<string, string>>? environment = null)
     {
         var psi = new ProcessStartInfo(file)
         {
@@ -102,6 +108,11 @@ internal static class ProcessRunner
         foreach (var a in args)
         {
             psi.ArgumentList.Add(a);
+        }
+
+        foreach (var (name, value) in environment ?? [])
+        {
+            psi.Environment[name] = value;
         }
 
         try

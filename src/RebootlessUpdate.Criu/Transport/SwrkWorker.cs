@@ -68,9 +68,11 @@ internal sealed class SwrkWorker : IAsyncDisposable
 
     /// <summary>
     /// Starts <c>criu swrk</c>. <paramref name="inheritFds"/> are extra descriptors
-    /// of ours the worker must have at the same numbers (RESTORE's inherit_fd).
+    /// of ours the worker must have at the same numbers (RESTORE's inherit_fd); <paramref name="environment"/> is set
+    /// on top of ours.
     /// </summary>
-    public static SwrkWorker Start(string criuPath, IReadOnlyCollection<int>? inheritFds = null)
+    public static SwrkWorker Start(string criuPath, IReadOnlyCollection<int>? inheritFds = null,
+        IReadOnlyList<KeyValuePair<string, string>>? environment = null)
     {
         var (ours, theirs) = SeqpacketSocket.CreatePair();
         int errRead = -1, errWrite = -1;
@@ -91,7 +93,7 @@ internal sealed class SwrkWorker : IAsyncDisposable
                 Spawn.FdAction.Dup2(errWrite, 1),
                 Spawn.FdAction.Dup2(errWrite, 2),
                 .. (inheritFds ?? []).Select(fd => Spawn.FdAction.Inherit(fd)),
-            ]);
+            ], environment);
             var stderr = new FileStream(new SafeFileHandle(errRead, ownsHandle: true), FileAccess.Read, 1, isAsync: false);
             errRead = -1;
             return new SwrkWorker(pid, ours, stderr);

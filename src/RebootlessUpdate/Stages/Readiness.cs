@@ -79,6 +79,8 @@ public static class Readiness
                 await criu.CheckAsync(cancellationToken).ConfigureAwait(false);
                 checks.Add(new ReadinessCheck("criu check", true, "criu check passed"));
             }
+
+            checks.Add(new ReadinessCheck("breakpoints", true, Breakpoints(criu)));
         }
         catch (CriuUnavailableException e)
         {
@@ -115,6 +117,30 @@ public static class Readiness
         }
 
         return new ReadinessReport(checks, version);
+    }
+
+    /// <summary>Whether criu stops processes with hardware breakpoints here, and why (see <see cref="CriuBreakpoints"/>).</summary>
+    private static string Breakpoints(CriuClient criu)
+    {
+        var mode = criu.Options.Breakpoints;
+        if (mode != CriuBreakpoints.Auto)
+        {
+            return $"criu {(mode == CriuBreakpoints.Use ? "uses" : "avoids")} hardware breakpoints, as configured";
+        }
+
+        var host = HardwareBreakpointProbe.Host;
+        if (host.Fire)
+        {
+            return $"hardware breakpoints fire here, criu uses them: {host.Detail}";
+        }
+
+        if (Environment.GetEnvironmentVariable(HardwareBreakpointProbe.FaultVariable) is { } own && own != HardwareBreakpointProbe.NoBreakpointsFault)
+        {
+            return $"hardware breakpoints do not fire here, but CRIU_FAULT={own} is set and kept, so criu may hang at the end of a dump: {host.Detail}";
+        }
+
+        return $"criu runs without hardware breakpoints (CRIU_FAULT=130): {host.Detail}"
+            + (criu.UsesService ? ". The criu service is not started by this tool: it must run with CRIU_FAULT=130 too, or its dumps hang" : "");
     }
 }
 

@@ -95,6 +95,7 @@ public class ToolContractTests
             (["plan", "--pid", "999999", "--store", _store], 6, "no running process 999999"),
             (["rehearse", "--store", _store, "--criu", _testbed.Criu], 2, "no target"),
             (["rehearse", "--pid", pid, "--store", _store, "--criu-timeout", "ten"], 2, "--criu-timeout 'ten'"),
+            (["rehearse", "--pid", pid, "--store", _store, "--criu-breakpoints", "never"], 2, "--criu-breakpoints 'never' is not auto, use or avoid"),
             (["rehearse", "--pid", pid, "--store", _store, "--criu", "/nonexistent/criu"], 4, "/nonexistent/criu"),
             (["version", "--tcp-established"], 2, "--tcp-established"),
             (["status", "--criu", "/bin/true"], 2, "--criu"),

@@ -92,6 +92,7 @@ public class ToolSettingsTests
     [TestCase("not JSON")]
     [TestCase("an unknown setting")]
     [TestCase("a timeout that is text")]
+    [TestCase("breakpoints that are no mode")]
     [TestCase("missing")]
     [TestCase("a symbolic link")]
     [TestCase("in a folder others may write")]
@@ -122,6 +123,9 @@ public class ToolSettingsTests
                 break;
             case "a timeout that is text":
                 WriteConfig("""{"criuTimeout": "ten"}""");
+                break;
+            case "breakpoints that are no mode":
+                WriteConfig("""{"criuBreakpoints": "sometimes"}""");
                 break;
             case "a symbolic link":
                 File.WriteAllText(_config + ".real", Good);

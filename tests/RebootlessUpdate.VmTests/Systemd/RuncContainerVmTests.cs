@@ -38,6 +38,8 @@ public class RuncContainerVmTests
         Assert.Multiple(() =>
         {
             Assert.That(Read("kernel1"), Is.EqualTo(testbed.OldKernel));
+            Assert.That(Read("check.json"), Does.Contain("\"hardware breakpoints fire here, criu uses them: an execution breakpoint stopped a traced process"),
+                "the probe finds that TCG fires breakpoints, so criu keeps using them" + $"\n{Read("check.err")}");
             Assert.That(After("Kernel"), Is.EqualTo(testbed.NewKernel), "the jump happened" + diagnostics);
             Assert.That(After("Pid1"), Is.EqualTo("systemd"));
             Assert.That(Before("CtrStatus"), Is.EqualTo("running"));

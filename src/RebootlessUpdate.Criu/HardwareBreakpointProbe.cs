@@ -1,0 +1,271 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using Microsoft.Extensions.Logging;
+using Mono.Unix.Native;
+using RebootlessUpdate.Criu.Interop;
+
+namespace RebootlessUpdate.Criu;
+
+/// <summary>What the probe found: whether an execution breakpoint stops a process here, and how it knows.</summary>
+internal sealed record BreakpointVerdict(bool Fire, string Detail);
+
+/// <summary>
+/// Finds out whether hardware breakpoints fire on this machine, the way criu uses them: an execution breakpoint in a
+/// debug register of a traced process, on the syscall instruction it is about to run. A <c>sleep</c> of ours is
+/// seized and interrupted in its <c>clock_nanosleep</c>; resumed, the kernel restarts the sleep by sending it back to
+/// that syscall instruction, so the breakpoint there either stops it at once (SIGTRAP) or is passed, and the process is
+/// then asleep in <c>restart_syscall</c>. Either outcome is seen without a guess at timing. Anything else, or no
+/// answer within the limit, counts as "do not fire": criu without breakpoints costs a few more ptrace stops, criu
+/// waiting for a breakpoint that never fires hangs with the processes frozen.
+/// </summary>
+internal static partial class HardwareBreakpointProbe
+{
+    /// <summary>criu's fault-injection switch, read at its start.</summary>
+    internal const string FaultVariable = "CRIU_FAULT";
+
+    /// <summary>criu's FI_NO_BREAKPOINTS: stop processes by stepping their syscalls, never with a debug register.</summary>
+    internal const string NoBreakpointsFault = "130";
+
+    private const int NanosleepNr = 35;
+    private const int ClockNanosleepNr = 230;
+    private const int RestartSyscallNr = 219;
+    private const long ErestartRestartblock = -516;
+    private const long SyscallInstructionLength = 2;
+
+    // DR7: local enable of DR0; its type and length bits zero mean "execution of the instruction at DR0".
+    private const long Dr7LocalEnable0 = 1;
+
+    private static readonly TimeSpan ProbeLimit = TimeSpan.FromSeconds(10);
+    private static readonly Lazy<BreakpointVerdict> HostVerdict = new(() => Run(ProbeLimit), LazyThreadSafetyMode.ExecutionAndPublication);
+
+    /// <summary>This machine's verdict, probed on first use (a few milliseconds) and kept for the process.</summary>
+    public static BreakpointVerdict Host => HostVerdict.Value;
+
+    /// <summary>Whether criu should avoid breakpoints under <paramref name="mode"/>.</summary>
+    public static bool Avoids(CriuBreakpoints mode) => mode switch
+    {
+        CriuBreakpoints.Use => false,
+        CriuBreakpoints.Avoid => true,
+        _ => !Host.Fire,
+    };
+
+    /// <summary>
+    /// What a criu worker's environment gains under <paramref name="mode"/>: <c>CRIU_FAULT=130</c> when breakpoints
+    /// are avoided, unless the caller set <c>CRIU_FAULT</c> already (criu takes one value; a test's own fault wins).
+    /// </summary>
+    public static IReadOnlyList<KeyValuePair<string, string>> WorkerEnvironment(CriuBreakpoints mode, ILogger logger)
+    {
+        if (!Avoids(mode))
+        {
+            return [];
+        }
+
+        if (Environment.GetEnvironmentVariable(FaultVariable) is { } own)
+        {
+            Log.OwnFault(logger, own);
+            return [];
+        }
+
+        Log.Avoided(logger, mode == CriuBreakpoints.Avoid ? "as configured" : Host.Detail);
+        return [new(FaultVariable, NoBreakpointsFault)];
+    }
+
+    /// <summary>Probes now, within <paramref name="limit"/>; never throws.</summary>
+    internal static BreakpointVerdict Run(TimeSpan limit)
+    {
+        if (RuntimeInformation.ProcessArchitecture != Architecture.X64)
+        {
+            return new(true, $"not probed on {RuntimeInformation.ProcessArchitecture}: criu's own default is kept");
+        }
+
+        if (FindSleep() is not { } sleep)
+        {
+            return Unknown("there is no sleep binary on PATH to probe with");
+        }
+
+        int pid;
+        try
+        {
+            var devNull = (int)NativeConvert.FromOpenFlags(OpenFlags.O_RDWR);
+            pid = Spawn.Start(sleep, [sleep, "60"],
+                [Spawn.FdAction.Open(0, "/dev/null", devNull), Spawn.FdAction.Open(1, "/dev/null", devNull), Spawn.FdAction.Open(2, "/dev/null", devNull)]);
+        }
+        catch (IOException e)
+        {
+            return Unknown($"cannot start {sleep}: {e.Message}");
+        }
+
+        var tracee = new Tracee(pid, Stopwatch.StartNew(), limit);
+        try
+        {
+            return tracee.Probe();
+        }
+        finally
+        {
+            tracee.Reap();
+        }
+    }
+
+    private static BreakpointVerdict Unknown(string why) => new(false, $"the probe could not tell ({why}); criu avoids them to be safe");
+
+    /// <summary>The probe's own sleep: seized, stopped, resumed over a breakpoint, and in the end killed and reaped.</summary>
+    private sealed class Tracee(int pid, Stopwatch clock, TimeSpan limit)
+    {
+        private bool _reaped;
+
+        private bool TimeLeft => clock.Elapsed < limit;
+
+        public BreakpointVerdict Probe()
+        {
+            // Wait until the sleep is in its syscall: interrupted there, its resume restarts from the syscall insn.
+            while (SyscallOf() is not (ClockNanosleepNr or NanosleepNr))
+            {
+                if (!TimeLeft || IsZombie())
+                {
+                    return Unknown("the probe's sleep never reached its nanosleep");
+                }
+
+                Thread.Sleep(1);
+            }
+
+            if (!Ptrace.TrySeize(pid, out var errno) || !Ptrace.TryInterrupt(pid, out errno))
+            {
+                return Unknown($"ptrace of the probe's sleep failed: {errno}");
+            }
+
+            if (WaitStatus(untilLimit: true) is not { } stop || !IsStopped(stop) || stop >> 16 != Ptrace.EventStop)
+            {
+                return Unknown("the probe's sleep did not stop when interrupted");
+            }
+
+            var ip = Ptrace.Peek(pid, Ptrace.RipOffset);
+            if (ip is null
+                || Ptrace.Peek(pid, Ptrace.OrigRaxOffset) is not (ClockNanosleepNr or NanosleepNr)
+                || Ptrace.Peek(pid, Ptrace.RaxOffset) != ErestartRestartblock)
+            {
+                return Unknown("the probe's sleep was not stopped in a restartable nanosleep");
+            }
+
+            if (!Ptrace.TryPoke(pid, Ptrace.DebugReg(0), ip.Value - SyscallInstructionLength, out errno)
+                || !Ptrace.TryPoke(pid, Ptrace.DebugReg(7), Dr7LocalEnable0, out errno))
+            {
+                return new(false, $"the kernel refused to set a debug register ({errno})");
+            }
+
+            if (!Ptrace.TryContinue(pid, out errno))
+            {
+                return Unknown($"ptrace could not resume the probe's sleep: {errno}");
+            }
+
+            while (TimeLeft)
+            {
+                if (WaitStatus(untilLimit: false) is { } status)
+                {
+                    if (IsStopped(status) && ((status >> 8) & 0xff) == (int)Signum.SIGTRAP)
+                    {
+                        var dr6 = Ptrace.Peek(pid, Ptrace.DebugReg(6)) ?? 0;
+                        return new(true, $"an execution breakpoint stopped a traced process (DR6 {dr6:x})");
+                    }
+
+                    return Unknown($"the probe's sleep stopped or ended unexpectedly (wait status {status:x})");
+                }
+
+                // Asleep again in the restarted syscall: it ran the instruction under the breakpoint without a trap.
+                if (SyscallOf() == RestartSyscallNr && WaitStatus(untilLimit: false) is null)
+                {
+                    return new(false, "an execution breakpoint on the instruction a traced process was about to run never "
+                        + "stopped it: it ran past and went back to sleep. The debug registers are not virtualized here");
+                }
+
+                Thread.Sleep(1);
+            }
+
+            return Unknown("the probe got no answer in time");
+        }
+
+        /// <summary>Kills the probe's own sleep (ours, by pid) and reaps it, unless a wait reaped it already.</summary>
+        public void Reap()
+        {
+            if (_reaped)
+            {
+                return;
+            }
+
+            _ = Syscall.kill(pid, Signum.SIGKILL);
+            for (var i = 0; i < 16 && !_reaped; i++)
+            {
+                // Stops not collected yet come first; the kill's end follows them.
+                if (Syscall.waitpid(pid, out var status, 0) != pid || !IsStopped(status))
+                {
+                    _reaped = true;
+                }
+            }
+        }
+
+        /// <summary>The syscall number the sleep waits in (/proc/PID/syscall); null while it runs or once it is gone.</summary>
+        private int? SyscallOf()
+        {
+            try
+            {
+                var first = File.ReadAllText($"/proc/{pid}/syscall").Split(' ', 2)[0];
+                return int.TryParse(first, NumberStyles.Integer, CultureInfo.InvariantCulture, out var nr) ? nr : null;
+            }
+            catch (IOException)
+            {
+                return null;
+            }
+        }
+
+        private bool IsZombie()
+        {
+            try
+            {
+                var stat = File.ReadAllText($"/proc/{pid}/stat");
+                return stat[(stat.LastIndexOf(')') + 2)..].StartsWith('Z');
+            }
+            catch (IOException)
+            {
+                return true;
+            }
+        }
+
+        /// <summary>A change of the sleep's state (polled, so the limit holds), once or until the limit; null if none.</summary>
+        private int? WaitStatus(bool untilLimit)
+        {
+            while (true)
+            {
+                var r = Syscall.waitpid(pid, out var status, WaitOptions.WNOHANG);
+                if (r == pid)
+                {
+                    _reaped |= !IsStopped(status);
+                    return status;
+                }
+
+                if (r < 0 || !untilLimit || !TimeLeft)
+                {
+                    return null;
+                }
+
+                Thread.Sleep(1);
+            }
+        }
+    }
+
+    private static bool IsStopped(int status) => (status & 0xff) == 0x7f;
+
+    private static partial class Log
+    {
+        [LoggerMessage(32, LogLevel.Information, "criu runs without hardware breakpoints (CRIU_FAULT=130): {Why}")]
+        public static partial void Avoided(ILogger logger, string why);
+
+        [LoggerMessage(33, LogLevel.Warning, "hardware breakpoints should be avoided here, but CRIU_FAULT={Value} is set already and kept; criu may hang at the end of a dump or restore")]
+        public static partial void OwnFault(ILogger logger, string value);
+    }
+
+    private static string? FindSleep() =>
+        (Environment.GetEnvironmentVariable("PATH") ?? "/usr/bin:/bin").Split(':', StringSplitOptions.RemoveEmptyEntries)
+            .Append("/usr/bin").Append("/bin")
+            .Select(dir => Path.Combine(dir, "sleep"))
+            .FirstOrDefault(File.Exists);
+}

@@ -1,0 +1,64 @@
+using Microsoft.Extensions.Logging.Abstractions;
+using RebootlessUpdate.Cli;
+using RebootlessUpdate.Criu;
+
+namespace RebootlessUpdate.UnitTests.Criu;
+
+/// <summary>How the breakpoint setting reaches criu's workers, the tool's option, and a timeout's message.</summary>
+[NonParallelizable]
+public class BreakpointSettingsTests
+{
+    private string? _own;
+
+    [SetUp]
+    public void KeepOwnFault() => _own = Environment.GetEnvironmentVariable(HardwareBreakpointProbe.FaultVariable);
+
+    [TearDown]
+    public void RestoreOwnFault() => Environment.SetEnvironmentVariable(HardwareBreakpointProbe.FaultVariable, _own);
+
+    [Test]
+    public void Avoid_gives_criu_its_no_breakpoints_switch_and_use_gives_nothing()
+    {
+        Environment.SetEnvironmentVariable(HardwareBreakpointProbe.FaultVariable, null);
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(HardwareBreakpointProbe.WorkerEnvironment(CriuBreakpoints.Avoid, NullLogger.Instance),
+                Is.EqualTo(new[] { new KeyValuePair<string, string>("CRIU_FAULT", "130") }));
+            Assert.That(HardwareBreakpointProbe.WorkerEnvironment(CriuBreakpoints.Use, NullLogger.Instance), Is.Empty);
+        });
+    }
+
+    [Test]
+    public void A_fault_the_caller_set_is_kept_rather_than_overwritten()
+    {
+        Environment.SetEnvironmentVariable(HardwareBreakpointProbe.FaultVariable, "2");
+
+        Assert.That(HardwareBreakpointProbe.WorkerEnvironment(CriuBreakpoints.Avoid, NullLogger.Instance), Is.Empty);
+    }
+
+    [TestCase("auto", CriuBreakpoints.Auto)]
+    [TestCase("use", CriuBreakpoints.Use)]
+    [TestCase("avoid", CriuBreakpoints.Avoid)]
+    [TestCase("Avoid", null)]
+    [TestCase("", null)]
+    [TestCase("130", null)]
+    public void The_tool_takes_exactly_auto_use_or_avoid(string text, CriuBreakpoints? expected) =>
+        Assert.That(CliSettings.ParseCriuBreakpoints(text), Is.EqualTo(expected));
+
+    [Test]
+    public void A_timeout_where_criu_waits_for_a_breakpoint_says_how_to_avoid_them()
+    {
+        string[] atSigreturn = ["(00.080201) Sent msg to daemon 3 0 0", "pie: 1: __fetched msg: 3 0 0", "pie: 1: 1: new_sp=0x7f58b22abc08 ip 0x7f58b238b545"];
+        string[] elsewhere = ["(00.080201) Dumping pages", "(00.080301) Writing image pagemap"];
+
+        var waiting = new CriuTimeoutException(CriuRequestType.Dump, TimeSpan.FromSeconds(20), 42, "criu swrk worker 42", "/tmp/dump.log", atSigreturn, null);
+        var other = new CriuTimeoutException(CriuRequestType.Dump, TimeSpan.FromSeconds(20), 42, "criu swrk worker 42", "/tmp/dump.log", elsewhere, null);
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(waiting.Message, Does.Contain("hardware breakpoint").And.Contain("--criu-breakpoints avoid").And.Contain("CRIU_FAULT=130"));
+            Assert.That(other.Message, Does.Not.Contain("breakpoint"));
+        });
+    }
+}
