@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
+using Microsoft.Win32.SafeHandles;
 using RebootlessUpdate.Images;
 using RebootlessUpdate.Images.Interop;
 using RebootlessUpdate.Pipeline;
@@ -23,6 +24,9 @@ internal static partial class ContainerHandback
 {
     /// <summary>The copy of runc's state in a target's images folder.</summary>
     internal const string StateFile = "runc-state.json";
+
+    /// <summary>runc's own name of the state in a container's folder.</summary>
+    private const string StateFileName = "state.json";
 
     /// <summary>The most a runc state file may hold (one container's config: a few KiB).</summary>
     private const long MaxStateBytes = 4 << 20;
@@ -222,7 +226,7 @@ internal static partial class ContainerHandback
             throw new InvalidOperationException($"'{container.Id}' under '{container.StateRoot}' is no runc container id under an absolute state folder");
         }
 
-        return Path.Combine(container.StateRoot, container.Id, "state.json");
+        return Path.Combine(container.StateRoot, container.Id, StateFileName);
     }
 
     /// <summary>runc's state of the container as it is now, or null when there is none that can be read (the write then says why).</summary>
@@ -252,25 +256,44 @@ internal static partial class ContainerHandback
         return state;
     }
 
-    /// <summary>Writes runc's state folder and file as runc does (the folder 0711, the file 0600), never through a link.</summary>
+    /// <summary>
+    /// Writes runc's state folder and file as runc does (the folder 0711, the file 0600). The container's folder is
+    /// opened once, never through a link, and the file is written and renamed inside that open folder (openat,
+    /// renameat): a link swapped in for the folder after the check cannot carry the write elsewhere.
+    /// </summary>
     private static void WriteState(ContainerRuntime container, JsonObject state)
     {
         var path = StatePath(container);
-        foreach (var (folder, mode) in new[] { (container.StateRoot, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute),
-                     (Path.GetDirectoryName(path)!, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute | UnixFileMode.GroupExecute | UnixFileMode.OtherExecute) })
+        if (StoreFiles.TypeOf(container.StateRoot) is null)
         {
-            if (StoreFiles.TypeOf(folder) is null)
-            {
-                Directory.CreateDirectory(folder, mode);
-            }
-
-            if (StoreFiles.TypeOf(folder) != Mono.Unix.Native.FilePermissions.S_IFDIR)
-            {
-                throw new IOException($"{folder} is not a folder");
-            }
+            Directory.CreateDirectory(container.StateRoot, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         }
 
-        StoreFiles.WriteAtomically(path, Encoding.UTF8.GetBytes(state.ToJsonString()), mode: Libc.Mode0600);
+        using var root = Libc.Open(container.StateRoot, Libc.ORdOnly | Libc.ODirectory);
+        _ = Libc.MkdirAt(root, container.Id, Libc.Mode0711);
+        SafeFileHandle folder;
+        try
+        {
+            folder = Libc.OpenAt(root, container.Id, Libc.ORdOnly | Libc.ODirectory | Libc.ONoFollow);
+        }
+        catch (IOException e) when (e.HResult is Libc.ELoop or Libc.ENotDir)
+        {
+            throw new IOException($"{Path.GetDirectoryName(path)} is not a folder", e);
+        }
+
+        using (folder)
+        {
+            const string Temp = StateFileName + ".tmp";
+            Libc.UnlinkAt(folder, Temp);
+            using (var file = Libc.OpenAt(folder, Temp, Libc.OWrOnly | Libc.OCreat | Libc.OExcl | Libc.ONoFollow, Libc.Mode0600))
+            {
+                RandomAccess.Write(file, Encoding.UTF8.GetBytes(state.ToJsonString()), 0);
+                Libc.FsyncOrThrow(file, path);
+            }
+
+            Libc.RenameAt(folder, Temp, StateFileName);
+            Libc.FsyncOrThrow(folder, Path.GetDirectoryName(path)!);
+        }
     }
 
     private static JsonObject Parse(byte[] bytes, string path)

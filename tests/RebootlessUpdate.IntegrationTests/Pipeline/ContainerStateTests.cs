@@ -136,6 +136,81 @@ public class ContainerStateTests
     }
 
     [Test]
+    public void A_link_swapped_in_for_the_state_folder_while_the_hand_back_writes_never_receives_the_write()
+    {
+        Start();
+        var t = Captured(TargetPhase.Restoring);
+        _started[0].Stop();
+        var folder = Path.Combine("/run/runc", _id);
+        if (Directory.Exists(folder))
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+
+        var elsewhere = Directory.CreateDirectory(Path.Combine(_dir, "elsewhere")).FullName;
+        File.WriteAllText(Path.Combine(elsewhere, "state.json"), "someone else's");
+        using var stand = Workload.Start(Path.Combine(_dir, "stand-in"));
+        t.MarkRestored(stand.RootPid, null, TimeSpan.Zero, 0, DateTimeOffset.UtcNow, null);
+        var progress = new Said();
+        var context = new UpdateContext(UpdateMode.Rehearse, [t.Target]) { Progress = progress };
+
+        // The attacker moves whatever folder is there aside and puts a link to its own folder in its place, over and over.
+        var stop = false;
+        var moved = 0;
+        var random = new Random(7);
+        var swapper = new Thread(() =>
+        {
+            while (!Volatile.Read(ref stop))
+            {
+                if (Syscall.lstat(folder, out var st) == 0 && (st.st_mode & FilePermissions.S_IFMT) == FilePermissions.S_IFDIR
+                    && Syscall.rename(folder, $"{folder}.moved-{moved}") == 0)
+                {
+                    moved++;
+                }
+
+                _ = Syscall.symlink(elsewhere, folder);
+                Thread.SpinWait(random.Next(2000));
+                if (Syscall.lstat(folder, out st) == 0 && (st.st_mode & FilePermissions.S_IFMT) == FilePermissions.S_IFLNK)
+                {
+                    _ = Syscall.unlink(folder);
+                }
+
+                // Gaps of varying length: the hand-back makes the folder in one, the next swap lands mid-write.
+                Thread.SpinWait(random.Next(20000));
+            }
+        });
+        try
+        {
+            swapper.Start();
+            for (var i = 0; i < 400; i++)
+            {
+                ContainerHandback.HandBack(context, t, _images);
+            }
+        }
+        finally
+        {
+            Volatile.Write(ref stop, true);
+            swapper.Join();
+        }
+
+        var written = Enumerable.Range(0, moved).Count(n => File.Exists($"{folder}.moved-{n}/state.json"));
+        var refused = progress.Messages.Count(m => m.Contains($"runc does not know the restored container {_id}", StringComparison.Ordinal));
+        TestContext.Out.WriteLine($"{moved} folders moved aside, {written} of them written, {refused} hand-backs refused");
+        for (var n = 0; n < moved; n++)
+        {
+            Directory.Delete($"{folder}.moved-{n}", recursive: true);
+        }
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(Directory.GetFileSystemEntries(elsewhere).Select(Path.GetFileName), Is.EqualTo(new[] { "state.json" }), "nothing created through the link");
+            Assert.That(File.ReadAllText(Path.Combine(elsewhere, "state.json")), Is.EqualTo("someone else's"), "nothing written through the link");
+            Assert.That(written + refused, Is.GreaterThan(0), "the hand-back ran into the swaps");
+            Assert.That(Workload.IsRunning(stand.RootPid), Is.True);
+        });
+    }
+
+    [Test]
     public void A_container_runc_runs_under_the_id_by_the_hand_back_keeps_its_state_and_the_run_says_so()
     {
         var first = Start();

@@ -20,6 +20,7 @@ internal static partial class Libc
     internal const int ONonBlock = 0x800;
     internal const int Mode0600 = 0x180;
     internal const int Mode0644 = 0x1a4;
+    internal const int Mode0711 = 0x1c9;
     internal const int ODirectory = 0x10000;
     internal const int ONoFollow = 0x20000;
     internal const int OCloExec = 0x80000;
@@ -27,14 +28,29 @@ internal static partial class Libc
     internal const int LockEx = 2;
     internal const int LockNb = 4;
 
+    internal const int ENoEnt = 2;
+    internal const int EExist = 17;
     internal const int EAgain = 11;
     internal const int EIntr = 4;
     internal const int EBusy = 16;
     internal const int ENoSpc = 28;
+    internal const int ENotDir = 20;
     internal const int ELoop = 40;
 
     [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int OpenRaw(string path, int flags, int mode);
+
+    [LibraryImport("libc", EntryPoint = "openat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int OpenAtRaw(SafeFileHandle dir, string name, int flags, int mode);
+
+    [LibraryImport("libc", EntryPoint = "mkdirat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int MkdirAtRaw(SafeFileHandle dir, string name, int mode);
+
+    [LibraryImport("libc", EntryPoint = "renameat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int RenameAtRaw(SafeFileHandle fromDir, string from, SafeFileHandle toDir, string to);
+
+    [LibraryImport("libc", EntryPoint = "unlinkat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int UnlinkAtRaw(SafeFileHandle dir, string name, int flags);
 
     [LibraryImport("libc", EntryPoint = "flock", SetLastError = true)]
     internal static partial int Flock(SafeFileHandle fd, int operation);
@@ -72,6 +88,45 @@ internal static partial class Libc
         }
 
         return new SafeFileHandle(fd, ownsHandle: true);
+    }
+
+    /// <summary>
+    /// Opens <paramref name="name"/> (one path component) inside the open folder <paramref name="dir"/>, so nothing
+    /// swapped in above that folder meanwhile can redirect it.
+    /// </summary>
+    /// <exception cref="IOException">openat failed; HResult carries errno.</exception>
+    internal static SafeFileHandle OpenAt(SafeFileHandle dir, string name, int flags, int mode = 0)
+    {
+        int fd;
+        do
+        {
+            fd = OpenAtRaw(dir, name, flags | OCloExec, mode);
+        }
+        while (fd < 0 && Marshal.GetLastPInvokeError() == EIntr);
+
+        return fd >= 0 ? new SafeFileHandle(fd, ownsHandle: true) : throw Error($"openat {name}", Marshal.GetLastPInvokeError());
+    }
+
+    /// <summary>mkdirat; false when <paramref name="name"/> exists already.</summary>
+    internal static bool MkdirAt(SafeFileHandle dir, string name, int mode) =>
+        MkdirAtRaw(dir, name, mode) == 0 || (Marshal.GetLastPInvokeError() is var e && e == EExist ? false : throw Error($"mkdirat {name}", e));
+
+    /// <summary>renameat within one open folder: atomically replaces <paramref name="to"/>.</summary>
+    internal static void RenameAt(SafeFileHandle dir, string from, string to)
+    {
+        if (RenameAtRaw(dir, from, dir, to) != 0)
+        {
+            throw Error($"renameat {from} {to}", Marshal.GetLastPInvokeError());
+        }
+    }
+
+    /// <summary>unlinkat of a file (never a folder); one that is not there is fine.</summary>
+    internal static void UnlinkAt(SafeFileHandle dir, string name)
+    {
+        if (UnlinkAtRaw(dir, name, 0) != 0 && Marshal.GetLastPInvokeError() is var e && e != ENoEnt)
+        {
+            throw Error($"unlinkat {name}", e);
+        }
     }
 
     /// <summary>fsync of a folder, so a rename inside it is durable.</summary>
