@@ -36,6 +36,7 @@ internal static partial class HardwareBreakpointProbe
     // DR7: local enable of DR0; its type and length bits zero mean "execution of the instruction at DR0".
     private const long Dr7LocalEnable0 = 1;
 
+    private static readonly string[] SleepPaths = ["/usr/bin/sleep", "/bin/sleep"];
     private static readonly TimeSpan ProbeLimit = TimeSpan.FromSeconds(10);
     private static readonly Lazy<BreakpointVerdict> HostVerdict = new(() => Run(ProbeLimit), LazyThreadSafetyMode.ExecutionAndPublication);
 
@@ -63,7 +64,11 @@ internal static partial class HardwareBreakpointProbe
 
         if (Environment.GetEnvironmentVariable(FaultVariable) is { } own)
         {
-            Log.OwnFault(logger, own);
+            if (own != NoBreakpointsFault)
+            {
+                Log.OwnFault(logger, own);
+            }
+
             return [];
         }
 
@@ -81,7 +86,7 @@ internal static partial class HardwareBreakpointProbe
 
         if (FindSleep() is not { } sleep)
         {
-            return Unknown("there is no sleep binary on PATH to probe with");
+            return Unknown("there is no /usr/bin/sleep or /bin/sleep to probe with");
         }
 
         int pid;
@@ -100,6 +105,10 @@ internal static partial class HardwareBreakpointProbe
         try
         {
             return tracee.Probe();
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidOperationException)
+        {
+            return Unknown(e.Message);
         }
         finally
         {
@@ -162,9 +171,12 @@ internal static partial class HardwareBreakpointProbe
             {
                 if (WaitStatus(untilLimit: false) is { } status)
                 {
-                    if (IsStopped(status) && ((status >> 8) & 0xff) == (int)Signum.SIGTRAP)
+                    // Only a plain SIGTRAP stop at the breakpoint's address, with DR6 naming breakpoint 0 (B0), counts:
+                    // "fire" is the verdict that, if wrong, leaves criu waiting forever.
+                    var dr6 = Ptrace.Peek(pid, Ptrace.DebugReg(6)) ?? 0;
+                    if (IsStopped(status) && status >> 16 == 0 && ((status >> 8) & 0xff) == (int)Signum.SIGTRAP && (dr6 & 1) != 0
+                        && Ptrace.Peek(pid, Ptrace.RipOffset) == ip.Value - SyscallInstructionLength)
                     {
-                        var dr6 = Ptrace.Peek(pid, Ptrace.DebugReg(6)) ?? 0;
                         return new(true, $"an execution breakpoint stopped a traced process (DR6 {dr6:x})");
                     }
 
@@ -193,13 +205,12 @@ internal static partial class HardwareBreakpointProbe
             }
 
             _ = Syscall.kill(pid, Signum.SIGKILL);
-            for (var i = 0; i < 16 && !_reaped; i++)
+            for (var i = 0; i < 64 && !_reaped; i++)
             {
-                // Stops not collected yet come first; the kill's end follows them.
-                if (Syscall.waitpid(pid, out var status, 0) != pid || !IsStopped(status))
-                {
-                    _reaped = true;
-                }
+                // Stops not collected yet come first; the kill's end follows them. EINTR is tried again; ECHILD means
+                // it is reaped already, so the pid is never signalled again (it may be someone else's by then).
+                var r = Syscall.waitpid(pid, out var status, 0);
+                _reaped = r == pid ? !IsStopped(status) : Stdlib.GetLastError() != Errno.EINTR;
             }
         }
 
@@ -211,7 +222,7 @@ internal static partial class HardwareBreakpointProbe
                 var first = File.ReadAllText($"/proc/{pid}/syscall").Split(' ', 2)[0];
                 return int.TryParse(first, NumberStyles.Integer, CultureInfo.InvariantCulture, out var nr) ? nr : null;
             }
-            catch (IOException)
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
                 return null;
             }
@@ -224,7 +235,7 @@ internal static partial class HardwareBreakpointProbe
                 var stat = File.ReadAllText($"/proc/{pid}/stat");
                 return stat[(stat.LastIndexOf(')') + 2)..].StartsWith('Z');
             }
-            catch (IOException)
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
                 return true;
             }
@@ -240,6 +251,11 @@ internal static partial class HardwareBreakpointProbe
                 {
                     _reaped |= !IsStopped(status);
                     return status;
+                }
+
+                if (r < 0 && Stdlib.GetLastError() == Errno.ECHILD)
+                {
+                    _reaped = true;
                 }
 
                 if (r < 0 || !untilLimit || !TimeLeft)
@@ -263,9 +279,7 @@ internal static partial class HardwareBreakpointProbe
         public static partial void OwnFault(ILogger logger, string value);
     }
 
+    /// <summary>The system's own sleep: never one found through PATH, which the probe, running as root, must not trust.</summary>
     private static string? FindSleep() =>
-        (Environment.GetEnvironmentVariable("PATH") ?? "/usr/bin:/bin").Split(':', StringSplitOptions.RemoveEmptyEntries)
-            .Append("/usr/bin").Append("/bin")
-            .Select(dir => Path.Combine(dir, "sleep"))
-            .FirstOrDefault(File.Exists);
+        SleepPaths.FirstOrDefault(p => Syscall.access(p, AccessModes.X_OK) == 0);
 }

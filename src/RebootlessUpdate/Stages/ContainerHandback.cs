@@ -259,7 +259,8 @@ internal static partial class ContainerHandback
     /// <summary>
     /// Writes runc's state folder and file as runc does (the folder 0711, the file 0600). The container's folder is
     /// opened once, never through a link, and the file is written and renamed inside that open folder (openat,
-    /// renameat): a link swapped in for the folder after the check cannot carry the write elsewhere.
+    /// renameat): a link swapped in for the folder after the check cannot carry the write elsewhere. The state root
+    /// itself (<c>/run/runc</c>) is runc's, as root's as the folders above it, and is opened as runc opens it.
     /// </summary>
     private static void WriteState(ContainerRuntime container, JsonObject state)
     {
@@ -285,13 +286,22 @@ internal static partial class ContainerHandback
         {
             const string Temp = StateFileName + ".tmp";
             Libc.UnlinkAt(folder, Temp);
-            using (var file = Libc.OpenAt(folder, Temp, Libc.OWrOnly | Libc.OCreat | Libc.OExcl | Libc.ONoFollow, Libc.Mode0600))
+            try
             {
-                RandomAccess.Write(file, Encoding.UTF8.GetBytes(state.ToJsonString()), 0);
-                Libc.FsyncOrThrow(file, path);
+                using (var file = Libc.OpenAt(folder, Temp, Libc.OWrOnly | Libc.OCreat | Libc.OExcl | Libc.ONoFollow, Libc.Mode0600))
+                {
+                    RandomAccess.Write(file, Encoding.UTF8.GetBytes(state.ToJsonString()), 0);
+                    Libc.FsyncOrThrow(file, path);
+                }
+
+                Libc.RenameAt(folder, Temp, StateFileName);
+            }
+            catch
+            {
+                Libc.UnlinkAt(folder, Temp);
+                throw;
             }
 
-            Libc.RenameAt(folder, Temp, StateFileName);
             Libc.FsyncOrThrow(folder, Path.GetDirectoryName(path)!);
         }
     }
