@@ -11,8 +11,8 @@ namespace RebootlessUpdate.Stages;
 /// (or once the emptied scope was collected) systemd has no unit for that cgroup: <c>systemctl status</c> does not know
 /// it, and <c>systemctl stop</c> does not reach it. Once the tree is restored, a transient scope of the same name, slice
 /// and delegation is started over that cgroup (through <c>systemd-run --scope</c>, whose own short-lived command is the
-/// scope's first process; the scope then holds whatever runs in its cgroup: the restored tree). Targets in no scope are
-/// left alone.
+/// scope's first process; the scope then holds whatever runs in its cgroup: the restored tree), with the limits and
+/// device rules the scope had (<see cref="ScopeLimits"/>). Targets in no scope are left alone.
 /// </summary>
 internal static class ScopeHandback
 {
@@ -31,10 +31,15 @@ internal static class ScopeHandback
             return null;
         }
 
-        var show = Show(name, "LoadState", "ControlGroup", "Slice", "Description", "Delegate");
+        var text = ShowText(name, ["LoadState", "ControlGroup", "Slice", "Description", "Delegate", .. ScopeLimits.Shown]);
+        var show = text is null ? null : SystemdServiceTarget.ParseProperties(text);
         return show is not null && show.GetValueOrDefault("LoadState") == "loaded" && show.GetValueOrDefault("ControlGroup") == cgroup
             && show.GetValueOrDefault("Slice") is { Length: > 0 } slice
-            ? new ScopeUnit { Name = name, ControlGroup = cgroup!, Slice = slice, Description = show.GetValueOrDefault("Description"), Delegate = show.GetValueOrDefault("Delegate") == "yes" }
+            ? new ScopeUnit
+            {
+                Name = name, ControlGroup = cgroup!, Slice = slice, Description = show.GetValueOrDefault("Description"),
+                Delegate = show.GetValueOrDefault("Delegate") == "yes", Properties = ScopeLimits.From(text!),
+            }
             : null;
     }
 
@@ -74,6 +79,38 @@ internal static class ScopeHandback
             return; // handed back already (a run's Report repeats it)
         }
 
+        var failed = Start(scope, scope.Properties);
+        if (failed is null && Holds(scope, cgroup))
+        {
+            PipelineLog.TargetEvent(context.Logger, t.Target.Id, $"handed back to systemd: {scope.Name} holds the restored tree again");
+            context.ReportProgress("Restore", $"systemd holds the restored tree in {scope.Name} again"
+                + (scope.Properties.Count > 0 ? $", with the {scope.Properties.Count} limits and device rules it had" : ""), t.Target.Id);
+            return;
+        }
+
+        // systemd refused a limit (one this systemd does not know, say). The device rules come first: without them the
+        // restored container may open any device (CRIU does not carry the cgroup's device filter). A scope with
+        // neither still lets systemd stop the tree. A start that timed out may have made the scope all the same.
+        if (failed is not null && scope.Properties.Count > 0 && !Holds(scope, cgroup))
+        {
+            var devices = scope.Properties.Where(ScopeLimits.IsDeviceRule).ToList();
+            var left = devices.Count > 0 && Start(scope, devices) is null && Holds(scope, cgroup) ? scope.Properties.Except(devices).ToList()
+                : Start(scope, []) is null && Holds(scope, cgroup) ? scope.Properties : null;
+            if (left is not null)
+            {
+                Warn(context, t, $"systemd holds the restored tree in {scope.Name} again, but refused its limits ({failed}): it runs without "
+                    + $"{string.Join(", ", left)}" + (left.Any(ScopeLimits.IsDeviceRule) ? "; without its device filter it may open any device of this host: stop it if that matters" : ""));
+                return;
+            }
+        }
+
+        Warn(context, t, $"systemd does not hold the restored tree in {scope.Name} ({failed ?? "the scope it started does not hold the tree's cgroup"}): "
+            + $"it runs in {cgroup} without a unit, and systemctl stop {scope.Name} does not reach it");
+    }
+
+    /// <summary>Starts the transient scope over the restored cgroup with <paramref name="properties"/>; returns why it failed, or null.</summary>
+    private static string? Start(ScopeUnit scope, IEnumerable<string> properties)
+    {
         var args = new List<string> { "--scope", "--quiet", "--unit=" + scope.Name, "--slice=" + scope.Slice };
         if (scope.Description is { Length: > 0 } description)
         {
@@ -85,27 +122,21 @@ internal static class ScopeHandback
             args.AddRange(["-p", "Delegate=yes"]);
         }
 
+        foreach (var property in properties)
+        {
+            args.AddRange(["-p", property]);
+        }
+
         args.AddRange(["--", "/bin/true"]);
-        string? failed;
         try
         {
             var run = ProcessRunner.Run("systemd-run", args, Limit);
-            failed = run.TimedOut ? $"systemd-run did not answer within {Limit.TotalSeconds:0} s" : run.ExitCode != 0 ? $"systemd-run: {run.FirstLine}" : null;
+            return run.TimedOut ? $"systemd-run did not answer within {Limit.TotalSeconds:0} s" : run.ExitCode != 0 ? $"systemd-run: {run.FirstLine}" : null;
         }
         catch (ToolNotStartedException e)
         {
-            failed = $"systemd-run cannot be run ({e.InnerException?.Message})";
+            return $"systemd-run cannot be run ({e.InnerException?.Message})";
         }
-
-        if (failed is null && Holds(scope, cgroup))
-        {
-            PipelineLog.TargetEvent(context.Logger, t.Target.Id, $"handed back to systemd: {scope.Name} holds the restored tree again");
-            context.ReportProgress("Restore", $"systemd holds the restored tree in {scope.Name} again", t.Target.Id);
-            return;
-        }
-
-        Warn(context, t, $"systemd does not hold the restored tree in {scope.Name} ({failed ?? "the scope it started does not hold the tree's cgroup"}): "
-            + $"it runs in {cgroup} without a unit, and systemctl stop {scope.Name} does not reach it");
     }
 
     /// <summary>systemd has the scope active over <paramref name="cgroup"/>.</summary>
@@ -126,7 +157,11 @@ internal static class ScopeHandback
     }
 
     /// <summary><c>systemctl show</c>'s properties of a unit, or null when systemd cannot be asked.</summary>
-    private static Dictionary<string, string>? Show(string unit, params string[] properties)
+    private static Dictionary<string, string>? Show(string unit, params string[] properties) =>
+        ShowText(unit, properties) is { } text ? SystemdServiceTarget.ParseProperties(text) : null;
+
+    /// <summary><c>systemctl show</c>'s output for a unit's <paramref name="properties"/>, or null when systemd cannot be asked.</summary>
+    private static string? ShowText(string unit, IEnumerable<string> properties)
     {
         var args = new List<string> { "show", "--no-pager" };
         foreach (var p in properties)
@@ -138,7 +173,7 @@ internal static class ScopeHandback
         try
         {
             var run = ProcessRunner.Run("systemctl", args, Limit);
-            return run.ExitCode != 0 || run.TimedOut ? null : SystemdServiceTarget.ParseProperties(run.Stdout);
+            return run.ExitCode != 0 || run.TimedOut ? null : run.Stdout;
         }
         catch (ToolNotStartedException)
         {

@@ -21,4 +21,11 @@ public sealed record ScopeUnit
 
     /// <summary>Its cgroup is delegated to the processes in it (runc's scopes are).</summary>
     public bool Delegate { get; init; }
+
+    /// <summary>
+    /// Its resource limits and device rules as <c>systemd-run -p</c> assignments (<c>MemoryMax=268435456</c>,
+    /// <c>CPUQuota=50%</c>, <c>DevicePolicy=strict</c>, <c>DeviceAllow=/dev/char/1:3 rwm</c>, ...): given to the scope
+    /// again, so the restored tree is held to them as before. Empty when it had none.
+    /// </summary>
+    public IReadOnlyList<string> Properties { get; init; } = [];
 }

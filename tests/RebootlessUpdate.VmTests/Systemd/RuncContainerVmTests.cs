@@ -63,6 +63,16 @@ public class RuncContainerVmTests
             Assert.That(After("ScopeActiveState"), Is.EqualTo("active"));
             Assert.That(After("ScopeControlGroup"), Is.EqualTo(Before("ScopeControlGroup")), "the scope is the restored tree's cgroup");
 
+            // The limits runc gave the scope, and its device filter, hold the restored container as before.
+            Assert.That(Before("Limits"), Does.Contain("MemoryMax=268435456").And.Contain("TasksMax=64").And.Contain("CPUQuotaPerSecUSec=500ms").And.Contain("DevicePolicy=strict"));
+            Assert.That(After("Limits"), Is.EqualTo(Before("Limits")), "systemd holds the restored scope to the same limits");
+            Assert.That(After("DeviceAllow"), Is.EqualTo(Before("DeviceAllow")).And.Contain("/dev/char/1:3 rwm"), "the same device allow-list");
+            Assert.That(After("CgroupFiles"), Is.EqualTo(Before("CgroupFiles")), "the cgroup enforces them");
+            Assert.That(Before("Kmsg").Trim(), Is.EqualTo("refused"), "runc's device filter keeps /dev/kmsg closed");
+            Assert.That(After("Kmsg").Trim(), Is.EqualTo("refused"), "and still does after the jump");
+            Assert.That(Before("Null").Trim(), Is.EqualTo("opened"), "a device on the allow-list opens");
+            Assert.That(After("Null").Trim(), Is.EqualTo("opened"), "and still does after the jump");
+
             // systemd holds the tree: stopping the scope ends every process of it; runc then sees it stopped and forgets it.
             Assert.That(After("StopScope"), Is.EqualTo("ok"));
             Assert.That(After("AfterStop"), Is.EqualTo("inactive 0"), "systemctl stop of the scope ended the restored container");

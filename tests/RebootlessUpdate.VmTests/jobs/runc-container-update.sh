@@ -24,6 +24,22 @@ print(sys.argv[1] + "Pid=" + str(s["pid"]))' "$1"
   fi
 }
 scope() { systemctl show "runc-$ID.scope" -p LoadState -p ActiveState -p ControlGroup | sed "s/^/Scope/"; }
+# The scope's limits as systemd and the cgroup show them (the device rules sorted: systemd lists them newest first),
+# and whether its device filter holds: runc allows mknod of any char device, but opening one outside its allow-list
+# is refused (/dev/kmsg, 1:11, opened write-only so that no rule but the device filter applies), while one on it opens
+# (/dev/null, 1:3). The nodes are made in the container's /dev, a tmpfs: a device node on the 9p job share (the
+# bundle's rootfs) makes qemu drop the share.
+limits() {
+  cg=/sys/fs/cgroup/system.slice/runc-$ID.scope
+  echo "Limits=$(systemctl show "runc-$ID.scope" -p MemoryMax -p TasksMax -p CPUWeight -p CPUQuotaPerSecUSec -p CPUQuotaPeriodUSec -p DevicePolicy | sort | tr '\n' ' ')"
+  echo "DeviceAllow=$(systemctl show "runc-$ID.scope" -p DeviceAllow | sort | tr '\n' '|')"
+  echo "CgroupFiles=memory.max:$(cat $cg/memory.max) pids.max:$(cat $cg/pids.max) cpu.max:$(cat $cg/cpu.max) cpu.weight:$(cat $cg/cpu.weight)"
+  for dev in "Kmsg 1 11" "Null 1 3"; do
+    set -- $dev
+    echo "$1=$(runc exec --cap CAP_MKNOD "$ID" /bin/busybox sh -c "/bin/busybox rm -f /dev/probe; /bin/busybox mknod /dev/probe c $2 $3 || exit 0
+      if /bin/busybox true 2>/dev/null >/dev/probe; then echo opened; else echo refused; fi; /bin/busybox rm -f /dev/probe" 2>&1 | tr '\n' ' ')"
+  done
+}
 
 if ! grep -q 'rebootless.resume=' /proc/cmdline; then
   uname -r >/job/kernel1
@@ -45,6 +61,11 @@ c["process"]["args"] = ["/bin/busybox", "sh", "-c",
 c["root"]["readonly"] = False
 c["mounts"].append({"destination": "/data", "type": "bind", "source": "/job/ctr/data", "options": ["rbind", "rw"]})
 c["linux"]["cgroupsPath"] = "system.slice:runc:rebootless-ctr"
+# Limits runc gives systemd as the scope's properties (with runc's default device rules): they must hold after the jump.
+c["linux"].setdefault("resources", {})
+c["linux"]["resources"]["memory"] = {"limit": 268435456}
+c["linux"]["resources"]["pids"] = {"limit": 64}
+c["linux"]["resources"]["cpu"] = {"quota": 50000, "period": 100000, "shares": 512}
 json.dump(c, open(path, "w"))
 PY
   # (Bounded: once in the VM a start without --debug waited on systemd for minutes.)
@@ -55,7 +76,7 @@ PY
   persist /etc/default/rebootless /etc/systemd/system/rebootless-resume.service $w/rebootless-resume.service
   i=0; until [ -s /job/ctr/data/counter ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i + 1)); done
   sleep 1
-  { state Ctr; scope
+  { state Ctr; scope; limits
     echo "CtrCgroup=$(cat "/proc/$(runc state "$ID" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')/cgroup")"; } >/job/before.txt
   cat /job/ctr/data/counter >/job/counter-before
   # What the tool's readiness check says here, its breakpoint probe included (TCG fires them).
@@ -80,6 +101,7 @@ i=0; while [ "$(systemctl show rebootless-resume.service -p SubState --value)" !
   echo "CtrCopies=$(pgrep -c -f 'while :; do i=' || true)"
   scope
   echo "CtrCounter=$(cat /job/ctr/data/counter)"
+  limits
   echo "CtrExec=$(runc exec "$ID" /bin/busybox cat /data/counter 2>&1 | tr '\n' ' ')"
   sleep 2
   echo "CtrCounterLater=$(cat /job/ctr/data/counter)"
