@@ -130,7 +130,8 @@ internal static partial class HardwareBreakpointProbe
             // Wait until the sleep is in its syscall: interrupted there, its resume restarts from the syscall insn.
             while (SyscallOf() is not (ClockNanosleepNr or NanosleepNr))
             {
-                if (!TimeLeft || IsZombie())
+                // Before it is seized, a wait reports only its end.
+                if (!TimeLeft || WaitStatus(untilLimit: false) is not null)
                 {
                     return Unknown("the probe's sleep never reached its nanosleep");
                 }
@@ -225,19 +226,6 @@ internal static partial class HardwareBreakpointProbe
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
                 return null;
-            }
-        }
-
-        private bool IsZombie()
-        {
-            try
-            {
-                var stat = File.ReadAllText($"/proc/{pid}/stat");
-                return stat[(stat.LastIndexOf(')') + 2)..].StartsWith('Z');
-            }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-            {
-                return true;
             }
         }
 
