@@ -11,6 +11,12 @@ namespace RebootlessUpdate.Criu;
 internal sealed record BreakpointVerdict(bool Fire, string Detail);
 
 /// <summary>
+/// Whether criu's workers get <c>CRIU_FAULT=130</c>; <paramref name="Hazard"/> when breakpoints should be avoided but
+/// the caller's own <c>CRIU_FAULT</c> keeps criu from being told; and the whole of it in words.
+/// </summary>
+internal sealed record BreakpointChoice(bool AddNoBreakpointsFault, bool Hazard, string Description);
+
+/// <summary>
 /// Finds out whether hardware breakpoints fire on this machine, the way criu uses them: an execution breakpoint in a
 /// debug register of a traced process, on the syscall instruction it is about to run. A <c>sleep</c> of ours is
 /// seized and interrupted in its <c>clock_nanosleep</c>; resumed, the kernel restarts the sleep by sending it back to
@@ -43,37 +49,62 @@ internal static partial class HardwareBreakpointProbe
     /// <summary>This machine's verdict, probed on first use (a few milliseconds) and kept for the process.</summary>
     public static BreakpointVerdict Host => HostVerdict.Value;
 
-    /// <summary>Whether criu should avoid breakpoints under <paramref name="mode"/>.</summary>
-    public static bool Avoids(CriuBreakpoints mode) => mode switch
+    /// <summary>
+    /// What criu is to do about breakpoints under <paramref name="mode"/>, and why, in words for <c>check</c> and the log.
+    /// A <c>CRIU_FAULT</c> in this process's environment reaches criu as it is (criu takes one value): 130 means the
+    /// operator has already told criu to avoid breakpoints, so nothing is probed; another value is a test's own fault and
+    /// wins over the switch, with a warning where the switch was wanted.
+    /// </summary>
+    public static BreakpointChoice Choose(CriuBreakpoints mode)
     {
-        CriuBreakpoints.Use => false,
-        CriuBreakpoints.Avoid => true,
-        _ => !Host.Fire,
-    };
+        var own = Environment.GetEnvironmentVariable(FaultVariable);
+        if (own == NoBreakpointsFault)
+        {
+            return new(false, false, "criu runs without hardware breakpoints: CRIU_FAULT=130 is set in this environment and criu inherits it");
+        }
+
+        string why;
+        switch (mode)
+        {
+            case CriuBreakpoints.Use:
+                return new(false, false, "criu uses hardware breakpoints, as configured");
+            case CriuBreakpoints.Avoid:
+                why = "as configured";
+                break;
+            default:
+                var host = Host;
+                if (host.Fire)
+                {
+                    return new(false, false, $"hardware breakpoints fire here, criu uses them: {host.Detail}");
+                }
+
+                why = host.Detail;
+                break;
+        }
+
+        return own is null
+            ? new(true, false, mode == CriuBreakpoints.Avoid ? "criu avoids hardware breakpoints, as configured" : $"criu runs without hardware breakpoints (CRIU_FAULT=130): {why}")
+            : new(false, true, $"criu should run without hardware breakpoints ({why}), but CRIU_FAULT={own} is set and kept (criu takes one value), "
+                + "so criu may hang at the end of a dump or restore");
+    }
 
     /// <summary>
     /// What a criu worker's environment gains under <paramref name="mode"/>: <c>CRIU_FAULT=130</c> when breakpoints
-    /// are avoided, unless the caller set <c>CRIU_FAULT</c> already (criu takes one value; a test's own fault wins).
+    /// are to be avoided and the caller set no <c>CRIU_FAULT</c> of its own (see <see cref="Choose"/>).
     /// </summary>
     public static IReadOnlyList<KeyValuePair<string, string>> WorkerEnvironment(CriuBreakpoints mode, ILogger logger)
     {
-        if (!Avoids(mode))
+        var choice = Choose(mode);
+        if (choice.Hazard)
         {
-            return [];
+            Log.Hazard(logger, choice.Description);
+        }
+        else if (choice.AddNoBreakpointsFault)
+        {
+            Log.Avoided(logger, choice.Description);
         }
 
-        if (Environment.GetEnvironmentVariable(FaultVariable) is { } own)
-        {
-            if (own != NoBreakpointsFault)
-            {
-                Log.OwnFault(logger, own);
-            }
-
-            return [];
-        }
-
-        Log.Avoided(logger, mode == CriuBreakpoints.Avoid ? "as configured" : Host.Detail);
-        return [new(FaultVariable, NoBreakpointsFault)];
+        return choice.AddNoBreakpointsFault ? [new(FaultVariable, NoBreakpointsFault)] : [];
     }
 
     /// <summary>Probes now, within <paramref name="limit"/>; never throws.</summary>
@@ -260,11 +291,11 @@ internal static partial class HardwareBreakpointProbe
 
     private static partial class Log
     {
-        [LoggerMessage(32, LogLevel.Information, "criu runs without hardware breakpoints (CRIU_FAULT=130): {Why}")]
-        public static partial void Avoided(ILogger logger, string why);
+        [LoggerMessage(32, LogLevel.Information, "{Choice}")]
+        public static partial void Avoided(ILogger logger, string choice);
 
-        [LoggerMessage(33, LogLevel.Warning, "hardware breakpoints should be avoided here, but CRIU_FAULT={Value} is set already and kept; criu may hang at the end of a dump or restore")]
-        public static partial void OwnFault(ILogger logger, string value);
+        [LoggerMessage(33, LogLevel.Warning, "{Choice}")]
+        public static partial void Hazard(ILogger logger, string choice);
     }
 
     /// <summary>The system's own sleep: never one found through PATH, which the probe, running as root, must not trust.</summary>

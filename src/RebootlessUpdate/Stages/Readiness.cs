@@ -122,25 +122,10 @@ public static class Readiness
     /// <summary>Whether criu stops processes with hardware breakpoints here, and why (see <see cref="CriuBreakpoints"/>).</summary>
     private static string Breakpoints(CriuClient criu)
     {
-        var mode = criu.Options.Breakpoints;
-        if (mode != CriuBreakpoints.Auto)
-        {
-            return $"criu {(mode == CriuBreakpoints.Use ? "uses" : "avoids")} hardware breakpoints, as configured";
-        }
-
-        var host = HardwareBreakpointProbe.Host;
-        if (host.Fire)
-        {
-            return $"hardware breakpoints fire here, criu uses them: {host.Detail}";
-        }
-
-        if (Environment.GetEnvironmentVariable(HardwareBreakpointProbe.FaultVariable) is { } own && own != HardwareBreakpointProbe.NoBreakpointsFault)
-        {
-            return $"hardware breakpoints do not fire here, but CRIU_FAULT={own} is set and kept, so criu may hang at the end of a dump: {host.Detail}";
-        }
-
-        return $"criu runs without hardware breakpoints (CRIU_FAULT=130): {host.Detail}"
-            + (criu.UsesService ? ". The criu service is not started by this tool: it must run with CRIU_FAULT=130 too, or its dumps hang" : "");
+        var choice = HardwareBreakpointProbe.Choose(criu.Options.Breakpoints);
+        return choice.AddNoBreakpointsFault && criu.UsesService
+            ? choice.Description + ". The criu service is not started by this tool: it must run with CRIU_FAULT=130 too, or its dumps hang"
+            : choice.Description;
     }
 }
 

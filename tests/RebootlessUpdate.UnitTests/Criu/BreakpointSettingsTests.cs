@@ -37,6 +37,38 @@ public class BreakpointSettingsTests
         Assert.That(HardwareBreakpointProbe.WorkerEnvironment(CriuBreakpoints.Avoid, NullLogger.Instance), Is.Empty);
     }
 
+    [TestCase(CriuBreakpoints.Auto)]
+    [TestCase(CriuBreakpoints.Use)]
+    [TestCase(CriuBreakpoints.Avoid)]
+    public void An_inherited_no_breakpoints_switch_decides_without_a_probe_and_is_not_added_twice(CriuBreakpoints mode)
+    {
+        Environment.SetEnvironmentVariable(HardwareBreakpointProbe.FaultVariable, "130");
+
+        var choice = HardwareBreakpointProbe.Choose(mode);
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(choice.Description, Is.EqualTo("criu runs without hardware breakpoints: CRIU_FAULT=130 is set in this environment and criu inherits it"));
+            Assert.That(choice.Hazard, Is.False);
+            Assert.That(HardwareBreakpointProbe.WorkerEnvironment(mode, NullLogger.Instance), Is.Empty);
+        });
+    }
+
+    [Test]
+    public void A_fault_of_the_callers_own_where_breakpoints_are_to_be_avoided_is_named_as_a_hazard()
+    {
+        Environment.SetEnvironmentVariable(HardwareBreakpointProbe.FaultVariable, "2");
+
+        var choice = HardwareBreakpointProbe.Choose(CriuBreakpoints.Avoid);
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(choice.Hazard, Is.True);
+            Assert.That(choice.AddNoBreakpointsFault, Is.False);
+            Assert.That(choice.Description, Does.Contain("CRIU_FAULT=2 is set and kept").And.Contain("may hang"));
+        });
+    }
+
     [TestCase("auto", CriuBreakpoints.Auto)]
     [TestCase("use", CriuBreakpoints.Use)]
     [TestCase("avoid", CriuBreakpoints.Avoid)]

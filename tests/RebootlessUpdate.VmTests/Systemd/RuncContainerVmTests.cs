@@ -38,8 +38,10 @@ public class RuncContainerVmTests
         Assert.Multiple(() =>
         {
             Assert.That(Read("kernel1"), Is.EqualTo(testbed.OldKernel));
-            Assert.That(Read("check.json"), Does.Contain("\"hardware breakpoints fire here, criu uses them: an execution breakpoint stopped a traced process"),
-                "the probe finds that TCG fires breakpoints, so criu keeps using them" + $"\n{Read("check.err")}");
+            Assert.That(Read("check-probe.json"), Does.Contain("\"hardware breakpoints fire here, criu uses them: an execution breakpoint stopped a traced process"),
+                "the probe finds that TCG fires breakpoints, so criu keeps using them" + $"\n{Read("check-probe.err")}");
+            Assert.That(Read("check.json"), Does.Contain("\"criu runs without hardware breakpoints: CRIU_FAULT=130 is set in this environment"),
+                "the testbed's own CRIU_FAULT=130 (testbed/vm-init) is what criu gets, unprobed" + $"\n{Read("check.err")}");
             Assert.That(After("Kernel"), Is.EqualTo(testbed.NewKernel), "the jump happened" + diagnostics);
             Assert.That(After("Pid1"), Is.EqualTo("systemd"));
             Assert.That(Before("CtrStatus"), Is.EqualTo("running"));
