@@ -130,6 +130,13 @@ public sealed partial class CriuRequestFailedException : CriuException
             }
         }
 
+        // criu goes on from a refused seize to a misleading "Unable to detach" error: the refusal is the cause.
+        if (logExcerpt.Select(l => SeizeRefused().Match(l)).FirstOrDefault(m => m.Success) is { } refused)
+        {
+            return $"criu could not seize process {refused.Groups["pid"].Value} ({refused.Groups["why"].Value}"
+                + (refused.Groups["why"].Value == "Operation not permitted" ? ": another tracer, such as a debugger, may hold it)" : ")");
+        }
+
         return FirstError(logExcerpt) ?? FirstError(printed) ?? message.FirstOrDefault(m => !IsHarmless(m))?.Trim();
 
         static string? FirstError(IEnumerable<string> lines) => lines
@@ -140,6 +147,10 @@ public sealed partial class CriuRequestFailedException : CriuException
             .FirstOrDefault(t => t.Length > 0);
     }
 
+    /// <summary>compel's warning when PTRACE_SEIZE of a task fails: "Unable to interrupt task: 1234 (Operation not permitted)".</summary>
+    [GeneratedRegex(@"Unable to interrupt task: (?<pid>\d+) \((?<why>[^)]*)\)")]
+    private static partial Regex SeizeRefused();
+
     /// <summary>"Can't fork for 1234" (criu 3.x and 4.x word it so).</summary>
     [GeneratedRegex(@"Can't fork for (?<pid>\d+)")]
     private static partial Regex CantFork();
@@ -149,8 +160,9 @@ public sealed partial class CriuRequestFailedException : CriuException
     private static partial Regex LogError();
 
     /// <summary>
-    /// The error lines of a CRIU log, each preceded by up to <paramref name="context"/>
-    /// lines, at most <paramref name="maxLines"/> lines in all.
+    /// The error lines of a CRIU log (and compel's warning that a seize was refused, which criu follows with a
+    /// misleading error), each preceded by up to <paramref name="context"/> lines, at most <paramref name="maxLines"/>
+    /// lines in all.
     /// </summary>
     internal static IReadOnlyList<string> ExcerptLog(string? path, int context = 2, int maxLines = 40)
     {
@@ -178,7 +190,7 @@ public sealed partial class CriuRequestFailedException : CriuException
         {
             // CRIU 4.1 logs a harmless "Error ... rlimit: Can't setup RLIMIT_NOFILE" on every
             // run where it may not raise its own limit; it is not the failure.
-            if (lines[i].Contains("Error", StringComparison.Ordinal) && !IsHarmless(lines[i]))
+            if ((lines[i].Contains("Error", StringComparison.Ordinal) && !IsHarmless(lines[i])) || SeizeRefused().IsMatch(lines[i]))
             {
                 for (var j = Math.Max(0, i - context); j <= i; j++)
                 {

@@ -121,6 +121,9 @@ public sealed class TargetRun
         PendingDump = pending;
     }
 
+    /// <summary>Its dump is asked of CRIU once more (CRIU could not stop the tree and let it run on), from <paramref name="timestamp"/>.</summary>
+    internal void DumpAskedAgain(long timestamp) => DumpStartedTimestamp = timestamp;
+
     /// <summary>Its page images are being checked by <paramref name="check"/> while CRIU restores it (awaited at post-restore).</summary>
     internal void CheckPagesWith(Task<VerificationResult> check) => PendingPageVerification = check;
 
@@ -409,6 +412,9 @@ public sealed class TargetRun
         public TaskCompletionSource HeldAtPostDump { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
         public Task<CriuDumpResult> Request { get; set; } = Task.FromResult<CriuDumpResult>(null!);
+
+        /// <summary>Asks CRIU for the dump (again): the request's task.</summary>
+        public Func<Task<CriuDumpResult>> Ask { get; set; } = () => Task.FromResult<CriuDumpResult>(null!);
 
         /// <summary>Cancels the request (criu is killed, which releases the tree): for a rollback that cannot wait for it.</summary>
         public CancellationTokenSource Abandon { get; set; } = new();

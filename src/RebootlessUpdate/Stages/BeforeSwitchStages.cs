@@ -253,7 +253,7 @@ internal sealed class DumpStage(DumpStageOptions options) : IUpdateStage
         foreach (var t in context.Targets.OrderBy(t => t.PreDumpRefused is null))
         {
             TargetDump.Start(context, t, criu, set, options.OnCriuNotification, cancellationToken);
-            await TargetDump.WaitHeldAsync(context, t, set).ConfigureAwait(false);
+            await TargetDump.WaitHeldAsync(context, t, set, options, cancellationToken).ConfigureAwait(false);
             if (t.Phase == TargetPhase.Failed)
             {
                 break;

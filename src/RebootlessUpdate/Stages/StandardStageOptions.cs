@@ -12,6 +12,30 @@ public sealed record DumpStageOptions
     /// frozen time. Default: none.
     /// </summary>
     public Func<TargetNotification, CancellationToken, ValueTask>? OnCriuNotification { get; init; }
+
+    /// <summary>
+    /// How many more times a target's dump is asked when CRIU could not stop its processes and let them run on: a
+    /// task it could not seize (one caught exiting while the freezer froze it, or traced by someone else) or its
+    /// seize timeout. Asked again only while the tree's root is the same process. Other targets stay frozen meanwhile.
+    /// A notification hook may see a target's early notifications again. Default 2; 0 fails at once; at most 10.
+    /// </summary>
+    public int SeizeRetries { get; init; } = 2;
+
+    /// <summary>The pause before each of those retries. Default 1 s; at most 1 min.</summary>
+    public TimeSpan SeizeRetryDelay { get; init; } = TimeSpan.FromSeconds(1);
+
+    internal void Validate()
+    {
+        if (SeizeRetries is < 0 or > 10)
+        {
+            throw new ArgumentOutOfRangeException(nameof(SeizeRetries), SeizeRetries, "a dump is asked again 0-10 times.");
+        }
+
+        if (SeizeRetryDelay < TimeSpan.Zero || SeizeRetryDelay > TimeSpan.FromMinutes(1))
+        {
+            throw new ArgumentOutOfRangeException(nameof(SeizeRetryDelay), SeizeRetryDelay, "the pause before asking again is 0 to 1 min.");
+        }
+    }
 }
 
 /// <summary>Options of the PreDump stage. Immutable.</summary>

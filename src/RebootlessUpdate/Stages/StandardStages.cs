@@ -41,8 +41,12 @@ public static class StandardStages
         For(builder, "PreDump", UpdateMode.Update, UpdateMode.Rehearse).AppendStage(new PreDumpStage(options ?? new PreDumpStageOptions()));
 
     /// <summary>Freezes and dumps every target; CRIU holds them until commit or veto.</summary>
-    public static UpdatePipelineBuilder AddDump(this UpdatePipelineBuilder builder, DumpStageOptions? options = null) =>
-        For(builder, "Dump", UpdateMode.Update, UpdateMode.Rehearse).AppendStage(new DumpStage(options ?? new DumpStageOptions()));
+    public static UpdatePipelineBuilder AddDump(this UpdatePipelineBuilder builder, DumpStageOptions? options = null)
+    {
+        options ??= new DumpStageOptions();
+        options.Validate();
+        return For(builder, "Dump", UpdateMode.Update, UpdateMode.Rehearse).AppendStage(new DumpStage(options));
+    }
 
     /// <summary>Seals the set (hashes, manifest).</summary>
     public static UpdatePipelineBuilder AddSeal(this UpdatePipelineBuilder builder) =>

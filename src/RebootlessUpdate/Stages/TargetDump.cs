@@ -60,34 +60,92 @@ internal static class TargetDump
         t.DumpRequested(images, original, context.Processes.IsNamespaceInit(resolved.RootPid), context.TimeProvider.GetTimestamp(),
             context.TimeProvider.GetUtcNow(), pending);
         var abandon = pending.Abandon.Token;
-        pending.Request = Task.Run(() => criu.DumpAsync(options, abandon), CancellationToken.None);
+        pending.Ask = () => Task.Run(() => criu.DumpAsync(options, abandon), CancellationToken.None);
+        pending.Request = pending.Ask();
         PipelineLog.TargetEvent(context.Logger, t.Target.Id, $"dumping root {resolved.RootPid} ({processes} processes) into {t.ImagesDirectory}");
     }
 
-    /// <summary>Waits until CRIU holds the target at post-dump, or its dump failed.</summary>
-    internal static async Task WaitHeldAsync(UpdateContext context, TargetRun t, CheckpointSet set)
+    /// <summary>
+    /// Waits until CRIU holds the target at post-dump, or its dump failed. A dump CRIU failed because it could not stop
+    /// the processes, leaving them running, is asked again (<see cref="DumpStageOptions.SeizeRetries"/>) while the root
+    /// is the same process.
+    /// </summary>
+    internal static async Task WaitHeldAsync(UpdateContext context, TargetRun t, CheckpointSet set, DumpStageOptions options, CancellationToken cancellationToken)
     {
         var pending = t.PendingDump!;
-        var first = await Task.WhenAny(pending.HeldAtPostDump.Task, pending.Request).ConfigureAwait(false);
-        var took = context.TimeProvider.GetElapsedTime(t.DumpStartedTimestamp!.Value);
-        if (first == pending.HeldAtPostDump.Task)
+        for (var attempt = 1; ; attempt++)
         {
-            t.Froze(took, TargetFolders.FolderBytes(t.ImagesDirectory!));
-            context.ReportProgress("Dump", $"frozen, {t.Bytes} bytes of images in {took.TotalMilliseconds:0} ms", t.Target.Id, t.Bytes);
-            return;
+            var first = await Task.WhenAny(pending.HeldAtPostDump.Task, pending.Request).ConfigureAwait(false);
+            var took = context.TimeProvider.GetElapsedTime(t.DumpStartedTimestamp!.Value);
+            if (first == pending.HeldAtPostDump.Task)
+            {
+                t.Froze(took, TargetFolders.FolderBytes(t.ImagesDirectory!));
+                context.ReportProgress("Dump", $"frozen, {t.Bytes} bytes of images in {took.TotalMilliseconds:0} ms", t.Target.Id, t.Bytes);
+                return;
+            }
+
+            try
+            {
+                var result = await pending.Request.ConfigureAwait(false);
+                // No post-dump notification arrived (should not happen): CRIU ended the tree.
+                t.DumpFinished(result.Statistics, took, TargetFolders.FolderBytes(t.ImagesDirectory!));
+                return;
+            }
+            catch (Exception e)
+            {
+                if (attempt <= options.SeizeRetries && SeizeFailed(e) is { } cause && RootUnchanged(context, t)
+                    && await PauseAsync(context, t, cause, attempt, options, cancellationToken).ConfigureAwait(false))
+                {
+                    t.DumpAskedAgain(context.TimeProvider.GetTimestamp());
+                    pending.Request = pending.Ask();
+                    continue;
+                }
+
+                var error = Classify(e, set);
+                t.DumpFailed(error, took);
+                PipelineLog.TargetWarning(context.Logger, t.Target.Id, $"dump failed{(attempt > 1 ? $" (attempt {attempt})" : "")}: " + error.Message);
+                return;
+            }
+        }
+    }
+
+    /// <summary>
+    /// What CRIU said when it failed at stopping the processes, before it wrote anything of them, and let them run on
+    /// (compel's "Unable to interrupt task" when the kernel refused the seize, "Unseizable non-zombie" for a task that
+    /// did not stop, criu's "Timeout reached" when seizing outlasted its timeout); null for any other failure.
+    /// </summary>
+    internal static string? SeizeFailed(Exception e)
+    {
+        if (e is not CriuRequestFailedException { Request: CriuRequestType.Dump } failed)
+        {
+            return null;
         }
 
+        string[] signs = ["Unseizable non-zombie", "Timeout reached. Try to interrupt", "Unable to interrupt task", "criu could not seize process"];
+        return failed.LogExcerpt.Append(failed.Cause ?? string.Empty)
+            .Any(line => signs.Any(sign => line.Contains(sign, StringComparison.Ordinal)))
+            ? failed.Cause ?? failed.Message
+            : null;
+    }
+
+    private static bool RootUnchanged(UpdateContext context, TargetRun t) =>
+        t.Original is { } original && context.Processes.IdentityOf(original.Pid) == original;
+
+    /// <summary>Says why the dump is asked again and waits; false when the run was cancelled meanwhile.</summary>
+    private static async Task<bool> PauseAsync(UpdateContext context, TargetRun t, string cause, int attempt, DumpStageOptions options, CancellationToken cancellationToken)
+    {
+        var message = $"CRIU could not stop the processes and let them run on ({cause}); asking again in "
+            + $"{options.SeizeRetryDelay.TotalSeconds:0.#} s (attempt {attempt + 1} of {options.SeizeRetries + 1})";
+        PipelineLog.TargetWarning(context.Logger, t.Target.Id, message);
+        context.ReportProgress("Dump", message, t.Target.Id);
         try
         {
-            var result = await pending.Request.ConfigureAwait(false);
-            // No post-dump notification arrived (should not happen): CRIU ended the tree.
-            t.DumpFinished(result.Statistics, took, TargetFolders.FolderBytes(t.ImagesDirectory!));
+            await Task.Delay(options.SeizeRetryDelay, context.TimeProvider, cancellationToken).ConfigureAwait(false);
+            return true;
         }
-        catch (Exception e)
+        catch (OperationCanceledException)
         {
-            var error = Classify(e, set);
-            t.DumpFailed(error, took);
-            PipelineLog.TargetWarning(context.Logger, t.Target.Id, "dump failed: " + error.Message);
+            return false;
         }
     }
 

@@ -15,8 +15,7 @@ public class RehearsalTests
 {
     private Testbed _testbed = null!;
     private string _dir = null!;
-    private readonly List<Workload> _workloads = [];
-    private readonly List<int> _restored = [];
+    private readonly StartedWorkloads _workloads = new();
     private string? _tmpfs;
 
     [SetUp]
@@ -30,18 +29,7 @@ public class RehearsalTests
     [TearDown]
     public void TearDown()
     {
-        foreach (var pid in _restored.Where(Workload.IsRunning))
-        {
-            Syscall.kill(pid, Signum.SIGKILL);
-        }
-
-        foreach (var w in _workloads)
-        {
-            w.Dispose();
-        }
-
         _workloads.Clear();
-        _restored.Clear();
         if (_tmpfs is not null)
         {
             ProcessRunner.Run("umount", ["-l", _tmpfs], TimeSpan.FromSeconds(30));
@@ -51,12 +39,7 @@ public class RehearsalTests
         Directory.Delete(_dir, recursive: true);
     }
 
-    private Workload Start(string name, bool program = false)
-    {
-        var w = program ? Workload.StartProgram(Path.Combine(_dir, name), 16) : Workload.Start(Path.Combine(_dir, name));
-        _workloads.Add(w);
-        return w;
-    }
+    private Workload Start(string name, bool program = false) => _workloads.Start(Path.Combine(_dir, name), program ? 16 : null);
 
     private UpdateContext Context(UpdateMode mode, string? storeRoot, params Workload[] workloads) => new(mode, workloads.Select(w => UpdateTarget.ProcessTree(w.RootPid)))
     {
@@ -64,17 +47,7 @@ public class RehearsalTests
         Criu = new CriuClient(new CriuClientOptions { CriuPath = _testbed.Criu }),
     };
 
-    private void Adopt(UpdateResult result, params Workload[] workloads)
-    {
-        foreach (var (w, t) in workloads.Zip(result.Targets))
-        {
-            if (t.RestoredPid is { } pid)
-            {
-                _restored.Add(pid);
-                w.RootPid = pid;
-            }
-        }
-    }
+    private void Adopt(UpdateResult result, params Workload[] workloads) => _workloads.Adopt(result, workloads);
 
     private static void AssertContinues(Workload w, string because)
     {

@@ -276,6 +276,8 @@ public class CriuProtocolTests
         "Can't create log file: Permission denied")]
     [TestCase(new[] { "(00.001) Error (criu/rlimit.c:1): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted", "(00.002) Error (criu/cr-restore.c:1230): Can't fork for 4242: File exists" }, "",
         "pid 4242 that the restored tree needs is still in use on this host (CRIU: Can't fork for 4242: File exists)")]
+    [TestCase(new[] { "(00.056435) Warn  (compel/src/lib/infect.c:133): Unable to interrupt task: 6361 (Operation not permitted)", "(00.056479) Error (compel/src/lib/infect.c:418): Unable to detach from 6361: No such process" }, "",
+        "criu could not seize process 6361 (Operation not permitted: another tracer, such as a debugger, may hold it)")]
     public void The_cause_is_the_first_error_criu_logged_or_printed(string[] log, string printed, string cause)
     {
         var e = new CriuRequestFailedException(CriuRequestType.Dump, 56, null, "/x/dump.log", log, criuOutput: printed);

@@ -128,6 +128,87 @@ public class CriuStageTests
         }
     }
 
+    private const string Unseizable = "Unseizable non-zombie 4242 found, state D, err -1/4";
+
+    [Test]
+    public async Task A_dump_criu_could_not_seize_is_asked_again_and_the_run_goes_on()
+    {
+        var decisions = new List<bool>();
+        var progress = new List<string>();
+        var context = await Planned(Scripted(HeldDump(decisions), async peer =>
+        {
+            await peer.ExpectAsync(criu_req_type.Dump);
+            peer.Write(Failure(criu_req_type.Dump, Unseizable));
+        }, HeldDump(decisions)), 2, new SyncProgress(p => progress.Add(p.Message ?? string.Empty)));
+        try
+        {
+            await new DumpStage(new DumpStageOptions { SeizeRetryDelay = TimeSpan.Zero }).ExecuteAsync(context, CancellationToken.None);
+
+            Assert.That(context.Targets.Select(t => t.Phase), Is.EqualTo(new[] { TargetPhase.Frozen, TargetPhase.Frozen }));
+            Assert.That(progress.Where(m => m.Contains("asking again", StringComparison.Ordinal)).ToList(),
+                Has.Count.EqualTo(1).And.Some.Contains(Unseizable).And.Some.Contains("attempt 2 of 3"));
+            await TargetDump.CommitAsync(context);
+            await Task.WhenAll(_scripts);
+            Assert.That(decisions, Is.EqualTo(new[] { true, true }));
+        }
+        finally
+        {
+            context.ReleaseLock();
+        }
+    }
+
+    [Test]
+    public async Task A_dump_that_could_not_seize_a_tree_whose_root_is_gone_is_not_asked_again()
+    {
+        var progress = new List<string>();
+        Process? root = null;
+        var context = await Planned(Scripted(async peer =>
+        {
+            await peer.ExpectAsync(criu_req_type.Dump);
+            root!.Kill();
+            await root.WaitForExitAsync();
+            peer.Write(Failure(criu_req_type.Dump, Unseizable));
+        }), 1, new SyncProgress(p => progress.Add(p.Message ?? string.Empty)));
+        root = _started[0];
+        try
+        {
+            var e = Assert.ThrowsAsync<CriuRequestFailedException>(async () =>
+                await new DumpStage(new DumpStageOptions { SeizeRetryDelay = TimeSpan.Zero }).ExecuteAsync(context, CancellationToken.None));
+
+            Assert.That(e!.Message, Does.Contain(Unseizable));
+            Assert.That(context.Targets[0].Phase, Is.EqualTo(TargetPhase.Failed));
+            Assert.That(progress, Has.None.Contains("asking again"), "a tree that is not the one planned is not dumped");
+        }
+        finally
+        {
+            context.ReleaseLock();
+        }
+    }
+
+    [TestCase(CriuRequestType.Dump, Unseizable, true)]
+    [TestCase(CriuRequestType.Dump, "Timeout reached. Try to interrupt: 0", true)]
+    [TestCase(CriuRequestType.Dump, "Unable to interrupt task: 4242 (Operation not permitted)", true)]
+    [TestCase(CriuRequestType.Dump, "Can't dump task", false)]
+    [TestCase(CriuRequestType.Restore, Unseizable, false)]
+    public void Only_a_dump_that_failed_at_seizing_counts_as_one(CriuRequestType request, string line, bool seize)
+    {
+        var fromLog = new CriuRequestFailedException(request, 0, null, "/tmp/dump.log", [$"(10.068923) Error (criu/cr-dump.c:1791): {line}"]);
+        var fromMessage = new CriuRequestFailedException(request, 22, line, null, []);
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(TargetDump.SeizeFailed(fromLog), seize ? Does.Contain(line).Or.Contain("criu could not seize process 4242") : Is.Null);
+            Assert.That(TargetDump.SeizeFailed(fromMessage), seize ? Does.Contain(line) : Is.Null);
+            Assert.That(TargetDump.SeizeFailed(new CriuTimeoutException(request, TimeSpan.FromSeconds(1), 1, "w", null, [line], null)), Is.Null,
+                "our own watchdog's timeout is not CRIU's seize timeout");
+        });
+    }
+
+    private sealed class SyncProgress(Action<UpdateProgress> report) : IProgress<UpdateProgress>
+    {
+        public void Report(UpdateProgress value) => report(value);
+    }
+
     [Test]
     public async Task A_dump_criu_refuses_fails_the_stage_and_the_rollback_resumes_every_target_in_place()
     {
