@@ -20,30 +20,66 @@ internal static class StoreFiles
     private const int MaxLinks = 40;
 
     /// <summary>
-    /// Writes <paramref name="content"/> to <paramref name="path"/> whole or not at all: into a new file beside it
-    /// (<c>PATH.tmp</c>; a stale one, or a link or FIFO planted there, is removed, never followed), fsynced, then renamed
-    /// over the path (onto nothing unless <paramref name="overwrite"/>); with <paramref name="syncDirectory"/> the folder
-    /// is fsynced too, so that the rename survives a kexec (which does not flush the page cache). A failure leaves no
-    /// partial file behind: it must not keep the space a retry needs.
+    /// Writes <paramref name="content"/> to <paramref name="path"/> whole or not at all, inside its folder opened once
+    /// (see <see cref="WriteAtomicallyIn"/>).
     /// </summary>
     internal static void WriteAtomically(string path, ReadOnlySpan<byte> content, bool overwrite = true, bool syncDirectory = true, int mode = Libc.Mode0600)
     {
-        var temp = path + ".tmp";
-        File.Delete(temp);
+        var folder = Path.GetDirectoryName(Path.GetFullPath(path))!;
+        using var dir = Libc.Open(folder, Libc.ORdOnly | Libc.ODirectory);
+        WriteAtomicallyIn(dir, folder, Path.GetFileName(path), content, overwrite, syncDirectory, mode);
+    }
+
+    /// <summary>
+    /// Writes <paramref name="content"/> to <paramref name="name"/> in the open folder <paramref name="dir"/> (at
+    /// <paramref name="folder"/>, for messages) whole or not at all: into a new file beside it (<c>NAME.tmp</c>; a stale
+    /// one, or a link or FIFO planted there, is removed, never followed), fsynced, then renamed over the name (given
+    /// the name only if it is free, unless <paramref name="overwrite"/>); with <paramref name="syncDirectory"/> the
+    /// folder is fsynced too, so that the rename survives a kexec (which does not flush the page cache). Every step
+    /// names the file relative to the open folder (openat, renameat, linkat): a link swapped in for the folder after it
+    /// was opened cannot carry the write elsewhere. A failure leaves no partial file behind: it must not keep the
+    /// space a retry needs.
+    /// </summary>
+    internal static void WriteAtomicallyIn(SafeFileHandle dir, string folder, string name, ReadOnlySpan<byte> content, bool overwrite = true,
+        bool syncDirectory = true, int mode = Libc.Mode0600)
+    {
+        var temp = name + ".tmp";
+        Libc.UnlinkAt(dir, temp);
         try
         {
-            WriteNew(temp, content, mode);
-            File.Move(temp, path, overwrite);
+            using (var file = Libc.OpenAt(dir, temp, Libc.OWrOnly | Libc.OCreat | Libc.OExcl | Libc.ONoFollow, mode))
+            {
+                RandomAccess.Write(file, content, 0);
+                Libc.FsyncOrThrow(file, Path.Combine(folder, temp));
+            }
+
+            if (overwrite)
+            {
+                Libc.RenameAt(dir, temp, name);
+            }
+            else
+            {
+                Libc.LinkAt(dir, temp, name);
+                Libc.UnlinkAt(dir, temp);
+            }
         }
         catch
         {
-            File.Delete(temp);
+            try
+            {
+                Libc.UnlinkAt(dir, temp);
+            }
+            catch (IOException)
+            {
+                // The first failure is the one to report.
+            }
+
             throw;
         }
 
         if (syncDirectory)
         {
-            Libc.FsyncDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
+            Libc.FsyncOrThrow(dir, folder);
         }
     }
 

@@ -284,25 +284,7 @@ internal static partial class ContainerHandback
 
         using (folder)
         {
-            const string Temp = StateFileName + ".tmp";
-            Libc.UnlinkAt(folder, Temp);
-            try
-            {
-                using (var file = Libc.OpenAt(folder, Temp, Libc.OWrOnly | Libc.OCreat | Libc.OExcl | Libc.ONoFollow, Libc.Mode0600))
-                {
-                    RandomAccess.Write(file, Encoding.UTF8.GetBytes(state.ToJsonString()), 0);
-                    Libc.FsyncOrThrow(file, path);
-                }
-
-                Libc.RenameAt(folder, Temp, StateFileName);
-            }
-            catch
-            {
-                Libc.UnlinkAt(folder, Temp);
-                throw;
-            }
-
-            Libc.FsyncOrThrow(folder, Path.GetDirectoryName(path)!);
+            StoreFiles.WriteAtomicallyIn(folder, Path.GetDirectoryName(path)!, StateFileName, Encoding.UTF8.GetBytes(state.ToJsonString()));
         }
     }
 

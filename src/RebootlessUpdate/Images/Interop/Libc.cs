@@ -49,6 +49,9 @@ internal static partial class Libc
     [LibraryImport("libc", EntryPoint = "renameat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int RenameAtRaw(SafeFileHandle fromDir, string from, SafeFileHandle toDir, string to);
 
+    [LibraryImport("libc", EntryPoint = "linkat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int LinkAtRaw(SafeFileHandle fromDir, string from, SafeFileHandle toDir, string to, int flags);
+
     [LibraryImport("libc", EntryPoint = "unlinkat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int UnlinkAtRaw(SafeFileHandle dir, string name, int flags);
 
@@ -117,6 +120,15 @@ internal static partial class Libc
         if (RenameAtRaw(dir, from, dir, to) != 0)
         {
             throw Error($"renameat {from} {to}", Marshal.GetLastPInvokeError());
+        }
+    }
+
+    /// <summary>linkat within one open folder, never following a link: gives <paramref name="from"/> the name <paramref name="to"/>, which must not exist (EEXIST).</summary>
+    internal static void LinkAt(SafeFileHandle dir, string from, string to)
+    {
+        if (LinkAtRaw(dir, from, dir, to, 0) != 0)
+        {
+            throw Error($"linkat {from} {to}", Marshal.GetLastPInvokeError());
         }
     }
 
