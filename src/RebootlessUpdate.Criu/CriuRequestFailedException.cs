@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.RegularExpressions;
@@ -130,11 +131,12 @@ public sealed partial class CriuRequestFailedException : CriuException
             }
         }
 
-        // criu goes on from a refused seize to a misleading "Unable to detach" error: the refusal is the cause.
-        if (logExcerpt.Select(l => SeizeRefused().Match(l)).FirstOrDefault(m => m.Success) is { } refused)
+        // criu goes on from a refused seize of a live task to a misleading "Unable to detach" error: the refusal is the
+        // cause. (compel warns the same for a zombie child or an exiting thread, which criu skips: no cause then.)
+        if (RefusedSeizeIn(logExcerpt) is { } refused)
         {
-            return $"criu could not seize process {refused.Groups["pid"].Value} ({refused.Groups["why"].Value}"
-                + (refused.Groups["why"].Value == "Operation not permitted" ? ": another tracer, such as a debugger, may hold it)" : ")");
+            return $"criu could not seize process {refused.Pid} ({refused.Why}"
+                + (refused.Why == "Operation not permitted" ? ": another tracer, such as a debugger, may hold it)" : ")");
         }
 
         return FirstError(logExcerpt) ?? FirstError(printed) ?? message.FirstOrDefault(m => !IsHarmless(m))?.Trim();
@@ -146,6 +148,28 @@ public sealed partial class CriuRequestFailedException : CriuException
             .Select(m => m.Groups["text"].Value.Trim())
             .FirstOrDefault(t => t.Length > 0);
     }
+
+    /// <summary>
+    /// The task whose seize the kernel refused and on which criu then failed ("Unable to interrupt task: N (why)",
+    /// followed by "Unable to detach from N"), from a log excerpt; null when there was none.
+    /// </summary>
+    internal static (int Pid, string Why)? RefusedSeizeIn(IReadOnlyList<string> lines)
+    {
+        var failedOn = FailedDetaches(lines);
+        return lines.Select(l => SeizeRefused().Match(l)).Where(m => m.Success && failedOn.Contains(m.Groups["pid"].Value))
+            .Select(m => ((int, string)?)(int.Parse(m.Groups["pid"].Value, CultureInfo.InvariantCulture), m.Groups["why"].Value))
+            .FirstOrDefault();
+    }
+
+    /// <summary>The task criu seized nothing of and could not detach from, that <see cref="Cause"/> names (see <see cref="RefusedSeizeIn"/>).</summary>
+    internal int? RefusedSeizePid => RefusedSeizeIn(LogExcerpt)?.Pid;
+
+    private static HashSet<string> FailedDetaches(IEnumerable<string> lines) =>
+        [.. lines.Select(l => DetachFailed().Match(l)).Where(m => m.Success).Select(m => m.Groups["pid"].Value)];
+
+    /// <summary>compel's error when criu lets go of a task it never seized: "Unable to detach from 1234: No such process".</summary>
+    [GeneratedRegex(@"Unable to detach from (?<pid>\d+):")]
+    private static partial Regex DetachFailed();
 
     /// <summary>compel's warning when PTRACE_SEIZE of a task fails: "Unable to interrupt task: 1234 (Operation not permitted)".</summary>
     [GeneratedRegex(@"Unable to interrupt task: (?<pid>\d+) \((?<why>[^)]*)\)")]
@@ -160,8 +184,8 @@ public sealed partial class CriuRequestFailedException : CriuException
     private static partial Regex LogError();
 
     /// <summary>
-    /// The error lines of a CRIU log (and compel's warning that a seize was refused, which criu follows with a
-    /// misleading error), each preceded by up to <paramref name="context"/> lines, at most <paramref name="maxLines"/>
+    /// The error lines of a CRIU log (and compel's warning that the seize of a task was refused, when criu then failed
+    /// on that task with a misleading error), each preceded by up to <paramref name="context"/> lines, at most <paramref name="maxLines"/>
     /// lines in all.
     /// </summary>
     internal static IReadOnlyList<string> ExcerptLog(string? path, int context = 2, int maxLines = 40)
@@ -186,11 +210,13 @@ public sealed partial class CriuRequestFailedException : CriuException
         }
 
         var keep = new SortedSet<int>();
+        var failedOn = FailedDetaches(lines);
         for (var i = 0; i < lines.Length; i++)
         {
             // CRIU 4.1 logs a harmless "Error ... rlimit: Can't setup RLIMIT_NOFILE" on every
             // run where it may not raise its own limit; it is not the failure.
-            if ((lines[i].Contains("Error", StringComparison.Ordinal) && !IsHarmless(lines[i])) || SeizeRefused().IsMatch(lines[i]))
+            if ((lines[i].Contains("Error", StringComparison.Ordinal) && !IsHarmless(lines[i]))
+                || (SeizeRefused().Match(lines[i]) is { Success: true } refused && failedOn.Contains(refused.Groups["pid"].Value)))
             {
                 for (var j = Math.Max(0, i - context); j <= i; j++)
                 {

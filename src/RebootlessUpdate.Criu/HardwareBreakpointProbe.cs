@@ -51,16 +51,19 @@ internal static partial class HardwareBreakpointProbe
 
     /// <summary>
     /// What criu is to do about breakpoints under <paramref name="mode"/>, and why, in words for <c>check</c> and the log.
-    /// A <c>CRIU_FAULT</c> in this process's environment reaches criu as it is (criu takes one value): 130 means the
-    /// operator has already told criu to avoid breakpoints, so nothing is probed; another value is a test's own fault and
-    /// wins over the switch, with a warning where the switch was wanted.
+    /// A <c>CRIU_FAULT</c> in this process's environment reaches the criu workers it starts as it is (criu takes one
+    /// value): 130 means the operator has already told criu to avoid breakpoints, so nothing is probed; another value
+    /// is a test's own fault and wins over the switch, with a warning where the switch was wanted. A
+    /// <paramref name="service"/> (a <c>criu service</c> started by someone else) inherits nothing from here.
     /// </summary>
-    public static BreakpointChoice Choose(CriuBreakpoints mode)
+    public static BreakpointChoice Choose(CriuBreakpoints mode, bool service = false)
     {
-        var own = Environment.GetEnvironmentVariable(FaultVariable);
+        var own = service ? null : Environment.GetEnvironmentVariable(FaultVariable);
         if (own == NoBreakpointsFault)
         {
-            return new(false, false, "criu runs without hardware breakpoints: CRIU_FAULT=130 is set in this environment and criu inherits it");
+            return new(false, false, mode == CriuBreakpoints.Use
+                ? "criu was told to use hardware breakpoints, but CRIU_FAULT=130 is set in this environment and criu inherits it: it runs without them"
+                : "criu runs without hardware breakpoints: CRIU_FAULT=130 is set in this environment and criu inherits it");
         }
 
         string why;

@@ -121,8 +121,12 @@ public sealed class TargetRun
         PendingDump = pending;
     }
 
-    /// <summary>Its dump is asked of CRIU once more (CRIU could not stop the tree and let it run on), from <paramref name="timestamp"/>.</summary>
-    internal void DumpAskedAgain(long timestamp) => DumpStartedTimestamp = timestamp;
+    /// <summary>Its dump is asked of CRIU once more (CRIU could not stop the tree and let it run on), from <paramref name="timestamp"/> (wall clock <paramref name="at"/>).</summary>
+    internal void DumpAskedAgain(long timestamp, DateTimeOffset at)
+    {
+        DumpStartedTimestamp = timestamp;
+        DumpStartedAt = at;
+    }
 
     /// <summary>Its page images are being checked by <paramref name="check"/> while CRIU restores it (awaited at post-restore).</summary>
     internal void CheckPagesWith(Task<VerificationResult> check) => PendingPageVerification = check;
@@ -412,6 +416,9 @@ public sealed class TargetRun
         public TaskCompletionSource HeldAtPostDump { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
         public Task<CriuDumpResult> Request { get; set; } = Task.FromResult<CriuDumpResult>(null!);
+
+        /// <summary>Whether CRIU announced more than its pre-dump in the current request: it had stopped the tree then.</summary>
+        public volatile bool PastSeize;
 
         /// <summary>Asks CRIU for the dump (again): the request's task.</summary>
         public Func<Task<CriuDumpResult>> Ask { get; set; } = () => Task.FromResult<CriuDumpResult>(null!);

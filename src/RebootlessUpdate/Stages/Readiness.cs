@@ -122,7 +122,7 @@ public static class Readiness
     /// <summary>Whether criu stops processes with hardware breakpoints here, and why (see <see cref="CriuBreakpoints"/>).</summary>
     private static string Breakpoints(CriuClient criu)
     {
-        var choice = HardwareBreakpointProbe.Choose(criu.Options.Breakpoints);
+        var choice = HardwareBreakpointProbe.Choose(criu.Options.Breakpoints, criu.UsesService);
         return choice.AddNoBreakpointsFault && criu.UsesService
             ? choice.Description + ". The criu service is not started by this tool: it must run with CRIU_FAULT=130 too, or its dumps hang"
             : choice.Description;

@@ -9,6 +9,7 @@ namespace RebootlessUpdate.Stages;
 internal static class TargetDump
 {
     private const long NearlyFullBytes = 256 * 1024;
+    private const string LogFile = "dump.log";
 
     /// <summary>
     /// Starts the dump of <paramref name="t"/>. CRIU freezes it, writes its images and
@@ -29,7 +30,7 @@ internal static class TargetDump
         var pending = new TargetRun.Pending();
         var options = t.Settings!.ToDump(resolved.RootPid, images, work) with
         {
-            LogFile = "dump.log",
+            LogFile = LogFile,
             ParentImages = t.PreDumpFolder is null ? null : "../" + t.PreDumpFolder,
             // Without memory tracking CRIU ignores the parent and copies every page again while frozen.
             TrackMemory = t.PreDumpFolder is not null,
@@ -38,6 +39,12 @@ internal static class TargetDump
                 if (hook is not null)
                 {
                     await hook(new TargetNotification(t.Target.Id, n.Script, n.Pid), ct).ConfigureAwait(false);
+                }
+
+                if (n.Script != "pre-dump")
+                {
+                    // CRIU has the tree stopped and is at work on it: a failure from here on is never asked again.
+                    pending.PastSeize = true;
                 }
 
                 if (n.Script == "post-dump")
@@ -60,15 +67,19 @@ internal static class TargetDump
         t.DumpRequested(images, original, context.Processes.IsNamespaceInit(resolved.RootPid), context.TimeProvider.GetTimestamp(),
             context.TimeProvider.GetUtcNow(), pending);
         var abandon = pending.Abandon.Token;
-        pending.Ask = () => Task.Run(() => criu.DumpAsync(options, abandon), CancellationToken.None);
+        pending.Ask = () =>
+        {
+            pending.PastSeize = false;
+            return Task.Run(() => criu.DumpAsync(options, abandon), CancellationToken.None);
+        };
         pending.Request = pending.Ask();
         PipelineLog.TargetEvent(context.Logger, t.Target.Id, $"dumping root {resolved.RootPid} ({processes} processes) into {t.ImagesDirectory}");
     }
 
     /// <summary>
     /// Waits until CRIU holds the target at post-dump, or its dump failed. A dump CRIU failed because it could not stop
-    /// the processes, leaving them running, is asked again (<see cref="DumpStageOptions.SeizeRetries"/>) while the root
-    /// is the same process.
+    /// the processes, leaving them running untouched, is asked again (<see cref="DumpStageOptions.SeizeRetries"/>, see
+    /// <see cref="SeizeRetry"/>) while the root is the same process; a cancel during the pause fails the target and throws.
     /// </summary>
     internal static async Task WaitHeldAsync(UpdateContext context, TargetRun t, CheckpointSet set, DumpStageOptions options, CancellationToken cancellationToken)
     {
@@ -93,15 +104,26 @@ internal static class TargetDump
             }
             catch (Exception e)
             {
-                if (attempt <= options.SeizeRetries && SeizeFailed(e) is { } cause && RootUnchanged(context, t)
-                    && await PauseAsync(context, t, cause, attempt, options, cancellationToken).ConfigureAwait(false))
+                var error = Classify(e, set);
+                if (attempt <= options.SeizeRetries && !pending.PastSeize && SeizeRetry.Cause(e, t.Original!.Value.Pid) is { } cause
+                    && SeizeRetry.NothingWritten(t.ImagesDirectory!) && RootUnchanged(context, t))
                 {
-                    t.DumpAskedAgain(context.TimeProvider.GetTimestamp());
+                    try
+                    {
+                        await SeizeRetry.PauseAsync(context, t, cause, attempt, options, cancellationToken).ConfigureAwait(false);
+                    }
+                    catch (OperationCanceledException)
+                    {
+                        t.DumpFailed(error, took);
+                        throw;
+                    }
+
+                    SeizeRetry.KeepLog(TargetFolders.WorkDirectory(context, t), LogFile, attempt);
+                    t.DumpAskedAgain(context.TimeProvider.GetTimestamp(), context.TimeProvider.GetUtcNow());
                     pending.Request = pending.Ask();
                     continue;
                 }
 
-                var error = Classify(e, set);
                 t.DumpFailed(error, took);
                 PipelineLog.TargetWarning(context.Logger, t.Target.Id, $"dump failed{(attempt > 1 ? $" (attempt {attempt})" : "")}: " + error.Message);
                 return;
@@ -109,45 +131,8 @@ internal static class TargetDump
         }
     }
 
-    /// <summary>
-    /// What CRIU said when it failed at stopping the processes, before it wrote anything of them, and let them run on
-    /// (compel's "Unable to interrupt task" when the kernel refused the seize, "Unseizable non-zombie" for a task that
-    /// did not stop, criu's "Timeout reached" when seizing outlasted its timeout); null for any other failure.
-    /// </summary>
-    internal static string? SeizeFailed(Exception e)
-    {
-        if (e is not CriuRequestFailedException { Request: CriuRequestType.Dump } failed)
-        {
-            return null;
-        }
-
-        string[] signs = ["Unseizable non-zombie", "Timeout reached. Try to interrupt", "Unable to interrupt task", "criu could not seize process"];
-        return failed.LogExcerpt.Append(failed.Cause ?? string.Empty)
-            .Any(line => signs.Any(sign => line.Contains(sign, StringComparison.Ordinal)))
-            ? failed.Cause ?? failed.Message
-            : null;
-    }
-
     private static bool RootUnchanged(UpdateContext context, TargetRun t) =>
         t.Original is { } original && context.Processes.IdentityOf(original.Pid) == original;
-
-    /// <summary>Says why the dump is asked again and waits; false when the run was cancelled meanwhile.</summary>
-    private static async Task<bool> PauseAsync(UpdateContext context, TargetRun t, string cause, int attempt, DumpStageOptions options, CancellationToken cancellationToken)
-    {
-        var message = $"CRIU could not stop the processes and let them run on ({cause}); asking again in "
-            + $"{options.SeizeRetryDelay.TotalSeconds:0.#} s (attempt {attempt + 1} of {options.SeizeRetries + 1})";
-        PipelineLog.TargetWarning(context.Logger, t.Target.Id, message);
-        context.ReportProgress("Dump", message, t.Target.Id);
-        try
-        {
-            await Task.Delay(options.SeizeRetryDelay, context.TimeProvider, cancellationToken).ConfigureAwait(false);
-            return true;
-        }
-        catch (OperationCanceledException)
-        {
-            return false;
-        }
-    }
 
     /// <summary>Lets CRIU finish every held dump: the frozen processes end; from here a rollback restores from the images.</summary>
     internal static async Task CommitAsync(UpdateContext context)

@@ -52,8 +52,7 @@ public class DumpSeizeRetryTests
             }
         });
 
-        var result = await RebootlessPipelines.Rehearsal(new DumpStageOptions { SeizeRetryDelay = TimeSpan.FromSeconds(3) }).Build()
-            .ExecuteAsync(Context(progress, first, held));
+        var result = await Rehearsal(new DumpStageOptions { SeizeRetryDelay = TimeSpan.FromSeconds(3) }).ExecuteAsync(Context(progress, first, held));
         _workloads.Adopt(result, first, held);
 
         TestContext.Out.WriteLine(string.Join("\n", retries));
@@ -89,7 +88,7 @@ public class DumpSeizeRetryTests
         var asked = 0;
         var progress = new Progress(p => asked += p.Message?.Contains("asking again", StringComparison.Ordinal) == true ? 1 : 0);
 
-        var result = await RebootlessPipelines.Rehearsal(new DumpStageOptions { SeizeRetries = retries, SeizeRetryDelay = TimeSpan.FromMilliseconds(200) }).Build()
+        var result = await Rehearsal(new DumpStageOptions { SeizeRetries = retries, SeizeRetryDelay = TimeSpan.FromMilliseconds(200) })
             .ExecuteAsync(Context(progress, held));
 
         TestContext.Out.WriteLine($"{result.Outcome}: {result.Error}");
@@ -105,6 +104,14 @@ public class DumpSeizeRetryTests
         var before = held.ReadCounter();
         Workload.WaitFor(() => held.ReadCounter() > before + 2 ? 1 : 0, "the untouched workload to count on once released");
     }
+
+    /// <summary>
+    /// A rehearsal without PreDump: where memory tracking works, the held tree's pre-dump would be refused (the tracer is
+    /// there already) and that target dumped first, and the test is about the order it sets.
+    /// </summary>
+    private static UpdatePipeline Rehearsal(DumpStageOptions dump) =>
+        new UpdatePipelineBuilder(UpdateMode.Rehearse).AddPreflight().AddPlan().AddDump(dump).AddSeal().AddVerify().AddCommit().AddRestore().AddReport()
+            .AddCleanup().Build();
 
     private Workload Start(string name) => _workloads.Start(Path.Combine(_dir, name));
 
@@ -124,8 +131,9 @@ public class DumpSeizeRetryTests
     }
 
     /// <summary>
-    /// Holds a process traced (PTRACE_SEIZE, left running) from a thread of its own, as a debugger would, so nobody
-    /// else can seize it. Released when that thread ends: the kernel detaches a dead tracer's tracees.
+    /// Holds a process traced (PTRACE_SEIZE) from a thread of its own, as a debugger would, so nobody else can seize it.
+    /// The tracer never waits for it: at its first signal the process stops, and stays stopped until released. Released
+    /// when that thread ends: the kernel detaches a dead tracer's tracees and wakes them.
     /// </summary>
     private sealed class Tracer : IDisposable
     {

@@ -48,10 +48,22 @@ public class BreakpointSettingsTests
 
         Assert.Multiple(() =>
         {
-            Assert.That(choice.Description, Is.EqualTo("criu runs without hardware breakpoints: CRIU_FAULT=130 is set in this environment and criu inherits it"));
+            Assert.That(choice.Description, Does.Contain("CRIU_FAULT=130 is set in this environment and criu inherits it"));
+            Assert.That(choice.Description, mode == CriuBreakpoints.Use ? Does.StartWith("criu was told to use hardware breakpoints, but") : Does.StartWith("criu runs without"));
             Assert.That(choice.Hazard, Is.False);
             Assert.That(HardwareBreakpointProbe.WorkerEnvironment(mode, NullLogger.Instance), Is.Empty);
         });
+    }
+
+    [Test]
+    public void A_criu_service_inherits_nothing_from_this_process_so_its_switch_counts_for_nothing()
+    {
+        Environment.SetEnvironmentVariable(HardwareBreakpointProbe.FaultVariable, "130");
+
+        var choice = HardwareBreakpointProbe.Choose(CriuBreakpoints.Avoid, service: true);
+
+        Assert.That(choice.Description, Is.EqualTo("criu avoids hardware breakpoints, as configured"));
+        Assert.That(choice.AddNoBreakpointsFault, Is.True, "the service must be started with it (check says so)");
     }
 
     [Test]

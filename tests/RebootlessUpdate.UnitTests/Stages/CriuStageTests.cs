@@ -185,23 +185,106 @@ public class CriuStageTests
         }
     }
 
-    [TestCase(CriuRequestType.Dump, Unseizable, true)]
-    [TestCase(CriuRequestType.Dump, "Timeout reached. Try to interrupt: 0", true)]
-    [TestCase(CriuRequestType.Dump, "Unable to interrupt task: 4242 (Operation not permitted)", true)]
-    [TestCase(CriuRequestType.Dump, "Can't dump task", false)]
-    [TestCase(CriuRequestType.Restore, Unseizable, false)]
-    public void Only_a_dump_that_failed_at_seizing_counts_as_one(CriuRequestType request, string line, bool seize)
+    [Test]
+    public async Task A_seize_failure_after_criu_announced_more_than_its_pre_dump_is_not_asked_again()
     {
-        var fromLog = new CriuRequestFailedException(request, 0, null, "/tmp/dump.log", [$"(10.068923) Error (criu/cr-dump.c:1791): {line}"]);
-        var fromMessage = new CriuRequestFailedException(request, 22, line, null, []);
+        var progress = new List<string>();
+        var context = await Planned(Scripted(async peer =>
+        {
+            await peer.ExpectAsync(criu_req_type.Dump);
+            peer.Write(new criu_resp { Type = criu_req_type.Notify, Success = true, Notify = new criu_notify { Script = "network-lock" } });
+            await peer.ExpectAsync(criu_req_type.Notify);
+            peer.Write(Failure(criu_req_type.Dump, Unseizable));
+        }), 1, new SyncProgress(p => progress.Add(p.Message ?? string.Empty)));
+        try
+        {
+            Assert.ThrowsAsync<CriuRequestFailedException>(async () =>
+                await new DumpStage(new DumpStageOptions { SeizeRetryDelay = TimeSpan.Zero }).ExecuteAsync(context, CancellationToken.None));
+
+            Assert.That(context.Targets[0].Phase, Is.EqualTo(TargetPhase.Failed));
+            Assert.That(progress, Has.None.Contains("asking again"), "CRIU had the tree stopped: its memory may have been touched");
+        }
+        finally
+        {
+            context.ReleaseLock();
+        }
+    }
+
+    [Test]
+    public async Task A_cancel_during_the_pause_before_asking_again_ends_the_stage_as_cancelled()
+    {
+        var context = await Planned(Scripted(async peer =>
+        {
+            await peer.ExpectAsync(criu_req_type.Dump);
+            peer.Write(Failure(criu_req_type.Dump, Unseizable));
+        }), 1);
+        using var cancel = new CancellationTokenSource(TimeSpan.FromMilliseconds(300));
+        try
+        {
+            Assert.CatchAsync<OperationCanceledException>(async () =>
+                await new DumpStage(new DumpStageOptions { SeizeRetryDelay = TimeSpan.FromMinutes(1) }).ExecuteAsync(context, cancel.Token));
+
+            Assert.That(context.Targets[0].Phase, Is.EqualTo(TargetPhase.Failed));
+        }
+        finally
+        {
+            context.ReleaseLock();
+        }
+    }
+
+    private const string Refused = "(00.056435) Warn  (compel/src/lib/infect.c:133): Unable to interrupt task: 4242 (Operation not permitted)";
+    private const string DetachFailed = "(00.056479) Error (compel/src/lib/infect.c:418): Unable to detach from 4242: No such process";
+
+    [TestCase(CriuRequestType.Dump, new[] { "(10.069138) Error (compel/src/lib/infect.c:263): " + Unseizable }, 4242, true)]
+    [TestCase(CriuRequestType.Dump, new[] { "(10.068923) Error (criu/cr-dump.c:1791): Timeout reached. Try to interrupt: 0" }, 4242, true)]
+    [TestCase(CriuRequestType.Dump, new[] { Refused, DetachFailed }, 4242, true)]
+    [TestCase(CriuRequestType.Dump, new[] { Refused, DetachFailed }, 1000, false)]
+    [TestCase(CriuRequestType.Dump, new[] { "(00.05) Warn  (compel/src/lib/infect.c:133): Unable to interrupt task: 4243 (No such process)", "(00.09) Error (criu/files.c:1): Can't dump file 7" }, 4243, false)]
+    [TestCase(CriuRequestType.Dump, new[] { "(00.09) Error (criu/files.c:1): Can't dump file 7" }, 4242, false)]
+    [TestCase(CriuRequestType.Restore, new[] { "(10.069138) Error (compel/src/lib/infect.c:263): " + Unseizable }, 4242, false)]
+    public void Only_a_dump_that_failed_at_stopping_its_tree_counts_as_one(CriuRequestType request, string[] log, int root, bool seize)
+    {
+        var failed = new CriuRequestFailedException(request, 0, null, "/tmp/dump.log", log);
 
         Assert.Multiple(() =>
         {
-            Assert.That(TargetDump.SeizeFailed(fromLog), seize ? Does.Contain(line).Or.Contain("criu could not seize process 4242") : Is.Null);
-            Assert.That(TargetDump.SeizeFailed(fromMessage), seize ? Does.Contain(line) : Is.Null);
-            Assert.That(TargetDump.SeizeFailed(new CriuTimeoutException(request, TimeSpan.FromSeconds(1), 1, "w", null, [line], null)), Is.Null,
+            Assert.That(SeizeRetry.Cause(failed, root), seize ? Is.EqualTo(failed.Cause) : Is.Null);
+            Assert.That(SeizeRetry.Cause(new CriuRequestFailedException(request, 0, null, "/tmp/dump.log", log, new InvalidOperationException("hook")), root), Is.Null,
+                "a failure of the caller's own notification handler is not CRIU's");
+            Assert.That(SeizeRetry.Cause(new CriuTimeoutException(request, TimeSpan.FromSeconds(1), 1, "w", null, log, null), root), Is.Null,
                 "our own watchdog's timeout is not CRIU's seize timeout");
         });
+    }
+
+    [Test]
+    public void A_refused_seize_is_the_cause_only_when_criu_then_failed_on_that_task()
+    {
+        string[] skippedZombie = ["(00.05) Warn  (compel/src/lib/infect.c:133): Unable to interrupt task: 4243 (No such process)", "(00.09) Error (criu/files.c:1): Can't dump file 7"];
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(new CriuRequestFailedException(CriuRequestType.Dump, 0, null, "/tmp/dump.log", [Refused, DetachFailed]).Cause,
+                Is.EqualTo("criu could not seize process 4242 (Operation not permitted: another tracer, such as a debugger, may hold it)"));
+            Assert.That(new CriuRequestFailedException(CriuRequestType.Dump, 0, null, "/tmp/dump.log", skippedZombie).Cause, Is.EqualTo("Can't dump file 7"));
+        });
+    }
+
+    [Test]
+    public void Images_written_after_the_seize_forbid_asking_again()
+    {
+        var images = Directory.CreateTempSubdirectory("rebootless-seize-").FullName;
+        try
+        {
+            File.WriteAllText(Path.Combine(images, "cpuinfo.img"), "");
+            File.WriteAllText(Path.Combine(images, "runc-state.json"), "{}");
+            Assert.That(SeizeRetry.NothingWritten(images), Is.True, "what criu writes before it seizes, and ours");
+            File.WriteAllText(Path.Combine(images, "pagemap-4242.img"), "");
+            Assert.That(SeizeRetry.NothingWritten(images), Is.False);
+        }
+        finally
+        {
+            Directory.Delete(images, recursive: true);
+        }
     }
 
     private sealed class SyncProgress(Action<UpdateProgress> report) : IProgress<UpdateProgress>
