@@ -121,14 +121,21 @@ public sealed class Workload : IDisposable
         }
     }
 
-    /// <summary>The pids of <paramref name="pid"/>'s children.</summary>
+    /// <summary>The pids of <paramref name="pid"/>'s children; none once it has exited (a short-lived child may go while it is read).</summary>
     public static IReadOnlyList<int> ChildrenOf(int pid)
     {
         var list = new List<int>();
-        foreach (var task in System.IO.Directory.EnumerateDirectories($"/proc/{pid}/task"))
+        try
         {
-            var text = File.Exists(Path.Combine(task, "children")) ? File.ReadAllText(Path.Combine(task, "children")) : string.Empty;
-            list.AddRange(text.Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(s => int.Parse(s, CultureInfo.InvariantCulture)));
+            foreach (var task in System.IO.Directory.EnumerateDirectories($"/proc/{pid}/task"))
+            {
+                var text = File.ReadAllText(Path.Combine(task, "children"));
+                list.AddRange(text.Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(s => int.Parse(s, CultureInfo.InvariantCulture)));
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // It (or one of its threads) exited while its tasks were read: what was read stands.
         }
 
         return list;
