@@ -6,13 +6,15 @@ using RebootlessUpdate.Targets;
 namespace RebootlessUpdate.Stages;
 
 /// <summary>
-/// A tree that ran in a systemd scope (runc's systemd cgroup driver puts each container in <c>runc-ID.scope</c>), across
-/// its checkpoint. CRIU restores the processes into the cgroup they were dumped in, creating the folder, but after a jump
+/// A tree that ran in a systemd scope (runc's systemd cgroup driver puts each container in <c>runc-ID.scope</c>; logind
+/// puts each login in <c>session-N.scope</c>, where a job the user left running stays), across its checkpoint. CRIU restores the processes into the cgroup they were dumped in, creating the folder, but after a jump
 /// (or once the emptied scope was collected) systemd has no unit for that cgroup: <c>systemctl status</c> does not know
 /// it, and <c>systemctl stop</c> does not reach it. Once the tree is restored, a transient scope of the same name, slice
 /// and delegation is started over that cgroup (through <c>systemd-run --scope</c>, whose own short-lived command is the
 /// scope's first process; the scope then holds whatever runs in its cgroup: the restored tree), with the limits and
-/// device rules the scope had (<see cref="ScopeLimits"/>). Targets in no scope are left alone.
+/// device rules the scope had (<see cref="ScopeLimits"/>). A scope that still holds the cgroup (a rehearsal of a tree
+/// whose scope has other processes) is left as it is. Targets in no scope are left alone. logind's own record of a
+/// session does not cross a jump (it lives in /run): the scope does, and the user's slice with it.
 /// </summary>
 internal static class ScopeHandback
 {

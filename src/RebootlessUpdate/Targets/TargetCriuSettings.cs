@@ -69,7 +69,8 @@ public sealed record TargetCriuSettings
     public ContainerRuntime? Container { get; init; }
 
     /// <summary>
-    /// The systemd scope the tree runs in (a container's, when runc's systemd cgroup driver made it): once the tree
+    /// The systemd scope the tree runs in (a container's, when runc's systemd cgroup driver made it; a login session's,
+    /// <c>session-N.scope</c>, for a tree a user left running; any other transient scope): once the tree
     /// is restored into the scope's cgroup, systemd holds it in that scope again (see <see cref="Stages.ScopeHandback"/>).
     /// Default none.
     /// </summary>

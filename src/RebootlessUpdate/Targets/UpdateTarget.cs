@@ -136,8 +136,10 @@ public sealed record ProcessTreeOptions
     /// <summary>How CRIU locks the network while it dumps TCP connections. Default: CRIU's own default (iptables).</summary>
     public RebootlessUpdate.Criu.CriuNetworkLock? NetworkLock { get; init; }
 
-    internal TargetCriuSettings ToSettings(bool detectedShellJob, string? freezeCgroup) => new()
+    /// <summary>The settings of the tree rooted at <paramref name="root"/>, with the systemd scope it runs in (a login session's, say), if any.</summary>
+    internal TargetCriuSettings ToSettings(int root, bool detectedShellJob, string? freezeCgroup) => new()
     {
+        Scope = Stages.ScopeHandback.Of(root),
         ShellJob = ShellJob ?? detectedShellJob,
         TcpEstablished = TcpEstablished,
         FileLocks = FileLocks,
@@ -190,7 +192,7 @@ internal sealed class ProcessTreeTarget(int pid, ProcessTreeOptions options) : U
             throw new TargetNotFoundException(Id, $"this process runs inside the tree of {pid}: it cannot checkpoint its own ancestors.");
         }
 
-        return new ResolvedTarget(pid, tree.Count, options.ToSettings(DetectShellJob(stat), null));
+        return new ResolvedTarget(pid, tree.Count, options.ToSettings(pid, DetectShellJob(stat), null));
     }
 
     /// <summary>CRIU needs --shell-job when the tree's session or controlling terminal belongs to a process outside it.</summary>
@@ -258,7 +260,7 @@ internal sealed class CgroupTarget(string path, ProcessTreeOptions options) : Up
             throw new TargetNotFoundException(id, $"the tree of {root} in cgroup {path} has processes outside the cgroup ({string.Join(", ", outside.Take(5))}); move them in or checkpoint the tree as a pid target.");
         }
 
-        return new ResolvedTarget(root, tree.Count, options.ToSettings(ProcessTreeTarget.DetectShellJob(stat), freezeCgroup));
+        return new ResolvedTarget(root, tree.Count, options.ToSettings(root, ProcessTreeTarget.DetectShellJob(stat), freezeCgroup));
     }
 
     private static HashSet<int> ReadProcs(string procsFile) =>

@@ -49,4 +49,8 @@ internal static class GuestTool
     /// <summary>KEY=VALUE lines (the last of a key wins), as the guest jobs write what they saw.</summary>
     public static Dictionary<string, string> Fields(string text) =>
         text.Split('\n').Select(l => l.Split('=', 2)).Where(p => p.Length == 2).GroupBy(p => p[0]).ToDictionary(g => g.Key, g => g.Last()[1].Trim());
+
+    /// <summary>A guest workload's "TOKEN COUNT" line: the token it drew at start (in memory only) and its count.</summary>
+    public static (string Token, long Count) Counter(string line) =>
+        line.Split(' ', StringSplitOptions.RemoveEmptyEntries) is [var token, var n] && long.TryParse(n, out var count) ? (token, count) : ("(unreadable: " + line + ")", -1);
 }

@@ -31,9 +31,9 @@ public class RuncContainerVmTests
         var after = GuestTool.Fields(Read("after.txt"));
         string Before(string key) => before.GetValueOrDefault(key, $"({key} missing)");
         string After(string key) => after.GetValueOrDefault(key, $"({key} missing)");
-        var (token, count) = Counter(Read("counter-before"));
-        var (tokenAfter, countAfter) = Counter(After("CtrCounter"));
-        var (_, countLater) = Counter(After("CtrCounterLater"));
+        var (token, count) = GuestTool.Counter(Read("counter-before"));
+        var (tokenAfter, countAfter) = GuestTool.Counter(After("CtrCounter"));
+        var (_, countLater) = GuestTool.Counter(After("CtrCounterLater"));
         TestContext.Out.WriteLine($"before:\n{Read("before.txt")}\nafter:\n{Read("after.txt")}\njournal:\n{Read("journal.log")}");
         Assert.Multiple(() =>
         {
@@ -83,7 +83,4 @@ public class RuncContainerVmTests
             Assert.That(After("AfterDelete"), Is.EqualTo("unknown"), "runc forgot it");
         });
     }
-
-    private static (string Token, long Count) Counter(string line) =>
-        line.Split(' ', StringSplitOptions.RemoveEmptyEntries) is [var token, var n] && long.TryParse(n, out var count) ? (token, count) : ("(unreadable: " + line + ")", -1);
 }

@@ -1,0 +1,70 @@
+using RebootlessUpdate.TestSupport;
+
+namespace RebootlessUpdate.VmTests.Systemd;
+
+/// <summary>
+/// A process tree a user left running in a login session (logind's <c>session-N.scope</c> in <c>user-1000.slice</c>),
+/// on a host whose PID 1 is systemd, updated across the real jump through <c>systemctl kexec</c> with
+/// <c>rebootless update --pid</c>. On the new kernel the shipped resume unit restores it as the user it ran as, and
+/// systemd holds it in a scope of the same name in the user's slice again: <c>systemctl stop</c> of the scope ends it.
+/// logind's sessions did not cross the jump (its state lives in /run): after it, logind lists no session, as after any
+/// boot. The guest side is jobs/session-scope-update.sh.
+/// </summary>
+[NonParallelizable]
+public class SessionScopeVmTests
+{
+    [Test]
+    public void A_tree_left_in_a_login_session_crosses_systemctl_kexec_in_its_scope_as_its_user()
+    {
+        var testbed = Testbed.Require();
+        Testbed.RequireRoot();
+
+        var (job, result) = GuestTool.RunOnSystemd(testbed, "session-scope-update.sh");
+        string Read(string name) => GuestTool.Read(job, name);
+        var diagnostics = $"\nsu.log:\n{Read("su.log")}\nupdate.log:\n{Read("update.log")}\njournal.log:\n{Read("journal.log")}\n{result}";
+        Assert.That(result.ExitCode, Is.Zero, "the guest job failed" + diagnostics);
+        var before = GuestTool.Fields(Read("before.txt"));
+        var after = GuestTool.Fields(Read("after.txt"));
+        string Before(string key) => before.GetValueOrDefault(key, $"({key} missing)");
+        string After(string key) => after.GetValueOrDefault(key, $"({key} missing)");
+        var (token, count) = GuestTool.Counter(Read("counter-before"));
+        var (tokenAfter, countAfter) = GuestTool.Counter(After("Counter"));
+        var (_, countLater) = GuestTool.Counter(After("CounterLater"));
+        TestContext.Out.WriteLine($"before:\n{Read("before.txt")}\nafter:\n{Read("after.txt")}\nupdate:\n{Read("update.log")}\njournal:\n{Read("journal.log")}");
+        Assert.Multiple(() =>
+        {
+            Assert.That(Read("kernel1"), Is.EqualTo(testbed.OldKernel));
+            // Before: a real login session, the tree in its scope, the login itself over.
+            Assert.That(Before("BeforeCgroup"), Does.Match(@"^/user\.slice/user-1000\.slice/session-c?\d+\.scope$"), "pam_systemd put the login in a session scope" + diagnostics);
+            Assert.That(Before("BeforeUid"), Is.EqualTo("1000"));
+            Assert.That(Before("BeforeScopeActiveState"), Is.EqualTo("active"));
+            Assert.That(Before("BeforeScopeSlice"), Is.EqualTo("user-1000.slice"));
+            Assert.That(Before("BeforeSessions"), Does.Contain(":rb"), "logind knows the session");
+
+            Assert.That(After("Kernel"), Is.EqualTo(testbed.NewKernel), "the jump happened" + diagnostics);
+            Assert.That(After("Pid1"), Is.EqualTo("systemd"));
+            Assert.That(After("ResumeResult"), Is.EqualTo("success"), "the resume unit restored it" + diagnostics);
+
+            // The tree runs on: the process checkpointed, not started again, as its user, once.
+            Assert.That(After("Running"), Is.EqualTo("yes"), "the tree's root runs again (the same pid, restored in the host's PID namespace)");
+            Assert.That(After("AfterUid"), Is.EqualTo("1000"), "as the user it ran as");
+            Assert.That(tokenAfter, Is.EqualTo(token), "the process checkpointed (its in-memory token), not a fresh start");
+            Assert.That(countAfter, Is.GreaterThanOrEqualTo(count), "its counter continued from where it was");
+            Assert.That(countLater, Is.GreaterThan(countAfter), "and keeps counting");
+            Assert.That(After("Copies"), Is.EqualTo("1"), "one copy, never two");
+
+            // systemd holds it in the session's scope, in the user's slice, again.
+            Assert.That(After("AfterCgroup"), Is.EqualTo(Before("BeforeCgroup")), "restored into the cgroup it had");
+            Assert.That(After("AfterScopeLoadState"), Is.EqualTo("loaded"), "systemd knows the scope again" + diagnostics);
+            Assert.That(After("AfterScopeActiveState"), Is.EqualTo("active"));
+            Assert.That(After("AfterScopeControlGroup"), Is.EqualTo(Before("BeforeScopeControlGroup")));
+            Assert.That(After("AfterScopeSlice"), Is.EqualTo("user-1000.slice"));
+            Assert.That(After("AfterSlice"), Is.EqualTo("active"));
+            Assert.That(After("Failed"), Is.Empty, "systemctl --failed lists nothing");
+
+            // systemd holds the tree: stopping the scope ends it.
+            Assert.That(After("StopScope"), Is.EqualTo("ok"));
+            Assert.That(After("AfterStop"), Is.EqualTo("inactive 0"), "systemctl stop of the scope ended the restored tree");
+        });
+    }
+}
