@@ -50,6 +50,13 @@ internal static class GuestTool
     public static Dictionary<string, string> Fields(string text) =>
         text.Split('\n').Select(l => l.Split('=', 2)).Where(p => p.Length == 2).GroupBy(p => p[0]).ToDictionary(g => g.Key, g => g.Last()[1].Trim());
 
+    /// <summary>The KEY=VALUE lines of the job's file <paramref name="name"/> as a lookup that gives "(KEY missing)" for a key it lacks.</summary>
+    public static Func<string, string> Lookup(string job, string name)
+    {
+        var fields = Fields(Read(job, name));
+        return key => fields.GetValueOrDefault(key, $"({key} missing)");
+    }
+
     /// <summary>A guest workload's "TOKEN COUNT" line: the token it drew at start (in memory only) and its count.</summary>
     public static (string Token, long Count) Counter(string line) =>
         line.Split(' ', StringSplitOptions.RemoveEmptyEntries) is [var token, var n] && long.TryParse(n, out var count) ? (token, count) : ("(unreadable: " + line + ")", -1);

@@ -27,10 +27,8 @@ public class RuncContainerVmTests
         string Read(string name) => GuestTool.Read(job, name);
         var diagnostics = $"\nupdate.log:\n{Read("update.log")}\njournal.log:\n{Read("journal.log")}\n{result}";
         Assert.That(result.ExitCode, Is.Zero, "the guest job failed" + diagnostics);
-        var before = GuestTool.Fields(Read("before.txt"));
-        var after = GuestTool.Fields(Read("after.txt"));
-        string Before(string key) => before.GetValueOrDefault(key, $"({key} missing)");
-        string After(string key) => after.GetValueOrDefault(key, $"({key} missing)");
+        var Before = GuestTool.Lookup(job, "before.txt");
+        var After = GuestTool.Lookup(job, "after.txt");
         var (token, count) = GuestTool.Counter(Read("counter-before"));
         var (tokenAfter, countAfter) = GuestTool.Counter(After("CtrCounter"));
         var (_, countLater) = GuestTool.Counter(After("CtrCounterLater"));

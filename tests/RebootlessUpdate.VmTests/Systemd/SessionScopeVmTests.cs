@@ -23,10 +23,8 @@ public class SessionScopeVmTests
         string Read(string name) => GuestTool.Read(job, name);
         var diagnostics = $"\nsu.log:\n{Read("su.log")}\nupdate.log:\n{Read("update.log")}\njournal.log:\n{Read("journal.log")}\n{result}";
         Assert.That(result.ExitCode, Is.Zero, "the guest job failed" + diagnostics);
-        var before = GuestTool.Fields(Read("before.txt"));
-        var after = GuestTool.Fields(Read("after.txt"));
-        string Before(string key) => before.GetValueOrDefault(key, $"({key} missing)");
-        string After(string key) => after.GetValueOrDefault(key, $"({key} missing)");
+        var Before = GuestTool.Lookup(job, "before.txt");
+        var After = GuestTool.Lookup(job, "after.txt");
         var (token, count) = GuestTool.Counter(Read("counter-before"));
         var (tokenAfter, countAfter) = GuestTool.Counter(After("Counter"));
         var (_, countLater) = GuestTool.Counter(After("CounterLater"));
