@@ -94,7 +94,7 @@ internal static class CliStores
             throw CliFailure.Of(ExitCodes.Usage, "give either --store DIR or --pmem DEVICE, not both");
         }
 
-        var mount = Mounts.Read().LastOrDefault(m => m.Source == device)
+        var mount = MountInfo.Read().LastOrDefault(m => m.Source == device)
             ?? throw CliFailure.Of(ExitCodes.BadStore, $"the store on {device} is not mounted, so there is nothing to look at yet",
                 "rehearse, update and resume mount it (and format an empty device)");
         try
@@ -108,7 +108,7 @@ internal static class CliStores
     }
 
     /// <summary>True when <paramref name="device"/> is mounted (its store can be looked at without mounting anything).</summary>
-    public static bool IsMounted(string device) => Mounts.Read().Any(m => m.Source == device);
+    public static bool IsMounted(string device) => MountInfo.Read().Any(m => m.Source == device);
 
     /// <summary>The size of the block device <paramref name="device"/> (from /sys/class/block).</summary>
     public static long DeviceBytes(string device)

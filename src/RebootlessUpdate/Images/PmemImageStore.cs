@@ -103,7 +103,7 @@ public sealed class PmemImageStore : EngineBackedImageStore, IDisposable
                 $"{options.Device} is not a legacy persistent-memory region (found: {(regions.Count == 0 ? "none" : string.Join(", ", regions.Select(r => r.Device)))})");
 
         var mountPoint = Path.GetFullPath(options.MountPoint);
-        var mounts = Mounts.Read().Where(m => m.Source == region.Device).ToList();
+        var mounts = MountInfo.Read().Where(m => m.Source == region.Device).ToList();
         if (mounts.FirstOrDefault(m => m.MountPoint == mountPoint) is { } existing)
         {
             return new PmemImageStore(region, mountPoint, existing.Dax, formatted: false, options, logger);
@@ -151,7 +151,7 @@ public sealed class PmemImageStore : EngineBackedImageStore, IDisposable
         }
 
         // ext4 may accept "dax" yet turn it off for a device without DAX support; trust the kernel's view.
-        var mounted = Mounts.Read().LastOrDefault(m => m.MountPoint == mountPoint);
+        var mounted = MountInfo.Read().LastOrDefault(m => m.MountPoint == mountPoint);
         if (dax && mounted is { Dax: false })
         {
             Log.DaxUnavailable(logger, region.Device, "the kernel mounted without it");
@@ -193,41 +193,4 @@ public sealed class PmemImageStore : EngineBackedImageStore, IDisposable
 
     /// <summary>Unmounts (see <see cref="Unmount"/>).</summary>
     public void Dispose() => Unmount();
-}
-
-/// <summary>Entries of <c>/proc/self/mountinfo</c>.</summary>
-internal static class Mounts
-{
-    internal sealed record Entry(string MountPoint, string FileSystem, string Source, string SuperOptions)
-    {
-        public bool Dax => SuperOptions.Split(',').Any(o => o is "dax" or "dax=always");
-    }
-
-    internal static List<Entry> Read(string file = "/proc/self/mountinfo") => Parse(File.ReadAllLines(file));
-
-    internal static List<Entry> Parse(IEnumerable<string> lines)
-    {
-        var list = new List<Entry>();
-        foreach (var line in lines)
-        {
-            var dash = line.IndexOf(" - ", StringComparison.Ordinal);
-            if (dash < 0)
-            {
-                continue;
-            }
-
-            var left = line[..dash].Split(' ');
-            var right = line[(dash + 3)..].Split(' ');
-            if (left.Length >= 5 && right.Length >= 3)
-            {
-                list.Add(new Entry(Unescape(left[4]), right[0], Unescape(right[1]), right[2]));
-            }
-        }
-
-        return list;
-    }
-
-    // mountinfo escapes space, tab, newline and backslash as \ooo octal.
-    private static string Unescape(string s) =>
-        System.Text.RegularExpressions.Regex.Replace(s, @"\\([0-7]{3})", m => ((char)Convert.ToInt32(m.Groups[1].Value, 8)).ToString());
 }

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json;
 using RebootlessUpdate.Criu;
+using RebootlessUpdate.Images;
 using RebootlessUpdate.Processes;
 
 namespace RebootlessUpdate.Targets;
@@ -132,17 +133,5 @@ internal sealed class ContainerTarget(string id, ContainerOptions options) : Upd
 
         static bool IsUnder(string path, string root) =>
             root == "/" || path == root || path.StartsWith(root.TrimEnd('/') + "/", StringComparison.Ordinal);
-    }
-
-    /// <summary>One line of <c>/proc/PID/mountinfo</c> (fields 3-5).</summary>
-    private sealed record MountInfo(string Device, string Root, string MountPoint)
-    {
-        public static List<MountInfo> Read(string path) =>
-            [.. File.ReadLines(path).Select(l => l.Split(' ')).Where(f => f.Length > 5).Select(f => new MountInfo(f[2], Unescape(f[3]), Unescape(f[4])))];
-
-        // mountinfo escapes space, tab, newline and backslash as octal (\040 ...).
-        private static string Unescape(string s) => s.Contains('\\', StringComparison.Ordinal)
-            ? System.Text.RegularExpressions.Regex.Replace(s, @"\\([0-7]{3})", m => ((char)Convert.ToInt32(m.Groups[1].Value, 8)).ToString())
-            : s;
     }
 }

@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.RegularExpressions;
+using RebootlessUpdate.Images;
 using RebootlessUpdate.Processes;
 
 namespace RebootlessUpdate.Targets;
@@ -136,24 +137,16 @@ internal sealed partial class SystemdServiceTarget(string unit, ProcessTreeOptio
     internal static string? CgroupFolder(IEnumerable<string> mountInfo, string controlGroup, Func<string, bool> exists)
     {
         var candidates = new List<(int Rank, string Path)>();
-        foreach (var line in mountInfo)
+        foreach (var m in MountInfo.Parse(mountInfo))
         {
-            // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTIONS
-            var fields = line.Split(' ');
-            var dash = Array.IndexOf(fields, "-");
-            if (dash < 6 || dash + 3 >= fields.Length)
+            var rank = m.FileSystem == "cgroup2" ? 0 : m.FileSystem == "cgroup" && m.SuperOptions.Split(',').Contains("name=systemd") ? 1 : -1;
+            var root = m.Root.TrimEnd('/');
+            if (rank < 0 || !(controlGroup == m.Root || controlGroup.StartsWith(root + "/", StringComparison.Ordinal)))
             {
                 continue;
             }
 
-            var (root, mountPoint, type, super) = (fields[3], fields[4], fields[dash + 1], fields[dash + 3]);
-            var rank = type == "cgroup2" ? 0 : type == "cgroup" && super.Split(',').Contains("name=systemd") ? 1 : -1;
-            if (rank < 0 || !(controlGroup == root || controlGroup.StartsWith(root.TrimEnd('/') + "/", StringComparison.Ordinal)))
-            {
-                continue;
-            }
-
-            candidates.Add((rank, mountPoint.TrimEnd('/') + controlGroup[root.TrimEnd('/').Length..]));
+            candidates.Add((rank, m.MountPoint.TrimEnd('/') + controlGroup[root.Length..]));
         }
 
         return candidates.OrderBy(c => c.Rank).Select(c => c.Path).FirstOrDefault(exists);

@@ -94,18 +94,22 @@ public class PmemRegionTests
     [Test]
     public void Mountinfo_lines_give_mount_point_source_and_dax()
     {
-        var mounts = Mounts.Parse(
+        var mounts = MountInfo.Parse(
         [
             "36 35 259:0 / /run/rebootless/store rw,nosuid,nodev,noexec,relatime shared:1 - ext4 /dev/pmem0 rw,dax=always",
             "37 35 0:5 / /mnt/with\\040space rw - tmpfs tmpfs rw",
+            "38 35 0:26 /box /sys/fs/cgroup rw,nosuid shared:4 master:1 - cgroup2 cgroup2 rw,nsdelegate",
+            "not a mountinfo line",
         ]);
 
         Assert.Multiple(() =>
         {
-            Assert.That(mounts[0], Is.EqualTo(new Mounts.Entry("/run/rebootless/store", "ext4", "/dev/pmem0", "rw,dax=always")));
+            Assert.That(mounts, Has.Count.EqualTo(3), "a line that is not one is skipped");
+            Assert.That(mounts[0], Is.EqualTo(new MountInfo("259:0", "/", "/run/rebootless/store", "ext4", "/dev/pmem0", "rw,dax=always")));
             Assert.That(mounts[0].Dax, Is.True);
             Assert.That(mounts[1].MountPoint, Is.EqualTo("/mnt/with space"));
             Assert.That(mounts[1].Dax, Is.False);
+            Assert.That(mounts[2], Is.EqualTo(new MountInfo("0:26", "/box", "/sys/fs/cgroup", "cgroup2", "cgroup2", "rw,nsdelegate")), "two optional fields");
         });
     }
 }
