@@ -86,7 +86,8 @@ internal static class ScopeHandback
         {
             PipelineLog.TargetEvent(context.Logger, t.Target.Id, $"handed back to systemd: {scope.Name} holds the restored tree again");
             context.ReportProgress("Restore", $"systemd holds the restored tree in {scope.Name} again"
-                + (scope.Properties.Count > 0 ? $", with the {scope.Properties.Count} limits and device rules it had" : ""), t.Target.Id);
+                + (scope.Properties.Count > 0 ? $", with the {scope.Properties.Count} {(scope.Properties.Count == 1 ? "limit" : "limits and device rules")} it had: "
+                    + string.Join(", ", scope.Properties.Take(4)) + (scope.Properties.Count > 4 ? ", ..." : "") : ""), t.Target.Id);
             return;
         }
 
