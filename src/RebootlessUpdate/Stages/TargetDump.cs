@@ -104,7 +104,6 @@ internal static class TargetDump
             }
             catch (Exception e)
             {
-                var error = Classify(e, set);
                 if (attempt <= options.SeizeRetries && !pending.PastSeize && SeizeRetry.Cause(e, t.Original!.Value.Pid) is { } cause
                     && SeizeRetry.NothingWritten(t.ImagesDirectory!) && RootUnchanged(context, t))
                 {
@@ -114,7 +113,7 @@ internal static class TargetDump
                     }
                     catch (OperationCanceledException)
                     {
-                        t.DumpFailed(error, took);
+                        t.DumpFailed(Classify(e, set), took);
                         throw;
                     }
 
@@ -124,6 +123,7 @@ internal static class TargetDump
                     continue;
                 }
 
+                var error = Classify(e, set);
                 t.DumpFailed(error, took);
                 PipelineLog.TargetWarning(context.Logger, t.Target.Id, $"dump failed{(attempt > 1 ? $" (attempt {attempt})" : "")}: " + error.Message);
                 return;
