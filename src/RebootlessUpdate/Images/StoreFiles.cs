@@ -34,9 +34,9 @@ internal static class StoreFiles
     /// Writes <paramref name="content"/> to <paramref name="name"/> in the open folder <paramref name="dir"/> (at
     /// <paramref name="folder"/>, for messages) whole or not at all: into a new file beside it (<c>NAME.tmp</c>; a stale
     /// one, or a link or FIFO planted there, is removed, never followed), fsynced, then renamed over the name (given
-    /// the name only if it is free, unless <paramref name="overwrite"/>); with <paramref name="syncDirectory"/> the
+    /// the name only if it is free, unless <paramref name="overwrite"/>: see <see cref="Libc.RenameAtNoReplace"/>); with <paramref name="syncDirectory"/> the
     /// folder is fsynced too, so that the rename survives a kexec (which does not flush the page cache). Every step
-    /// names the file relative to the open folder (openat, renameat, linkat): a link swapped in for the folder after it
+    /// names the file relative to the open folder (openat, renameat, renameat2): a link swapped in for the folder after it
     /// was opened cannot carry the write elsewhere. A failure leaves no partial file behind: it must not keep the
     /// space a retry needs.
     /// </summary>
@@ -59,11 +59,10 @@ internal static class StoreFiles
             }
             else
             {
-                Libc.LinkAt(dir, temp, name);
-                Libc.UnlinkAt(dir, temp);
+                Libc.RenameAtNoReplace(dir, temp, name);
             }
         }
-        catch
+        catch (Exception e)
         {
             try
             {
@@ -72,6 +71,12 @@ internal static class StoreFiles
             catch (IOException)
             {
                 // The first failure is the one to report.
+            }
+
+            // The calls name the file within the folder; the message names the folder too (the errno stays the HResult).
+            if (e is IOException io && !io.Message.Contains(folder, StringComparison.Ordinal))
+            {
+                throw new IOException($"writing {Path.Combine(folder, name)}: {io.Message}", io) { HResult = io.HResult };
             }
 
             throw;

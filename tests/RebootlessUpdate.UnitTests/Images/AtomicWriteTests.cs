@@ -39,6 +39,7 @@ public class AtomicWriteTests
         Assert.Multiple(() =>
         {
             Assert.That(e!.HResult, Is.EqualTo(Libc.EExist));
+            Assert.That(e.Message, Does.Contain(PathOf("manifest.json")), "the message names the file with its folder");
             Assert.That(File.ReadAllText(PathOf("manifest.json")), Is.EqualTo("first"));
             Assert.That(Directory.GetFiles(_dir), Is.EqualTo(new[] { PathOf("manifest.json") }), "no temporary file left");
         });

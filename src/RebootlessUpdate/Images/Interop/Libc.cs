@@ -36,6 +36,11 @@ internal static partial class Libc
     internal const int ENoSpc = 28;
     internal const int ENotDir = 20;
     internal const int ELoop = 40;
+    internal const int EPerm = 1;
+    internal const int EInval = 22;
+    internal const int ENoSys = 38;
+    internal const int EOpNotSupp = 95;
+    internal const int OPath = 0x200000;
 
     [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int OpenRaw(string path, int flags, int mode);
@@ -48,6 +53,9 @@ internal static partial class Libc
 
     [LibraryImport("libc", EntryPoint = "renameat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int RenameAtRaw(SafeFileHandle fromDir, string from, SafeFileHandle toDir, string to);
+
+    [LibraryImport("libc", EntryPoint = "renameat2", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int RenameAt2Raw(SafeFileHandle fromDir, string from, SafeFileHandle toDir, string to, uint flags);
 
     [LibraryImport("libc", EntryPoint = "linkat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int LinkAtRaw(SafeFileHandle fromDir, string from, SafeFileHandle toDir, string to, int flags);
@@ -123,13 +131,54 @@ internal static partial class Libc
         }
     }
 
-    /// <summary>linkat within one open folder, never following a link: gives <paramref name="from"/> the name <paramref name="to"/>, which must not exist (EEXIST).</summary>
-    internal static void LinkAt(SafeFileHandle dir, string from, string to)
+    /// <summary>
+    /// Renames <paramref name="from"/> to <paramref name="to"/> within one open folder only if <paramref name="to"/> is
+    /// free (EEXIST otherwise), leaving one name: renameat2 with RENAME_NOREPLACE; where the filesystem or kernel lacks
+    /// that, linkat then unlinkat; where it has no hard links either, a check then renameat (not atomic against
+    /// another writer of the name, as File.Move is not).
+    /// </summary>
+    internal static void RenameAtNoReplace(SafeFileHandle dir, string from, string to)
     {
-        if (LinkAtRaw(dir, from, dir, to, 0) != 0)
+        const uint NoReplace = 1;
+        if (RenameAt2Raw(dir, from, dir, to, NoReplace) == 0)
         {
-            throw Error($"linkat {from} {to}", Marshal.GetLastPInvokeError());
+            return;
         }
+
+        var e = Marshal.GetLastPInvokeError();
+        if (e is not (EInval or ENoSys or EOpNotSupp))
+        {
+            throw Error($"renameat2 {from} {to}", e);
+        }
+
+        if (LinkAtRaw(dir, from, dir, to, 0) == 0)
+        {
+            UnlinkAt(dir, from);
+            return;
+        }
+
+        e = Marshal.GetLastPInvokeError();
+        if (e is not (EPerm or EOpNotSupp))
+        {
+            throw Error($"linkat {from} {to}", e);
+        }
+
+        using (var taken = TryOpenAt(dir, to, OPath | ONoFollow))
+        {
+            if (taken is not null)
+            {
+                throw Error($"rename {from} {to}", EExist);
+            }
+        }
+
+        RenameAt(dir, from, to);
+    }
+
+    /// <summary>openat, or null when it fails.</summary>
+    private static SafeFileHandle? TryOpenAt(SafeFileHandle dir, string name, int flags)
+    {
+        var fd = OpenAtRaw(dir, name, flags | OCloExec, 0);
+        return fd >= 0 ? new SafeFileHandle(fd, ownsHandle: true) : null;
     }
 
     /// <summary>unlinkat of a file (never a folder); one that is not there is fine.</summary>
