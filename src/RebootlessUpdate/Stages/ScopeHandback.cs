@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Text.RegularExpressions;
 using RebootlessUpdate.Pipeline;
 using RebootlessUpdate.Processes;
 using RebootlessUpdate.Targets;
@@ -16,7 +17,7 @@ namespace RebootlessUpdate.Stages;
 /// whose scope has other processes) is left as it is. Targets in no scope are left alone. logind's own record of a
 /// session does not cross a jump (it lives in /run): the scope does, and the user's slice with it.
 /// </summary>
-internal static class ScopeHandback
+internal static partial class ScopeHandback
 {
     private static readonly TimeSpan Limit = TimeSpan.FromSeconds(30);
 
@@ -67,21 +68,32 @@ internal static class ScopeHandback
         }
     }
 
-    private static void HandBack(UpdateContext context, TargetRun t, ScopeUnit scope, int root)
+    private static void HandBack(UpdateContext context, TargetRun t, ScopeUnit dumped, int root)
     {
         var cgroup = CgroupOf(root);
-        if (cgroup != scope.ControlGroup)
-        {
-            Warn(context, t, $"the restored tree (root {root}) is in cgroup {cgroup ?? "(unknown)"}, not in {scope.Name}'s {scope.ControlGroup}: systemd does not hold it in that scope");
-            return;
-        }
-
-        if (Holds(scope, cgroup))
+        var scope = context.Mode == UpdateMode.Resume && IsLoginSession(dumped) ? Renamed(dumped) : dumped;
+        if (cgroup == scope.ControlGroup && Holds(scope, cgroup))
         {
             return; // handed back already (a run's Report repeats it)
         }
 
-        var failed = Start(scope, scope.Properties);
+        if (cgroup != dumped.ControlGroup)
+        {
+            Warn(context, t, $"the restored tree (root {root}) is in cgroup {cgroup ?? "(unknown)"}, not in {dumped.Name}'s {dumped.ControlGroup}: systemd does not hold it in that scope");
+            return;
+        }
+
+        // A login session's scope is moved to a name logind never gives: after a jump logind numbers its sessions
+        // afresh, and the next login's session-c1.scope must not find the restored tree's.
+        var moveFrom = scope == dumped ? null : cgroup;
+        if (moveFrom is not null)
+        {
+            PipelineLog.TargetEvent(context.Logger, t.Target.Id, $"{dumped.Name} was logind's, which numbers its sessions afresh after the jump: "
+                + $"the restored tree moves to {scope.Name}, so that the next login can have {dumped.Name}");
+        }
+
+        cgroup = scope.ControlGroup;
+        var failed = Start(scope, scope.Properties, moveFrom);
         if (failed is null && Holds(scope, cgroup))
         {
             PipelineLog.TargetEvent(context.Logger, t.Target.Id, $"handed back to systemd: {scope.Name} holds the restored tree again");
@@ -97,8 +109,8 @@ internal static class ScopeHandback
         if (failed is not null && scope.Properties.Count > 0 && !Holds(scope, cgroup))
         {
             var devices = scope.Properties.Where(ScopeLimits.IsDeviceRule).ToList();
-            var left = devices.Count > 0 && Start(scope, devices) is null && Holds(scope, cgroup) ? scope.Properties.Except(devices).ToList()
-                : Start(scope, []) is null && Holds(scope, cgroup) ? scope.Properties : null;
+            var left = devices.Count > 0 && Start(scope, devices, moveFrom) is null && Holds(scope, cgroup) ? scope.Properties.Except(devices).ToList()
+                : Start(scope, [], moveFrom) is null && Holds(scope, cgroup) ? scope.Properties : null;
             if (left is not null)
             {
                 Warn(context, t, $"systemd holds the restored tree in {scope.Name} again, but refused its limits ({failed}): it runs without "
@@ -111,8 +123,30 @@ internal static class ScopeHandback
             + $"it runs in {cgroup} without a unit, and systemctl stop {scope.Name} does not reach it");
     }
 
-    /// <summary>Starts the transient scope over the restored cgroup with <paramref name="properties"/>; returns why it failed, or null.</summary>
-    private static string? Start(ScopeUnit scope, IEnumerable<string> properties)
+    /// <summary>logind's scope of a login session (<c>session-ID.scope</c> in <c>user-UID.slice</c>).</summary>
+    internal static bool IsLoginSession(ScopeUnit scope) => LoginSession().IsMatch(scope.Name) && UserSlice().IsMatch(scope.Slice);
+
+    /// <summary><paramref name="scope"/> under a name of ours, in the same slice (and parent cgroup).</summary>
+    internal static ScopeUnit Renamed(ScopeUnit scope)
+    {
+        var name = "rebootless-" + scope.Name;
+        var parent = scope.ControlGroup[..scope.ControlGroup.LastIndexOf('/')];
+        return scope with { Name = name, ControlGroup = parent + "/" + name };
+    }
+
+    [GeneratedRegex(@"^session-[A-Za-z0-9]+\.scope$")]
+    private static partial Regex LoginSession();
+
+    [GeneratedRegex(@"^user-[0-9]+\.slice$")]
+    private static partial Regex UserSlice();
+
+    /// <summary>
+    /// Starts the transient scope with <paramref name="properties"/>: over the restored cgroup, or, with
+    /// <paramref name="moveFrom"/>, as a new cgroup that its first process fills by moving every process of
+    /// <paramref name="moveFrom"/> into it (again while any is left, for one forked meanwhile), then removing that
+    /// emptied cgroup. Returns why it failed, or null.
+    /// </summary>
+    private static string? Start(ScopeUnit scope, IEnumerable<string> properties, string? moveFrom = null)
     {
         var args = new List<string> { "--scope", "--quiet", "--unit=" + scope.Name, "--slice=" + scope.Slice };
         if (scope.Description is { Length: > 0 } description)
@@ -130,7 +164,21 @@ internal static class ScopeHandback
             args.AddRange(["-p", property]);
         }
 
-        args.AddRange(["--", "/bin/true"]);
+        if (moveFrom is null)
+        {
+            args.AddRange(["--", "/bin/true"]);
+        }
+        else
+        {
+            var mounts = File.ReadLines("/proc/self/mountinfo").ToList();
+            if (SystemdServiceTarget.CgroupFolder(mounts, moveFrom, Directory.Exists) is not { } from
+                || SystemdServiceTarget.CgroupFolder(mounts, scope.ControlGroup, _ => true) is not { } to)
+            {
+                return $"the cgroup {moveFrom} is not under a mounted cgroup2 hierarchy here";
+            }
+
+            args.AddRange(["--", "/bin/sh", "-c", MoveScript, "sh", from, to]);
+        }
         try
         {
             var run = ProcessRunner.Run("systemd-run", args, Limit);
@@ -141,6 +189,19 @@ internal static class ScopeHandback
             return $"systemd-run cannot be run ({e.InnerException?.Message})";
         }
     }
+
+    /// <summary>
+    /// Moves every process of the cgroup folder $1 into $2 (this script's own), again while any is left (one forked
+    /// meanwhile), then removes the emptied $1. A cgroup file's size reads 0 whatever it holds, so the loop reads it.
+    /// </summary>
+    private const string MoveScript = """
+        i=0
+        while left=$(cat "$1/cgroup.procs") && [ -n "$left" ] && [ $i -lt 100 ]; do
+          for p in $left; do echo "$p" >"$2/cgroup.procs"; done 2>/dev/null
+          i=$((i + 1))
+        done
+        rmdir "$1" || { echo "processes left in $1: $(cat "$1/cgroup.procs" | tr '\n' ' ')" >&2; exit 1; }
+        """;
 
     /// <summary>systemd has the scope active over <paramref name="cgroup"/>.</summary>
     private static bool Holds(ScopeUnit scope, string cgroup) =>

@@ -6,9 +6,10 @@ namespace RebootlessUpdate.VmTests.Systemd;
 /// A process tree a user left running in a login session (logind's <c>session-N.scope</c> in <c>user-1000.slice</c>),
 /// on a host whose PID 1 is systemd, updated across the real jump through <c>systemctl kexec</c> with
 /// <c>rebootless update --pid</c>. On the new kernel the shipped resume unit restores it as the user it ran as, and
-/// systemd holds it in a scope of the same name in the user's slice again: <c>systemctl stop</c> of the scope ends it.
-/// logind's sessions did not cross the jump (its state lives in /run): after it, logind lists no session, as after any
-/// boot. The guest side is jobs/session-scope-update.sh.
+/// systemd holds it in a scope in the user's slice again, <c>rebootless-session-N.scope</c>: logind's sessions did not
+/// cross the jump (its state lives in /run) and it numbers them afresh, so the next login gets <c>session-N.scope</c>
+/// and the restored tree stays out of it. <c>systemctl stop</c> of the scope ends the tree. The guest side is
+/// jobs/session-scope-update.sh.
 /// </summary>
 [NonParallelizable]
 public class SessionScopeVmTests
@@ -51,14 +52,21 @@ public class SessionScopeVmTests
             Assert.That(countLater, Is.GreaterThan(countAfter), "and keeps counting");
             Assert.That(After("Copies"), Is.EqualTo("1"), "one copy, never two");
 
-            // systemd holds it in the session's scope, in the user's slice, again.
-            Assert.That(After("AfterCgroup"), Is.EqualTo(Before("BeforeCgroup")), "restored into the cgroup it had");
+            // systemd holds it in a scope of its own in the user's slice: logind's session numbers start afresh after the
+            // jump, so the session's name is left free for the next login.
+            var moved = Before("BeforeCgroup")[..(Before("BeforeCgroup").LastIndexOf('/') + 1)] + "rebootless-" + Before("BeforeScope");
+            Assert.That(After("AfterCgroup"), Is.EqualTo(moved), "moved to rebootless-" + Before("BeforeScope"));
             Assert.That(After("AfterScopeLoadState"), Is.EqualTo("loaded"), "systemd knows the scope again" + diagnostics);
             Assert.That(After("AfterScopeActiveState"), Is.EqualTo("active"));
-            Assert.That(After("AfterScopeControlGroup"), Is.EqualTo(Before("BeforeScopeControlGroup")));
+            Assert.That(After("AfterScopeControlGroup"), Is.EqualTo(moved));
             Assert.That(After("AfterScopeSlice"), Is.EqualTo("user-1000.slice"));
             Assert.That(After("AfterSlice"), Is.EqualTo("active"));
             Assert.That(After("Failed"), Is.Empty, "systemctl --failed lists nothing");
+
+            // The next login gets a session of its own, and leaves the restored tree where it is.
+            Assert.That(After("Login"), Does.Match(@"^/user\.slice/user-1000\.slice/session-c?\d+\.scope "), "a login after the jump has its session scope" + diagnostics);
+            Assert.That(After("LoginSessions"), Does.Contain(":rb"), "logind knows the new login");
+            Assert.That(After("LoginCopies"), Does.StartWith("1 "), "the restored tree runs once, in its own scope");
 
             // systemd holds the tree: stopping the scope ends it.
             Assert.That(After("StopScope"), Is.EqualTo("ok"));

@@ -33,7 +33,7 @@ if ! grep -q 'rebootless.resume=' /proc/cmdline; then
   # the background stays in the scope when the login ends. It writes in the user's home (the job share is not the
   # user's to write), and root copies what the host test needs to /job.
   su -l rb -c 'setsid sh -c '"'"'exec </dev/null >/dev/null 2>&1; echo $$ >pid; t=$(cat /proc/sys/kernel/random/uuid); i=0
-    while :; do i=$((i+1)); echo "$t $i" >c.tmp; mv c.tmp counter; sleep 0.2; done'"'"' &' \
+    while :; do i=$((i+1)); /bin/echo "$t $i" >c.tmp; mv c.tmp counter; sleep 0.2; done'"'"' &' \
     >/job/su.log 2>&1 || echo "su exited $?" >>/job/su.log
   i=0; until [ -s /home/rb/counter ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i + 1)); done
   sleep 1
@@ -69,6 +69,10 @@ pid=$(cat /job/pid)
   echo "CounterLater=$(cat /home/rb/counter)"
   echo "Failed=$(systemctl --failed --no-legend --plain | awk '{print $1}' | tr '\n' ' ')"
   echo "System=$(systemctl is-system-running || true)"
+  # A new login after the jump: logind numbers sessions afresh, and must not collide with the restored scope.
+  echo "Login=$(su -l rb -c 'sed -n "s/^0:://p" /proc/self/cgroup' 2>&1 | tr '\n' ' ') exit $?"
+  echo "LoginSessions=$(loginctl list-sessions --no-legend 2>&1 | awk '{print $1 ":" $3}' | tr '\n' ' ')"
+  echo "LoginCopies=$(pgrep -c -f 'while :; do i=' || true) $(cat "/sys/fs/cgroup$(sed -n 's/^0:://p' "/proc/$pid/cgroup")/cgroup.procs" 2>/dev/null | tr '\n' ' ')"
   # systemd holds the tree: stopping its scope ends it.
   scope=$(basename "$(sed -n 's/^0:://p' "/proc/$pid/cgroup" 2>/dev/null)")
   echo "StopScope=$(systemctl stop "$scope" 2>&1 && echo ok)"
