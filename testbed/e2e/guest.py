@@ -12,8 +12,10 @@ Scenarios:
             is flipped before resume: that target must be refused, the
             others restored.
             With "init": "systemd" (run-update --init systemd) systemd is
-            PID 1: the workloads are services, the shipped resume unit
-            restores them, and the checks add what systemd shows
+            PID 1: the workloads are services, with two more that systemd
+            holds in scopes (a tree left in a user's login session, a runc
+            container: scoped.py); the shipped resume unit restores them,
+            and the checks add what systemd (and runc) show
             (systemd_host.py).
   negative  one boot, no jump may happen: an undumpable target (rolled
             back), a bad kernel image (refused), the orchestrator killed
@@ -29,6 +31,7 @@ import subprocess
 import sys
 import time
 
+import scoped
 import systemd_host
 
 JOB = "/job"
@@ -144,11 +147,13 @@ def start_workloads(names, as_services=False):
     argvs = {n: [CFG["workload"], f"{WL}/memory", str(CFG.get("memMiB", 256))] if n == "memory" else py + [n, f"{WL}/{n}"]
              for n in names}
     ws = start_services(names, argvs) if as_services else [start_workload(n, argvs[n]) for n in names]
+    if as_services:
+        ws += [scoped.start_session(WL, f"{HERE}/workloads.py"), scoped.start_container(WL)]
     for w in ws:
         wait_ready(w)
     for w in ws:
         w["tree"] = tree(w["root"])
-        w["target"] = f"service:{w['unit']}" if "unit" in w else f"pid:{w['root']}"
+        w.setdefault("target", f"service:{w['unit']}" if "unit" in w else f"pid:{w['root']}")
     return ws
 
 
@@ -370,7 +375,8 @@ def progress(ws, j, seconds=10.0):
 def update_args(ws, kernel=None):
     args = TOOL + ["update"] + STORE_ARGS + ["--tcp-established"]
     for w in ws:
-        args += ["--service", w["unit"]] if "unit" in w else ["--pid", str(w["root"])]
+        args += (["--service", w["unit"]] if "unit" in w else ["--container", scoped.CTR] if w.get("kind") == "container"
+                 else ["--pid", str(w["root"])])
     new = CFG["newKernel"]
     args += ["--kernel", kernel or f"/boot/vmlinuz-{new}", "--append", "rebootless.boot=2"]
     if not CFG.get("preDump", True):
@@ -388,10 +394,12 @@ def scenario_update_boot1():
     modprobe_pmem()
     names = CFG.get("workloads", ["pipes", "memory", "tcp"])
     ws = start_workloads(names, as_services=SYSTEMD)
+    if SYSTEMD:
+        save("systemd-before.json", {w["unit"]: systemd_host.view(w["unit"]) for w in ws if "unit" in w})
+        save("scopes-before.json", scoped.before([w for w in ws if "kind" in w]))
     save("workloads.json", ws)
     log("workloads: " + ", ".join(f"{w['name']}=pid {w['root']} {len(w['tree'])} processes" for w in ws))
     if SYSTEMD:
-        save("systemd-before.json", {w["unit"]: systemd_host.view(w["unit"]) for w in ws})
         log(systemd_host.prepare_resume(CFG["tool"], ["--json", "--criu", "/usr/sbin/criu"] + STORE_ARGS, f"{JOB}/sample-counters"))
     save("rates-before.json", rates_before(ws))
     env = dict(os.environ, REBOOTLESS_ALLOW_KEXEC_JUMP="1")
@@ -474,9 +482,10 @@ def scenario_update_boot2():
             if w["name"] == "memory":
                 r = memory_check(w)
                 checks.append([r.startswith("ok"), f"memory: {CFG.get('memMiB', 256)} MiB pattern, file offset, socket, thread: {r}"])
-    units_after = systemd_host.check_units(ws, by_id, descendants, checks) if SYSTEMD else None
+    services, scopes_after = [w for w in ws if "unit" in w], None
+    units_after = systemd_host.check_units(services, by_id, descendants, checks) if SYSTEMD else None
     if SYSTEMD:
-        systemd_host.check_no_stop_actions(ws, checks)
+        systemd_host.check_no_stop_actions(services, checks)
     lazy = check_lazy_daemons(j, ws, flipped, checks) if CFG.get("lazyRestore") else None
     served = check_pages_from_store(out, ws, flipped, checks) if CFG.get("pagesFromStore") else None
     moved = progress(ws, j)
@@ -486,6 +495,8 @@ def scenario_update_boot2():
         b["newKernelBootToInit"] = systemd_host.uptime_of_pid1()
         b["initToResumeUnit"] = resume_unit["startedUptime"] - b["newKernelBootToInit"]
         systemd_host.check_system(checks)
+        # After the progress window (stopping a scope ends a workload).
+        scopes_after = scoped.check([w for w in ws if "kind" in w], by_id, descendants, checks)
         systemd_host.check_stop(next(w for w in ws if w["name"] == "pipes"), descendants, checks)
     else:
         b = breakdown(j, T0, UPTIME0, stage_starts(out), t_resume)
@@ -500,6 +511,7 @@ def scenario_update_boot2():
               "checks": checks, "resumeExitCode": code, "resumeSeconds": secs, "memMiB": CFG.get("memMiB", 256),
               "lazyRestore": lazy, "pagesFromStore": served, "progress": moved, "journal": j,
               "systemd": {"before": load("systemd-before.json"), "after": units_after,
+                          "scopesBefore": load("scopes-before.json"), "scopesAfter": scopes_after,
                           "resumeUnit": {k: v for k, v in resume_unit.items() if k != "output"}} if SYSTEMD else None}
     save("result.json", result)
     write_report(result)
@@ -648,6 +660,18 @@ def systemd_lines(sd):
         lines.append(f"    before: {one(before)}")
         if unit in (sd["after"] or {}):
             lines.append(f"    after:  {one(sd['after'][unit])}")
+
+    def scope(v):
+        extra = (f"; runc: {v['runc']['status']}, init pid {v['runc']['pid']}" if "runc" in v else "") + (
+            f"; a new login: {v['newLogin']}" if "newLogin" in v else "") + (
+            f"; logind: {' '.join(v['logind'].split()) or 'no session'}" if "logind" in v else "")
+        return (f"{v['unit']} {v['LoadState']}, {v['ActiveState']}, slice {v['Slice']}, "
+                f"{len(v['processes'])} processes, root in {v['rootCgroup']}{extra}")
+    for name, before in (sd.get("scopesBefore") or {}).items():
+        lines.append(f"  {name} (a scope)")
+        lines.append(f"    before: {scope(before)}")
+        if name in (sd.get("scopesAfter") or {}):
+            lines.append(f"    after:  {scope(sd['scopesAfter'][name])}")
     return lines
 
 

@@ -60,10 +60,13 @@ def view(unit):
 
 
 def persist(*paths):
-    """Copies files and links to /job/persist: this guest's disk, which testbed/vm-init copies into / on every boot."""
+    """Copies files, links and folders to /job/persist: this guest's disk, which testbed/vm-init copies into / on every boot."""
     for p in paths:
         dest = f"{JOB}/persist{p}"
         os.makedirs(os.path.dirname(dest), exist_ok=True)
+        if os.path.isdir(p) and not os.path.islink(p):
+            subprocess.run(["cp", "-a", "-T", p, dest], check=True)  # with owners: a user's home stays theirs
+            continue
         if os.path.lexists(dest):
             os.unlink(dest)
         shutil.copy2(p, dest, follow_symlinks=False)
