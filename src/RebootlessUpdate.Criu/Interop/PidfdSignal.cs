@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Runtime.InteropServices;
 using Mono.Unix.Native;
 
@@ -48,23 +47,7 @@ internal static partial class PidfdSignal
     }
 
     /// <summary>The start time of a live process (not a zombie), or null.</summary>
-    internal static ulong? StartTimeOf(int pid)
-    {
-        string stat;
-        try
-        {
-            stat = File.ReadAllText($"/proc/{pid.ToString(CultureInfo.InvariantCulture)}/stat");
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            return null;
-        }
-
-        // The command may hold spaces and parentheses: the fields follow the last ')'.
-        var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
-        return fields[0] is "Z" or "X" ? null
-            : ulong.TryParse(fields[19], NumberStyles.None, CultureInfo.InvariantCulture, out var start) ? start : null;
-    }
+    internal static ulong? StartTimeOf(int pid) => ProcStat.Read(pid) is { State: not ('Z' or 'X') } s ? s.StartTime : null;
 
     [LibraryImport("libc", EntryPoint = "pidfd_open", SetLastError = true)]
     private static partial int PidfdOpen(int pid, uint flags);

@@ -1,4 +1,5 @@
 using RebootlessUpdate.Criu;
+using RebootlessUpdate.Criu.Interop;
 using RebootlessUpdate.Pipeline;
 using RebootlessUpdate.Targets;
 

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text;
 using RebootlessUpdate.Criu;
+using RebootlessUpdate.Criu.Interop;
 using RebootlessUpdate.Targets;
 
 namespace RebootlessUpdate.Stages;

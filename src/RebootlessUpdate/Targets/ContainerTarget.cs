@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json;
 using RebootlessUpdate.Criu;
+using RebootlessUpdate.Criu.Interop;
 using RebootlessUpdate.Images;
 using RebootlessUpdate.Processes;
 

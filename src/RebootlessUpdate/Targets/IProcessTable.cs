@@ -1,3 +1,5 @@
+using RebootlessUpdate.Criu.Interop;
+
 namespace RebootlessUpdate.Targets;
 
 /// <summary>

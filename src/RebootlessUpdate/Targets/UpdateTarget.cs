@@ -1,4 +1,5 @@
 using System.Globalization;
+using RebootlessUpdate.Criu.Interop;
 
 namespace RebootlessUpdate.Targets;
 

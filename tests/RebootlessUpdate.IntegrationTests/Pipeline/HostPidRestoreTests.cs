@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using Mono.Unix.Native;
 using RebootlessUpdate.Criu;
+using RebootlessUpdate.Criu.Interop;
 using RebootlessUpdate.Images;
 using RebootlessUpdate.Pipeline;
 using RebootlessUpdate.Stages;
