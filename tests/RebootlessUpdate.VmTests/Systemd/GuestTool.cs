@@ -22,13 +22,14 @@ internal static class GuestTool
     /// <summary>
     /// Runs jobs/<paramref name="script"/> as the guest job of a VM booted with systemd as PID 1 on the old kernel (1 GiB
     /// of pmem at 4 GiB, the .NET runtime and this repository shared), with the new kernel's version in /job/new-kernel,
-    /// the tool's path in /job/tool, and <paramref name="files"/> (name → host file) copied into the job folder.
+    /// the tool's path in /job/tool, what the jobs share in /job/lib.sh, and <paramref name="files"/> (name → host file) copied into the job folder.
     /// Returns the job folder (a fresh one when the run was retried) and the run.
     /// </summary>
     public static (string Job, ProcessResult Result) RunOnSystemd(Testbed testbed, string script, IReadOnlyDictionary<string, string>? files = null)
     {
         var job = Directory.CreateTempSubdirectory("rebootless-vmjob-").FullName;
         File.Copy(System.IO.Path.Combine(AppContext.BaseDirectory, "jobs", script), System.IO.Path.Combine(job, "run"));
+        File.Copy(System.IO.Path.Combine(AppContext.BaseDirectory, "jobs", "lib.sh"), System.IO.Path.Combine(job, "lib.sh"));
         File.WriteAllText(System.IO.Path.Combine(job, "new-kernel"), testbed.NewKernel);
         File.WriteAllText(System.IO.Path.Combine(job, "tool"), Path);
         foreach (var (name, source) in files ?? new Dictionary<string, string>())

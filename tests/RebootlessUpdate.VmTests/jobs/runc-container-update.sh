@@ -7,11 +7,8 @@
 # /job/after.txt, then stops the container through its scope and deletes it through runc. The host test reads
 # the files this leaves in /job.
 set -eu
-STORE="--pmem /dev/pmem0 --store-mount /run/rebootless/store --criu /usr/sbin/criu"
+. /job/lib.sh
 ID=rebootless-ctr
-tool() { dotnet "$(cat /job/tool)" "$@"; }
-# Files kept in /job/persist are this guest's disk: vm-init copies them into / on every boot.
-persist() { for f in "$@"; do mkdir -p "/job/persist$(dirname "$f")"; cp -a "$f" "/job/persist$f"; done; }
 # What runc says of the container, as KEY=VALUE lines: its status and init pid (or what runc said).
 state() {
   if runc state "$ID" >/tmp/runc-state.json 2>&1; then
@@ -70,10 +67,7 @@ json.dump(c, open(path, "w"))
 PY
   # (Bounded: once in the VM a start without --debug waited on systemd for minutes.)
   timeout 120 runc --debug --systemd-cgroup run -d --bundle $b "$ID" >/job/runc-run.log 2>&1
-  printf 'REBOOTLESS_OPTIONS="%s"\n' "$STORE" >/etc/default/rebootless
-  tool install-unit >/job/install-unit.log 2>&1
-  w=/etc/systemd/system/multi-user.target.wants
-  persist /etc/default/rebootless /etc/systemd/system/rebootless-resume.service $w/rebootless-resume.service
+  install_resume_unit
   i=0; until [ -s /job/ctr/data/counter ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i + 1)); done
   sleep 1
   { state Ctr; scope; limits
@@ -91,12 +85,11 @@ PY
 fi
 
 uname -r >/job/kernel2
-i=0; while [ "$(systemctl show rebootless-resume.service -p SubState --value)" != exited ] \
-  && [ "$(systemctl show rebootless-resume.service -p ActiveState --value)" != failed ] && [ $i -lt 600 ]; do sleep 0.5; i=$((i + 1)); done
+wait_for_resume
 {
   echo "Kernel=$(uname -r)"
   echo "Pid1=$(cat /proc/1/comm)"
-  systemctl show rebootless-resume.service -p ActiveState -p Result -p ExecMainStatus | sed 's/^/Resume/'
+  resume_state
   state Ctr
   pid=$(runc state "$ID" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])' || echo 0)
   echo "CtrCgroup=$(cat "/proc/$pid/cgroup" 2>/dev/null)"

@@ -6,10 +6,7 @@
 # --pid` checkpoints it and jumps through `systemctl kexec`. Boot 2 (the new kernel): the shipped resume unit restores
 # it; the job writes what systemd and logind show to /job/after.txt, then stops the scope. The host test reads the files.
 set -eu
-STORE="--pmem /dev/pmem0 --store-mount /run/rebootless/store --criu /usr/sbin/criu"
-tool() { dotnet "$(cat /job/tool)" "$@"; }
-# Files kept in /job/persist are this guest's disk: vm-init copies them into / on every boot.
-persist() { for f in "$@"; do mkdir -p "/job/persist$(dirname "$f")"; cp -a "$f" "/job/persist$f"; done; }
+. /job/lib.sh
 # The scope (and slice) systemd holds the tree's root in, as KEY=VALUE lines prefixed with $1.
 units() {
   cg=$(sed -n 's/^0:://p' "/proc/$2/cgroup" 2>/dev/null || true)
@@ -40,10 +37,7 @@ if ! grep -q 'rebootless.resume=' /proc/cmdline; then
   ls -la /home/rb >>/job/su.log 2>&1
   pid=$(cat /home/rb/pid)
   echo "$pid" >/job/pid
-  printf 'REBOOTLESS_OPTIONS="%s"\n' "$STORE" >/etc/default/rebootless
-  tool install-unit >/job/install-unit.log 2>&1
-  w=/etc/systemd/system/multi-user.target.wants
-  persist /etc/default/rebootless /etc/systemd/system/rebootless-resume.service $w/rebootless-resume.service
+  install_resume_unit
   { echo "Pid=$pid"; units Before "$pid"; } >/job/before.txt
   cat /home/rb/counter >/job/counter-before
   new=$(cat /job/new-kernel)
@@ -54,13 +48,12 @@ if ! grep -q 'rebootless.resume=' /proc/cmdline; then
 fi
 
 uname -r >/job/kernel2
-i=0; while [ "$(systemctl show rebootless-resume.service -p SubState --value)" != exited ] \
-  && [ "$(systemctl show rebootless-resume.service -p ActiveState --value)" != failed ] && [ $i -lt 600 ]; do sleep 0.5; i=$((i + 1)); done
+wait_for_resume
 pid=$(cat /job/pid)
 {
   echo "Kernel=$(uname -r)"
   echo "Pid1=$(cat /proc/1/comm)"
-  systemctl show rebootless-resume.service -p ActiveState -p Result -p ExecMainStatus | sed 's/^/Resume/'
+  resume_state
   echo "Running=$([ -d "/proc/$pid" ] && echo yes || echo no)"
   units After "$pid"
   echo "Copies=$(pgrep -c -f 'while :; do i=' || true)"

@@ -6,12 +6,9 @@
 # resume, which hands a its restored tree and lets b start afresh. The job writes what systemd shows to
 # /job/after.txt and stops a through systemd. The host test reads the files this leaves in /job.
 set -eu
-STORE="--pmem /dev/pmem0 --store-mount /run/rebootless/store --criu /usr/sbin/criu"
-tool() { dotnet "$(cat /job/tool)" "$@"; }
+. /job/lib.sh
 show() { systemctl show "$1" -p ActiveState -p SubState -p MainPID -p NRestarts -p Result | sed "s/^/$2/"; }
 copies() { pgrep -c -f "/job/svc/counter.py /job/svc/$1\$" || true; }
-# Files kept in /job/persist are this guest's disk: vm-init copies them into / on every boot.
-persist() { for f in "$@"; do mkdir -p "/job/persist$(dirname "$f")"; cp -a "$f" "/job/persist$f"; done; }
 
 if ! grep -q 'rebootless.resume=' /proc/cmdline; then
   uname -r >/job/kernel1
@@ -60,15 +57,14 @@ ExecStart=/bin/rm -f /job/svc/b/counter
 [Install]
 WantedBy=multi-user.target
 UNITFILE
-  printf 'REBOOTLESS_OPTIONS="%s"\n' "$STORE" >/etc/default/rebootless
   systemctl daemon-reload
   systemctl enable rebootless-counter-a.service rebootless-counter-b.service rebootless-testbreak.service 2>/dev/null
   systemctl start rebootless-counter-a.service rebootless-counter-b.service
-  tool install-unit >/job/install-unit.log 2>&1
+  install_resume_unit
   w=/etc/systemd/system/multi-user.target.wants
-  persist /etc/default/rebootless /etc/systemd/system/rebootless-resume.service /etc/systemd/system/rebootless-testbreak.service \
+  persist /etc/systemd/system/rebootless-testbreak.service \
     /etc/systemd/system/rebootless-counter-a.service /etc/systemd/system/rebootless-counter-b.service \
-    $w/rebootless-resume.service $w/rebootless-testbreak.service $w/rebootless-counter-a.service $w/rebootless-counter-b.service
+    $w/rebootless-testbreak.service $w/rebootless-counter-a.service $w/rebootless-counter-b.service
   i=0; until [ -s /job/svc/a/counter ] && [ -s /job/svc/b/counter ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i + 1)); done
   sleep 2
   { show rebootless-counter-a.service A; show rebootless-counter-b.service B
@@ -86,12 +82,11 @@ UNITFILE
 fi
 
 uname -r >/job/kernel2
-# The resume lets the boot go on (READY=1) before it checks the adoptions and reports: wait until it has ended.
-i=0; while [ "$(systemctl show rebootless-resume.service -p SubState --value)" = running ] && [ $i -lt 600 ]; do sleep 0.5; i=$((i + 1)); done
+wait_for_resume
 {
   echo "Kernel=$(uname -r)"
   echo "Pid1=$(cat /proc/1/comm)"
-  systemctl show rebootless-resume.service -p ActiveState -p Result -p ExecMainStatus | sed 's/^/Resume/'
+  resume_state
   echo "OrderLeft=$(ls /etc/systemd/system/rebootless-resume.service.d/ 2>/dev/null | tr '\n' ' ')"
   show rebootless-counter-a.service A
   show rebootless-counter-b.service B
