@@ -16,15 +16,11 @@ import subprocess
 import time
 
 import systemd_host
+from systemd_host import sh
 
 USER, UID = "rb", 1000
 CTR = "rebootless-ctr"
 BUNDLE = "/job/ctr/bundle"
-
-
-def sh(argv, timeout=120):
-    r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
-    return r.returncode, (r.stdout + r.stderr).strip()
 
 
 def cgroup_of(pid):
@@ -36,12 +32,10 @@ def cgroup_of(pid):
 
 def scope_view(scope):
     """What systemd shows of a scope, with the processes in its cgroup."""
-    _, out = systemd_host.systemctl("show", scope, "-p", "LoadState", "-p", "ActiveState", "-p", "SubState",
-                                    "-p", "ControlGroup", "-p", "Slice")
-    s = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    s = systemd_host.show(scope, ("LoadState", "ActiveState", "SubState", "ControlGroup", "Slice"))
     return {"unit": scope, "LoadState": s.get("LoadState"), "ActiveState": s.get("ActiveState"),
             "SubState": s.get("SubState"), "Slice": s.get("Slice"), "ControlGroup": s.get("ControlGroup"),
-            "processes": systemd_host.cgroup_procs(s["ControlGroup"]) if s.get("ControlGroup") else []}
+            "processes": systemd_host.cgroup_procs(s.get("ControlGroup", ""))}
 
 
 # ---- boot 1 ----------------------------------------------------------------

@@ -26,20 +26,30 @@ def unit_of(name):
     return f"rebootless-wl-{name}.service"
 
 
-def systemctl(*args, timeout=120):
-    r = subprocess.run(["systemctl", *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+def sh(argv, timeout=120):
+    """Runs a command without input: its exit code and its output (stdout and stderr), stripped."""
+    r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
     return r.returncode, (r.stdout + r.stderr).strip()
 
 
-def show(unit):
-    """What systemd shows of a unit, as a dict."""
-    _, out = systemctl("show", unit, "-p", "ActiveState", "-p", "SubState", "-p", "MainPID", "-p", "NRestarts",
-                       "-p", "Result", "-p", "ControlGroup", "-p", "ExecMainStatus", "-p", "ExecMainStartTimestampMonotonic",
-                       "-p", "ExecMainExitTimestampMonotonic")
+def systemctl(*args, timeout=120):
+    return sh(["systemctl", *args], timeout=timeout)
+
+
+SERVICE_PROPERTIES = ("ActiveState", "SubState", "MainPID", "NRestarts", "Result", "ControlGroup", "ExecMainStatus",
+                      "ExecMainStartTimestampMonotonic", "ExecMainExitTimestampMonotonic")
+
+
+def show(unit, properties=SERVICE_PROPERTIES):
+    """What systemd shows of a unit (a service's properties unless others are named), as a dict."""
+    _, out = systemctl("show", unit, *(a for p in properties for a in ("-p", p)))
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
 def cgroup_procs(control_group):
+    """The pids in a unit's cgroup; none for a unit without one (not the root cgroup's)."""
+    if not control_group:
+        return []
     try:
         return sorted(int(p) for p in open(f"/sys/fs/cgroup{control_group}/cgroup.procs").read().split())
     except (OSError, ValueError):
