@@ -13,6 +13,12 @@ internal sealed class CliTargets
     private readonly Option<string[]> _cgroup = new("--cgroup") { Description = "A cgroup whose processes to checkpoint (repeatable).", AllowMultipleArgumentsPerToken = true };
     private readonly Option<string[]> _container = new("--container") { Description = "A running runc container id (repeatable).", AllowMultipleArgumentsPerToken = true };
 
+    private readonly Option<string[]> _podman = new("--podman")
+    {
+        Description = "A running podman container by name or id, checkpointed and restored by podman itself (repeatable).",
+        AllowMultipleArgumentsPerToken = true,
+    };
+
     private readonly Option<string[]> _service = new("--service")
     {
         Description = "A running systemd service by unit name: its main process's tree, in its cgroup (repeatable).",
@@ -22,7 +28,7 @@ internal sealed class CliTargets
     /// <summary>Adds the target options (and --tcp-established, --systemd-user) to <paramref name="command"/>.</summary>
     public CliTargets(Command command)
     {
-        CliOptions.Add(command, _pid, _cgroup, _container, _service, CliOptions.TcpEstablished, CliOptions.SystemdUser);
+        CliOptions.Add(command, _pid, _cgroup, _container, _podman, _service, CliOptions.TcpEstablished, CliOptions.SystemdUser);
         // A pid that is not a number is a usage error at parse time, like any other malformed option value.
         _pid.Validators.Add(r =>
         {
@@ -52,6 +58,8 @@ internal sealed class CliTargets
 
         targets.AddRange((c.Value(_cgroup) ?? []).Select(g => UpdateTarget.Cgroup(g, treeOptions)));
         targets.AddRange((c.Value(_container) ?? []).Select(id => UpdateTarget.Container(id)));
+        var podman = new PodmanOptions { TcpEstablished = treeOptions.TcpEstablished };
+        targets.AddRange((c.Value(_podman) ?? []).Select(name => UpdateTarget.Podman(name, podman)));
         var systemd = new SystemdServiceOptions { UserManager = c.Value(CliOptions.SystemdUser) };
         foreach (var unit in c.Value(_service) ?? [])
         {
@@ -67,7 +75,7 @@ internal sealed class CliTargets
 
         if (targets.Count == 0)
         {
-            throw CliFailure.Of(ExitCodes.Usage, "no target named", "name at least one: --pid PID, --cgroup PATH, --container ID, --service UNIT");
+            throw CliFailure.Of(ExitCodes.Usage, "no target named", "name at least one: --pid PID, --cgroup PATH, --container ID, --podman NAME, --service UNIT");
         }
 
         if (targets.GroupBy(t => t.Id).FirstOrDefault(g => g.Count() > 1) is { } twice)

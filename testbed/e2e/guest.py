@@ -148,7 +148,8 @@ def start_workloads(names, as_services=False):
              for n in names}
     ws = start_services(names, argvs) if as_services else [start_workload(n, argvs[n]) for n in names]
     if as_services:
-        ws += [scoped.start_session(WL, f"{HERE}/workloads.py"), scoped.start_container(WL)]
+        ws += [scoped.start_session(WL, f"{HERE}/workloads.py"), scoped.start_container(WL), scoped.start_podman(WL)]
+        scoped.persist_podman()
     for w in ws:
         wait_ready(w)
     for w in ws:
@@ -375,8 +376,9 @@ def progress(ws, j, seconds=10.0):
 def update_args(ws, kernel=None):
     args = TOOL + ["update"] + STORE_ARGS + ["--tcp-established"]
     for w in ws:
-        args += (["--service", w["unit"]] if "unit" in w else ["--container", scoped.CTR] if w.get("kind") == "container"
-                 else ["--pid", str(w["root"])])
+        kind = w.get("kind")
+        args += (["--service", w["unit"]] if "unit" in w else ["--container", scoped.CTR] if kind == "container"
+                 else ["--podman", scoped.POD] if kind == "podman" else ["--pid", str(w["root"])])
     new = CFG["newKernel"]
     args += ["--kernel", kernel or f"/boot/vmlinuz-{new}", "--append", "rebootless.boot=2"]
     if not CFG.get("preDump", True):

@@ -8,6 +8,10 @@
   systemd holds it in runc-rebootless-ctr.scope) that counts in memory and writes the count to a bind-mounted folder.
   After the jump runc must show it running as the restored init, and systemd hold it in its scope.
 
+- podman: a container podman runs from an image imported from a rootfs tarball (no registry), counting in memory
+  into a bind-mounted folder. Podman checkpoints and restores it itself; after the jump `podman ps` must show the
+  same container id running, as the restored root, and `podman stop` must end it.
+
 Each workload is a dict like guest.py's: name, dir (its counter), root, target, kind.
 """
 import json
@@ -21,6 +25,13 @@ from systemd_host import sh
 USER, UID = "rb", 1000
 CTR = "rebootless-ctr"
 BUNDLE = "/job/ctr/bundle"
+POD, POD_IMAGE = "rebootless-pod", "localhost/rebootless-busybox:1"
+# The count lives in the shell's memory: a fresh start would begin at 1. It ends on SIGTERM (a PID namespace's init
+# gets none it has no handler for). It waits with the shell's own read on a FIFO nobody writes, and writes with the
+# shell's echo: it never forks, so its process tree is the same before and after.
+def counter_sh(fifo):
+    return (f"exec </dev/null >/dev/null 2>&1; trap 'exit 0' TERM; /bin/busybox mkfifo {fifo}; exec 3<>{fifo}; "
+            "i=0; echo ok >/data/ready; while :; do i=$((i+1)); echo $i >/data/counter; read -t 0.2 x <&3; done")
 
 
 def cgroup_of(pid):
@@ -84,12 +95,7 @@ def start_container(wl):
         raise SystemExit(f"runc spec: {out}")
     c = json.load(open(f"{BUNDLE}/config.json"))
     c["process"]["terminal"] = False
-    # The count lives in the shell's memory: a fresh start would begin at 1. It ends on SIGTERM (a PID namespace's
-    # init gets none it has no handler for). It waits with the shell's own read on a FIFO nobody writes, and writes
-    # with the shell's echo: it never forks, so its process tree is the same before and after.
-    c["process"]["args"] = ["/bin/busybox", "sh", "-c",
-        "exec </dev/null >/dev/null 2>&1; trap 'exit 0' TERM; /bin/busybox mkfifo /dev/shm/tick; exec 3<>/dev/shm/tick; "
-        "i=0; echo ok >/data/ready; while :; do i=$((i+1)); echo $i >/data/counter; read -t 0.2 x <&3; done"]
+    c["process"]["args"] = ["/bin/busybox", "sh", "-c", counter_sh("/dev/shm/tick")]
     c["root"]["readonly"] = False
     c["mounts"].append({"destination": "/data", "type": "bind", "source": d, "options": ["rbind", "rw"]})
     c["linux"]["cgroupsPath"] = f"system.slice:runc:{CTR}"
@@ -100,6 +106,54 @@ def start_container(wl):
     if code != 0:
         raise SystemExit(f"runc run {CTR}: exit {code}: {out[-2000:]}")
     return {"name": "container", "kind": "container", "dir": d, "root": runc_pid(), "target": f"container:{CTR}"}
+
+
+def start_podman(wl):
+    """A podman container from a locally imported busybox image, counting in memory into WL/podman/counter."""
+    d = f"{wl}/podman"
+    os.makedirs(f"{d}/image/bin", exist_ok=True)
+    os.makedirs(f"{d}/image/data", exist_ok=True)
+    # Its FIFO lives in the image's /tmp: podman's /dev/shm is a host tmpfs bound in, which CRIU takes as external.
+    os.makedirs(f"{d}/image/tmp", exist_ok=True)
+    subprocess.run(["cp", "/job/busybox", f"{d}/image/bin/busybox"], check=True)
+    # The guest's root is an overlay on tmpfs: podman's overlay driver cannot stack on it, vfs can. The storage is on
+    # the host's disk (here /job/persist, copied in on every boot), the run root in /run as on any host.
+    os.makedirs("/etc/containers", exist_ok=True)
+    systemd_host.write("/etc/containers/storage.conf", '[storage]\ndriver = "vfs"\nrunroot = "/run/containers/storage"\n'
+                       'graphroot = "/var/lib/containers/storage"\n')
+    for argv in (["tar", "-C", f"{d}/image", "-cf", f"{d}/image.tar", "."], ["podman", "import", "-q", f"{d}/image.tar", POD_IMAGE],
+                 ["podman", "run", "-d", "--name", POD, "--network", "none", "-v", f"{d}:/data", POD_IMAGE,
+                  "/bin/busybox", "sh", "-c", counter_sh("/tmp/tick")]):
+        code, out = sh(argv, timeout=300)
+        if code != 0:
+            raise SystemExit(f"{' '.join(argv[:3])}: exit {code}: {out[-2000:]}")
+    s = podman_state()
+    if s.get("Status") != "running":
+        raise SystemExit(f"podman run {POD}: {s}")
+    return {"name": "podman", "kind": "podman", "dir": d, "root": s["Pid"], "target": f"podman:{POD}", "podmanId": s["Id"]}
+
+
+def persist_podman():
+    """Podman's storage and settings are on the host's disk: kept once its container runs (before the update)."""
+    systemd_host.persist("/etc/containers", "/var/lib/containers")
+
+
+def podman_state():
+    r = subprocess.run(["podman", "container", "inspect", "--format", "json", POD], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=120)
+    out = (r.stdout + r.stderr).strip()
+    try:
+        c = json.loads(r.stdout)[0] if r.returncode == 0 else {}
+    except (ValueError, IndexError):
+        c = {}
+    st = c.get("State", {})
+    return {"Id": c.get("Id"), "Status": st.get("Status", f"unknown: {out[-300:]}"), "Pid": st.get("Pid"),
+            "Restored": st.get("Restored"), "ConmonPid": st.get("ConmonPid")}
+
+
+def scope_of(cgroup):
+    """The innermost systemd scope on a cgroup path (crun may run a container in a child of its scope's cgroup)."""
+    return next((p for p in reversed(cgroup.split("/")) if p.endswith(".scope")), os.path.basename(cgroup))
 
 
 def runc_state():
@@ -118,12 +172,15 @@ def before(ws):
     """What systemd (and runc) show of each scoped workload before the update."""
     out = {}
     for w in ws:
-        scope = os.path.basename(cgroup_of(w["root"]))
+        scope = scope_of(cgroup_of(w["root"]))
         w["scope"] = scope
         v = scope_view(scope)
         v["rootCgroup"] = cgroup_of(w["root"])
         if w["kind"] == "session":
             _, v["logind"] = sh(["loginctl", "list-sessions", "--no-legend"])
+        elif w["kind"] == "podman":
+            v["podman"] = podman_state()
+            v["processes"] = systemd_host.cgroup_procs(v["rootCgroup"])  # crun's child cgroup of the scope's
         else:
             v["runc"] = {k: runc_state().get(k) for k in ("status", "pid")}
         out[w["name"]] = v
@@ -144,13 +201,19 @@ def check(ws, by_id, host_pids, checks):
         v = scope_view(scope)
         v["rootCgroup"] = cgroup
         after[w["name"]] = v
-        checks.append([v["ActiveState"] == "active" and cgroup == v["ControlGroup"] and cgroup.endswith("/" + scope),
+        # crun may put a podman container's processes in a child cgroup of its scope's.
+        held = cgroup == v["ControlGroup"] or (w["kind"] == "podman" and cgroup.startswith(f"{v['ControlGroup']}/"))
+        checks.append([v["ActiveState"] == "active" and held and scope_of(cgroup) == scope,
                        f"{w['name']}: systemd holds the restored root {pid} in {scope}: {v['LoadState']}, {v['ActiveState']}, "
                        f"cgroup {cgroup} (the scope's {v['ControlGroup']})"])
+        if w["kind"] == "podman":
+            v["processes"] = systemd_host.cgroup_procs(cgroup)
         checks.append([v["processes"] == tree and tree != [],
                        f"{w['name']}: {scope}'s cgroup holds the restored tree and nothing else (cgroup {v['processes']}, tree {tree})"])
         if w["kind"] == "session":
             check_session(w, pid, v, checks)
+        elif w["kind"] == "podman":
+            check_podman(w, pid, v, checks)
         else:
             check_container(pid, v, checks)
     return after
@@ -193,3 +256,25 @@ def check_container(pid, v, checks):
                    f"container: runc state says {s.get('status')}, init pid {s.get('pid')} (the restored root {pid})"])
     code, out = sh(["runc", "exec", CTR, "/bin/busybox", "cat", "/data/counter"])
     checks.append([code == 0 and out.isdigit(), f"container: runc exec enters it (it reads its counter: {out})"])
+
+
+def check_podman(w, pid, v, checks):
+    s = podman_state()
+    v["podman"] = s
+    checks.append([s["Id"] == w["podmanId"] and s["Status"] == "running" and s["Pid"] == pid,
+                   f"podman: container {POD} is {s['Status']} with the same id ({(s['Id'] or '?')[:12]}, was {w['podmanId'][:12]}), "
+                   f"init pid {s['Pid']} (the restored root {pid}), restored={s['Restored']}"])
+    code, out = sh(["podman", "ps", "--no-trunc", "--format", "{{.ID}} {{.Names}} {{.Status}}"], timeout=120)
+    v["ps"] = out
+    checks.append([code == 0 and any(l.startswith(f"{w['podmanId']} {POD} Up") for l in out.splitlines()),
+                   f"podman: podman ps lists it up under its id: {out or 'exit ' + str(code)}"])
+    # Podman supervises it again: its stop ends the restored tree (the shell exits on TERM).
+    code, out = sh(["podman", "stop", "-t", "10", POD], timeout=120)
+    for _ in range(100):
+        if not os.path.exists(f"/proc/{pid}"):
+            break
+        time.sleep(0.1)
+    after = podman_state()
+    checks.append([code == 0 and not os.path.exists(f"/proc/{pid}") and after["Status"] == "exited",
+                   f"podman: podman stop {POD}: exit {code}, now {after['Status']}, restored root {pid} "
+                   f"{'gone' if not os.path.exists(f'/proc/{pid}') else 'still running'} {out if code else ''}".strip()])

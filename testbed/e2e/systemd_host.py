@@ -11,6 +11,7 @@ with the restored root as its main pid, in its own cgroup, holding that tree and
 """
 import os
 import shutil
+import stat
 import subprocess
 import time
 
@@ -75,11 +76,44 @@ def persist(*paths):
         dest = f"{JOB}/persist{p}"
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         if os.path.isdir(p) and not os.path.islink(p):
-            subprocess.run(["cp", "-a", "-T", p, dest], check=True)  # with owners: a user's home stays theirs
+            copy_folder(p, dest)
             continue
-        if os.path.lexists(dest):
-            os.unlink(dest)
-        shutil.copy2(p, dest, follow_symlinks=False)
+        copy_entry(p, dest)
+
+
+def copy_folder(src, dest):
+    """Like cp -a, for what a disk keeps across a boot: folders, files and links with their owners (a user's home stays
+    theirs). Not sockets, FIFOs or devices, which the 9p job share cannot hold and whose owners make them anew after a
+    boot (podman's container folders hold its attach socket and control FIFOs), nor what is mounted below src (a
+    container's /dev/shm)."""
+    device = os.lstat(src).st_dev
+    for root, dirs, files in os.walk(src):
+        target = os.path.normpath(os.path.join(dest, os.path.relpath(root, src)))
+        os.makedirs(target, exist_ok=True)
+        st = os.lstat(root)
+        os.chmod(target, stat.S_IMODE(st.st_mode))
+        os.lchown(target, st.st_uid, st.st_gid)
+        walk = []
+        for d in dirs:
+            path = os.path.join(root, d)
+            if os.path.islink(path):
+                files.append(d)
+            elif os.lstat(path).st_dev == device:
+                walk.append(d)
+        dirs[:] = walk
+        for f in files:
+            path = os.path.join(root, f)
+            if stat.S_ISREG(os.lstat(path).st_mode) or os.path.islink(path):
+                copy_entry(path, os.path.join(target, f))
+
+
+def copy_entry(src, dest):
+    """A file or link, with its mode, times and owner."""
+    if os.path.lexists(dest):
+        os.unlink(dest)
+    shutil.copy2(src, dest, follow_symlinks=False)
+    st = os.lstat(src)
+    os.lchown(dest, st.st_uid, st.st_gid)
 
 
 def write(path, text):

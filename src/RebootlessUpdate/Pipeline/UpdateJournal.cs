@@ -636,6 +636,12 @@ public sealed class UpdateJournal
                 return "a target has no id, folder or settings";
             }
 
+            // A podman container's id becomes an argument of podman: its full id (hex) and nothing else.
+            if (t.Settings.Podman is { } pod && !PodmanContainer.IsFullId(pod.Id))
+            {
+                return $"target {t.Id}'s podman container id '{pod.Id}' is not a full container id (64 hex digits)";
+            }
+
             // Folders become paths: one plain name inside the set's images folder, nothing else.
             if ((SetPaths.Check(t.Folder) ?? (t.Folder.Contains('/', StringComparison.Ordinal) ? "has more than one component" : null)) is { } why)
             {

@@ -40,7 +40,8 @@ internal sealed class PlanStage(bool checkCapacity = true) : IUpdateStage
         {
             var t = context.Targets[i];
             var resolved = t.Target.Resolve();
-            t.Resolve(resolved, context.LazyRestore || context.PagesFromStore
+            // Podman restores a podman target whole: lazy restore is for our own CRIU requests.
+            t.Resolve(resolved, (context.LazyRestore || context.PagesFromStore) && resolved.Settings.Podman is null
                 ? resolved.Settings with { LazyPages = true, PagesFromStore = context.PagesFromStore }
                 : resolved.Settings, TargetFolders.FolderName(i, t.Target));
         }
@@ -172,6 +173,13 @@ internal sealed class PreDumpStage(PreDumpStageOptions options) : IUpdateStage
         var set = context.RequireSet();
         foreach (var t in context.Targets)
         {
+            if (PodmanHandover.IsPodman(t))
+            {
+                // Podman dumps its container whole, inside the freeze: it has no pre-dump to build on.
+                context.ReportProgress(Name, "no pre-dump: podman checkpoints the container whole inside the freeze", t.Target.Id);
+                continue;
+            }
+
             var folder = t.Folder + "-pre";
             var dir = Path.Combine(set.ImagesDirectory, folder);
             Directory.CreateDirectory(dir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);

@@ -73,6 +73,11 @@ internal static class InterruptedRestore
             await Task.Delay(100, cancellationToken).ConfigureAwait(false); // a scan reads every descriptor on the host
         }
 
+        if (PodmanHandover.IsPodman(t))
+        {
+            return (PodmanHandover.Judge(t, processes), []);
+        }
+
         return (t.RestoredRoot switch
         {
             { } root when processes.IsAlive(root) => Outcome.Running,

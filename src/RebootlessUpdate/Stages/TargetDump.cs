@@ -59,6 +59,19 @@ internal static class TargetDump
                 }
             },
         };
+        if (PodmanHandover.IsPodman(t))
+        {
+            // Podman checkpoints and ends the container: committed when it finishes, with no hold at post-dump.
+            pending.Abandon = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            t.DumpRequested(images, original, context.Processes.IsNamespaceInit(resolved.RootPid), context.TimeProvider.GetTimestamp(),
+                context.TimeProvider.GetUtcNow(), pending);
+            var token = pending.Abandon.Token;
+            pending.Ask = () => PodmanHandover.DumpAsync(t, images, token);
+            pending.Request = pending.Ask();
+            PipelineLog.TargetEvent(context.Logger, t.Target.Id, $"podman checkpoints container {t.Settings.Podman!.Name} (root {resolved.RootPid}, {processes} processes) into {t.ImagesDirectory}");
+            return;
+        }
+
         // Before anything freezes (and before systemd is told anything): runc's state of a container goes with its images.
         ContainerHandback.Capture(t, images);
         // Before anything freezes: systemd must not act on the end CRIU gives the unit's processes.
@@ -98,7 +111,7 @@ internal static class TargetDump
             try
             {
                 var result = await pending.Request.ConfigureAwait(false);
-                // No post-dump notification arrived (should not happen): CRIU ended the tree.
+                // No post-dump notification arrived: podman's dump (it has none), else CRIU ended the tree without one.
                 t.DumpFinished(result.Statistics, took, TargetFolders.FolderBytes(t.ImagesDirectory!));
                 return;
             }

@@ -30,6 +30,13 @@ internal static class TargetRestore
     {
         // Before anything of the target is touched (its recorded root above all): a refused move leaves it as it was.
         TargetTransitions.Check(t.Target.Id, t.Phase, TargetPhase.Restoring);
+        if (PodmanHandover.IsPodman(t))
+        {
+            // Podman restores it whole, in a PID namespace of its own: no pids to wait for, no lazy pages.
+            await PodmanHandover.RestoreAsync(context, t, imagesDirectory, cancellationToken).ConfigureAwait(false);
+            return;
+        }
+
         if (releaseWait is { } bound)
         {
             await WaitForReleaseAsync(context, t, imagesDirectory, bound, cancellationToken).ConfigureAwait(false);
@@ -50,18 +57,8 @@ internal static class TargetRestore
         // and names the restored root (pid and start time) before CRIU lets it run. A run that dies anywhere in
         // between leaves enough for the next one to find the tree (InterruptedRestore) instead of restoring a second
         // copy. A journal that cannot be written stops the restore here, before anything exists.
+        JournalRestoring(context, t);
         var journal = context.Journal;
-        var before = t.BeginRestoring();
-        try
-        {
-            journal?.UpdateTargets(context);
-        }
-        catch
-        {
-            t.RevertRestoring(before); // nothing was asked of CRIU
-            throw;
-        }
-
         var memory = lazy && fromStore ? StartOnDemandMemory(context, t, imagesDirectory) : null;
         var restoreFrom = memory is null ? imagesDirectory : RestoreFolderOf(context, t, memory, imagesDirectory, work);
         var daemon = lazy ? await StartLazyPagesDaemonAsync(context, t, criu, restoreFrom, work, memory?.Endpoint, cancellationToken).ConfigureAwait(false) : null;
@@ -199,8 +196,26 @@ internal static class TargetRestore
             + (t.OnDemand is not null ? " from the store through our page server" : string.Empty), t.Target.Id);
     }
 
+    /// <summary>
+    /// Moves <paramref name="t"/> to restoring and journals the move, before its restore is asked of anyone; a journal
+    /// that cannot be written takes the move back (nothing was asked) and throws.
+    /// </summary>
+    internal static void JournalRestoring(UpdateContext context, TargetRun t)
+    {
+        var before = t.BeginRestoring();
+        try
+        {
+            context.Journal?.UpdateTargets(context);
+        }
+        catch
+        {
+            t.RevertRestoring(before);
+            throw;
+        }
+    }
+
     /// <summary>Records a restored tree (the phase, pid, timings and downtime); returns how long the restore took.</summary>
-    private static TimeSpan MarkRestored(UpdateContext context, TargetRun t, int pid, CriuRestoreStatistics? statistics, long end, long start)
+    internal static TimeSpan MarkRestored(UpdateContext context, TargetRun t, int pid, CriuRestoreStatistics? statistics, long end, long start)
     {
         var took = context.TimeProvider.GetElapsedTime(start, end);
         var now = context.TimeProvider.GetUtcNow();

@@ -176,5 +176,7 @@ internal static class TargetRollback
 
     private static bool HasImages(TargetRun t) =>
         t.ImagesDirectory is { } dir && t.Phase is TargetPhase.Frozen or TargetPhase.Sealed or TargetPhase.Dumped or TargetPhase.Failed
-        && File.Exists(Path.Combine(dir, "pstree.img")) && File.Exists(Path.Combine(dir, "inventory.img"));
+        && (PodmanHandover.IsPodman(t)
+            ? PodmanHandover.HasExport(dir)
+            : File.Exists(Path.Combine(dir, "pstree.img")) && File.Exists(Path.Combine(dir, "inventory.img")));
 }

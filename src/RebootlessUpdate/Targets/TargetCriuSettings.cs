@@ -76,6 +76,12 @@ public sealed record TargetCriuSettings
     /// </summary>
     public ScopeUnit? Scope { get; init; }
 
+    /// <summary>
+    /// The podman container the target is: podman dumps it (into the set) and restores it, not our CRIU requests (see
+    /// <see cref="Stages.PodmanHandover"/>). Default none.
+    /// </summary>
+    public PodmanContainer? Podman { get; init; }
+
     internal CriuDumpOptions ToDump(int pid, string imagesDirectory, string workDirectory) => new()
     {
         ImagesDirectory = imagesDirectory,

@@ -62,7 +62,19 @@ public abstract class UpdateTarget
     public static UpdateTarget Service(string unit, ProcessTreeOptions? options = null, SystemdServiceOptions? systemd = null) =>
         new SystemdServiceTarget(unit, options ?? new ProcessTreeOptions(), systemd ?? new SystemdServiceOptions());
 
-    /// <summary>Parses <c>pid:N</c>, a bare pid, <c>cgroup:PATH</c>, <c>container:ID</c> or <c>service:UNIT</c>.</summary>
+    /// <summary>
+    /// A running podman container by name or id. Podman itself checkpoints it into the set and restores it after the
+    /// jump (see <see cref="PodmanContainer"/>), so podman knows the same container id running again.
+    /// </summary>
+    /// <param name="nameOrId">The container's name or id (<c>podman ps</c>).</param>
+    /// <param name="options">The podman binary and its checkpoint options; default <c>podman</c>.</param>
+    public static UpdateTarget Podman(string nameOrId, PodmanOptions? options = null)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(nameOrId);
+        return new PodmanTarget(nameOrId, options ?? new PodmanOptions());
+    }
+
+    /// <summary>Parses <c>pid:N</c>, a bare pid, <c>cgroup:PATH</c>, <c>container:ID</c>, <c>podman:NAME</c> or <c>service:UNIT</c>.</summary>
     /// <exception cref="FormatException">Not a target specification.</exception>
     public static UpdateTarget Parse(string specification)
     {
@@ -84,6 +96,11 @@ public abstract class UpdateTarget
             return Container(s[10..]);
         }
 
+        if (s.StartsWith("podman:", StringComparison.Ordinal) && s.Length > 7)
+        {
+            return Podman(s[7..]);
+        }
+
         if (s.StartsWith("service:", StringComparison.Ordinal) && s.Length > 8)
         {
             try
@@ -96,7 +113,7 @@ public abstract class UpdateTarget
             }
         }
 
-        throw new FormatException($"'{specification}' is not a target: use pid:N (or N), cgroup:PATH, container:ID or service:UNIT.");
+        throw new FormatException($"'{specification}' is not a target: use pid:N (or N), cgroup:PATH, container:ID, podman:NAME or service:UNIT.");
     }
 
     /// <summary>Finds the target's root pid now and the CRIU settings for it.</summary>

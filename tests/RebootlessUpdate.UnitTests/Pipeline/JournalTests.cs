@@ -244,6 +244,25 @@ public class JournalTests
             Throws.ArgumentException.With.Message.Contain(why), "never written either");
     }
 
+    [TestCase("--rm=true")]
+    [TestCase("web")]
+    [TestCase("D315BDE8A1F0C0FFEE0123456789ABCDEF0123456789ABCDEF0123456789ABCD")]
+    public void A_journal_whose_podman_container_is_not_named_by_its_full_id_is_refused(string id)
+    {
+        const string Good = "d315bde8a1f0c0ffee0123456789abcdef0123456789abcdef0123456789abcd";
+        var target = new JournalTarget
+        {
+            Id = "podman:web", Folder = "00-podman-web",
+            Settings = new TargetCriuSettings { Podman = new PodmanContainer { Id = Good, Name = "web" } },
+        };
+        var journal = UpdateJournal.Create(_dir, SetId, UpdateMode.Update, [target], _lock, TimeProvider.System);
+        Assert.That(UpdateJournal.Open(_dir, SetId)!.Record.Targets[0].Settings.Podman!.Id, Is.EqualTo(Good), "a full id reads back");
+        File.WriteAllText(journal.FilePath, File.ReadAllText(journal.FilePath).Replace(Good, id, StringComparison.Ordinal));
+
+        // The id becomes an argument of podman, run as root: an option in its place must never get there.
+        Assert.That(() => UpdateJournal.Open(_dir, SetId), Throws.TypeOf<InvalidDataException>().With.Message.Contain($"podman container id '{id}' is not a full container id"));
+    }
+
     [Test]
     public void A_journal_whose_set_id_is_not_its_file_name_is_refused()
     {

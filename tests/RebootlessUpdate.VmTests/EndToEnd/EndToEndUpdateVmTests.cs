@@ -62,10 +62,10 @@ public class EndToEndUpdateVmTests
             Assert.That(checks, Has.Some.EqualTo("ok systemctl --failed lists nothing"));
             Assert.That(checks, Has.Some.EqualTo("ok systemctl is-system-running: running"));
 
-            // The two workloads systemd holds in scopes: a tree left in a login session, and a runc container.
+            // The workloads systemd holds in scopes: a tree left in a login session, a runc container, a podman container.
             Assert.That(r.GetProperty("systemd").GetProperty("scopesAfter").EnumerateObject().Select(s => s.Name),
-                Is.EquivalentTo(new[] { "session", "container" }));
-            foreach (var name in new[] { "session", "container" })
+                Is.EquivalentTo(new[] { "session", "container", "podman" }));
+            foreach (var name in new[] { "session", "container", "podman" })
             {
                 Assert.That(checks, Has.Some.Match($@"^ok {name} \(.*\): restored as pid"), name);
                 Assert.That(checks, Has.Some.Match($@"^ok {name}: counter \d+ at freeze -> \d+"), name);
@@ -80,6 +80,11 @@ public class EndToEndUpdateVmTests
             Assert.That(checks, Has.Some.Match(@"^ok container: systemd holds the restored root \d+ in runc-rebootless-ctr\.scope"));
             Assert.That(checks, Has.Some.StartsWith("ok container: runc state says running"));
             Assert.That(checks, Has.Some.StartsWith("ok container: runc exec enters it"));
+            // Podman restored its container itself: the same id, running as the restored root, and podman stops it.
+            Assert.That(checks, Has.Some.Match(@"^ok podman: systemd holds the restored root \d+ in libpod-[0-9a-f]{64}\.scope"));
+            Assert.That(checks, Has.Some.Match(@"^ok podman: container rebootless-pod is running with the same id"));
+            Assert.That(checks, Has.Some.StartsWith("ok podman: podman ps lists it up under its id"));
+            Assert.That(checks, Has.Some.StartsWith("ok podman: podman stop rebootless-pod: exit 0, now exited"));
         });
     }
 
