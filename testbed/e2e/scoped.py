@@ -261,9 +261,12 @@ def check_container(pid, v, checks):
 def check_podman(w, pid, v, checks):
     s = podman_state()
     v["podman"] = s
-    checks.append([s["Id"] == w["podmanId"] and s["Status"] == "running" and s["Pid"] == pid,
+    checks.append([s["Id"] == w["podmanId"] and s["Status"] == "running" and s["Pid"] == pid and s["Restored"] is True,
                    f"podman: container {POD} is {s['Status']} with the same id ({(s['Id'] or '?')[:12]}, was {w['podmanId'][:12]}), "
                    f"init pid {s['Pid']} (the restored root {pid}), restored={s['Restored']}"])
+    # One copy: only the restored root runs the container's counting shell on this host.
+    copies = [p for p in os.listdir("/proc") if p.isdigit() and "/tmp/tick" in cmdline(p)]
+    checks.append([copies == [str(pid)], f"podman: one copy of its workload runs on the host (pids {copies})"])
     code, out = sh(["podman", "ps", "--no-trunc", "--format", "{{.ID}} {{.Names}} {{.Status}}"], timeout=120)
     v["ps"] = out
     checks.append([code == 0 and any(l.startswith(f"{w['podmanId']} {POD} Up") for l in out.splitlines()),
@@ -278,3 +281,10 @@ def check_podman(w, pid, v, checks):
     checks.append([code == 0 and not os.path.exists(f"/proc/{pid}") and after["Status"] == "exited",
                    f"podman: podman stop {POD}: exit {code}, now {after['Status']}, restored root {pid} "
                    f"{'gone' if not os.path.exists(f'/proc/{pid}') else 'still running'} {out if code else ''}".strip()])
+
+
+def cmdline(pid):
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

@@ -78,6 +78,12 @@ public sealed record JournalTarget
     /// <summary>When it was restored.</summary>
     public DateTimeOffset? RestoredAt { get; init; }
 
+    /// <summary>
+    /// When its last restore was asked for (wall clock of the kernel that asked): what a tool that restores with its
+    /// own clock (podman's <c>RestoredAt</c>) is compared with, never the dump's time from another kernel's clock.
+    /// </summary>
+    public DateTimeOffset? RestoreRequestedAt { get; init; }
+
     /// <summary>From its freeze until CRIU held it with every image written.</summary>
     public TimeSpan? DumpTime { get; init; }
 

@@ -87,6 +87,7 @@ public sealed class TargetRun
         Folder = jt.Folder,
         ImagesDirectory = Path.Combine(setImagesDirectory, jt.Folder),
         DumpStartedAt = jt.DumpStartedAt,
+        RestoreRequestedAt = jt.RestoreRequestedAt,
         RestoredPid = jt.RestoredPid,
         RestoredStartTime = jt.RestoredStartTime,
         Original = jt.RootStartTime == 0 ? null : new ProcessIdentity(jt.RootPid, jt.RootStartTime),
@@ -230,13 +231,14 @@ public sealed class TargetRun
     }
 
     /// <summary>
-    /// About to ask CRIU for a restore: no restored root is known yet. Returns the phase before, for
-    /// <see cref="RevertRestoring"/> when the move cannot be journaled.
+    /// About to ask CRIU (or podman) for a restore, at <paramref name="at"/>: no restored root is known yet. Returns the
+    /// phase before, for <see cref="RevertRestoring"/> when the move cannot be journaled.
     /// </summary>
-    internal TargetPhase BeginRestoring()
+    internal TargetPhase BeginRestoring(DateTimeOffset at)
     {
         var before = Phase;
         MoveTo(TargetPhase.Restoring);
+        RestoreRequestedAt = at;
         ForgetRestoredRoot();
         Error = null; // a new attempt: what an earlier one met no longer describes it
         return before;
@@ -372,6 +374,9 @@ public sealed class TargetRun
 
     /// <summary>When the restore finished (wall clock).</summary>
     internal DateTimeOffset? RestoredAt { get; private set; }
+
+    /// <summary>When its last restore was asked for (this kernel's wall clock; see <see cref="JournalTarget.RestoreRequestedAt"/>).</summary>
+    internal DateTimeOffset? RestoreRequestedAt { get; private set; }
 
     /// <summary>When the restore finished (context clock).</summary>
     internal long? RestoredTimestamp { get; private set; }

@@ -337,6 +337,7 @@ public sealed class UpdateJournal
             RestoredStartTime = run.RestoredStartTime,
             DumpStartedAt = run.DumpStartedAt ?? t.DumpStartedAt,
             RestoredAt = run.RestoredAt ?? t.RestoredAt,
+            RestoreRequestedAt = run.RestoreRequestedAt ?? t.RestoreRequestedAt,
             DumpTime = run.DumpTime ?? t.DumpTime,
             ImageBytes = run.Bytes ?? t.ImageBytes,
             RestoreTime = run.RestoreTime ?? t.RestoreTime,

@@ -261,7 +261,19 @@ internal sealed class DumpStage(DumpStageOptions options) : IUpdateStage
         foreach (var t in context.Targets.OrderBy(t => t.PreDumpRefused is null))
         {
             TargetDump.Start(context, t, criu, set, options.OnCriuNotification, cancellationToken);
+            if (PodmanHandover.IsPodman(t))
+            {
+                // Podman ends the container once its export is written, with no hold to veto: its root and the dump's
+                // start are journaled before, and its end after, so a run killed meanwhile restores it from the export.
+                journal.UpdateTargets(context);
+            }
+
             await TargetDump.WaitHeldAsync(context, t, set, options, cancellationToken).ConfigureAwait(false);
+            if (PodmanHandover.IsPodman(t))
+            {
+                journal.UpdateTargets(context);
+            }
+
             if (t.Phase == TargetPhase.Failed)
             {
                 break;

@@ -94,7 +94,7 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
             // A crash before the jump: a CRIU worker of the dead run may still hold a tree
             // (frozen at post-dump until it notices its client is gone, then it resumes it).
             // Judge each target only once CRIU let go of it.
-            await ReleasedByCriuAsync(context, journal.Record.Targets, cancellationToken).ConfigureAwait(false);
+            await ReleasedByCriuAsync(context, journal.Record.Targets, images, cancellationToken).ConfigureAwait(false);
         }
 
         foreach (var jt in journal.Record.Targets)
@@ -191,8 +191,10 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
             // It ran on in place after a rollback and has ended since: its checkpoint is older than what it did.
             run.End($"it ran on in place (pid {jt.RootPid}) after the rollback and has exited since; not restored from the older checkpoint");
         }
-        else if (jt.Phase is TargetPhase.Frozen or TargetPhase.Sealed or TargetPhase.Dumped or TargetPhase.Failed)
+        else if (jt.Phase is TargetPhase.Frozen or TargetPhase.Sealed or TargetPhase.Dumped or TargetPhase.Failed
+            || (PodmanHandover.IsPodman(run) && run.Original is not null && PodmanHandover.HasExport(run.ImagesDirectory!)))
         {
+            // (A podman target has no hold: podman ended it once its export was written, maybe after this run's death.)
             run.MoveTo(TargetPhase.Dumped);
         }
         else
@@ -201,7 +203,7 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
         }
     }
 
-    private async Task ReleasedByCriuAsync(UpdateContext context, IReadOnlyList<JournalTarget> targets, CancellationToken cancellationToken)
+    private async Task ReleasedByCriuAsync(UpdateContext context, IReadOnlyList<JournalTarget> targets, string images, CancellationToken cancellationToken)
     {
         var start = context.TimeProvider.GetTimestamp();
         foreach (var jt in targets)
@@ -210,6 +212,13 @@ internal sealed class LocateStage(LocateStageOptions options) : IUpdateStage
                 && context.TimeProvider.GetElapsedTime(start) < options.CriuReleaseWait)
             {
                 await Task.Delay(20, cancellationToken).ConfigureAwait(false);
+            }
+
+            // A podman checkpoint outlives the run that asked for it: judged once podman no longer writes its export.
+            while (jt.Settings.Podman is not null && context.Processes.HoldersOf(Path.Combine(images, jt.Folder)).Count > 0
+                && context.TimeProvider.GetElapsedTime(start) < options.CriuReleaseWait)
+            {
+                await Task.Delay(100, cancellationToken).ConfigureAwait(false);
             }
 
             if (jt.Settings.FreezeCgroup is { } cgroup)

@@ -1,4 +1,3 @@
-using System.Globalization;
 using RebootlessUpdate.Criu;
 using RebootlessUpdate.Pipeline;
 using RebootlessUpdate.Targets;
@@ -9,9 +8,11 @@ namespace RebootlessUpdate.Stages;
 /// A podman target's dump and restore, which podman performs: <c>podman container checkpoint --export</c> writes the
 /// container's CRIU images and podman's own files (its config, the rootfs changes) as one tar into the target's images
 /// folder, sealed and verified like any image; <c>podman container restore --import</c> brings the container back
-/// under the same id. Exactly once as for a CRIU target: the journal says "restoring" before podman is asked, and a
-/// later run that finds the target restoring asks podman whether it restored the container since the dump
-/// (<see cref="Judge"/>). A container podman runs already is never restored a second time.
+/// under the same id. Exactly once as for a CRIU target: the journal says "restoring" (and when, on this kernel's
+/// clock) before podman is asked, and a later run that finds the target restoring asks podman whether it restored the
+/// container since (<see cref="Judge"/>), while a restore still under way in the container's scope is left alone. A
+/// container podman runs already is never restored a second time. Neither podman call is cancelled (a killed
+/// checkpoint leaves the container's cgroup frozen, a killed restore leaves no answer): each is bounded by its timeout.
 /// </summary>
 internal static class PodmanHandover
 {
@@ -32,16 +33,16 @@ internal static class PodmanHandover
     /// post-dump as with our own CRIU dump, so the target is committed when this finishes (a rollback restores it from
     /// the export). When podman fails, CRIU has let the container run on and podman still runs it.
     /// </summary>
-    internal static Task<CriuDumpResult> DumpAsync(TargetRun t, string imagesDirectory, CancellationToken cancellationToken)
+    internal static Task<CriuDumpResult> DumpAsync(TargetRun t, string imagesDirectory)
     {
         var settings = t.Settings!;
         var pod = settings.Podman!;
         var export = Path.Combine(imagesDirectory, ExportFile);
         return Task.Factory.StartNew(() =>
         {
-            Cli(pod).Checkpoint(pod.Id, export, settings.TcpEstablished, settings.FileLocks, cancellationToken);
+            Cli(pod).Checkpoint(pod.Id, export, settings.TcpEstablished, settings.FileLocks, CancellationToken.None);
             return new CriuDumpResult(null, export);
-        }, cancellationToken, TaskCreationOptions.LongRunning | TaskCreationOptions.DenyChildAttach, TaskScheduler.Default);
+        }, CancellationToken.None, TaskCreationOptions.LongRunning | TaskCreationOptions.DenyChildAttach, TaskScheduler.Default);
     }
 
     /// <summary>
@@ -58,8 +59,8 @@ internal static class PodmanHandover
         var found = await Task.Run(() => podman.Inspect(pod.Id), cancellationToken).ConfigureAwait(false);
         if (found is { Running: true })
         {
-            throw new InvalidOperationException($"podman runs container {pod.Name} ({Short(pod.Id)}) already, as pid {found.Pid}, started since "
-                + $"its checkpoint: a second copy is never restored; its images are kept in {imagesDirectory}");
+            throw new InvalidOperationException($"podman runs container {pod.Name} ({Short(pod.Id)}) already, as pid {found.Pid}, not restored by "
+                + $"this run: a second copy is never restored; its images are kept in {imagesDirectory}");
         }
 
         await WaitForBusAsync(context, t, cancellationToken).ConfigureAwait(false);
@@ -75,7 +76,7 @@ internal static class PodmanHandover
                     podman.Remove(pod.Id);
                 }
 
-                podman.Restore(export, settings.TcpEstablished, settings.FileLocks, ScopeName(pod), cancellationToken);
+                podman.Restore(export, settings.TcpEstablished, settings.FileLocks, SystemdRuns ? ScopeName(pod) : null, CancellationToken.None);
             }, CancellationToken.None).ConfigureAwait(false);
         }
         catch (InvalidOperationException e)
@@ -91,8 +92,8 @@ internal static class PodmanHandover
                     t.End($"podman restored it and it has exited since; not restored a second time (its images are kept in {imagesDirectory}); podman said: {e.Message}");
                     throw;
                 case InterruptedRestore.Outcome.StillRestoring:
-                    t.LeftRestoring($"podman's restore failed ({e.Message}) and podman cannot say whether it runs the container; not asked again: "
-                        + "run `rebootless resume` once `podman ps -a` answers");
+                    t.LeftRestoring($"podman's restore failed ({e.Message}), and it may still be under way (scope {ScopeName(pod)}.scope) or podman "
+                        + "cannot say whether it runs the container; not asked again: run `rebootless resume` once that scope is gone and `podman ps -a` answers");
                     throw;
                 default:
                     t.NothingRestored(); // podman does not run it: a later attempt may restore it
@@ -112,9 +113,10 @@ internal static class PodmanHandover
     }
 
     /// <summary>
-    /// Whether podman restored the container of an interrupted restore: running and restored since the dump (its root
-    /// is then recorded on <paramref name="t"/>), restored since and exited, or not restored (not known to podman, or
-    /// not restored since the dump: a container started afresh is then refused by the restore).
+    /// Whether podman restored the container of an interrupted restore: running and restored since the restore was
+    /// asked (its root is then recorded on <paramref name="t"/>); still restoring (podman cannot say, or the restore's
+    /// scope is still there without a running container); restored since and exited; or not restored (not known to
+    /// podman, or not restored since: a container started afresh is then refused by the restore).
     /// </summary>
     internal static InterruptedRestore.Outcome Judge(TargetRun t, IProcessTable processes)
     {
@@ -134,8 +136,9 @@ internal static class PodmanHandover
             return InterruptedRestore.Outcome.StillRestoring; // podman cannot say: never restored again on a guess
         }
 
-        var restoredSinceDump = state?.RestoredAt is { } at && t.DumpStartedAt is { } dumped && at >= dumped;
-        if (state is { Running: true } && restoredSinceDump && processes.IdentityOf(state.Pid) is { } root)
+        // Podman's clock and the request's are this kernel's: the dump's time came from the other kernel's clock.
+        var restoredSince = state?.RestoredAt is { } at && t.RestoreRequestedAt is { } asked && at >= asked;
+        if (state is { Running: true } && restoredSince && processes.IdentityOf(state.Pid) is { } root)
         {
             if (t.Phase == TargetPhase.Restoring)
             {
@@ -145,7 +148,12 @@ internal static class PodmanHandover
             return InterruptedRestore.Outcome.Running;
         }
 
-        return restoredSinceDump && state is { Running: false } ? InterruptedRestore.Outcome.RanAndExited : InterruptedRestore.Outcome.NotRunning;
+        if (state is not { Running: true } && SystemdRuns && ScopeHandback.IsActive(ScopeName(pod) + ".scope"))
+        {
+            return InterruptedRestore.Outcome.StillRestoring; // podman, crun or CRIU still work in the restore's scope
+        }
+
+        return restoredSince && state is not null ? InterruptedRestore.Outcome.RanAndExited : InterruptedRestore.Outcome.NotRunning;
     }
 
     private static void Finish(UpdateContext context, TargetRun t, PodmanContainer pod, long start)
@@ -186,13 +194,14 @@ internal static class PodmanHandover
 
     private static PodmanCli Cli(PodmanContainer pod) => new(pod.Binary, pod.Timeout);
 
+    private static bool SystemdRuns => Directory.Exists(SystemdRuntimeDirectory);
+
     /// <summary>
-    /// A scope of its own for the restore when systemd runs this host: conmon stays in the cgroup podman runs in, and
-    /// the resume unit's cgroup is emptied when that unit stops.
+    /// The scope the restore runs in when systemd runs this host (conmon stays in the cgroup podman runs in, and the
+    /// resume unit's cgroup is emptied when that unit stops): one name per container, so a restore still under way
+    /// is found, and a second one cannot start beside it.
     /// </summary>
-    private static string? ScopeName(PodmanContainer pod) => Directory.Exists(SystemdRuntimeDirectory)
-        ? $"rebootless-podman-{Short(pod.Id)}-{DateTime.UtcNow.ToString("yyyyMMddHHmmssfff", CultureInfo.InvariantCulture)}"
-        : null;
+    internal static string ScopeName(PodmanContainer pod) => $"rebootless-podman-{Short(pod.Id)}";
 
     private static string Short(string id) => id.Length > 12 ? id[..12] : id;
 }

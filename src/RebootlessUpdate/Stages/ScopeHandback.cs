@@ -207,8 +207,12 @@ internal static partial class ScopeHandback
     private static bool Holds(ScopeUnit scope, string cgroup) =>
         Show(scope.Name, "ActiveState", "ControlGroup") is { } s && s.GetValueOrDefault("ActiveState") == "active" && s.GetValueOrDefault("ControlGroup") == cgroup;
 
+    /// <summary>Whether systemd has <paramref name="unit"/> active or activating (false when it cannot be asked).</summary>
+    internal static bool IsActive(string unit) =>
+        Show(unit, "ActiveState")?.GetValueOrDefault("ActiveState") is "active" or "activating";
+
     /// <summary>The process's cgroup v2 folder (the <c>0::</c> line of <c>/proc/PID/cgroup</c>), or null.</summary>
-    private static string? CgroupOf(int pid)
+    internal static string? CgroupOf(int pid)
     {
         try
         {

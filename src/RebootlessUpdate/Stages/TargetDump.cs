@@ -65,8 +65,7 @@ internal static class TargetDump
             pending.Abandon = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
             t.DumpRequested(images, original, context.Processes.IsNamespaceInit(resolved.RootPid), context.TimeProvider.GetTimestamp(),
                 context.TimeProvider.GetUtcNow(), pending);
-            var token = pending.Abandon.Token;
-            pending.Ask = () => PodmanHandover.DumpAsync(t, images, token);
+            pending.Ask = () => PodmanHandover.DumpAsync(t, images);
             pending.Request = pending.Ask();
             PipelineLog.TargetEvent(context.Logger, t.Target.Id, $"podman checkpoints container {t.Settings.Podman!.Name} (root {resolved.RootPid}, {processes} processes) into {t.ImagesDirectory}");
             return;

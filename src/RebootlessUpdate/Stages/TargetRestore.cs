@@ -202,7 +202,7 @@ internal static class TargetRestore
     /// </summary>
     internal static void JournalRestoring(UpdateContext context, TargetRun t)
     {
-        var before = t.BeginRestoring();
+        var before = t.BeginRestoring(context.TimeProvider.GetUtcNow());
         try
         {
             context.Journal?.UpdateTargets(context);

@@ -58,7 +58,14 @@ internal sealed class PodmanCli(string binary, TimeSpan timeout)
         }
 
         Check(run, "container inspect " + nameOrId, InspectTimeout);
-        return PodmanState.Parse(run.Stdout);
+        try
+        {
+            return PodmanState.Parse(run.Stdout);
+        }
+        catch (InvalidDataException e)
+        {
+            throw new InvalidOperationException(e.Message, e);
+        }
     }
 
     /// <summary>Checkpoints <paramref name="id"/> into the tar <paramref name="export"/>; podman ends the container.</summary>

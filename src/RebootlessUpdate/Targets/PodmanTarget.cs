@@ -57,6 +57,9 @@ internal sealed class PodmanTarget(string nameOrId, PodmanOptions options) : Upd
         {
             TcpEstablished = options.TcpEstablished,
             FileLocks = options.FileLocks,
+            // The OCI runtime has CRIU freeze the container's cgroup: one a killed checkpoint left frozen is thawed
+            // by the rollback, as for a cgroup target.
+            FreezeCgroup = Stages.ScopeHandback.CgroupOf(state.Pid) is { Length: > 1 } cgroup ? "/sys/fs/cgroup" + cgroup : null,
             Podman = new PodmanContainer { Id = state.Id, Name = state.Name, Binary = options.Binary, Timeout = options.Timeout },
         };
         return new ResolvedTarget(state.Pid, ProcStat.Tree(state.Pid).Count, settings);

@@ -13,6 +13,7 @@ public class PodmanHandoverTests
 {
     private const string Id = "d315bde8a1f0c0ffee0123456789abcdef0123456789abcdef0123456789abcd";
     private static readonly DateTimeOffset Dumped = new(2026, 12, 3, 10, 0, 0, TimeSpan.Zero);
+    private static readonly DateTimeOffset Asked = Dumped.AddSeconds(60); // an interrupted restore's request, journaled
     private string _dir = null!;
     private FakeProcessTable _processes = null!;
     private string? _systemd;
@@ -37,7 +38,7 @@ public class PodmanHandoverTests
               "container rm") rm "$d/state.json"; echo "$4" ;;
               "container restore")
                 [ -f "$d/restore-fails" ] && { echo 'time="x" level=warning msg="a warning first"' >&2; echo 'Error: crun: restore failed' >&2; exit 125; }
-                cp "$d/restored.json" "$d/state.json" ;;
+                sed "s/@NOW@/$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)/" "$d/restored.json" >"$d/state.json" ;;
             esac
             """);
         File.SetUnixFileMode(script, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
@@ -57,15 +58,21 @@ public class PodmanHandoverTests
     private string[] Calls => File.Exists(Path.Combine(_dir, "calls")) ? File.ReadAllLines(Path.Combine(_dir, "calls")) : [];
 
     private void Podman(string file, string status, int pid, DateTimeOffset? restoredAt) =>
+        PodmanSays(file, status, pid, restoredAt?.ToString("O") ?? "0001-01-01T00:00:00Z");
+
+    /// <summary>Podman's answer; <c>@NOW@</c> as the restore time is the time the fake podman restored it.</summary>
+    private void PodmanSays(string file, string status, int pid, string restoredAt) =>
         File.WriteAllText(Path.Combine(_dir, file), $$"""
             [{"Id": "{{Id}}", "Name": "web", "State": {"Status": "{{status}}", "Running": {{(status == "running" ? "true" : "false")}},
-              "Pid": {{pid}}, "RestoredAt": "{{restoredAt?.ToString("O") ?? "0001-01-01T00:00:00Z"}}", "CheckpointedAt": "2026-12-03T10:00:01Z"} }]
+              "Pid": {{pid}}, "RestoredAt": "{{restoredAt}}", "CheckpointedAt": "2026-12-03T10:00:01Z"} }]
             """);
 
     private UpdateContext Context() =>
         new(UpdateMode.Resume, []) { Processes = _processes, TimeProvider = TimeProvider.System };
 
-    private TargetRun Run(TargetPhase phase) => LocateStage.Load(new JournalTarget
+    private TargetRun Run(TargetPhase phase) => LocateStage.Load(Journaled(phase), Path.Combine(_dir, "images"));
+
+    private JournalTarget Journaled(TargetPhase phase) => new()
     {
         Id = "podman:web",
         Folder = "00-podman-web",
@@ -74,13 +81,14 @@ public class PodmanHandoverTests
         RootPid = 900,
         RootStartTime = 1,
         DumpStartedAt = Dumped,
-    }, Path.Combine(_dir, "images"));
+        RestoreRequestedAt = phase == TargetPhase.Restoring ? Asked : null,
+    };
 
     [Test]
     public async Task Restore_removes_the_record_the_old_kernel_left_then_imports_the_export_and_adopts_the_container()
     {
         Podman("state.json", "exited", 0, null);
-        Podman("restored.json", "running", 4242, Dumped.AddSeconds(90));
+        PodmanSays("restored.json", "running", 4242, "@NOW@");
         _processes.Start(4242, startTime: 77);
         var t = Run(TargetPhase.Dumped);
 
@@ -103,7 +111,7 @@ public class PodmanHandoverTests
     [Test]
     public async Task A_container_podman_does_not_know_is_imported_without_a_removal()
     {
-        Podman("restored.json", "running", 4242, Dumped.AddSeconds(90));
+        PodmanSays("restored.json", "running", 4242, "@NOW@");
         _processes.Start(4242);
         var t = Run(TargetPhase.Dumped);
 
@@ -146,7 +154,7 @@ public class PodmanHandoverTests
     [Test]
     public async Task An_interrupted_restore_podman_finished_is_adopted_not_repeated()
     {
-        Podman("state.json", "running", 4242, Dumped.AddSeconds(90));
+        Podman("state.json", "running", 4242, Asked.AddSeconds(20));
         _processes.Start(4242, startTime: 77);
         var t = Run(TargetPhase.Restoring);
 
@@ -156,13 +164,14 @@ public class PodmanHandoverTests
         Assert.That(t.RestoredRoot, Is.EqualTo(new ProcessIdentity(4242, 77)));
     }
 
-    [TestCase("exited", 90, ExpectedResult = "RanAndExited", TestName = "Restored since the dump and exited: ran and exited")]
-    [TestCase("exited", -3600, ExpectedResult = "NotRunning", TestName = "Exited, restored only before the dump: not running")]
+    [TestCase("exited", 20, ExpectedResult = "RanAndExited", TestName = "Restored since it was asked and exited: ran and exited")]
+    [TestCase("exited", -30, ExpectedResult = "NotRunning", TestName = "Exited, restored only before it was asked (a rehearsal after the dump, say): not running")]
+    [TestCase("running", -30, ExpectedResult = "NotRunning", TestName = "Running, restored before it was asked: not this restore's, and the restore then refuses it")]
     [TestCase("configured", null, ExpectedResult = "NotRunning", TestName = "Reset by podman's reboot refresh: not running")]
     [TestCase("running", null, ExpectedResult = "NotRunning", TestName = "Running but started afresh: not ours, and the restore then refuses it")]
-    public string An_interrupted_restore_is_judged_by_what_podman_says(string status, int? restoredAfterDumpSeconds)
+    public string An_interrupted_restore_is_judged_by_what_podman_says(string status, int? restoredAfterAskedSeconds)
     {
-        Podman("state.json", status, status == "running" ? 4242 : 0, restoredAfterDumpSeconds is { } s ? Dumped.AddSeconds(s) : null);
+        Podman("state.json", status, status == "running" ? 4242 : 0, restoredAfterAskedSeconds is { } s ? Asked.AddSeconds(s) : null);
         _processes.Start(4242);
         return PodmanHandover.Judge(Run(TargetPhase.Restoring), _processes).ToString();
     }
@@ -178,6 +187,23 @@ public class PodmanHandoverTests
     {
         File.WriteAllText(Path.Combine(_dir, "fail"), "");
         Assert.That(PodmanHandover.Judge(Run(TargetPhase.Restoring), _processes), Is.EqualTo(InterruptedRestore.Outcome.StillRestoring));
+    }
+
+    [TestCase(true, ExpectedResult = TargetPhase.Dumped, TestName = "Killed while podman checkpointed: its export is restored")]
+    [TestCase(false, ExpectedResult = TargetPhase.Failed, TestName = "Killed before podman wrote an export: nothing to restore from, said so")]
+    public async Task<TargetPhase> A_run_killed_during_the_checkpoint_restores_the_export_podman_finished(bool exported)
+    {
+        // The journal has the root and the dump's start (written before podman was asked), podman ended the container.
+        if (!exported)
+        {
+            File.Delete(Path.Combine(Images, PodmanHandover.ExportFile));
+        }
+
+        var jt = Journaled(TargetPhase.Planned);
+        var run = LocateStage.Load(jt, Path.Combine(_dir, "images"));
+        var context = new UpdateContext(UpdateMode.Resume, []) { Processes = _processes, Recovery = RecoveryKind.Rollback, TimeProvider = TimeProvider.System };
+        await new LocateStage(new LocateStageOptions()).DecideAsync(context, run, jt, CancellationToken.None);
+        return run.Phase;
     }
 
     [Test]
