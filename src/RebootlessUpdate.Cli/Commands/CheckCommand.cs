@@ -46,6 +46,9 @@ internal static class CheckCommand
                     storeError.ExitCode == ExitCodes.Ok ? null : ReadinessProblem.StoreUnusable));
             }
 
+            // Informational until a LUO store exists: whether this kernel could keep a set in preserved memfds.
+            var luo = Images.Luo.LuoProbe.Check();
+            checks.Add(new ReadinessCheck("luo", true, luo.Usable ? luo.Detail : "no LUO store here (not needed by this store): " + luo.Detail));
             var failed = checks.FirstOrDefault(x => !x.Ok);
             var code = failed is { Problem: { } problem } ? CliStores.Code(problem) : ExitCodes.Ok;
             if (c.Json)

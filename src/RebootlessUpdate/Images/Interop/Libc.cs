@@ -33,6 +33,8 @@ internal static partial class Libc
     internal const int EAgain = 11;
     internal const int EIntr = 4;
     internal const int EBusy = 16;
+    internal const int ENoMem = 12;
+    internal const int EAccess = 13;
     internal const int ENoSpc = 28;
     internal const int ENotDir = 20;
     internal const int ELoop = 40;
