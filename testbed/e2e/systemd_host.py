@@ -85,14 +85,11 @@ def copy_folder(src, dest):
     """Like cp -a, for what a disk keeps across a boot: folders, files and links with their owners (a user's home stays
     theirs). Not sockets, FIFOs or devices, which the 9p job share cannot hold and whose owners make them anew after a
     boot (podman's container folders hold its attach socket and control FIFOs), nor what is mounted below src (a
-    container's /dev/shm)."""
+    container's /dev/shm): its mount point stays, empty, as on a disk."""
     device = os.lstat(src).st_dev
     for root, dirs, files in os.walk(src):
         target = os.path.normpath(os.path.join(dest, os.path.relpath(root, src)))
-        os.makedirs(target, exist_ok=True)
-        st = os.lstat(root)
-        os.chmod(target, stat.S_IMODE(st.st_mode))
-        os.lchown(target, st.st_uid, st.st_gid)
+        copy_mode(root, target)
         walk = []
         for d in dirs:
             path = os.path.join(root, d)
@@ -100,11 +97,21 @@ def copy_folder(src, dest):
                 files.append(d)
             elif os.lstat(path).st_dev == device:
                 walk.append(d)
+            else:
+                copy_mode(path, os.path.join(target, d))
         dirs[:] = walk
         for f in files:
             path = os.path.join(root, f)
             if stat.S_ISREG(os.lstat(path).st_mode) or os.path.islink(path):
                 copy_entry(path, os.path.join(target, f))
+
+
+def copy_mode(src, dest):
+    """A folder like src (mode and owner), without its contents."""
+    os.makedirs(dest, exist_ok=True)
+    st = os.lstat(src)
+    os.chmod(dest, stat.S_IMODE(st.st_mode))
+    os.lchown(dest, st.st_uid, st.st_gid)
 
 
 def copy_entry(src, dest):
