@@ -41,6 +41,12 @@ public sealed class Testbed
     /// <summary>Kernel release of the VM's "new" kernel (unstable).</summary>
     public string NewKernel => this["REBOOTLESS_KERNEL_NEW"];
 
+    /// <summary>Kernel release of the older of the two LUO kernels testbed/provision builds (Live Update Orchestrator on).</summary>
+    public string LuoOldKernel => this["REBOOTLESS_KERNEL_LUO_OLD"];
+
+    /// <summary>Kernel release of the newer LUO kernel.</summary>
+    public string LuoNewKernel => this["REBOOTLESS_KERNEL_LUO_NEW"];
+
     /// <summary>
     /// The VM runner script of this checkout (testbed.env names the one of
     /// whichever checkout provisioned last, which may be another clone).

@@ -198,7 +198,8 @@ public sealed class KexecCapabilities
         };
     }
 
-    private static (string? Source, Dictionary<string, string>? Options) ReadConfig(params string[] candidates)
+    /// <summary>The first of <paramref name="candidates"/> that reads (plain or .gz): where it was, and its CONFIG_ options; nulls when none reads.</summary>
+    internal static (string? Source, Dictionary<string, string>? Options) ReadConfig(params string[] candidates)
     {
         foreach (var path in candidates)
         {

@@ -126,7 +126,10 @@ public class LuoDeviceTests
 
     [TestCase(LuoAbi.CreateSession, 17, "a LUO session named s exists already (an earlier run's; finish or release it first)")]
     [TestCase(LuoAbi.RetrieveSession, 2, "the previous kernel handed over no LUO session named s")]
-    [TestCase(LuoAbi.PreserveFd, 95, "the kernel cannot preserve that file in LUO session s (only memfds are)")]
+    [TestCase(LuoAbi.PreserveFd, 95, "the kernel cannot preserve that file in LUO session s (only memfds are, without hugetlb pages or unknown seals)")]
+    [TestCase(LuoAbi.PreserveFd, 2, "the kernel cannot preserve that file in LUO session s (only memfds are, without hugetlb pages or unknown seals)")]
+    [TestCase(LuoAbi.PreserveFd, 9, "descriptor 9 is not open, so LUO session s cannot preserve it")]
+    [TestCase(LuoAbi.PreserveFd, 16, "that file is preserved already (in LUO session s or another)")]
     [TestCase(LuoAbi.PreserveFd, 12, "the kernel cannot preserve more in LUO session s: out of memory")]
     [TestCase(LuoAbi.RetrieveFd, 2, "LUO session s holds no file under token 5")]
     [TestCase(LuoAbi.Finish, 16, "LUO session s cannot finish: a file it preserved was not retrieved yet")]

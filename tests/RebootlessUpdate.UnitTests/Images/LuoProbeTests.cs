@@ -44,6 +44,18 @@ public class LuoProbeTests
     }
 
     [Test]
+    public void A_gzipped_configuration_like_proc_config_gz_is_read_too()
+    {
+        var path = Path.Combine(_dir, "config.gz");
+        using (var gz = new System.IO.Compression.GZipStream(File.Create(path), System.IO.Compression.CompressionLevel.Fastest))
+        {
+            gz.Write("CONFIG_LIVEUPDATE=y\nCONFIG_KEXEC_HANDOVER=y\n"u8);
+        }
+
+        Assert.That(LuoProbe.Check(Missing, path).Detail, Does.Contain("has the Live Update Orchestrator but it is off (boot it with liveupdate=on kho=on)"));
+    }
+
+    [Test]
     public void A_kernel_whose_options_cannot_be_read_gets_both_reasons()
     {
         var a = LuoProbe.Check(Missing, Path.Combine(_dir, "no-config"));

@@ -11,25 +11,6 @@ namespace RebootlessUpdate.VmTests.Kexec;
 [NonParallelizable]
 public class KexecDriverVmTests
 {
-    private static Dictionary<string, string> Results(string job, string name)
-    {
-        var path = Path.Combine(job, name + ".results");
-        var d = new Dictionary<string, string>(StringComparer.Ordinal);
-        if (File.Exists(path))
-        {
-            foreach (var line in File.ReadAllLines(path))
-            {
-                var eq = line.IndexOf('=', StringComparison.Ordinal);
-                d[line[..eq]] = line[(eq + 1)..];
-            }
-        }
-
-        return d;
-    }
-
-    private static string Read(string job, string name) =>
-        File.Exists(Path.Combine(job, name)) ? File.ReadAllText(Path.Combine(job, name)) : $"({name} missing)";
-
     [Test]
     public void Load_unload_refuse_bad_images_then_jump_into_the_new_kernel_with_the_composed_command_line()
     {
@@ -58,18 +39,18 @@ public class KexecDriverVmTests
         TestContext.Out.WriteLine($"job folder: {job}");
         foreach (var name in new[] { "load-checks", "jump", "after-jump" })
         {
-            TestContext.Out.WriteLine($"--- {name}.results\n{Read(job, name + ".results")}\n--- {name}.log\n{Read(job, name + ".log")}");
+            TestContext.Out.WriteLine($"--- {name}.results\n{AgentResults.Read(job, name + ".results")}\n--- {name}.log\n{AgentResults.Read(job, name + ".log")}");
         }
 
         Assert.That(result.ExitCode, Is.Zero, result.ToString());
-        var load = Results(job, "load-checks");
-        var jump = Results(job, "jump");
-        var after = Results(job, "after-jump");
+        var load = AgentResults.Results(job, "load-checks");
+        var jump = AgentResults.Results(job, "jump");
+        var after = AgentResults.Results(job, "after-jump");
         Assert.Multiple(() =>
         {
             // Old kernel: probe, kexec_file_load from .NET, unload.
-            Assert.That(Read(job, "boot1-release").Trim(), Is.EqualTo(testbed.OldKernel));
-            Assert.That(Read(job, "load-checks-failed"), Is.EqualTo("(load-checks-failed missing)"));
+            Assert.That(AgentResults.Read(job, "boot1-release").Trim(), Is.EqualTo(testbed.OldKernel));
+            Assert.That(AgentResults.Read(job, "load-checks-failed"), Is.EqualTo("(load-checks-failed missing)"));
             Assert.That(load.GetValueOrDefault("caps.possible"), Is.EqualTo("True"));
             Assert.That(load.GetValueOrDefault("caps.config"), Is.EqualTo($"/boot/config-{testbed.OldKernel}"));
             Assert.That(load.GetValueOrDefault("start.loaded"), Is.EqualTo("0"));
@@ -98,21 +79,21 @@ public class KexecDriverVmTests
             Assert.That(load.GetValueOrDefault("long.kernel"), Is.EqualTo("InvalidArgument/22"), "with our check off, the kernel itself refuses a line over its limit");
             Assert.That(load.GetValueOrDefault("end.sysfs"), Is.EqualTo("0"));
             Assert.That(load.GetValueOrDefault("done"), Is.EqualTo("yes"));
-            Assert.That(Read(job, "after-bad-images").Trim(), Is.EqualTo(testbed.OldKernel), "the old kernel keeps running after the refusals");
+            Assert.That(AgentResults.Read(job, "after-bad-images").Trim(), Is.EqualTo(testbed.OldKernel), "the old kernel keeps running after the refusals");
 
             // The jump: new kernel, exactly the composed command line.
-            var composed = Read(job, "composed-cmdline");
+            var composed = AgentResults.Read(job, "composed-cmdline");
             Assert.That(composed, Is.EqualTo(
                 "console=ttyS0 panic=-1 quiet rebootless.testbed=1 rebootless.boot=2 memmap=64M!512M rebootless.resume=test-set"));
             Assert.That(jump.GetValueOrDefault("load.sysfs"), Is.EqualTo("1"));
             Assert.That(jump.GetValueOrDefault("armed"), Is.EqualTo("True"));
             Assert.That(jump.ContainsKey("jump.returned"), Is.False);
-            Assert.That(Read(job, "jump-returned"), Is.EqualTo("(jump-returned missing)"));
-            Assert.That(Read(job, "boot2-release").Trim(), Is.EqualTo(testbed.NewKernel));
-            Assert.That(Read(job, "boot2-cmdline"), Is.EqualTo(composed + "\n"), "/proc/cmdline is exactly the composed line");
+            Assert.That(AgentResults.Read(job, "jump-returned"), Is.EqualTo("(jump-returned missing)"));
+            Assert.That(AgentResults.Read(job, "boot2-release").Trim(), Is.EqualTo(testbed.NewKernel));
+            Assert.That(AgentResults.Read(job, "boot2-cmdline"), Is.EqualTo(composed + "\n"), "/proc/cmdline is exactly the composed line");
 
             // New kernel: EPERM from the real kernel, under integrity lockdown and with loading disabled.
-            var afterLog = Read(job, "after-jump.log");
+            var afterLog = AgentResults.Read(job, "after-jump.log");
             Assert.That(after.GetValueOrDefault("start.sysfs"), Is.EqualTo("0"));
             Assert.That(after.GetValueOrDefault("lockdown"), Is.EqualTo("Integrity"));
             Assert.That(after.GetValueOrDefault("lockdown.signatureRequired"), Is.EqualTo("True"));
@@ -129,9 +110,9 @@ public class KexecDriverVmTests
             Assert.That(after.GetValueOrDefault("done"), Is.EqualTo("yes"));
         });
 
-        if (long.TryParse(jump.GetValueOrDefault("jump.at"), out var at) && long.TryParse(Read(job, "boot2-at").Trim(), out var arrived))
+        if (long.TryParse(jump.GetValueOrDefault("jump.at"), out var at) && long.TryParse(AgentResults.Read(job, "boot2-at").Trim(), out var arrived))
         {
-            TestContext.Out.WriteLine($"kexec_file_load of the new kernel: {jump.GetValueOrDefault("load.ms")} ms; jump call to the new kernel's job: {arrived - at} ms (guest clock); new kernel uptime at its job: {Read(job, "boot2-uptime").Trim()} s");
+            TestContext.Out.WriteLine($"kexec_file_load of the new kernel: {jump.GetValueOrDefault("load.ms")} ms; jump call to the new kernel's job: {arrived - at} ms (guest clock); new kernel uptime at its job: {AgentResults.Read(job, "boot2-uptime").Trim()} s");
         }
 
         TestContext.Out.WriteLine(string.Join("\n", after.Select(kv => $"after: {kv.Key}={kv.Value}")));

@@ -39,6 +39,7 @@ internal static partial class Libc
     internal const int ENotDir = 20;
     internal const int ELoop = 40;
     internal const int EPerm = 1;
+    internal const int EBadF = 9;
     internal const int EInval = 22;
     internal const int ENoSys = 38;
     internal const int EOpNotSupp = 95;

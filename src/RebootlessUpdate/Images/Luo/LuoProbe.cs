@@ -1,3 +1,5 @@
+using RebootlessUpdate.Kexec;
+
 namespace RebootlessUpdate.Images.Luo;
 
 /// <summary>Whether a LUO store can be used on this kernel, and why not.</summary>
@@ -11,7 +13,10 @@ internal sealed record LuoAvailability(bool Usable, string Detail);
 /// </summary>
 internal static class LuoProbe
 {
-    /// <summary>Probes <paramref name="device"/>; the kernel's build options are read from <paramref name="kernelConfig"/> (default <c>/boot/config-RELEASE</c>).</summary>
+    /// <summary>
+    /// Probes <paramref name="device"/>; the kernel's build options are read from <paramref name="kernelConfig"/>
+    /// (default: <c>/proc/config.gz</c>, else <c>/boot/config-RELEASE</c>).
+    /// </summary>
     internal static LuoAvailability Check(string device = LuoDevice.DefaultPath, string? kernelConfig = null, ILuoSyscalls? syscalls = null)
     {
         var release = Environment.OSVersion.Version.ToString();
@@ -25,7 +30,8 @@ internal static class LuoProbe
 
         if (!File.Exists(device) && !Directory.Exists(device))
         {
-            return new LuoAvailability(false, $"no {device}: " + WhyMissing(release, kernelConfig ?? $"/boot/config-{release}"));
+            var config = kernelConfig is null ? KexecCapabilities.ReadConfig("/proc/config.gz", $"/boot/config-{release}") : KexecCapabilities.ReadConfig(kernelConfig);
+            return new LuoAvailability(false, $"no {device}: " + WhyMissing(release, config.Source, config.Options));
         }
 
         try
@@ -39,26 +45,22 @@ internal static class LuoProbe
         }
     }
 
-    private static string WhyMissing(string release, string config)
+    private static string WhyMissing(string release, string? source, Dictionary<string, string>? options)
     {
         const string Needs = "LUO needs Linux 6.19 or later built with CONFIG_LIVEUPDATE and CONFIG_LIVEUPDATE_MEMFD, "
             + "and kexec handover on (kho=on, unless built on by default) with liveupdate=on on its command line";
-        string text;
-        try
+        if (options is null)
         {
-            text = File.ReadAllText(config);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            return $"kernel {release} has no Live Update Orchestrator, or it is off; {Needs}";
+            return $"kernel {release} has no Live Update Orchestrator, or it is off (its build configuration is not readable); {Needs}";
         }
 
-        if (!text.Contains("\nCONFIG_LIVEUPDATE=y", StringComparison.Ordinal))
+        bool On(string option) => options.TryGetValue(option, out var v) && v == "y";
+        if (!On("CONFIG_LIVEUPDATE"))
         {
-            return $"kernel {release} was built without the Live Update Orchestrator (CONFIG_LIVEUPDATE is not set in {config}); {Needs}";
+            return $"kernel {release} was built without the Live Update Orchestrator (CONFIG_LIVEUPDATE is not set in {source}); {Needs}";
         }
 
         return $"kernel {release} has the Live Update Orchestrator but it is off (boot it with liveupdate=on"
-            + (text.Contains("\nCONFIG_KEXEC_HANDOVER_ENABLE_DEFAULT=y", StringComparison.Ordinal) ? ")" : " kho=on)");
+            + (On("CONFIG_KEXEC_HANDOVER_ENABLE_DEFAULT") ? ")" : " kho=on)");
     }
 }

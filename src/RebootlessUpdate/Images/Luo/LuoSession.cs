@@ -22,7 +22,9 @@ internal sealed class LuoSession : IDisposable
     internal void Preserve(int fd, ulong token) => Call(LuoAbi.PreserveFd, LuoAbi.FdArgument(fd, token), e => e switch
     {
         Libc.EExist => $"token {token} is preserved in LUO session {Name} already",
-        Libc.EOpNotSupp or Libc.EInval => $"the kernel cannot preserve that file in LUO session {Name} (only memfds are)",
+        Libc.ENoEnt or Libc.EOpNotSupp or Libc.EInval => $"the kernel cannot preserve that file in LUO session {Name} (only memfds are, without hugetlb pages or unknown seals)",
+        Libc.EBadF => $"descriptor {fd} is not open, so LUO session {Name} cannot preserve it",
+        Libc.EBusy => $"that file is preserved already (in LUO session {Name} or another)",
         Libc.ENoMem or Libc.ENoSpc => $"the kernel cannot preserve more in LUO session {Name}: out of memory",
         _ => $"preserving token {token} in LUO session {Name} failed (errno {e})",
     });
