@@ -30,6 +30,32 @@ internal static class LuoScenario
         }
     }
 
+    /// <summary>Loads <paramref name="release"/> with kexec_file_load (this boot's command line, rebootless.boot=2) and jumps; returns only if the jump did not happen.</summary>
+    public static async Task JumpAsync(KexecResults r, string release)
+    {
+        var next = KexecCommandLine.ComposeNext(KexecCommandLine.ReadCurrent(), new NextCommandLineOptions
+        {
+            SetParameters = [new("rebootless.boot", "2")],
+        });
+        r.Log("next command line: " + next);
+        var sw = Stopwatch.StartNew();
+        await new KexecLoader().LoadAsync(new KexecLoadRequest { KernelPath = $"/boot/vmlinuz-{release}", CommandLine = next.ToString() });
+        r.Set("load.ms", sw.ElapsedMilliseconds);
+        var armed = new KexecJump().Arm(new Always());
+        r.Set("jump.at", DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
+        await armed.JumpAsync();
+    }
+
+    /// <summary>The scenarios arm without a journal: what they jump with is sealed by construction.</summary>
+    private sealed class Always : IJumpGuard
+    {
+        public bool IsCheckpointSealed(out string reason)
+        {
+            reason = string.Empty;
+            return true;
+        }
+    }
+
     /// <summary>Closes a descriptor the kernel handed out.</summary>
     public static void Drop(int fd) => new SafeFileHandle(fd, ownsHandle: true).Dispose();
 
@@ -64,15 +90,6 @@ internal static class LuoScenario
 internal sealed class LuoPreserveCommand : IVmCommand
 {
     public string Name => "luo-preserve";
-
-    private sealed class Always : IJumpGuard
-    {
-        public bool IsCheckpointSealed(out string reason)
-        {
-            reason = string.Empty;
-            return true;
-        }
-    }
 
     public async Task<int> RunAsync(IReadOnlyList<string> args)
     {
@@ -138,19 +155,8 @@ internal sealed class LuoPreserveCommand : IVmCommand
         }
 
         r.Set("dropped.closed", "yes");
-        var next = KexecCommandLine.ComposeNext(KexecCommandLine.ReadCurrent(), new NextCommandLineOptions
-        {
-            SetParameters = [new("rebootless.boot", "2")],
-        });
-        r.Log("next command line: " + next);
-        var loader = new KexecLoader();
-        sw.Restart();
-        await loader.LoadAsync(new KexecLoadRequest { KernelPath = $"/boot/vmlinuz-{release}", CommandLine = next.ToString() });
-        r.Set("load.ms", sw.ElapsedMilliseconds);
-        var armed = new KexecJump().Arm(new Always());
-        r.Set("jump.at", DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
+        await LuoScenario.JumpAsync(r, release);
         GC.KeepAlive(session);
-        await armed.JumpAsync();
         r.Set("jump.returned", "yes");
         return 3;
     }
