@@ -100,6 +100,41 @@ public class LuoFolderHandoverTests
     }
 
     [Test]
+    public void A_folder_swapped_for_a_link_after_the_send_never_leads_the_give_back_outside()
+    {
+        var outside = Path.Combine(_root, "outside");
+        Directory.CreateDirectory(Path.Combine(outside, "s1", "images"));
+        using var device = Device();
+        var sent = LuoFolderHandover.Send(device, "rebootless-s1", _folder);
+
+        // The attacker moves the folder away and puts a link to a folder of their choosing in its place.
+        Directory.Move(Path.Combine(_folder, "sets"), Path.Combine(_root, "moved"));
+        File.CreateSymbolicLink(Path.Combine(_folder, "sets"), outside);
+        sent.GiveBack();
+
+        Assert.That(Directory.EnumerateFiles(outside, "*", SearchOption.AllDirectories), Is.Empty, "nothing written through the link");
+        Assert.That(File.Exists(Path.Combine(_root, "moved", "s1", "images", "pages-1.img")), Is.True, "the file went back into the folder it left");
+        Assert.That(File.Exists(Path.Combine(_folder, "journal.json")), Is.True);
+    }
+
+    [Test]
+    public void A_name_taken_while_the_files_were_away_is_not_overwritten()
+    {
+        var journal = Path.Combine(_folder, "journal.json");
+        var original = File.ReadAllText(journal);
+        using var device = Device();
+        var sent = LuoFolderHandover.Send(device, "rebootless-s1", _folder);
+        File.WriteAllText(journal, "someone else's");
+
+        var e = Assert.Throws<IOException>(sent.GiveBack);
+
+        Assert.That(e!.Message, Does.Contain("the name was taken meanwhile"));
+        Assert.That(File.ReadAllText(journal), Is.EqualTo("someone else's"));
+        Assert.That(File.ReadAllText(journal + ".luo-returned"), Is.EqualTo(original));
+        Assert.That(File.Exists(Path.Combine(_folder, "sets", "s1", "images", "pages-1.img")), Is.True, "the others went back");
+    }
+
+    [Test]
     public void A_hard_linked_file_is_refused_and_the_files_taken_before_it_are_put_back()
     {
         Assert.That(Syscall.link(Path.Combine(_folder, "sets", "s1", "images", "pages-1.img"), Path.Combine(_root, "second-name")), Is.Zero);

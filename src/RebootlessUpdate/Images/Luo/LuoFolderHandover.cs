@@ -20,21 +20,28 @@ internal static class LuoFolderHandover
     /// <summary>TMPFS_MAGIC: LUO preserves shmem files only, so the folder must be on tmpfs.</summary>
     internal const long TmpfsMagic = 0x01021994;
 
+    /// <summary>The largest index read back (a forged one could claim any length).</summary>
+    private const long MaxIndexBytes = 64 << 20;
+
     /// <summary>Preserves every file under <paramref name="folder"/> in a new session <paramref name="sessionName"/>.</summary>
     /// <exception cref="LuoException">The kernel refused (the folder's files are back in place when this throws).</exception>
-    /// <exception cref="IOException">The folder is not on tmpfs, holds a special file or a file with a second name.</exception>
+    /// <exception cref="IOException">
+    /// The folder is not on tmpfs, holds a special file, a file with a second name or another file system, or changed
+    /// while it was sent (the files taken are back in place).
+    /// </exception>
     internal static LuoSentFolder Send(LuoDevice device, string sessionName, string folder)
     {
-        if (PramFsInterop.FileSystemType(folder) != TmpfsMagic)
-        {
-            throw new IOException($"{folder} is not on tmpfs: LUO carries only files of tmpfs (shmem) across kexec");
-        }
-
-        var entries = Walk(folder);
-        var session = device.CreateSession(sessionName);
-        var sent = new LuoSentFolder(session, folder);
+        var folders = HeldFolders.Open(folder);
+        LuoSentFolder? sent = null;
         try
         {
+            if (PramFsInterop.FileSystemType(folders.Root) != TmpfsMagic)
+            {
+                throw new IOException($"{folder} is not on tmpfs: LUO carries only files of tmpfs (shmem) across kexec");
+            }
+
+            var entries = Walk(folders);
+            sent = new LuoSentFolder(device.CreateSession(sessionName), folder, folders);
             ulong token = IndexToken;
             var index = new List<LuoFolderEntry>();
             foreach (var (kind, path, mode, target) in entries)
@@ -45,45 +52,72 @@ internal static class LuoFolderHandover
                     continue;
                 }
 
-                var full = Path.Combine(folder, path);
-                var file = Libc.Open(full, Libc.ORdOnly | Libc.ONoFollow);
-                if (Syscall.fstat((int)file.DangerousGetHandle(), out var st) != 0 || (st.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFREG || st.st_nlink != 1)
+                var parent = folders.FolderOf(path);
+                var name = Path.GetFileName(path);
+                var file = Libc.OpenAt(parent, name, Libc.ORdOnly | Libc.ONoFollow | Libc.ONonBlock | Libc.ONoCtty);
+                var st = HeldFolders.Stat(file);
+                if ((st.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFREG || st.st_nlink != 1 || st.st_dev != folders.Device)
                 {
                     file.Dispose();
-                    throw new IOException($"{full} is not a file with one name: LUO carries only a file that unlinking leaves nameless");
+                    throw new IOException($"{folder}/{path} is not a file with one name: LUO carries only a file that unlinking leaves nameless");
                 }
 
                 var entry = new LuoFolderEntry(LuoEntryKind.File, path, ++token, st.st_size, mode);
                 sent.Hold(entry, file);
-                File.Delete(full);
-                session.Preserve((int)file.DangerousGetHandle(), entry.Token);
+                Libc.UnlinkAt(parent, name);
+                if (HeldFolders.Stat(file).st_nlink != 0)
+                {
+                    throw new IOException($"{folder}/{path} was renamed or linked while it was sent");
+                }
+
+                sent.Session.Preserve((int)file.DangerousGetHandle(), entry.Token);
                 index.Add(entry);
             }
 
+            // A file that appeared meanwhile would not cross: refuse rather than lose it.
+            if (Walk(folders).FirstOrDefault(e => e.Kind == LuoEntryKind.File) is { Path: not null } late)
+            {
+                throw new IOException($"{folder}/{late.Path} appeared while the folder was sent");
+            }
+
             var indexFile = Memfd.Create("rebootless-luo-index");
-            var text = LuoFolderIndex.Format(index);
-            RandomAccess.Write(indexFile, text, 0);
-            Memfd.SealReadOnly(indexFile);
             sent.HoldIndex(indexFile);
-            session.Preserve((int)indexFile.DangerousGetHandle(), IndexToken);
+            RandomAccess.Write(indexFile, LuoFolderIndex.Format(index), 0);
+            Memfd.SealReadOnly(indexFile);
+            sent.Session.Preserve((int)indexFile.DangerousGetHandle(), IndexToken);
             sent.Bytes = index.Sum(e => e.Length);
             return sent;
         }
-        catch
+        catch (Exception e)
         {
-            sent.GiveBack();
+            if (sent is null)
+            {
+                folders.Dispose();
+                throw;
+            }
+
+            try
+            {
+                sent.GiveBack();
+            }
+            catch (IOException g)
+            {
+                throw new IOException($"{e.Message}; and putting the files back failed: {g.Message}", e);
+            }
+
             throw;
         }
     }
 
     /// <summary>
     /// Retrieves session <paramref name="sessionName"/>, writes every file it carries under <paramref name="folder"/>
-    /// (created, 0700; it must not exist) and finishes the session. A file whose length is not the index's is left
-    /// out and named in <see cref="LuoReceivedFolder.Problems"/>; what it held is for the store's manifest to judge.
+    /// (made anew, 0700 until everything is in; it must not exist) and finishes the session. An entry that cannot be
+    /// written, or a file whose length is not the index's, is left out and named in <see cref="LuoReceivedFolder.Problems"/>;
+    /// what the files hold is for the store's manifest to judge.
     /// </summary>
     /// <exception cref="LuoException">There is no such session, or the kernel refused.</exception>
     /// <exception cref="InvalidDataException">The index is not one (nothing is written then).</exception>
-    /// <exception cref="IOException"><paramref name="folder"/> exists, or a file could not be written.</exception>
+    /// <exception cref="IOException"><paramref name="folder"/> exists, or cannot be made.</exception>
     internal static LuoReceivedFolder Receive(LuoDevice device, string sessionName, string folder)
     {
         if (Path.Exists(folder))
@@ -97,44 +131,50 @@ internal static class LuoFolderHandover
         var held = new Dictionary<ulong, SafeFileHandle>();
         try
         {
-            using var indexFile = new SafeFileHandle(session.Retrieve(IndexToken), ownsHandle: true);
-            var text = new byte[RandomAccess.GetLength(indexFile)];
-            RandomAccess.Read(indexFile, text, 0);
-            var entries = LuoFolderIndex.Parse(text);
+            IReadOnlyList<LuoFolderEntry> entries;
+            using (var indexFile = new SafeFileHandle(session.Retrieve(IndexToken), ownsHandle: true))
+            {
+                var length = RandomAccess.GetLength(indexFile);
+                if (length > MaxIndexBytes)
+                {
+                    throw new InvalidDataException($"the LUO folder index is {length} bytes, more than any index this writes");
+                }
+
+                var text = new byte[length];
+                RandomAccess.Read(indexFile, text, 0);
+                entries = LuoFolderIndex.Parse(text);
+            }
+
             foreach (var e in entries.Where(e => e.Kind == LuoEntryKind.File))
             {
                 held[e.Token] = new SafeFileHandle(session.Retrieve(e.Token), ownsHandle: true);
             }
 
-            Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(folder))!);
-            Directory.CreateDirectory(folder, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            using var folders = HeldFolders.Create(folder);
             var problems = new List<string>();
             long bytes = 0;
             foreach (var e in entries)
             {
-                var full = Path.Combine(folder, e.Path);
-                switch (e.Kind)
+                try
                 {
-                    case LuoEntryKind.Folder:
-                        Directory.CreateDirectory(full);
-                        File.SetUnixFileMode(full, (UnixFileMode)e.Mode);
-                        break;
-                    case LuoEntryKind.Link:
-                        File.CreateSymbolicLink(full, e.LinkTarget!);
-                        break;
-                    default:
-                        var source = held[e.Token];
-                        var length = RandomAccess.GetLength(source);
-                        if (length != e.Length)
-                        {
-                            problems.Add($"{e.Path}: {length} bytes came across, the index says {e.Length}; left out");
-                            break;
-                        }
+                    bytes += Write(folders, e, held);
+                }
+                catch (Exception x) when (x is IOException or UnauthorizedAccessException or LengthMismatchException)
+                {
+                    problems.Add($"{e.Path}: {x.Message}; left out");
+                }
+            }
 
-                        WriteNew(full, e.Mode, source, length);
-
-                        bytes += length;
-                        break;
+            // Folders get their own modes last, once nothing more is written into them.
+            foreach (var e in entries.Where(e => e.Kind == LuoEntryKind.Folder).Reverse())
+            {
+                try
+                {
+                    folders.SetMode(e.Path, e.Mode);
+                }
+                catch (Exception x) when (x is IOException or KeyNotFoundException)
+                {
+                    problems.Add($"{e.Path}: its mode was not set ({x.Message})");
                 }
             }
 
@@ -150,18 +190,47 @@ internal static class LuoFolderHandover
         }
     }
 
-    /// <summary>What lies under <paramref name="folder"/>, folders before their contents.</summary>
-    private static List<(LuoEntryKind Kind, string Path, int Mode, string? Target)> Walk(string folder)
+    private sealed class LengthMismatchException(string message) : Exception(message);
+
+    /// <summary>Writes one entry under the new folder; returns the bytes written.</summary>
+    private static long Write(HeldFolders folders, LuoFolderEntry e, Dictionary<ulong, SafeFileHandle> held)
+    {
+        switch (e.Kind)
+        {
+            case LuoEntryKind.Folder:
+                folders.CreateFolder(e.Path);
+                return 0;
+            case LuoEntryKind.Link:
+                File.CreateSymbolicLink(folders.PathOf(e.Path), e.LinkTarget!);
+                return 0;
+            default:
+                using (var source = held[e.Token])
+                {
+                    var length = RandomAccess.GetLength(source);
+                    if (length != e.Length)
+                    {
+                        throw new LengthMismatchException($"{length} bytes came across, the index says {e.Length}");
+                    }
+
+                    WriteNew(folders.PathOf(e.Path), e.Mode, source, length);
+                    return length;
+                }
+        }
+    }
+
+    /// <summary>What lies under the held root, folders before their contents; every folder met is opened and held.</summary>
+    private static List<(LuoEntryKind Kind, string Path, int Mode, string? Target)> Walk(HeldFolders folders)
     {
         var found = new List<(LuoEntryKind, string, int, string?)>();
-        void Visit(string dir)
+        void Visit(string relative, string dir)
         {
-            foreach (var full in Directory.EnumerateFileSystemEntries(dir).Order(StringComparer.Ordinal))
+            foreach (var name in Directory.EnumerateFileSystemEntries(dir).Select(Path.GetFileName).Order(StringComparer.Ordinal))
             {
-                var path = Path.GetRelativePath(folder, full).Replace('\\', '/');
+                var path = relative.Length == 0 ? name! : $"{relative}/{name}";
+                var full = folders.PathOf(path);
                 if (Syscall.lstat(full, out var st) != 0)
                 {
-                    throw new IOException($"cannot stat {full}: {Stdlib.GetLastError()}");
+                    throw new IOException($"cannot stat {path}: {Stdlib.GetLastError()}");
                 }
 
                 var mode = (int)(st.st_mode & (FilePermissions)0x1ff);
@@ -169,7 +238,8 @@ internal static class LuoFolderHandover
                 {
                     case FilePermissions.S_IFDIR:
                         found.Add((LuoEntryKind.Folder, path, mode, null));
-                        Visit(full);
+                        folders.OpenFolder(path);
+                        Visit(path, folders.HeldPath(path));
                         break;
                     case FilePermissions.S_IFREG:
                         found.Add((LuoEntryKind.File, path, mode, null));
@@ -178,12 +248,12 @@ internal static class LuoFolderHandover
                         found.Add((LuoEntryKind.Link, path, mode, new FileInfo(full).LinkTarget));
                         break;
                     default:
-                        throw new IOException($"{full} is a special file (a socket, FIFO or device): LUO cannot carry it");
+                        throw new IOException($"{path} is a special file (a socket, FIFO or device): LUO cannot carry it");
                 }
             }
         }
 
-        Visit(folder);
+        Visit(string.Empty, folders.Root);
         return found;
     }
 

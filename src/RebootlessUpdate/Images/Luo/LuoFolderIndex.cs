@@ -78,9 +78,9 @@ internal static class LuoFolderIndex
             int mode;
             try
             {
-                mode = Convert.ToInt32(f[3], 8);
+                mode = f[3].Length is > 0 and <= 4 ? Convert.ToInt32(f[3], 8) : -1;
             }
-            catch (FormatException)
+            catch (Exception e) when (e is FormatException or ArgumentException or OverflowException)
             {
                 throw new InvalidDataException($"LUO folder index line {i + 1} has no octal mode");
             }
@@ -119,6 +119,11 @@ internal static class LuoFolderIndex
             if ((kind == LuoEntryKind.Link) != (target is not null))
             {
                 throw new InvalidDataException($"LUO folder index line {i + 1}: only a link has a target");
+            }
+
+            if (target is not null && (target.Length == 0 || target.StartsWith('/') || target.Contains('\0', StringComparison.Ordinal)))
+            {
+                throw new InvalidDataException($"LUO folder index line {i + 1}: a link may only point somewhere relative, not to '{target}'");
             }
 
             if (kind == LuoEntryKind.Folder)
