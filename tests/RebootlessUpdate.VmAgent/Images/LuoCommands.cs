@@ -110,6 +110,7 @@ internal sealed class LuoPreserveCommand : IVmCommand
         using var images = Memfd.Create("rebootless-images");
         var chunk = new byte[1 << 20];
         var sw = Stopwatch.StartNew();
+        string written;
         using (var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256))
         {
             for (var i = 0; i < mib; i++)
@@ -119,7 +120,8 @@ internal sealed class LuoPreserveCommand : IVmCommand
                 hash.AppendData(chunk);
             }
 
-            r.Set("images.sha256", Convert.ToHexString(hash.GetHashAndReset()));
+            written = Convert.ToHexString(hash.GetHashAndReset());
+            r.Set("images.sha256", written);
         }
 
         r.Set("images.bytes", (long)mib << 20);
@@ -133,7 +135,7 @@ internal sealed class LuoPreserveCommand : IVmCommand
 
         // The manifest: the images' hash, in a memfd left writable.
         using var manifest = Memfd.Create("rebootless-manifest");
-        var text = System.Text.Encoding.UTF8.GetBytes("images.sha256=" + LuoScenario.Sha256(images, (long)mib << 20) + "\n");
+        var text = System.Text.Encoding.UTF8.GetBytes("images.sha256=" + written + "\n");
         RandomAccess.Write(manifest, text, 0);
         LuoScenario.Try(r, "preserve.token.taken", () => session.Preserve((int)manifest.DangerousGetHandle(), LuoScenario.ImagesToken));
         LuoScenario.Try(r, "preserve.manifest", () => session.Preserve((int)manifest.DangerousGetHandle(), LuoScenario.ManifestToken));
