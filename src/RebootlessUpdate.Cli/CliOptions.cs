@@ -27,7 +27,9 @@ internal static class CliOptions
 
     public static readonly Option<string?> Store = new("--store")
     {
-        Description = $"The image store folder (default: ${CliSettings.StoreVariable}, else the config file's \"store\", else {CliSettings.DefaultStore}).",
+        Description = $"The image store folder (default: ${CliSettings.StoreVariable}, else the config file's \"store\", else {CliSettings.DefaultStore}); "
+            + $"\"{CliSettings.LuoStoreName}\" keeps it in memory handed to the kernel's Live Update Orchestrator at the jump (no memory reserved at boot; "
+            + "a folder of that name is ./luo).",
     };
 
     public static readonly Option<string?> Pmem = new("--pmem")
@@ -36,7 +38,10 @@ internal static class CliOptions
             + "(default: the config file's \"pmem\").",
     };
 
-    public static readonly Option<string?> StoreMount = new("--store-mount") { Description = "Where --pmem's store is mounted (default /run/rebootless/store)." };
+    public static readonly Option<string?> StoreMount = new("--store-mount")
+    {
+        Description = "Where --pmem's store is mounted (default /run/rebootless/store), or --store luo's tmpfs (default /run/rebootless/luo).",
+    };
 
     public static readonly Option<string?> ManifestKey = new("--manifest-key")
     {

@@ -4,6 +4,7 @@ using System.Text.Json;
 using Mono.Unix.Native;
 using RebootlessUpdate.Criu;
 using RebootlessUpdate.Images;
+using RebootlessUpdate.Images.Luo;
 
 namespace RebootlessUpdate.Cli;
 
@@ -16,6 +17,9 @@ namespace RebootlessUpdate.Cli;
 internal sealed record CliSettings
 {
     public const string DefaultStore = "/var/lib/rebootless/store";
+
+    /// <summary>The --store value that names the LUO store rather than a folder.</summary>
+    public const string LuoStoreName = "luo";
     public const string DefaultConfigFile = "/etc/rebootless/rebootless.json";
     public const string CriuVariable = "REBOOTLESS_CRIU";
     public const string StoreVariable = "REBOOTLESS_STORE";
@@ -41,8 +45,11 @@ internal sealed record CliSettings
 
     public string? ManifestKey { get; init; }
 
+    /// <summary>True for <c>--store luo</c>: the store is kept in memory the kernel hands over (<see cref="LuoImageStore"/>).</summary>
+    public bool Luo => StoreFolder == LuoStoreName && PmemDevice is null;
+
     /// <summary>The store folder to use.</summary>
-    public string StorePath => StoreFolder ?? DefaultStore;
+    public string StorePath => Luo ? LuoImageStore.StoreFolder(StoreMount ?? new LuoImageStoreOptions().MountPoint) : StoreFolder ?? DefaultStore;
 
     /// <summary>Reads the settings for <paramref name="p"/>.</summary>
     /// <exception cref="CliFailure">A bad value or config file (exit 2).</exception>

@@ -1,4 +1,7 @@
 using RebootlessUpdate.Images;
+using RebootlessUpdate.Images.Luo;
+using RebootlessUpdate.Kexec;
+using RebootlessUpdate.Pipeline;
 using RebootlessUpdate.Stages;
 
 namespace RebootlessUpdate.Cli;
@@ -10,26 +13,35 @@ internal static class CliStores
     /// Root, criu (and kexec) usable, then the store opened (a new folder store is initialised here, so everything
     /// before must have passed).
     /// </summary>
-    public static IImageStore Ready(CliInvocation c, bool needKexec, CancellationToken ct, bool mustExist = false)
+    /// <param name="incomingSetId">For the LUO store on the kernel after the jump: the set whose session to receive (default: the resume marker's).</param>
+    public static IImageStore Ready(CliInvocation c, bool needKexec, CancellationToken ct, bool mustExist = false, string? incomingSetId = null)
     {
         CliInvocation.RequireRoot(c.Parse.CommandResult.Command.Name);
         var s = c.Settings;
-        if (s.PmemDevice is null && (s.StoreFolder is not null || mustExist) && !Directory.Exists(s.StorePath))
+        if (s.PmemDevice is null && !s.Luo && (s.StoreFolder is not null || mustExist) && !Directory.Exists(s.StorePath))
         {
             throw MissingFolder(s.StorePath);
         }
 
         var report = Readiness.CheckAsync(c.Criu(), null, needKexec, false, ct).GetAwaiter().GetResult();
+        // Before the store is opened (for LUO: before its tmpfs is mounted), whether it could cross the jump at all.
+        var luo = s.Luo && needKexec ? LuoChecks().Where(x => !x.Ok).Select(x => x.Detail).ToList() : [];
         if (report.FirstFailure is { } f)
         {
-            throw CliFailure.Of(Code(f.Problem!.Value), f.Detail);
+            throw CliFailure.Of(Code(f.Problem!.Value), string.Join("; and ", [f.Detail, .. luo]));
         }
 
-        return Open(c, mustExist, readOnly: false);
+        if (luo.Count > 0)
+        {
+            throw CliFailure.Of(ExitCodes.BadStore, string.Join("; and ", luo) + "; nothing was changed",
+                "use a persistent-memory store (--pmem DEVICE) here, or boot a kernel with the Live Update Orchestrator on");
+        }
+
+        return Open(c, mustExist, readOnly: false, incomingSetId);
     }
 
     /// <summary>The store, or a <see cref="CliFailure"/> saying why it cannot be used.</summary>
-    public static IImageStore Open(CliInvocation c, bool mustExist, bool readOnly)
+    public static IImageStore Open(CliInvocation c, bool mustExist, bool readOnly, string? incomingSetId = null)
     {
         var s = c.Settings;
         if (s.PmemDevice is { } device)
@@ -38,9 +50,15 @@ internal static class CliStores
             return readOnly ? OpenMountedPmem(c, device) : OpenPmem(c, device);
         }
 
+        if (s.Luo)
+        {
+            // A command that only looks reads the tmpfs where it is: it never mounts, and never takes the kernel's session.
+            return readOnly ? OpenFolder(s.StorePath, readOnly: true, s.ManifestKey) : OpenLuo(c, incomingSetId ?? ResumeMarker());
+        }
+
         if (s.StoreMount is not null)
         {
-            throw CliFailure.Of(ExitCodes.Usage, "--store-mount goes with --pmem DEVICE", "for a folder store use --store DIR");
+            throw CliFailure.Of(ExitCodes.Usage, "--store-mount goes with --pmem DEVICE or --store luo", "for a folder store use --store DIR");
         }
 
         if ((s.StoreFolder is not null || mustExist) && !Directory.Exists(s.StorePath))
@@ -48,13 +66,97 @@ internal static class CliStores
             throw MissingFolder(s.StorePath);
         }
 
+        return OpenFolder(s.StorePath, readOnly, s.ManifestKey);
+    }
+
+    private static DirectoryImageStore OpenFolder(string path, bool readOnly, string? manifestKey)
+    {
         try
         {
-            return new DirectoryImageStore(new DirectoryImageStoreOptions { RootDirectory = s.StorePath, ReadOnly = readOnly, ManifestKeyPath = s.ManifestKey });
+            return new DirectoryImageStore(new DirectoryImageStoreOptions { RootDirectory = path, ReadOnly = readOnly, ManifestKeyPath = manifestKey });
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ImageStoreException)
         {
-            throw CliFailure.Of(ExitCodes.BadStore, $"{s.StorePath} cannot be used as a store: {e.Message}");
+            throw CliFailure.Of(ExitCodes.BadStore, $"{path} cannot be used as a store: {e.Message}");
+        }
+    }
+
+    private static LuoImageStore OpenLuo(CliInvocation c, string? incomingSetId)
+    {
+        try
+        {
+            // Mounts the private tmpfs when it is not there; on the kernel after a jump, receives the set's session into it.
+            return LuoImageStore.Open(new LuoImageStoreOptions
+            {
+                MountPoint = c.Settings.StoreMount ?? new LuoImageStoreOptions().MountPoint,
+                IncomingSetId = incomingSetId,
+                ManifestKeyPath = c.Settings.ManifestKey,
+            });
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ImageStoreException)
+        {
+            throw CliFailure.Of(ExitCodes.BadStore, $"the LUO store cannot be used: {e.Message}");
+        }
+    }
+
+    /// <summary>
+    /// Whether a LUO store can cross a jump from this kernel: the device opens, and the jump is not systemd's (which
+    /// ends the session's holder first).
+    /// </summary>
+    public static IReadOnlyList<ReadinessCheck> LuoChecks()
+    {
+        var probe = LuoProbe.Check();
+        var checks = new List<ReadinessCheck>
+        {
+            new("luo", probe.Usable, probe.Usable ? probe.Detail : "the LUO store cannot be used here: " + probe.Detail, probe.Usable ? null : ReadinessProblem.StoreUnusable),
+        };
+        if (new KexecJump().JumpsThroughSystemd)
+        {
+            checks.Add(new ReadinessCheck("handover jump", false, JumpStage.HandoverNeedsDirectJump, ReadinessProblem.StoreUnusable));
+        }
+
+        return checks;
+    }
+
+    /// <summary>
+    /// For <c>--store luo</c>: where the store is and whether the kernel still holds it (a line for status and images
+    /// ls, which only look: they never take the session); null for other stores.
+    /// </summary>
+    public static string? LuoNote(CliSettings s)
+    {
+        if (!s.Luo)
+        {
+            return null;
+        }
+
+        var mount = Path.GetDirectoryName(s.StorePath)!;
+        var incoming = Path.Combine(mount, "incoming");
+        if (Directory.Exists(incoming))
+        {
+            return $"LUO store: a receive was cut short; what it got is in {incoming}, the rest is lost (`rebootless resume --store luo` says what to do)";
+        }
+
+        if (Directory.Exists(s.StorePath))
+        {
+            return $"LUO store on the tmpfs at {mount}: handed to the kernel in session {LuoImageStore.SessionPrefix}SET at the next jump";
+        }
+
+        return ResumeMarker() is { } id
+            ? $"LUO store not received yet: this kernel should hold it in session {LuoImageStore.SessionName(id)}; `rebootless resume --store luo` receives it"
+            : $"LUO store: nothing at {mount} yet (rehearse or update makes it)";
+    }
+
+    /// <summary>The set the kernel command line's resume marker names, when it names one.</summary>
+    private static string? ResumeMarker()
+    {
+        try
+        {
+            var id = KexecCommandLine.ReadCurrent().GetValue(RebootlessInfo.ResumeParameter);
+            return id is not null && UpdateJournal.IsSetId(id) ? id : null;
+        }
+        catch (IOException)
+        {
+            return null;
         }
     }
 

@@ -2,6 +2,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using RebootlessUpdate.Criu;
 using RebootlessUpdate.Images;
+using RebootlessUpdate.Images.Luo;
 using RebootlessUpdate.Pipeline;
 using RebootlessUpdate.Stages;
 using RebootlessUpdate.Targets;
@@ -30,6 +31,18 @@ internal static class RunReport
             var report = JsonSerializer.SerializeToNode(result, PipelineJsonPublic.UpdateResultInfo)!.AsObject();
             // The report's own "error" is the failure's message; the error object every failing command prints goes under "failure".
             report["exitCode"] = error?.ExitCode ?? ExitCodes.Ok;
+            if (store is LuoImageStore { Received: { } r })
+            {
+                report["luoSession"] = new JsonObject
+                {
+                    ["name"] = r.Session,
+                    ["files"] = r.Files,
+                    ["bytes"] = r.Bytes,
+                    ["receiveSeconds"] = Math.Round(r.Elapsed.TotalSeconds, 3),
+                    ["problems"] = new JsonArray([.. r.Problems.Select(p => JsonValue.Create(p))]),
+                };
+            }
+
             if (error is not null)
             {
                 report["failure"] = CliOutput.ErrorObject(error);
@@ -39,6 +52,12 @@ internal static class RunReport
         }
         else
         {
+            if (store is LuoImageStore { Received: { } r })
+            {
+                Console.WriteLine($"store received from {r.Session}: {r.Files} files, {CliOutput.Size(r.Bytes)} in {CliOutput.Duration(r.Elapsed)}"
+                    + string.Concat(r.Problems.Select(p => "; " + p)));
+            }
+
             WriteText(result);
         }
 

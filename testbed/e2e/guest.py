@@ -40,8 +40,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TOOL = [CFG["tool"]]  # the native executable (testbed/run-update publishes it NativeAOT)
 # The tool's options belong to the commands that use them; the criu every command here runs comes from the environment.
 os.environ["REBOOTLESS_CRIU"] = "/usr/sbin/criu"
-STORE_ARGS = ["--pmem", "/dev/pmem0", "--store-mount", "/run/rebootless/store"]
-STORE = "/run/rebootless/store"
+# testbed/run-update --store luo: the store is a tmpfs handed to the Live Update Orchestrator at the jump.
+LUO = CFG.get("store") == "luo"
+STORE_ARGS = ["--store", "luo"] if LUO else ["--pmem", "/dev/pmem0", "--store-mount", "/run/rebootless/store"]
+STORE = "/run/rebootless/luo/store" if LUO else "/run/rebootless/store"
 WL = f"{JOB}/wl"
 CMDLINE = open("/proc/cmdline").read().split()
 BOOT = next((a.split("=", 1)[1] for a in CMDLINE if a.startswith("rebootless.boot=")), "1")
@@ -95,6 +97,8 @@ def run(argv, timeout=600, env=None, logname=None):
 
 
 def modprobe_pmem():
+    if LUO:
+        return
     subprocess.run(["modprobe", "-a", "nd_e820", "nd_pmem"], check=True)
     for _ in range(100):
         if os.path.exists("/dev/pmem0"):
@@ -394,6 +398,7 @@ def update_args(ws, kernel=None):
 
 def scenario_update_boot1():
     modprobe_pmem()
+    shutil.copy("/proc/cmdline", f"{JOB}/boot1-cmdline")
     names = CFG.get("workloads", ["pipes", "memory", "tcp"])
     ws = start_workloads(names, as_services=SYSTEMD)
     if SYSTEMD:
@@ -490,6 +495,7 @@ def scenario_update_boot2():
         systemd_host.check_no_stop_actions(services, checks)
     lazy = check_lazy_daemons(j, ws, flipped, checks) if CFG.get("lazyRestore") else None
     served = check_pages_from_store(out, ws, flipped, checks) if CFG.get("pagesFromStore") else None
+    luo = check_luo(out, checks) if LUO else None
     moved = progress(ws, j)
     if SYSTEMD:
         # Boot 2 starts when systemd starts the resume unit; the new kernel's own part ends when it starts PID 1.
@@ -511,7 +517,7 @@ def scenario_update_boot2():
     result = {"verdict": "PASS" if ok else "FAIL", "scenario": "flip" if flipped else "update", "setId": set_id,
               "oldKernel": j["kernelRelease"], "newKernel": kernel, "breakdown": b, "sizes": sizes,
               "checks": checks, "resumeExitCode": code, "resumeSeconds": secs, "memMiB": CFG.get("memMiB", 256),
-              "lazyRestore": lazy, "pagesFromStore": served, "progress": moved, "journal": j,
+              "lazyRestore": lazy, "pagesFromStore": served, "luo": luo, "progress": moved, "journal": j,
               "systemd": {"before": load("systemd-before.json"), "after": units_after,
                           "scopesBefore": load("scopes-before.json"), "scopesAfter": scopes_after,
                           "resumeUnit": {k: v for k, v in resume_unit.items() if k != "output"}} if SYSTEMD else None}
@@ -559,6 +565,24 @@ def check_lazy_daemons(j, ws, flipped, checks):
         checks.append([target in gone, f"{target}: lazy-pages daemon {pid} exited by itself after delivering every page"
                        + (f" ({gone[target]:.1f} s after the checks)" if target in gone else " (still running after 180 s)")])
     return {target: {"daemonPid": pid, "exitedAfterChecksSeconds": gone.get(target)} for target, pid in daemons.items()}
+
+
+def check_luo(out, checks):
+    """The LUO store: no memory was reserved on either kernel, and the resume received the set from the kernel's session
+    (every file, none left out). Returns the session as the resume reported it."""
+    lines = {"old": open(f"{JOB}/boot1-cmdline").read(), "new": open("/proc/cmdline").read()}
+    for which, line in lines.items():
+        checks.append(["memmap=" not in line and "liveupdate=on" in line,
+                       f"the {which} kernel's command line reserves no memory (no memmap=) and has liveupdate=on"])
+    try:
+        session = json.loads(out[out.index("{"):out.rindex("}") + 1]).get("luoSession")
+    except ValueError:
+        session = None
+    checks.append([bool(session) and session["files"] > 0 and session["bytes"] > 0 and not session["problems"],
+                   f"the store came across in LUO session {session and session['name']}: "
+                   + (f"{session['files']} files, {session['bytes'] / 1048576:.1f} MiB received in {session['receiveSeconds']:.2f} s, "
+                      f"{len(session['problems'])} left out" if session else "the resume reported no session")])
+    return session
 
 
 def check_pages_from_store(out, ws, flipped, checks):
@@ -635,6 +659,9 @@ def write_report(r):
             f"{k} {v['pagesServedOnDemand']} pages, all back after {fmt(v['allMemoryBackAfterSeconds']).strip()}"
             for k, v in r["pagesFromStore"].items())
     ] if r.get("pagesFromStore") else []) + ([
+        f"store: LUO session {r['luo']['name']}, {r['luo']['files']} files, {r['luo']['bytes'] / 1048576:.1f} MiB, "
+        f"received (retrieved, written to tmpfs, finished) in {r['luo']['receiveSeconds']:.2f} s; no memory reserved at boot"
+    ] if r.get("luo") else []) + ([
         "progress (counter increments per second) in the 10 s after each target ran again, against 10 s before the update: "
         + ", ".join(f"{k} {v['beforePerSecond']:.1f} -> {v['afterPerSecond']:.1f} ({v['ratio']:.2f}x)" if v["ratio"] is not None
                     else f"{k} -" for k, v in r["progress"].items())

@@ -20,6 +20,10 @@ internal static class CheckCommand
                 // Not formatted or mounted here: rehearse and update do that.
                 storeError = new CliError(ExitCodes.Ok, $"{device} holds no mounted store yet; rehearse or update formats it (when empty) and mounts it");
             }
+            else if (c.Settings.Luo && !Directory.Exists(c.Settings.StorePath))
+            {
+                storeError = new CliError(ExitCodes.Ok, $"the LUO store {c.Settings.StorePath} does not exist yet; rehearse or update mounts its tmpfs and creates it");
+            }
             else if (c.Settings.PmemDevice is null && !Directory.Exists(c.Settings.StorePath))
             {
                 // A store that does not exist yet is not created: rehearse or update will.
@@ -46,9 +50,16 @@ internal static class CheckCommand
                     storeError.ExitCode == ExitCodes.Ok ? null : ReadinessProblem.StoreUnusable));
             }
 
-            // Informational until a LUO store exists: whether this kernel could keep a set in preserved memfds.
-            var luo = Images.Luo.LuoProbe.Check();
-            checks.Add(new ReadinessCheck("luo", true, luo.Usable ? luo.Detail : "no LUO store here (not needed by this store): " + luo.Detail));
+            // Whether this kernel could keep a set in preserved memfds: a requirement with --store luo, else for information.
+            if (c.Settings.Luo)
+            {
+                checks.AddRange(CliStores.LuoChecks());
+            }
+            else
+            {
+                var luo = Images.Luo.LuoProbe.Check();
+                checks.Add(new ReadinessCheck("luo", true, luo.Usable ? luo.Detail : "no LUO store here (not needed by this store): " + luo.Detail));
+            }
             var failed = checks.FirstOrDefault(x => !x.Ok);
             var code = failed is { Problem: { } problem } ? CliStores.Code(problem) : ExitCodes.Ok;
             if (c.Json)

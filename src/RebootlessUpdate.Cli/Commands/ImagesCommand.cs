@@ -29,6 +29,11 @@ internal static class ImagesCommand
                 return ExitCodes.Ok;
             }
 
+            if (CliStores.LuoNote(c.Settings) is { } note)
+            {
+                Console.WriteLine(note);
+            }
+
             if (sets.Count == 0)
             {
                 Console.WriteLine("no sets in this store");

@@ -20,7 +20,19 @@ internal static class PlanCommand
             // A store folder that does not exist yet is measured where it would be made, not created.
             long free;
             string where;
-            if (c.Settings.PmemDevice is null && c.Settings.StoreFolder is null && !Directory.Exists(c.Settings.StorePath))
+            if (c.Settings.Luo)
+            {
+                if (CliStores.LuoChecks().Where(x => !x.Ok).Select(x => x.Detail).ToList() is { Count: > 0 } problems)
+                {
+                    throw CliFailure.Of(ExitCodes.BadStore, string.Join("; and ", problems),
+                        "use a persistent-memory store (--pmem DEVICE) here, or boot a kernel with the Live Update Orchestrator on");
+                }
+
+                // Memory, not a disk: what the tmpfs and the system's available memory leave (mounted or not).
+                where = c.Settings.StorePath;
+                free = Images.Luo.LuoImageStore.FreeBytes(Path.GetDirectoryName(where)!);
+            }
+            else if (c.Settings.PmemDevice is null && c.Settings.StoreFolder is null && !Directory.Exists(c.Settings.StorePath))
             {
                 where = NearestExisting(c.Settings.StorePath);
                 free = new DriveInfo(where).AvailableFreeSpace;

@@ -29,7 +29,7 @@ internal static class ResumeCommand
                 throw NotASetId("--set", id);
             }
 
-            if (c.Value(setId) is { } named)
+            if (c.Value(setId) is { } named && !(c.Settings.Luo && !Directory.Exists(c.Settings.StorePath)))
             {
                 // Looked up read-only first: a store holding no such run is left as it is.
                 var look = CliStores.Open(c, mustExist: true, readOnly: true);
@@ -39,7 +39,14 @@ internal static class ResumeCommand
                 }
             }
 
-            var store = CliStores.Ready(c, needKexec: false, ct, mustExist: true);
+            var store = CliStores.Ready(c, needKexec: false, ct, mustExist: true, incomingSetId: c.Value(setId));
+            if (store is Images.Luo.LuoImageStore { NotReceived: { } why })
+            {
+                // The marker (or --set) names a set whose session never came: a cold boot, or a kernel without LUO, lost it.
+                throw CliFailure.Of(ExitCodes.BadStore, $"the checkpoint was to cross the jump in a LUO session, but {why}; nothing was restored",
+                    "the workloads checkpointed by that update are not coming back: start them anew (`rebootless status` shows the store is empty)");
+            }
+
             var pipeline = RebootlessPipelines.Resume(new LocateStageOptions { SetId = c.Value(setId) }, restore: new RestoreStageOptions { LazyPages = c.Value(lazy), ServePagesFromStore = c.Value(fromStore) }).Build();
             // Which targets, and whether lazily, the journal says (and --lazy-restore, through the restore options).
             // Only when asked: a NOTIFY_SOCKET inherited from some other unit is not the resume unit's.

@@ -27,6 +27,11 @@ internal static class StatusCommand
             }
             else
             {
+                if (CliStores.LuoNote(c.Settings) is { } note)
+                {
+                    Console.WriteLine(note);
+                }
+
                 WriteTable(lines);
             }
 

@@ -56,6 +56,15 @@ internal sealed partial class SetStoreEngine
 
     internal string Root { get; }
 
+    /// <summary>
+    /// Narrows what the file system reports (a store in memory must leave memory to the system); null: the file
+    /// system's figures.
+    /// </summary>
+    internal Func<StoreCapacity, StoreCapacity>? CapacityLimit { get; init; }
+
+    /// <summary>How <see cref="CapacityLimit"/> counts, said when a plan does not fit.</summary>
+    internal string? CapacityNote { get; init; }
+
     /// <summary>Opened only to look (<see cref="DirectoryImageStoreOptions.ReadOnly"/>).</summary>
     internal bool ReadOnly { get; }
 
@@ -827,7 +836,8 @@ internal sealed partial class SetStoreEngine
             throw new ImageStoreException($"statvfs {where} failed: {Stdlib.strerror(Stdlib.GetLastError())}");
         }
 
-        return new StoreCapacity((long)(vfs.f_blocks * vfs.f_frsize), (long)(vfs.f_bavail * vfs.f_frsize));
+        var capacity = new StoreCapacity((long)(vfs.f_blocks * vfs.f_frsize), (long)(vfs.f_bavail * vfs.f_frsize));
+        return CapacityLimit is null ? capacity : CapacityLimit(capacity);
     }
 
     internal CapacityEstimate EnsureCapacityFor(IReadOnlyCollection<int> rootPids)
@@ -839,7 +849,7 @@ internal sealed partial class SetStoreEngine
         if (!estimate.Fits)
         {
             throw new StoreFullException(
-                $"the image store at {Root} has {Bytes(free)} free but checkpointing {processes} processes (trees of {string.Join(", ", rootPids)}) "
+                $"the image store at {Root} has {Bytes(free)} free{(CapacityNote is null ? "" : $" ({CapacityNote})")} but checkpointing {processes} processes (trees of {string.Join(", ", rootPids)}) "
                 + $"needs about {Bytes(required)} ({Bytes(memory)} of memory plus margin); free space in the store or use a larger one before updating",
                 free, required);
         }

@@ -148,6 +148,9 @@ public sealed class KexecJump
             $"reboot(LINUX_REBOOT_CMD_KEXEC) returned {KexecErrno.Describe(errno)}; the system keeps running on this kernel", errno);
     }
 
+    /// <summary>True when the jump goes through <c>systemctl kexec</c> (which ends this process before the kernel jumps).</summary>
+    internal bool JumpsThroughSystemd => Options.UseSystemdWhenPid1 && IsSystemdPid1();
+
     internal bool IsSystemdPid1()
     {
         var comm = KexecCapabilities.ReadTrimmed(Path.Combine(_system.Root, "proc/1/comm"));

@@ -349,8 +349,33 @@ internal sealed class JumpStage(JumpStageOptions options) : IUpdateStage
         journal.Transition(JournalState.Jumping);
         var jump = options.Jump ?? new KexecJump();
         using var armed = jump.Arm(new JournalJumpGuard(journal));
+        var carried = context.Store as IKexecHandoverStore;
+        if (carried is not null && jump.JumpsThroughSystemd)
+        {
+            // Before CRIU lets the targets go: the rollback resumes them where they are.
+            throw new KexecException(KexecFailureReason.JumpRefused, HandoverNeedsDirectJump);
+        }
+
         ServiceHandback.OrderResumeFirst(context);
         await TargetDump.CommitAsync(context).ConfigureAwait(false);
+        IKexecHandover? handover = null;
+        if (carried is not null)
+        {
+            // The last step before the jump: nothing is written into the store after this (the journal said Jumping).
+            try
+            {
+                handover = carried.HandOver(context.RequireSet().Id);
+            }
+            catch (ImageStoreException)
+            {
+                // The store's files are back in place: the rollback restores the targets from them.
+                ServiceHandback.ClearResumeOrder(context);
+                throw;
+            }
+
+            context.ReportProgress(Name, $"store handed to {handover.Carrier}: {handover.Files} files, {handover.Bytes} bytes");
+        }
+
         context.PointOfNoReturnPassed = true;
         try
         {
@@ -362,6 +387,33 @@ internal sealed class JumpStage(JumpStageOptions options) : IUpdateStage
             context.PointOfNoReturnPassed = false;
             ServiceHandback.ClearResumeOrder(context);
             throw;
+        }
+        finally
+        {
+            // Reached only when the jump did not happen (a jump returns only by throwing): the store is this kernel's again.
+            GiveBack(context, handover);
+        }
+    }
+
+    /// <summary>Why a store handed to the kernel cannot cross a jump made by systemd.</summary>
+    internal const string HandoverNeedsDirectJump = "systemd is PID 1 here, and `systemctl kexec` ends every process before the kernel jumps: "
+        + "a LUO session dies with the process that holds it, so the store would not cross. Use a persistent-memory store (--pmem) on this host";
+
+    private void GiveBack(UpdateContext context, IKexecHandover? handover)
+    {
+        if (handover is null)
+        {
+            return;
+        }
+
+        try
+        {
+            handover.GiveBack();
+        }
+        catch (ImageStoreException e)
+        {
+            // The rollback's verification names what is missing; the files are not lost (the message says where they are).
+            context.ReportProgress(Name, "the store was not given back whole: " + e.Message);
         }
     }
 }

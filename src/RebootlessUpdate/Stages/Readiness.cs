@@ -116,6 +116,17 @@ public static class Readiness
             }
         }
 
+        if (needKexec && store is IKexecHandoverStore carried)
+        {
+            checks.Add(carried.CanHandOver(out var why)
+                ? new ReadinessCheck("handover", true, $"the store crosses the jump in the kernel's hands ({carried.GetType().Name})")
+                : new ReadinessCheck("handover", false, $"the store at {store.RootDirectory} cannot cross a kexec here: {why}", ReadinessProblem.StoreUnusable));
+            if (new KexecJump().JumpsThroughSystemd)
+            {
+                checks.Add(new ReadinessCheck("handover jump", false, JumpStage.HandoverNeedsDirectJump, ReadinessProblem.StoreUnusable));
+            }
+        }
+
         return new ReadinessReport(checks, version);
     }
 

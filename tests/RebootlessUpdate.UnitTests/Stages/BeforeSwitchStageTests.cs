@@ -19,7 +19,7 @@ namespace RebootlessUpdate.UnitTests.Stages;
 /// (Dumping itself needs criu: the host tests cover it.)
 /// </summary>
 [NonParallelizable]
-public class BeforeSwitchStageTests
+public partial class BeforeSwitchStageTests
 {
     private StoreFixture _f = null!;
     private FakeKexecSystem _kexec = null!;
@@ -61,9 +61,9 @@ public class BeforeSwitchStageTests
         return identity;
     }
 
-    private async Task<UpdateContext> Planned(UpdateMode mode = UpdateMode.Update, int targets = 1)
+    private async Task<UpdateContext> Planned(UpdateMode mode = UpdateMode.Update, int targets = 1, IImageStore? store = null)
     {
-        var context = new UpdateContext(mode, Enumerable.Range(0, targets).Select(_ => UpdateTarget.ProcessTree(Sleeper().Id))) { Store = _f.Store, TimeProvider = _f.Clock };
+        var context = new UpdateContext(mode, Enumerable.Range(0, targets).Select(_ => UpdateTarget.ProcessTree(Sleeper().Id))) { Store = store ?? _f.Store, TimeProvider = _f.Clock };
         context.CriuVersion = "4.1.1";
         await new PlanStage(checkCapacity: false).ExecuteAsync(context, CancellationToken.None);
         return context;

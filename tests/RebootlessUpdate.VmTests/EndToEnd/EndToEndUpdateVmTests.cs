@@ -30,6 +30,30 @@ public class EndToEndUpdateVmTests
     }
 
     [Test]
+    public void Main_command_with_the_LUO_store_needs_no_memory_reserved_at_boot()
+    {
+        var testbed = Testbed.Require();
+        var (result, report, json) = RunUpdate("--store", "luo", "--mem-mib", "64");
+
+        Assert.That(result.ExitCode, Is.Zero, report + result);
+        var r = json.RootElement;
+        var session = r.GetProperty("luo");
+        Assert.Multiple(() =>
+        {
+            Assert.That(r.GetProperty("verdict").GetString(), Is.EqualTo("PASS"), report);
+            Assert.That(r.GetProperty("oldKernel").GetString(), Is.EqualTo(testbed.LuoOldKernel));
+            Assert.That(r.GetProperty("newKernel").GetString(), Is.EqualTo(testbed.LuoNewKernel));
+            Assert.That(report, Does.Contain("the old kernel's command line reserves no memory (no memmap=)")
+                .And.Contain("the new kernel's command line reserves no memory (no memmap=)")
+                .And.Contain("memory: 64 MiB pattern"));
+            Assert.That(session.GetProperty("name").GetString(), Is.EqualTo("rebootless-" + r.GetProperty("setId").GetString()));
+            Assert.That(session.GetProperty("bytes").GetInt64(), Is.GreaterThanOrEqualTo(r.GetProperty("sizes").GetProperty("imagesBytes").GetInt64()),
+                "the whole store came across: every image, the journal and the manifest");
+            Assert.That(session.GetProperty("problems").GetArrayLength(), Is.Zero);
+        });
+    }
+
+    [Test]
     public void Main_command_on_a_systemd_host_restores_every_service_as_its_unit()
     {
         // 64 MiB: what this run adds is systemd's view; the 256 MiB restore is the other runs' (and takes a minute more).

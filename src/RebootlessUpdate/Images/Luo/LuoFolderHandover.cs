@@ -23,13 +23,17 @@ internal static class LuoFolderHandover
     /// <summary>The largest index read back (a forged one could claim any length).</summary>
     private const long MaxIndexBytes = 64 << 20;
 
-    /// <summary>Preserves every file under <paramref name="folder"/> in a new session <paramref name="sessionName"/>.</summary>
+    /// <summary>
+    /// Preserves every file under <paramref name="folder"/> in a new session <paramref name="sessionName"/>, but those
+    /// <paramref name="leave"/> says stay (given the path under the folder, and whether it is a special file): they
+    /// keep their place and do not cross.
+    /// </summary>
     /// <exception cref="LuoException">The kernel refused (the folder's files are back in place when this throws).</exception>
     /// <exception cref="IOException">
     /// The folder is not on tmpfs, holds a special file, a file with a second name or another file system, or changed
     /// while it was sent (the files taken are back in place).
     /// </exception>
-    internal static LuoSentFolder Send(LuoDevice device, string sessionName, string folder)
+    internal static LuoSentFolder Send(LuoDevice device, string sessionName, string folder, Func<string, bool, bool>? leave = null)
     {
         var folders = HeldFolders.Open(folder);
         LuoSentFolder? sent = null;
@@ -40,7 +44,7 @@ internal static class LuoFolderHandover
                 throw new IOException($"{folder} is not on tmpfs: LUO carries only files of tmpfs (shmem) across kexec");
             }
 
-            var entries = Walk(folders);
+            var entries = Walk(folders, leave);
             sent = new LuoSentFolder(device.CreateSession(sessionName), folder, folders);
             ulong token = IndexToken;
             var index = new List<LuoFolderEntry>();
@@ -75,7 +79,7 @@ internal static class LuoFolderHandover
             }
 
             // A file that appeared meanwhile would not cross: refuse rather than lose it.
-            if (Walk(folders).FirstOrDefault(e => e.Kind == LuoEntryKind.File) is { Path: not null } late)
+            if (Walk(folders, leave).FirstOrDefault(e => e.Kind == LuoEntryKind.File) is { Path: not null } late)
             {
                 throw new IOException($"{folder}/{late.Path} appeared while the folder was sent");
             }
@@ -219,7 +223,7 @@ internal static class LuoFolderHandover
     }
 
     /// <summary>What lies under the held root, folders before their contents; every folder met is opened and held.</summary>
-    private static List<(LuoEntryKind Kind, string Path, int Mode, string? Target)> Walk(HeldFolders folders)
+    private static List<(LuoEntryKind Kind, string Path, int Mode, string? Target)> Walk(HeldFolders folders, Func<string, bool, bool>? leave)
     {
         var found = new List<(LuoEntryKind, string, int, string?)>();
         void Visit(string relative, string dir)
@@ -234,7 +238,13 @@ internal static class LuoFolderHandover
                 }
 
                 var mode = (int)(st.st_mode & (FilePermissions)0x1ff);
-                switch (st.st_mode & FilePermissions.S_IFMT)
+                var type = st.st_mode & FilePermissions.S_IFMT;
+                if (type != FilePermissions.S_IFDIR && leave?.Invoke(path, type is not (FilePermissions.S_IFREG or FilePermissions.S_IFLNK)) == true)
+                {
+                    continue;
+                }
+
+                switch (type)
                 {
                     case FilePermissions.S_IFDIR:
                         found.Add((LuoEntryKind.Folder, path, mode, null));
