@@ -111,7 +111,11 @@ for name in names:
            "images_mib": {"pre_dump": med([x["sizes"]["preDumpBytes"] / 1048576 for x in passed]),
                           "frozen": med([x["sizes"]["finalDumpBytes"] / 1048576 for x in passed])},
            "progress_first_10s": {}, "per_run_downtime_s": [x["breakdown"].get("downtime") if x else None for _, x in runs],
-           "verdicts": [x["verdict"] if x else "no result" for _, x in runs], "set_ids": [x.get("setId") for x in done]}
+           "verdicts": [x["verdict"] if x else "no result" for _, x in runs], "set_ids": [x.get("setId") for x in done],
+           "store": done[0].get("store", "pmem") if done else None, "kernels": done[0].get("kernels", "debian") if done else None,
+           "reserved_at_boot_mib": done[0].get("reservedMiB") if done else None,
+           "old_kernel_mem_total_mib": med([x.get("memTotalMiB") for x in passed]),
+           "luo_receive_s": med([(x.get("luo") or {}).get("receiveSeconds") for x in passed])}
     workloads = sorted({w for x in passed for w in (x.get("progress") or {})})
     for w in workloads:
         p = [(x.get("progress") or {}).get(w) or {} for x in passed]
@@ -166,8 +170,8 @@ print("Restore mode: full (CRIU copies every page before the targets run), lazy 
       "held all of its memory. \"progress\" is the memory workload's counter rate in the 10 s after its target ran again "
       "against 10 s before the update started (sampled every 0.5 s on the new kernel).\n")
 print("| row | memory | pre-dump | mode | passed | downtime s | x bare jump | freeze+dump | seal | commit | kexec+boot | "
-      "resume start | restore | all back s | progress | images MiB (pre / frozen) |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+      "resume start | restore | all back s | progress | images MiB (pre / frozen) | store (kernels) | reserved at boot | old kernel's MemTotal |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     b = r["breakdown_s"]
     split = f" ({f(b['guestBeforeTool'])} + {f(b['toolStart'])} + {f(b['stagesBeforeRestore'])})" if b["toolStart"] is not None else ""
@@ -176,7 +180,10 @@ for r in rows:
           f"{r['passed']}/{r['runs']} | {spread(r['downtime_s'])} | {f(r['x_bare_jump'])} | {f(b['freezeAndDump'])} | "
           f"{f(b['seal'])} | {f(b['sealToJump'])} | {f(b['kexecAndBoot'])} | {f(b['resumeStart'])}{split} | {f(b['restore'])} | "
           f"{spread(r['all_memory_back_range_s'])} | {'-' if prog is None else f'{prog:.2f}x'} | "
-          f"{f(r['images_mib']['pre_dump'])} / {f(r['images_mib']['frozen'])} |")
+          f"{f(r['images_mib']['pre_dump'])} / {f(r['images_mib']['frozen'])} | {r['store'] or '-'} ({r['kernels'] or '-'}"
+          + (f"; received in {f(r['luo_receive_s'])} s" if r["luo_receive_s"] is not None else "") + ") | "
+          f"{'-' if r['reserved_at_boot_mib'] is None else str(r['reserved_at_boot_mib']) + ' MiB'} | "
+          f"{'-' if r['old_kernel_mem_total_mib'] is None else format(r['old_kernel_mem_total_mib'], '.0f') + ' MiB'} |")
 print("\nEvery run's downtime (s), in run order: " + "; ".join(
     f"{r['name']} " + ", ".join(f(x) if v == "PASS" else f"{f(x)} ({v})" for x, v in zip(r["per_run_downtime_s"], r["verdicts"]))
     for r in rows) + ".")

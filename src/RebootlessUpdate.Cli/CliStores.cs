@@ -131,9 +131,15 @@ internal static class CliStores
 
         var mount = Path.GetDirectoryName(s.StorePath)!;
         var incoming = Path.Combine(mount, "incoming");
+        if (File.Exists(Path.Combine(mount, "holder")))
+        {
+            return $"LUO store: a receive was cut short; a holder process keeps the session ({File.ReadAllText(Path.Combine(mount, "holder")).Trim()}): "
+                + "`rebootless resume --store luo` carries it on";
+        }
+
         if (Directory.Exists(incoming))
         {
-            return $"LUO store: a receive was cut short; what it got is in {incoming}, the rest is lost (`rebootless resume --store luo` says what to do)";
+            return $"LUO store: a receive was cut short and nothing holds its session any more; what it got is in {incoming} (`rebootless resume --store luo` says what to do)";
         }
 
         if (Directory.Exists(s.StorePath))

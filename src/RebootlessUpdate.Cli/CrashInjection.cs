@@ -11,6 +11,8 @@ namespace RebootlessUpdate.Cli;
 /// tool kill itself with SIGKILL right after the journal durably records that point,
 /// exactly as a power cut of the orchestrator would. <c>restore-answered</c> kills it when CRIU has
 /// answered a restore and the tree runs, before the run has recorded that (no journal write marks it).
+/// <c>luo-received</c> kills it when a LUO store's session is written out whole but not yet finished (the store is not
+/// in place yet; the session's holder keeps it for the next resume).
 /// <c>REBOOTLESS_STOP_AT</c> takes the same points and stops the tool with SIGSTOP instead, so that a test can
 /// change the world at that exact point (fill the store, hold a lock) and let the tool go on with SIGCONT.
 /// </summary>
@@ -25,9 +27,11 @@ internal static class CrashInjection
     internal const string StopVariable = "REBOOTLESS_STOP_AT";
     internal const string Gate = "REBOOTLESS_TEST_HOOKS";
     internal const string RestoreAnswered = "restore-answered";
+    internal const string LuoReceived = Images.Luo.LuoStoreReceiver.ReceivedPoint;
 
     /// <summary>Where to crash: a journal state, and optionally the phase every target must be in.</summary>
-    internal sealed record CrashPoint(string Spec, JournalState State, TargetPhase? Phase, bool AtRestoreAnswered = false, bool StopOnly = false)
+    internal sealed record CrashPoint(string Spec, JournalState State, TargetPhase? Phase, bool AtRestoreAnswered = false, bool StopOnly = false,
+        bool AtLuoReceived = false)
     {
         public string Variable => StopOnly ? StopVariable : CrashInjection.Variable;
 
@@ -71,7 +75,13 @@ internal static class CrashInjection
             TargetRestore.RestoreAnswered = _ => answered.Where(First).ToList().ForEach(Act);
         }
 
-        var written = points.Where(p => !p.AtRestoreAnswered).ToList();
+        var luo = points.Where(p => p.AtLuoReceived).ToList();
+        if (luo.Count > 0)
+        {
+            Images.Luo.LuoStoreReceiver.TestPoint = _ => luo.Where(First).ToList().ForEach(Act);
+        }
+
+        var written = points.Where(p => !p.AtRestoreAnswered && !p.AtLuoReceived).ToList();
         if (written.Count > 0)
         {
             UpdateJournal.Written = record => written.Where(p => p.Matches(record) && First(p)).ToList().ForEach(Act);
@@ -116,11 +126,18 @@ internal static class CrashInjection
             return answered;
         }
 
+        if (spec.Trim().Equals(LuoReceived, StringComparison.OrdinalIgnoreCase))
+        {
+            var received = new CrashPoint(LuoReceived, JournalState.Resuming, null, StopOnly: stop, AtLuoReceived: true);
+            warning = $"rebootless: warning: test hook armed ({variable}={spec}, {Gate}=1): this process will {received.Action} when a LUO store is written out, before its session is finished.";
+            return received;
+        }
+
         var parts = spec.Trim().Split('/', 2);
         if (!Enum.TryParse<JournalState>(parts[0], ignoreCase: true, out var state) || !Enum.IsDefined(state)
             || (parts.Length == 2 && (!Enum.TryParse<TargetPhase>(parts[1], ignoreCase: true, out var p) || !Enum.IsDefined(p))))
         {
-            warning = $"rebootless: warning: {variable}={spec} is not STATE, STATE/PHASE or {RestoreAnswered} (states: {string.Join(", ", Enum.GetNames<JournalState>())}; phases: {string.Join(", ", Enum.GetNames<TargetPhase>())}); ignored.";
+            warning = $"rebootless: warning: {variable}={spec} is not STATE, STATE/PHASE, {RestoreAnswered} or {LuoReceived} (states: {string.Join(", ", Enum.GetNames<JournalState>())}; phases: {string.Join(", ", Enum.GetNames<TargetPhase>())}); ignored.";
             return null;
         }
 

@@ -39,6 +39,8 @@ internal static class RunReport
                     ["files"] = r.Files,
                     ["bytes"] = r.Bytes,
                     ["receiveSeconds"] = Math.Round(r.Elapsed.TotalSeconds, 3),
+                    ["takenOver"] = r.TakenOver,
+                    ["warning"] = r.Warning,
                     ["problems"] = new JsonArray([.. r.Problems.Select(p => JsonValue.Create(p))]),
                 };
             }
@@ -54,8 +56,9 @@ internal static class RunReport
         {
             if (store is LuoImageStore { Received: { } r })
             {
-                Console.WriteLine($"store received from {r.Session}: {r.Files} files, {CliOutput.Size(r.Bytes)} in {CliOutput.Duration(r.Elapsed)}"
-                    + string.Concat(r.Problems.Select(p => "; " + p)));
+                Console.WriteLine($"store received from {r.Session}{(r.TakenOver ? " (taken over from a stopped resume's holder)" : "")}: "
+                    + $"{r.Files} files, {CliOutput.Size(r.Bytes)} in {CliOutput.Duration(r.Elapsed)}"
+                    + string.Concat(r.Problems.Select(p => "; " + p)) + (r.Warning is null ? "" : "; warning: " + r.Warning));
             }
 
             WriteText(result);

@@ -97,8 +97,8 @@ def run(argv, timeout=600, env=None, logname=None):
 
 
 def modprobe_pmem():
-    if LUO:
-        return
+    if LUO or os.path.exists("/dev/pmem0"):
+        return  # no region, or one the kernel's built-in driver has already made a device of (the LUO kernels)
     subprocess.run(["modprobe", "-a", "nd_e820", "nd_pmem"], check=True)
     for _ in range(100):
         if os.path.exists("/dev/pmem0"):
@@ -399,6 +399,7 @@ def update_args(ws, kernel=None):
 def scenario_update_boot1():
     modprobe_pmem()
     shutil.copy("/proc/cmdline", f"{JOB}/boot1-cmdline")
+    shutil.copy("/proc/meminfo", f"{JOB}/boot1-meminfo")
     names = CFG.get("workloads", ["pipes", "memory", "tcp"])
     ws = start_workloads(names, as_services=SYSTEMD)
     if SYSTEMD:
@@ -517,7 +518,8 @@ def scenario_update_boot2():
     result = {"verdict": "PASS" if ok else "FAIL", "scenario": "flip" if flipped else "update", "setId": set_id,
               "oldKernel": j["kernelRelease"], "newKernel": kernel, "breakdown": b, "sizes": sizes,
               "checks": checks, "resumeExitCode": code, "resumeSeconds": secs, "memMiB": CFG.get("memMiB", 256),
-              "lazyRestore": lazy, "pagesFromStore": served, "luo": luo, "progress": moved, "journal": j,
+              "lazyRestore": lazy, "pagesFromStore": served, "luo": luo, "store": CFG.get("store", "pmem"),
+              "kernels": CFG.get("kernels", "debian"), "reservedMiB": CFG.get("reservedMiB"), "memTotalMiB": mem_total_mib(), "progress": moved, "journal": j,
               "systemd": {"before": load("systemd-before.json"), "after": units_after,
                           "scopesBefore": load("scopes-before.json"), "scopesAfter": scopes_after,
                           "resumeUnit": {k: v for k, v in resume_unit.items() if k != "output"}} if SYSTEMD else None}
@@ -567,6 +569,15 @@ def check_lazy_daemons(j, ws, flipped, checks):
     return {target: {"daemonPid": pid, "exitedAfterChecksSeconds": gone.get(target)} for target, pid in daemons.items()}
 
 
+def mem_total_mib():
+    """The old kernel's MemTotal: the memory it had for itself, less what memmap= reserved at boot."""
+    try:
+        line = next(l for l in open(f"{JOB}/boot1-meminfo") if l.startswith("MemTotal:"))
+        return int(line.split()[1]) // 1024
+    except (OSError, StopIteration):
+        return None
+
+
 def check_luo(out, checks):
     """The LUO store: no memory was reserved on either kernel, and the resume received the set from the kernel's session
     (every file, none left out). Returns the session as the resume reported it."""
@@ -578,6 +589,18 @@ def check_luo(out, checks):
         session = json.loads(out[out.index("{"):out.rindex("}") + 1]).get("luoSession")
     except ValueError:
         session = None
+    if CFG.get("killResume"):
+        # The first resume was killed by its crash hook with the store written out and the session unfinished: the
+        # holder it started kept the session, and this resume took it over.
+        killed = int(open(f"{JOB}/resume-killed.rc").read().strip() or -1)
+        after = open(f"{JOB}/after-kill.txt").read().split()
+        holder_pid = after[0] if after else "?"
+        checks.append([killed == 137 and "incoming" in after and "store" not in after,
+                       f"the first resume was killed (exit {killed}) with the store written out but not in place "
+                       f"(the tmpfs held: {' '.join(x for x in after[4:] if not x.isdigit())}), its holder pid {holder_pid} keeping the session"])
+        checks.append([bool(session) and session.get("takenOver") is True,
+                       f"the second resume took the session over from the holder (takenOver={session and session.get('takenOver')})"])
+        checks.append([holder_pid.isdigit() and not os.path.exists(f"/proc/{holder_pid}"), f"the holder (pid {holder_pid}) is gone once the session is finished"])
     checks.append([bool(session) and session["files"] > 0 and session["bytes"] > 0 and not session["problems"],
                    f"the store came across in LUO session {session and session['name']}: "
                    + (f"{session['files']} files, {session['bytes'] / 1048576:.1f} MiB received in {session['receiveSeconds']:.2f} s, "

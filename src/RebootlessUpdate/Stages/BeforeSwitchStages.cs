@@ -362,6 +362,10 @@ internal sealed class JumpStage(JumpStageOptions options) : IUpdateStage
         if (carried is not null)
         {
             // The last step before the jump: nothing is written into the store after this (the journal said Jumping).
+            // From here until the kernel jumps the store lives only in this process: the file systems are flushed first
+            // (the jump's own sync is then short), and the OOM killer is told to spare it.
+            Libc.Sync();
+            ShieldFromOomKiller();
             try
             {
                 handover = carried.HandOver(context.RequireSet().Id);
@@ -392,6 +396,19 @@ internal sealed class JumpStage(JumpStageOptions options) : IUpdateStage
         {
             // Reached only when the jump did not happen (a jump returns only by throwing): the store is this kernel's again.
             GiveBack(context, handover);
+        }
+    }
+
+    /// <summary>oom_score_adj -1000 for this process (best effort: a kernel or a sandbox may refuse).</summary>
+    private static void ShieldFromOomKiller()
+    {
+        try
+        {
+            File.WriteAllText("/proc/self/oom_score_adj", "-1000");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // Not fatal: the window is short; the store is lost only if this process is killed within it.
         }
     }
 

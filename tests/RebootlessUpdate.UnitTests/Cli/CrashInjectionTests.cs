@@ -67,6 +67,17 @@ public class CrashInjectionTests
         Assert.That(warning, Does.Contain("when CRIU has answered a restore"));
     }
 
+    [Test]
+    public void With_the_gate_luo_received_is_armed_where_a_LUO_store_is_written_out_and_matches_no_journal_write()
+    {
+        var point = CrashInjection.Parse("luo-received", "1", out var warning);
+
+        Assert.That(point, Is.Not.Null);
+        Assert.That(point!.AtLuoReceived, Is.True);
+        Assert.That(point.Matches(Record(JournalState.Resuming)), Is.True, "its state is never the gate: the install keeps it off the journal hook");
+        Assert.That(warning, Does.Contain("when a LUO store is written out"));
+    }
+
     [TestCase("nowhere")]
     [TestCase("sealed/nowhere")]
     [TestCase("99")]
@@ -75,7 +86,7 @@ public class CrashInjectionTests
         var point = CrashInjection.Parse(spec, "1", out var warning);
 
         Assert.That(point, Is.Null);
-        Assert.That(warning, Does.Contain("is not STATE, STATE/PHASE or restore-answered").And.Contain("Sealed").And.Contain("ignored"));
+        Assert.That(warning, Does.Contain("is not STATE, STATE/PHASE, restore-answered or luo-received").And.Contain("Sealed").And.Contain("ignored"));
     }
 
     [Test]

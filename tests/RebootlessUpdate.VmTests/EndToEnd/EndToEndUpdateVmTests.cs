@@ -54,6 +54,24 @@ public class EndToEndUpdateVmTests
     }
 
     [Test]
+    public void A_resume_killed_while_it_receives_the_LUO_store_is_carried_on_by_the_next_one()
+    {
+        var (result, report, json) = RunUpdate("--store", "luo", "--kill-resume", "--mem-mib", "64");
+
+        Assert.That(result.ExitCode, Is.Zero, report + result);
+        var r = json.RootElement;
+        Assert.Multiple(() =>
+        {
+            Assert.That(r.GetProperty("verdict").GetString(), Is.EqualTo("PASS"), report);
+            Assert.That(report, Does.Contain("the first resume was killed (exit 137) with the store written out but not in place")
+                .And.Contain("the second resume took the session over from the holder (takenOver=True)")
+                .And.Contain("is gone once the session is finished")
+                .And.Contain("memory: 64 MiB pattern"));
+            Assert.That(r.GetProperty("luo").GetProperty("takenOver").GetBoolean(), Is.True);
+        });
+    }
+
+    [Test]
     public void Main_command_on_a_systemd_host_restores_every_service_as_its_unit()
     {
         // 64 MiB: what this run adds is systemd's view; the 256 MiB restore is the other runs' (and takes a minute more).

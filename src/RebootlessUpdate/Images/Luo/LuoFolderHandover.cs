@@ -130,7 +130,17 @@ internal static class LuoFolderHandover
         }
 
         using var session = device.RetrieveSession(sessionName);
+        var received = WriteOut(session, folder);
+        session.Finish();
+        return received;
+    }
 
+    /// <summary>
+    /// Writes every file the retrieved <paramref name="session"/> carries under <paramref name="folder"/> (made anew),
+    /// as <see cref="Receive"/> does, and leaves the session unfinished: a file can be retrieved again until it is.
+    /// </summary>
+    internal static LuoReceivedFolder WriteOut(LuoSession session, string folder)
+    {
         // Every file first: the kernel drops what a retrieved session still holds once its descriptor closes.
         var held = new Dictionary<ulong, SafeFileHandle>();
         try
@@ -182,7 +192,6 @@ internal static class LuoFolderHandover
                 }
             }
 
-            session.Finish();
             return new LuoReceivedFolder(entries.Count(e => e.Kind == LuoEntryKind.File), bytes, problems);
         }
         finally

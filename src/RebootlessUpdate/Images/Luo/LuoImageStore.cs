@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.InteropServices;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -16,13 +15,16 @@ namespace RebootlessUpdate.Images.Luo;
 /// <remarks>
 /// The session lives only while the process that made it holds it: the jump must be made by that process
 /// (reboot(LINUX_REBOOT_CMD_KEXEC)), not by <c>systemctl kexec</c>, which ends it first. A resume killed while it
-/// receives loses what it had not written yet (the kernel frees a retrieved session's files when its holder ends):
-/// the half-received folder is kept aside and named, never taken for the store.
+/// receives does not lose the store: the session is held by a process of its own from the moment it is retrieved
+/// (<see cref="LuoSessionHolder"/>), and the next resume takes it over and receives it whole.
 /// </remarks>
 public sealed class LuoImageStore : EngineBackedImageStore, IKexecHandoverStore
 {
     /// <summary>Session names: this prefix and the set id.</summary>
     public const string SessionPrefix = "rebootless-";
+
+    /// <summary>The source name of the store's own tmpfs mount (how it is told from any other tmpfs).</summary>
+    internal const string MountSource = "rebootless-luo";
 
     private const ulong MsNoSuid = 2;
     private const ulong MsNoDev = 4;
@@ -64,7 +66,7 @@ public sealed class LuoImageStore : EngineBackedImageStore, IKexecHandoverStore
     public static string StoreFolder(string mountPoint) => Path.Combine(Path.GetFullPath(mountPoint), "store");
 
     /// <summary>Where a receive writes before the folder becomes the store.</summary>
-    private static string IncomingFolder(string mountPoint) => Path.Combine(Path.GetFullPath(mountPoint), "incoming");
+    internal static string IncomingFolder(string mountPoint) => Path.Combine(Path.GetFullPath(mountPoint), "incoming");
 
     /// <summary>
     /// Mounts the private tmpfs (0700) unless it is there, receives the session of
@@ -86,45 +88,7 @@ public sealed class LuoImageStore : EngineBackedImageStore, IKexecHandoverStore
 
         var mountPoint = Path.GetFullPath(options.MountPoint);
         EnsureMounted(mountPoint);
-        var store = StoreFolder(mountPoint);
-        var incoming = IncomingFolder(mountPoint);
-        if (Path.Exists(incoming))
-        {
-            throw new ImageStoreException(
-                $"{incoming} holds what a resume had received of a LUO session when it was stopped; the rest is lost (the kernel frees a "
-                + "retrieved session's files when its holder ends), so it is not taken for the store. Keep what you need from it, "
-                + $"then remove it (rm -r {incoming}) and restart the workloads named in its journal by hand");
-        }
-
-        string? notReceived = null;
-        LuoReceipt? received = null;
-        if (!Path.Exists(store) && options.IncomingSetId is { } setId)
-        {
-            var session = SessionName(setId);
-            var started = Stopwatch.GetTimestamp();
-            try
-            {
-                using var device = LuoDevice.Open(options.DevicePath);
-                var r = LuoFolderHandover.Receive(device, session, incoming);
-                // Whole or not at all: a folder named "store" is one a receive finished (the tmpfs is root's alone, 0700).
-                Directory.Move(incoming, store);
-                received = new LuoReceipt(session, r.Files, r.Bytes, Stopwatch.GetElapsedTime(started), r.Problems);
-            }
-            catch (LuoException e) when (e.Errno is Libc.ENoEnt)
-            {
-                // No such session (or no device): nothing was carried; the store is empty and says why.
-                notReceived = e.Message;
-            }
-            catch (LuoException e)
-            {
-                throw new ImageStoreException($"receiving the store from LUO session {session}: {e.Message}", e);
-            }
-            catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException)
-            {
-                throw new ImageStoreException($"receiving the store from LUO session {session} into {incoming}: {e.Message}", e);
-            }
-        }
-
+        var (received, notReceived) = LuoStoreReceiver.Run(options, mountPoint);
         return new LuoImageStore(options, mountPoint)
         {
             Received = received,
@@ -144,16 +108,17 @@ public sealed class LuoImageStore : EngineBackedImageStore, IKexecHandoverStore
     public IKexecHandover HandOver(string setId)
     {
         ArgumentNullException.ThrowIfNull(setId);
-        var device = LuoDevice.Open(_options.DevicePath);
+        LuoDevice? device = null;
         try
         {
+            device = LuoDevice.Open(_options.DevicePath);
             // The lock stays (its holder keeps it until the jump); sockets and FIFOs left by criu mean nothing on the next kernel.
             var sent = LuoFolderHandover.Send(device, SessionName(setId), RootDirectory, static (path, special) => special || path == ".lock");
             return new LuoHandover(device, sent);
         }
         catch (Exception e) when (e is LuoException or IOException or UnauthorizedAccessException)
         {
-            device.Dispose();
+            device?.Dispose();
             throw new ImageStoreException($"handing the store {RootDirectory} to LUO session {SessionName(setId)}: {e.Message}", e);
         }
     }
@@ -193,18 +158,26 @@ public sealed class LuoImageStore : EngineBackedImageStore, IKexecHandoverStore
     private static void EnsureMounted(string mountPoint)
     {
         var here = MountInfo.Read().LastOrDefault(m => m.MountPoint == mountPoint);
-        if (here is { FileSystem: "tmpfs" })
+        if (here is { FileSystem: "tmpfs", Source: MountSource })
         {
+            // Its own mount, and still root's alone: what lies in it was written by this store.
+            if (Mono.Unix.Native.Syscall.stat(mountPoint, out var st) != 0 || st.st_uid != 0
+                || (st.st_mode & (Mono.Unix.Native.FilePermissions)0x3f) != 0)
+            {
+                throw new ImageStoreException($"the LUO store's tmpfs at {mountPoint} is not root's alone (0700): it is not trusted; unmount it (umount {mountPoint})");
+            }
+
             return;
         }
 
         if (here is not null)
         {
-            throw new ImageStoreException($"{mountPoint} is a {here.FileSystem} mount: a LUO store needs its own tmpfs there (LUO carries only tmpfs files)");
+            throw new ImageStoreException($"{mountPoint} is a {here.FileSystem} mount ({here.Source}), not the store's own tmpfs: a LUO store mounts "
+                + "its own there (LUO carries only tmpfs files, and a shared one could hold anybody's files); give another --store-mount or unmount it");
         }
 
         Directory.CreateDirectory(mountPoint, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-        if (Libc.Mount("rebootless-luo", mountPoint, "tmpfs", MsNoSuid | MsNoDev | MsNoExec, "mode=0700") != 0)
+        if (Libc.Mount(MountSource, mountPoint, "tmpfs", MsNoSuid | MsNoDev | MsNoExec, "mode=0700") != 0)
         {
             throw new ImageStoreException($"cannot mount a tmpfs at {mountPoint}: {Libc.Error("mount", Marshal.GetLastPInvokeError()).Message}");
         }
@@ -217,7 +190,14 @@ public sealed class LuoImageStore : EngineBackedImageStore, IKexecHandoverStore
 /// <param name="Bytes">Their bytes.</param>
 /// <param name="Elapsed">How long retrieving and writing them took.</param>
 /// <param name="Problems">Files left out, and why (the set's verification then names what is missing).</param>
-public sealed record LuoReceipt(string Session, int Files, long Bytes, TimeSpan Elapsed, IReadOnlyList<string> Problems);
+public sealed record LuoReceipt(string Session, int Files, long Bytes, TimeSpan Elapsed, IReadOnlyList<string> Problems)
+{
+    /// <summary>True when an earlier resume had retrieved the session and was stopped: this one took it over from its holder.</summary>
+    public bool TakenOver { get; init; }
+
+    /// <summary>What went wrong without costing the store (e.g. no holder process could be started); null when nothing did.</summary>
+    public string? Warning { get; init; }
+}
 
 /// <summary>A store handed to LUO: the device and the session held until the jump.</summary>
 internal sealed class LuoHandover(LuoDevice device, LuoSentFolder sent) : IKexecHandover

@@ -70,6 +70,10 @@ internal sealed class LuoSentFolder : IDisposable
                         LuoFolderHandover.WriteNew(path + ".luo-returned", entry.Mode, file, RandomAccess.GetLength(file));
                         failures.Add($"{Folder}/{entry.Path}: the name was taken meanwhile; the file is at {entry.Path}.luo-returned");
                     }
+
+                    // Its copy is in place: the original goes at once, so that giving back needs the store's size plus
+                    // one file, not twice the store (unlinked files still count against the tmpfs until closed).
+                    file.Dispose();
                 }
                 catch (Exception e) when (e is IOException or UnauthorizedAccessException)
                 {

@@ -17,6 +17,9 @@ internal sealed class LuoSession : IDisposable
 
     public string Name { get; }
 
+    /// <summary>The session's descriptor (for handing it to a holder process); -1 once disposed.</summary>
+    internal int Descriptor => _fd;
+
     /// <summary>Preserves <paramref name="fd"/> (a memfd) under <paramref name="token"/>: its contents cross the next kexec.</summary>
     /// <exception cref="LuoException">The kernel refused.</exception>
     internal void Preserve(int fd, ulong token) => Call(LuoAbi.PreserveFd, LuoAbi.FdArgument(fd, token), e => e switch
