@@ -411,11 +411,48 @@ def scenario_update_boot1():
         log(systemd_host.prepare_resume(CFG["tool"], ["--json", "--criu", "/usr/sbin/criu"] + STORE_ARGS, f"{JOB}/sample-counters"))
     save("rates-before.json", rates_before(ws))
     env = dict(os.environ, REBOOTLESS_ALLOW_KEXEC_JUMP="1")
+    if LUO and CFG.get("flip"):
+        return update_flipping_before_the_handover(ws, env)
     code, out, secs = run(update_args(ws), env=env, logname="update.log")
     # Only a failed update comes back here.
     save("result.json", {"verdict": "FAIL", "stage": "update", "exitCode": code, "output": out[-4000:]})
     with open(f"{JOB}/report.txt", "w") as f:
         f.write(f"rebootless update did not jump: exit {code} after {secs:.1f}s\n{out[-4000:]}\n")
+    return 1
+
+
+def update_flipping_before_the_handover(ws, env):
+    """The LUO store's --flip: the update stops itself (test hook) when its journal says Jumping, sealed and not yet
+    handed over; one byte of the memory target's largest page image is flipped in the tmpfs; the update goes on, hands
+    the store to LUO and jumps. The damaged file crosses in a preserved memfd; the resume must refuse that target only."""
+    env = dict(env, REBOOTLESS_TEST_HOOKS="1", REBOOTLESS_STOP_AT="jumping")
+    argv = update_args(ws)
+    log("$ " + " ".join(argv) + "   (stops at jumping)")
+    # Its output on the guest's own disk: a write to the 9p share in flight at the jump holds the jump up.
+    with open("/tmp/update.log", "w") as out:
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:
+        if open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T":
+            break
+        time.sleep(0.05)
+    if p.poll() is not None or time.time() >= deadline:
+        text = open("/tmp/update.log").read()
+        save("result.json", {"verdict": "FAIL", "stage": "update", "exitCode": p.poll(), "output": text[-4000:]})
+        with open(f"{JOB}/report.txt", "w") as f:
+            f.write(f"rebootless update did not stop at jumping (exit {p.poll()})\n{text[-4000:]}\n")
+        return 1
+    set_id = os.path.basename(max(glob.glob(f"{STORE}/sets/*"), key=os.path.getmtime))
+    victim = flip_byte(set_id, next(w for w in ws if w["name"] == "memory"))
+    save("flipped.json", {"setId": set_id, "path": victim})
+    log(f"flipped a byte of {victim} before the handover; the update goes on")
+    os.kill(p.pid, signal.SIGCONT)
+    code = p.wait()
+    # Only a failed update comes back here.
+    text = open("/tmp/update.log").read()
+    save("result.json", {"verdict": "FAIL", "stage": "update", "exitCode": code, "output": text[-4000:]})
+    with open(f"{JOB}/report.txt", "w") as f:
+        f.write(f"rebootless update did not jump: exit {code}\n{text[-4000:]}\n")
     return 1
 
 
@@ -440,7 +477,10 @@ def scenario_update_boot2():
     # the harness's unit ordered before the resume unit.
     c0 = {w["name"]: counter(w, "counter.at-boot" if early or SYSTEMD else "counter") for w in ws}
     flipped = None
-    if CFG.get("flip"):
+    if CFG.get("flip") and LUO:
+        # Damaged before the handover (boot 1): the file crossed in a preserved memfd as it was.
+        flipped = load("flipped.json")["path"]
+    elif CFG.get("flip"):
         # Damage one image between the kernels (mounted by hand: resume mounts it itself otherwise).
         os.makedirs(STORE, exist_ok=True)
         subprocess.run(["mount", "-o", "dax", "/dev/pmem0", STORE], check=True)

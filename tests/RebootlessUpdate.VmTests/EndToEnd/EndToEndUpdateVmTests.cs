@@ -54,6 +54,24 @@ public class EndToEndUpdateVmTests
     }
 
     [Test]
+    public void A_byte_flipped_before_the_LUO_handover_crosses_in_its_memfd_and_refuses_that_target_only()
+    {
+        var (result, report, json) = RunUpdate("--store", "luo", "--flip", "--mem-mib", "64");
+
+        Assert.That(result.ExitCode, Is.Zero, report + result);
+        var r = json.RootElement;
+        Assert.Multiple(() =>
+        {
+            Assert.That(r.GetProperty("verdict").GetString(), Is.EqualTo("PASS"), report);
+            Assert.That(r.GetProperty("scenario").GetString(), Is.EqualTo("flip"));
+            Assert.That(r.GetProperty("resumeExitCode").GetInt32(), Is.EqualTo(12), "a target refused: the resume says so");
+            Assert.That(report, Does.Contain("memory: refused (Failed)").And.Contain("memory: nothing of it was restored")
+                .And.Contain("pipes: no reset, no lost or reordered message")
+                .And.Contain("the store came across in LUO session"));
+        });
+    }
+
+    [Test]
     public void A_resume_killed_while_it_receives_the_LUO_store_is_carried_on_by_the_next_one()
     {
         var (result, report, json) = RunUpdate("--store", "luo", "--kill-resume", "--mem-mib", "64");
