@@ -39,7 +39,8 @@ CFG = json.load(open(f"{JOB}/config.json"))
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOOL = [CFG["tool"]]  # the native executable (testbed/run-update publishes it NativeAOT)
 # The tool's options belong to the commands that use them; the criu every command here runs comes from the environment.
-os.environ["REBOOTLESS_CRIU"] = "/usr/sbin/criu"
+# (unstable's criu 4.2 for the LUO kernels, 7.2: trixie's 4.1.1 cannot dump an inet socket on 6.16 or later)
+os.environ["REBOOTLESS_CRIU"] = CFG.get("criu", "/usr/sbin/criu")
 # testbed/run-update --store luo: the store is a tmpfs handed to the Live Update Orchestrator at the jump.
 LUO = CFG.get("store") == "luo"
 STORE_ARGS = ["--store", "luo"] if LUO else ["--pmem", "/dev/pmem0", "--store-mount", "/run/rebootless/store"]

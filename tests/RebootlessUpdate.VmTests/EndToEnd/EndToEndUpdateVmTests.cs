@@ -45,7 +45,7 @@ public class EndToEndUpdateVmTests
             Assert.That(r.GetProperty("newKernel").GetString(), Is.EqualTo(testbed.LuoNewKernel));
             Assert.That(report, Does.Contain("the old kernel's command line reserves no memory (no memmap=)")
                 .And.Contain("the new kernel's command line reserves no memory (no memmap=)")
-                .And.Contain("memory: 64 MiB pattern"));
+                .And.Contain("memory: 64 MiB pattern").And.Contain("tcp: no reset, no lost or reordered message"));
             Assert.That(session.GetProperty("name").GetString(), Is.EqualTo("rebootless-" + r.GetProperty("setId").GetString()));
             Assert.That(session.GetProperty("bytes").GetInt64(), Is.GreaterThanOrEqualTo(r.GetProperty("sizes").GetProperty("imagesBytes").GetInt64()),
                 "the whole store came across: every image, the journal and the manifest");
