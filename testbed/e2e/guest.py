@@ -553,8 +553,14 @@ def scenario_update_boot2():
     sets = f"{STORE}/sets/{set_id}/images"
     pre = sum(folder_bytes(p) for p in glob.glob(f"{sets}/*-pre"))
     total = folder_bytes(sets)
-    sizes = {"imagesBytes": total, "preDumpBytes": pre, "finalDumpBytes": total - pre,
-             "perTarget": {t["id"]: t.get("imageBytes") for t in j["targets"]}}
+    per_target = {t["id"]: t.get("imageBytes") for t in j["targets"]}
+    if LUO and not flipped:
+        # A LUO store lives in memory: a resume that ended well deletes the set (its journal and logs stay).
+        checks.append([not os.path.exists(f"{STORE}/sets/{set_id}"),
+                       f"the set is gone from the LUO store after the resume: its {sum(v or 0 for v in per_target.values()) / 1048576:.1f} MiB "
+                       "of images are the system's memory again"])
+        total, pre = sum(v or 0 for v in per_target.values()), 0
+    sizes = {"imagesBytes": total, "preDumpBytes": pre, "finalDumpBytes": total - pre, "perTarget": per_target}
     ok = all(c[0] for c in checks)
     result = {"verdict": "PASS" if ok else "FAIL", "scenario": "flip" if flipped else "update", "setId": set_id,
               "oldKernel": j["kernelRelease"], "newKernel": kernel, "breakdown": b, "sizes": sizes,

@@ -47,7 +47,10 @@ internal static class ResumeCommand
                     "the workloads checkpointed by that update are not coming back: start them anew (`rebootless status` shows the store is empty)");
             }
 
-            var pipeline = RebootlessPipelines.Resume(new LocateStageOptions { SetId = c.Value(setId) }, restore: new RestoreStageOptions { LazyPages = c.Value(lazy), ServePagesFromStore = c.Value(fromStore) }).Build();
+            // A LUO store lives in memory: a run that ended well leaves no set behind there (a failed one keeps its images).
+            var cleanup = store is Images.Luo.LuoImageStore ? new CleanupStageOptions { KeepSealedSets = 0 } : null;
+            var pipeline = RebootlessPipelines.Resume(new LocateStageOptions { SetId = c.Value(setId) }, cleanup,
+                new RestoreStageOptions { LazyPages = c.Value(lazy), ServePagesFromStore = c.Value(fromStore) }).Build();
             // Which targets, and whether lazily, the journal says (and --lazy-restore, through the restore options).
             // Only when asked: a NOTIFY_SOCKET inherited from some other unit is not the resume unit's.
             var gate = c.Value(notify) ? SystemdNotifyGate.Process : SystemdNotifyGate.None;
