@@ -110,9 +110,9 @@ internal static class CliStores
         {
             new("luo", probe.Usable, probe.Usable ? probe.Detail : "the LUO store cannot be used here: " + probe.Detail, probe.Usable ? null : ReadinessProblem.StoreUnusable),
         };
-        if (new KexecJump().JumpsThroughSystemd)
+        if (Readiness.HandoverJumpCheck() is { } jump)
         {
-            checks.Add(new ReadinessCheck("handover jump", false, JumpStage.HandoverNeedsDirectJump, ReadinessProblem.StoreUnusable));
+            checks.Add(jump);
         }
 
         return checks;

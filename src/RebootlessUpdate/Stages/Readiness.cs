@@ -121,14 +121,19 @@ public static class Readiness
             checks.Add(carried.CanHandOver(out var why)
                 ? new ReadinessCheck("handover", true, $"the store crosses the jump in the kernel's hands ({carried.GetType().Name})")
                 : new ReadinessCheck("handover", false, $"the store at {store.RootDirectory} cannot cross a kexec here: {why}", ReadinessProblem.StoreUnusable));
-            if (new KexecJump().JumpsThroughSystemd)
+            if (HandoverJumpCheck() is { } jump)
             {
-                checks.Add(new ReadinessCheck("handover jump", false, JumpStage.HandoverNeedsDirectJump, ReadinessProblem.StoreUnusable));
+                checks.Add(jump);
             }
         }
 
         return new ReadinessReport(checks, version);
     }
+
+    /// <summary>The failed check when this host's jump would end a handed-over store's holder (systemd's kexec); null when it would not.</summary>
+    internal static ReadinessCheck? HandoverJumpCheck() => new KexecJump().JumpsThroughSystemd
+        ? new ReadinessCheck("handover jump", false, JumpStage.HandoverNeedsDirectJump, ReadinessProblem.StoreUnusable)
+        : null;
 
     /// <summary>Whether criu stops processes with hardware breakpoints here, and why (see <see cref="CriuBreakpoints"/>).</summary>
     private static string Breakpoints(CriuClient criu)
