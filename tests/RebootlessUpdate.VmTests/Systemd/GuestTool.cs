@@ -2,21 +2,29 @@ using RebootlessUpdate.TestSupport;
 
 namespace RebootlessUpdate.VmTests.Systemd;
 
-/// <summary>The tool as a guest job runs it: the CLI's build output, through the shared .NET runtime, from the /repo share.</summary>
+/// <summary>
+/// The tool as a guest job runs it: the native executable testbed/publish-tool makes (published once per test run,
+/// incremental), from the /repo share. Through the shared .NET runtime the guest JITs it under emulation, 30-35 s
+/// before its first line, for every command of a job.
+/// </summary>
 internal static class GuestTool
 {
-    public static string Path
-    {
-        get
-        {
-            var dll = System.IO.Path.Combine(Testbed.RepositoryRoot, "src", "RebootlessUpdate.Cli", "bin", "Debug", "net10.0", "rebootless.dll");
-            if (!File.Exists(dll))
-            {
-                throw new InvalidOperationException($"the tool is not built ({dll}); build the solution first");
-            }
+    private static readonly Lazy<string> Published = new(Publish, LazyThreadSafetyMode.ExecutionAndPublication);
 
-            return "/repo/" + System.IO.Path.GetRelativePath(Testbed.RepositoryRoot, dll);
+    public static string Path => Published.Value;
+
+    private static string Publish()
+    {
+        var script = System.IO.Path.Combine(Testbed.RepositoryRoot, "testbed", "publish-tool");
+        var result = ProcessRunner.Run(script, [], TimeSpan.FromMinutes(10));
+        var folder = result.Output.Trim();
+        var tool = System.IO.Path.Combine(folder, "rebootless");
+        if (result.ExitCode != 0 || !File.Exists(tool))
+        {
+            throw new InvalidOperationException($"testbed/publish-tool could not publish the tool the guest runs:\n{result}");
         }
+
+        return "/repo/" + System.IO.Path.GetRelativePath(Testbed.RepositoryRoot, tool);
     }
 
     /// <summary>

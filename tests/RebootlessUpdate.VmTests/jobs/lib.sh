@@ -1,7 +1,7 @@
 # What the guest jobs under systemd share (GuestTool.RunOnSystemd puts it in every job folder; a job sources
 # /job/lib.sh): the store options, the tool, this guest's disk, and the shipped resume unit.
 STORE="--pmem /dev/pmem0 --store-mount /run/rebootless/store --criu /usr/sbin/criu"
-tool() { dotnet "$(cat /job/tool)" "$@"; }
+tool() { "$(cat /job/tool)" "$@"; }
 # Files kept in /job/persist are this guest's disk: vm-init copies them into / on every boot.
 persist() { for f in "$@"; do mkdir -p "/job/persist$(dirname "$f")"; cp -a "$f" "/job/persist$f"; done; }
 # The shipped resume unit, installed and enabled by the tool with the store options above, and kept on the disk.

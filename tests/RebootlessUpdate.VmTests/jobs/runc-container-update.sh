@@ -76,7 +76,7 @@ PY
   # What the tool's readiness check says here: as the testbed runs it (CRIU_FAULT=130 from vm-init), and without that
   # setting, when its breakpoint probe runs (TCG fires them).
   tool check --json $STORE >/job/check.json 2>/job/check.err || true
-  env -u CRIU_FAULT dotnet "$(cat /job/tool)" check --json $STORE >/job/check-probe.json 2>/job/check-probe.err || true
+  env -u CRIU_FAULT "$(cat /job/tool)" check --json $STORE >/job/check-probe.json 2>/job/check-probe.err || true
   new=$(cat /job/new-kernel)
   # Jumps: systemd stops this job like every service, so nothing below runs unless the update failed.
   tool update --container "$ID" --kernel "/boot/vmlinuz-$new" --initrd "/boot/rebootless-initrd-$new.img" --append rebootless.boot=2 $STORE \
