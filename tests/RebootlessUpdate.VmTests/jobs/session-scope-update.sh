@@ -2,7 +2,7 @@
 # rebootless.init=systemd: systemd is PID 1, with dbus and logind). Boot 1: user rb logs in through PAM (su -l, so
 # pam_systemd has logind open a session: session-N.scope in user-1000.slice) and leaves a process tree behind in that
 # session, as a job started from an ssh login and left running does: a shell loop that keeps a token and a counter in
-# memory and writes them to the user's home. The login ends; the tree runs on in the session's scope. `rebootless update
+# memory and writes them to a folder of the user's on the job share. The login ends; the tree runs on in the session's scope. `rebootless update
 # --pid` checkpoints it and jumps through `systemctl kexec`. Boot 2 (the new kernel): the shipped resume unit restores
 # it; the job writes what systemd and logind show to /job/after.txt, then stops the scope. The host test reads the files.
 set -eu
@@ -26,20 +26,23 @@ if ! grep -q 'rebootless.resume=' /proc/cmdline; then
   persist /etc/passwd /etc/group /etc/shadow /etc/gshadow /home/rb
   # logind answers once dbus has started it (both are socket or bus activated at boot).
   i=0; until loginctl list-sessions >/dev/null 2>&1 || [ $i -ge 300 ]; do sleep 0.1; i=$((i + 1)); done
+  # The tree works in a folder of the user's on the job share (the host's folder, as it is at the freeze): a file it
+  # holds open at the freeze (its c.tmp, mid-write) must be there at the restore, as on a host's disk. The copy of
+  # /home/rb above is the one made at setup, without it.
+  mkdir -p /job/rb && chown rb:rb /job/rb && chmod 0711 /job
   # The login: pam_systemd registers it with logind, which starts its scope and moves su there. What su starts in
-  # the background stays in the scope when the login ends. It writes in the user's home (the job share is not the
-  # user's to write), and root copies what the host test needs to /job.
-  su -l rb -c 'setsid sh -c '"'"'exec </dev/null >/dev/null 2>&1; echo $$ >pid; t=$(cat /proc/sys/kernel/random/uuid); i=0
+  # the background stays in the scope when the login ends.
+  su -l rb -c 'setsid sh -c '"'"'exec </dev/null >/dev/null 2>&1; cd /job/rb; echo $$ >pid; t=$(cat /proc/sys/kernel/random/uuid); i=0
     while :; do i=$((i+1)); /bin/echo "$t $i" >c.tmp; mv c.tmp counter; sleep 0.2; done'"'"' &' \
     >/job/su.log 2>&1 || echo "su exited $?" >>/job/su.log
-  i=0; until [ -s /home/rb/counter ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i + 1)); done
+  i=0; until [ -s /job/rb/counter ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i + 1)); done
   sleep 1
-  ls -la /home/rb >>/job/su.log 2>&1
-  pid=$(cat /home/rb/pid)
+  ls -la /job/rb >>/job/su.log 2>&1
+  pid=$(cat /job/rb/pid)
   echo "$pid" >/job/pid
   install_resume_unit
   { echo "Pid=$pid"; units Before "$pid"; } >/job/before.txt
-  cat /home/rb/counter >/job/counter-before
+  cat /job/rb/counter >/job/counter-before
   new=$(cat /job/new-kernel)
   # Jumps: systemd stops this job like every service, so nothing below runs unless the update failed.
   tool update --pid "$pid" --kernel "/boot/vmlinuz-$new" --initrd "/boot/rebootless-initrd-$new.img" --append rebootless.boot=2 $STORE \
@@ -57,9 +60,9 @@ pid=$(cat /job/pid)
   echo "Running=$([ -d "/proc/$pid" ] && echo yes || echo no)"
   units After "$pid"
   echo "Copies=$(pgrep -c -f 'while :; do i=' || true)"
-  echo "Counter=$(cat /home/rb/counter)"
+  echo "Counter=$(cat /job/rb/counter)"
   sleep 2
-  echo "CounterLater=$(cat /home/rb/counter)"
+  echo "CounterLater=$(cat /job/rb/counter)"
   echo "Failed=$(systemctl --failed --no-legend --plain | awk '{print $1}' | tr '\n' ' ')"
   echo "System=$(systemctl is-system-running || true)"
   # A new login after the jump: logind numbers sessions afresh, and must not collide with the restored scope.
