@@ -41,6 +41,12 @@ public sealed class Testbed
     /// <summary>Kernel release of the VM's "new" kernel (unstable).</summary>
     public string NewKernel => this["REBOOTLESS_KERNEL_NEW"];
 
+    /// <summary>
+    /// The NUnit category of the VM tests that boot the LUO kernels. testbed/run-tests runs them last, after a provision
+    /// that waits for those kernels (on a cold cache they build in the background while the other tiers run).
+    /// </summary>
+    public const string LuoKernelsCategory = "LuoKernels";
+
     /// <summary>Kernel release of the older of the two LUO kernels testbed/provision builds (Live Update Orchestrator on).</summary>
     public string LuoOldKernel => this["REBOOTLESS_KERNEL_LUO_OLD"];
 

@@ -30,6 +30,7 @@ public class EndToEndUpdateVmTests
     }
 
     [Test]
+    [Category(Testbed.LuoKernelsCategory)]
     public void Main_command_with_the_LUO_store_needs_no_memory_reserved_at_boot()
     {
         var testbed = Testbed.Require();
@@ -54,6 +55,7 @@ public class EndToEndUpdateVmTests
     }
 
     [Test]
+    [Category(Testbed.LuoKernelsCategory)]
     public void A_byte_flipped_before_the_LUO_handover_crosses_in_its_memfd_and_refuses_that_target_only()
     {
         var (result, report, json) = RunUpdate("--store", "luo", "--flip", "--mem-mib", "64");
@@ -72,6 +74,7 @@ public class EndToEndUpdateVmTests
     }
 
     [Test]
+    [Category(Testbed.LuoKernelsCategory)]
     public void A_resume_killed_while_it_receives_the_LUO_store_is_carried_on_by_the_next_one()
     {
         var (result, report, json) = RunUpdate("--store", "luo", "--kill-resume", "--mem-mib", "64");

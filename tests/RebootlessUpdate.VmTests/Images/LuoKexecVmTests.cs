@@ -10,6 +10,7 @@ namespace RebootlessUpdate.VmTests.Images;
 /// The guest side is VmAgent's luo-preserve and luo-retrieve.
 /// </summary>
 [NonParallelizable]
+[Category(Testbed.LuoKernelsCategory)]
 public class LuoKexecVmTests
 {
     private const int Mib = 64;

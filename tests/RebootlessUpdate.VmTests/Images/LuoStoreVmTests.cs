@@ -12,6 +12,7 @@ namespace RebootlessUpdate.VmTests.Images;
 /// luo-store-dump and luo-store-restore.
 /// </summary>
 [NonParallelizable]
+[Category(Testbed.LuoKernelsCategory)]
 public class LuoStoreVmTests
 {
     private static (string Job, ProcessResult Result) Run(Testbed testbed, string flip)
