@@ -2,9 +2,10 @@
 # rebootless.init=systemd: systemd is PID 1, with dbus and logind). Boot 1: user rb logs in through PAM (su -l, so
 # pam_systemd has logind open a session: session-N.scope in user-1000.slice) and leaves a process tree behind in that
 # session, as a job started from an ssh login and left running does: a shell loop that keeps a token and a counter in
-# memory and writes them to a folder of the user's on the job share. The login ends; the tree runs on in the session's scope. `rebootless update
-# --pid` checkpoints it and jumps through `systemctl kexec`. Boot 2 (the new kernel): the shipped resume unit restores
-# it; the job writes what systemd and logind show to /job/after.txt, then stops the scope. The host test reads the files.
+# memory and writes them to a folder of the user's on the job share. The login ends; the tree runs on in the session's
+# scope. `rebootless update --pid` checkpoints it and jumps through `systemctl kexec`. Boot 2 (the new kernel): the
+# shipped resume unit restores it; the job writes what systemd and logind show to /job/after.txt, then stops the scope.
+# The host test reads the files.
 set -eu
 . /job/lib.sh
 # The scope (and slice) systemd holds the tree's root in, as KEY=VALUE lines prefixed with $1.
