@@ -175,7 +175,8 @@ public class EndToEndUpdateVmTests
     [Test]
     public void A_byte_flipped_between_the_kernels_refuses_that_target_only_and_restores_the_others()
     {
-        var (result, report, json) = RunUpdate("--flip");
+        // 64 MiB of the memory workload's pattern: the flip needs pages, not many (256 MiB cost a minute under emulation).
+        var (result, report, json) = RunUpdate("--flip", "--mem-mib", "64");
 
         Assert.That(result.ExitCode, Is.Zero, report + result);
         var checks = Checks(json);
@@ -192,7 +193,7 @@ public class EndToEndUpdateVmTests
     [Test]
     public void Failures_before_the_jump_leave_every_workload_running_and_a_killed_orchestrator_is_rolled_back()
     {
-        var (result, report, json) = RunUpdate("--scenario", "negative");
+        var (result, report, json) = RunUpdate("--scenario", "negative", "--mem-mib", "64");
 
         Assert.That(result.ExitCode, Is.Zero, report + result);
         var checks = Checks(json);

@@ -47,8 +47,8 @@ internal static class GuestTool
 
         return VmRun.RunRetryingEmulationCrash(testbed,
             ["--kernel", "old", "--memmap", "1G!4G", "--mem", "6144", "--append", "rebootless.init=systemd", "--dotnet", "--repo", Testbed.RepositoryRoot,
-             "--timeout", "900", "--job", job],
-            TimeSpan.FromMinutes(16));
+             "--timeout", "1500", "--job", job],
+            TimeSpan.FromMinutes(26));
     }
 
     /// <summary>What the job left in <paramref name="job"/>/<paramref name="name"/>, trimmed, or "(NAME missing)".</summary>

@@ -7,7 +7,7 @@ namespace RebootlessUpdate.VmTests.Systemd;
 /// with <c>rebootless update --podman</c>: podman checkpoints each into the set and, on the new kernel, the shipped
 /// resume unit has podman restore it under its id. An attacker's unit starts one of them afresh through podman before
 /// the resume: that one must never be restored a second time (its fresh copy runs alone, the report names it), and
-/// the other is restored as podman's same container. The guest side is jobs/podman-update.sh.
+/// the other is restored as podman's same container. The guest side is jobs/scenario-podman.sh, in the boot the systemd host scenarios share (<see cref="SystemdHostBoot"/>).
 /// </summary>
 [NonParallelizable]
 public class PodmanVmTests
@@ -16,13 +16,7 @@ public class PodmanVmTests
     public void A_container_started_afresh_before_the_resume_is_never_restored_again_and_the_other_is_podmans_same_container()
     {
         var testbed = Testbed.Require();
-        Testbed.RequireRoot();
-        if (!File.Exists("/bin/busybox"))
-        {
-            Testbed.Missing("/bin/busybox (busybox-static) is not installed (testbed/provision installs it)");
-        }
-
-        var (job, result) = GuestTool.RunOnSystemd(testbed, "podman-update.sh", new Dictionary<string, string> { ["busybox"] = "/bin/busybox" });
+        var (job, result) = SystemdHostBoot.Scenario("podman");
         string Read(string name) => GuestTool.Read(job, name);
         var diagnostics = $"\npodman.log:\n{Read("podman.log")}\nupdate.log:\n{Read("update.log")}\nattack.log:\n{Read("attack.log")}\njournal.log:\n{Read("journal.log")}\n{result}";
         Assert.That(result.ExitCode, Is.Zero, "the guest job failed" + diagnostics);

@@ -8,7 +8,7 @@ namespace RebootlessUpdate.VmTests.Systemd;
 /// shipped resume unit restores it, systemd holds it in its scope again, and runc knows it again: <c>runc state</c> shows
 /// it running as the restored init, <c>runc exec</c> enters it, <c>systemctl stop</c> of the scope ends it and
 /// <c>runc delete</c> forgets it (<c>runc kill</c> of a restored container: ContainerTests, on the host). The guest side is
-/// jobs/runc-container-update.sh.
+/// jobs/scenario-runc.sh, in the boot the systemd host scenarios share (<see cref="SystemdHostBoot"/>).
 /// </summary>
 [NonParallelizable]
 public class RuncContainerVmTests
@@ -17,13 +17,7 @@ public class RuncContainerVmTests
     public void A_runc_container_crosses_systemctl_kexec_and_runc_knows_it_again_as_the_restored_init()
     {
         var testbed = Testbed.Require();
-        Testbed.RequireRoot();
-        if (!File.Exists("/bin/busybox"))
-        {
-            Testbed.Missing("/bin/busybox (busybox-static) is not installed (testbed/provision installs it)");
-        }
-
-        var (job, result) = GuestTool.RunOnSystemd(testbed, "runc-container-update.sh", new Dictionary<string, string> { ["busybox"] = "/bin/busybox" });
+        var (job, result) = SystemdHostBoot.Scenario("runc");
         string Read(string name) => GuestTool.Read(job, name);
         var diagnostics = $"\nupdate.log:\n{Read("update.log")}\njournal.log:\n{Read("journal.log")}\n{result}";
         Assert.That(result.ExitCode, Is.Zero, "the guest job failed" + diagnostics);
@@ -44,7 +38,8 @@ public class RuncContainerVmTests
             Assert.That(After("Pid1"), Is.EqualTo("systemd"));
             Assert.That(Before("CtrStatus"), Is.EqualTo("running"));
             Assert.That(Before("CtrCgroup"), Does.EndWith("/system.slice/runc-rebootless-ctr.scope"), "runc's systemd driver put it in its scope");
-            Assert.That(After("ResumeResult"), Is.EqualTo("success"), "the resume unit restored it" + diagnostics);
+            // The resume unit ends failed: the shared boot's services and podman scenarios each make one target unrestorable.
+            Assert.That(Read("journal.log"), Does.Contain("container:rebootless-ctr: Restored"), "the resume unit restored it" + diagnostics);
 
             // runc knows the restored container: running, as the restored init, in the cgroup it had.
             Assert.That(After("CtrStatus"), Is.EqualTo("running"), "runc state after the jump" + diagnostics);
@@ -55,7 +50,7 @@ public class RuncContainerVmTests
             Assert.That(countAfter, Is.GreaterThanOrEqualTo(count), "its counter continued from where it was");
             Assert.That(countLater, Is.GreaterThan(countAfter), "the restored container keeps running");
             Assert.That(After("CtrExec"), Does.StartWith(token), "runc exec enters the restored container");
-            Assert.That(After("Failed"), Is.Empty, "systemctl --failed lists nothing");
+            Assert.That(After("Failed").Trim(), Is.EqualTo("rebootless-resume.service"), "systemctl --failed lists the resume unit only");
 
             // systemd holds it in its scope again, as runc's systemd driver had it.
             Assert.That(Before("ScopeActiveState"), Is.EqualTo("active"));

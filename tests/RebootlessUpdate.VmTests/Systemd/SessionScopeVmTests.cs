@@ -9,7 +9,7 @@ namespace RebootlessUpdate.VmTests.Systemd;
 /// systemd holds it in a scope in the user's slice again, <c>rebootless-session-N.scope</c>: logind's sessions did not
 /// cross the jump (its state lives in /run) and it numbers them afresh, so the next login gets <c>session-N.scope</c>
 /// and the restored tree stays out of it. <c>systemctl stop</c> of the scope ends the tree. The guest side is
-/// jobs/session-scope-update.sh.
+/// jobs/scenario-session.sh, in the boot the systemd host scenarios share (<see cref="SystemdHostBoot"/>).
 /// </summary>
 [NonParallelizable]
 public class SessionScopeVmTests
@@ -18,9 +18,7 @@ public class SessionScopeVmTests
     public void A_tree_left_in_a_login_session_crosses_systemctl_kexec_in_its_scope_as_its_user()
     {
         var testbed = Testbed.Require();
-        Testbed.RequireRoot();
-
-        var (job, result) = GuestTool.RunOnSystemd(testbed, "session-scope-update.sh");
+        var (job, result) = SystemdHostBoot.Scenario("session");
         string Read(string name) => GuestTool.Read(job, name);
         var diagnostics = $"\nsu.log:\n{Read("su.log")}\nupdate.log:\n{Read("update.log")}\njournal.log:\n{Read("journal.log")}\n{result}";
         Assert.That(result.ExitCode, Is.Zero, "the guest job failed" + diagnostics);
@@ -42,7 +40,8 @@ public class SessionScopeVmTests
 
             Assert.That(After("Kernel"), Is.EqualTo(testbed.NewKernel), "the jump happened" + diagnostics);
             Assert.That(After("Pid1"), Is.EqualTo("systemd"));
-            Assert.That(After("ResumeResult"), Is.EqualTo("success"), "the resume unit restored it" + diagnostics);
+            // The resume unit ends failed: the shared boot's services and podman scenarios each make one target unrestorable.
+            Assert.That(Read("journal.log"), Does.Contain($"pid:{Before("Pid")}: Restored"), "the resume unit restored it" + diagnostics);
 
             // The tree runs on: the process checkpointed, not started again, as its user, once.
             Assert.That(After("Running"), Is.EqualTo("yes"), "the tree's root runs again (the same pid, restored in the host's PID namespace)");
@@ -61,7 +60,7 @@ public class SessionScopeVmTests
             Assert.That(After("AfterScopeControlGroup"), Is.EqualTo(moved));
             Assert.That(After("AfterScopeSlice"), Is.EqualTo("user-1000.slice"));
             Assert.That(After("AfterSlice"), Is.EqualTo("active"));
-            Assert.That(After("Failed"), Is.Empty, "systemctl --failed lists nothing");
+            Assert.That(After("Failed").Trim(), Is.EqualTo("rebootless-resume.service"), "systemctl --failed lists the resume unit only");
 
             // The next login gets a session of its own, and leaves the restored tree where it is.
             Assert.That(After("Login"), Does.Match(@"^/user\.slice/user-1000\.slice/session-c?\d+\.scope "), "a login after the jump has its session scope" + diagnostics);

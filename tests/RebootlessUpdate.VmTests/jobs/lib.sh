@@ -11,12 +11,12 @@ install_resume_unit() {
   persist /etc/default/rebootless /etc/systemd/system/rebootless-resume.service \
     /etc/systemd/system/multi-user.target.wants/rebootless-resume.service
 }
-# Boot 2: waits (up to 5 min) until the resume has ended, restored or failed; the unit lets the boot go on
+# Boot 2: waits (up to 10 min) until the resume has ended, restored or failed; the unit lets the boot go on
 # (READY=1) before it checks the adoptions and reports.
 wait_for_resume() {
   i=0
   while [ "$(systemctl show rebootless-resume.service -p SubState --value)" != exited ] \
-    && [ "$(systemctl show rebootless-resume.service -p ActiveState --value)" != failed ] && [ $i -lt 600 ]; do
+    && [ "$(systemctl show rebootless-resume.service -p ActiveState --value)" != failed ] && [ $i -lt 1200 ]; do
     sleep 0.5; i=$((i + 1))
   done
 }
