@@ -93,8 +93,9 @@ internal static class CliStores
                 ManifestKeyPath = c.Settings.ManifestKey,
             });
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ImageStoreException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ImageStoreException and not ImageStoreLockedException)
         {
+            // (In use by another run is exit 11, as for every store.)
             throw CliFailure.Of(ExitCodes.BadStore, $"the LUO store cannot be used: {e.Message}");
         }
     }

@@ -1,6 +1,7 @@
 using RebootlessUpdate.Images;
 using RebootlessUpdate.Images.Interop;
 using RebootlessUpdate.Images.Luo;
+using RebootlessUpdate.IntegrationTests.Cli;
 using RebootlessUpdate.TestSupport;
 
 namespace RebootlessUpdate.IntegrationTests.Images;
@@ -26,7 +27,11 @@ public class LuoImageStoreHostTests
     [TearDown]
     public void TearDown()
     {
-        _ = Libc.Umount2(Mount, 0);
+        // As many times as it was mounted (a race that mounted twice stacks them).
+        for (var i = 0; i < 32 && Libc.Umount2(Mount, 0) == 0; i++)
+        {
+        }
+
         Directory.Delete(_dir, recursive: true);
     }
 
@@ -136,5 +141,79 @@ public class LuoImageStoreHostTests
             Throws.InstanceOf<ImageStoreException>().With.Message.Contain("is gone too").And.Message.Contain("rm -r"));
         Assert.That(Directory.Exists(LuoImageStore.StoreFolder(Mount)), Is.False);
         Assert.That(Workload.IsRunning(2), Is.True, "the record named another process: it was not touched");
+    }
+
+    [Test]
+    public void Opens_racing_from_many_threads_mount_one_tmpfs_and_all_open_the_same_store()
+    {
+        // Each waits for the one before it (milliseconds): none mounts over another, none makes the store twice.
+        const int racers = 8;
+        using var start = new Barrier(racers);
+        var outcomes = Enumerable.Range(0, racers).Select(_ => Task.Factory.StartNew(() =>
+        {
+            start.SignalAndWait();
+            return LuoImageStore.Open(new LuoImageStoreOptions { MountPoint = Mount }).RootDirectory;
+        }, TaskCreationOptions.LongRunning)).ToArray();
+        Task.WaitAll(outcomes);
+
+        Assert.That(MountInfo.Read().Count(m => m.MountPoint == Mount), Is.EqualTo(1), "one tmpfs, never one mounted over another");
+        Assert.That(outcomes.Select(t => t.Result), Has.All.EqualTo(LuoImageStore.StoreFolder(Mount)));
+    }
+
+    [Test]
+    public void A_mount_point_another_process_keeps_locked_is_refused_as_in_use_and_nothing_is_mounted()
+    {
+        // flock on the folder itself, as a second rebootless mounting the store holds it.
+        Directory.CreateDirectory(Mount);
+        using var held = Libc.Open(Mount, Libc.ORdOnly | Libc.ODirectory);
+        Assert.That(Libc.Flock(held, Libc.LockEx | Libc.LockNb), Is.Zero);
+
+        Assert.That(() => LuoImageStore.Open(new LuoImageStoreOptions { MountPoint = Mount }),
+            Throws.InstanceOf<ImageStoreLockedException>().With.Message.Contain(Mount));
+        Assert.That(MountInfo.Read().Any(m => m.MountPoint == Mount), Is.False, "nothing mounted while another holds the mount point");
+    }
+
+    [Test]
+    public void An_open_lock_another_process_holds_past_the_wait_is_refused_as_in_use()
+    {
+        _ = LuoImageStore.Open(new LuoImageStoreOptions { MountPoint = Mount });
+        // Another resume receiving: it holds the store's open lock (flock, as .NET's FileShare.None takes it too) past the wait.
+        using var held = new FileStream(Path.Combine(Mount, ".open.lock"), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+
+        Assert.That(() => LuoImageStore.Open(new LuoImageStoreOptions { MountPoint = Mount, IncomingSetId = "20261203T154244Z-ce4f35c4" }),
+            Throws.InstanceOf<ImageStoreLockedException>().With.Message.Contain(".open.lock"));
+    }
+
+    [Test]
+    public void The_tool_refuses_a_store_another_run_holds_with_exit_11_in_one_line()
+    {
+        _ = LuoImageStore.Open(new LuoImageStoreOptions { MountPoint = Mount });
+        using var held = new FileStream(Path.Combine(Mount, ".open.lock"), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+
+        using var workload = System.Diagnostics.Process.Start("sleep", "60")!;
+        try
+        {
+            var r = Tool.Run("rehearse", "--pid", workload.Id.ToString(System.Globalization.CultureInfo.InvariantCulture), "--criu", Testbed.Require().Criu,
+                "--store", "luo", "--store-mount", Mount);
+
+            Assert.That(r.ExitCode, Is.EqualTo(11), "store-locked, as for every store\n" + r);
+            Assert.That(r.Error, Does.Contain(".open.lock").And.Not.Contain("   at "));
+            Assert.That(Workload.IsRunning(workload.Id), Is.True, "nothing was frozen");
+        }
+        finally
+        {
+            workload.Kill();
+        }
+    }
+
+    [Test]
+    public void A_symlink_in_place_of_the_mount_point_is_refused_and_nothing_is_mounted_where_it_points()
+    {
+        var elsewhere = Directory.CreateDirectory(Path.Combine(_dir, "elsewhere")).FullName;
+        File.CreateSymbolicLink(Mount, elsewhere);
+
+        Assert.That(() => LuoImageStore.Open(new LuoImageStoreOptions { MountPoint = Mount }),
+            Throws.InstanceOf<ImageStoreException>().With.Message.Contain(Mount).And.Message.Contain("symbolic link"));
+        Assert.That(MountInfo.Read().Any(m => m.MountPoint == elsewhere || m.MountPoint == Mount), Is.False);
     }
 }

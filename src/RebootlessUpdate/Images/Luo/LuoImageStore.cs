@@ -1,5 +1,4 @@
 using System.Globalization;
-using System.Runtime.InteropServices;
 using Microsoft.Extensions.Logging.Abstractions;
 using RebootlessUpdate.Images.Interop;
 
@@ -25,10 +24,6 @@ public sealed class LuoImageStore : EngineBackedImageStore, IKexecHandoverStore
 
     /// <summary>The source name of the store's own tmpfs mount (how it is told from any other tmpfs).</summary>
     internal const string MountSource = "rebootless-luo";
-
-    private const ulong MsNoSuid = 2;
-    private const ulong MsNoDev = 4;
-    private const ulong MsNoExec = 8;
 
     /// <summary>Memory the capacity check leaves to the system besides the store.</summary>
     private const long SystemReserveBytes = 256L << 20;
@@ -72,9 +67,10 @@ public sealed class LuoImageStore : EngineBackedImageStore, IKexecHandoverStore
     /// Mounts the private tmpfs (0700) unless it is there, receives the session of
     /// <see cref="LuoImageStoreOptions.IncomingSetId"/> when the store has not been received in this boot, and opens it.
     /// </summary>
+    /// <exception cref="ImageStoreLockedException">Another process is mounting the store's tmpfs, opening the store or receiving into it.</exception>
     /// <exception cref="ImageStoreException">
-    /// The tmpfs cannot be mounted, the mount point holds another file system, an earlier receive was cut short, or the
-    /// kernel refused the session.
+    /// The tmpfs cannot be mounted, the mount point is a symbolic link or holds another file system, an earlier receive was
+    /// cut short, or the kernel refused the session.
     /// </exception>
     public static LuoImageStore Open(LuoImageStoreOptions options)
     {
@@ -87,7 +83,8 @@ public sealed class LuoImageStore : EngineBackedImageStore, IKexecHandoverStore
         }
 
         var mountPoint = Path.GetFullPath(options.MountPoint);
-        EnsureMounted(mountPoint);
+        LuoStoreMount.Ensure(mountPoint);
+        using var opening = LuoStoreMount.LockOpening(mountPoint);
         var (received, notReceived) = LuoStoreReceiver.Run(options, mountPoint);
         return new LuoImageStore(options, mountPoint)
         {
@@ -153,34 +150,6 @@ public sealed class LuoImageStore : EngineBackedImageStore, IKexecHandoverStore
         }
 
         throw new ImageStoreException($"/proc/meminfo has no {name} line: the memory a LUO store may take is unknown");
-    }
-
-    private static void EnsureMounted(string mountPoint)
-    {
-        var here = MountInfo.Read().LastOrDefault(m => m.MountPoint == mountPoint);
-        if (here is { FileSystem: "tmpfs", Source: MountSource })
-        {
-            // Its own mount, and still root's alone: what lies in it was written by this store.
-            if (Mono.Unix.Native.Syscall.stat(mountPoint, out var st) != 0 || st.st_uid != 0
-                || (st.st_mode & (Mono.Unix.Native.FilePermissions)0x3f) != 0)
-            {
-                throw new ImageStoreException($"the LUO store's tmpfs at {mountPoint} is not root's alone (0700): it is not trusted; unmount it (umount {mountPoint})");
-            }
-
-            return;
-        }
-
-        if (here is not null)
-        {
-            throw new ImageStoreException($"{mountPoint} is a {here.FileSystem} mount ({here.Source}), not the store's own tmpfs: a LUO store mounts "
-                + "its own there (LUO carries only tmpfs files, and a shared one could hold anybody's files); give another --store-mount or unmount it");
-        }
-
-        Directory.CreateDirectory(mountPoint, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-        if (Libc.Mount(MountSource, mountPoint, "tmpfs", MsNoSuid | MsNoDev | MsNoExec, "mode=0700") != 0)
-        {
-            throw new ImageStoreException($"cannot mount a tmpfs at {mountPoint}: {Libc.Error("mount", Marshal.GetLastPInvokeError()).Message}");
-        }
     }
 }
 

@@ -19,17 +19,17 @@ internal static class LuoStoreReceiver
 
     /// <summary>
     /// Receives the session of <see cref="LuoImageStoreOptions.IncomingSetId"/> into the tmpfs at
-    /// <paramref name="mountPoint"/>, or carries on with one an earlier receive left to its holder. Returns what came, or why
+    /// <paramref name="mountPoint"/>, or carries on with one an earlier receive left to its holder. The caller holds the
+    /// store's open lock (<see cref="LuoStoreMount.LockOpening"/>): one receive at a time. Returns what came, or why
     /// nothing did (no such session: a cold boot, or a kernel without LUO); both null when nothing was to come.
     /// </summary>
-    /// <exception cref="ImageStoreException">Another receive runs, the kernel refused, the store cannot be written, or an
+    /// <exception cref="ImageStoreException">The kernel refused, the store cannot be written, or an
     /// earlier receive was stopped after its holder was gone too (what it had not written is lost).</exception>
     internal static (LuoReceipt? Received, string? NotReceived) Run(LuoImageStoreOptions options, string mountPoint)
     {
         var store = LuoImageStore.StoreFolder(mountPoint);
         var incoming = LuoImageStore.IncomingFolder(mountPoint);
         var record = Path.Combine(mountPoint, "holder");
-        using var guard = OneAtATime(mountPoint);
         LuoSessionHolder? holder;
         try
         {
@@ -191,19 +191,5 @@ internal static class LuoStoreReceiver
         }
 
         holder?.Release();
-    }
-
-    private static FileStream OneAtATime(string mountPoint)
-    {
-        var path = Path.Combine(mountPoint, ".receive.lock");
-        try
-        {
-            // FileShare.None is an exclusive flock here: a second resume is refused, not interleaved.
-            return new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
-        }
-        catch (IOException e)
-        {
-            throw new ImageStoreException($"another process is receiving the LUO store at {mountPoint} ({path} is locked); let it finish", e);
-        }
     }
 }
