@@ -7,8 +7,8 @@ namespace RebootlessUpdate.VmTests.Systemd;
 /// systemd, enabled services, a tree left in a login session, a runc container and podman containers are set up, all
 /// of them are updated by one <c>rebootless update</c> through <c>systemctl kexec</c>, and each scenario is checked on
 /// the new kernel. A host's workloads cross one jump together, and under emulation each boot pair costs minutes: the
-/// four tests took 9 minutes in one run against about 22 in four (2026-12-04, this machine). The first test that asks
-/// runs it; the others read what it left.
+/// four tests took 5.5 to 9 minutes in one run against about 22 in four (2026-12-04, 2-core machine, quiet and in a CI
+/// run). The first test that asks runs it; the others read what it left.
 /// </summary>
 internal static class SystemdHostBoot
 {

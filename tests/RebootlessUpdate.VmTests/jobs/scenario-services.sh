@@ -18,14 +18,15 @@ while True:
     f.seek(0); f.write(f"{token} {i:08d}\n"); f.flush()
     time.sleep(0.2)
 PY
-  for s in a b; do
-    cat >/etc/systemd/system/rebootless-counter-$s.service <<UNITFILE
+  # (Not $s: the job's own loop over the scenarios uses it, and sh functions have no locals.)
+  for svc in a b; do
+    cat >/etc/systemd/system/rebootless-counter-$svc.service <<UNITFILE
 [Unit]
-Description=rebootless test service $s: an in-memory counter
+Description=rebootless test service $svc: an in-memory counter
 
 [Service]
 Type=simple
-ExecStart=/usr/bin/python3 /job/svc/counter.py /job/svc/$s
+ExecStart=/usr/bin/python3 /job/svc/counter.py /job/svc/$svc
 StandardOutput=null
 StandardError=null
 Restart=always
